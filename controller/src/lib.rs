@@ -1,0 +1,1 @@
+//! meshtune controller: gRPC ingest, aggregation, policy, guardrails, sinks, admin.

@@ -1,0 +1,354 @@
+//! The policy's output: Istio connection-pool, timeout, retry and outlier-detection knobs.
+//!
+//! Each knob has a unit, hard bounds (the widest values meshtune will ever set), Istio's
+//! default (what a mesh without meshtune runs with; may lie outside the bounds, e.g. 2^32-1 for
+//! "unlimited" or 0 for "no timeout"), and a scale mapping it to the policy's normalised
+//! range [0, 1].
+
+use serde::{Deserialize, Serialize};
+
+/// Istio's "effectively unlimited" default for connection-pool limits.
+pub const ISTIO_UNLIMITED: f64 = 4_294_967_295.0;
+
+/// How a knob maps to the normalised range [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scale {
+    /// u = (x - min) / (max - min)
+    Linear,
+    /// u = ln(x / min) / ln(max / min); min > 0.
+    Log,
+}
+
+/// One knob's schema.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KnobSpec {
+    pub knob: Knob,
+    /// Name as in Istio's API and in ONNX metadata (`meshtune.knobs`).
+    pub name: &'static str,
+    pub unit: &'static str,
+    pub min: f64,
+    pub max: f64,
+    /// What Istio uses when the field is unset.
+    pub istio_default: f64,
+    pub scale: Scale,
+    /// Whole numbers only (counts, milliseconds).
+    pub integer: bool,
+    pub help: &'static str,
+}
+
+/// Number of knobs.
+pub const KNOB_COUNT: usize = 11;
+
+/// The knobs, in policy output order. Changing it is a contract version bump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Knob {
+    MaxConnections = 0,
+    Http1MaxPendingRequests = 1,
+    Http2MaxRequests = 2,
+    MaxRequestsPerConnection = 3,
+    MaxRetries = 4,
+    RouteTimeoutMs = 5,
+    RetryAttempts = 6,
+    PerTryTimeoutMs = 7,
+    Consecutive5xxErrors = 8,
+    BaseEjectionTimeMs = 9,
+    MaxEjectionPercent = 10,
+}
+
+impl Knob {
+    pub const ALL: [Knob; KNOB_COUNT] = [
+        Knob::MaxConnections,
+        Knob::Http1MaxPendingRequests,
+        Knob::Http2MaxRequests,
+        Knob::MaxRequestsPerConnection,
+        Knob::MaxRetries,
+        Knob::RouteTimeoutMs,
+        Knob::RetryAttempts,
+        Knob::PerTryTimeoutMs,
+        Knob::Consecutive5xxErrors,
+        Knob::BaseEjectionTimeMs,
+        Knob::MaxEjectionPercent,
+    ];
+
+    pub fn spec(self) -> &'static KnobSpec {
+        &KNOB_SPECS[self as usize]
+    }
+
+    pub fn name(self) -> &'static str {
+        self.spec().name
+    }
+
+    pub fn from_name(name: &str) -> Option<Knob> {
+        KNOB_SPECS.iter().find(|s| s.name == name).map(|s| s.knob)
+    }
+}
+
+/// Knob schema, indexed by `Knob as usize`.
+pub const KNOB_SPECS: [KnobSpec; KNOB_COUNT] = [
+    KnobSpec {
+        knob: Knob::MaxConnections,
+        name: "tcp.maxConnections",
+        unit: "connections",
+        min: 1.0,
+        max: 65_536.0,
+        istio_default: ISTIO_UNLIMITED,
+        scale: Scale::Log,
+        integer: true,
+        help: "max TCP connections to the destination (per Envoy)",
+    },
+    KnobSpec {
+        knob: Knob::Http1MaxPendingRequests,
+        name: "http.http1MaxPendingRequests",
+        unit: "requests",
+        min: 1.0,
+        max: 65_536.0,
+        istio_default: ISTIO_UNLIMITED,
+        scale: Scale::Log,
+        integer: true,
+        help: "max requests queued waiting for a connection",
+    },
+    KnobSpec {
+        knob: Knob::Http2MaxRequests,
+        name: "http.http2MaxRequests",
+        unit: "requests",
+        min: 1.0,
+        max: 65_536.0,
+        istio_default: ISTIO_UNLIMITED,
+        scale: Scale::Log,
+        integer: true,
+        help: "max active requests to the destination (Envoy max_requests)",
+    },
+    KnobSpec {
+        knob: Knob::MaxRequestsPerConnection,
+        name: "http.maxRequestsPerConnection",
+        unit: "requests",
+        min: 1.0,
+        max: 65_536.0,
+        istio_default: 0.0,
+        scale: Scale::Log,
+        integer: true,
+        help: "requests per connection before it is recycled (0 = unlimited)",
+    },
+    KnobSpec {
+        knob: Knob::MaxRetries,
+        name: "http.maxRetries",
+        unit: "retries",
+        min: 1.0,
+        max: 1_024.0,
+        istio_default: ISTIO_UNLIMITED,
+        scale: Scale::Log,
+        integer: true,
+        help: "max outstanding retries across the cluster (Envoy max_retries)",
+    },
+    KnobSpec {
+        knob: Knob::RouteTimeoutMs,
+        name: "timeout",
+        unit: "ms",
+        min: 10.0,
+        max: 60_000.0,
+        istio_default: 0.0,
+        scale: Scale::Log,
+        integer: true,
+        help: "route timeout (0 = none)",
+    },
+    KnobSpec {
+        knob: Knob::RetryAttempts,
+        name: "retries.attempts",
+        unit: "attempts",
+        min: 0.0,
+        max: 5.0,
+        istio_default: 2.0,
+        scale: Scale::Linear,
+        integer: true,
+        help: "retry attempts per request",
+    },
+    KnobSpec {
+        knob: Knob::PerTryTimeoutMs,
+        name: "retries.perTryTimeout",
+        unit: "ms",
+        min: 5.0,
+        max: 60_000.0,
+        istio_default: 0.0,
+        scale: Scale::Log,
+        integer: true,
+        help: "timeout per attempt (0 = the route timeout)",
+    },
+    KnobSpec {
+        knob: Knob::Consecutive5xxErrors,
+        name: "outlierDetection.consecutive5xxErrors",
+        unit: "errors",
+        min: 1.0,
+        max: 100.0,
+        istio_default: 5.0,
+        scale: Scale::Log,
+        integer: true,
+        help: "consecutive 5xx before a host is ejected",
+    },
+    KnobSpec {
+        knob: Knob::BaseEjectionTimeMs,
+        name: "outlierDetection.baseEjectionTime",
+        unit: "ms",
+        min: 1_000.0,
+        max: 300_000.0,
+        istio_default: 30_000.0,
+        scale: Scale::Log,
+        integer: true,
+        help: "minimum ejection duration",
+    },
+    KnobSpec {
+        knob: Knob::MaxEjectionPercent,
+        name: "outlierDetection.maxEjectionPercent",
+        unit: "percent",
+        min: 0.0,
+        max: 100.0,
+        istio_default: 10.0,
+        scale: Scale::Linear,
+        integer: true,
+        help: "max % of hosts ejected at once",
+    },
+];
+
+/// Knob names in policy output order.
+pub const KNOB_NAMES: [&str; KNOB_COUNT] = {
+    let mut names = [""; KNOB_COUNT];
+    let mut i = 0;
+    while i < KNOB_COUNT {
+        names[i] = KNOB_SPECS[i].name;
+        i += 1;
+    }
+    names
+};
+
+/// One value per knob, in the knob's own unit.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Knobs(pub [f64; KNOB_COUNT]);
+
+impl Knobs {
+    /// What an Istio mesh runs with when nothing is configured.
+    pub fn istio_defaults() -> Self {
+        Knobs(KNOB_SPECS.map(|s| s.istio_default))
+    }
+
+    pub fn get(&self, k: Knob) -> f64 {
+        self.0[k as usize]
+    }
+
+    pub fn set(&mut self, k: Knob, v: f64) {
+        self.0[k as usize] = v;
+    }
+
+    /// Builds knobs from normalised policy output: clamps each to [0, 1] (NaN → 0.5), maps to
+    /// the knob's unit and rounds integer knobs. Always within hard bounds.
+    pub fn from_normalised(u: &[f32; KNOB_COUNT]) -> Self {
+        let mut out = [0.0; KNOB_COUNT];
+        for (i, spec) in KNOB_SPECS.iter().enumerate() {
+            out[i] = denormalise(spec, u[i] as f64);
+        }
+        Knobs(out)
+    }
+
+    /// Normalised representation (values outside the bounds are clamped first).
+    pub fn normalised(&self) -> [f32; KNOB_COUNT] {
+        let mut out = [0f32; KNOB_COUNT];
+        for (i, spec) in KNOB_SPECS.iter().enumerate() {
+            out[i] = normalise(spec, self.0[i]) as f32;
+        }
+        out
+    }
+
+    /// Clamps every knob into its hard bounds (integers rounded). Returns which knobs changed.
+    pub fn clamp_to_bounds(&mut self) -> Vec<Knob> {
+        let mut changed = Vec::new();
+        for (i, spec) in KNOB_SPECS.iter().enumerate() {
+            let v = clamp(spec, self.0[i]);
+            if v != self.0[i] {
+                changed.push(spec.knob);
+                self.0[i] = v;
+            }
+        }
+        changed
+    }
+}
+
+fn clamp(spec: &KnobSpec, x: f64) -> f64 {
+    let x = if x.is_nan() {
+        spec.min
+    } else {
+        x.clamp(spec.min, spec.max)
+    };
+    if spec.integer {
+        x.round()
+    } else {
+        x
+    }
+}
+
+/// Maps a knob value to [0, 1] (clamped to bounds first).
+pub fn normalise(spec: &KnobSpec, x: f64) -> f64 {
+    let x = clamp(spec, x);
+    match spec.scale {
+        Scale::Linear => (x - spec.min) / (spec.max - spec.min),
+        Scale::Log => (x / spec.min).ln() / (spec.max / spec.min).ln(),
+    }
+}
+
+/// Maps normalised `u` (clamped to [0, 1]; NaN → 0.5) to the knob's unit within bounds.
+pub fn denormalise(spec: &KnobSpec, u: f64) -> f64 {
+    let u = if u.is_nan() { 0.5 } else { u.clamp(0.0, 1.0) };
+    let x = match spec.scale {
+        Scale::Linear => spec.min + u * (spec.max - spec.min),
+        Scale::Log => spec.min * (spec.max / spec.min).powf(u),
+    };
+    clamp(spec, x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_are_indexed_by_knob() {
+        for (i, s) in KNOB_SPECS.iter().enumerate() {
+            assert_eq!(s.knob as usize, i);
+            assert_eq!(Knob::ALL[i], s.knob);
+            assert_eq!(Knob::from_name(s.name), Some(s.knob));
+            assert!(s.min < s.max, "{}", s.name);
+            if s.scale == Scale::Log {
+                assert!(s.min > 0.0, "{} log scale needs min > 0", s.name);
+            }
+        }
+    }
+
+    #[test]
+    fn normalise_round_trips_within_rounding() {
+        for spec in &KNOB_SPECS {
+            for u in [0.0, 0.1, 0.37, 0.5, 0.9, 1.0] {
+                let x = denormalise(spec, u);
+                assert!(x >= spec.min && x <= spec.max, "{} {x}", spec.name);
+                let back = denormalise(spec, normalise(spec, x));
+                assert_eq!(back, x, "{} u={u}", spec.name);
+            }
+        }
+    }
+
+    #[test]
+    fn out_of_range_policy_output_is_clamped() {
+        let mut u = [0.5f32; KNOB_COUNT];
+        u[0] = 7.0;
+        u[1] = -3.0;
+        u[2] = f32::NAN;
+        let k = Knobs::from_normalised(&u);
+        assert_eq!(k.get(Knob::MaxConnections), 65_536.0);
+        assert_eq!(k.get(Knob::Http1MaxPendingRequests), 1.0);
+        assert!(k.get(Knob::Http2MaxRequests).is_finite());
+    }
+
+    #[test]
+    fn istio_defaults_clamp_to_bounds() {
+        let mut k = Knobs::istio_defaults();
+        let changed = k.clamp_to_bounds();
+        assert!(changed.contains(&Knob::MaxConnections));
+        assert!(changed.contains(&Knob::RouteTimeoutMs));
+        assert_eq!(k.get(Knob::RetryAttempts), 2.0);
+    }
+}

@@ -1,0 +1,164 @@
+//! One destination's raw counters over a window: what the filter reports (summed over
+//! reporters by the controller) and what the simulator emits. [`WindowStats::features`] is the
+//! single definition of the policy's input.
+
+use crate::features::{Features, FEATURE_COUNT};
+use crate::histogram::LatencyHistogram;
+use serde::{Deserialize, Serialize};
+
+/// Counters for one destination over `duration_s` seconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowStats {
+    pub duration_s: f64,
+    pub requests: u64,
+    pub status_2xx: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+    /// Other outcomes: 1xx, 3xx, or no response code.
+    pub status_other: u64,
+    pub flag_uo: u64,
+    pub flag_ut: u64,
+    /// UF + UC + URX.
+    pub flag_conn_failure: u64,
+    pub retries: u64,
+    pub shed: u64,
+    pub inflight_max: u64,
+    /// Time-averaged in-flight, summed over reporters.
+    pub inflight_avg: f64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub http2_requests: u64,
+    pub latency: LatencyHistogram,
+}
+
+impl WindowStats {
+    /// Adds another reporter's (or another window's) counters. In-flight max and average add
+    /// up across concurrent reporters; callers merging consecutive windows of one reporter
+    /// should average instead (see `merge_sequential`).
+    pub fn merge_concurrent(&mut self, o: &WindowStats) {
+        self.duration_s = self.duration_s.max(o.duration_s);
+        self.add_counts(o);
+        self.inflight_max += o.inflight_max;
+        self.inflight_avg += o.inflight_avg;
+    }
+
+    /// Appends a later window: durations add, in-flight average is time-weighted.
+    pub fn merge_sequential(&mut self, o: &WindowStats) {
+        let total = self.duration_s + o.duration_s;
+        if total > 0.0 {
+            self.inflight_avg =
+                (self.inflight_avg * self.duration_s + o.inflight_avg * o.duration_s) / total;
+        }
+        self.duration_s = total;
+        self.add_counts(o);
+        self.inflight_max = self.inflight_max.max(o.inflight_max);
+    }
+
+    fn add_counts(&mut self, o: &WindowStats) {
+        self.requests += o.requests;
+        self.status_2xx += o.status_2xx;
+        self.status_4xx += o.status_4xx;
+        self.status_5xx += o.status_5xx;
+        self.status_other += o.status_other;
+        self.flag_uo += o.flag_uo;
+        self.flag_ut += o.flag_ut;
+        self.flag_conn_failure += o.flag_conn_failure;
+        self.retries += o.retries;
+        self.shed += o.shed;
+        self.request_bytes += o.request_bytes;
+        self.response_bytes += o.response_bytes;
+        self.http2_requests += o.http2_requests;
+        self.latency.merge(&o.latency);
+    }
+
+    pub fn rps(&self) -> f64 {
+        if self.duration_s > 0.0 {
+            self.requests as f64 / self.duration_s
+        } else {
+            0.0
+        }
+    }
+
+    /// The policy's raw features for this window.
+    pub fn features(&self) -> Features {
+        let n = self.requests.max(1) as f64;
+        let ms = |us: f64| us / 1000.0;
+        let h = &self.latency;
+        let mut f = [0.0; FEATURE_COUNT];
+        f[0] = self.rps();
+        f[1] = ms(h.quantile_us(0.50));
+        f[2] = ms(h.quantile_us(0.90));
+        f[3] = ms(h.quantile_us(0.99));
+        f[4] = ms(h.mean_us());
+        f[5] = self.status_5xx as f64 / n;
+        f[6] = self.status_4xx as f64 / n;
+        f[7] = self.flag_uo as f64 / n;
+        f[8] = self.flag_ut as f64 / n;
+        f[9] = self.flag_conn_failure as f64 / n;
+        f[10] = (self.retries as f64 / n).min(1.0);
+        f[11] = self.inflight_avg;
+        f[12] = self.inflight_max as f64;
+        f[13] = self.http2_requests as f64 / n;
+        if self.requests == 0 {
+            // No traffic: rates are undefined; report zeros rather than 0/1.
+            f[5..11].iter_mut().for_each(|x| *x = 0.0);
+            f[13] = 0.0;
+        }
+        Features(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::FEATURE_NAMES;
+
+    fn window(requests: u64, e5: u64, lat_us: u64) -> WindowStats {
+        let mut w = WindowStats {
+            duration_s: 2.0,
+            requests,
+            status_5xx: e5,
+            status_2xx: requests - e5,
+            ..Default::default()
+        };
+        (0..requests).for_each(|_| w.latency.record(lat_us));
+        w.inflight_max = 3;
+        w.inflight_avg = 1.5;
+        w
+    }
+
+    #[test]
+    fn features_follow_the_schema() {
+        let f = window(100, 10, 20_000).features();
+        assert_eq!(f.get("rps"), Some(50.0));
+        assert_eq!(f.get("error_5xx_rate"), Some(0.1));
+        let p50 = f.get("latency_p50_ms").unwrap();
+        assert!((p50 - 20.0).abs() <= 20.0 * crate::histogram::RELATIVE_ERROR);
+        assert_eq!(FEATURE_NAMES.len(), f.0.len());
+    }
+
+    #[test]
+    fn concurrent_merge_sums_inflight_sequential_averages() {
+        let a = window(10, 0, 1000);
+        let mut c = a.clone();
+        c.merge_concurrent(&a);
+        assert_eq!(c.requests, 20);
+        assert_eq!(c.inflight_max, 6);
+        assert_eq!(c.duration_s, 2.0);
+        let mut s = a.clone();
+        s.merge_sequential(&a);
+        assert_eq!(s.duration_s, 4.0);
+        assert_eq!(s.inflight_max, 3);
+        assert!((s.inflight_avg - 1.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn empty_window_has_zero_rates() {
+        let f = WindowStats {
+            duration_s: 1.0,
+            ..Default::default()
+        }
+        .features();
+        assert!(f.0.iter().all(|&x| x == 0.0));
+    }
+}

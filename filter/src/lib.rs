@@ -1,0 +1,1 @@
+//! proxy-wasm HTTP filter: records per-upstream request windows, reports them, applies hints.

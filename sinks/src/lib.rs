@@ -1,0 +1,1 @@
+//! Config sinks: render Knobs to Envoy CDS/RDS files and Istio DestinationRule/VirtualService; apply them.

@@ -1,0 +1,1 @@
+//! Real-process harness: workload server, open-loop load generator, Envoy launcher.

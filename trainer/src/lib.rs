@@ -1,0 +1,1 @@
+//! Supervised and PPO training of meshtune policies, ONNX export, evaluation.

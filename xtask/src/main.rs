@@ -1,0 +1,2 @@
+//! cargo xtask: setup, wasm, demo, test, bench.
+fn main() {}
