@@ -1,0 +1,127 @@
+//! `testbed`: run the demo, the filter-overhead benchmark, or a workload / load generator on
+//! its own. Paths come from the environment (see `meshtune_testbed::paths`).
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use meshtune_testbed::{loadgen, paths::Paths, scenarios, workload};
+
+#[derive(Parser)]
+#[command(name = "testbed", about = "meshtune real-process testbed")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Whole local stack under load for about a minute, with a live table.
+    Demo {
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+    },
+    /// Envoy CPU/request and throughput: no filter vs no-op wasm vs meshtune.
+    FilterOverhead {
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        #[arg(long, default_value_t = 6)]
+        secs: u64,
+        #[arg(long, default_value_t = 800.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 4)]
+        saturation_secs: u64,
+    },
+    /// Serve the workload on an address until Ctrl-C.
+    Workload {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value_t = workload::DEFAULT_CAPACITY)]
+        capacity: usize,
+        /// const:5ms | exp:5ms | lognormal:5ms:0.5
+        #[arg(long, default_value = "const:1ms")]
+        service_time: String,
+        #[arg(long)]
+        fail_every_n: Option<u64>,
+    },
+    /// Open-loop load against an address.
+    Load {
+        #[arg(long)]
+        target: std::net::SocketAddr,
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        #[arg(long, default_value = "/")]
+        path: String,
+        #[arg(long)]
+        fail_every_n: Option<u64>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let paths = Paths::from_env();
+    match cli.cmd {
+        Cmd::Demo { secs, rate } => scenarios::demo(
+            &paths,
+            &scenarios::DemoConfig {
+                duration: Duration::from_secs(secs),
+                base_rate: rate,
+            },
+        ),
+        Cmd::FilterOverhead {
+            rounds,
+            secs,
+            rate,
+            saturation_secs,
+        } => scenarios::filter_overhead(
+            &paths,
+            &scenarios::BenchConfig {
+                rounds,
+                secs,
+                rate,
+                saturation_secs,
+                ..Default::default()
+            },
+        )
+        .map(|_| ()),
+        Cmd::Workload {
+            listen,
+            capacity,
+            service_time,
+            fail_every_n,
+        } => {
+            let cfg = workload::WorkloadConfig {
+                capacity,
+                service_time: workload::ServiceTime::parse(&service_time)?,
+                fail_every_n,
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::bind(listen).await?;
+                println!("workload listening on {}", l.local_addr()?);
+                workload::run(l, cfg, async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await?;
+                Ok(())
+            })
+        }
+        Cmd::Load {
+            target,
+            rate,
+            secs,
+            path,
+            fail_every_n,
+        } => {
+            let mut cfg = loadgen::LoadConfig::constant(target, rate, Duration::from_secs(secs));
+            cfg.path = path;
+            cfg.fail_every_n = fail_every_n;
+            println!("{}", loadgen::run_blocking(&cfg, None).summary());
+            Ok(())
+        }
+    }
+}
