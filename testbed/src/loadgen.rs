@@ -273,7 +273,9 @@ pub async fn run(cfg: &LoadConfig, live: Option<Arc<Live>>) -> LoadReport {
                 skipped += 1;
                 continue;
             }
-            let fail = cfg.fail_every_n.is_some_and(|n| n > 0 && i % n == 0);
+            let fail = cfg
+                .fail_every_n
+                .is_some_and(|n| n > 0 && i.is_multiple_of(n));
             if fail {
                 injected += 1;
             }

@@ -214,9 +214,9 @@ async fn slow(State(s): State<AppState>, Query(q): Query<SlowQuery>) -> impl Int
 async fn serve_one(s: &AppState, fail: bool) -> (StatusCode, &'static str) {
     let _g = Inflight::enter(&s.shared);
     let fail = fail
-        || s.cfg
-            .fail_every_n
-            .is_some_and(|n| n > 0 && (s.shared.nth.fetch_add(1, Ordering::Relaxed) + 1) % n == 0);
+        || s.cfg.fail_every_n.is_some_and(|n| {
+            n > 0 && (s.shared.nth.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(n)
+        });
     {
         let _permit = s.slots.acquire().await.expect("semaphore never closed");
         let t = s.cfg.service_time.sample();
