@@ -1,1 +1,25 @@
-//! meshtune controller: gRPC ingest, aggregation, policy, guardrails, sinks, admin.
+//! meshtune controller: gRPC ingest of filter reports, per-destination aggregation over
+//! sliding windows, hints back to the filters, admin HTTP (health, metrics, JSON) and the
+//! `meshtune top` client.
+//!
+//! - [`validate`]: report validation (INVALID_ARGUMENT naming the field).
+//! - [`aggregate`]: pure aggregation ([`Aggregator`]): sliding windows, lifetime totals, dedup.
+//! - [`hints`]: the [`HintSource`] trait and the JSON hints file.
+//! - [`server`]: the shared [`Controller`] state and [`serve`].
+//! - [`admin`], [`api`], [`metrics`]: admin HTTP, its JSON types, Prometheus metrics.
+//! - [`top`]: the `meshtune top` table renderer and poller.
+
+pub mod admin;
+pub mod aggregate;
+pub mod api;
+pub mod config;
+pub mod hints;
+pub mod metrics;
+pub mod server;
+pub mod top;
+pub mod validate;
+
+pub use aggregate::Aggregator;
+pub use config::Config;
+pub use hints::{Hint, HintSource};
+pub use server::{serve, Clock, Controller, ControllerError, SystemClock};

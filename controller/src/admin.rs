@@ -1,0 +1,38 @@
+//! Admin HTTP (axum): `/healthz`, `/readyz`, `/metrics`, `/api/destinations`.
+
+use crate::server::Controller;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use std::sync::Arc;
+
+/// Content type of the OpenMetrics text that prometheus-client writes.
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The admin routes over a controller.
+pub fn router(controller: Arc<Controller>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/destinations", get(destinations))
+        .with_state(controller)
+}
+
+async fn readyz(State(c): State<Arc<Controller>>) -> impl IntoResponse {
+    if c.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn metrics(State(c): State<Arc<Controller>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], c.metrics_text())
+}
+
+async fn destinations(State(c): State<Arc<Controller>>) -> impl IntoResponse {
+    Json(c.destinations_json())
+}

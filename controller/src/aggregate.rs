@@ -1,0 +1,722 @@
+//! Per-destination aggregation of validated reports: pure, clock passed in, no I/O.
+//!
+//! Each destination (upstream cluster name) keeps one bucket per second of controller receive
+//! time, holding the reports of all reporters that arrived in that second merged with
+//! [`WindowStats::merge_concurrent`] semantics; a bucket's latency histogram is stored sparse
+//! (only non-empty buckets) to keep memory small. A sliding-window view merges the buckets of
+//! the last `window_secs` seconds with [`WindowStats::merge_sequential`]. Next to the window,
+//! exact lifetime totals (and a lifetime latency histogram) are kept since the destination was
+//! first seen.
+//!
+//! **Window duration.** `duration_s` of a window is the wall-clock span it covers:
+//! `min(window_secs, time since the destination's first report + that report's length)`, so
+//! the rate of a destination whose traffic stopped decays to 0 instead of freezing.
+//! `inflight_avg` is time-weighted over that span (0 where nothing was reported).
+//!
+//! **Approximation.** If one reporter lands twice in the same one-second bucket (flush jitter),
+//! its counts add exactly but its in-flight max/average are combined by `max`, not summed.
+//!
+//! **De-duplication.** Per reporter (namespace, workload, pod, vm_id) the highest accepted
+//! sequence is kept; a report with a sequence not above it is a duplicate and changes nothing,
+//! except a restart: a lower sequence that is `<= dropped_reports + 1` (a fresh reporter whose
+//! earlier reports all failed) resets the reporter.
+//!
+//! **Bounds.** At most `max_destinations` destinations and `max_reporters` reporters; idle
+//! ones expire after `destination_idle_ms` / `reporter_idle_ms`.
+
+use crate::validate::{ReporterKey, ValidReport};
+use meshtune_core::histogram::{LatencyHistogram, SUB_BUCKET_BITS};
+use meshtune_core::WindowStats;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// Aggregation bounds (see [`crate::config::Config::aggregate_limits`]).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub window_secs: u64,
+    pub max_destinations: usize,
+    pub max_reporters: usize,
+    pub destination_idle_ms: u64,
+    pub reporter_idle_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        crate::config::Config::default().aggregate_limits()
+    }
+}
+
+/// What happened to one report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IngestOutcome {
+    /// Merged into the aggregates.
+    Accepted {
+        accepted_sequence: u64,
+        /// The reporter was seen before and its sequence went back (restart).
+        restarted: bool,
+        /// Increase of the reporter's `dropped_reports` counter since its last report.
+        dropped_reports_delta: u64,
+        /// Upstreams not tracked because `max_destinations` was reached.
+        destinations_dropped: u64,
+    },
+    /// Sequence already seen (or older): nothing changed.
+    Duplicate { accepted_sequence: u64 },
+}
+
+impl IngestOutcome {
+    pub fn accepted_sequence(&self) -> u64 {
+        match self {
+            IngestOutcome::Accepted {
+                accepted_sequence, ..
+            }
+            | IngestOutcome::Duplicate { accepted_sequence } => *accepted_sequence,
+        }
+    }
+}
+
+/// One destination as seen over the window and its lifetime.
+#[derive(Debug, Clone)]
+pub struct DestinationView {
+    pub name: String,
+    /// Distinct reporters with a report in the window.
+    pub reporters: usize,
+    pub last_report_unix_ms: u64,
+    pub window: WindowStats,
+    pub lifetime: WindowStats,
+}
+
+#[derive(Debug)]
+struct ReporterState {
+    id: u32,
+    last_sequence: u64,
+    last_seen_ms: u64,
+    dropped_reports: u64,
+}
+
+/// Scalar counters of a [`WindowStats`] (everything but the histogram).
+#[derive(Debug, Clone, Default)]
+struct Counters {
+    duration_s: f64,
+    requests: u64,
+    status_2xx: u64,
+    status_4xx: u64,
+    status_5xx: u64,
+    status_other: u64,
+    flag_uo: u64,
+    flag_ut: u64,
+    flag_conn_failure: u64,
+    retries: u64,
+    shed: u64,
+    inflight_max: u64,
+    inflight_avg: f64,
+    request_bytes: u64,
+    response_bytes: u64,
+    http2_requests: u64,
+}
+
+impl Counters {
+    /// Adds `w`; `concurrent` (another reporter) sums in-flight, otherwise takes the max.
+    fn add(&mut self, w: &WindowStats, concurrent: bool) {
+        self.duration_s = self.duration_s.max(w.duration_s);
+        self.requests += w.requests;
+        self.status_2xx += w.status_2xx;
+        self.status_4xx += w.status_4xx;
+        self.status_5xx += w.status_5xx;
+        self.status_other += w.status_other;
+        self.flag_uo += w.flag_uo;
+        self.flag_ut += w.flag_ut;
+        self.flag_conn_failure += w.flag_conn_failure;
+        self.retries += w.retries;
+        self.shed += w.shed;
+        self.request_bytes += w.request_bytes;
+        self.response_bytes += w.response_bytes;
+        self.http2_requests += w.http2_requests;
+        if concurrent {
+            self.inflight_max += w.inflight_max;
+            self.inflight_avg += w.inflight_avg;
+        } else {
+            self.inflight_max = self.inflight_max.max(w.inflight_max);
+            self.inflight_avg = self.inflight_avg.max(w.inflight_avg);
+        }
+    }
+
+    fn to_window(&self, latency: LatencyHistogram) -> WindowStats {
+        WindowStats {
+            duration_s: self.duration_s,
+            requests: self.requests,
+            status_2xx: self.status_2xx,
+            status_4xx: self.status_4xx,
+            status_5xx: self.status_5xx,
+            status_other: self.status_other,
+            flag_uo: self.flag_uo,
+            flag_ut: self.flag_ut,
+            flag_conn_failure: self.flag_conn_failure,
+            retries: self.retries,
+            shed: self.shed,
+            inflight_max: self.inflight_max,
+            inflight_avg: self.inflight_avg,
+            request_bytes: self.request_bytes,
+            response_bytes: self.response_bytes,
+            http2_requests: self.http2_requests,
+            latency,
+        }
+    }
+}
+
+/// A latency histogram holding only its non-empty buckets.
+#[derive(Debug, Clone, Default)]
+struct SparseHistogram {
+    /// (bucket index, count), ascending by index.
+    buckets: Vec<(u16, u64)>,
+    sum_us: u64,
+    min_us: u64,
+    max_us: u64,
+}
+
+impl SparseHistogram {
+    fn add(&mut self, h: &LatencyHistogram) {
+        if h.is_empty() {
+            return;
+        }
+        if self.buckets.is_empty() {
+            self.min_us = h.min_us();
+        } else {
+            self.min_us = self.min_us.min(h.min_us());
+        }
+        self.max_us = self.max_us.max(h.max_us());
+        self.sum_us = self.sum_us.saturating_add(h.sum_us());
+        let mut out = Vec::with_capacity(self.buckets.len() + 8);
+        let mut mine = self.buckets.iter().copied().peekable();
+        for (i, c) in h.nonzero_buckets() {
+            let i = i as u16;
+            while let Some(&(j, d)) = mine.peek() {
+                if j < i {
+                    out.push((j, d));
+                    mine.next();
+                } else {
+                    break;
+                }
+            }
+            match mine.peek() {
+                Some(&(j, d)) if j == i => {
+                    out.push((i, c + d));
+                    mine.next();
+                }
+                _ => out.push((i, c)),
+            }
+        }
+        out.extend(mine);
+        out.shrink_to_fit();
+        self.buckets = out;
+    }
+
+    fn to_histogram(&self) -> LatencyHistogram {
+        let (idx, cnt): (Vec<u32>, Vec<u64>) = self
+            .buckets
+            .iter()
+            .map(|&(i, c)| (u32::from(i), c))
+            .unzip();
+        // Built only from a valid histogram's buckets, so this cannot fail; fall back to empty.
+        LatencyHistogram::from_sparse(
+            SUB_BUCKET_BITS,
+            &idx,
+            &cnt,
+            self.sum_us,
+            self.min_us,
+            self.max_us,
+        )
+        .unwrap_or_default()
+    }
+}
+
+#[derive(Debug)]
+struct Bucket {
+    /// Controller receive time, whole seconds since the Unix epoch.
+    sec: u64,
+    counters: Counters,
+    latency: SparseHistogram,
+    /// Reporter ids merged into this bucket.
+    reporters: Vec<u32>,
+}
+
+#[derive(Debug)]
+struct Destination {
+    buckets: VecDeque<Bucket>,
+    lifetime: WindowStats,
+    first_seen_ms: u64,
+    first_duration_s: f64,
+    last_report_ms: u64,
+}
+
+/// Aggregates reports per destination; see the module docs.
+#[derive(Debug)]
+pub struct Aggregator {
+    limits: Limits,
+    destinations: BTreeMap<String, Destination>,
+    reporters: HashMap<ReporterKey, ReporterState>,
+    next_reporter_id: u32,
+    last_expire_ms: u64,
+}
+
+impl Aggregator {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits: Limits {
+                window_secs: limits.window_secs.max(1),
+                ..limits
+            },
+            destinations: BTreeMap::new(),
+            reporters: HashMap::new(),
+            next_reporter_id: 0,
+            last_expire_ms: 0,
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Number of tracked destinations.
+    pub fn destination_count(&self) -> usize {
+        self.destinations.len()
+    }
+
+    /// Number of tracked reporters.
+    pub fn reporter_count(&self) -> usize {
+        self.reporters.len()
+    }
+
+    /// Merges a validated report received at `now_ms` (Unix ms), unless it is a duplicate.
+    pub fn ingest(&mut self, report: &ValidReport, now_ms: u64) -> IngestOutcome {
+        if now_ms.saturating_sub(self.last_expire_ms) >= 1000 {
+            self.expire(now_ms);
+        }
+        let seq = report.sequence;
+        let (id, restarted, dropped_delta) = match self.reporters.get_mut(&report.reporter) {
+            Some(st) => {
+                let restarted = seq < st.last_sequence && seq <= report.dropped_reports + 1;
+                if seq <= st.last_sequence && !restarted {
+                    st.last_seen_ms = now_ms;
+                    return IngestOutcome::Duplicate {
+                        accepted_sequence: st.last_sequence,
+                    };
+                }
+                let delta = if restarted {
+                    report.dropped_reports
+                } else {
+                    report.dropped_reports.saturating_sub(st.dropped_reports)
+                };
+                st.last_sequence = seq;
+                st.last_seen_ms = now_ms;
+                st.dropped_reports = report.dropped_reports;
+                (st.id, restarted, delta)
+            }
+            None => {
+                if self.reporters.len() >= self.limits.max_reporters {
+                    self.expire_reporters(now_ms);
+                    if self.reporters.len() >= self.limits.max_reporters {
+                        self.evict_oldest_reporter();
+                    }
+                }
+                let id = self.next_reporter_id;
+                self.next_reporter_id = self.next_reporter_id.wrapping_add(1);
+                self.reporters.insert(
+                    report.reporter.clone(),
+                    ReporterState {
+                        id,
+                        last_sequence: seq,
+                        last_seen_ms: now_ms,
+                        dropped_reports: report.dropped_reports,
+                    },
+                );
+                (id, false, report.dropped_reports)
+            }
+        };
+        let sec = now_ms / 1000;
+        let mut destinations_dropped = 0;
+        for (name, w) in &report.upstreams {
+            if !self.destinations.contains_key(name) {
+                if self.destinations.len() >= self.limits.max_destinations {
+                    self.expire_destinations(now_ms);
+                }
+                if self.destinations.len() >= self.limits.max_destinations {
+                    destinations_dropped += 1;
+                    continue;
+                }
+                self.destinations.insert(
+                    name.clone(),
+                    Destination {
+                        buckets: VecDeque::new(),
+                        lifetime: WindowStats::default(),
+                        first_seen_ms: now_ms,
+                        first_duration_s: w.duration_s,
+                        last_report_ms: now_ms,
+                    },
+                );
+            }
+            let Some(d) = self.destinations.get_mut(name) else {
+                continue;
+            };
+            d.last_report_ms = d.last_report_ms.max(now_ms);
+            d.lifetime.merge_sequential(w);
+            expire_buckets(&mut d.buckets, sec, self.limits.window_secs);
+            // Receive times are monotonic in practice; a report "from the past" (clock step)
+            // joins the newest bucket.
+            let need_new = d.buckets.back().is_none_or(|b| b.sec < sec);
+            if need_new {
+                d.buckets.push_back(Bucket {
+                    sec,
+                    counters: Counters::default(),
+                    latency: SparseHistogram::default(),
+                    reporters: Vec::new(),
+                });
+            }
+            let b = d.buckets.back_mut().expect("bucket just ensured");
+            let concurrent = !b.reporters.contains(&id);
+            if concurrent {
+                b.reporters.push(id);
+            }
+            b.counters.add(w, concurrent);
+            b.latency.add(&w.latency);
+        }
+        IngestOutcome::Accepted {
+            accepted_sequence: seq,
+            restarted,
+            dropped_reports_delta: dropped_delta,
+            destinations_dropped,
+        }
+    }
+
+    /// Drops buckets older than the window and idle destinations and reporters.
+    pub fn expire(&mut self, now_ms: u64) {
+        self.last_expire_ms = now_ms;
+        self.expire_destinations(now_ms);
+        self.expire_reporters(now_ms);
+        let sec = now_ms / 1000;
+        for d in self.destinations.values_mut() {
+            expire_buckets(&mut d.buckets, sec, self.limits.window_secs);
+        }
+    }
+
+    fn expire_destinations(&mut self, now_ms: u64) {
+        let idle = self.limits.destination_idle_ms;
+        self.destinations
+            .retain(|_, d| now_ms.saturating_sub(d.last_report_ms) < idle);
+    }
+
+    fn expire_reporters(&mut self, now_ms: u64) {
+        let idle = self.limits.reporter_idle_ms;
+        self.reporters
+            .retain(|_, r| now_ms.saturating_sub(r.last_seen_ms) < idle);
+    }
+
+    fn evict_oldest_reporter(&mut self) {
+        if let Some(key) = self
+            .reporters
+            .iter()
+            .min_by_key(|(_, r)| r.last_seen_ms)
+            .map(|(k, _)| k.clone())
+        {
+            self.reporters.remove(&key);
+        }
+    }
+
+    /// The sliding window of every tracked destination at `now_ms`, sorted by name. This is
+    /// the policy's input (`WindowStats::features`).
+    pub fn snapshot(&self, now_ms: u64) -> Vec<(String, WindowStats)> {
+        self.destinations
+            .iter()
+            .map(|(name, d)| (name.clone(), self.window_of(d, now_ms).0))
+            .collect()
+    }
+
+    /// Window and lifetime of every tracked destination at `now_ms`, sorted by name.
+    pub fn destinations(&self, now_ms: u64) -> Vec<DestinationView> {
+        self.destinations
+            .iter()
+            .map(|(name, d)| {
+                let (window, reporters) = self.window_of(d, now_ms);
+                DestinationView {
+                    name: name.clone(),
+                    reporters,
+                    last_report_unix_ms: d.last_report_ms,
+                    window,
+                    lifetime: d.lifetime.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// The window of one destination and its distinct reporter count.
+    fn window_of(&self, d: &Destination, now_ms: u64) -> (WindowStats, usize) {
+        let w = self.limits.window_secs;
+        let sec = now_ms / 1000;
+        let mut merged = WindowStats::default();
+        let mut ids: Vec<u32> = Vec::new();
+        for b in d.buckets.iter().filter(|b| in_window(b.sec, sec, w)) {
+            merged.merge_sequential(&b.counters.to_window(b.latency.to_histogram()));
+            ids.extend(&b.reporters);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let elapsed = now_ms.saturating_sub(d.first_seen_ms) as f64 / 1000.0 + d.first_duration_s;
+        let span = merged.duration_s.max(elapsed).min(w as f64);
+        if span > 0.0 {
+            merged.inflight_avg = merged.inflight_avg * merged.duration_s.min(span) / span;
+        }
+        merged.duration_s = span;
+        (merged, ids.len())
+    }
+}
+
+fn in_window(bucket_sec: u64, now_sec: u64, window_secs: u64) -> bool {
+    bucket_sec + window_secs > now_sec
+}
+
+fn expire_buckets(buckets: &mut VecDeque<Bucket>, now_sec: u64, window_secs: u64) {
+    while buckets
+        .front()
+        .is_some_and(|b| !in_window(b.sec, now_sec, window_secs))
+    {
+        buckets.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(pod: &str) -> ReporterKey {
+        ReporterKey {
+            namespace: "ns".into(),
+            workload: "w".into(),
+            pod: pod.into(),
+            vm_id: "vm".into(),
+        }
+    }
+
+    fn window(requests: u64, e5: u64, lat_us: u64, inflight: u64) -> WindowStats {
+        let mut w = WindowStats {
+            duration_s: 1.0,
+            requests,
+            status_2xx: requests - e5,
+            status_5xx: e5,
+            inflight_max: inflight,
+            inflight_avg: inflight as f64 / 2.0,
+            ..Default::default()
+        };
+        w.latency.record_n(lat_us, requests);
+        w
+    }
+
+    fn report(pod: &str, seq: u64, ups: Vec<(&str, WindowStats)>) -> ValidReport {
+        ValidReport {
+            reporter: key(pod),
+            sequence: seq,
+            dropped_reports: 0,
+            window_length_ms: 1000,
+            upstreams: ups.into_iter().map(|(n, w)| (n.to_string(), w)).collect(),
+        }
+    }
+
+    const T0: u64 = 1_700_000_000_000;
+
+    #[test]
+    fn merges_reporters_into_one_destination() {
+        let mut a = Aggregator::new(Limits::default());
+        let o = a.ingest(&report("p1", 1, vec![("c", window(10, 1, 1000, 2))]), T0);
+        assert_eq!(o.accepted_sequence(), 1);
+        a.ingest(&report("p2", 1, vec![("c", window(30, 3, 5000, 4))]), T0 + 100);
+        a.ingest(&report("p2", 2, vec![("d", window(5, 0, 100, 1))]), T0 + 200);
+        let d = a.destinations(T0 + 500);
+        assert_eq!(d.len(), 2);
+        let c = &d[0];
+        assert_eq!(c.name, "c");
+        assert_eq!(c.reporters, 2);
+        assert_eq!(c.window.requests, 40);
+        assert_eq!(c.window.status_5xx, 4);
+        assert_eq!(c.window.latency.count(), 40);
+        // Concurrent reporters: in-flight max adds up.
+        assert_eq!(c.window.inflight_max, 6);
+        assert_eq!(c.lifetime.requests, 40);
+        assert_eq!(c.last_report_unix_ms, T0 + 100);
+        let p99 = c.window.latency.quantile_us(0.99);
+        assert!((p99 - 5000.0).abs() <= 5000.0 * 0.04, "{p99}");
+        assert_eq!(d[1].window.requests, 5);
+        let snap = a.snapshot(T0 + 500);
+        assert_eq!(snap.len(), 2);
+        assert_eq!(snap[0].1.requests, 40);
+    }
+
+    #[test]
+    fn sliding_window_expires_but_lifetime_stays_exact() {
+        let mut a = Aggregator::new(Limits {
+            window_secs: 3,
+            ..Limits::default()
+        });
+        for s in 0..10u64 {
+            a.ingest(
+                &report("p", s + 1, vec![("c", window(10 + s, s, 1000 * (s + 1), 1))]),
+                T0 + s * 1000,
+            );
+        }
+        let now = T0 + 9 * 1000 + 500;
+        let v = &a.destinations(now)[0];
+        // Seconds 7, 8, 9 are in the window.
+        assert_eq!(v.window.requests, 17 + 18 + 19);
+        assert_eq!(v.window.status_5xx, 7 + 8 + 9);
+        assert_eq!(v.window.duration_s, 3.0);
+        assert!((v.window.rps() - 54.0 / 3.0).abs() < 1e-9);
+        assert_eq!(v.window.latency.min_us(), 8000);
+        assert_eq!(v.lifetime.requests, (10..20).sum::<u64>());
+        assert_eq!(v.lifetime.status_5xx, (0..10).sum::<u64>());
+        assert_eq!(v.lifetime.latency.count(), v.lifetime.requests);
+        // Traffic stops: the window empties, the rate decays to 0, lifetime unchanged.
+        let later = a.destinations(T0 + 30_000);
+        assert_eq!(later[0].window.requests, 0);
+        assert_eq!(later[0].window.rps(), 0.0);
+        assert_eq!(later[0].reporters, 0);
+        assert_eq!(later[0].lifetime.requests, (10..20).sum::<u64>());
+    }
+
+    #[test]
+    fn rate_decays_when_reports_stop() {
+        let mut a = Aggregator::new(Limits::default());
+        a.ingest(&report("p", 1, vec![("c", window(100, 0, 10, 0))]), T0);
+        let r1 = a.snapshot(T0)[0].1.rps();
+        let r5 = a.snapshot(T0 + 4000)[0].1.rps();
+        assert!((r1 - 100.0).abs() < 1e-9, "{r1}");
+        assert!((r5 - 20.0).abs() < 1e-9, "{r5}");
+    }
+
+    #[test]
+    fn duplicate_and_old_sequences_are_ignored() {
+        let mut a = Aggregator::new(Limits::default());
+        let r = report("p", 5, vec![("c", window(10, 0, 10, 1))]);
+        assert!(matches!(a.ingest(&r, T0), IngestOutcome::Accepted { .. }));
+        assert_eq!(
+            a.ingest(&r, T0 + 10),
+            IngestOutcome::Duplicate {
+                accepted_sequence: 5
+            }
+        );
+        let old = report("p", 3, vec![("c", window(10, 0, 10, 1))]);
+        assert_eq!(
+            a.ingest(&old, T0 + 20),
+            IngestOutcome::Duplicate {
+                accepted_sequence: 5
+            }
+        );
+        let v = &a.destinations(T0 + 30)[0];
+        assert_eq!(v.window.requests, 10);
+        assert_eq!(v.lifetime.requests, 10);
+    }
+
+    #[test]
+    fn reporter_restart_is_accepted() {
+        let mut a = Aggregator::new(Limits::default());
+        for s in 1..=5 {
+            a.ingest(&report("p", s, vec![("c", window(1, 0, 10, 1))]), T0 + s);
+        }
+        // Same identity restarts at 1.
+        let o = a.ingest(&report("p", 1, vec![("c", window(1, 0, 10, 1))]), T0 + 10);
+        assert!(matches!(o, IngestOutcome::Accepted { restarted: true, .. }), "{o:?}");
+        // Restart whose first two reports were dropped.
+        let mut r = report("p", 3, vec![("c", window(1, 0, 10, 1))]);
+        r.dropped_reports = 2;
+        assert_eq!(a.ingest(&r, T0 + 20).accepted_sequence(), 3);
+        let mut r = report("p", 2, vec![("c", window(1, 0, 10, 1))]);
+        r.dropped_reports = 2;
+        let o = a.ingest(&r, T0 + 30);
+        assert!(matches!(o, IngestOutcome::Accepted { restarted: true, .. }), "{o:?}");
+        // A new pod starting at 1 is another reporter.
+        let o = a.ingest(&report("p-new", 1, vec![("c", window(1, 0, 10, 1))]), T0 + 40);
+        assert!(matches!(o, IngestOutcome::Accepted { restarted: false, .. }));
+        assert_eq!(a.destinations(T0 + 50)[0].lifetime.requests, 9);
+        assert_eq!(a.reporter_count(), 2);
+    }
+
+    #[test]
+    fn dropped_reports_are_counted_as_deltas() {
+        let mut a = Aggregator::new(Limits::default());
+        let mut r = report("p", 1, vec![]);
+        r.dropped_reports = 3;
+        let delta = |o: IngestOutcome| match o {
+            IngestOutcome::Accepted {
+                dropped_reports_delta,
+                ..
+            } => dropped_reports_delta,
+            IngestOutcome::Duplicate { .. } => panic!("duplicate"),
+        };
+        assert_eq!(delta(a.ingest(&r, T0)), 3);
+        r.sequence = 5;
+        r.dropped_reports = 5;
+        assert_eq!(delta(a.ingest(&r, T0 + 1)), 2);
+        r.sequence = 6;
+        assert_eq!(delta(a.ingest(&r, T0 + 2)), 0);
+    }
+
+    #[test]
+    fn same_reporter_twice_in_a_second_does_not_double_inflight() {
+        let mut a = Aggregator::new(Limits::default());
+        a.ingest(&report("p", 1, vec![("c", window(10, 0, 10, 4))]), T0);
+        a.ingest(&report("p", 2, vec![("c", window(10, 0, 10, 3))]), T0 + 900);
+        let v = &a.destinations(T0 + 950)[0];
+        assert_eq!(v.window.requests, 20);
+        assert_eq!(v.window.inflight_max, 4);
+        assert_eq!(v.reporters, 1);
+    }
+
+    #[test]
+    fn destination_and_reporter_bounds() {
+        let mut a = Aggregator::new(Limits {
+            max_destinations: 2,
+            max_reporters: 2,
+            destination_idle_ms: 60_000,
+            reporter_idle_ms: 60_000,
+            ..Limits::default()
+        });
+        let o = a.ingest(
+            &report(
+                "p",
+                1,
+                vec![
+                    ("a", window(1, 0, 10, 1)),
+                    ("b", window(1, 0, 10, 1)),
+                    ("c", window(1, 0, 10, 1)),
+                ],
+            ),
+            T0,
+        );
+        assert!(matches!(
+            o,
+            IngestOutcome::Accepted {
+                destinations_dropped: 1,
+                ..
+            }
+        ));
+        assert_eq!(a.destination_count(), 2);
+        // After the idle time, "a" and "b" expire and "c" fits.
+        a.ingest(&report("p", 2, vec![("c", window(1, 0, 10, 1))]), T0 + 61_000);
+        let names: Vec<_> = a.snapshot(T0 + 61_000).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, vec!["c"]);
+        // Reporter table is bounded: the oldest is evicted.
+        a.ingest(&report("q", 1, vec![]), T0 + 61_001);
+        a.ingest(&report("r", 1, vec![]), T0 + 61_002);
+        assert_eq!(a.reporter_count(), 2);
+    }
+
+    #[test]
+    fn sparse_histogram_merges_like_the_full_one() {
+        let mut s = SparseHistogram::default();
+        let mut full = LatencyHistogram::new();
+        for k in 0..5u64 {
+            let mut h = LatencyHistogram::new();
+            for v in 0..200u64 {
+                h.record((v * 37 + k * 1013) % 50_000);
+            }
+            full.merge(&h);
+            s.add(&h);
+        }
+        assert_eq!(s.to_histogram(), full);
+    }
+}

@@ -1,0 +1,161 @@
+//! JSON types of the admin API (`GET /api/destinations`), shared by the server and `meshtune
+//! top`. Field names are a contract with the end-to-end tests: add fields, never rename.
+
+use crate::aggregate::DestinationView;
+use crate::hints::Hint;
+use meshtune_core::WindowStats;
+use serde::{Deserialize, Serialize};
+
+/// Body of `GET /api/destinations`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DestinationsResponse {
+    pub window_secs: u64,
+    /// Reports merged into the aggregates since start.
+    pub reports_accepted: u64,
+    /// Reports refused with INVALID_ARGUMENT since start.
+    pub reports_rejected: u64,
+    /// Reports ignored as duplicates (sequence already seen) since start.
+    #[serde(default)]
+    pub reports_duplicate: u64,
+    /// Reporters currently tracked.
+    #[serde(default)]
+    pub reporters: u64,
+    /// Tracked destinations, sorted by name.
+    pub destinations: Vec<DestinationJson>,
+}
+
+/// One destination (upstream cluster name).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DestinationJson {
+    pub name: String,
+    /// Distinct reporters with a report in the window.
+    pub reporters: u64,
+    pub last_report_unix_ms: u64,
+    pub window: WindowJson,
+    pub lifetime: LifetimeJson,
+    /// The hint currently given to filters for this destination, if any.
+    pub hint: Option<Hint>,
+}
+
+/// The sliding window (`window_secs`) of a destination, merged over all reporters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowJson {
+    pub requests: u64,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    /// status_5xx / requests (0 without requests); likewise for the other rates.
+    pub error_5xx_rate: f64,
+    /// Envoy UO (circuit breaker overflow).
+    pub overflow_rate: f64,
+    /// Envoy UT (upstream timeout).
+    pub timeout_rate: f64,
+    pub inflight_avg: f64,
+    pub inflight_max: u64,
+    /// Wall-clock span the window covers, seconds.
+    #[serde(default)]
+    pub duration_s: f64,
+    #[serde(default)]
+    pub conn_failure_rate: f64,
+    #[serde(default)]
+    pub retries: u64,
+    #[serde(default)]
+    pub shed: u64,
+}
+
+/// Exact totals since the destination was first seen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LifetimeJson {
+    pub requests: u64,
+    pub status_2xx: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+    pub flag_uo: u64,
+    pub flag_ut: u64,
+    pub flag_conn_failure: u64,
+    pub retries: u64,
+    pub shed: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    /// 1xx, 3xx and requests without a response code.
+    #[serde(default)]
+    pub status_other: u64,
+    #[serde(default)]
+    pub request_bytes: u64,
+    #[serde(default)]
+    pub response_bytes: u64,
+    #[serde(default)]
+    pub latency_samples: u64,
+}
+
+fn rate(n: u64, d: u64) -> f64 {
+    if d == 0 {
+        0.0
+    } else {
+        n as f64 / d as f64
+    }
+}
+
+fn ms(w: &WindowStats, q: f64) -> f64 {
+    w.latency.quantile_us(q) / 1000.0
+}
+
+impl From<&WindowStats> for WindowJson {
+    fn from(w: &WindowStats) -> Self {
+        Self {
+            requests: w.requests,
+            rps: w.rps(),
+            p50_ms: ms(w, 0.5),
+            p90_ms: ms(w, 0.9),
+            p99_ms: ms(w, 0.99),
+            error_5xx_rate: rate(w.status_5xx, w.requests),
+            overflow_rate: rate(w.flag_uo, w.requests),
+            timeout_rate: rate(w.flag_ut, w.requests),
+            inflight_avg: w.inflight_avg,
+            inflight_max: w.inflight_max,
+            duration_s: w.duration_s,
+            conn_failure_rate: rate(w.flag_conn_failure, w.requests),
+            retries: w.retries,
+            shed: w.shed,
+        }
+    }
+}
+
+impl From<&WindowStats> for LifetimeJson {
+    fn from(w: &WindowStats) -> Self {
+        Self {
+            requests: w.requests,
+            status_2xx: w.status_2xx,
+            status_4xx: w.status_4xx,
+            status_5xx: w.status_5xx,
+            flag_uo: w.flag_uo,
+            flag_ut: w.flag_ut,
+            flag_conn_failure: w.flag_conn_failure,
+            retries: w.retries,
+            shed: w.shed,
+            p50_ms: ms(w, 0.5),
+            p90_ms: ms(w, 0.9),
+            p99_ms: ms(w, 0.99),
+            status_other: w.status_other,
+            request_bytes: w.request_bytes,
+            response_bytes: w.response_bytes,
+            latency_samples: w.latency.count(),
+        }
+    }
+}
+
+impl DestinationJson {
+    /// Builds the JSON of one destination view with its hint.
+    pub fn new(v: &DestinationView, hint: Option<Hint>) -> Self {
+        Self {
+            name: v.name.clone(),
+            reporters: v.reporters as u64,
+            last_report_unix_ms: v.last_report_unix_ms,
+            window: WindowJson::from(&v.window),
+            lifetime: LifetimeJson::from(&v.lifetime),
+            hint,
+        }
+    }
+}

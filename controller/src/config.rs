@@ -1,0 +1,99 @@
+//! Controller configuration: one [`Config`] struct with documented fields and `DEFAULT_*` consts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default gRPC ingest address (`meshtune.v1.FeatureService`).
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:18000";
+/// Default admin HTTP address (`/healthz`, `/readyz`, `/metrics`, `/api/destinations`).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:18001";
+/// Default sliding window length in seconds.
+pub const DEFAULT_WINDOW_SECS: u64 = 10;
+/// Default largest accepted encoded ReportRequest, in bytes.
+pub const DEFAULT_MAX_REPORT_BYTES: usize = 4 * 1024 * 1024;
+/// Default largest number of upstream windows in one report.
+pub const DEFAULT_MAX_UPSTREAMS_PER_REPORT: usize = 4096;
+/// Default longest cluster name (bytes) and reporter identity field.
+pub const DEFAULT_MAX_NAME_LEN: usize = 512;
+/// Default longest accepted report window (5 minutes).
+pub const DEFAULT_MAX_WINDOW_LENGTH_MS: u32 = 300_000;
+/// Default largest number of tracked destinations.
+pub const DEFAULT_MAX_DESTINATIONS: usize = 10_000;
+/// Default largest number of tracked reporters (for sequence de-duplication).
+pub const DEFAULT_MAX_REPORTERS: usize = 100_000;
+/// Default idle time after which a destination (window and lifetime totals) is forgotten.
+pub const DEFAULT_DESTINATION_IDLE_SECS: u64 = 3600;
+/// Default idle time after which a reporter's de-duplication state is forgotten.
+pub const DEFAULT_REPORTER_IDLE_SECS: u64 = 600;
+/// Default interval at which the hints file's mtime is checked.
+pub const DEFAULT_HINTS_POLL: Duration = Duration::from_millis(500);
+
+/// Everything the controller needs to run. Build it with [`Config::default`] and override.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Sliding window length in seconds (≥ 1) used for `window` stats and the policy snapshot.
+    pub window_secs: u64,
+    /// Largest accepted encoded ReportRequest in bytes; larger reports are rejected with
+    /// INVALID_ARGUMENT (tonic refuses anything above twice this with OUT_OF_RANGE).
+    pub max_report_bytes: usize,
+    /// Largest number of upstream windows in one report.
+    pub max_upstreams_per_report: usize,
+    /// Longest cluster name and reporter identity field, in bytes.
+    pub max_name_len: usize,
+    /// Longest accepted `window_length_ms`.
+    pub max_window_length_ms: u32,
+    /// Largest number of destinations tracked at once; upstreams for new destinations beyond
+    /// it are dropped (counted in `meshtune_destinations_dropped_total`) until some expire.
+    pub max_destinations: usize,
+    /// Largest number of reporters tracked for de-duplication.
+    pub max_reporters: usize,
+    /// A destination without reports for this long is forgotten (lifetime totals included).
+    pub destination_idle_secs: u64,
+    /// A reporter without reports for this long is forgotten.
+    pub reporter_idle_secs: u64,
+    /// Optional JSON hints file (see [`crate::hints`]); reloaded when its mtime changes.
+    pub hints_file: Option<PathBuf>,
+    /// How often the hints file's mtime is checked.
+    pub hints_poll: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            window_secs: DEFAULT_WINDOW_SECS,
+            max_report_bytes: DEFAULT_MAX_REPORT_BYTES,
+            max_upstreams_per_report: DEFAULT_MAX_UPSTREAMS_PER_REPORT,
+            max_name_len: DEFAULT_MAX_NAME_LEN,
+            max_window_length_ms: DEFAULT_MAX_WINDOW_LENGTH_MS,
+            max_destinations: DEFAULT_MAX_DESTINATIONS,
+            max_reporters: DEFAULT_MAX_REPORTERS,
+            destination_idle_secs: DEFAULT_DESTINATION_IDLE_SECS,
+            reporter_idle_secs: DEFAULT_REPORTER_IDLE_SECS,
+            hints_file: None,
+            hints_poll: DEFAULT_HINTS_POLL,
+        }
+    }
+}
+
+impl Config {
+    /// The aggregation bounds derived from this config.
+    pub fn aggregate_limits(&self) -> crate::aggregate::Limits {
+        crate::aggregate::Limits {
+            window_secs: self.window_secs.max(1),
+            max_destinations: self.max_destinations,
+            max_reporters: self.max_reporters,
+            destination_idle_ms: self.destination_idle_secs.saturating_mul(1000),
+            reporter_idle_ms: self.reporter_idle_secs.saturating_mul(1000),
+        }
+    }
+
+    /// The validation bounds derived from this config.
+    pub fn validation_limits(&self) -> crate::validate::Limits {
+        crate::validate::Limits {
+            max_report_bytes: self.max_report_bytes,
+            max_upstreams: self.max_upstreams_per_report,
+            max_name_len: self.max_name_len,
+            max_window_length_ms: self.max_window_length_ms,
+        }
+    }
+}

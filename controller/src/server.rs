@@ -1,0 +1,368 @@
+//! The running controller: shared state ([`Controller`]) and [`Controller::serve`], which runs
+//! the gRPC ingest and admin HTTP servers on given listeners until a shutdown future fires.
+
+use crate::aggregate::{Aggregator, IngestOutcome};
+use crate::api::{DestinationJson, DestinationsResponse};
+use crate::config::Config;
+use crate::hints::{FileHints, HintSource, HintsError, NoHints, Reload};
+use crate::metrics::{Metrics, ReasonLabels};
+use crate::validate::{validate, Limits as ValidationLimits};
+use meshtune_core::WindowStats;
+use meshtune_proto::v1::feature_service_server::FeatureServiceServer;
+use meshtune_proto::v1::{ReportRequest, ReportResponse};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// How long servers get to finish after shutdown fires before they are dropped.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Errors running the controller.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Hints(#[from] HintsError),
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("admin server: {0}")]
+    Admin(std::io::Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// Source of the current time (tests substitute their own).
+pub trait Clock: Send + Sync {
+    fn now_unix_ms(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_unix_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// Why a report was refused: the gRPC status to return.
+pub type ReportResult = Result<ReportResponse, tonic::Status>;
+
+/// Shared controller state: aggregates, hint source, metrics.
+pub struct Controller {
+    config: Config,
+    validation: ValidationLimits,
+    aggregator: Mutex<Aggregator>,
+    hints: RwLock<Arc<dyn HintSource>>,
+    file_hints: Option<Arc<FileHints>>,
+    metrics: Metrics,
+    clock: Arc<dyn Clock>,
+    ready: AtomicBool,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    duplicate: AtomicU64,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Controller {
+    /// Builds the state; opens the hints file if configured (an invalid existing file is an
+    /// error, a missing one gives no hints until it appears).
+    pub fn new(config: Config) -> Result<Self, ControllerError> {
+        let file_hints = match &config.hints_file {
+            Some(p) => Some(Arc::new(FileHints::open(p)?)),
+            None => None,
+        };
+        let hints: Arc<dyn HintSource> = match &file_hints {
+            Some(f) => f.clone(),
+            None => Arc::new(NoHints),
+        };
+        Ok(Self {
+            validation: config.validation_limits(),
+            aggregator: Mutex::new(Aggregator::new(config.aggregate_limits())),
+            config,
+            hints: RwLock::new(hints),
+            file_hints,
+            metrics: Metrics::new(),
+            clock: Arc::new(SystemClock),
+            ready: AtomicBool::new(false),
+            accepted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            duplicate: AtomicU64::new(0),
+        })
+    }
+
+    /// Replaces the clock (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Replaces the hint source (the policy loop installs itself here).
+    pub fn set_hint_source(&self, source: Arc<dyn HintSource>) {
+        *self.hints.write().unwrap_or_else(|e| e.into_inner()) = source;
+    }
+
+    /// The hint source in force.
+    pub fn hint_source(&self) -> Arc<dyn HintSource> {
+        self.hints.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The hints file source, if one is configured.
+    pub fn file_hints(&self) -> Option<&Arc<FileHints>> {
+        self.file_hints.as_ref()
+    }
+
+    /// True once the gRPC server is serving.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    fn aggregator(&self) -> std::sync::MutexGuard<'_, Aggregator> {
+        self.aggregator.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sliding window of every destination now (the policy's input), sorted by name.
+    pub fn snapshot(&self) -> Vec<(String, WindowStats)> {
+        let now = self.clock.now_unix_ms();
+        self.aggregator().snapshot(now)
+    }
+
+    /// Handles one report: validate, de-duplicate, merge, answer with hints. A rejected
+    /// report gets INVALID_ARGUMENT naming the field and changes nothing.
+    pub fn handle_report(&self, req: &ReportRequest) -> ReportResult {
+        let started = Instant::now();
+        let valid = match validate(req, &self.validation) {
+            Ok(v) => v,
+            Err(e) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .reports_rejected
+                    .get_or_create(&ReasonLabels {
+                        reason: e.reason.as_str().to_string(),
+                    })
+                    .inc();
+                tracing::debug!(error = %e, "report rejected");
+                return Err(tonic::Status::invalid_argument(e.to_string()));
+            }
+        };
+        let now = self.clock.now_unix_ms();
+        let outcome = self.aggregator().ingest(&valid, now);
+        match &outcome {
+            IngestOutcome::Accepted {
+                restarted,
+                dropped_reports_delta,
+                destinations_dropped,
+                ..
+            } => {
+                self.accepted.fetch_add(1, Ordering::Relaxed);
+                self.metrics.reports_accepted.inc();
+                if *restarted {
+                    self.metrics.reporter_restarts.inc();
+                    tracing::info!(reporter = ?valid.reporter, "reporter restarted");
+                }
+                self.metrics
+                    .filter_dropped_reports
+                    .inc_by(*dropped_reports_delta);
+                if *destinations_dropped > 0 {
+                    self.metrics
+                        .destinations_dropped
+                        .inc_by(*destinations_dropped);
+                    tracing::warn!(
+                        dropped = destinations_dropped,
+                        max = self.config.max_destinations,
+                        "destination limit reached"
+                    );
+                }
+            }
+            IngestOutcome::Duplicate { .. } => {
+                self.duplicate.fetch_add(1, Ordering::Relaxed);
+                self.metrics.reports_duplicate.inc();
+            }
+        }
+        let clusters: Vec<String> = valid.upstreams.iter().map(|(n, _)| n.clone()).collect();
+        let hints = self
+            .hint_source()
+            .hints_for(&clusters)
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        self.metrics
+            .report_ingest_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(ReportResponse {
+            hints,
+            accepted_sequence: outcome.accepted_sequence(),
+        })
+    }
+
+    /// The admin view (`/api/destinations`); also refreshes the per-destination gauges.
+    pub fn destinations_json(&self) -> DestinationsResponse {
+        let now = self.clock.now_unix_ms();
+        let (views, reporters) = {
+            let a = self.aggregator();
+            (a.destinations(now), a.reporter_count())
+        };
+        self.metrics.set_destinations(&views, reporters);
+        let hints = self.hint_source();
+        let destinations = views
+            .iter()
+            .map(|v| {
+                let hint = hints.hints_for(std::slice::from_ref(&v.name)).pop();
+                DestinationJson::new(v, hint)
+            })
+            .collect();
+        DestinationsResponse {
+            window_secs: self.config.window_secs.max(1),
+            reports_accepted: self.accepted.load(Ordering::Relaxed),
+            reports_rejected: self.rejected.load(Ordering::Relaxed),
+            reports_duplicate: self.duplicate.load(Ordering::Relaxed),
+            reporters: reporters as u64,
+            destinations,
+        }
+    }
+
+    /// Metrics text (`/metrics`), with per-destination gauges refreshed.
+    pub fn metrics_text(&self) -> String {
+        let now = self.clock.now_unix_ms();
+        let (views, reporters) = {
+            let a = self.aggregator();
+            (a.destinations(now), a.reporter_count())
+        };
+        self.metrics.set_destinations(&views, reporters);
+        self.metrics.encode()
+    }
+
+    /// Checks the hints file once; logs the outcome.
+    pub fn poll_hints_file(&self) {
+        let Some(f) = &self.file_hints else { return };
+        let label = |r: &str| ReasonLabels {
+            reason: r.to_string(),
+        };
+        match f.reload_if_changed() {
+            Ok(Reload::Loaded(n)) => {
+                self.metrics.hints_reloads.get_or_create(&label("ok")).inc();
+                tracing::info!(path = %f.path().display(), hints = n, "hints file loaded");
+            }
+            Ok(Reload::Unchanged | Reload::Missing) => {}
+            Err(e) => {
+                self.metrics
+                    .hints_reloads
+                    .get_or_create(&label("error"))
+                    .inc();
+                tracing::error!(error = %e, "hints file not loaded; previous hints kept");
+            }
+        }
+    }
+
+    /// Runs the gRPC server on `grpc` and the admin server on `admin` until `shutdown`
+    /// completes, then stops both (waiting at most [`SHUTDOWN_GRACE`]).
+    pub async fn serve(
+        self: Arc<Self>,
+        grpc: TcpListener,
+        admin: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ControllerError> {
+        let (tx, rx) = watch::channel(false);
+        let stop = move |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|v| *v).await;
+        };
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = tx.send(true);
+        });
+        if self.file_hints.is_some() {
+            let me = self.clone();
+            let mut rx = rx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(me.config.hints_poll);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => me.poll_hints_file(),
+                        _ = rx.wait_for(|v| *v) => break,
+                    }
+                }
+            });
+        }
+
+        let svc = FeatureServiceServer::from_arc(self.clone())
+            .max_decoding_message_size(self.config.max_report_bytes.saturating_mul(2));
+        let grpc_server = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                stop(rx.clone()),
+            );
+        let admin_server = axum::serve(admin, crate::admin::router(self.clone()))
+            .with_graceful_shutdown(stop(rx.clone()));
+        self.ready.store(true, Ordering::Relaxed);
+        tracing::info!("controller serving");
+
+        let both = async {
+            tokio::try_join!(
+                async { grpc_server.await.map_err(ControllerError::Grpc) },
+                async { admin_server.await.map_err(ControllerError::Admin) },
+            )
+            .map(|_| ())
+        };
+        let grace = async {
+            stop(rx.clone()).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            tracing::warn!("shutdown grace period over; dropping open connections");
+        };
+        let result = tokio::select! {
+            r = both => r,
+            _ = grace => Ok(()),
+        };
+        self.ready.store(false, Ordering::Relaxed);
+        tracing::info!("controller stopped");
+        result
+    }
+}
+
+#[tonic::async_trait]
+impl meshtune_proto::v1::feature_service_server::FeatureService for Controller {
+    async fn report(
+        &self,
+        request: tonic::Request<ReportRequest>,
+    ) -> Result<tonic::Response<ReportResponse>, tonic::Status> {
+        self.handle_report(request.get_ref())
+            .map(tonic::Response::new)
+    }
+}
+
+/// Runs a controller built from `config` on the given listeners until `shutdown` completes.
+pub async fn serve(
+    config: Config,
+    grpc: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ControllerError> {
+    Arc::new(Controller::new(config)?)
+        .serve(grpc, admin, shutdown)
+        .await
+}

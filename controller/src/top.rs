@@ -1,0 +1,268 @@
+//! `meshtune top`: polls the admin `/api/destinations` and renders a table. Rendering is pure
+//! ([`render`]); [`http_get`] is a minimal HTTP/1.1 GET client (hyper) also used by tests.
+
+use crate::api::DestinationsResponse;
+use crate::hints::Hint;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use std::fmt::Write as _;
+
+/// Default admin URL polled by `meshtune top`.
+pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:18001";
+/// Default refresh interval of `meshtune top`.
+pub const DEFAULT_INTERVAL_MS: u64 = 1000;
+
+/// Errors talking to the admin API.
+#[derive(Debug, thiserror::Error)]
+pub enum TopError {
+    #[error("bad admin URL {url:?}: {message}")]
+    Url { url: String, message: String },
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("HTTP request to {url}: {message}")]
+    Http { url: String, message: String },
+    #[error("GET {url} returned status {status}")]
+    Status { url: String, status: u16 },
+    #[error("GET {url}: invalid JSON: {source}")]
+    Json {
+        url: String,
+        source: serde_json::Error,
+    },
+}
+
+/// GETs `path` from `base_url` (`http://host:port` or `host:port`); returns status and body.
+pub async fn http_get(base_url: &str, path: &str) -> Result<(u16, String), TopError> {
+    let trimmed = base_url.trim_end_matches('/');
+    let authority = trimmed.strip_prefix("http://").unwrap_or(trimmed);
+    if authority.is_empty() || authority.contains('/') || trimmed.starts_with("https://") {
+        return Err(TopError::Url {
+            url: base_url.to_string(),
+            message: "expected http://host:port".into(),
+        });
+    }
+    let addr = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let url = format!("http://{authority}{path}");
+    let http = |e: &dyn std::fmt::Display| TopError::Http {
+        url: url.clone(),
+        message: e.to_string(),
+    };
+    let stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .map_err(|source| TopError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| http(&e))?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, authority)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| http(&e))?;
+    let res = sender.send_request(req).await.map_err(|e| http(&e))?;
+    let status = res.status().as_u16();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| http(&e))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Fetches and parses `/api/destinations`.
+pub async fn fetch_destinations(base_url: &str) -> Result<DestinationsResponse, TopError> {
+    let path = "/api/destinations";
+    let (status, body) = http_get(base_url, path).await?;
+    let url = format!("{}{path}", base_url.trim_end_matches('/'));
+    if status != 200 {
+        return Err(TopError::Status { url, status });
+    }
+    serde_json::from_str(&body).map_err(|source| TopError::Json { url, source })
+}
+
+fn hint_text(h: &Option<Hint>) -> String {
+    let Some(h) = h else { return "-".into() };
+    let mut parts = Vec::new();
+    if h.timeout_ms > 0 {
+        parts.push(format!("timeout={}ms", h.timeout_ms));
+    }
+    if let Some(r) = h.max_retries {
+        parts.push(format!("retries={r}"));
+    }
+    if h.concurrency_limit > 0 {
+        parts.push(format!("limit={}", h.concurrency_limit));
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// Renders the destinations table (one header line, one line per destination).
+pub fn render(r: &DestinationsResponse) -> String {
+    let name_w = r
+        .destinations
+        .iter()
+        .map(|d| d.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("DESTINATION".len());
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "window {}s  reports accepted {}  rejected {}  destinations {}",
+        r.window_secs,
+        r.reports_accepted,
+        r.reports_rejected,
+        r.destinations.len()
+    );
+    let _ = writeln!(
+        out,
+        "{:<name_w$} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>8}  HINT",
+        "DESTINATION", "RPS", "P50_MS", "P99_MS", "5XX%", "UO%", "UT%", "INFLIGHT"
+    );
+    for d in &r.destinations {
+        let w = &d.window;
+        let _ = writeln!(
+            out,
+            "{:<name_w$} {:>9.1} {:>9.2} {:>9.2} {:>6.1} {:>6.1} {:>6.1} {:>8.1}  {}",
+            d.name,
+            w.rps,
+            w.p50_ms,
+            w.p99_ms,
+            w.error_5xx_rate * 100.0,
+            w.overflow_rate * 100.0,
+            w.timeout_rate * 100.0,
+            w.inflight_avg,
+            hint_text(&d.hint)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{DestinationJson, LifetimeJson, WindowJson};
+
+    fn dest(name: &str, rps: f64, e5: f64, hint: Option<Hint>) -> DestinationJson {
+        DestinationJson {
+            name: name.into(),
+            reporters: 1,
+            last_report_unix_ms: 0,
+            window: WindowJson {
+                requests: 10,
+                rps,
+                p50_ms: 1.5,
+                p90_ms: 2.0,
+                p99_ms: 12.25,
+                error_5xx_rate: e5,
+                overflow_rate: 0.0,
+                timeout_rate: 0.5,
+                inflight_avg: 3.0,
+                inflight_max: 4,
+                duration_s: 10.0,
+                conn_failure_rate: 0.0,
+                retries: 0,
+                shed: 0,
+            },
+            lifetime: LifetimeJson {
+                requests: 10,
+                status_2xx: 10,
+                status_4xx: 0,
+                status_5xx: 0,
+                flag_uo: 0,
+                flag_ut: 0,
+                flag_conn_failure: 0,
+                retries: 0,
+                shed: 0,
+                p50_ms: 0.0,
+                p90_ms: 0.0,
+                p99_ms: 0.0,
+                status_other: 0,
+                request_bytes: 0,
+                response_bytes: 0,
+                latency_samples: 0,
+            },
+            hint,
+        }
+    }
+
+    #[test]
+    fn renders_one_aligned_row_per_destination() {
+        let r = DestinationsResponse {
+            window_secs: 10,
+            reports_accepted: 7,
+            reports_rejected: 1,
+            reports_duplicate: 0,
+            reporters: 1,
+            destinations: vec![
+                dest("a-rather-long-cluster-name", 123.45, 0.02, None),
+                dest(
+                    "b",
+                    1.0,
+                    0.0,
+                    Some(Hint {
+                        cluster: "b".into(),
+                        timeout_ms: 50,
+                        max_retries: Some(0),
+                        concurrency_limit: 10,
+                        ttl_ms: 5000,
+                    }),
+                ),
+            ],
+        };
+        let text = render(&r);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].contains("accepted 7") && lines[0].contains("rejected 1"));
+        assert!(lines[1].starts_with("DESTINATION "));
+        assert!(lines[2].starts_with("a-rather-long-cluster-name "));
+        assert!(lines[2].contains("123.5") && lines[2].contains("2.0") && lines[2].contains("50.0"));
+        assert!(lines[2].ends_with(" -"));
+        assert!(lines[3].starts_with("b "));
+        assert!(lines[3].ends_with("timeout=50ms retries=0 limit=10"), "{}", lines[3]);
+        // Columns line up: the RPS column ends at the same offset in every row.
+        let col = "a-rather-long-cluster-name".len() + 1 + 9;
+        for l in &lines[1..] {
+            assert_eq!(l.as_bytes()[col], b' ', "{l}");
+            assert_ne!(l.as_bytes()[col - 1], b' ', "{l}");
+        }
+    }
+
+    #[test]
+    fn empty_table_has_header_only() {
+        let r = DestinationsResponse {
+            window_secs: 10,
+            reports_accepted: 0,
+            reports_rejected: 0,
+            reports_duplicate: 0,
+            reporters: 0,
+            destinations: vec![],
+        };
+        assert_eq!(render(&r).lines().count(), 2);
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = rt.block_on(http_get("https://x:1", "/")).unwrap_err();
+        assert!(matches!(e, TopError::Url { .. }), "{e}");
+        let e = rt.block_on(http_get("http://x:1/path", "/")).unwrap_err();
+        assert!(matches!(e, TopError::Url { .. }), "{e}");
+    }
+}
