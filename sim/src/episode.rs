@@ -1,0 +1,256 @@
+//! Episodes: the objective (reward), running a policy through a scenario, and the RL
+//! environment [`MeshEnv`].
+
+use crate::engine::{Engine, WindowResult};
+use crate::scenario::Scenario;
+use meshtune_core::dataset::Outcomes;
+use meshtune_core::env::{Environment, Policy, Step};
+use meshtune_core::{Features, Knobs, LatencyHistogram, FEATURE_COUNT, KNOB_COUNT};
+
+/// Default weight of SLO goodput (fraction of offered requests answered 2xx within the SLO).
+pub const DEFAULT_GOODPUT_WEIGHT: f64 = 1.0;
+/// Default penalty per unit error rate (any 5xx, including sheds and timeouts).
+pub const DEFAULT_ERROR_PENALTY: f64 = 0.25;
+/// Default extra penalty per unit shed (UO overflow) rate.
+pub const DEFAULT_SHED_PENALTY: f64 = 0.05;
+/// Default extra penalty per unit timeout (UT) rate.
+pub const DEFAULT_TIMEOUT_PENALTY: f64 = 0.25;
+/// Default penalty per unit mean absolute change of the normalised knobs between windows.
+pub const DEFAULT_CHURN_PENALTY: f64 = 0.1;
+
+/// The reward of one window:
+///
+/// `goodput * min(1, slo_goodput_rps / offered_rps) - error_penalty * error_rate
+///  - shed_penalty * shed_rate - timeout_penalty * timeout_rate - churn_penalty * churn`
+///
+/// where rates are fractions of the requests completed in the window and `churn` is the mean
+/// absolute change of the normalised knobs (in [0, 1]) from the previous window. With no
+/// offered load the goodput term is `goodput` (nothing was lost). See sim/README.md.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Objective {
+    pub goodput: f64,
+    pub error_penalty: f64,
+    pub shed_penalty: f64,
+    pub timeout_penalty: f64,
+    pub churn_penalty: f64,
+}
+
+impl Default for Objective {
+    fn default() -> Self {
+        Objective {
+            goodput: DEFAULT_GOODPUT_WEIGHT,
+            error_penalty: DEFAULT_ERROR_PENALTY,
+            shed_penalty: DEFAULT_SHED_PENALTY,
+            timeout_penalty: DEFAULT_TIMEOUT_PENALTY,
+            churn_penalty: DEFAULT_CHURN_PENALTY,
+        }
+    }
+}
+
+impl Objective {
+    /// Reward for a window's outcomes (its `reward` field is ignored) and knob churn.
+    pub fn reward(&self, o: &Outcomes, churn: f64) -> f64 {
+        let g = if o.offered_rps > 0.0 {
+            (o.slo_goodput_rps / o.offered_rps).min(1.0)
+        } else {
+            1.0
+        };
+        self.goodput * g
+            - self.error_penalty * o.error_rate
+            - self.shed_penalty * o.shed_rate
+            - self.timeout_penalty * o.timeout_rate
+            - self.churn_penalty * churn
+    }
+}
+
+/// Mean absolute difference of two normalised knob vectors.
+pub fn churn(a: &[f32; KNOB_COUNT], b: &[f32; KNOB_COUNT]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .sum::<f64>()
+        / KNOB_COUNT as f64
+}
+
+/// Outcomes of a window (reward filled in from the objective and churn).
+pub fn window_outcomes(r: &WindowResult, objective: &Objective, churn: f64) -> Outcomes {
+    let s = &r.stats;
+    let dur = s.duration_s.max(1e-9);
+    let n = s.requests.max(1) as f64;
+    let rate = |x: u64| if s.requests == 0 { 0.0 } else { x as f64 / n };
+    let mut o = Outcomes {
+        offered_rps: r.arrivals as f64 / dur,
+        slo_goodput_rps: r.slo_good as f64 / dur,
+        p50_ms: s.latency.quantile_us(0.5) / 1000.0,
+        p99_ms: s.latency.quantile_us(0.99) / 1000.0,
+        error_rate: rate(s.status_5xx),
+        shed_rate: rate(s.flag_uo),
+        timeout_rate: rate(s.flag_ut),
+        reward: 0.0,
+    };
+    o.reward = objective.reward(&o, churn);
+    o
+}
+
+/// Totals of an episode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// Requests answered 2xx within the SLO / requests offered.
+    pub slo_goodput_fraction: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Fractions of completed requests.
+    pub error_rate: f64,
+    pub shed_rate: f64,
+    pub timeout_rate: f64,
+    pub total_reward: f64,
+    /// Completed client requests.
+    pub requests: u64,
+    /// Offered client requests.
+    pub offered: u64,
+    /// Retry attempts.
+    pub retries: u64,
+}
+
+/// One episode's steps, summary, and the latency of every completed request.
+#[derive(Debug, Clone)]
+pub struct EpisodeResult {
+    pub steps: Vec<Step>,
+    pub summary: Summary,
+    pub latency: LatencyHistogram,
+}
+
+/// Runs `policy` through the scenario for `scenario.windows` windows. The policy first decides
+/// from empty features with Istio defaults in force, then once after every window. Knobs are
+/// used as the policy returns them (not clamped), so Istio's unlimited defaults stay unlimited.
+pub fn run_episode(
+    scenario: &Scenario,
+    policy: &mut dyn Policy,
+    seed: u64,
+    objective: &Objective,
+) -> EpisodeResult {
+    let mut knobs = policy.decide(&Features::default(), &Knobs::istio_defaults());
+    let mut engine = Engine::new(scenario, seed, &knobs);
+    let windows = scenario.windows.0 as usize;
+    let mut steps = Vec::with_capacity(windows);
+    let mut latency = LatencyHistogram::new();
+    let mut prev: Option<[f32; KNOB_COUNT]> = None;
+    let mut total_reward = 0.0;
+    for w in 0..windows {
+        if w > 0 {
+            engine.set_knobs(&knobs);
+        }
+        let res = engine.run_window();
+        let norm = knobs.normalised();
+        let ch = prev.map(|p| churn(&p, &norm)).unwrap_or(0.0);
+        prev = Some(norm);
+        let outcomes = window_outcomes(&res, objective, ch);
+        total_reward += outcomes.reward;
+        latency.merge(&res.stats.latency);
+        let features = res.stats.features();
+        steps.push(Step {
+            observation: features.normalised(),
+            features,
+            knobs,
+            outcomes,
+            reward: outcomes.reward,
+            done: w + 1 == windows,
+        });
+        if w + 1 < windows {
+            knobs = policy.decide(&features, &knobs);
+        }
+    }
+    let t = engine.totals();
+    let n = t.completed.max(1) as f64;
+    let summary = Summary {
+        slo_goodput_fraction: if t.arrivals == 0 {
+            1.0
+        } else {
+            t.slo_good as f64 / t.arrivals as f64
+        },
+        p50_ms: latency.quantile_us(0.5) / 1000.0,
+        p99_ms: latency.quantile_us(0.99) / 1000.0,
+        error_rate: (t.completed - t.ok) as f64 / n,
+        shed_rate: t.overflow as f64 / n,
+        timeout_rate: t.timeouts as f64 / n,
+        total_reward,
+        requests: t.completed,
+        offered: t.arrivals,
+        retries: t.retries,
+    };
+    EpisodeResult {
+        steps,
+        summary,
+        latency,
+    }
+}
+
+/// The RL environment: one step = one window of the scenario under the action's knobs.
+///
+/// Observation = `Features::normalised()` of the window just run (zeros after `reset`, before
+/// any window ran). Action = normalised knobs, clamped to [0, 1] and mapped with
+/// `Knobs::from_normalised` (always within meshtune's hard bounds). Reward = the
+/// [`Objective`]. `done` is set on the scenario's last window; call `reset` to start again.
+#[derive(Debug)]
+pub struct MeshEnv {
+    scenario: Scenario,
+    objective: Objective,
+    engine: Engine,
+    window: u32,
+    prev: Option<[f32; KNOB_COUNT]>,
+}
+
+impl MeshEnv {
+    pub fn new(scenario: Scenario, objective: Objective) -> Self {
+        let engine = Engine::new(&scenario, scenario.seed, &Knobs::istio_defaults());
+        MeshEnv {
+            scenario,
+            objective,
+            engine,
+            window: 0,
+            prev: None,
+        }
+    }
+
+    pub fn scenario(&self) -> &Scenario {
+        &self.scenario
+    }
+
+    pub fn objective(&self) -> &Objective {
+        &self.objective
+    }
+
+    /// Windows run since the last reset.
+    pub fn window(&self) -> u32 {
+        self.window
+    }
+}
+
+impl Environment for MeshEnv {
+    fn reset(&mut self, seed: u64) -> [f32; FEATURE_COUNT] {
+        self.engine = Engine::new(&self.scenario, seed, &Knobs::istio_defaults());
+        self.window = 0;
+        self.prev = None;
+        Features::default().normalised()
+    }
+
+    fn step(&mut self, action: &[f32; KNOB_COUNT]) -> Step {
+        let knobs = Knobs::from_normalised(action);
+        self.engine.set_knobs(&knobs);
+        let res = self.engine.run_window();
+        let norm = knobs.normalised();
+        let ch = self.prev.map(|p| churn(&p, &norm)).unwrap_or(0.0);
+        self.prev = Some(norm);
+        let outcomes = window_outcomes(&res, &self.objective, ch);
+        let features = res.stats.features();
+        self.window += 1;
+        Step {
+            observation: features.normalised(),
+            features,
+            knobs,
+            outcomes,
+            reward: outcomes.reward,
+            done: self.window >= self.scenario.windows.0,
+        }
+    }
+}
