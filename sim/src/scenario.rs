@@ -129,8 +129,8 @@ pub struct Hosts {
 }
 
 /// Shape of the offered load over the episode (requests per second, all clients together).
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(tag = "profile", rename_all = "snake_case", deny_unknown_fields)]
+/// Written as a flat `[load]` table with `profile = "<variant>"` and the variant's fields.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LoadProfile {
     Constant {
         rps: NonNegative,
@@ -170,6 +170,62 @@ pub enum Arrivals {
     Poisson,
     /// Evenly spaced arrivals (deterministic; for tests).
     Uniform,
+}
+
+/// Load table as written (flat, so errors keep their line and field); see [`LoadProfile`].
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoadRaw {
+    profile: ProfileKind,
+    rps: NonNegative,
+    to_rps: Option<NonNegative>,
+    at_s: Option<NonNegative>,
+    amplitude: Option<Fraction>,
+    period_s: Option<Positive>,
+    burst_rps: Option<NonNegative>,
+    every_s: Option<Positive>,
+    duration_s: Option<Positive>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ProfileKind {
+    Constant,
+    Step,
+    Ramp,
+    Diurnal,
+    Bursts,
+}
+
+impl LoadRaw {
+    /// The profile, or the name of a missing field.
+    fn profile(self) -> Result<LoadProfile, &'static str> {
+        let rps = self.rps;
+        let need = |x: Option<NonNegative>, n: &'static str| x.ok_or(n);
+        Ok(match self.profile {
+            ProfileKind::Constant => LoadProfile::Constant { rps },
+            ProfileKind::Step => LoadProfile::Step {
+                rps,
+                to_rps: need(self.to_rps, "to_rps")?,
+                at_s: need(self.at_s, "at_s")?,
+            },
+            ProfileKind::Ramp => LoadProfile::Ramp {
+                rps,
+                to_rps: need(self.to_rps, "to_rps")?,
+            },
+            ProfileKind::Diurnal => LoadProfile::Diurnal {
+                rps,
+                amplitude: self.amplitude.ok_or("amplitude")?,
+                period_s: self.period_s.ok_or("period_s")?,
+            },
+            ProfileKind::Bursts => LoadProfile::Bursts {
+                rps,
+                burst_rps: need(self.burst_rps, "burst_rps")?,
+                every_s: self.every_s.ok_or("every_s")?,
+                duration_s: self.duration_s.ok_or("duration_s")?,
+            },
+        })
+    }
 }
 
 impl LoadProfile {
@@ -251,6 +307,7 @@ pub struct Scenario {
     pub rtt_ms: NonNegative,
     pub hosts: Hosts,
     /// Offered load over time.
+    #[serde(rename = "load", deserialize_with = "de_load")]
     pub load: LoadProfile,
     /// Inter-arrival process (default Poisson).
     #[serde(default)]
@@ -282,12 +339,43 @@ macro_rules! checked_newtype {
     };
 }
 
+fn de_load<'de, D: serde::Deserializer<'de>>(d: D) -> Result<LoadProfile, D::Error> {
+    let raw = LoadRaw::deserialize(d)?;
+    raw.profile().map_err(|missing| {
+        serde::de::Error::custom(format!(
+            "missing field `{missing}` (needed by profile {:?})",
+            raw.profile
+        ))
+    })
+}
+
 /// A TOML integer or float.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, Copy)]
 pub enum TomlNumber {
     Int(i64),
     Float(f64),
+}
+
+impl<'de> Deserialize<'de> for TomlNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = TomlNumber;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<TomlNumber, E> {
+                Ok(TomlNumber::Int(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<TomlNumber, E> {
+                Ok(TomlNumber::Float(v as f64))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<TomlNumber, E> {
+                Ok(TomlNumber::Float(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl TomlNumber {
