@@ -30,7 +30,10 @@ async fn readyz(State(c): State<Arc<Controller>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(c): State<Arc<Controller>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], c.metrics_text())
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        c.metrics_text(),
+    )
 }
 
 async fn destinations(State(c): State<Arc<Controller>>) -> impl IntoResponse {

@@ -210,11 +210,8 @@ impl SparseHistogram {
     }
 
     fn to_histogram(&self) -> LatencyHistogram {
-        let (idx, cnt): (Vec<u32>, Vec<u64>) = self
-            .buckets
-            .iter()
-            .map(|&(i, c)| (u32::from(i), c))
-            .unzip();
+        let (idx, cnt): (Vec<u32>, Vec<u64>) =
+            self.buckets.iter().map(|&(i, c)| (u32::from(i), c)).unzip();
         // Built only from a valid histogram's buckets, so this cannot fail; fall back to empty.
         LatencyHistogram::from_sparse(
             SUB_BUCKET_BITS,
@@ -525,8 +522,14 @@ mod tests {
         let mut a = Aggregator::new(Limits::default());
         let o = a.ingest(&report("p1", 1, vec![("c", window(10, 1, 1000, 2))]), T0);
         assert_eq!(o.accepted_sequence(), 1);
-        a.ingest(&report("p2", 1, vec![("c", window(30, 3, 5000, 4))]), T0 + 100);
-        a.ingest(&report("p2", 2, vec![("d", window(5, 0, 100, 1))]), T0 + 200);
+        a.ingest(
+            &report("p2", 1, vec![("c", window(30, 3, 5000, 4))]),
+            T0 + 100,
+        );
+        a.ingest(
+            &report("p2", 2, vec![("d", window(5, 0, 100, 1))]),
+            T0 + 200,
+        );
         let d = a.destinations(T0 + 500);
         assert_eq!(d.len(), 2);
         let c = &d[0];
@@ -555,7 +558,11 @@ mod tests {
         });
         for s in 0..10u64 {
             a.ingest(
-                &report("p", s + 1, vec![("c", window(10 + s, s, 1000 * (s + 1), 1))]),
+                &report(
+                    "p",
+                    s + 1,
+                    vec![("c", window(10 + s, s, 1000 * (s + 1), 1))],
+                ),
                 T0 + s * 1000,
             );
         }
@@ -619,7 +626,16 @@ mod tests {
         }
         // Same identity restarts at 1.
         let o = a.ingest(&report("p", 1, vec![("c", window(1, 0, 10, 1))]), T0 + 10);
-        assert!(matches!(o, IngestOutcome::Accepted { restarted: true, .. }), "{o:?}");
+        assert!(
+            matches!(
+                o,
+                IngestOutcome::Accepted {
+                    restarted: true,
+                    ..
+                }
+            ),
+            "{o:?}"
+        );
         // Restart whose first two reports were dropped.
         let mut r = report("p", 3, vec![("c", window(1, 0, 10, 1))]);
         r.dropped_reports = 2;
@@ -627,10 +643,28 @@ mod tests {
         let mut r = report("p", 2, vec![("c", window(1, 0, 10, 1))]);
         r.dropped_reports = 2;
         let o = a.ingest(&r, T0 + 30);
-        assert!(matches!(o, IngestOutcome::Accepted { restarted: true, .. }), "{o:?}");
+        assert!(
+            matches!(
+                o,
+                IngestOutcome::Accepted {
+                    restarted: true,
+                    ..
+                }
+            ),
+            "{o:?}"
+        );
         // A new pod starting at 1 is another reporter.
-        let o = a.ingest(&report("p-new", 1, vec![("c", window(1, 0, 10, 1))]), T0 + 40);
-        assert!(matches!(o, IngestOutcome::Accepted { restarted: false, .. }));
+        let o = a.ingest(
+            &report("p-new", 1, vec![("c", window(1, 0, 10, 1))]),
+            T0 + 40,
+        );
+        assert!(matches!(
+            o,
+            IngestOutcome::Accepted {
+                restarted: false,
+                ..
+            }
+        ));
         assert_eq!(a.destinations(T0 + 50)[0].lifetime.requests, 9);
         assert_eq!(a.reporter_count(), 2);
     }
@@ -696,8 +730,15 @@ mod tests {
         ));
         assert_eq!(a.destination_count(), 2);
         // After the idle time, "a" and "b" expire and "c" fits.
-        a.ingest(&report("p", 2, vec![("c", window(1, 0, 10, 1))]), T0 + 61_000);
-        let names: Vec<_> = a.snapshot(T0 + 61_000).into_iter().map(|(n, _)| n).collect();
+        a.ingest(
+            &report("p", 2, vec![("c", window(1, 0, 10, 1))]),
+            T0 + 61_000,
+        );
+        let names: Vec<_> = a
+            .snapshot(T0 + 61_000)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         assert_eq!(names, vec!["c"]);
         // Reporter table is bounded: the oldest is evicted.
         a.ingest(&report("q", 1, vec![]), T0 + 61_001);

@@ -94,7 +94,10 @@ impl StaticHints {
 impl HintSource for StaticHints {
     fn hints_for(&self, clusters: &[String]) -> Vec<Hint> {
         let map = self.all();
-        clusters.iter().filter_map(|c| map.get(c).cloned()).collect()
+        clusters
+            .iter()
+            .filter_map(|c| map.get(c).cloned())
+            .collect()
     }
 }
 

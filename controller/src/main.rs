@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "meshtune", version, about = "meshtune: automatic Istio/Envoy mesh tuning")]
+#[command(
+    name = "meshtune",
+    version,
+    about = "meshtune: automatic Istio/Envoy mesh tuning"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -229,10 +229,16 @@ mod tests {
         assert!(lines[0].contains("accepted 7") && lines[0].contains("rejected 1"));
         assert!(lines[1].starts_with("DESTINATION "));
         assert!(lines[2].starts_with("a-rather-long-cluster-name "));
-        assert!(lines[2].contains("123.5") && lines[2].contains("2.0") && lines[2].contains("50.0"));
+        assert!(
+            lines[2].contains("123.5") && lines[2].contains("2.0") && lines[2].contains("50.0")
+        );
         assert!(lines[2].ends_with(" -"));
         assert!(lines[3].starts_with("b "));
-        assert!(lines[3].ends_with("timeout=50ms retries=0 limit=10"), "{}", lines[3]);
+        assert!(
+            lines[3].ends_with("timeout=50ms retries=0 limit=10"),
+            "{}",
+            lines[3]
+        );
         // Columns line up: the RPS column ends at the same offset in every row.
         let col = "a-rather-long-cluster-name".len() + 1 + 9;
         for l in &lines[1..] {

@@ -124,8 +124,7 @@ pub fn validate(req: &ReportRequest, limits: &Limits) -> Result<ValidReport, Val
             ));
         }
     }
-    if r.namespace.is_empty() && r.workload.is_empty() && r.pod.is_empty() && r.vm_id.is_empty()
-    {
+    if r.namespace.is_empty() && r.workload.is_empty() && r.pod.is_empty() && r.vm_id.is_empty() {
         return Err(err(
             Reason::Reporter,
             "reporter",
@@ -182,7 +181,8 @@ pub fn validate(req: &ReportRequest, limits: &Limits) -> Result<ValidReport, Val
                 format!("duplicate cluster {:?} in one report", u.cluster),
             ));
         }
-        let stats = upstream_stats(u, duration_s).map_err(|(f, m, reason)| err(reason, field(f), m))?;
+        let stats =
+            upstream_stats(u, duration_s).map_err(|(f, m, reason)| err(reason, field(f), m))?;
         upstreams.push((u.cluster.clone(), stats));
     }
     Ok(ValidReport {
@@ -208,7 +208,12 @@ fn sum(field: &'static str, parts: &[u64]) -> Result<u64, FieldError> {
         .ok_or((field, "sum overflows u64".to_string(), Reason::Counts))
 }
 
-fn at_most(field: &'static str, value: u64, bound_name: &str, bound: u64) -> Result<(), FieldError> {
+fn at_most(
+    field: &'static str,
+    value: u64,
+    bound_name: &str,
+    bound: u64,
+) -> Result<(), FieldError> {
     if value > bound {
         Err((
             field,
@@ -240,7 +245,10 @@ fn upstream_stats(u: &UpstreamWindow, duration_s: f64) -> Result<WindowStats, Fi
     at_most("flag_uc", u.flag_uc, "requests", n)?;
     at_most("flag_urx", u.flag_urx, "requests", n)?;
     at_most("shed", u.shed, "status_5xx", u.status_5xx)?;
-    let conn = sum("flag_uf+flag_uc+flag_urx", &[u.flag_uf, u.flag_uc, u.flag_urx])?;
+    let conn = sum(
+        "flag_uf+flag_uc+flag_urx",
+        &[u.flag_uf, u.flag_uc, u.flag_urx],
+    )?;
     at_most("flag_uf+flag_uc+flag_urx", conn, "requests", n)?;
     let protocols = sum(
         "http*_requests",
@@ -269,7 +277,10 @@ fn upstream_stats(u: &UpstreamWindow, duration_s: f64) -> Result<WindowStats, Fi
             if hist.count() > n {
                 return Err((
                     "latency",
-                    format!("histogram holds {} samples, more than requests ({n})", hist.count()),
+                    format!(
+                        "histogram holds {} samples, more than requests ({n})",
+                        hist.count()
+                    ),
                     Reason::Latency,
                 ));
             }
@@ -427,7 +438,12 @@ mod tests {
         assert!(e.message.contains("sub_bucket_bits"), "{e}");
 
         let mut r = good();
-        r.upstreams[0].latency.as_mut().unwrap().bucket_index.reverse();
+        r.upstreams[0]
+            .latency
+            .as_mut()
+            .unwrap()
+            .bucket_index
+            .reverse();
         assert_eq!(field_of(&r), "upstreams[0].latency");
 
         let mut r = good();
