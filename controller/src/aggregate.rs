@@ -383,6 +383,45 @@ impl Aggregator {
         }
     }
 
+    /// Approximate heap + inline bytes held for destinations and reporters (for memory
+    /// benchmarks; counts capacities, not allocator overhead).
+    pub fn approx_memory_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let lifetime_hist = meshtune_core::histogram::BUCKET_COUNT * size_of::<u64>();
+        let dests: usize = self
+            .destinations
+            .iter()
+            .map(|(name, d)| {
+                let buckets: usize = d
+                    .buckets
+                    .iter()
+                    .map(|b| {
+                        b.latency.buckets.capacity() * size_of::<(u16, u64)>()
+                            + b.reporters.capacity() * size_of::<u32>()
+                    })
+                    .sum();
+                name.capacity()
+                    + size_of::<Destination>()
+                    + d.buckets.capacity() * size_of::<Bucket>()
+                    + buckets
+                    + lifetime_hist
+            })
+            .sum();
+        let reporters: usize = self
+            .reporters
+            .keys()
+            .map(|k| {
+                size_of::<ReporterKey>()
+                    + size_of::<ReporterState>()
+                    + k.namespace.capacity()
+                    + k.workload.capacity()
+                    + k.pod.capacity()
+                    + k.vm_id.capacity()
+            })
+            .sum();
+        dests + reporters
+    }
+
     /// Drops buckets older than the window and idle destinations and reporters.
     pub fn expire(&mut self, now_ms: u64) {
         self.last_expire_ms = now_ms;
@@ -744,6 +783,27 @@ mod tests {
         a.ingest(&report("q", 1, vec![]), T0 + 61_001);
         a.ingest(&report("r", 1, vec![]), T0 + 61_002);
         assert_eq!(a.reporter_count(), 2);
+    }
+
+    #[test]
+    fn memory_follows_the_window() {
+        let mut a = Aggregator::new(Limits {
+            window_secs: 10,
+            ..Limits::default()
+        });
+        let empty = a.approx_memory_bytes();
+        for s in 0..10u64 {
+            let mut w = window(100, 0, 1000, 1);
+            (0..30).for_each(|i| w.latency.record(500 + i * 700));
+            a.ingest(&report("p", s + 1, vec![("c", w)]), T0 + s * 1000);
+        }
+        let full = a.approx_memory_bytes();
+        assert!(full > empty);
+        a.expire(T0 + 60_000);
+        // Buckets gone, lifetime kept.
+        let idle = a.approx_memory_bytes();
+        assert!(idle < full, "{idle} >= {full}");
+        assert_eq!(a.destinations(T0 + 60_000)[0].lifetime.requests, 1000);
     }
 
     #[test]

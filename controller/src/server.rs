@@ -366,3 +366,107 @@ pub async fn serve(
         .serve(grpc, admin, shutdown)
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hints::{Hint, StaticHints};
+    use meshtune_proto::v1::{Reporter, UpstreamWindow};
+    use std::sync::atomic::AtomicU64;
+
+    struct FakeClock(AtomicU64);
+
+    impl Clock for FakeClock {
+        fn now_unix_ms(&self) -> u64 {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    fn report(seq: u64, cluster: &str, n: u64) -> ReportRequest {
+        ReportRequest {
+            reporter: Some(Reporter {
+                pod: "p".into(),
+                ..Default::default()
+            }),
+            sequence: seq,
+            window_length_ms: 1000,
+            upstreams: vec![UpstreamWindow {
+                cluster: cluster.into(),
+                requests: n,
+                status_2xx: n,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn controller() -> (Controller, Arc<FakeClock>) {
+        let clock = Arc::new(FakeClock(AtomicU64::new(1_700_000_000_000)));
+        let c = Controller::new(Config::default())
+            .unwrap()
+            .with_clock(clock.clone());
+        (c, clock)
+    }
+
+    #[test]
+    fn rejected_reports_leave_aggregates_untouched() {
+        let (c, _) = controller();
+        let mut bad = report(1, "c", 5);
+        bad.upstreams[0].status_5xx = 1;
+        let e = c.handle_report(&bad).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().starts_with("upstreams[0].status_*"),
+            "{}",
+            e.message()
+        );
+        let mut bad = report(1, "c", 5);
+        bad.window_length_ms = 0;
+        assert!(c.handle_report(&bad).is_err());
+        let j = c.destinations_json();
+        assert_eq!((j.reports_accepted, j.reports_rejected), (0, 2));
+        assert!(j.destinations.is_empty());
+        assert!(c.snapshot().is_empty());
+        // The bad reports did not consume the sequence: the same sequence is accepted now.
+        assert_eq!(
+            c.handle_report(&report(1, "c", 5))
+                .unwrap()
+                .accepted_sequence,
+            1
+        );
+        assert_eq!(c.snapshot()[0].1.requests, 5);
+    }
+
+    #[test]
+    fn snapshot_slides_with_the_clock_and_hint_source_is_replaceable() {
+        let (c, clock) = controller();
+        c.handle_report(&report(1, "c", 10)).unwrap();
+        assert_eq!(c.snapshot()[0].1.requests, 10);
+        clock.0.fetch_add(60_000, Ordering::Relaxed);
+        assert_eq!(c.snapshot()[0].1.requests, 0);
+        assert_eq!(c.destinations_json().destinations[0].lifetime.requests, 10);
+
+        assert!(c
+            .handle_report(&report(2, "c", 1))
+            .unwrap()
+            .hints
+            .is_empty());
+        c.set_hint_source(Arc::new(StaticHints::new(vec![Hint {
+            cluster: "c".into(),
+            timeout_ms: 40,
+            max_retries: None,
+            concurrency_limit: 0,
+            ttl_ms: 1000,
+        }])));
+        let resp = c.handle_report(&report(3, "c", 1)).unwrap();
+        assert_eq!(resp.hints.len(), 1);
+        assert_eq!(resp.hints[0].timeout_ms, 40);
+        assert_eq!(
+            c.destinations_json().destinations[0]
+                .hint
+                .as_ref()
+                .map(|h| h.timeout_ms),
+            Some(40)
+        );
+    }
+}
