@@ -131,7 +131,9 @@ pub fn validate(req: &ReportRequest, limits: &Limits) -> Result<ValidReport, Val
             "namespace, workload, pod and vm_id are all empty",
         ));
     }
-    if req.window_length_ms == 0 {
+    // An empty report (a heartbeat with no upstreams) carries nothing to aggregate, so its
+    // length does not matter; the filter may send one with a zero-length window.
+    if req.window_length_ms == 0 && !req.upstreams.is_empty() {
         return Err(err(Reason::Window, "window_length_ms", "must be > 0"));
     }
     if req.window_length_ms > limits.max_window_length_ms {
@@ -393,6 +395,14 @@ mod tests {
         let mut r = good();
         r.window_length_ms = 0;
         assert_eq!(field_of(&r), "window_length_ms");
+
+        let mut r = good();
+        r.window_length_ms = 0;
+        r.upstreams.clear();
+        assert!(
+            validate(&r, &Limits::default()).is_ok(),
+            "empty heartbeat accepted"
+        );
 
         let mut r = good();
         r.window_length_ms = u32::MAX;
