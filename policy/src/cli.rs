@@ -1,0 +1,161 @@
+//! `meshtune model …` subcommands: inspect a model, validate it, push it to a ConfigMap.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use meshtune_core::features::{Features, FEATURE_COUNT};
+use meshtune_core::knobs::{Knobs, KNOB_SPECS};
+
+use crate::configmap::{push_model, PushError};
+use crate::runtime::{ModelError, OnnxPolicy};
+
+/// Default namespace of the model ConfigMap.
+pub const DEFAULT_NAMESPACE: &str = "meshtune-system";
+/// Default name of the model ConfigMap.
+pub const DEFAULT_CONFIGMAP: &str = "meshtune-model";
+
+/// `meshtune model` subcommands.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum ModelCommand {
+    /// Print a model's metadata and signature, validate it, and show its knobs for a few
+    /// typical traffic patterns.
+    Inspect {
+        /// ONNX model file.
+        file: PathBuf,
+    },
+    /// Validate a model (contract, signature, smoke test); exits non-zero if it is refused.
+    Validate {
+        /// ONNX model file.
+        file: PathBuf,
+    },
+    /// Validate a model locally, then write it into a ConfigMap (server-side apply, field
+    /// manager `meshtune`) that controllers watch.
+    Push {
+        /// ONNX model file.
+        file: PathBuf,
+        /// Namespace of the ConfigMap.
+        #[arg(long, short = 'n', default_value = DEFAULT_NAMESPACE)]
+        namespace: String,
+        /// Name of the ConfigMap.
+        #[arg(long, default_value = DEFAULT_CONFIGMAP)]
+        name: String,
+    },
+}
+
+/// Why a `model` subcommand failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Push(#[from] PushError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot reach Kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("writing output: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path).map_err(|source| CliError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Runs a subcommand, writing human-readable output to `out`. `client` is used for `push`
+/// (tests pass a mocked one); when `None`, `push` connects with `kube::Client::try_default`.
+pub async fn run(
+    cmd: ModelCommand,
+    out: &mut (dyn Write + Send),
+    client: Option<kube::Client>,
+) -> Result<(), CliError> {
+    let w = |out: &mut (dyn Write + Send), s: String| writeln!(out, "{s}").map_err(CliError::Output);
+    match cmd {
+        ModelCommand::Validate { file } => {
+            let policy = crate::runtime::validate(&read(&file)?, &file.display().to_string())?;
+            w(
+                out,
+                format!(
+                    "{}: valid (model version {}, {} bytes)",
+                    file.display(),
+                    policy.model_version(),
+                    policy.size()
+                ),
+            )?;
+        }
+        ModelCommand::Inspect { file } => {
+            let origin = file.display().to_string();
+            let bytes = read(&file)?;
+            let policy = OnnxPolicy::from_bytes(&bytes, &origin)?;
+            w(out, format!("file:           {origin} ({} bytes)", bytes.len()))?;
+            w(out, format!("model version:  {}", policy.model_version()))?;
+            for (k, v) in policy.metadata() {
+                w(out, format!("metadata:       {k} = {v}"))?;
+            }
+            match policy.smoke_test() {
+                Ok(()) => w(out, "smoke test:     passed".into())?,
+                Err(e) => w(out, format!("smoke test:     FAILED: {e}"))?,
+            }
+            let samples: [(&str, [f64; FEATURE_COUNT]); 3] = [
+                (
+                    "healthy",
+                    [200.0, 12.0, 35.0, 90.0, 18.0, 0.002, 0.01, 0.0, 0.0, 0.0, 0.001, 3.0, 12.0, 0.5],
+                ),
+                (
+                    "overloaded",
+                    [
+                        5_000.0, 180.0, 900.0, 2_500.0, 320.0, 0.12, 0.01, 0.08, 0.03, 0.01, 0.2,
+                        400.0, 1_200.0, 1.0,
+                    ],
+                ),
+                (
+                    "failing",
+                    [
+                        50.0, 5_000.0, 20_000.0, 30_000.0, 8_000.0, 0.9, 0.0, 0.0, 0.6, 0.3, 1.0,
+                        60.0, 80.0, 0.0,
+                    ],
+                ),
+            ];
+            let features: Vec<Features> = samples.iter().map(|(_, f)| Features(*f)).collect();
+            if let Ok(knobs) = policy.decide_batch(&features) {
+                let header: Vec<String> =
+                    samples.iter().map(|(n, _)| format!("{n:>12}")).collect();
+                w(out, format!("{:<40}{}", "knob (unit)", header.join("")))?;
+                for spec in &KNOB_SPECS {
+                    let cells: Vec<String> = knobs
+                        .iter()
+                        .map(|k: &Knobs| format!("{:>12}", k.get(spec.knob)))
+                        .collect();
+                    w(
+                        out,
+                        format!("{:<40}{}", format!("{} ({})", spec.name, spec.unit), cells.join("")),
+                    )?;
+                }
+            }
+        }
+        ModelCommand::Push {
+            file,
+            namespace,
+            name,
+        } => {
+            let bytes = read(&file)?;
+            let client = match client {
+                Some(c) => c,
+                None => kube::Client::try_default().await?,
+            };
+            let (version, _) =
+                push_model(client, &namespace, &name, &bytes, &file.display().to_string()).await?;
+            w(
+                out,
+                format!("pushed model version {version} to configmap {namespace}/{name}"),
+            )?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,888 @@
+//! Guardrails between the policy and the mesh (pure, no I/O apart from reading the policy
+//! file): hard bounds from the knob schema, per-namespace bounds, hysteresis, a maximum step per
+//! decision, a minimum dwell time between pushes, and automatic rollback when the objective
+//! worsens after a push (pushed → watching → confirmed | rolled back). In `observe` mode every
+//! decision is only a recommendation.
+//!
+//! Policy file (TOML, or YAML with the same structure; every field optional):
+//!
+//! ```toml
+//! mode = "enforce"            # observe | enforce
+//! hysteresis = 0.05           # ignore relative changes below 5 %
+//! max_step_factor = 2.0       # log-scale knobs move at most ×2 / ÷2 per decision
+//! max_linear_step = 0.25      # linear knobs move at most 25 % of their range per decision
+//! min_dwell_secs = 60         # per destination, between pushes
+//! rollback_threshold = 0.2    # objective (a cost) worse by > 20 % of the baseline …
+//! rollback_min_delta = 0.01   # … and by more than this absolute amount …
+//! rollback_consecutive = 2    # … in this many consecutive windows …
+//! rollback_windows = 5        # … within this many windows after a push → roll back
+//! [hysteresis_per_knob]
+//! "retries.attempts" = 0.0
+//! [namespaces.payments]
+//! "tcp.maxConnections" = { min = 10, max = 2000 }
+//! "timeout" = { min = 200 }
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use meshtune_core::knobs::{Knob, KnobSpec, Knobs, Scale, KNOB_COUNT, KNOB_SPECS};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_HYSTERESIS: f64 = 0.05;
+pub const DEFAULT_MAX_STEP_FACTOR: f64 = 2.0;
+pub const DEFAULT_MAX_LINEAR_STEP: f64 = 0.25;
+pub const DEFAULT_MIN_DWELL: Duration = Duration::from_secs(60);
+pub const DEFAULT_ROLLBACK_THRESHOLD: f64 = 0.2;
+pub const DEFAULT_ROLLBACK_MIN_DELTA: f64 = 0.01;
+pub const DEFAULT_ROLLBACK_CONSECUTIVE: u32 = 2;
+pub const DEFAULT_ROLLBACK_WINDOWS: u32 = 5;
+
+/// Whether decisions are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Compute and report recommendations; never push.
+    #[default]
+    Observe,
+    /// Push decisions that pass the guardrails.
+    Enforce,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "observe" => Ok(Mode::Observe),
+            "enforce" => Ok(Mode::Enforce),
+            other => Err(format!("unknown mode `{other}` (expected observe or enforce)")),
+        }
+    }
+}
+
+/// Optional lower/upper bound for one knob, in the knob's unit.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bound {
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// Guardrail settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Observe (recommend only) or enforce (push).
+    pub mode: Mode,
+    /// Relative change below which a knob keeps its value in force, per knob.
+    pub hysteresis: [f64; KNOB_COUNT],
+    /// Log-scale knobs move at most ×/÷ this per decision (> 1).
+    pub max_step_factor: f64,
+    /// Linear knobs move at most this fraction of their range per decision (0, 1].
+    pub max_linear_step: f64,
+    /// Minimum time between two pushes to the same destination.
+    pub min_dwell: Duration,
+    /// Relative worsening of the objective (a cost) that counts as a regression.
+    pub rollback_threshold: f64,
+    /// Absolute worsening below which a change is noise, whatever the relative change.
+    pub rollback_min_delta: f64,
+    /// Consecutive regressed windows that trigger a rollback.
+    pub rollback_consecutive: u32,
+    /// Windows watched after a push before it is confirmed.
+    pub rollback_windows: u32,
+    /// Per-namespace bounds (intersected with the hard bounds).
+    pub namespaces: BTreeMap<String, [Bound; KNOB_COUNT]>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mode: Mode::default(),
+            hysteresis: [DEFAULT_HYSTERESIS; KNOB_COUNT],
+            max_step_factor: DEFAULT_MAX_STEP_FACTOR,
+            max_linear_step: DEFAULT_MAX_LINEAR_STEP,
+            min_dwell: DEFAULT_MIN_DWELL,
+            rollback_threshold: DEFAULT_ROLLBACK_THRESHOLD,
+            rollback_min_delta: DEFAULT_ROLLBACK_MIN_DELTA,
+            rollback_consecutive: DEFAULT_ROLLBACK_CONSECUTIVE,
+            rollback_windows: DEFAULT_ROLLBACK_WINDOWS,
+            namespaces: BTreeMap::new(),
+        }
+    }
+}
+
+/// Why a guardrail policy file was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum GuardrailError {
+    #[error("{origin}: cannot read: {reason}")]
+    Read { origin: String, reason: String },
+    #[error("{origin}: parse error: {reason}")]
+    Parse { origin: String, reason: String },
+    #[error("{origin}: unknown knob name(s) {names:?} in {section}; known knobs: {known}")]
+    UnknownKnob {
+        origin: String,
+        section: String,
+        names: Vec<String>,
+        known: String,
+    },
+    #[error("{origin}: {field}: {reason}")]
+    Invalid {
+        origin: String,
+        field: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    mode: Option<Mode>,
+    hysteresis: Option<f64>,
+    #[serde(default)]
+    hysteresis_per_knob: BTreeMap<String, f64>,
+    max_step_factor: Option<f64>,
+    max_linear_step: Option<f64>,
+    min_dwell_secs: Option<f64>,
+    rollback_threshold: Option<f64>,
+    rollback_min_delta: Option<f64>,
+    rollback_consecutive: Option<u32>,
+    rollback_windows: Option<u32>,
+    #[serde(default)]
+    namespaces: BTreeMap<String, BTreeMap<String, Bound>>,
+}
+
+fn knob_map<V: Copy>(
+    origin: &str,
+    section: &str,
+    map: &BTreeMap<String, V>,
+) -> Result<Vec<(Knob, V)>, GuardrailError> {
+    let unknown: Vec<String> = map
+        .keys()
+        .filter(|k| Knob::from_name(k).is_none())
+        .cloned()
+        .collect();
+    if !unknown.is_empty() {
+        return Err(GuardrailError::UnknownKnob {
+            origin: origin.into(),
+            section: section.into(),
+            names: unknown,
+            known: meshtune_core::knobs::KNOB_NAMES.join(", "),
+        });
+    }
+    Ok(map
+        .iter()
+        .filter_map(|(k, v)| Knob::from_name(k).map(|knob| (knob, *v)))
+        .collect())
+}
+
+impl Config {
+    /// Parses a TOML policy file's text.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, GuardrailError> {
+        let file: File = toml::from_str(text).map_err(|e| GuardrailError::Parse {
+            origin: origin.into(),
+            reason: e.to_string(),
+        })?;
+        Config::from_file(file, origin)
+    }
+
+    /// Parses a YAML policy file's text.
+    pub fn from_yaml_str(text: &str, origin: &str) -> Result<Config, GuardrailError> {
+        let file: File = serde_yaml::from_str(text).map_err(|e| GuardrailError::Parse {
+            origin: origin.into(),
+            reason: e.to_string(),
+        })?;
+        Config::from_file(file, origin)
+    }
+
+    /// Reads a policy file: YAML for `.yaml`/`.yml`, TOML otherwise.
+    pub fn load(path: &Path) -> Result<Config, GuardrailError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| GuardrailError::Read {
+            origin: origin.clone(),
+            reason: e.to_string(),
+        })?;
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("yaml" | "yml") => Config::from_yaml_str(&text, &origin),
+            _ => Config::from_toml_str(&text, &origin),
+        }
+    }
+
+    fn from_file(f: File, origin: &str) -> Result<Config, GuardrailError> {
+        let invalid = |field: &str, reason: String| GuardrailError::Invalid {
+            origin: origin.into(),
+            field: field.into(),
+            reason,
+        };
+        let mut c = Config::default();
+        if let Some(m) = f.mode {
+            c.mode = m;
+        }
+        let fraction = |field: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(v)
+            } else {
+                Err(invalid(field, format!("{v} must be a finite number ≥ 0")))
+            }
+        };
+        if let Some(h) = f.hysteresis {
+            c.hysteresis = [fraction("hysteresis", h)?; KNOB_COUNT];
+        }
+        for (knob, h) in knob_map(origin, "hysteresis_per_knob", &f.hysteresis_per_knob)? {
+            c.hysteresis[knob as usize] =
+                fraction(&format!("hysteresis_per_knob.{}", knob.name()), h)?;
+        }
+        if let Some(v) = f.max_step_factor {
+            if !(v.is_finite() && v > 1.0) {
+                return Err(invalid("max_step_factor", format!("{v} must be > 1")));
+            }
+            c.max_step_factor = v;
+        }
+        if let Some(v) = f.max_linear_step {
+            if !(v.is_finite() && v > 0.0 && v <= 1.0) {
+                return Err(invalid("max_linear_step", format!("{v} must be in (0, 1]")));
+            }
+            c.max_linear_step = v;
+        }
+        if let Some(v) = f.min_dwell_secs {
+            c.min_dwell = Duration::try_from_secs_f64(fraction("min_dwell_secs", v)?)
+                .map_err(|e| invalid("min_dwell_secs", e.to_string()))?;
+        }
+        if let Some(v) = f.rollback_threshold {
+            c.rollback_threshold = fraction("rollback_threshold", v)?;
+        }
+        if let Some(v) = f.rollback_min_delta {
+            c.rollback_min_delta = fraction("rollback_min_delta", v)?;
+        }
+        if let Some(v) = f.rollback_consecutive {
+            if v == 0 {
+                return Err(invalid("rollback_consecutive", "must be ≥ 1".into()));
+            }
+            c.rollback_consecutive = v;
+        }
+        if let Some(v) = f.rollback_windows {
+            c.rollback_windows = v;
+        }
+        for (ns, knobs) in &f.namespaces {
+            let section = format!("namespaces.{ns}");
+            let mut bounds = [Bound::default(); KNOB_COUNT];
+            for (knob, b) in knob_map(origin, &section, knobs)? {
+                let field = format!("{section}.\"{}\"", knob.name());
+                for v in [b.min, b.max].into_iter().flatten() {
+                    if !v.is_finite() {
+                        return Err(invalid(&field, format!("{v} is not a finite number")));
+                    }
+                }
+                if let (Some(lo), Some(hi)) = (b.min, b.max) {
+                    if lo > hi {
+                        return Err(invalid(&field, format!("min {lo} > max {hi}")));
+                    }
+                }
+                bounds[knob as usize] = b;
+            }
+            c.namespaces.insert(ns.clone(), bounds);
+        }
+        Ok(c)
+    }
+
+    /// Effective `[min, max]` for a knob in a namespace: the namespace bounds intersected with
+    /// the hard bounds (a namespace bound outside the hard bounds is pinned to them).
+    pub fn bounds(&self, namespace: &str, knob: Knob) -> (f64, f64) {
+        let spec = knob.spec();
+        let (mut lo, mut hi) = (spec.min, spec.max);
+        if let Some(b) = self.namespaces.get(namespace).map(|b| b[knob as usize]) {
+            if let Some(m) = b.min {
+                lo = m.clamp(spec.min, spec.max);
+            }
+            if let Some(m) = b.max {
+                hi = m.clamp(spec.min, spec.max);
+            }
+        }
+        (lo, hi.max(lo))
+    }
+}
+
+/// Which guardrail changed a knob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdjustKind {
+    /// Outside the knob's hard bounds (or not finite).
+    HardBound,
+    /// Outside the namespace's bounds.
+    NamespaceBound,
+    /// Further from the value in force than one step.
+    StepLimit,
+    /// Too small a change: the value in force is kept.
+    Hysteresis,
+}
+
+/// One guardrail intervention.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Adjustment {
+    pub knob: Knob,
+    pub kind: AdjustKind,
+    /// Value before this guardrail.
+    pub from: f64,
+    /// Value after it.
+    pub to: f64,
+}
+
+fn round(spec: &KnobSpec, x: f64) -> f64 {
+    if spec.integer {
+        x.round()
+    } else {
+        x
+    }
+}
+
+/// Relative size of a change: `|new/old - 1|` for log knobs, `|new - old| / range` for linear.
+pub fn relative_change(spec: &KnobSpec, old: f64, new: f64) -> f64 {
+    match spec.scale {
+        Scale::Log => (new / old.max(spec.min) - 1.0).abs(),
+        Scale::Linear => (new - old).abs() / (spec.max - spec.min),
+    }
+}
+
+/// The pure per-knob pipeline: hard bounds → namespace bounds → step limit (from the value in
+/// force, itself pinned into the bounds) → hysteresis. Returns the guarded knobs and every
+/// intervention.
+pub fn guard(
+    config: &Config,
+    namespace: &str,
+    proposed: &Knobs,
+    in_force: &Knobs,
+) -> (Knobs, Vec<Adjustment>) {
+    let mut out = *proposed;
+    let mut adj = Vec::new();
+    for spec in &KNOB_SPECS {
+        let k = spec.knob;
+        let i = k as usize;
+        let mut note = |kind, from: f64, to: f64| {
+            if from != to && !(from.is_nan() && to.is_nan()) {
+                adj.push(Adjustment {
+                    knob: k,
+                    kind,
+                    from,
+                    to,
+                });
+            }
+        };
+        let raw = proposed.0[i];
+        let mut x = if raw.is_nan() {
+            in_force.0[i].clamp(spec.min, spec.max)
+        } else {
+            round(spec, raw.clamp(spec.min, spec.max))
+        };
+        note(AdjustKind::HardBound, raw, x);
+        let (lo, hi) = config.bounds(namespace, k);
+        let y = round(spec, x.clamp(lo, hi)).clamp(lo, hi);
+        note(AdjustKind::NamespaceBound, x, y);
+        x = y;
+        let current = if in_force.0[i].is_nan() {
+            lo
+        } else {
+            in_force.0[i].clamp(lo, hi)
+        };
+        let (step_lo, step_hi) = match spec.scale {
+            Scale::Log => (
+                current / config.max_step_factor,
+                current * config.max_step_factor,
+            ),
+            Scale::Linear => {
+                let d = config.max_linear_step * (spec.max - spec.min);
+                let d = if spec.integer { d.max(1.0) } else { d };
+                (current - d, current + d)
+            }
+        };
+        // Round towards the current value so the step limit stays a limit.
+        let stepped = x.clamp(step_lo, step_hi);
+        let stepped = if stepped == x || !spec.integer {
+            stepped
+        } else if stepped > current {
+            stepped.floor()
+        } else {
+            stepped.ceil()
+        };
+        let stepped = stepped.clamp(lo, hi);
+        note(AdjustKind::StepLimit, x, stepped);
+        x = stepped;
+        // Hysteresis compares with the value in force (pinned into bounds: an out-of-bounds value
+        // in force, e.g. Istio's "unlimited", always changes).
+        let in_bounds = in_force.0[i] >= lo && in_force.0[i] <= hi;
+        if in_bounds && x != current && relative_change(spec, current, x) < config.hysteresis[i] {
+            note(AdjustKind::Hysteresis, x, current);
+            x = current;
+        }
+        out.0[i] = x;
+    }
+    (out, adj)
+}
+
+/// Why nothing is pushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldReason {
+    /// The guarded knobs equal the knobs in force.
+    NoChange,
+    /// The last push is more recent than the minimum dwell time.
+    Dwell { remaining: Duration },
+    /// The last push is still being watched for a regression.
+    Watching,
+}
+
+/// What to do with a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Enforce mode: apply the knobs now, then call [`Guardrails::record_push`].
+    Push,
+    /// Observe mode: report the knobs as a recommendation only.
+    Recommend,
+    Hold(HoldReason),
+}
+
+/// The guarded decision for one destination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub knobs: Knobs,
+    pub action: Action,
+    pub adjustments: Vec<Adjustment>,
+    /// Knobs whose guarded value differs from the value in force.
+    pub changed: Vec<Knob>,
+}
+
+/// Where a destination is in the push/rollback cycle.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    /// Never pushed (or state forgotten).
+    Idle,
+    /// Pushed; the objective is being compared with the pre-push baseline.
+    Watching {
+        previous: Knobs,
+        baseline: f64,
+        seen: u32,
+        bad_streak: u32,
+    },
+    /// The push survived its watch windows.
+    Confirmed,
+    /// The push regressed and was rolled back to `restored`.
+    RolledBack { restored: Knobs },
+}
+
+/// Result of feeding one window's objective to [`Guardrails::observe`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Nothing is being watched.
+    Idle,
+    /// Still watching (windows seen so far).
+    Watching { seen: u32 },
+    /// The push is confirmed.
+    Confirmed,
+    /// Regression: apply `restore` (the knobs before the push), then `record_rollback`.
+    Rollback {
+        restore: Knobs,
+        baseline: f64,
+        objective: f64,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct DestState {
+    last_push: Option<Instant>,
+    phase: Phase,
+}
+
+/// Per-destination guardrail state machine around [`guard`].
+#[derive(Debug, Clone)]
+pub struct Guardrails {
+    config: Config,
+    dests: HashMap<String, DestState>,
+}
+
+impl Guardrails {
+    pub fn new(config: Config) -> Self {
+        Guardrails {
+            config,
+            dests: HashMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The push/rollback phase of a destination.
+    pub fn phase(&self, dest: &str) -> Phase {
+        self.dests
+            .get(dest)
+            .map_or(Phase::Idle, |d| d.phase.clone())
+    }
+
+    /// Guards a policy proposal for `dest` (in `namespace`) at time `now`.
+    pub fn decide(
+        &self,
+        dest: &str,
+        namespace: &str,
+        now: Instant,
+        proposed: &Knobs,
+        in_force: &Knobs,
+    ) -> Decision {
+        let (knobs, adjustments) = guard(&self.config, namespace, proposed, in_force);
+        let changed: Vec<Knob> = Knob::ALL
+            .into_iter()
+            .filter(|k| knobs.get(*k) != in_force.get(*k))
+            .collect();
+        let action = if changed.is_empty() {
+            Action::Hold(HoldReason::NoChange)
+        } else if self.config.mode == Mode::Observe {
+            Action::Recommend
+        } else {
+            let state = self.dests.get(dest);
+            match state {
+                Some(DestState {
+                    phase: Phase::Watching { .. },
+                    ..
+                }) => Action::Hold(HoldReason::Watching),
+                Some(DestState {
+                    last_push: Some(t),
+                    ..
+                }) if now.saturating_duration_since(*t) < self.config.min_dwell => {
+                    Action::Hold(HoldReason::Dwell {
+                        remaining: self.config.min_dwell - now.saturating_duration_since(*t),
+                    })
+                }
+                _ => Action::Push,
+            }
+        };
+        Decision {
+            knobs,
+            action,
+            adjustments,
+            changed,
+        }
+    }
+
+    /// Records that `pushed` replaced `previous` at `now`; `baseline` is the objective (a cost:
+    /// higher is worse) of the window before the push. Starts watching.
+    pub fn record_push(&mut self, dest: &str, now: Instant, previous: Knobs, baseline: f64) {
+        let phase = if self.config.rollback_windows == 0 {
+            Phase::Confirmed
+        } else {
+            Phase::Watching {
+                previous,
+                baseline,
+                seen: 0,
+                bad_streak: 0,
+            }
+        };
+        self.dests.insert(
+            dest.to_string(),
+            DestState {
+                last_push: Some(now),
+                phase,
+            },
+        );
+    }
+
+    /// Records that a rollback to `restored` was applied at `now` (restarts the dwell time).
+    pub fn record_rollback(&mut self, dest: &str, now: Instant, restored: Knobs) {
+        self.dests.insert(
+            dest.to_string(),
+            DestState {
+                last_push: Some(now),
+                phase: Phase::RolledBack { restored },
+            },
+        );
+    }
+
+    /// Feeds the objective (a cost: higher is worse) of one window after a push.
+    pub fn observe(&mut self, dest: &str, objective: f64) -> Verdict {
+        let Some(state) = self.dests.get_mut(dest) else {
+            return Verdict::Idle;
+        };
+        let Phase::Watching {
+            previous,
+            baseline,
+            seen,
+            bad_streak,
+        } = &mut state.phase
+        else {
+            return Verdict::Idle;
+        };
+        *seen += 1;
+        let worse = objective - *baseline;
+        let limit = (self.config.rollback_threshold * baseline.abs()).max(self.config.rollback_min_delta);
+        if !objective.is_finite() || worse > limit {
+            *bad_streak += 1;
+        } else {
+            *bad_streak = 0;
+        }
+        if *bad_streak >= self.config.rollback_consecutive {
+            let verdict = Verdict::Rollback {
+                restore: *previous,
+                baseline: *baseline,
+                objective,
+            };
+            // Stays watching until the caller confirms the rollback with record_rollback.
+            return verdict;
+        }
+        if *seen >= self.config.rollback_windows {
+            state.phase = Phase::Confirmed;
+            return Verdict::Confirmed;
+        }
+        Verdict::Watching { seen: *seen }
+    }
+
+    /// Forgets a destination (e.g. it disappeared from the mesh).
+    pub fn forget(&mut self, dest: &str) {
+        self.dests.remove(dest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mid() -> Knobs {
+        // Comfortably inside every knob's bounds.
+        let mut k = Knobs::from_normalised(&[0.5; KNOB_COUNT]);
+        k.set(Knob::RetryAttempts, 2.0);
+        k.set(Knob::MaxEjectionPercent, 50.0);
+        k
+    }
+
+    fn enforce() -> Config {
+        Config {
+            mode: Mode::Enforce,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn beyond_hard_bounds_is_clamped() {
+        let in_force = mid();
+        let mut proposed = mid();
+        proposed.set(Knob::MaxConnections, 1e12);
+        proposed.set(Knob::RetryAttempts, -4.0);
+        proposed.set(Knob::RouteTimeoutMs, f64::NAN);
+        let cfg = Config {
+            max_step_factor: 1e9,
+            max_linear_step: 1.0,
+            ..enforce()
+        };
+        let (k, adj) = guard(&cfg, "default", &proposed, &in_force);
+        assert_eq!(k.get(Knob::MaxConnections), 65_536.0);
+        assert_eq!(k.get(Knob::RetryAttempts), 0.0);
+        assert_eq!(k.get(Knob::RouteTimeoutMs), in_force.get(Knob::RouteTimeoutMs));
+        assert!(adj.iter().any(|a| a.knob == Knob::MaxConnections && a.kind == AdjustKind::HardBound));
+        assert!(adj.iter().any(|a| a.knob == Knob::RetryAttempts && a.kind == AdjustKind::HardBound));
+    }
+
+    #[test]
+    fn namespace_bounds_apply_only_to_their_namespace() {
+        let cfg = Config::from_toml_str(
+            "[namespaces.payments]\n\"tcp.maxConnections\" = { min = 10, max = 300 }\n",
+            "test.toml",
+        )
+        .unwrap();
+        let cfg = Config {
+            max_step_factor: 1e9,
+            ..cfg
+        };
+        let mut proposed = mid();
+        proposed.set(Knob::MaxConnections, 5_000.0);
+        let (k, adj) = guard(&cfg, "payments", &proposed, &mid());
+        assert_eq!(k.get(Knob::MaxConnections), 300.0);
+        assert_eq!(adj[0].kind, AdjustKind::NamespaceBound);
+        let (k, _) = guard(&cfg, "shop", &proposed, &mid());
+        assert_eq!(k.get(Knob::MaxConnections), 5_000.0);
+    }
+
+    #[test]
+    fn unknown_knob_names_are_refused_by_name() {
+        let e = Config::from_toml_str(
+            "[namespaces.payments]\n\"tcp.maxConnection\" = { max = 3 }\n\"timeout\" = { min = 100 }\n",
+            "g.toml",
+        )
+        .unwrap_err();
+        match &e {
+            GuardrailError::UnknownKnob { names, section, origin, .. } => {
+                assert_eq!(names, &vec!["tcp.maxConnection".to_string()]);
+                assert_eq!(section, "namespaces.payments");
+                assert_eq!(origin, "g.toml");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(e.to_string().contains("tcp.maxConnection"));
+        let e = Config::from_yaml_str("hysteresis_per_knob:\n  retries: 0.1\n", "g.yaml").unwrap_err();
+        assert!(matches!(e, GuardrailError::UnknownKnob { .. }), "{e}");
+        let e = Config::from_toml_str("[namespaces.a]\n\"timeout\" = { min = 900, max = 100 }\n", "g.toml")
+            .unwrap_err();
+        assert!(e.to_string().contains("min 900 > max 100"), "{e}");
+        let e = Config::from_toml_str("mode = \"yolo\"\n", "g.toml").unwrap_err();
+        assert!(matches!(e, GuardrailError::Parse { .. }), "{e}");
+    }
+
+    #[test]
+    fn yaml_and_toml_agree() {
+        let t = Config::from_toml_str(
+            "mode = \"enforce\"\nhysteresis = 0.1\nmin_dwell_secs = 30\n[hysteresis_per_knob]\n\"retries.attempts\" = 0.0\n[namespaces.a]\n\"timeout\" = { min = 100 }\n",
+            "a.toml",
+        )
+        .unwrap();
+        let y = Config::from_yaml_str(
+            "mode: enforce\nhysteresis: 0.1\nmin_dwell_secs: 30\nhysteresis_per_knob:\n  retries.attempts: 0.0\nnamespaces:\n  a:\n    timeout: {min: 100}\n",
+            "a.yaml",
+        )
+        .unwrap();
+        assert_eq!(t, y);
+        assert_eq!(t.mode, Mode::Enforce);
+        assert_eq!(t.min_dwell, Duration::from_secs(30));
+        assert_eq!(t.hysteresis[Knob::RetryAttempts as usize], 0.0);
+        assert_eq!(t.hysteresis[Knob::MaxConnections as usize], 0.1);
+        assert_eq!(t.bounds("a", Knob::RouteTimeoutMs), (100.0, 60_000.0));
+    }
+
+    #[test]
+    fn hysteresis_suppresses_tiny_changes() {
+        let cfg = enforce();
+        let in_force = mid();
+        let mut proposed = in_force;
+        let c = in_force.get(Knob::MaxConnections);
+        proposed.set(Knob::MaxConnections, (c * 1.03).round()); // 3 % < 5 %
+        proposed.set(Knob::RouteTimeoutMs, (in_force.get(Knob::RouteTimeoutMs) * 1.5).round());
+        let g = Guardrails::new(cfg);
+        let d = g.decide("svc", "default", Instant::now(), &proposed, &in_force);
+        assert_eq!(d.knobs.get(Knob::MaxConnections), c);
+        assert!(d
+            .adjustments
+            .iter()
+            .any(|a| a.knob == Knob::MaxConnections && a.kind == AdjustKind::Hysteresis));
+        assert_eq!(d.changed, vec![Knob::RouteTimeoutMs]);
+        assert_eq!(d.action, Action::Push);
+        // Only tiny changes: nothing to push.
+        let mut tiny = in_force;
+        tiny.set(Knob::MaxConnections, (c * 1.01).round());
+        let d = g.decide("svc", "default", Instant::now(), &tiny, &in_force);
+        assert_eq!(d.action, Action::Hold(HoldReason::NoChange));
+    }
+
+    #[test]
+    fn step_limit_bounds_each_decision() {
+        let cfg = enforce();
+        let mut in_force = mid();
+        in_force.set(Knob::MaxConnections, 100.0);
+        in_force.set(Knob::MaxEjectionPercent, 10.0);
+        let mut proposed = in_force;
+        proposed.set(Knob::MaxConnections, 10_000.0);
+        proposed.set(Knob::MaxEjectionPercent, 90.0);
+        let (k, adj) = guard(&cfg, "default", &proposed, &in_force);
+        assert_eq!(k.get(Knob::MaxConnections), 200.0); // ×2
+        assert_eq!(k.get(Knob::MaxEjectionPercent), 35.0); // +25 % of 0..100
+        assert!(adj.iter().all(|a| a.kind == AdjustKind::StepLimit));
+        proposed.set(Knob::MaxConnections, 3.0);
+        let (k, _) = guard(&cfg, "default", &proposed, &in_force);
+        assert_eq!(k.get(Knob::MaxConnections), 50.0); // ÷2
+        // Istio's "unlimited" in force: the first step starts from the hard bound.
+        let mut unlimited = in_force;
+        unlimited.set(Knob::MaxConnections, meshtune_core::knobs::ISTIO_UNLIMITED);
+        let (k, _) = guard(&cfg, "default", &proposed, &unlimited);
+        assert_eq!(k.get(Knob::MaxConnections), 32_768.0);
+    }
+
+    #[test]
+    fn dwell_time_holds_pushes_per_destination() {
+        let mut g = Guardrails::new(Config {
+            rollback_windows: 0,
+            ..enforce()
+        });
+        let t0 = Instant::now();
+        let in_force = mid();
+        let mut proposed = in_force;
+        proposed.set(Knob::RouteTimeoutMs, in_force.get(Knob::RouteTimeoutMs) * 1.5);
+        assert_eq!(g.decide("a", "ns", t0, &proposed, &in_force).action, Action::Push);
+        g.record_push("a", t0, in_force, 1.0);
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(
+            g.decide("a", "ns", t1, &proposed, &in_force).action,
+            Action::Hold(HoldReason::Dwell {
+                remaining: Duration::from_secs(50)
+            })
+        );
+        // Another destination is not held.
+        assert_eq!(g.decide("b", "ns", t1, &proposed, &in_force).action, Action::Push);
+        let t2 = t0 + DEFAULT_MIN_DWELL;
+        assert_eq!(g.decide("a", "ns", t2, &proposed, &in_force).action, Action::Push);
+    }
+
+    #[test]
+    fn observe_mode_only_recommends() {
+        let g = Guardrails::new(Config::default());
+        let in_force = mid();
+        let mut proposed = in_force;
+        proposed.set(Knob::RouteTimeoutMs, in_force.get(Knob::RouteTimeoutMs) * 1.5);
+        assert_eq!(
+            g.decide("a", "ns", Instant::now(), &proposed, &in_force).action,
+            Action::Recommend
+        );
+    }
+
+    #[test]
+    fn rollback_fires_on_regression_not_on_noise() {
+        let before = mid();
+        let cfg = Config {
+            rollback_windows: 5,
+            rollback_consecutive: 2,
+            rollback_threshold: 0.2,
+            ..enforce()
+        };
+        // Noise within the 20 % threshold, and one isolated spike (rollback needs 2 consecutive
+        // regressed windows): confirmed after 5 windows.
+        let mut g = Guardrails::new(cfg.clone());
+        let t0 = Instant::now();
+        g.record_push("a", t0, before, 1.0);
+        for (i, cost) in [1.15, 0.9, 1.5, 1.19].into_iter().enumerate() {
+            assert_eq!(g.observe("a", cost), Verdict::Watching { seen: i as u32 + 1 });
+        }
+        assert_eq!(g.observe("a", 1.1), Verdict::Confirmed);
+        assert_eq!(g.phase("a"), Phase::Confirmed);
+        assert_eq!(g.observe("a", 5.0), Verdict::Idle);
+
+        let mut g = Guardrails::new(cfg.clone());
+        g.record_push("a", t0, before, 1.0);
+        assert_eq!(g.observe("a", 2.0), Verdict::Watching { seen: 1 });
+        assert_eq!(g.observe("a", 1.0), Verdict::Watching { seen: 2 });
+        // Forced regression: +60 % twice in a row.
+        assert_eq!(g.observe("a", 1.6), Verdict::Watching { seen: 3 });
+        assert_eq!(
+            g.observe("a", 1.6),
+            Verdict::Rollback {
+                restore: before,
+                baseline: 1.0,
+                objective: 1.6
+            }
+        );
+        // While watching, new pushes are held.
+        let mut proposed = before;
+        proposed.set(Knob::RouteTimeoutMs, before.get(Knob::RouteTimeoutMs) * 1.5);
+        let late = t0 + Duration::from_secs(3600);
+        assert_eq!(
+            g.decide("a", "ns", late, &proposed, &before).action,
+            Action::Hold(HoldReason::Watching)
+        );
+        g.record_rollback("a", late, before);
+        assert_eq!(g.phase("a"), Phase::RolledBack { restored: before });
+        assert!(matches!(
+            g.decide("a", "ns", late, &proposed, &before).action,
+            Action::Hold(HoldReason::Dwell { .. })
+        ));
+    }
+
+    #[test]
+    fn tiny_absolute_changes_near_zero_are_noise() {
+        let mut g = Guardrails::new(Config {
+            rollback_consecutive: 1,
+            ..enforce()
+        });
+        g.record_push("a", Instant::now(), mid(), 0.0);
+        // +0.005 on a zero baseline is infinite relative change but below rollback_min_delta.
+        assert_eq!(g.observe("a", 0.005), Verdict::Watching { seen: 1 });
+        assert!(matches!(g.observe("a", 0.5), Verdict::Rollback { .. }));
+    }
+}
