@@ -163,7 +163,7 @@ impl Policy for GradientController {
             self.limit =
                 (gradient * self.limit + self.limit.sqrt()).clamp(self.min_limit, self.max_limit);
         }
-        if self.probe_every > 0 && self.windows % self.probe_every == 0 {
+        if self.probe_every > 0 && self.windows.is_multiple_of(self.probe_every) {
             self.probing = true;
             self.saved_limit = self.limit;
             return self.knobs(self.min_limit);

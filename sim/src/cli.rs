@@ -1,6 +1,8 @@
 //! `meshtune sim sweep|run|bench`: clap types and their implementation.
 
-use crate::baselines::{hand_tuned, oracle_grid_search, GradientController, IstioDefaults, KnobGrid};
+use crate::baselines::{
+    hand_tuned, oracle_grid_search, GradientController, IstioDefaults, KnobGrid,
+};
 use crate::engine::Engine;
 use crate::episode::{run_episode, Objective, Summary};
 use crate::scenario::{load_path, Scenario};
@@ -175,12 +177,8 @@ pub fn run_to(cmd: SimCommand, out: &mut dyn Write) -> Result<(), SimError> {
                     PolicyChoice::HandTuned => Box::new(hand_tuned()),
                     PolicyChoice::Gradient => Box::new(GradientController::default()),
                     PolicyChoice::Oracle | PolicyChoice::All => {
-                        let (k, _) = oracle_grid_search(
-                            &sc,
-                            seed,
-                            &objective,
-                            &KnobGrid::oracle_default(),
-                        );
+                        let (k, _) =
+                            oracle_grid_search(&sc, seed, &objective, &KnobGrid::oracle_default());
                         writeln!(out, "oracle knobs: {}", knobs_line(&k)).map_err(io)?;
                         Box::new(crate::StaticPolicy {
                             name: "oracle".into(),

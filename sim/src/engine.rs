@@ -551,7 +551,13 @@ impl Engine {
         c.inflight_max = c.inflight_max.max(c.inflight);
         if self.limits.route_timeout_us > 0 {
             let gen = self.reqs[r as usize].gen;
-            self.schedule_fixed(self.limits.route_timeout_us, EvKind::RouteTimeout, r, gen, 0);
+            self.schedule_fixed(
+                self.limits.route_timeout_us,
+                EvKind::RouteTimeout,
+                r,
+                gen,
+                0,
+            );
         }
         if !self.start_attempt(r) {
             self.finish(r, Code::Overflow);
@@ -880,7 +886,13 @@ impl Engine {
         let ci = self.reqs[at.req as usize].client as usize;
         self.clients[ci].attached += 1;
         if self.limits.per_try_timeout_us > 0 {
-            self.schedule_fixed(self.limits.per_try_timeout_us, EvKind::TryTimeout, a, gen, 0);
+            self.schedule_fixed(
+                self.limits.per_try_timeout_us,
+                EvKind::TryTimeout,
+                a,
+                gen,
+                0,
+            );
         }
         self.totals.attempts_per_host[host as usize] += 1;
         let (_, _, down) = self.host_condition(host, self.now);
@@ -1021,11 +1033,17 @@ impl Engine {
         c.ejected_count += 1;
         c.eject_times[h] += 1;
         c.eject_gen[h] = c.eject_gen[h].wrapping_add(1);
-        let dur = (l.base_ejection_us.saturating_mul(c.eject_times[h] as u64)).min(MAX_EJECTION_US.max(l.base_ejection_us));
+        let dur = (l.base_ejection_us.saturating_mul(c.eject_times[h] as u64))
+            .min(MAX_EJECTION_US.max(l.base_ejection_us));
         let gen = c.eject_gen[h];
         self.totals.ejections += 1;
         self.totals.ejections_per_host[h] += 1;
-        self.schedule(self.now + dur, EvKind::Uneject, ((ci as u32) << 16) | host, gen);
+        self.schedule(
+            self.now + dur,
+            EvKind::Uneject,
+            ((ci as u32) << 16) | host,
+            gen,
+        );
     }
 
     /// Releases the retry budget a request holds.

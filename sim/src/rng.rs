@@ -53,7 +53,7 @@ impl Rng {
     /// Uniform integer in [0, n); n > 0.
     #[inline]
     pub fn below(&mut self, n: u32) -> u32 {
-        ((self.next_u64() >> 32) * n as u64 >> 32) as u32
+        (((self.next_u64() >> 32) * n as u64) >> 32) as u32
     }
 
     /// Exponential with the given mean.
@@ -98,7 +98,9 @@ mod tests {
         assert!(m.abs() < 0.01 && (v - 1.0).abs() < 0.02, "{m} {v}");
         let mut counts = [0u32; 5];
         (0..n).for_each(|_| counts[r.below(5) as usize] += 1);
-        assert!(counts.iter().all(|&c| (c as f64 - 40_000.0).abs() < 1_000.0));
+        assert!(counts
+            .iter()
+            .all(|&c| (c as f64 - 40_000.0).abs() < 1_000.0));
     }
 
     #[test]

@@ -32,10 +32,17 @@ pub enum ScenarioError {
 #[serde(tag = "dist", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ServiceDist {
     /// Every request takes exactly `ms`.
-    Constant { ms: Positive },
-    Exponential { mean_ms: Positive },
+    Constant {
+        ms: Positive,
+    },
+    Exponential {
+        mean_ms: Positive,
+    },
     /// Lognormal with the given mean and log-space standard deviation `sigma`.
-    Lognormal { mean_ms: Positive, sigma: NonNegative },
+    Lognormal {
+        mean_ms: Positive,
+        sigma: NonNegative,
+    },
     /// Mixture of two exponentials: `slow_fraction` of requests have mean `slow_ms`.
     Bimodal {
         fast_ms: Positive,
@@ -92,7 +99,9 @@ pub enum Failure {
 impl Failure {
     pub fn host(&self) -> u32 {
         match *self {
-            Failure::Slow { host, .. } | Failure::Errors { host, .. } | Failure::Down { host, .. } => host,
+            Failure::Slow { host, .. }
+            | Failure::Errors { host, .. }
+            | Failure::Down { host, .. } => host,
         }
     }
 
@@ -387,7 +396,12 @@ impl TomlNumber {
     }
 }
 
-checked_newtype!(Positive, f64, |v| v.is_finite() && v > 0.0, "a finite number > 0");
+checked_newtype!(
+    Positive,
+    f64,
+    |v| v.is_finite() && v > 0.0,
+    "a finite number > 0"
+);
 checked_newtype!(
     NonNegative,
     f64,
@@ -500,7 +514,12 @@ fn line_col(s: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(s.len());
     let before = &s[..offset];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 

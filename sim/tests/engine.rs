@@ -115,11 +115,21 @@ fn pending_overflow_counts_are_exact() {
         let mut e = Engine::new(&sc, 1, &k);
         let w = e.run_window();
         assert_eq!(w.arrivals, 9);
-        assert_eq!(w.stats.flag_uo, uo, "conns {conns} pending {pending} maxreq {maxreq}");
-        assert_eq!(w.stats.requests, uo, "only overflows complete within the window");
+        assert_eq!(
+            w.stats.flag_uo, uo,
+            "conns {conns} pending {pending} maxreq {maxreq}"
+        );
+        assert_eq!(
+            w.stats.requests, uo,
+            "only overflows complete within the window"
+        );
         assert_eq!(w.stats.status_5xx, uo);
         if uo > 0 {
-            assert_eq!(w.stats.latency.max_us(), 0, "overflow is an immediate local reply");
+            assert_eq!(
+                w.stats.latency.max_us(),
+                0,
+                "overflow is an immediate local reply"
+            );
         }
     }
 }
@@ -266,18 +276,25 @@ fn retries_are_bounded_by_the_cluster_retry_budget() {
     let (u, b) = (unlimited.totals(), budget.totals());
     assert_eq!(u.retries, 2 * u.completed);
     assert!(u.max_active_retries > 3, "{}", u.max_active_retries);
-    assert_eq!(b.max_active_retries, 3, "never more than 3 outstanding retries");
-    assert!(b.retries > 0 && b.retries < u.retries / 2, "{} vs {}", b.retries, u.retries);
+    assert_eq!(
+        b.max_active_retries, 3,
+        "never more than 3 outstanding retries"
+    );
+    assert!(
+        b.retries > 0 && b.retries < u.retries / 2,
+        "{} vs {}",
+        b.retries,
+        u.retries
+    );
 }
 
 #[test]
 fn retries_go_to_another_host() {
     // Host 0 always fails, host 1 never: one retry always lands on host 1.
-    let sc = scenario(
-        &ALL_ERRORS
-            .replace("count = 3", "count = 2")
-            .replace("error_rate = 1.0", "error_rate = 0.0\nfailures = [{ kind = \"errors\", host = 0, error_rate = 1.0 }]"),
-    );
+    let sc = scenario(&ALL_ERRORS.replace("count = 3", "count = 2").replace(
+        "error_rate = 1.0",
+        "error_rate = 0.0\nfailures = [{ kind = \"errors\", host = 0, error_rate = 1.0 }]",
+    ));
     let e = run(
         &sc,
         &knobs(|k| {
@@ -288,7 +305,10 @@ fn retries_go_to_another_host() {
     );
     let t = e.totals();
     assert_eq!(t.ok, t.completed);
-    assert!(t.retries > 50, "host 0 got traffic and its failures were retried");
+    assert!(
+        t.retries > 50,
+        "host 0 got traffic and its failures were retried"
+    );
 }
 
 #[test]
@@ -359,7 +379,11 @@ rps = 400.0
         });
         run(&sc, &k, 2).totals().ejections
     };
-    assert_eq!(eject(10.0), 1, "at least one host is ejected regardless of the percentage");
+    assert_eq!(
+        eject(10.0),
+        1,
+        "at least one host is ejected regardless of the percentage"
+    );
     assert_eq!(eject(50.0), 2);
 }
 

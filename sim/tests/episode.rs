@@ -57,7 +57,10 @@ fn objective_rewards_goodput_and_penalises_failures_and_churn() {
     out.shed_rate = 0.0;
     out.timeout_rate = 0.5;
     let timed_out = o.reward(&out, 0.0);
-    assert!(shed < 0.5 && timed_out < shed, "a timeout costs more than a shed");
+    assert!(
+        shed < 0.5 && timed_out < shed,
+        "a timeout costs more than a shed"
+    );
 }
 
 #[test]
@@ -107,7 +110,11 @@ fn sweep_rows_round_trip_through_the_core_parser() {
         let row = DatasetRow::from_record(&fields).unwrap();
         assert_eq!(row.source, "sim");
         assert!(row.scenario == "failing_host" || row.scenario == "diurnal");
-        assert_eq!(row.to_record(), fields, "row {n} is a fixed point of the format");
+        assert_eq!(
+            row.to_record(),
+            fields,
+            "row {n} is a fixed point of the format"
+        );
         assert!(row.outcomes.offered_rps > 0.0);
         knob_settings.insert(format!("{:?}", row.knobs.0));
         n += 1;
@@ -134,7 +141,11 @@ fn grid_enumerates_every_combination() {
 fn gradient_controller_probes_then_adapts() {
     let mut g = GradientController::default();
     let k0 = g.decide(&Features::default(), &Knobs::istio_defaults());
-    assert_eq!(k0.get(meshtune_core::Knob::Http2MaxRequests), 3.0, "probe at min");
+    assert_eq!(
+        k0.get(meshtune_core::Knob::Http2MaxRequests),
+        3.0,
+        "probe at min"
+    );
     let mut f = Features::default();
     f.0[0] = 100.0; // rps
     f.0[4] = 10.0; // mean ms
@@ -164,7 +175,11 @@ fn tuned_static_config_beats_istio_defaults_under_overload() {
     let hand = run_episode(&sc, &mut hand_tuned(), seed, &obj).summary;
     let grad = run_episode(&sc, &mut GradientController::default(), seed, &obj).summary;
     let (oracle_knobs, oracle) = oracle_grid_search(&sc, seed, &obj, &KnobGrid::small());
-    eprintln!("scenario {} (capacity {:.0} rps)", sc.name, sc.capacity_rps());
+    eprintln!(
+        "scenario {} (capacity {:.0} rps)",
+        sc.name,
+        sc.capacity_rps()
+    );
     eprintln!("{}", summary_header());
     eprintln!("{}", summary_line("istio-defaults", &istio));
     eprintln!("{}", summary_line("hand-tuned", &hand));

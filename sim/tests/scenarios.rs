@@ -68,7 +68,10 @@ fn unknown_and_missing_fields_are_refused() {
     let (msg, _) = err(&GOOD.replace("profile = \"constant\"", "profile = \"step\""));
     assert!(msg.contains("to_rps") && msg.contains("`load`"), "{msg}");
     let (msg, _) = err(&GOOD.replace("\"exponential\"", "\"weibull\""));
-    assert!(msg.contains("weibull") && msg.contains("hosts.service"), "{msg}");
+    assert!(
+        msg.contains("weibull") && msg.contains("hosts.service"),
+        "{msg}"
+    );
 }
 
 #[test]
