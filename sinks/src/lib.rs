@@ -1,1 +1,52 @@
 //! Config sinks: render Knobs to Envoy CDS/RDS files and Istio DestinationRule/VirtualService; apply them.
+//!
+//! - Rendering (pure): [`envoy`] (Cluster, route action, RDS/CDS files, bootstraps), [`istio`]
+//!   (DestinationRule, VirtualService), [`hint`] (fast-path `meshtune.v1.Hint`).
+//! - Validation: [`schema`] checks objects against Istio's real CRD schemas.
+//! - Sinks implementing [`Sink`]: [`envoy_file::EnvoyFileSink`], [`istio_sink::IstioSink`],
+//!   [`log_sink::LogSink`].
+
+pub mod duration;
+pub mod envoy;
+pub mod envoy_file;
+pub mod hint;
+pub mod istio;
+pub mod istio_sink;
+pub mod log_sink;
+pub mod schema;
+pub mod sink;
+
+pub use envoy_file::{EnvoyDestination, EnvoyFileConfig, EnvoyFileSink, EnvoyRoute};
+pub use istio_sink::{IstioSink, IstioSinkConfig};
+pub use log_sink::LogSink;
+pub use schema::CrdSchemas;
+pub use sink::{ApplyFuture, ApplyReport, Decision, ItemReport, Outcome, Sink, SinkError};
+
+/// The destination host of an Istio outbound cluster name
+/// (`outbound|9080|v1|reviews.default.svc.cluster.local` → `reviews.default.svc.cluster.local`);
+/// `None` for other cluster names.
+pub fn host_from_cluster_name(cluster: &str) -> Option<&str> {
+    let mut parts = cluster.split('|');
+    let direction = parts.next()?;
+    let _port = parts.next()?;
+    let _subset = parts.next()?;
+    let host = parts.next()?;
+    (matches!(direction, "outbound" | "inbound") && !host.is_empty() && parts.next().is_none())
+        .then_some(host)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn istio_cluster_names_give_their_host() {
+        use super::host_from_cluster_name as h;
+        assert_eq!(
+            h("outbound|9080||reviews.default.svc.cluster.local"),
+            Some("reviews.default.svc.cluster.local")
+        );
+        assert_eq!(h("outbound|9080|v1|reviews"), Some("reviews"));
+        assert_eq!(h("reviews"), None);
+        assert_eq!(h("outbound|9080||"), None);
+        assert_eq!(h("BlackHoleCluster"), None);
+    }
+}
