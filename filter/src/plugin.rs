@@ -1,0 +1,685 @@
+//! proxy-wasm glue (wasm32 only): the HTTP-filter root (`root_id: meshtune`, one per worker
+//! VM), its per-request contexts, and the singleton reporter (`root_id: meshtune_reporter`).
+//!
+//! Every host call goes through `proxy_wasm::hostcalls` and its `Result` is handled; nothing
+//! here unwraps host data, so a bad property or a failed call never traps the VM.
+
+use crate::config::{Config, ConfigError, DEFAULT_NAMESPACE};
+use crate::flags::le_u64;
+use crate::hints::{
+    acquire, decode_counter, decode_published, encode_published, release, ActiveHint, Admission,
+    CasCell, HEARTBEAT_KEY, HINTS_KEY, QUEUE_NAME, RETRIES_HEADER, SHED_HEADER, TIMEOUT_HEADER,
+};
+use crate::report::{encode_worker_window, Aggregator, ReporterState};
+use crate::window::{Protocol, RequestRecord, SlotId, Tracker};
+use meshtune_proto::v1;
+use meshtune_proto::{FEATURE_SERVICE, REPORT_METHOD};
+use prost::Message;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Root id of the singleton reporter service.
+const REPORTER_ROOT_ID: &str = "meshtune_reporter";
+/// A worker stops queueing windows when the reporter's heartbeat is older than this many
+/// flush intervals (plus one second).
+const HEARTBEAT_STALE_INTERVALS: u64 = 3;
+/// Upper bound of queue items drained per callback.
+const MAX_DRAIN: usize = 10_000;
+/// Log a failed report on the first failure and then every this many.
+const FAILURE_LOG_EVERY: u64 = 60;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(Root { context_id, role: Role::Unconfigured, metrics: None })
+    });
+}}
+
+fn log(level: LogLevel, msg: &str) {
+    let _ = hostcalls::log(level, msg);
+}
+
+fn now_ns() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn prop(path: Vec<&str>) -> Option<Vec<u8>> {
+    hostcalls::get_property(path).ok().flatten()
+}
+
+fn prop_u64(path: Vec<&str>) -> Option<u64> {
+    prop(path).and_then(|b| le_u64(&b))
+}
+
+fn prop_string(path: Vec<&str>) -> Option<String> {
+    prop(path)
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|s| !s.is_empty())
+}
+
+/// The Envoy counters the filter exports (as `wasmcustom.meshtune_*` in /stats).
+#[derive(Debug, Clone, Copy, Default)]
+struct Metrics {
+    requests_observed: Option<u32>,
+    reports_sent: Option<u32>,
+    reports_failed: Option<u32>,
+    reports_dropped: Option<u32>,
+    windows_dropped: Option<u32>,
+    hints_applied: Option<u32>,
+    requests_shed: Option<u32>,
+    config_errors: Option<u32>,
+    untracked_clusters: Option<u32>,
+}
+
+impl Metrics {
+    fn define() -> Self {
+        let c = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
+        Metrics {
+            requests_observed: c("meshtune_requests_observed"),
+            reports_sent: c("meshtune_reports_sent"),
+            reports_failed: c("meshtune_reports_failed"),
+            reports_dropped: c("meshtune_reports_dropped"),
+            windows_dropped: c("meshtune_windows_dropped"),
+            hints_applied: c("meshtune_hints_applied"),
+            requests_shed: c("meshtune_requests_shed"),
+            config_errors: c("meshtune_config_errors"),
+            untracked_clusters: c("meshtune_untracked_clusters"),
+        }
+    }
+
+    fn add(id: Option<u32>, n: u64) {
+        if let (Some(id), true) = (id, n > 0) {
+            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+enum Role {
+    Unconfigured,
+    Filter(Rc<RefCell<Worker>>),
+    Reporter(Box<Reporter>),
+}
+
+struct Root {
+    context_id: u32,
+    role: Role,
+    metrics: Option<Metrics>,
+}
+
+impl Context for Root {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if let Role::Reporter(r) = &mut self.role {
+            r.on_response(token_id, status_code, response_size);
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        let metrics = *self.metrics.get_or_insert_with(Metrics::define);
+        let bytes = if plugin_configuration_size == 0 {
+            Vec::new()
+        } else {
+            hostcalls::get_buffer(
+                BufferType::PluginConfiguration,
+                0,
+                plugin_configuration_size,
+            )
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+        };
+        let cfg = match Config::from_json(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                Metrics::add(metrics.config_errors, 1);
+                log(LogLevel::Error, &config_error_message(&e));
+                return false;
+            }
+        };
+        let root_id = prop_string(vec!["plugin_root_id"]).unwrap_or_default();
+        let vm_id = prop_string(vec!["plugin_vm_id"]).unwrap_or_else(|| "meshtune".into());
+        let tick_ms = if root_id == REPORTER_ROOT_ID {
+            let r = Reporter::new(cfg, vm_id, metrics);
+            let tick = r.cfg.flush_interval_ms;
+            self.role = Role::Reporter(Box::new(r));
+            tick
+        } else {
+            // A reconfiguration keeps nothing from the old worker state.
+            let now = now_ns();
+            let tick = (cfg.flush_interval_ms / 4).max(100);
+            let worker = Worker {
+                tracker: Tracker::new(cfg.max_upstreams, now),
+                worker_id: format!("{vm_id}-{}-{now}", self.context_id),
+                vm_id,
+                queue: None,
+                hints_version: None,
+                last_flush_ns: now,
+                tick_ms: u64::from(tick),
+                pending: Pending::default(),
+                metrics,
+                cfg,
+            };
+            self.role = Role::Filter(Rc::new(RefCell::new(worker)));
+            tick
+        };
+        let _ = hostcalls::set_tick_period(Duration::from_millis(u64::from(tick_ms)));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        match &mut self.role {
+            Role::Filter(w) => {
+                if let Ok(mut w) = w.try_borrow_mut() {
+                    w.on_tick();
+                }
+            }
+            Role::Reporter(r) => r.on_tick(),
+            Role::Unconfigured => {}
+        }
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        if let Role::Reporter(r) = &mut self.role {
+            r.drain(queue_id);
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let worker = match &self.role {
+            Role::Filter(w) => Some(Rc::clone(w)),
+            _ => None,
+        };
+        Some(Box::new(Http {
+            worker,
+            slot: None,
+            start_ns: 0,
+            started: false,
+            shed: false,
+            counted: false,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+fn config_error_message(e: &ConfigError) -> String {
+    format!("meshtune: invalid configuration: {e}")
+}
+
+/// Metric increments batched until the next tick (no host call per request).
+#[derive(Debug, Default)]
+struct Pending {
+    observed: u64,
+    shed: u64,
+    hints_applied: u64,
+}
+
+/// Per-worker-VM state shared by the HTTP contexts of that VM.
+struct Worker {
+    cfg: Config,
+    tracker: Tracker,
+    worker_id: String,
+    vm_id: String,
+    queue: Option<u32>,
+    hints_version: Option<u32>,
+    last_flush_ns: u64,
+    tick_ms: u64,
+    pending: Pending,
+    metrics: Metrics,
+}
+
+impl Worker {
+    fn on_tick(&mut self) {
+        let now = now_ns();
+        self.refresh_hints(now);
+        let flush_ns = u64::from(self.cfg.flush_interval_ms) * 1_000_000;
+        let half_tick_ns = self.tick_ms * 500_000;
+        if now.saturating_sub(self.last_flush_ns) + half_tick_ns >= flush_ns {
+            self.flush(now);
+        }
+    }
+
+    fn refresh_hints(&mut self, now: u64) {
+        let (bytes, version) = match hostcalls::get_shared_data(HINTS_KEY) {
+            Ok((Some(b), v)) => (b, v),
+            _ => return,
+        };
+        if version.is_some() && version == self.hints_version {
+            return;
+        }
+        self.hints_version = version;
+        let Some((received_ms, resp)) = decode_published(&bytes) else {
+            return;
+        };
+        // The latest response replaces all hints; the TTL covers a silent controller.
+        for s in self.tracker.slots_mut() {
+            s.hint = None;
+        }
+        for h in &resp.hints {
+            let Some(active) = ActiveHint::from_hint(h, received_ms) else {
+                continue;
+            };
+            if let Some(id) = self.tracker.slot_for(&h.cluster, now) {
+                if let Some(s) = self.tracker.slot_mut(id) {
+                    s.hint = Some(active);
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, now: u64) {
+        self.last_flush_ns = now;
+        let window = self.tracker.take_window(now);
+        let p = std::mem::take(&mut self.pending);
+        Metrics::add(self.metrics.requests_observed, p.observed);
+        Metrics::add(self.metrics.requests_shed, p.shed);
+        Metrics::add(self.metrics.hints_applied, p.hints_applied);
+        Metrics::add(
+            self.metrics.untracked_clusters,
+            self.tracker.take_untracked(),
+        );
+        if window.upstreams.is_empty() {
+            return;
+        }
+        if !self.reporter_alive(now) {
+            Metrics::add(self.metrics.windows_dropped, 1);
+            return;
+        }
+        if self.queue.is_none() {
+            self.queue = hostcalls::resolve_shared_queue(&self.vm_id, QUEUE_NAME)
+                .ok()
+                .flatten();
+        }
+        let Some(q) = self.queue else {
+            Metrics::add(self.metrics.windows_dropped, 1);
+            return;
+        };
+        let bytes = encode_worker_window(&self.worker_id, &window);
+        if hostcalls::enqueue_shared_queue(q, Some(&bytes)).is_err() {
+            self.queue = None;
+            Metrics::add(self.metrics.windows_dropped, 1);
+        }
+    }
+
+    /// Whether the reporter refreshed its heartbeat recently (else nobody drains the queue).
+    fn reporter_alive(&self, now: u64) -> bool {
+        let Ok((Some(b), _)) = hostcalls::get_shared_data(HEARTBEAT_KEY) else {
+            return false;
+        };
+        let Some(beat_ms) = decode_counter(&b) else {
+            return false;
+        };
+        let stale_ms = HEARTBEAT_STALE_INTERVALS * u64::from(self.cfg.flush_interval_ms) + 1000;
+        now / 1_000_000 <= beat_ms.saturating_add(stale_ms)
+    }
+}
+
+/// A per-Envoy in-flight counter in shared data.
+struct SharedCell<'a>(&'a str);
+
+impl CasCell for SharedCell<'_> {
+    fn load(&self) -> Option<(u64, u32)> {
+        match hostcalls::get_shared_data(self.0) {
+            Ok((Some(b), Some(cas))) => decode_counter(&b).map(|v| (v, cas)),
+            _ => None,
+        }
+    }
+
+    fn store(&mut self, value: u64, version: u32) -> bool {
+        hostcalls::set_shared_data(self.0, Some(&value.to_le_bytes()), Some(version)).is_ok()
+    }
+}
+
+struct Http {
+    worker: Option<Rc<RefCell<Worker>>>,
+    slot: Option<SlotId>,
+    start_ns: u64,
+    started: bool,
+    shed: bool,
+    /// Holds a place in the shared in-flight counter of its cluster.
+    counted: bool,
+}
+
+impl Context for Http {}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(worker) = self.worker.as_ref() else {
+            return Action::Continue;
+        };
+        let Ok(mut w) = worker.try_borrow_mut() else {
+            return Action::Continue;
+        };
+        let Some(cluster) = prop(vec!["xds", "cluster_name"]) else {
+            return Action::Continue;
+        };
+        let Ok(cluster) = std::str::from_utf8(&cluster) else {
+            return Action::Continue;
+        };
+        let now = now_ns();
+        let Some(id) = w.tracker.slot_for(cluster, now) else {
+            return Action::Continue;
+        };
+        self.slot = Some(id);
+        let mut shed = false;
+        let mut applied = false;
+        if let Some(slot) = w.tracker.slot(id) {
+            if let Some(h) = slot.hint.as_ref().filter(|h| h.is_active(now / 1_000_000)) {
+                if h.concurrency_limit > 0 {
+                    match acquire(&mut SharedCell(&slot.limit_key), h.concurrency_limit) {
+                        Admission::Shed => shed = true,
+                        Admission::Admitted => self.counted = true,
+                        Admission::Uncounted => {}
+                    }
+                }
+                if !shed {
+                    if let Some(v) = &h.timeout_ms {
+                        let _ = hostcalls::set_map_value(
+                            MapType::HttpRequestHeaders,
+                            TIMEOUT_HEADER,
+                            Some(v),
+                        );
+                        applied = true;
+                    }
+                    if let Some(v) = &h.max_retries {
+                        let _ = hostcalls::set_map_value(
+                            MapType::HttpRequestHeaders,
+                            RETRIES_HEADER,
+                            Some(v),
+                        );
+                        applied = true;
+                    }
+                }
+            }
+        }
+        if shed {
+            w.tracker.record_shed(id);
+            w.pending.shed += 1;
+            w.pending.observed += 1;
+            self.shed = true;
+            drop(w);
+            let _ = hostcalls::send_http_response(
+                503,
+                vec![(SHED_HEADER, "1"), ("content-type", "text/plain")],
+                Some(b"meshtune: concurrency limit reached\n"),
+            );
+            return Action::Pause;
+        }
+        if applied || self.counted {
+            w.pending.hints_applied += 1;
+        }
+        w.tracker.start(id, now);
+        self.start_ns = now;
+        self.started = true;
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if self.shed {
+            return; // recorded when shed
+        }
+        let Some(worker) = self.worker.as_ref() else {
+            return;
+        };
+        let Ok(mut w) = worker.try_borrow_mut() else {
+            return;
+        };
+        let now = now_ns();
+        w.pending.observed += 1;
+        let id = match self.slot {
+            Some(id) => id,
+            None => {
+                // Not routed at request start (or headers never reached the filter).
+                let Some(name) = prop(vec!["xds", "cluster_name"]) else {
+                    return;
+                };
+                let Ok(name) = std::str::from_utf8(&name) else {
+                    return;
+                };
+                match w.tracker.slot_for(name, now) {
+                    Some(id) => id,
+                    None => return,
+                }
+            }
+        };
+        let duration_us = if self.started {
+            Some(now.saturating_sub(self.start_ns) / 1000)
+        } else {
+            prop_u64(vec!["request", "duration"]).map(|ns| ns / 1000)
+        };
+        let rec = RequestRecord {
+            status: prop_u64(vec!["response", "code"])
+                .and_then(|c| u32::try_from(c).ok())
+                .unwrap_or(0),
+            flags: prop_u64(vec!["response", "flags"]).unwrap_or(0),
+            attempts: prop_u64(vec!["upstream", "request_attempt_count"]).unwrap_or(0),
+            request_bytes: prop_u64(vec!["request", "total_size"]).unwrap_or(0),
+            response_bytes: prop_u64(vec!["response", "total_size"]).unwrap_or(0),
+            protocol: prop(vec!["request", "protocol"])
+                .map_or(Protocol::Other, |p| Protocol::from_bytes(&p)),
+            duration_us,
+        };
+        if self.started {
+            w.tracker.finish(id, now, &rec);
+        } else {
+            w.tracker.record_only(id, &rec);
+        }
+        if self.counted {
+            self.counted = false;
+            if let Some(slot) = w.tracker.slot(id) {
+                release(&mut SharedCell(&slot.limit_key));
+            }
+        }
+    }
+}
+
+/// The singleton reporter: drains worker windows, reports once per flush, publishes hints.
+struct Reporter {
+    cfg: Config,
+    agg: Aggregator,
+    state: ReporterState,
+    identity: v1::Reporter,
+    /// Serialized `envoy.config.core.v3.GrpcService` (envoy_grpc: cluster, authority).
+    grpc_service: String,
+    queue: Option<u32>,
+    metrics: Metrics,
+    /// Shared in-flight counters of clusters that currently have a concurrency limit.
+    limit_keys: Vec<String>,
+    failures: u64,
+}
+
+/// `GrpcService { envoy_grpc: EnvoyGrpc { cluster_name = 1, authority = 2 } = 1 }` on the
+/// wire. Envoy parses the upstream argument of a gRPC call as this message first; passing it
+/// (instead of a bare cluster name) also avoids the BadArgument status (which proxy-wasm 0.2.5
+/// turns into a panic) when the cluster does not exist.
+fn grpc_service_bytes(cluster: &str, authority: &str) -> Vec<u8> {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct EnvoyGrpc {
+        #[prost(string, tag = "1")]
+        cluster_name: String,
+        #[prost(string, tag = "2")]
+        authority: String,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct GrpcService {
+        #[prost(message, optional, tag = "1")]
+        envoy_grpc: Option<EnvoyGrpc>,
+    }
+    GrpcService {
+        envoy_grpc: Some(EnvoyGrpc {
+            cluster_name: cluster.to_string(),
+            authority: authority.to_string(),
+        }),
+    }
+    .encode_to_vec()
+}
+
+impl Reporter {
+    fn new(cfg: Config, vm_id: String, metrics: Metrics) -> Self {
+        let pick = |configured: &str, key: &str| -> String {
+            if configured.is_empty() {
+                prop_string(vec!["node", "metadata", key]).unwrap_or_default()
+            } else {
+                configured.to_string()
+            }
+        };
+        let mut namespace = pick(&cfg.namespace, "NAMESPACE");
+        if namespace.is_empty() {
+            namespace = DEFAULT_NAMESPACE.to_string();
+        }
+        let identity = v1::Reporter {
+            namespace,
+            workload: pick(&cfg.workload, "WORKLOAD_NAME"),
+            pod: pick(&cfg.pod, "NAME"),
+            vm_id,
+            filter_version: crate::FILTER_VERSION.to_string(),
+            node_id: prop_string(vec!["node", "id"]).unwrap_or_default(),
+        };
+        let bytes = grpc_service_bytes(&cfg.controller_cluster, &cfg.controller_authority);
+        // The host call takes &str; the encoding is ASCII unless a name is >= 128 bytes or
+        // non-ASCII, in which case the bare cluster name is passed.
+        let grpc_service =
+            String::from_utf8(bytes).unwrap_or_else(|_| cfg.controller_cluster.clone());
+        let queue = hostcalls::register_shared_queue(QUEUE_NAME).ok();
+        let now_ms = now_ns() / 1_000_000;
+        let state = ReporterState::new(now_ms);
+        let r = Reporter {
+            agg: Aggregator::new(cfg.max_upstreams, cfg.max_queued_windows),
+            state,
+            identity,
+            grpc_service,
+            queue,
+            metrics,
+            limit_keys: Vec::new(),
+            failures: 0,
+            cfg,
+        };
+        r.heartbeat(now_ms);
+        r
+    }
+
+    fn heartbeat(&self, now_ms: u64) {
+        let _ = hostcalls::set_shared_data(HEARTBEAT_KEY, Some(&now_ms.to_le_bytes()), None);
+    }
+
+    fn drain(&mut self, queue_id: u32) {
+        for _ in 0..MAX_DRAIN {
+            match hostcalls::dequeue_shared_queue(queue_id) {
+                Ok(Some(bytes)) => {
+                    // Errors are counted inside the aggregator.
+                    let _ = self.agg.merge_bytes(&bytes);
+                }
+                _ => break,
+            }
+        }
+        Metrics::add(self.metrics.windows_dropped, self.agg.take_dropped());
+    }
+
+    fn on_tick(&mut self) {
+        let now_ms = now_ns() / 1_000_000;
+        self.heartbeat(now_ms);
+        if let Some(q) = self.queue {
+            self.drain(q);
+        } else {
+            self.queue = hostcalls::register_shared_queue(QUEUE_NAME).ok();
+        }
+        Metrics::add(self.metrics.untracked_clusters, self.agg.take_untracked());
+        let report = self.state.build(&self.identity, &mut self.agg, now_ms);
+        if !self.state.may_send() {
+            self.failed("previous report still outstanding", false);
+            return;
+        }
+        let body = report.encode_to_vec();
+        match hostcalls::dispatch_grpc_call(
+            &self.grpc_service,
+            FEATURE_SERVICE,
+            REPORT_METHOD,
+            Vec::new(),
+            Some(&body),
+            Duration::from_millis(u64::from(self.cfg.report_timeout_ms)),
+        ) {
+            Ok(token) => self.state.outstanding = Some(token),
+            Err(status) => {
+                self.state.dispatch_failed();
+                self.failed(&format!("dispatch failed: {status:?}"), true);
+            }
+        }
+    }
+
+    fn failed(&mut self, why: &str, call_failed: bool) {
+        Metrics::add(self.metrics.reports_dropped, 1);
+        if call_failed {
+            Metrics::add(self.metrics.reports_failed, 1);
+        }
+        if self.failures.is_multiple_of(FAILURE_LOG_EVERY) {
+            log(
+                LogLevel::Warn,
+                &format!(
+                    "meshtune: report to cluster `{}` dropped ({why}); {} dropped so far",
+                    self.cfg.controller_cluster, self.state.dropped_reports
+                ),
+            );
+        }
+        self.failures += 1;
+    }
+
+    fn on_response(&mut self, token: u32, status: u32, size: usize) {
+        if status != 0 {
+            self.state.call_done(token, false);
+            let msg = hostcalls::get_grpc_status()
+                .ok()
+                .and_then(|(_, m)| m)
+                .unwrap_or_default();
+            self.failed(&format!("gRPC status {status} {msg}"), true);
+            return;
+        }
+        self.state.call_done(token, true);
+        Metrics::add(self.metrics.reports_sent, 1);
+        self.failures = 0;
+        let body = hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        match v1::ReportResponse::decode(body.as_slice()) {
+            Ok(resp) => self.publish(&resp),
+            Err(e) => log(
+                LogLevel::Warn,
+                &format!("meshtune: undecodable ReportResponse ignored: {e}"),
+            ),
+        }
+    }
+
+    fn publish(&mut self, resp: &v1::ReportResponse) {
+        let now_ms = now_ns() / 1_000_000;
+        // Counters for concurrency limits exist before workers see the limit; counters of
+        // clusters that lost their limit are reset (recovers places leaked by a dead VM).
+        let mut keys = Vec::new();
+        for h in resp
+            .hints
+            .iter()
+            .filter(|h| h.concurrency_limit > 0 && h.ttl_ms > 0)
+        {
+            let key = format!("meshtune.inflight.{}", h.cluster);
+            if let Ok((None, _)) = hostcalls::get_shared_data(&key) {
+                let _ = hostcalls::set_shared_data(&key, Some(&0u64.to_le_bytes()), None);
+            }
+            keys.push(key);
+        }
+        for old in self.limit_keys.iter().filter(|k| !keys.contains(k)) {
+            let _ = hostcalls::set_shared_data(old, Some(&0u64.to_le_bytes()), None);
+        }
+        self.limit_keys = keys;
+        let bytes = encode_published(now_ms, resp);
+        let _ = hostcalls::set_shared_data(HINTS_KEY, Some(&bytes), None);
+    }
+}

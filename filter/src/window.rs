@@ -1,0 +1,610 @@
+//! Per-worker accounting: one window of counters per upstream cluster, an in-flight gauge with
+//! its time average, and a bounded table of tracked clusters with stable slot indices.
+//!
+//! Everything here is pure (time is passed in as unix nanoseconds) and allocation-free on the
+//! per-request path once a cluster has a slot.
+
+use crate::flags::FlagClasses;
+use crate::hints::ActiveHint;
+use meshtune_core::LatencyHistogram;
+use meshtune_proto::v1;
+use std::collections::HashMap;
+
+/// Windows in a row without traffic, in-flight requests or hint after which a slot is freed.
+pub const IDLE_WINDOWS_BEFORE_EVICTION: u32 = 3;
+
+/// Downstream protocol of a request (`request.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    Other,
+    Http1,
+    Http2,
+    Http3,
+}
+
+impl Protocol {
+    /// Parses Envoy's protocol string (`HTTP/1.0`, `HTTP/1.1`, `HTTP/2`, `HTTP/3`).
+    pub fn from_bytes(b: &[u8]) -> Self {
+        match b {
+            b"HTTP/1.1" | b"HTTP/1.0" => Protocol::Http1,
+            b"HTTP/2" => Protocol::Http2,
+            b"HTTP/3" => Protocol::Http3,
+            _ => Protocol::Other,
+        }
+    }
+}
+
+/// What on_log learned about one finished request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// HTTP status, 0 when the request ended without a response code.
+    pub status: u32,
+    /// Envoy response-flag bitmask.
+    pub flags: u64,
+    /// Upstream attempts (1 = no retry); 0 when unknown.
+    pub attempts: u64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub protocol: Protocol,
+    /// Request duration in µs, if known.
+    pub duration_us: Option<u64>,
+}
+
+/// In-flight requests of one cluster: current, maximum and time integral within the window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InflightGauge {
+    current: u32,
+    max: u32,
+    last_ns: u64,
+    /// Integral of `current` over time since the window start, in request·ns.
+    area: u128,
+}
+
+impl InflightGauge {
+    /// A gauge whose window starts at `now_ns`.
+    pub fn new(now_ns: u64) -> Self {
+        Self {
+            last_ns: now_ns,
+            ..Default::default()
+        }
+    }
+
+    #[inline]
+    fn advance(&mut self, now_ns: u64) {
+        if now_ns > self.last_ns {
+            self.area += u128::from(self.current) * u128::from(now_ns - self.last_ns);
+            self.last_ns = now_ns;
+        }
+    }
+
+    /// A request started.
+    #[inline]
+    pub fn inc(&mut self, now_ns: u64) {
+        self.advance(now_ns);
+        self.current = self.current.saturating_add(1);
+        self.max = self.max.max(self.current);
+    }
+
+    /// A request finished.
+    #[inline]
+    pub fn dec(&mut self, now_ns: u64) {
+        self.advance(now_ns);
+        self.current = self.current.saturating_sub(1);
+    }
+
+    pub fn current(&self) -> u32 {
+        self.current
+    }
+
+    /// Ends the window `[start_ns, now_ns]`: returns (time-averaged in-flight, max in-flight)
+    /// and starts the next window (its max starts at the current level).
+    pub fn take(&mut self, start_ns: u64, now_ns: u64) -> (f64, u32) {
+        self.advance(now_ns);
+        let len = now_ns.saturating_sub(start_ns);
+        let avg = if len == 0 {
+            f64::from(self.current)
+        } else {
+            self.area as f64 / len as f64
+        };
+        let max = self.max;
+        self.area = 0;
+        self.max = self.current;
+        self.last_ns = self.last_ns.max(now_ns);
+        (avg, max)
+    }
+}
+
+/// One cluster's counters over the current window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counters {
+    pub requests: u64,
+    /// Status classes 1xx..5xx at index 0..5, no response code at index 5.
+    pub status: [u64; 6],
+    pub flag_uo: u64,
+    pub flag_ut: u64,
+    pub flag_uf: u64,
+    pub flag_uc: u64,
+    pub flag_urx: u64,
+    pub retries: u64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub http1: u64,
+    pub http2: u64,
+    pub http3: u64,
+    pub shed: u64,
+    pub latency: LatencyHistogram,
+}
+
+/// Index into [`Counters::status`] for an HTTP status code.
+#[inline]
+pub fn status_class(status: u32) -> usize {
+    match status {
+        100..=599 => (status / 100 - 1) as usize,
+        _ => 5,
+    }
+}
+
+impl Counters {
+    /// Adds one finished request.
+    #[inline]
+    pub fn record(&mut self, r: &RequestRecord) {
+        self.requests += 1;
+        self.status[status_class(r.status)] += 1;
+        if r.flags != 0 {
+            let f = FlagClasses::from_bits(r.flags);
+            self.flag_uo += u64::from(f.uo);
+            self.flag_ut += u64::from(f.ut);
+            self.flag_uf += u64::from(f.uf);
+            self.flag_uc += u64::from(f.uc);
+            self.flag_urx += u64::from(f.urx);
+        }
+        self.retries += r.attempts.saturating_sub(1);
+        self.request_bytes = self.request_bytes.saturating_add(r.request_bytes);
+        self.response_bytes = self.response_bytes.saturating_add(r.response_bytes);
+        match r.protocol {
+            Protocol::Http1 => self.http1 += 1,
+            Protocol::Http2 => self.http2 += 1,
+            Protocol::Http3 => self.http3 += 1,
+            Protocol::Other => {}
+        }
+        if let Some(us) = r.duration_us {
+            self.latency.record(us);
+        }
+    }
+
+    /// Adds one request shed locally (a 503 that never went upstream; no latency sample).
+    pub fn record_shed(&mut self) {
+        self.requests += 1;
+        self.status[4] += 1;
+        self.shed += 1;
+    }
+
+    fn reset(&mut self) {
+        let mut latency = std::mem::take(&mut self.latency);
+        latency.clear();
+        *self = Counters {
+            latency,
+            ..Default::default()
+        };
+    }
+
+    /// Wire form of this window (histogram sparse), with in-flight figures.
+    pub fn to_proto(
+        &self,
+        cluster: &str,
+        inflight_avg: f64,
+        inflight_max: u32,
+    ) -> v1::UpstreamWindow {
+        let (bucket_index, bucket_count) = self.latency.nonzero_buckets().unzip();
+        v1::UpstreamWindow {
+            cluster: cluster.to_string(),
+            requests: self.requests,
+            status_1xx: self.status[0],
+            status_2xx: self.status[1],
+            status_3xx: self.status[2],
+            status_4xx: self.status[3],
+            status_5xx: self.status[4],
+            status_none: self.status[5],
+            flag_uo: self.flag_uo,
+            flag_ut: self.flag_ut,
+            flag_uf: self.flag_uf,
+            flag_uc: self.flag_uc,
+            flag_urx: self.flag_urx,
+            retries: self.retries,
+            inflight_max,
+            inflight_avg,
+            request_bytes: self.request_bytes,
+            response_bytes: self.response_bytes,
+            http1_requests: self.http1,
+            http2_requests: self.http2,
+            http3_requests: self.http3,
+            shed: self.shed,
+            latency: Some(v1::LatencyHistogram {
+                sub_bucket_bits: meshtune_core::histogram::SUB_BUCKET_BITS,
+                bucket_index,
+                bucket_count,
+                sum_us: self.latency.sum_us(),
+                min_us: self.latency.min_us(),
+                max_us: self.latency.max_us(),
+            }),
+        }
+    }
+}
+
+/// One tracked upstream cluster.
+#[derive(Debug)]
+pub struct Slot {
+    pub name: String,
+    /// Shared-data key of this cluster's per-Envoy in-flight counter (concurrency hints).
+    pub limit_key: String,
+    pub counters: Counters,
+    pub inflight: InflightGauge,
+    pub hint: Option<ActiveHint>,
+    in_use: bool,
+    idle_windows: u32,
+}
+
+/// Slot index of a tracked cluster; stable while any request holds it.
+pub type SlotId = u16;
+
+/// A finished worker window, ready to be encoded for the reporter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowOut {
+    pub start_ns: u64,
+    pub length_ns: u64,
+    pub upstreams: Vec<v1::UpstreamWindow>,
+}
+
+/// The bounded set of clusters one worker VM tracks, and the current window.
+#[derive(Debug)]
+pub struct Tracker {
+    slots: Vec<Slot>,
+    index: HashMap<String, SlotId>,
+    free: Vec<SlotId>,
+    max_upstreams: usize,
+    window_start_ns: u64,
+    /// Requests not tracked because `max_upstreams` clusters were tracked already
+    /// (since the last [`Tracker::take_untracked`]).
+    untracked: u64,
+}
+
+impl Tracker {
+    pub fn new(max_upstreams: u32, now_ns: u64) -> Self {
+        Self {
+            slots: Vec::new(),
+            index: HashMap::new(),
+            free: Vec::new(),
+            max_upstreams: (max_upstreams as usize).clamp(1, usize::from(SlotId::MAX)),
+            window_start_ns: now_ns,
+            untracked: 0,
+        }
+    }
+
+    /// Slot of a cluster without creating one.
+    #[inline]
+    pub fn find(&self, cluster: &str) -> Option<SlotId> {
+        self.index.get(cluster).copied()
+    }
+
+    /// Slot of a cluster, creating it if there is room; `None` (and counted) when full.
+    pub fn slot_for(&mut self, cluster: &str, now_ns: u64) -> Option<SlotId> {
+        if let Some(id) = self.find(cluster) {
+            return Some(id);
+        }
+        let fresh = || Slot {
+            name: cluster.to_string(),
+            limit_key: format!("meshtune.inflight.{cluster}"),
+            counters: Counters::default(),
+            inflight: InflightGauge::new(now_ns),
+            hint: None,
+            in_use: true,
+            idle_windows: 0,
+        };
+        let id = if let Some(id) = self.free.pop() {
+            let slot = self.slots.get_mut(usize::from(id))?;
+            let mut s = fresh();
+            // Reuse the histogram allocation.
+            s.counters.latency = std::mem::take(&mut slot.counters.latency);
+            s.counters.latency.clear();
+            *slot = s;
+            id
+        } else if self.slots.len() < self.max_upstreams {
+            self.slots.push(fresh());
+            SlotId::try_from(self.slots.len() - 1).ok()?
+        } else {
+            self.untracked += 1;
+            return None;
+        };
+        self.index.insert(cluster.to_string(), id);
+        Some(id)
+    }
+
+    #[inline]
+    pub fn slot(&self, id: SlotId) -> Option<&Slot> {
+        self.slots.get(usize::from(id)).filter(|s| s.in_use)
+    }
+
+    #[inline]
+    pub fn slot_mut(&mut self, id: SlotId) -> Option<&mut Slot> {
+        self.slots.get_mut(usize::from(id)).filter(|s| s.in_use)
+    }
+
+    /// A request towards the slot's cluster started.
+    #[inline]
+    pub fn start(&mut self, id: SlotId, now_ns: u64) {
+        if let Some(s) = self.slot_mut(id) {
+            s.inflight.inc(now_ns);
+        }
+    }
+
+    /// A started request finished.
+    #[inline]
+    pub fn finish(&mut self, id: SlotId, now_ns: u64, rec: &RequestRecord) {
+        if let Some(s) = self.slot_mut(id) {
+            s.inflight.dec(now_ns);
+            s.counters.record(rec);
+        }
+    }
+
+    /// A request finished that was never counted as started (no slot at start time).
+    #[inline]
+    pub fn record_only(&mut self, id: SlotId, rec: &RequestRecord) {
+        if let Some(s) = self.slot_mut(id) {
+            s.counters.record(rec);
+        }
+    }
+
+    /// A request was shed locally.
+    pub fn record_shed(&mut self, id: SlotId) {
+        if let Some(s) = self.slot_mut(id) {
+            s.counters.record_shed();
+        }
+    }
+
+    /// Untracked requests since the last call.
+    pub fn take_untracked(&mut self) -> u64 {
+        std::mem::take(&mut self.untracked)
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn window_start_ns(&self) -> u64 {
+        self.window_start_ns
+    }
+
+    /// All live slots (for applying hints).
+    pub fn slots_mut(&mut self) -> impl Iterator<Item = &mut Slot> {
+        self.slots.iter_mut().filter(|s| s.in_use)
+    }
+
+    /// Ends the current window at `now_ns`: returns the active clusters' counters, resets
+    /// them, and frees slots idle for [`IDLE_WINDOWS_BEFORE_EVICTION`] windows.
+    pub fn take_window(&mut self, now_ns: u64) -> WindowOut {
+        let start_ns = self.window_start_ns;
+        let mut upstreams = Vec::new();
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if !s.in_use {
+                continue;
+            }
+            let (avg, max) = s.inflight.take(start_ns, now_ns);
+            let active = s.counters.requests > 0 || max > 0;
+            if active {
+                upstreams.push(s.counters.to_proto(&s.name, avg, max));
+                s.counters.reset();
+                s.idle_windows = 0;
+            } else {
+                s.idle_windows += 1;
+            }
+            let hinted = s.hint.is_some();
+            if s.idle_windows >= IDLE_WINDOWS_BEFORE_EVICTION
+                && s.inflight.current() == 0
+                && !hinted
+            {
+                s.in_use = false;
+                self.index.remove(&s.name);
+                if let Ok(id) = SlotId::try_from(i) {
+                    self.free.push(id);
+                }
+            }
+        }
+        self.window_start_ns = now_ns.max(start_ns);
+        WindowOut {
+            start_ns,
+            length_ns: now_ns.saturating_sub(start_ns),
+            upstreams,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flags;
+
+    const MS: u64 = 1_000_000;
+
+    fn ok(status: u32, us: u64) -> RequestRecord {
+        RequestRecord {
+            status,
+            attempts: 1,
+            request_bytes: 100,
+            response_bytes: 1000,
+            protocol: Protocol::Http1,
+            duration_us: Some(us),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(status_class(100), 0);
+        assert_eq!(status_class(204), 1);
+        assert_eq!(status_class(302), 2);
+        assert_eq!(status_class(404), 3);
+        assert_eq!(status_class(503), 4);
+        assert_eq!(status_class(599), 4);
+        assert_eq!(status_class(0), 5);
+        assert_eq!(status_class(600), 5);
+        assert_eq!(status_class(99), 5);
+    }
+
+    #[test]
+    fn inflight_time_average_and_max() {
+        // Window 0..1000 ms: one request 0..500, a second 250..1000 (still open at the end).
+        let mut g = InflightGauge::new(0);
+        g.inc(0);
+        g.inc(250 * MS);
+        g.dec(500 * MS);
+        let (avg, max) = g.take(0, 1000 * MS);
+        // area = 1*250 + 2*250 + 1*500 = 1250 request·ms over 1000 ms.
+        assert!((avg - 1.25).abs() < 1e-9, "avg {avg}");
+        assert_eq!(max, 2);
+        // Next window: the open request continues; max starts at the current level.
+        g.dec(1500 * MS);
+        let (avg, max) = g.take(1000 * MS, 2000 * MS);
+        assert!((avg - 0.5).abs() < 1e-9, "avg {avg}");
+        assert_eq!(max, 1);
+        let (avg, max) = g.take(2000 * MS, 3000 * MS);
+        assert_eq!((avg, max), (0.0, 0));
+    }
+
+    #[test]
+    fn inflight_ignores_time_going_backwards_and_underflow() {
+        let mut g = InflightGauge::new(1000);
+        g.dec(500);
+        assert_eq!(g.current(), 0);
+        g.inc(400);
+        let (avg, max) = g.take(1000, 1000);
+        assert_eq!((avg, max), (1.0, 1));
+    }
+
+    #[test]
+    fn window_accounts_everything() {
+        let mut t = Tracker::new(8, 0);
+        let a = t.slot_for("a", 0).unwrap();
+        for (i, rec) in [
+            ok(200, 1000),
+            ok(201, 3000),
+            ok(404, 500),
+            RequestRecord {
+                status: 503,
+                flags: flags::UPSTREAM_OVERFLOW,
+                protocol: Protocol::Http2,
+                duration_us: Some(10),
+                ..Default::default()
+            },
+            RequestRecord {
+                status: 504,
+                flags: flags::UPSTREAM_REQUEST_TIMEOUT | flags::UPSTREAM_RETRY_LIMIT_EXCEEDED,
+                attempts: 3,
+                protocol: Protocol::Http3,
+                duration_us: Some(100_000),
+                ..Default::default()
+            },
+            RequestRecord {
+                status: 0,
+                flags: flags::UPSTREAM_CONNECTION_FAILURE | flags::UPSTREAM_CONNECTION_TERMINATION,
+                duration_us: None,
+                ..Default::default()
+            },
+        ]
+        .iter()
+        .enumerate()
+        {
+            let at = i as u64 * 100 * MS;
+            t.start(a, at);
+            t.finish(a, at + 50 * MS, rec);
+        }
+        t.record_shed(a);
+        let w = t.take_window(1000 * MS);
+        assert_eq!((w.start_ns, w.length_ns), (0, 1000 * MS));
+        assert_eq!(w.upstreams.len(), 1);
+        let u = &w.upstreams[0];
+        assert_eq!(u.cluster, "a");
+        assert_eq!(u.requests, 7);
+        assert_eq!(
+            (
+                u.status_1xx,
+                u.status_2xx,
+                u.status_3xx,
+                u.status_4xx,
+                u.status_5xx,
+                u.status_none
+            ),
+            (0, 2, 0, 1, 3, 1)
+        );
+        assert_eq!(
+            (u.flag_uo, u.flag_ut, u.flag_uf, u.flag_uc, u.flag_urx),
+            (1, 1, 1, 1, 1)
+        );
+        assert_eq!(u.retries, 2);
+        assert_eq!(u.shed, 1);
+        assert_eq!((u.request_bytes, u.response_bytes), (300, 3000));
+        assert_eq!(
+            (u.http1_requests, u.http2_requests, u.http3_requests),
+            (3, 1, 1)
+        );
+        assert_eq!(u.inflight_max, 1);
+        // 6 requests of 50 ms each within 1000 ms.
+        assert!((u.inflight_avg - 0.3).abs() < 1e-9);
+        let h = u.latency.as_ref().unwrap();
+        assert_eq!(
+            h.bucket_count.iter().sum::<u64>(),
+            5,
+            "shed and no-duration have no sample"
+        );
+        assert_eq!((h.min_us, h.max_us), (10, 100_000));
+        // The next window starts empty and the idle cluster is not reported.
+        let w2 = t.take_window(2000 * MS);
+        assert!(w2.upstreams.is_empty());
+        assert_eq!(w2.start_ns, 1000 * MS);
+    }
+
+    #[test]
+    fn clusters_are_bounded_and_overflow_is_counted() {
+        let mut t = Tracker::new(2, 0);
+        let a = t.slot_for("a", 0).unwrap();
+        let b = t.slot_for("b", 0).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(t.slot_for("a", 0), Some(a));
+        assert_eq!(t.slot_for("c", 0), None);
+        assert_eq!(t.slot_for("d", 0), None);
+        assert_eq!(t.take_untracked(), 2);
+        assert_eq!(t.take_untracked(), 0);
+        assert_eq!(t.tracked(), 2);
+    }
+
+    #[test]
+    fn idle_slots_are_freed_but_not_while_requests_are_open() {
+        let mut t = Tracker::new(2, 0);
+        let a = t.slot_for("a", 0).unwrap();
+        let b = t.slot_for("b", 0).unwrap();
+        t.start(b, 0); // b has a long request open
+        for i in 1..=IDLE_WINDOWS_BEFORE_EVICTION as u64 {
+            t.take_window(i * 1000 * MS);
+        }
+        assert_eq!(t.find("a"), None, "idle a freed");
+        assert_eq!(t.find("b"), Some(b), "b kept while in flight");
+        assert!(t.slot(a).is_none());
+        let c = t.slot_for("c", 5000 * MS).unwrap();
+        assert_eq!(c, a, "freed slot reused");
+        // b's request still finishes into b.
+        t.finish(b, 5000 * MS, &ok(200, 5_000_000));
+        let w = t.take_window(6000 * MS);
+        assert_eq!(w.upstreams.len(), 1);
+        assert_eq!(w.upstreams[0].cluster, "b");
+        assert_eq!(w.upstreams[0].requests, 1);
+    }
+
+    #[test]
+    fn protocol_strings() {
+        assert_eq!(Protocol::from_bytes(b"HTTP/1.1"), Protocol::Http1);
+        assert_eq!(Protocol::from_bytes(b"HTTP/1.0"), Protocol::Http1);
+        assert_eq!(Protocol::from_bytes(b"HTTP/2"), Protocol::Http2);
+        assert_eq!(Protocol::from_bytes(b"HTTP/3"), Protocol::Http3);
+        assert_eq!(Protocol::from_bytes(b""), Protocol::Other);
+    }
+}
