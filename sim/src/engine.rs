@@ -326,7 +326,7 @@ impl Engine {
             }
             _ => 0.0,
         };
-        let mut e = Engine {
+        Engine {
             now: 0,
             seq: 0,
             heap: BinaryHeap::with_capacity(1024),
@@ -364,9 +364,7 @@ impl Engine {
                 ..Default::default()
             },
             window_index: 0,
-        };
-        e.start_arrivals();
-        e
+        }
     }
 
     /// Changes the knobs in force from now on (existing requests keep their timers; excess
@@ -479,10 +477,6 @@ impl Engine {
 
     // ---------------------------------------------------------------- arrivals
 
-    fn start_arrivals(&mut self) {
-        self.next_arrival = u64::MAX;
-    }
-
     /// Bounds the arrival rate over [start, end) (for thinning) and draws the first arrival.
     fn start_window_arrivals(&mut self, start: u64, end: u64) {
         let (s, e) = (start as f64 / 1e6, end as f64 / 1e6);
@@ -533,10 +527,17 @@ impl Engine {
     fn arrival(&mut self, end: u64) {
         let t = self.now;
         self.draw_next_arrival(end);
-        if self.arrivals_kind == Arrivals::Poisson {
-            let rate = self.load.rate(t as f64 / 1e6, self.episode_s);
-            if rate < self.arrival_bound && self.rng.uniform() * self.arrival_bound >= rate {
-                return; // thinned
+        let rate = self.load.rate(t as f64 / 1e6, self.episode_s);
+        match self.arrivals_kind {
+            Arrivals::Poisson => {
+                if rate < self.arrival_bound && self.rng.uniform() * self.arrival_bound >= rate {
+                    return; // thinned
+                }
+            }
+            Arrivals::Uniform => {
+                if rate <= 0.0 {
+                    return; // placeholder at a window start while the load is off
+                }
             }
         }
         self.w.arrivals += 1;
