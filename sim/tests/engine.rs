@@ -64,10 +64,19 @@ rps = 320.0
     for seed in [42, 43, 44] {
         let mut e = Engine::new(&sc, seed, &knobs(|_| {}));
         let mut hist = meshtune_core::LatencyHistogram::new();
+        let mut inflight = 0.0;
         for _ in 0..10 {
-            hist.merge(&e.run_window().stats.latency);
+            let w = e.run_window();
+            inflight += w.stats.inflight_avg / 10.0;
+            hist.merge(&w.stats.latency);
         }
         let w_ms = hist.mean_us() / 1000.0;
+        // Little's law: time-averaged in-flight = arrival rate x mean time in system.
+        let little = lambda * w_ms / 1000.0;
+        assert!(
+            (inflight - little).abs() / little < 0.02,
+            "in-flight {inflight} vs Little {little}"
+        );
         eprintln!("M/M/4 seed {seed}: simulated mean {w_ms:.3} ms, Erlang C {w_expected_ms:.3} ms");
         assert!(hist.count() > 300_000, "{}", hist.count());
         assert!(
@@ -443,4 +452,67 @@ fn istio_defaults_are_unlimited() {
     assert_eq!(l.per_try_timeout_us, 0);
     assert_eq!(l.retry_attempts, 2);
     assert_eq!(l.max_requests_per_connection, 0);
+}
+
+#[test]
+fn max_requests_per_connection_forces_new_connections() {
+    // Sequential requests (one every 10 ms, 5 ms service): with keep-alive only the first
+    // pays the 2 ms connect; with 1 request per connection every request does.
+    let sc = scenario(
+        &DETERMINISTIC
+            .replace("window_s = 0.1", "window_s = 1.0")
+            .replace("connect_ms = 0.0", "connect_ms = 2.0")
+            .replace("ms = 1000.0", "ms = 5.0"),
+    );
+    let mut keep = Engine::new(&sc, 1, &knobs(|_| {}));
+    let w = keep.run_window().stats.latency;
+    assert_eq!((w.min_us(), w.max_us()), (5_000, 7_000));
+    let mut recycle = Engine::new(
+        &sc,
+        1,
+        &knobs(|k| k.set(Knob::MaxRequestsPerConnection, 1.0)),
+    );
+    let w = recycle.run_window().stats.latency;
+    assert_eq!((w.min_us(), w.max_us()), (7_000, 7_000));
+}
+
+#[test]
+fn a_down_host_fails_connections_and_retries_recover() {
+    let sc = scenario(
+        r#"
+name = "down"
+window_s = 1.0
+windows = 3
+slo_ms = 1000.0
+[hosts]
+count = 2
+concurrency = 50
+service = { dist = "exponential", mean_ms = 5.0 }
+failures = [{ kind = "down", host = 1 }]
+[load]
+profile = "constant"
+rps = 200.0
+"#,
+    );
+    let no_retry = run(
+        &sc,
+        &knobs(|k| k.set(Knob::Consecutive5xxErrors, 100_000.0)),
+        6,
+    );
+    let t = no_retry.totals();
+    let frac = t.conn_failures as f64 / t.completed as f64;
+    assert!(
+        (0.3..0.7).contains(&frac),
+        "about half the requests hit the down host: {frac}"
+    );
+    let retry = run(
+        &sc,
+        &knobs(|k| {
+            k.set(Knob::RetryAttempts, 1.0);
+            k.set(Knob::Consecutive5xxErrors, 100_000.0);
+        }),
+        6,
+    );
+    assert_eq!(retry.totals().conn_failures, 0);
+    assert_eq!(retry.totals().ok, retry.totals().completed);
 }
