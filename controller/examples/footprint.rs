@@ -60,9 +60,14 @@ fn main() {
     let ingest = started.elapsed();
     let upstream_windows = reports as usize * destinations / reporters;
     let bytes = a.approx_memory_bytes();
-    let snap_started = Instant::now();
-    let snap = a.snapshot(t0 + window_secs * 1000);
-    let snap_time = snap_started.elapsed();
+    // Best of 20 (the machine is shared).
+    let mut snap_time = std::time::Duration::MAX;
+    let mut snap = Vec::new();
+    for _ in 0..20 {
+        let snap_started = Instant::now();
+        snap = a.snapshot(t0 + window_secs * 1000 - 1);
+        snap_time = snap_time.min(snap_started.elapsed());
+    }
     println!(
         "destinations {} reporters {} window {}s: ~{} bytes per destination ({} KiB total)",
         snap.len(),

@@ -139,26 +139,24 @@ impl Counters {
         }
     }
 
-    fn to_window(&self, latency: LatencyHistogram) -> WindowStats {
-        WindowStats {
-            duration_s: self.duration_s,
-            requests: self.requests,
-            status_2xx: self.status_2xx,
-            status_4xx: self.status_4xx,
-            status_5xx: self.status_5xx,
-            status_other: self.status_other,
-            flag_uo: self.flag_uo,
-            flag_ut: self.flag_ut,
-            flag_conn_failure: self.flag_conn_failure,
-            retries: self.retries,
-            shed: self.shed,
-            inflight_max: self.inflight_max,
-            inflight_avg: self.inflight_avg,
-            request_bytes: self.request_bytes,
-            response_bytes: self.response_bytes,
-            http2_requests: self.http2_requests,
-            latency,
-        }
+    /// Writes the scalar fields into `w` (its histogram is left alone).
+    fn fill(&self, w: &mut WindowStats) {
+        w.duration_s = self.duration_s;
+        w.requests = self.requests;
+        w.status_2xx = self.status_2xx;
+        w.status_4xx = self.status_4xx;
+        w.status_5xx = self.status_5xx;
+        w.status_other = self.status_other;
+        w.flag_uo = self.flag_uo;
+        w.flag_ut = self.flag_ut;
+        w.flag_conn_failure = self.flag_conn_failure;
+        w.retries = self.retries;
+        w.shed = self.shed;
+        w.inflight_max = self.inflight_max;
+        w.inflight_avg = self.inflight_avg;
+        w.request_bytes = self.request_bytes;
+        w.response_bytes = self.response_bytes;
+        w.http2_requests = self.http2_requests;
     }
 }
 
@@ -209,10 +207,59 @@ impl SparseHistogram {
         self.buckets = out;
     }
 
+    #[cfg(test)]
     fn to_histogram(&self) -> LatencyHistogram {
         let (idx, cnt): (Vec<u32>, Vec<u64>) =
             self.buckets.iter().map(|&(i, c)| (u32::from(i), c)).unzip();
         // Built only from a valid histogram's buckets, so this cannot fail; fall back to empty.
+        LatencyHistogram::from_sparse(
+            SUB_BUCKET_BITS,
+            &idx,
+            &cnt,
+            self.sum_us,
+            self.min_us,
+            self.max_us,
+        )
+        .unwrap_or_default()
+    }
+}
+
+/// Sums sparse histograms into dense counts.
+#[derive(Debug, Default)]
+struct DenseAccumulator {
+    counts: Vec<u64>,
+    sum_us: u64,
+    min_us: u64,
+    max_us: u64,
+}
+
+impl DenseAccumulator {
+    fn add(&mut self, h: &SparseHistogram) {
+        if h.buckets.is_empty() {
+            return;
+        }
+        if self.counts.is_empty() {
+            self.counts = vec![0; meshtune_core::histogram::BUCKET_COUNT];
+            self.min_us = h.min_us;
+        }
+        for &(i, c) in &h.buckets {
+            if let Some(x) = self.counts.get_mut(usize::from(i)) {
+                *x += c;
+            }
+        }
+        self.sum_us = self.sum_us.saturating_add(h.sum_us);
+        self.min_us = self.min_us.min(h.min_us);
+        self.max_us = self.max_us.max(h.max_us);
+    }
+
+    fn finish(self) -> LatencyHistogram {
+        let (idx, cnt): (Vec<u32>, Vec<u64>) = self
+            .counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c > 0)
+            .map(|(i, &c)| (i as u32, c))
+            .unzip();
         LatencyHistogram::from_sparse(
             SUB_BUCKET_BITS,
             &idx,
@@ -487,11 +534,18 @@ impl Aggregator {
         let w = self.limits.window_secs;
         let sec = now_ms / 1000;
         let mut merged = WindowStats::default();
+        // Counters merge bucket by bucket with `merge_sequential` (the scratch histogram stays
+        // empty); histograms are summed sparse-to-dense and built once.
+        let mut scratch = WindowStats::default();
+        let mut latency = DenseAccumulator::default();
         let mut ids: Vec<u32> = Vec::new();
         for b in d.buckets.iter().filter(|b| in_window(b.sec, sec, w)) {
-            merged.merge_sequential(&b.counters.to_window(b.latency.to_histogram()));
+            b.counters.fill(&mut scratch);
+            merged.merge_sequential(&scratch);
+            latency.add(&b.latency);
             ids.extend(&b.reporters);
         }
+        merged.latency = latency.finish();
         ids.sort_unstable();
         ids.dedup();
         let elapsed = now_ms.saturating_sub(d.first_seen_ms) as f64 / 1000.0 + d.first_duration_s;
@@ -804,6 +858,31 @@ mod tests {
         let idle = a.approx_memory_bytes();
         assert!(idle < full, "{idle} >= {full}");
         assert_eq!(a.destinations(T0 + 60_000)[0].lifetime.requests, 1000);
+    }
+
+    #[test]
+    fn window_equals_sequential_merge_of_its_seconds() {
+        let mut a = Aggregator::new(Limits::default());
+        let mut expected = WindowStats::default();
+        for s in 0..5u64 {
+            let w1 = window(10 + s, s, 1000 + 300 * s, 2);
+            let w2 = window(3, 1, 90_000, 1);
+            a.ingest(&report("p1", s + 1, vec![("c", w1.clone())]), T0 + s * 1000);
+            a.ingest(
+                &report("p2", s + 1, vec![("c", w2.clone())]),
+                T0 + s * 1000 + 10,
+            );
+            let mut second = w1;
+            second.merge_concurrent(&w2);
+            expected.merge_sequential(&second);
+        }
+        let got = &a.snapshot(T0 + 4000)[0].1;
+        assert_eq!(got.latency, expected.latency);
+        assert_eq!(got.requests, expected.requests);
+        assert_eq!(got.status_5xx, expected.status_5xx);
+        assert_eq!(got.inflight_max, expected.inflight_max);
+        assert_eq!(got.duration_s, 5.0);
+        assert!((got.inflight_avg - expected.inflight_avg).abs() < 1e-12);
     }
 
     #[test]

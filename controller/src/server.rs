@@ -286,6 +286,8 @@ impl Controller {
         admin: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ControllerError> {
+        let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(grpc = %addr(&grpc), admin = %addr(&admin), "controller starting");
         let (tx, rx) = watch::channel(false);
         let stop = move |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|v| *v).await;
