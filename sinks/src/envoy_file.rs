@@ -94,8 +94,9 @@ fn format_of(path: &Path) -> Result<Format, SinkError> {
         Some("yaml") | Some("yml") => Ok(Format::Yaml),
         _ => Err(SinkError::Serialize {
             what: path.display().to_string(),
-            message: "xDS file must end in .json, .yaml or .yml (Envoy picks the parser by extension)"
-                .into(),
+            message:
+                "xDS file must end in .json, .yaml or .yml (Envoy picks the parser by extension)"
+                    .into(),
         }),
     }
 }
@@ -181,7 +182,10 @@ impl EnvoyFileSink {
     ) -> Result<Value, SinkError> {
         let mut clusters = Vec::new();
         for d in &self.config.destinations {
-            let k = knobs.get(&d.destination).copied().unwrap_or_else(Knobs::istio_defaults);
+            let k = knobs
+                .get(&d.destination)
+                .copied()
+                .unwrap_or_else(Knobs::istio_defaults);
             clusters.push(envoy::cluster(&d.cluster, &k)?);
         }
         Ok(envoy::xds_file(&version.to_string(), clusters))
@@ -195,7 +199,10 @@ impl EnvoyFileSink {
             .iter()
             .filter_map(|d| {
                 let r = d.route.as_ref()?;
-                let k = knobs.get(&d.destination).copied().unwrap_or_else(Knobs::istio_defaults);
+                let k = knobs
+                    .get(&d.destination)
+                    .copied()
+                    .unwrap_or_else(Knobs::istio_defaults);
                 Some(envoy::virtual_host(
                     &r.virtual_host,
                     &r.domains,
@@ -208,11 +215,18 @@ impl EnvoyFileSink {
             .collect();
         envoy::xds_file(
             &version.to_string(),
-            vec![envoy::route_configuration(&self.config.route_config_name, vhosts)],
+            vec![envoy::route_configuration(
+                &self.config.route_config_name,
+                vhosts,
+            )],
         )
     }
 
-    fn write(&self, knobs: &BTreeMap<String, Knobs>, version: u64) -> Result<Vec<String>, SinkError> {
+    fn write(
+        &self,
+        knobs: &BTreeMap<String, Knobs>,
+        version: u64,
+    ) -> Result<Vec<String>, SinkError> {
         let cds = self.render_cds(knobs, version)?;
         write_atomically(&self.config.cds_path, &encode(&self.config.cds_path, &cds)?)?;
         let mut written = vec![self.config.cds_path.display().to_string()];
@@ -259,7 +273,11 @@ impl Sink for EnvoyFileSink {
                 let written = self.write(&staged, version)?;
                 state.knobs = staged;
                 state.version = version;
-                tracing::info!(version, destinations = accepted.len(), "envoy xDS files replaced");
+                tracing::info!(
+                    version,
+                    destinations = accepted.len(),
+                    "envoy xDS files replaced"
+                );
                 written
             };
             for (i, d) in decisions.iter().enumerate() {
@@ -345,7 +363,10 @@ mod tests {
         let res = cds["resources"].as_array().unwrap();
         assert_eq!(res.len(), 2);
         assert_eq!(res[0]["@type"], envoy::CLUSTER_TYPE_URL);
-        assert_eq!(res[0]["circuit_breakers"]["thresholds"][0]["max_connections"], 42);
+        assert_eq!(
+            res[0]["circuit_breakers"]["thresholds"][0]["max_connections"],
+            42
+        );
         assert_eq!(
             res[1]["circuit_breakers"]["thresholds"][0]["max_connections"],
             4_294_967_295u64
@@ -354,7 +375,10 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.path().join("rds.json")).unwrap()).unwrap();
         let route = &rds["resources"][0]["virtual_hosts"][0]["routes"][0]["route"];
         assert_eq!(route["timeout"], "0.800s");
-        assert_eq!(sink.current("reviews").unwrap().get(Knob::MaxConnections), 42.0);
+        assert_eq!(
+            sink.current("reviews").unwrap().get(Knob::MaxConnections),
+            42.0
+        );
         // No temp files are left behind.
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -381,10 +405,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("missing-dir/cds.json"), "{err}");
-        assert_eq!(
-            sink.current("reviews").unwrap(),
-            Knobs::istio_defaults()
-        );
+        assert_eq!(sink.current("reviews").unwrap(), Knobs::istio_defaults());
     }
 
     #[test]
@@ -392,9 +413,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(dir.path());
         c.cds_path = dir.path().join("cds.txt");
-        assert!(EnvoyFileSink::new(c).unwrap_err().to_string().contains("cds.txt"));
+        assert!(EnvoyFileSink::new(c)
+            .unwrap_err()
+            .to_string()
+            .contains("cds.txt"));
         let mut c = config(dir.path());
         c.destinations[0].cluster.endpoints = vec!["nope".into()];
-        assert!(EnvoyFileSink::new(c).unwrap_err().to_string().contains("nope"));
+        assert!(EnvoyFileSink::new(c)
+            .unwrap_err()
+            .to_string()
+            .contains("nope"));
     }
 }

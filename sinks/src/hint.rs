@@ -44,8 +44,15 @@ mod tests {
         k.set(Knob::RouteTimeoutMs, 750.4);
         k.set(Knob::RetryAttempts, 1.0);
         k.set(Knob::Http2MaxRequests, 64.0);
-        let h = hint("outbound|9080||reviews.default.svc.cluster.local", &k, 5_000);
-        assert_eq!(h.cluster, "outbound|9080||reviews.default.svc.cluster.local");
+        let h = hint(
+            "outbound|9080||reviews.default.svc.cluster.local",
+            &k,
+            5_000,
+        );
+        assert_eq!(
+            h.cluster,
+            "outbound|9080||reviews.default.svc.cluster.local"
+        );
         assert_eq!(h.timeout_ms, 750);
         assert_eq!(h.max_retries, Some(1));
         assert_eq!(h.concurrency_limit, 64);

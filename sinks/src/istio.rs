@@ -120,7 +120,11 @@ fn insert_some(map: &mut Map<String, Value>, key: &str, v: Option<i64>) {
 /// Renders the DestinationRule: connection pool and outlier detection.
 pub fn destination_rule(t: &IstioTarget, k: &Knobs) -> Value {
     let mut tcp = Map::new();
-    insert_some(&mut tcp, "maxConnections", istio_limit(k.get(Knob::MaxConnections)));
+    insert_some(
+        &mut tcp,
+        "maxConnections",
+        istio_limit(k.get(Knob::MaxConnections)),
+    );
     let mut http = Map::new();
     insert_some(
         &mut http,
@@ -137,7 +141,11 @@ pub fn destination_rule(t: &IstioTarget, k: &Knobs) -> Value {
         "maxRequestsPerConnection",
         istio_limit(k.get(Knob::MaxRequestsPerConnection)).filter(|v| *v > 0),
     );
-    insert_some(&mut http, "maxRetries", istio_limit(k.get(Knob::MaxRetries)));
+    insert_some(
+        &mut http,
+        "maxRetries",
+        istio_limit(k.get(Knob::MaxRetries)),
+    );
     let mut pool = Map::new();
     if !tcp.is_empty() {
         pool.insert("tcp".into(), Value::Object(tcp));
@@ -281,7 +289,10 @@ mod tests {
 
     #[test]
     fn object_names() {
-        assert_eq!(object_name("reviews.bookinfo.svc.cluster.local", "bookinfo"), "reviews");
+        assert_eq!(
+            object_name("reviews.bookinfo.svc.cluster.local", "bookinfo"),
+            "reviews"
+        );
         assert_eq!(object_name("reviews.bookinfo.svc", "bookinfo"), "reviews");
         assert_eq!(object_name("reviews.bookinfo", "bookinfo"), "reviews");
         assert_eq!(object_name("Reviews", "bookinfo"), "reviews");

@@ -140,6 +140,8 @@ impl std::fmt::Debug for IstioSink {
     }
 }
 
+type Renderer = fn(&IstioTarget, &meshtune_core::Knobs) -> Value;
+
 struct Planned {
     api: Api<DynamicObject>,
     kind: &'static str,
@@ -167,7 +169,7 @@ impl IstioSink {
     async fn plan(&self, d: &Decision) -> Result<Vec<Planned>, Outcome> {
         let mut target = IstioTarget::new(&d.destination, &d.namespace);
         target.retry_on = self.config.retry_on.clone();
-        let kinds: [(ApiResource, fn(&IstioTarget, &meshtune_core::Knobs) -> Value); 2] = [
+        let kinds: [(ApiResource, Renderer); 2] = [
             (destination_rule_resource(), destination_rule),
             (virtual_service_resource(), virtual_service),
         ];
@@ -175,9 +177,12 @@ impl IstioSink {
         for (ar, render) in kinds {
             let api: Api<DynamicObject> =
                 Api::namespaced_with(self.client.clone(), &d.namespace, &ar);
-            let existing = api.get_opt(&target.name).await.map_err(|e| Outcome::Failed {
-                error: format!("GET {} {}/{}: {e}", ar.kind, d.namespace, target.name),
-            })?;
+            let existing = api
+                .get_opt(&target.name)
+                .await
+                .map_err(|e| Outcome::Failed {
+                    error: format!("GET {} {}/{}: {e}", ar.kind, d.namespace, target.name),
+                })?;
             let own = ownership(
                 &self.config,
                 &ar.kind,
@@ -224,7 +229,11 @@ impl IstioSink {
                 params = params.force();
             }
             let id = format!("{} {}/{}", p.kind, d.namespace, p.name);
-            if let Err(e) = p.api.patch(&p.name, &params, &Patch::Apply(&p.object)).await {
+            if let Err(e) = p
+                .api
+                .patch(&p.name, &params, &Patch::Apply(&p.object))
+                .await
+            {
                 return Outcome::Failed {
                     error: format!("apply {id}: {e}"),
                 };

@@ -50,9 +50,7 @@ pub fn format_value(knob: Knob, v: f64) -> String {
             | Knob::MaxRetries
     );
     let is_ms = knob.spec().unit == "ms";
-    if is_limit && v >= ISTIO_UNLIMITED {
-        "unlimited".into()
-    } else if knob == Knob::MaxRequestsPerConnection && v == 0.0 {
+    if (is_limit && v >= ISTIO_UNLIMITED) || (knob == Knob::MaxRequestsPerConnection && v == 0.0) {
         "unlimited".into()
     } else if is_ms && v == 0.0 {
         "none".into()
@@ -218,7 +216,10 @@ mod tests {
         assert_eq!(r.items[0].outcome, Outcome::Logged { changes: 1 });
         assert_eq!(r.items[1].outcome, Outcome::Logged { changes: 0 });
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        assert!(text.contains("a (n): 1 change(s)\n  retries.attempts: 2 → 1\n"), "{text}");
+        assert!(
+            text.contains("a (n): 1 change(s)\n  retries.attempts: 2 → 1\n"),
+            "{text}"
+        );
         assert!(text.contains("b (n): no change"), "{text}");
     }
 }

@@ -258,14 +258,11 @@ fn pointer(p: &str) -> &str {
 /// (draft 4) with the rules described in the module docs.
 pub fn openapi_to_json_schema(schema: &Value) -> Value {
     let mut root = convert(schema);
-    if let Some(props) = root
-        .as_object_mut()
-        .and_then(|o| {
-            o.entry("properties")
-                .or_insert_with(|| json!({}))
-                .as_object_mut()
-        })
-    {
+    if let Some(props) = root.as_object_mut().and_then(|o| {
+        o.entry("properties")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+    }) {
         props
             .entry("apiVersion")
             .or_insert(json!({"type": "string"}));
@@ -358,7 +355,10 @@ fn convert(v: &Value) -> Value {
         }
     }
     let has_props = out.contains_key("properties");
-    if has_props && !out.contains_key("additionalProperties") && !flag("x-kubernetes-preserve-unknown-fields") {
+    if has_props
+        && !out.contains_key("additionalProperties")
+        && !flag("x-kubernetes-preserve-unknown-fields")
+    {
         out.insert("additionalProperties".into(), Value::Bool(false));
     }
     Value::Object(out)

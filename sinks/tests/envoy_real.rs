@@ -21,7 +21,14 @@ fn validate(envoy: &Path, bootstrap: &Value) -> (bool, String) {
     let path = dir.path().join("bootstrap.json");
     std::fs::write(&path, serde_json::to_vec_pretty(bootstrap).unwrap()).unwrap();
     let out = std::process::Command::new(envoy)
-        .args(["--mode", "validate", "--disable-hot-restart", "-l", "error", "-c"])
+        .args([
+            "--mode",
+            "validate",
+            "--disable-hot-restart",
+            "-l",
+            "error",
+            "-c",
+        ])
         .arg(&path)
         .output()
         .unwrap();
@@ -44,29 +51,53 @@ fn validation_bootstrap(k: &Knobs, http2: bool) -> Value {
     let rc = envoy::route_configuration(
         "local",
         vec![
-            envoy::virtual_host("reviews", &["reviews".into()], "/", "reviews", k, DEFAULT_RETRY_ON),
-            envoy::virtual_host("ratings", &["*".into()], "/", "ratings", k, DEFAULT_RETRY_ON),
+            envoy::virtual_host(
+                "reviews",
+                &["reviews".into()],
+                "/",
+                "reviews",
+                k,
+                DEFAULT_RETRY_ON,
+            ),
+            envoy::virtual_host(
+                "ratings",
+                &["*".into()],
+                "/",
+                "ratings",
+                k,
+                DEFAULT_RETRY_ON,
+            ),
         ],
     );
     envoy::static_bootstrap(
         0,
         rc,
-        vec![envoy::cluster(&c, k).unwrap(), envoy::cluster(&c2, k).unwrap()],
+        vec![
+            envoy::cluster(&c, k).unwrap(),
+            envoy::cluster(&c2, k).unwrap(),
+        ],
     )
 }
 
 #[test]
 fn envoy_validates_rendered_clusters_and_routes() {
-    let Some(bin) = common::envoy_bin() else { return };
+    let Some(bin) = common::envoy_bin() else {
+        return;
+    };
     for (i, k) in common::knob_sets().iter().enumerate() {
         let (ok, text) = validate(&bin, &validation_bootstrap(k, i % 2 == 0));
-        assert!(ok, "knob set {i} rejected by envoy --mode validate:\n{text}");
+        assert!(
+            ok,
+            "knob set {i} rejected by envoy --mode validate:\n{text}"
+        );
     }
 }
 
 #[test]
 fn envoy_rejects_a_broken_cluster() {
-    let Some(bin) = common::envoy_bin() else { return };
+    let Some(bin) = common::envoy_bin() else {
+        return;
+    };
     let mut b = validation_bootstrap(&common::tuned(), false);
     b["static_resources"]["clusters"][0]["circuit_breakers"]["thresholds"][0]["max_connections"] =
         json!("many");
@@ -102,7 +133,14 @@ async fn wait_for(addr: &str, path: &str, pred: impl Fn(&str) -> bool) -> (Strin
     panic!("admin {path} never matched within 10 s; last body:\n{last}");
 }
 
-fn has_thresholds(body: &str, cluster: &str, conns: u64, pending: u64, rq: u64, retries: u64) -> bool {
+fn has_thresholds(
+    body: &str,
+    cluster: &str,
+    conns: u64,
+    pending: u64,
+    rq: u64,
+    retries: u64,
+) -> bool {
     let p = format!("{cluster}::default_priority::");
     body.contains(&format!("{p}max_connections::{conns}\n"))
         && body.contains(&format!("{p}max_pending_requests::{pending}\n"))
@@ -112,7 +150,9 @@ fn has_thresholds(body: &str, cluster: &str, conns: u64, pending: u64, rq: u64, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_envoy_picks_up_file_sink_changes() {
-    let Some(bin) = common::envoy_bin() else { return };
+    let Some(bin) = common::envoy_bin() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut config = EnvoyFileConfig::new(
         dir.path().join("cds.json"),
@@ -169,7 +209,10 @@ async fn running_envoy_picks_up_file_sink_changes() {
 
     // Istio defaults: unlimited (2^32-1) thresholds, no route timeout.
     let u = 4_294_967_295;
-    wait_for(&admin, "/clusters", |b| has_thresholds(b, "backend", u, u, u, u)).await;
+    wait_for(&admin, "/clusters", |b| {
+        has_thresholds(b, "backend", u, u, u, u)
+    })
+    .await;
 
     let mut k = Knobs::istio_defaults();
     k.set(Knob::MaxConnections, 77.0);
@@ -188,8 +231,10 @@ async fn running_envoy_picks_up_file_sink_changes() {
         .await
         .unwrap();
     assert!(matches!(report.items[0].outcome, Outcome::Applied { .. }));
-    let (_, cds_wait) =
-        wait_for(&admin, "/clusters", |b| has_thresholds(b, "backend", 77, 33, 55, 4)).await;
+    let (_, cds_wait) = wait_for(&admin, "/clusters", |b| {
+        has_thresholds(b, "backend", 77, 33, 55, 4)
+    })
+    .await;
     let (dump, rds_wait) = wait_for(&admin, "/config_dump?resource=dynamic_route_configs", |b| {
         b.contains("\"timeout\": \"0.800s\"")
     })

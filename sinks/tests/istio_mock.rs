@@ -92,7 +92,10 @@ async fn new_objects_are_created_by_forced_server_side_apply() {
         expect_get(&mut handle, VS_PATH, not_found("reviews")).await;
         let (q, dr) = expect_apply(&mut handle, DR_PATH).await;
         assert!(q.starts_with('&'), "kube-rs form: ?&...: {q}");
-        assert_eq!(query(&q), [("fieldManager", "meshtune"), ("force", "true")].into());
+        assert_eq!(
+            query(&q),
+            [("fieldManager", "meshtune"), ("force", "true")].into()
+        );
         let (q2, vs) = expect_apply(&mut handle, VS_PATH).await;
         assert_eq!(query(&q2), query(&q));
         (dr, vs)
@@ -133,8 +136,18 @@ async fn owned_objects_are_updated_with_force() {
     let sink = IstioSink::new(Client::new(svc, "default"), IstioSinkConfig::default());
     let server = tokio::spawn(async move {
         let owned = json!({"app.kubernetes.io/managed-by": "meshtune"});
-        expect_get(&mut handle, DR_PATH, json_response(StatusCode::OK, &existing("DestinationRule", owned.clone()))).await;
-        expect_get(&mut handle, VS_PATH, json_response(StatusCode::OK, &existing("VirtualService", owned))).await;
+        expect_get(
+            &mut handle,
+            DR_PATH,
+            json_response(StatusCode::OK, &existing("DestinationRule", owned.clone())),
+        )
+        .await;
+        expect_get(
+            &mut handle,
+            VS_PATH,
+            json_response(StatusCode::OK, &existing("VirtualService", owned)),
+        )
+        .await;
         let (q, _) = expect_apply(&mut handle, DR_PATH).await;
         assert_eq!(query(&q).get("force"), Some(&"true"), "{q}");
         expect_apply(&mut handle, VS_PATH).await;
@@ -150,13 +163,22 @@ async fn objects_not_managed_by_meshtune_are_refused_and_not_patched() {
     let sink = IstioSink::new(Client::new(svc, "default"), IstioSinkConfig::default());
     let server = tokio::spawn(async move {
         let theirs = json!({"app.kubernetes.io/managed-by": "helm"});
-        expect_get(&mut handle, DR_PATH, json_response(StatusCode::OK, &existing("DestinationRule", theirs))).await;
+        expect_get(
+            &mut handle,
+            DR_PATH,
+            json_response(StatusCode::OK, &existing("DestinationRule", theirs)),
+        )
+        .await;
         // Nothing else may be sent: the next request must never come.
-        let next = tokio::time::timeout(std::time::Duration::from_millis(300), handle.next_request()).await;
+        let next =
+            tokio::time::timeout(std::time::Duration::from_millis(300), handle.next_request())
+                .await;
         assert!(
             matches!(next, Err(_) | Ok(None)),
             "sink sent a request after refusing: {:?}",
-            next.ok().flatten().map(|(r, _)| (r.method().clone(), r.uri().clone()))
+            next.ok()
+                .flatten()
+                .map(|(r, _)| (r.method().clone(), r.uri().clone()))
         );
     });
     let report = sink.apply(&[decision()]).await.unwrap();
@@ -164,7 +186,10 @@ async fn objects_not_managed_by_meshtune_are_refused_and_not_patched() {
     server.await.unwrap();
     match &report.items[0].outcome {
         Outcome::Refused { reason } => {
-            assert!(reason.contains("DestinationRule bookinfo/reviews"), "{reason}");
+            assert!(
+                reason.contains("DestinationRule bookinfo/reviews"),
+                "{reason}"
+            );
             assert!(reason.contains("not managed by meshtune"), "{reason}");
         }
         other => panic!("expected a refusal, got {other:?}"),
@@ -181,14 +206,26 @@ async fn allow_listed_hosts_are_co_managed_without_force_or_label() {
     let sink = IstioSink::new(Client::new(svc, "default"), config);
     let server = tokio::spawn(async move {
         let theirs = json!({"team": "reviews"});
-        expect_get(&mut handle, DR_PATH, json_response(StatusCode::OK, &existing("DestinationRule", theirs))).await;
+        expect_get(
+            &mut handle,
+            DR_PATH,
+            json_response(StatusCode::OK, &existing("DestinationRule", theirs)),
+        )
+        .await;
         expect_get(&mut handle, VS_PATH, not_found("reviews")).await;
         let (q, dr) = expect_apply(&mut handle, DR_PATH).await;
         assert_eq!(query(&q), [("fieldManager", "meshtune")].into());
         assert!(dr["metadata"].get("labels").is_none(), "{dr}");
         let (q, vs) = expect_apply(&mut handle, VS_PATH).await;
-        assert_eq!(query(&q).get("force"), Some(&"true"), "new VS is owned: {q}");
-        assert_eq!(vs["metadata"]["labels"]["app.kubernetes.io/managed-by"], "meshtune");
+        assert_eq!(
+            query(&q).get("force"),
+            Some(&"true"),
+            "new VS is owned: {q}"
+        );
+        assert_eq!(
+            vs["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "meshtune"
+        );
     });
     let report = sink.apply(&[decision()]).await.unwrap();
     server.await.unwrap();
@@ -213,7 +250,10 @@ async fn api_conflict_is_reported_as_failure() {
     server.await.unwrap();
     match &report.items[0].outcome {
         Outcome::Failed { error } => {
-            assert!(error.contains("apply DestinationRule bookinfo/reviews"), "{error}");
+            assert!(
+                error.contains("apply DestinationRule bookinfo/reviews"),
+                "{error}"
+            );
             assert!(error.contains("conflict"), "{error}");
         }
         other => panic!("expected a failure, got {other:?}"),

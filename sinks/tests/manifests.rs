@@ -73,25 +73,44 @@ fn istio_manifests_match_the_crd_schemas() {
             continue;
         }
         istio += 1;
-        assert!(crds.knows(av, kind), "{}: no served CRD version {av} {kind}", id(d));
+        assert!(
+            crds.knows(av, kind),
+            "{}: no served CRD version {av} {kind}",
+            id(d)
+        );
         crds.validate(&d.value)
             .unwrap_or_else(|e| panic!("{}: {e}", id(d)));
     }
-    assert!(istio >= 2, "expected the EnvoyFilter and WasmPlugin, found {istio} Istio documents");
+    assert!(
+        istio >= 2,
+        "expected the EnvoyFilter and WasmPlugin, found {istio} Istio documents"
+    );
 
     // The same validation rejects a broken EnvoyFilter and WasmPlugin.
     let mut ef = find(&docs, "EnvoyFilter", "meshtune").clone();
     ef["spec"]["configPatches"][0]["patch"]["operation"] = json!("INSERT_SOMEWHERE");
-    assert!(crds.validate(&ef).is_err(), "bad EnvoyFilter operation accepted");
+    assert!(
+        crds.validate(&ef).is_err(),
+        "bad EnvoyFilter operation accepted"
+    );
     let mut ef = find(&docs, "EnvoyFilter", "meshtune").clone();
     ef["spec"]["configPatches"][0]["match"]["context"] = json!(7);
-    assert!(crds.validate(&ef).is_err(), "bad EnvoyFilter context accepted");
+    assert!(
+        crds.validate(&ef).is_err(),
+        "bad EnvoyFilter context accepted"
+    );
     let mut wp = find(&docs, "WasmPlugin", "meshtune").clone();
     wp["spec"]["failStrategy"] = json!("FAIL_SOMETIMES");
-    assert!(crds.validate(&wp).is_err(), "bad WasmPlugin failStrategy accepted");
+    assert!(
+        crds.validate(&wp).is_err(),
+        "bad WasmPlugin failStrategy accepted"
+    );
     let mut wp = find(&docs, "WasmPlugin", "meshtune").clone();
     wp["spec"].as_object_mut().unwrap().remove("url");
-    assert!(crds.validate(&wp).is_err(), "WasmPlugin without url accepted");
+    assert!(
+        crds.validate(&wp).is_err(),
+        "WasmPlugin without url accepted"
+    );
 }
 
 #[test]
@@ -136,10 +155,17 @@ fn controller_objects_reference_each_other() {
     let pod = &dep["spec"]["template"];
     let pod_labels = labels(&pod["metadata"]["labels"]);
     for (k, v) in labels(&dep["spec"]["selector"]["matchLabels"]) {
-        assert_eq!(pod_labels.get(&k), Some(&v), "selector label {k} not on pod");
+        assert_eq!(
+            pod_labels.get(&k),
+            Some(&v),
+            "selector label {k} not on pod"
+        );
     }
     let sa = pod["spec"]["serviceAccountName"].as_str().unwrap();
-    assert_eq!(find(&docs, "ServiceAccount", sa)["metadata"]["namespace"], ns);
+    assert_eq!(
+        find(&docs, "ServiceAccount", sa)["metadata"]["namespace"],
+        ns
+    );
     let ann = &pod["metadata"]["annotations"];
     assert_eq!(ann["prometheus.io/scrape"], "true");
     let container = &pod["spec"]["containers"][0];
@@ -156,23 +182,40 @@ fn controller_objects_reference_each_other() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|p| p["containerPort"].to_string() == metrics_port),
+            .any(|p| p["containerPort"]
+                .as_u64()
+                .map(|n| n.to_string())
+                .as_deref()
+                == Some(metrics_port)),
         "scrape port {metrics_port} is not a container port"
     );
 
     let svc = find(&docs, "Service", "meshtune-controller");
     for (k, v) in labels(&svc["spec"]["selector"]) {
-        assert_eq!(pod_labels.get(&k), Some(&v), "service selector {k} does not match pod");
+        assert_eq!(
+            pod_labels.get(&k),
+            Some(&v),
+            "service selector {k} does not match pod"
+        );
     }
     for p in svc["spec"]["ports"].as_array().unwrap() {
         let target = p["targetPort"].as_str().unwrap();
-        assert!(port_names.contains(&target), "service targetPort {target} not a container port");
+        assert!(
+            port_names.contains(&target),
+            "service targetPort {target} not a container port"
+        );
     }
 
     // RBAC: what the Istio sink and the model watch do.
     let has = |rules: &Value, group: &str, resource: &str, verbs: &[&str]| {
         rules.as_array().unwrap().iter().any(|r| {
-            let s = |k: &str| r[k].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect::<Vec<_>>();
+            let s = |k: &str| {
+                r[k].as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+            };
             s("apiGroups").contains(&group.to_string())
                 && s("resources").contains(&resource.to_string())
                 && verbs.iter().all(|v| s("verbs").contains(&v.to_string()))
@@ -181,13 +224,26 @@ fn controller_objects_reference_each_other() {
     let cr = find(&docs, "ClusterRole", "meshtune-controller");
     for res in ["destinationrules", "virtualservices"] {
         assert!(
-            has(&cr["rules"], "networking.istio.io", res, &["get", "list", "watch", "patch", "create"]),
+            has(
+                &cr["rules"],
+                "networking.istio.io",
+                res,
+                &["get", "list", "watch", "patch", "create"]
+            ),
             "ClusterRole lacks {res}"
         );
     }
     let role = find(&docs, "Role", "meshtune-controller");
-    assert!(has(&role["rules"], "", "configmaps", &["get", "list", "watch", "patch"]));
-    for (kind, role_kind) in [("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")] {
+    assert!(has(
+        &role["rules"],
+        "",
+        "configmaps",
+        &["get", "list", "watch", "patch"]
+    ));
+    for (kind, role_kind) in [
+        ("ClusterRoleBinding", "ClusterRole"),
+        ("RoleBinding", "Role"),
+    ] {
         let b = find(&docs, kind, "meshtune-controller");
         assert_eq!(b["roleRef"]["kind"], role_kind);
         find(&docs, role_kind, b["roleRef"]["name"].as_str().unwrap());
@@ -223,8 +279,7 @@ fn envoyfilter_wires_filter_reporter_and_controller_cluster() {
     let boot = &by("BOOTSTRAP")["patch"]["value"]["bootstrap_extensions"][0]["typed_config"];
     assert_eq!(boot["singleton"], true);
     assert_eq!(
-        boot["config"]["vm_config"]["vm_id"],
-        filter_cfg["vm_config"]["vm_id"],
+        boot["config"]["vm_config"]["vm_id"], filter_cfg["vm_config"]["vm_id"],
         "reporter and filter must share the VM id"
     );
 
@@ -267,7 +322,14 @@ fn envoyfilter_wires_filter_reporter_and_controller_cluster() {
         let b = json!({"static_resources": {"clusters": [cluster]}});
         std::fs::write(&path, serde_json::to_vec(&b).unwrap()).unwrap();
         let out = std::process::Command::new(bin)
-            .args(["--mode", "validate", "--disable-hot-restart", "-l", "error", "-c"])
+            .args([
+                "--mode",
+                "validate",
+                "--disable-hot-restart",
+                "-l",
+                "error",
+                "-c",
+            ])
             .arg(&path)
             .output()
             .unwrap();

@@ -45,7 +45,9 @@ pub fn envoy_bin() -> Option<PathBuf> {
     if let Some(p) = candidates.iter().find(|p| p.is_file()) {
         return Some(p.clone());
     }
-    let msg = format!("Envoy binary not found (tried {candidates:?}; set ENVOY_BIN or run `cargo xtask setup`)");
+    let msg = format!(
+        "Envoy binary not found (tried {candidates:?}; set ENVOY_BIN or run `cargo xtask setup`)"
+    );
     if ci() {
         panic!("{msg}");
     }
