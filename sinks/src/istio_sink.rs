@@ -10,17 +10,22 @@
 //!   `opted_in_namespaces` → co-managed: applied WITHOUT `force` and without the label, so a
 //!   field another manager owns makes the API server answer 409 and the decision fails instead
 //!   of silently taking the field over;
-//! - anything else → refused (nothing is written for that destination).
+//! - anything else → refused (nothing is written for that destination);
+//! - another object of the same kind in the namespace (any name, any owner) that already
+//!   configures the host → refused: two DestinationRules or VirtualServices for one host make
+//!   Istio's behaviour depend on merge order, so meshtune leaves that host alone.
 
 use std::sync::Arc;
 
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
 use kube::Client;
 use serde_json::Value;
 
 use crate::envoy::DEFAULT_RETRY_ON;
 use crate::istio::{
-    destination_rule, virtual_service, IstioTarget, HOST_ANNOTATION, MANAGED_BY_LABEL,
+    destination_rule, object_name, virtual_service, IstioTarget, HOST_ANNOTATION, MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
 };
 use crate::schema::CrdSchemas;
@@ -124,6 +129,41 @@ pub fn ownership(
     ))
 }
 
+fn same_host(a: &str, b: &str, namespace: &str) -> bool {
+    a == b || object_name(a, namespace) == object_name(b, namespace)
+}
+
+/// The first object in `items` other than `own_name` that already configures `host`
+/// (`spec.host` of a DestinationRule, `spec.hosts` of a VirtualService), as `kind ns/name`.
+pub fn conflicting_object(
+    kind: &str,
+    host: &str,
+    namespace: &str,
+    own_name: &str,
+    items: &[DynamicObject],
+) -> Option<String> {
+    items
+        .iter()
+        .filter(|o| o.metadata.name.as_deref() != Some(own_name))
+        .find(|o| {
+            let spec = &o.data["spec"];
+            let hosts: Vec<&str> = match kind {
+                "DestinationRule" => spec["host"].as_str().into_iter().collect(),
+                _ => spec["hosts"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default(),
+            };
+            hosts.iter().any(|h| same_host(h, host, namespace))
+        })
+        .map(|o| {
+            format!(
+                "{kind} {namespace}/{}",
+                o.metadata.name.as_deref().unwrap_or("?")
+            )
+        })
+}
+
 /// Applies DestinationRule/VirtualService objects with kube-rs.
 pub struct IstioSink {
     client: Client,
@@ -196,6 +236,27 @@ impl IstioSink {
                 Ownership::CoManaged => false,
                 Ownership::Refused(reason) => return Err(Outcome::Refused { reason }),
             };
+            let all = api
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| Outcome::Failed {
+                    error: format!("LIST {} in {}: {e}", ar.plural, d.namespace),
+                })?;
+            if let Some(other) = conflicting_object(
+                &ar.kind,
+                &d.destination,
+                &d.namespace,
+                &target.name,
+                &all.items,
+            ) {
+                return Err(Outcome::Refused {
+                    reason: format!(
+                        "{other} already configures host {:?}; a second {} for the same host \
+                         would conflict, so meshtune leaves it alone",
+                        d.destination, ar.kind
+                    ),
+                });
+            }
             let object = render(&t, &d.knobs);
             if let Some(schemas) = &self.schemas {
                 schemas.validate(&object).map_err(|e| Outcome::Failed {
@@ -262,5 +323,117 @@ impl Sink for IstioSink {
             }
             Ok(report)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(kind: &str, name: &str, spec: Value, labels: Option<Value>) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": kind,
+            "metadata": {"name": name, "namespace": "ns", "labels": labels.unwrap_or(json!({}))},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn ownership_rules() {
+        let cfg = IstioSinkConfig::default();
+        let h = "reviews.ns.svc.cluster.local";
+        assert_eq!(
+            ownership(&cfg, "DestinationRule", h, "ns", None),
+            Ownership::Owned
+        );
+        let ours = obj(
+            "DestinationRule",
+            "reviews",
+            json!({"host": h}),
+            Some(json!({MANAGED_BY_LABEL: MANAGED_BY_VALUE})),
+        );
+        assert_eq!(
+            ownership(&cfg, "DestinationRule", h, "ns", Some(&ours)),
+            Ownership::Owned
+        );
+        let theirs = obj("DestinationRule", "reviews", json!({"host": h}), None);
+        let Ownership::Refused(reason) = ownership(&cfg, "DestinationRule", h, "ns", Some(&theirs))
+        else {
+            panic!("foreign object must be refused")
+        };
+        assert!(reason.contains("DestinationRule ns/reviews"), "{reason}");
+        let allow_host = IstioSinkConfig {
+            allowed_hosts: vec![h.into()],
+            ..IstioSinkConfig::default()
+        };
+        assert_eq!(
+            ownership(&allow_host, "DestinationRule", h, "ns", Some(&theirs)),
+            Ownership::CoManaged
+        );
+        let allow_ns = IstioSinkConfig {
+            opted_in_namespaces: vec!["ns".into()],
+            ..IstioSinkConfig::default()
+        };
+        assert_eq!(
+            ownership(&allow_ns, "DestinationRule", h, "ns", Some(&theirs)),
+            Ownership::CoManaged
+        );
+        let mut collided = ours.clone();
+        collided
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(
+                HOST_ANNOTATION.into(),
+                "reviews.other.svc.cluster.local".into(),
+            );
+        assert!(matches!(
+            ownership(&cfg, "DestinationRule", h, "ns", Some(&collided)),
+            Ownership::Refused(_)
+        ));
+    }
+
+    #[test]
+    fn other_objects_for_the_same_host_conflict() {
+        let h = "reviews.ns.svc.cluster.local";
+        let items = vec![
+            obj("VirtualService", "reviews", json!({"hosts": [h]}), None),
+            obj(
+                "VirtualService",
+                "ratings",
+                json!({"hosts": ["ratings"]}),
+                None,
+            ),
+        ];
+        assert_eq!(
+            conflicting_object("VirtualService", h, "ns", "reviews", &items),
+            None
+        );
+        let items = vec![obj(
+            "VirtualService",
+            "reviews-canary",
+            json!({"hosts": ["reviews"]}),
+            None,
+        )];
+        assert_eq!(
+            conflicting_object("VirtualService", h, "ns", "reviews", &items).as_deref(),
+            Some("VirtualService ns/reviews-canary")
+        );
+        let items = vec![obj(
+            "DestinationRule",
+            "reviews-tls",
+            json!({"host": "reviews.ns"}),
+            None,
+        )];
+        assert!(conflicting_object("DestinationRule", h, "ns", "reviews", &items).is_some());
+        let items = vec![obj(
+            "DestinationRule",
+            "x",
+            json!({"host": "reviews.other"}),
+            None,
+        )];
+        assert!(conflicting_object("DestinationRule", h, "ns", "reviews", &items).is_none());
     }
 }

@@ -57,6 +57,21 @@ fn existing(kind: &str, labels: Value) -> Value {
         "spec": {"host": HOST}})
 }
 
+const DR_LIST: &str = "/apis/networking.istio.io/v1/namespaces/bookinfo/destinationrules";
+const VS_LIST: &str = "/apis/networking.istio.io/v1/namespaces/bookinfo/virtualservices";
+
+/// Answers the namespace LIST the sink makes to find other objects for the same host.
+async fn expect_list(handle: &mut MockHandle, path: &str, kind: &str, items: Vec<Value>) {
+    let (req, send) = handle.next_request().await.expect("expected a LIST");
+    assert_eq!(req.method(), Method::GET);
+    assert_eq!(req.uri().path(), path);
+    send.send_response(json_response(
+        StatusCode::OK,
+        &json!({"apiVersion": "networking.istio.io/v1", "kind": format!("{kind}List"),
+            "metadata": {"resourceVersion": "1"}, "items": items}),
+    ));
+}
+
 async fn expect_get(handle: &mut MockHandle, path: &str, reply: Response<Body>) {
     let (req, send) = handle.next_request().await.expect("expected a GET");
     assert_eq!(req.method(), Method::GET);
@@ -89,7 +104,9 @@ async fn new_objects_are_created_by_forced_server_side_apply() {
     }
     let server = tokio::spawn(async move {
         expect_get(&mut handle, DR_PATH, not_found("reviews")).await;
+        expect_list(&mut handle, DR_LIST, "DestinationRule", vec![]).await;
         expect_get(&mut handle, VS_PATH, not_found("reviews")).await;
+        expect_list(&mut handle, VS_LIST, "VirtualService", vec![]).await;
         let (q, dr) = expect_apply(&mut handle, DR_PATH).await;
         assert!(q.starts_with('&'), "kube-rs form: ?&...: {q}");
         assert_eq!(
@@ -142,12 +159,14 @@ async fn owned_objects_are_updated_with_force() {
             json_response(StatusCode::OK, &existing("DestinationRule", owned.clone())),
         )
         .await;
+        expect_list(&mut handle, DR_LIST, "DestinationRule", vec![]).await;
         expect_get(
             &mut handle,
             VS_PATH,
             json_response(StatusCode::OK, &existing("VirtualService", owned)),
         )
         .await;
+        expect_list(&mut handle, VS_LIST, "VirtualService", vec![]).await;
         let (q, _) = expect_apply(&mut handle, DR_PATH).await;
         assert_eq!(query(&q).get("force"), Some(&"true"), "{q}");
         expect_apply(&mut handle, VS_PATH).await;
@@ -212,7 +231,9 @@ async fn allow_listed_hosts_are_co_managed_without_force_or_label() {
             json_response(StatusCode::OK, &existing("DestinationRule", theirs)),
         )
         .await;
+        expect_list(&mut handle, DR_LIST, "DestinationRule", vec![]).await;
         expect_get(&mut handle, VS_PATH, not_found("reviews")).await;
+        expect_list(&mut handle, VS_LIST, "VirtualService", vec![]).await;
         let (q, dr) = expect_apply(&mut handle, DR_PATH).await;
         assert_eq!(query(&q), [("fieldManager", "meshtune")].into());
         assert!(dr["metadata"].get("labels").is_none(), "{dr}");
@@ -238,7 +259,9 @@ async fn api_conflict_is_reported_as_failure() {
     let sink = IstioSink::new(Client::new(svc, "default"), IstioSinkConfig::default());
     let server = tokio::spawn(async move {
         expect_get(&mut handle, DR_PATH, not_found("reviews")).await;
+        expect_list(&mut handle, DR_LIST, "DestinationRule", vec![]).await;
         expect_get(&mut handle, VS_PATH, not_found("reviews")).await;
+        expect_list(&mut handle, VS_LIST, "VirtualService", vec![]).await;
         let (_, send) = handle.next_request().await.unwrap();
         send.send_response(json_response(
             StatusCode::CONFLICT,
@@ -257,5 +280,39 @@ async fn api_conflict_is_reported_as_failure() {
             assert!(error.contains("conflict"), "{error}");
         }
         other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn another_object_for_the_same_host_blocks_the_destination() {
+    let (svc, mut handle) = pair::<Request<Body>, Response<Body>>();
+    let sink = IstioSink::new(Client::new(svc, "default"), IstioSinkConfig::default());
+    let server = tokio::spawn(async move {
+        expect_get(&mut handle, DR_PATH, not_found("reviews")).await;
+        expect_list(&mut handle, DR_LIST, "DestinationRule", vec![]).await;
+        expect_get(&mut handle, VS_PATH, not_found("reviews")).await;
+        let mut canary = existing("VirtualService", json!({"team": "reviews"}));
+        canary["metadata"]["name"] = json!("reviews-canary");
+        canary["spec"] = json!({"hosts": ["reviews"], "http": []});
+        expect_list(&mut handle, VS_LIST, "VirtualService", vec![canary]).await;
+        let next =
+            tokio::time::timeout(std::time::Duration::from_millis(300), handle.next_request())
+                .await;
+        assert!(
+            matches!(next, Err(_) | Ok(None)),
+            "sink patched despite a conflicting VirtualService"
+        );
+    });
+    let report = sink.apply(&[decision()]).await.unwrap();
+    drop(sink);
+    server.await.unwrap();
+    match &report.items[0].outcome {
+        Outcome::Refused { reason } => {
+            assert!(
+                reason.contains("VirtualService bookinfo/reviews-canary"),
+                "{reason}"
+            )
+        }
+        other => panic!("expected a refusal, got {other:?}"),
     }
 }
