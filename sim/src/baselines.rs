@@ -214,6 +214,30 @@ impl KnobGrid {
         }
     }
 
+    /// A wide grid for dataset sweeps (4 x 3 x 3 x 2 x 2 x 2 x 2 = 576 configs): besides the
+    /// oracle's knobs it varies the per-try timeout and outlier detection, so a supervised
+    /// model sees those knobs change.
+    pub fn wide() -> Self {
+        KnobGrid {
+            base: grid_base(),
+            axes: vec![
+                (
+                    Knob::Http2MaxRequests,
+                    vec![8.0, 32.0, 128.0, ISTIO_UNLIMITED],
+                ),
+                (
+                    Knob::Http1MaxPendingRequests,
+                    vec![1.0, 16.0, ISTIO_UNLIMITED],
+                ),
+                (Knob::RouteTimeoutMs, vec![0.0, 250.0, 1000.0]),
+                (Knob::RetryAttempts, vec![0.0, 2.0]),
+                (Knob::PerTryTimeoutMs, vec![0.0, 100.0]),
+                (Knob::Consecutive5xxErrors, vec![2.0, 20.0]),
+                (Knob::MaxEjectionPercent, vec![10.0, 50.0]),
+            ],
+        }
+    }
+
     /// Number of configurations.
     pub fn len(&self) -> usize {
         self.axes.iter().map(|(_, v)| v.len()).product()

@@ -20,6 +20,8 @@ pub enum GridChoice {
     Small,
     /// 288 configurations (the oracle's grid).
     Full,
+    /// 576 configurations, also varying per-try timeout and outlier detection.
+    Wide,
 }
 
 impl GridChoice {
@@ -27,6 +29,7 @@ impl GridChoice {
         match self {
             GridChoice::Small => KnobGrid::small(),
             GridChoice::Full => KnobGrid::oracle_default(),
+            GridChoice::Wide => KnobGrid::wide(),
         }
     }
 }

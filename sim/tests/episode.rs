@@ -135,6 +135,8 @@ fn grid_enumerates_every_combination() {
     let unique: std::collections::HashSet<String> =
         all.iter().map(|k| format!("{:?}", k.0)).collect();
     assert_eq!(unique.len(), 288);
+    assert_eq!(KnobGrid::wide().settings().len(), 576);
+    assert_eq!(KnobGrid::small().len(), 24);
 }
 
 #[test]
