@@ -160,35 +160,48 @@ impl Counters {
     }
 }
 
-/// A latency histogram holding only its non-empty buckets.
+/// A latency histogram holding only its non-empty buckets (parallel arrays: 10 bytes per
+/// non-empty bucket).
 #[derive(Debug, Clone, Default)]
 struct SparseHistogram {
-    /// (bucket index, count), ascending by index.
-    buckets: Vec<(u16, u64)>,
+    /// Bucket indices, ascending.
+    index: Vec<u16>,
+    /// Count of `index[i]`.
+    count: Vec<u64>,
     sum_us: u64,
     min_us: u64,
     max_us: u64,
 }
 
 impl SparseHistogram {
+    fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        self.index.iter().copied().zip(self.count.iter().copied())
+    }
+
     fn add(&mut self, h: &LatencyHistogram) {
         if h.is_empty() {
             return;
         }
-        if self.buckets.is_empty() {
+        if self.is_empty() {
             self.min_us = h.min_us();
         } else {
             self.min_us = self.min_us.min(h.min_us());
         }
         self.max_us = self.max_us.max(h.max_us());
         self.sum_us = self.sum_us.saturating_add(h.sum_us());
-        let mut out = Vec::with_capacity(self.buckets.len() + 8);
-        let mut mine = self.buckets.iter().copied().peekable();
+        let cap = self.index.len() + 8;
+        let (mut oi, mut oc) = (Vec::with_capacity(cap), Vec::with_capacity(cap));
+        let mut mine = self.iter().peekable();
         for (i, c) in h.nonzero_buckets() {
             let i = i as u16;
             while let Some(&(j, d)) = mine.peek() {
                 if j < i {
-                    out.push((j, d));
+                    oi.push(j);
+                    oc.push(d);
                     mine.next();
                 } else {
                     break;
@@ -196,26 +209,39 @@ impl SparseHistogram {
             }
             match mine.peek() {
                 Some(&(j, d)) if j == i => {
-                    out.push((i, c + d));
+                    oi.push(i);
+                    oc.push(c + d);
                     mine.next();
                 }
-                _ => out.push((i, c)),
+                _ => {
+                    oi.push(i);
+                    oc.push(c);
+                }
             }
         }
-        out.extend(mine);
-        out.shrink_to_fit();
-        self.buckets = out;
+        for (j, d) in mine {
+            oi.push(j);
+            oc.push(d);
+        }
+        oi.shrink_to_fit();
+        oc.shrink_to_fit();
+        self.index = oi;
+        self.count = oc;
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.index.capacity() * std::mem::size_of::<u16>()
+            + self.count.capacity() * std::mem::size_of::<u64>()
     }
 
     #[cfg(test)]
     fn to_histogram(&self) -> LatencyHistogram {
-        let (idx, cnt): (Vec<u32>, Vec<u64>) =
-            self.buckets.iter().map(|&(i, c)| (u32::from(i), c)).unzip();
+        let idx: Vec<u32> = self.index.iter().map(|&i| u32::from(i)).collect();
         // Built only from a valid histogram's buckets, so this cannot fail; fall back to empty.
         LatencyHistogram::from_sparse(
             SUB_BUCKET_BITS,
             &idx,
-            &cnt,
+            &self.count,
             self.sum_us,
             self.min_us,
             self.max_us,
@@ -235,14 +261,14 @@ struct DenseAccumulator {
 
 impl DenseAccumulator {
     fn add(&mut self, h: &SparseHistogram) {
-        if h.buckets.is_empty() {
+        if h.is_empty() {
             return;
         }
         if self.counts.is_empty() {
             self.counts = vec![0; meshtune_core::histogram::BUCKET_COUNT];
             self.min_us = h.min_us;
         }
-        for &(i, c) in &h.buckets {
+        for (i, c) in h.iter() {
             if let Some(x) = self.counts.get_mut(usize::from(i)) {
                 *x += c;
             }
@@ -389,7 +415,7 @@ impl Aggregator {
                 self.destinations.insert(
                     name.clone(),
                     Destination {
-                        buckets: VecDeque::new(),
+                        buckets: VecDeque::with_capacity(self.limits.window_secs as usize + 1),
                         lifetime: WindowStats::default(),
                         first_seen_ms: now_ms,
                         first_duration_s: w.duration_s,
@@ -442,10 +468,7 @@ impl Aggregator {
                 let buckets: usize = d
                     .buckets
                     .iter()
-                    .map(|b| {
-                        b.latency.buckets.capacity() * size_of::<(u16, u64)>()
-                            + b.reporters.capacity() * size_of::<u32>()
-                    })
+                    .map(|b| b.latency.heap_bytes() + b.reporters.capacity() * size_of::<u32>())
                     .sum();
                 name.capacity()
                     + size_of::<Destination>()
