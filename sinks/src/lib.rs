@@ -37,6 +37,25 @@ pub fn host_from_cluster_name(cluster: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sinks_are_usable_as_trait_objects() {
+        let sinks: Vec<Box<dyn Sink>> = vec![Box::new(LogSink::new(Box::new(std::io::sink())))];
+        let d = Decision {
+            destination: "a".into(),
+            namespace: "n".into(),
+            knobs: meshtune_core::Knobs::istio_defaults(),
+            previous: None,
+        };
+        for s in &sinks {
+            let r = s.apply(std::slice::from_ref(&d)).await.unwrap();
+            assert_eq!(s.name(), "log");
+            assert_eq!(r.succeeded(), 1);
+            assert_eq!(r.problems().count(), 0);
+        }
+    }
+
     #[test]
     fn istio_cluster_names_give_their_host() {
         use super::host_from_cluster_name as h;
