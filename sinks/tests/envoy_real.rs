@@ -221,6 +221,10 @@ async fn running_envoy_picks_up_file_sink_changes() {
     k.set(Knob::MaxRetries, 4.0);
     k.set(Knob::RouteTimeoutMs, 800.0);
     k.set(Knob::RetryAttempts, 1.0);
+    k.set(Knob::MaxRequestsPerConnection, 10.0);
+    k.set(Knob::Consecutive5xxErrors, 7.0);
+    k.set(Knob::BaseEjectionTimeMs, 45_000.0);
+    let t0 = Instant::now();
     let report = sink
         .apply(&[Decision {
             destination: "backend".into(),
@@ -231,19 +235,35 @@ async fn running_envoy_picks_up_file_sink_changes() {
         .await
         .unwrap();
     assert!(matches!(report.items[0].outcome, Outcome::Applied { .. }));
-    let (_, cds_wait) = wait_for(&admin, "/clusters", |b| {
+    wait_for(&admin, "/clusters", |b| {
         has_thresholds(b, "backend", 77, 33, 55, 4)
     })
     .await;
-    let (dump, rds_wait) = wait_for(&admin, "/config_dump?resource=dynamic_route_configs", |b| {
+    let cds_wait = t0.elapsed();
+    let (dump, _) = wait_for(&admin, "/config_dump?resource=dynamic_route_configs", |b| {
         b.contains("\"timeout\": \"0.800s\"")
     })
     .await;
+    let rds_wait = t0.elapsed();
     assert!(dump.contains("\"num_retries\": 1"), "{dump}");
+    let (clusters, _) = wait_for(
+        &admin,
+        "/config_dump?resource=dynamic_active_clusters",
+        |b| b.contains("\"consecutive_5xx\": 7"),
+    )
+    .await;
+    assert!(
+        clusters.contains("\"max_requests_per_connection\": 10"),
+        "{clusters}"
+    );
+    assert!(
+        clusters.contains("\"base_ejection_time\": \"45s\""),
+        "{clusters}"
+    );
     eprintln!(
-        "Envoy applied the new CDS file within {} ms and the RDS file within {} ms of the rename",
+        "new thresholds visible in Envoy admin {} ms, new route {} ms after the apply call started",
         cds_wait.as_millis(),
-        (cds_wait + rds_wait).as_millis()
+        rds_wait.as_millis()
     );
 
     child.kill().await.unwrap();
