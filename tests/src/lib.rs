@@ -1,1 +1,217 @@
 //! Cross-crate end-to-end tests with real Envoy, the real wasm filter, controller and workload.
+//!
+//! This library holds the shared harness: prerequisite discovery (skip with a message when
+//! Envoy, the .wasm or the `meshtune` binary is missing, but fail when `CI` or
+//! `MESHTUNE_E2E_REQUIRED` is set), test serialisation, and a [`Stack`] of real processes
+//! (workload + controller + Envoy with the meshtune filter) cleaned up on drop.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use meshtune_testbed::controller::{write_hints, Controller, ControllerConfig, Destination};
+use meshtune_testbed::envoy::{Envoy, EnvoyConfig, PluginConfig};
+use meshtune_testbed::paths::Paths;
+use meshtune_testbed::workload::{WorkloadConfig, WorkloadServer};
+
+pub use meshtune_testbed::envoy::WORKLOAD_CLUSTER;
+
+/// Is a CI-like "prerequisites are mandatory" flag set in this lookup?
+pub fn required(lookup: &dyn Fn(&str) -> Option<String>) -> bool {
+    let set = |k: &str| {
+        lookup(k).is_some_and(|v| {
+            let v = v.trim().to_ascii_lowercase();
+            !(v.is_empty() || v == "0" || v == "false" || v == "no")
+        })
+    };
+    set("CI") || set("MESHTUNE_E2E_REQUIRED")
+}
+
+/// Decides from a lookup: Ok(paths) to run, Err(message) to skip; panics when prerequisites
+/// are missing and [`required`].
+pub fn prereqs_from(
+    lookup: &dyn Fn(&str) -> Option<String>,
+    need_noop: bool,
+) -> Result<Paths, String> {
+    let paths = Paths::resolve(lookup);
+    let missing = paths.missing(need_noop);
+    if missing.is_empty() {
+        return Ok(paths);
+    }
+    let msg = format!(
+        "end-to-end prerequisites missing:\n  {}\n(`cargo xtask test` installs and builds them)",
+        missing.join("\n  ")
+    );
+    if required(lookup) {
+        panic!("{msg}\nCI/MESHTUNE_E2E_REQUIRED is set, so this is a failure, not a skip");
+    }
+    Err(msg)
+}
+
+/// Prerequisites from the process environment; `None` = skip (message printed).
+pub fn prereqs(need_noop: bool) -> Option<Paths> {
+    match prereqs_from(&|k| std::env::var(k).ok(), need_noop) {
+        Ok(p) => Some(p),
+        Err(msg) => {
+            eprintln!("SKIP: {msg}");
+            None
+        }
+    }
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Runs e2e tests one at a time (they measure latency and share 2 cores).
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Stack options.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    pub workload: WorkloadConfig,
+    pub plugin: PluginConfig,
+    /// Envoy worker threads.
+    pub concurrency: u32,
+    /// Start the controller with a hints file (initially no hints).
+    pub hints: bool,
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        Self {
+            workload: WorkloadConfig::default(),
+            plugin: PluginConfig::default(),
+            concurrency: 2,
+            hints: false,
+        }
+    }
+}
+
+/// Workload + controller + Envoy with the meshtune filter; everything stops on drop.
+#[derive(Debug)]
+pub struct Stack {
+    // Drop order: Envoy first (it reports to the controller), then controller, workload.
+    pub envoy: Envoy,
+    pub controller: Controller,
+    pub workload: WorkloadServer,
+    pub hints_file: Option<PathBuf>,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop (kept if the test panicked).
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test files kept at {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Stack {
+    /// Starts everything and waits for Envoy's readiness.
+    pub fn start(paths: &Paths, cfg: StackConfig) -> Stack {
+        let dir = TempDir(meshtune_testbed::envoy::run_dir("e2e").expect("temp dir"));
+        let workload = WorkloadServer::start(cfg.workload).expect("workload starts");
+        let mut ccfg = ControllerConfig::new(&paths.meshtune_bin);
+        let hints_file = cfg.hints.then(|| {
+            let f = dir.0.join("hints.json");
+            write_hints(&f, &serde_json::json!({"hints": []})).expect("hints file");
+            f
+        });
+        ccfg.hints_file = hints_file.clone();
+        let controller = Controller::start(ccfg).expect("controller starts");
+        let mut ecfg = EnvoyConfig::with_meshtune(
+            workload.addr(),
+            controller.grpc(),
+            &paths.filter_wasm,
+            &cfg.plugin,
+        );
+        ecfg.concurrency = cfg.concurrency;
+        let envoy = match Envoy::start(&paths.envoy, &ecfg) {
+            Ok(e) => e,
+            Err(e) => panic!("envoy with the meshtune filter did not start: {e}"),
+        };
+        Stack {
+            envoy,
+            controller,
+            workload,
+            hints_file,
+            _dir: dir,
+        }
+    }
+
+    /// Sets the hints file's content (atomically).
+    pub fn set_hints(&self, hints: serde_json::Value) {
+        let f = self.hints_file.as_ref().expect("stack started with hints");
+        write_hints(f, &serde_json::json!({ "hints": hints })).expect("write hints");
+    }
+
+    /// The controller's view of the workload destination (None until reported).
+    pub fn workload_destination(&self) -> Option<Destination> {
+        self.controller
+            .destinations()
+            .ok()
+            .and_then(|d| d.get(WORKLOAD_CLUSTER).cloned())
+    }
+
+    /// Waits until the controller's lifetime request count for the workload reaches `n`.
+    pub fn wait_requests(&self, n: u64, timeout: Duration) -> Destination {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let d = self.workload_destination();
+            if let Some(d) = &d {
+                if d.lifetime.requests >= n {
+                    return d.clone();
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "controller saw {:?} of {n} requests after {timeout:?}\ncontroller log:\n{}\nenvoy log tail:\n{}",
+                    d.map(|d| d.lifetime.requests),
+                    self.controller.log(),
+                    meshtune_testbed::envoy::tail(self.envoy.log_path(), 6000)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Diagnostics for assertion messages.
+    pub fn diagnostics(&self) -> String {
+        format!(
+            "controller log:\n{}\nenvoy log tail:\n{}",
+            self.controller.log(),
+            meshtune_testbed::envoy::tail(self.envoy.log_path(), 6000)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn skip_or_fail_depends_on_ci() {
+        let env: HashMap<&str, &str> = [("ENVOY_BIN", "/nonexistent/envoy")].into();
+        let look = |k: &str| env.get(k).map(|s| s.to_string());
+        let msg = prereqs_from(&look, false).unwrap_err();
+        assert!(msg.contains("/nonexistent/envoy"), "{msg}");
+        let ci: HashMap<&str, &str> = [("ENVOY_BIN", "/nonexistent/envoy"), ("CI", "true")].into();
+        let look = |k: &str| ci.get(k).map(|s| s.to_string());
+        let r = std::panic::catch_unwind(|| prereqs_from(&look, false));
+        assert!(
+            r.is_err(),
+            "CI=true must turn a missing prerequisite into a failure"
+        );
+        assert!(!required(&|k| (k == "CI").then(|| "false".into())));
+        assert!(required(
+            &|k| (k == "MESHTUNE_E2E_REQUIRED").then(|| "1".into())
+        ));
+    }
+}
