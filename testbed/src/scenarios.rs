@@ -37,6 +37,15 @@ fn bar(len: u64, msg: &str) -> ProgressBar {
     pb
 }
 
+/// Prints above the bar, or plainly when the bar is hidden (not a terminal).
+fn say(pb: &ProgressBar, msg: impl AsRef<str>) {
+    if pb.is_hidden() {
+        println!("{}", msg.as_ref());
+    } else {
+        pb.println(msg);
+    }
+}
+
 fn require(paths: &Paths, need_noop: bool) -> Result<()> {
     let missing = paths.missing(need_noop);
     if !missing.is_empty() {
@@ -96,7 +105,7 @@ pub fn demo(paths: &Paths, cfg: &DemoConfig) -> Result<()> {
     write_hints(&hints, &json!({"hints": []}))?;
     println!("starting workload, controller and Envoy with the meshtune filter ...");
     let workload = WorkloadServer::start(WorkloadConfig {
-        capacity: 32,
+        capacity: 6,
         service_time: ServiceTime::LogNormal {
             median: Duration::from_millis(10),
             sigma: 0.6,
@@ -152,7 +161,7 @@ pub fn demo(paths: &Paths, cfg: &DemoConfig) -> Result<()> {
     let total = cfg.duration.as_secs().max(1);
     let pb = bar(total, "demo");
     println!(
-        "load: {r:.0} rps, then {:.0} rps, then {:.0} rps with a concurrency-limit hint (8), then {r:.0} rps; 5% injected 503s",
+        "load: {r:.0} rps, then {:.0} rps, then {:.0} rps with a concurrency-limit hint (5), then {r:.0} rps; 5% injected 503s",
         3.0 * r,
         3.0 * r
     );
@@ -165,10 +174,13 @@ pub fn demo(paths: &Paths, cfg: &DemoConfig) -> Result<()> {
         if !hinted && el >= 2 * q {
             write_hints(
                 &hints,
-                &json!({"hints": [{"cluster": WORKLOAD_CLUSTER, "concurrency_limit": 8,
+                &json!({"hints": [{"cluster": WORKLOAD_CLUSTER, "concurrency_limit": 5,
                                    "ttl_ms": q.as_millis() as u64}]}),
             )?;
-            pb.println("→ hint: concurrency_limit 8 on `workload` (expires after the phase)");
+            say(
+                &pb,
+                "→ hint: concurrency_limit 5 on `workload` (expires after the phase)",
+            );
             hinted = true;
         }
         if last_table.elapsed() >= Duration::from_secs(5) {
@@ -183,15 +195,18 @@ pub fn demo(paths: &Paths, cfg: &DemoConfig) -> Result<()> {
                     .map(|d| own_table(&d))
                     .unwrap_or_else(|e| format!("(controller: {e})\n")),
             };
-            pb.println(format!(
-                "--- t={:>3}s  sent {} 5xx {} shed {} errors {}\n{}",
-                el.as_secs(),
-                live.sent.load(Ordering::Relaxed),
-                live.status_5xx.load(Ordering::Relaxed),
-                live.shed.load(Ordering::Relaxed),
-                live.errors.load(Ordering::Relaxed),
-                table.trim_end()
-            ));
+            say(
+                &pb,
+                format!(
+                    "--- t={:>3}s  sent {} 5xx {} shed {} errors {}\n{}",
+                    el.as_secs(),
+                    live.sent.load(Ordering::Relaxed),
+                    live.status_5xx.load(Ordering::Relaxed),
+                    live.shed.load(Ordering::Relaxed),
+                    live.errors.load(Ordering::Relaxed),
+                    table.trim_end()
+                ),
+            );
         }
     }
     pb.finish_and_clear();
@@ -339,7 +354,7 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
             ));
             let t1 = e.cpu_ticks()?;
             if r.failed() > 0 || r.class_count(2) != r.completed {
-                pb.println(format!("warning: {name}: {}", r.summary()));
+                say(&pb, format!("warning: {name}: {}", r.summary()));
             }
             cpu[i].push((t1 - t0) as f64 * 1000.0 / r.completed.max(1) as f64);
             p99[i].push(r.quantile_ms(0.99));
