@@ -38,6 +38,8 @@ pub enum ModelError {
     Load { origin: String, reason: String },
     #[error("{origin}: inference failed: {reason}")]
     Inference { origin: String, reason: String },
+    #[error("{origin}: invalid weights: {reason}")]
+    Weights { origin: String, reason: String },
     #[error("{origin}: smoke test failed: {reason}")]
     Output { origin: String, reason: String },
     #[error("no embedded model: models/default.onnx was absent when meshtune-policy was built")]
@@ -54,6 +56,7 @@ impl ModelError {
             ModelError::Signature { .. } => "signature",
             ModelError::Load { .. } => "load",
             ModelError::Inference { .. } => "inference",
+            ModelError::Weights { .. } => "weights",
             ModelError::Output { .. } => "output",
             ModelError::NoEmbedded => "no_embedded",
         }
@@ -110,6 +113,28 @@ fn tensor_width(v: &pb::ValueInfoProto) -> Result<(i32, Vec<Option<i64>>), Strin
         })
         .unwrap_or_default();
     Ok((t.elem_type, dims))
+}
+
+/// Refuses float initialisers holding NaN or infinity (some tract kernels, e.g. its sigmoid
+/// approximation, would hide a NaN instead of propagating it).
+fn check_weights(graph: &pb::GraphProto) -> Result<(), String> {
+    for t in &graph.initializer {
+        if t.data_type != pb::tensor_proto::DataType::Float as i32 {
+            continue;
+        }
+        let from_raw = t
+            .raw_data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        let bad = from_raw
+            .chain(t.float_data.iter().copied())
+            .enumerate()
+            .find(|(_, v)| !v.is_finite());
+        if let Some((i, v)) = bad {
+            return Err(format!("initializer `{}` holds {v} at index {i}", t.name));
+        }
+    }
+    Ok(())
 }
 
 /// Checks graph input/output names, element types and widths against the contract.
@@ -198,9 +223,17 @@ impl OnnxPolicy {
             origin: origin_s.clone(),
             reason,
         })?;
+        check_weights(graph).map_err(|reason| ModelError::Weights {
+            origin: origin_s.clone(),
+            reason,
+        })?;
         let typed = inference.into_optimized().map_err(load)?;
         let out_fact = typed.output_fact(0).map_err(load)?;
-        let out_width = out_fact.shape.iter().nth(1).and_then(|d| d.to_usize().ok());
+        let out_width = out_fact
+            .shape
+            .iter()
+            .nth(1)
+            .and_then(|d| tract_onnx::tract_hir::internal::DimLike::to_usize(d).ok());
         if out_fact.shape.rank() != 2 || out_width != Some(KNOB_COUNT) {
             return Err(ModelError::Signature {
                 origin: origin_s,

@@ -34,7 +34,7 @@ async fn validate_and_inspect_report_on_real_files() {
     let good = dir.path().join("good.onnx");
     let bad = dir.path().join("bad.onnx");
     std::fs::write(&good, good_model(1, "cli-good")).unwrap();
-    std::fs::write(&bad, nan_model()).unwrap();
+    std::fs::write(&bad, nan_output_model()).unwrap();
 
     let mut out = Vec::new();
     run(ModelCommand::Validate { file: good.clone() }, &mut out, None).await.unwrap();

@@ -101,13 +101,19 @@ fn contract_violations_are_refused_naming_the_source() {
 
 #[test]
 fn nan_and_out_of_range_outputs_fail_the_smoke_test() {
-    // Loads (contract fine) but the smoke test refuses it.
-    let nan = nan_model();
+    // Loads (contract fine, finite weights) but outputs NaN: the smoke test refuses it.
+    let nan = nan_output_model();
     let p = OnnxPolicy::from_bytes(&nan, "nan.onnx").unwrap();
-    assert!(p.infer(&[[0.5; FEATURE_COUNT]]).unwrap()[0].iter().any(|v| v.is_nan()));
+    assert!(p.infer(&[[0.0; FEATURE_COUNT]]).unwrap()[0].iter().all(|v| v.is_finite()));
+    assert!(p.infer(&[[1.0; FEATURE_COUNT]]).unwrap()[0].iter().any(|v| v.is_nan()));
     let e = validate(&nan, "nan.onnx").unwrap_err();
     assert!(matches!(e, ModelError::Output { .. }), "{e}");
     assert!(e.to_string().contains("NaN"), "{e}");
+
+    // NaN weights are refused up front, naming the tensor.
+    let e = OnnxPolicy::from_bytes(&nan_model(), "nanw.onnx").unwrap_err();
+    assert!(matches!(e, ModelError::Weights { .. }), "{e}");
+    assert!(e.to_string().contains("layer2.weight"), "{e}");
 
     let e = validate(&out_of_range_model(), "big.onnx").unwrap_err();
     assert!(matches!(e, ModelError::Output { .. }), "{e}");

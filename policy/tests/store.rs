@@ -26,11 +26,12 @@ fn bad_candidates_are_refused_and_the_old_model_keeps_answering() {
     let before = store.current().infer(&batch).unwrap();
     let snapshot = store.current();
 
-    let bad: [(&str, Vec<u8>, &str); 6] = [
+    let bad: [(&str, Vec<u8>, &str); 7] = [
         ("corrupt", corrupt_model(), "decode"),
         ("wrong feature names", wrong_feature_names(), "contract"),
         ("wrong contract version", wrong_contract_version(), "contract"),
-        ("NaN output", nan_model(), "output"),
+        ("NaN output", nan_output_model(), "output"),
+        ("NaN weights", nan_model(), "weights"),
         ("out of range output", out_of_range_model(), "output"),
         ("wrong output width", wrong_width_model(), "signature"),
     ];
@@ -148,7 +149,7 @@ async fn file_watcher_swaps_valid_replacements_and_refuses_bad_ones() {
     assert_eq!(store.current().model_version(), "v1");
     assert_eq!(store.current().infer(&batch).unwrap(), before);
 
-    replace(&path, &nan_model());
+    replace(&path, &nan_output_model());
     assert!(matches!(next(&mut rx).await, WatchEvent::Refused { reason: "output", .. }));
     assert_eq!(store.current().infer(&batch).unwrap(), before);
 

@@ -73,7 +73,29 @@ pub fn wrong_contract_version() -> Vec<u8> {
     raw_with(&random_mlp(1), (META_CONTRACT_VERSION, "999"))
 }
 
-/// Weights containing NaN: every output is NaN.
+/// Finite weights whose outputs are NaN on large inputs: two hidden units overflow to +inf
+/// (relu keeps them), and each output is their difference, inf - inf = NaN.
+pub fn nan_output_model() -> Vec<u8> {
+    let layers = vec![
+        MlpLayer {
+            in_dim: FEATURE_COUNT,
+            out_dim: 2,
+            weight: vec![3e38; 2 * FEATURE_COUNT],
+            bias: vec![0.0; 2],
+            activation: Activation::Relu,
+        },
+        MlpLayer {
+            in_dim: 2,
+            out_dim: KNOB_COUNT,
+            weight: [1.0f32, -1.0].repeat(KNOB_COUNT),
+            bias: vec![0.5; KNOB_COUNT],
+            activation: Activation::Identity,
+        },
+    ];
+    export_mlp(&layers, &meta("nan-out")).unwrap()
+}
+
+/// Weights containing NaN (refused before any inference).
 pub fn nan_model() -> Vec<u8> {
     let mut layers = random_mlp(1);
     layers[2].weight[5] = f32::NAN;
