@@ -57,6 +57,16 @@ impl FlagClasses {
     }
 }
 
+/// Whether a request with this final status can carry one of meshtune's flag classes, i.e.
+/// whether `response.flags` is worth reading. UO, UT, UF, URX (and UC before the response
+/// started) end in a local 5xx or in no response code; only an upstream connection
+/// terminated *after* a 1xx-4xx response started (UC) is missed, a rare case traded for one
+/// property read less per successful request.
+#[inline]
+pub fn may_carry_flags(status: u32) -> bool {
+    !(100..500).contains(&status)
+}
+
 /// Decodes an integer property value (8-byte little-endian; shorter values are zero-extended).
 #[inline]
 pub fn le_u64(bytes: &[u8]) -> Option<u64> {
@@ -89,6 +99,16 @@ mod tests {
         // LH, UH, LR, UR, NR, DC: none of meshtune's classes.
         let f = FlagClasses::from_bits(0x1 | 0x2 | 0x8 | 0x10 | NO_ROUTE_FOUND | (1 << 14));
         assert_eq!(f, FlagClasses::default());
+    }
+
+    #[test]
+    fn flags_are_read_for_errors_and_missing_codes_only() {
+        assert!(may_carry_flags(0));
+        assert!(may_carry_flags(503));
+        assert!(may_carry_flags(504));
+        assert!(!may_carry_flags(200));
+        assert!(!may_carry_flags(404));
+        assert!(!may_carry_flags(101));
     }
 
     #[test]

@@ -204,6 +204,8 @@ impl RootContext for Root {
             started: false,
             shed: false,
             counted: false,
+            request_body_bytes: 0,
+            response_body_bytes: 0,
         }))
     }
 
@@ -348,6 +350,8 @@ struct Http {
     shed: bool,
     /// Holds a place in the shared in-flight counter of its cluster.
     counted: bool,
+    request_body_bytes: u64,
+    response_body_bytes: u64,
 }
 
 impl Context for Http {}
@@ -424,6 +428,17 @@ impl HttpContext for Http {
         Action::Continue
     }
 
+    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        // Not buffering, so Envoy passes each chunk's length.
+        self.request_body_bytes += body_size as u64;
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        self.response_body_bytes += body_size as u64;
+        Action::Continue
+    }
+
     fn on_log(&mut self) {
         if self.shed {
             return; // recorded when shed
@@ -457,14 +472,22 @@ impl HttpContext for Http {
         } else {
             prop_u64(vec!["request", "duration"]).map(|ns| ns / 1000)
         };
+        let status = prop_u64(vec!["response", "code"])
+            .and_then(|c| u32::try_from(c).ok())
+            .unwrap_or(0);
         let rec = RequestRecord {
-            status: prop_u64(vec!["response", "code"])
-                .and_then(|c| u32::try_from(c).ok())
-                .unwrap_or(0),
-            flags: prop_u64(vec!["response", "flags"]).unwrap_or(0),
+            status,
+            // Saves a property read on the common path; see `flags::may_carry_flags`.
+            flags: if crate::flags::may_carry_flags(status) {
+                prop_u64(vec!["response", "flags"]).unwrap_or(0)
+            } else {
+                0
+            },
             attempts: prop_u64(vec!["upstream", "request_attempt_count"]).unwrap_or(0),
-            request_bytes: prop_u64(vec!["request", "total_size"]).unwrap_or(0),
-            response_bytes: prop_u64(vec!["response", "total_size"]).unwrap_or(0),
+            // Body bytes counted in the body callbacks (free: Envoy calls them anyway) instead
+            // of two `*.total_size` property reads per request.
+            request_bytes: self.request_body_bytes,
+            response_bytes: self.response_body_bytes,
             protocol: prop(vec!["request", "protocol"])
                 .map_or(Protocol::Other, |p| Protocol::from_bytes(&p)),
             duration_us,

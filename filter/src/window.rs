@@ -261,6 +261,8 @@ pub struct WindowOut {
 pub struct Tracker {
     slots: Vec<Slot>,
     index: HashMap<String, SlotId>,
+    /// Slot of the last successful lookup.
+    last: std::cell::Cell<SlotId>,
     free: Vec<SlotId>,
     max_upstreams: usize,
     window_start_ns: u64,
@@ -274,6 +276,7 @@ impl Tracker {
         Self {
             slots: Vec::new(),
             index: HashMap::new(),
+            last: std::cell::Cell::new(0),
             free: Vec::new(),
             max_upstreams: (max_upstreams as usize).clamp(1, usize::from(SlotId::MAX)),
             window_start_ns: now_ns,
@@ -281,10 +284,20 @@ impl Tracker {
         }
     }
 
-    /// Slot of a cluster without creating one.
+    /// Slot of a cluster without creating one. The last slot found is checked first (a
+    /// byte comparison instead of hashing: most workers talk to few clusters).
     #[inline]
     pub fn find(&self, cluster: &str) -> Option<SlotId> {
-        self.index.get(cluster).copied()
+        if let Some(s) = self.slots.get(usize::from(self.last.get())) {
+            if s.in_use && s.name == cluster {
+                return Some(self.last.get());
+            }
+        }
+        let id = self.index.get(cluster).copied();
+        if let Some(id) = id {
+            self.last.set(id);
+        }
+        id
     }
 
     /// Slot of a cluster, creating it if there is room; `None` (and counted) when full.
