@@ -10,7 +10,7 @@ use crate::hints::{
     acquire, decode_counter, decode_published, encode_published, release, ActiveHint, Admission,
     CasCell, HEARTBEAT_KEY, HINTS_KEY, QUEUE_NAME, RETRIES_HEADER, SHED_HEADER, TIMEOUT_HEADER,
 };
-use crate::report::{encode_worker_window, Aggregator, ReporterState};
+use crate::report::{encode_worker_window, grpc_service_upstream, Aggregator, ReporterState};
 use crate::window::{Protocol, RequestRecord, SlotId, Tracker};
 use meshtune_proto::v1;
 use meshtune_proto::{FEATURE_SERVICE, REPORT_METHOD};
@@ -252,6 +252,13 @@ impl Worker {
     }
 
     fn refresh_hints(&mut self, now: u64) {
+        // Expired hints are dropped so their slots can be freed when idle.
+        let now_ms = now / 1_000_000;
+        for s in self.tracker.slots_mut() {
+            if s.hint.as_ref().is_some_and(|h| !h.is_active(now_ms)) {
+                s.hint = None;
+            }
+        }
         let (bytes, version) = match hostcalls::get_shared_data(HINTS_KEY) {
             Ok((Some(b), v)) => (b, v),
             _ => return,
@@ -521,32 +528,6 @@ struct Reporter {
     failures: u64,
 }
 
-/// `GrpcService { envoy_grpc: EnvoyGrpc { cluster_name = 1, authority = 2 } = 1 }` on the
-/// wire. Envoy parses the upstream argument of a gRPC call as this message first; passing it
-/// (instead of a bare cluster name) also avoids the BadArgument status (which proxy-wasm 0.2.5
-/// turns into a panic) when the cluster does not exist.
-fn grpc_service_bytes(cluster: &str, authority: &str) -> Vec<u8> {
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct EnvoyGrpc {
-        #[prost(string, tag = "1")]
-        cluster_name: String,
-        #[prost(string, tag = "2")]
-        authority: String,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct GrpcService {
-        #[prost(message, optional, tag = "1")]
-        envoy_grpc: Option<EnvoyGrpc>,
-    }
-    GrpcService {
-        envoy_grpc: Some(EnvoyGrpc {
-            cluster_name: cluster.to_string(),
-            authority: authority.to_string(),
-        }),
-    }
-    .encode_to_vec()
-}
-
 impl Reporter {
     fn new(cfg: Config, vm_id: String, metrics: Metrics) -> Self {
         let pick = |configured: &str, key: &str| -> String {
@@ -568,11 +549,8 @@ impl Reporter {
             filter_version: crate::FILTER_VERSION.to_string(),
             node_id: prop_string(vec!["node", "id"]).unwrap_or_default(),
         };
-        let bytes = grpc_service_bytes(&cfg.controller_cluster, &cfg.controller_authority);
-        // The host call takes &str; the encoding is ASCII unless a name is >= 128 bytes or
-        // non-ASCII, in which case the bare cluster name is passed.
         let grpc_service =
-            String::from_utf8(bytes).unwrap_or_else(|_| cfg.controller_cluster.clone());
+            grpc_service_upstream(&cfg.controller_cluster, &cfg.controller_authority);
         let queue = hostcalls::register_shared_queue(QUEUE_NAME).ok();
         let now_ms = now_ns() / 1_000_000;
         let state = ReporterState::new(now_ms);

@@ -27,6 +27,41 @@ pub fn encode_worker_window(worker_id: &str, w: &WindowOut) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// The upstream argument of the Report call: a serialized `envoy.config.core.v3.GrpcService`
+/// (`envoy_grpc { cluster_name = 1, authority = 2 } = 1`). Envoy parses this argument as that
+/// message first; passing it instead of a bare cluster name also avoids the BadArgument
+/// status for an unknown cluster (which proxy-wasm 0.2.5 turns into a panic). The host call
+/// takes `&str`: if the encoding is not UTF-8 (a name of 128+ bytes makes a multi-byte
+/// length) the bare cluster name is returned instead.
+pub fn grpc_service_upstream(cluster: &str, authority: &str) -> String {
+    String::from_utf8(
+        GrpcService {
+            envoy_grpc: Some(EnvoyGrpc {
+                cluster_name: cluster.to_string(),
+                authority: authority.to_string(),
+            }),
+        }
+        .encode_to_vec(),
+    )
+    .unwrap_or_else(|_| cluster.to_string())
+}
+
+/// `envoy.config.core.v3.GrpcService.EnvoyGrpc` (the fields used).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EnvoyGrpc {
+    #[prost(string, tag = "1")]
+    pub cluster_name: String,
+    #[prost(string, tag = "2")]
+    pub authority: String,
+}
+
+/// `envoy.config.core.v3.GrpcService` (the field used).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GrpcService {
+    #[prost(message, optional, tag = "1")]
+    pub envoy_grpc: Option<EnvoyGrpc>,
+}
+
 /// Why a queued window was not merged.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MergeError {
@@ -446,6 +481,18 @@ mod tests {
         assert_eq!(agg.take_untracked(), 1);
         let (_, _, ups) = agg.flush(0, 1000);
         assert_eq!(ups.len(), 1);
+    }
+
+    #[test]
+    fn grpc_service_upstream_encodes_cluster_and_authority() {
+        let s = grpc_service_upstream("meshtune_controller", "meshtune-controller");
+        let g = GrpcService::decode(s.as_bytes()).unwrap();
+        let e = g.envoy_grpc.unwrap();
+        assert_eq!(e.cluster_name, "meshtune_controller");
+        assert_eq!(e.authority, "meshtune-controller");
+        // Too long for a one-byte length: not UTF-8, falls back to the bare name.
+        let long = "c".repeat(200);
+        assert_eq!(grpc_service_upstream(&long, ""), long);
     }
 
     #[test]

@@ -613,6 +613,25 @@ mod tests {
     }
 
     #[test]
+    fn lookup_cache_follows_slot_reuse() {
+        let mut t = Tracker::new(1, 0);
+        let a = t.slot_for("a", 0).unwrap();
+        assert_eq!(t.find("a"), Some(a)); // cached now
+        for i in 1..=IDLE_WINDOWS_BEFORE_EVICTION as u64 {
+            t.take_window(i * 1000 * MS);
+        }
+        assert_eq!(t.find("a"), None, "cached slot was freed");
+        let b = t.slot_for("b", 0).unwrap();
+        assert_eq!(b, a);
+        assert_eq!(t.find("b"), Some(b));
+        assert_eq!(
+            t.find("a"),
+            None,
+            "cache compares the name, not just the index"
+        );
+    }
+
+    #[test]
     fn protocol_strings() {
         assert_eq!(Protocol::from_bytes(b"HTTP/1.1"), Protocol::Http1);
         assert_eq!(Protocol::from_bytes(b"HTTP/1.0"), Protocol::Http1);
