@@ -14,7 +14,10 @@ fn main() -> anyhow::Result<()> {
     let code = if model.is_file() {
         let copy = out.join("default.onnx");
         std::fs::copy(&model, &copy)?;
-        format!("Some(include_bytes!({:?}) as &[u8])", copy.display().to_string())
+        format!(
+            "Some(include_bytes!({:?}) as &[u8])",
+            copy.display().to_string()
+        )
     } else {
         "None".to_string()
     };

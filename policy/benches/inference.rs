@@ -82,7 +82,9 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("inference_10k");
     g.sample_size(20);
-    g.bench_function("batched", |b| b.iter(|| policy.infer(black_box(&batch)).unwrap()));
+    g.bench_function("batched", |b| {
+        b.iter(|| policy.infer(black_box(&batch)).unwrap())
+    });
     g.bench_function("reference_forward", |b| {
         b.iter(|| mlp_forward(&layers, black_box(&flat)))
     });

@@ -75,7 +75,8 @@ pub async fn run(
     out: &mut (dyn Write + Send),
     client: Option<kube::Client>,
 ) -> Result<(), CliError> {
-    let w = |out: &mut (dyn Write + Send), s: String| writeln!(out, "{s}").map_err(CliError::Output);
+    let w =
+        |out: &mut (dyn Write + Send), s: String| writeln!(out, "{s}").map_err(CliError::Output);
     match cmd {
         ModelCommand::Validate { file } => {
             let policy = crate::runtime::validate(&read(&file)?, &file.display().to_string())?;
@@ -93,7 +94,10 @@ pub async fn run(
             let origin = file.display().to_string();
             let bytes = read(&file)?;
             let policy = OnnxPolicy::from_bytes(&bytes, &origin)?;
-            w(out, format!("file:           {origin} ({} bytes)", bytes.len()))?;
+            w(
+                out,
+                format!("file:           {origin} ({} bytes)", bytes.len()),
+            )?;
             w(out, format!("model version:  {}", policy.model_version()))?;
             for (k, v) in policy.metadata() {
                 w(out, format!("metadata:       {k} = {v}"))?;
@@ -105,7 +109,10 @@ pub async fn run(
             let samples: [(&str, [f64; FEATURE_COUNT]); 3] = [
                 (
                     "healthy",
-                    [200.0, 12.0, 35.0, 90.0, 18.0, 0.002, 0.01, 0.0, 0.0, 0.0, 0.001, 3.0, 12.0, 0.5],
+                    [
+                        200.0, 12.0, 35.0, 90.0, 18.0, 0.002, 0.01, 0.0, 0.0, 0.0, 0.001, 3.0,
+                        12.0, 0.5,
+                    ],
                 ),
                 (
                     "overloaded",
@@ -124,8 +131,7 @@ pub async fn run(
             ];
             let features: Vec<Features> = samples.iter().map(|(_, f)| Features(*f)).collect();
             if let Ok(knobs) = policy.decide_batch(&features) {
-                let header: Vec<String> =
-                    samples.iter().map(|(n, _)| format!("{n:>12}")).collect();
+                let header: Vec<String> = samples.iter().map(|(n, _)| format!("{n:>12}")).collect();
                 w(out, format!("{:<40}{}", "knob (unit)", header.join("")))?;
                 for spec in &KNOB_SPECS {
                     let cells: Vec<String> = knobs
@@ -134,7 +140,11 @@ pub async fn run(
                         .collect();
                     w(
                         out,
-                        format!("{:<40}{}", format!("{} ({})", spec.name, spec.unit), cells.join("")),
+                        format!(
+                            "{:<40}{}",
+                            format!("{} ({})", spec.name, spec.unit),
+                            cells.join("")
+                        ),
                     )?;
                 }
             }
@@ -149,8 +159,14 @@ pub async fn run(
                 Some(c) => c,
                 None => kube::Client::try_default().await?,
             };
-            let (version, _) =
-                push_model(client, &namespace, &name, &bytes, &file.display().to_string()).await?;
+            let (version, _) = push_model(
+                client,
+                &namespace,
+                &name,
+                &bytes,
+                &file.display().to_string(),
+            )
+            .await?;
             w(
                 out,
                 format!("pushed model version {version} to configmap {namespace}/{name}"),

@@ -72,8 +72,14 @@ pub fn model_configmap(namespace: &str, name: &str, bytes: &[u8], version: &str)
             name: Some(name.to_string()),
             namespace: Some(namespace.to_string()),
             labels: Some(BTreeMap::from([
-                ("app.kubernetes.io/managed-by".to_string(), FIELD_MANAGER.to_string()),
-                ("app.kubernetes.io/component".to_string(), "policy-model".to_string()),
+                (
+                    "app.kubernetes.io/managed-by".to_string(),
+                    FIELD_MANAGER.to_string(),
+                ),
+                (
+                    "app.kubernetes.io/component".to_string(),
+                    "policy-model".to_string(),
+                ),
             ])),
             annotations: Some(BTreeMap::from([
                 (VERSION_ANNOTATION.to_string(), version.to_string()),

@@ -56,7 +56,9 @@ impl std::str::FromStr for Mode {
         match s {
             "observe" => Ok(Mode::Observe),
             "enforce" => Ok(Mode::Enforce),
-            other => Err(format!("unknown mode `{other}` (expected observe or enforce)")),
+            other => Err(format!(
+                "unknown mode `{other}` (expected observe or enforce)"
+            )),
         }
     }
 }
@@ -540,8 +542,7 @@ impl Guardrails {
                     ..
                 }) => Action::Hold(HoldReason::Watching),
                 Some(DestState {
-                    last_push: Some(t),
-                    ..
+                    last_push: Some(t), ..
                 }) if now.saturating_duration_since(*t) < self.config.min_dwell => {
                     Action::Hold(HoldReason::Dwell {
                         remaining: self.config.min_dwell - now.saturating_duration_since(*t),
@@ -607,7 +608,8 @@ impl Guardrails {
         };
         *seen += 1;
         let worse = objective - *baseline;
-        let limit = (self.config.rollback_threshold * baseline.abs()).max(self.config.rollback_min_delta);
+        let limit =
+            (self.config.rollback_threshold * baseline.abs()).max(self.config.rollback_min_delta);
         if !objective.is_finite() || worse > limit {
             *bad_streak += 1;
         } else {
@@ -669,9 +671,16 @@ mod tests {
         let (k, adj) = guard(&cfg, "default", &proposed, &in_force);
         assert_eq!(k.get(Knob::MaxConnections), 65_536.0);
         assert_eq!(k.get(Knob::RetryAttempts), 0.0);
-        assert_eq!(k.get(Knob::RouteTimeoutMs), in_force.get(Knob::RouteTimeoutMs));
-        assert!(adj.iter().any(|a| a.knob == Knob::MaxConnections && a.kind == AdjustKind::HardBound));
-        assert!(adj.iter().any(|a| a.knob == Knob::RetryAttempts && a.kind == AdjustKind::HardBound));
+        assert_eq!(
+            k.get(Knob::RouteTimeoutMs),
+            in_force.get(Knob::RouteTimeoutMs)
+        );
+        assert!(adj
+            .iter()
+            .any(|a| a.knob == Knob::MaxConnections && a.kind == AdjustKind::HardBound));
+        assert!(adj
+            .iter()
+            .any(|a| a.knob == Knob::RetryAttempts && a.kind == AdjustKind::HardBound));
     }
 
     #[test]
@@ -702,7 +711,12 @@ mod tests {
         )
         .unwrap_err();
         match &e {
-            GuardrailError::UnknownKnob { names, section, origin, .. } => {
+            GuardrailError::UnknownKnob {
+                names,
+                section,
+                origin,
+                ..
+            } => {
                 assert_eq!(names, &vec!["tcp.maxConnection".to_string()]);
                 assert_eq!(section, "namespaces.payments");
                 assert_eq!(origin, "g.toml");
@@ -710,10 +724,14 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(e.to_string().contains("tcp.maxConnection"));
-        let e = Config::from_yaml_str("hysteresis_per_knob:\n  retries: 0.1\n", "g.yaml").unwrap_err();
+        let e =
+            Config::from_yaml_str("hysteresis_per_knob:\n  retries: 0.1\n", "g.yaml").unwrap_err();
         assert!(matches!(e, GuardrailError::UnknownKnob { .. }), "{e}");
-        let e = Config::from_toml_str("[namespaces.a]\n\"timeout\" = { min = 900, max = 100 }\n", "g.toml")
-            .unwrap_err();
+        let e = Config::from_toml_str(
+            "[namespaces.a]\n\"timeout\" = { min = 900, max = 100 }\n",
+            "g.toml",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("min 900 > max 100"), "{e}");
         let e = Config::from_toml_str("mode = \"yolo\"\n", "g.toml").unwrap_err();
         assert!(matches!(e, GuardrailError::Parse { .. }), "{e}");
@@ -746,7 +764,10 @@ mod tests {
         let mut proposed = in_force;
         let c = in_force.get(Knob::MaxConnections);
         proposed.set(Knob::MaxConnections, (c * 1.03).round()); // 3 % < 5 %
-        proposed.set(Knob::RouteTimeoutMs, (in_force.get(Knob::RouteTimeoutMs) * 1.5).round());
+        proposed.set(
+            Knob::RouteTimeoutMs,
+            (in_force.get(Knob::RouteTimeoutMs) * 1.5).round(),
+        );
         let g = Guardrails::new(cfg);
         let d = g.decide("svc", "default", Instant::now(), &proposed, &in_force);
         assert_eq!(d.knobs.get(Knob::MaxConnections), c);
@@ -779,7 +800,7 @@ mod tests {
         proposed.set(Knob::MaxConnections, 3.0);
         let (k, _) = guard(&cfg, "default", &proposed, &in_force);
         assert_eq!(k.get(Knob::MaxConnections), 50.0); // ÷2
-        // Istio's "unlimited" in force: the first step starts from the hard bound.
+                                                       // Istio's "unlimited" in force: the first step starts from the hard bound.
         let mut unlimited = in_force;
         unlimited.set(Knob::MaxConnections, meshtune_core::knobs::ISTIO_UNLIMITED);
         let (k, _) = guard(&cfg, "default", &proposed, &unlimited);
@@ -795,8 +816,14 @@ mod tests {
         let t0 = Instant::now();
         let in_force = mid();
         let mut proposed = in_force;
-        proposed.set(Knob::RouteTimeoutMs, in_force.get(Knob::RouteTimeoutMs) * 1.5);
-        assert_eq!(g.decide("a", "ns", t0, &proposed, &in_force).action, Action::Push);
+        proposed.set(
+            Knob::RouteTimeoutMs,
+            in_force.get(Knob::RouteTimeoutMs) * 1.5,
+        );
+        assert_eq!(
+            g.decide("a", "ns", t0, &proposed, &in_force).action,
+            Action::Push
+        );
         g.record_push("a", t0, in_force, 1.0);
         let t1 = t0 + Duration::from_secs(10);
         assert_eq!(
@@ -806,9 +833,15 @@ mod tests {
             })
         );
         // Another destination is not held.
-        assert_eq!(g.decide("b", "ns", t1, &proposed, &in_force).action, Action::Push);
+        assert_eq!(
+            g.decide("b", "ns", t1, &proposed, &in_force).action,
+            Action::Push
+        );
         let t2 = t0 + DEFAULT_MIN_DWELL;
-        assert_eq!(g.decide("a", "ns", t2, &proposed, &in_force).action, Action::Push);
+        assert_eq!(
+            g.decide("a", "ns", t2, &proposed, &in_force).action,
+            Action::Push
+        );
     }
 
     #[test]
@@ -816,9 +849,13 @@ mod tests {
         let g = Guardrails::new(Config::default());
         let in_force = mid();
         let mut proposed = in_force;
-        proposed.set(Knob::RouteTimeoutMs, in_force.get(Knob::RouteTimeoutMs) * 1.5);
+        proposed.set(
+            Knob::RouteTimeoutMs,
+            in_force.get(Knob::RouteTimeoutMs) * 1.5,
+        );
         assert_eq!(
-            g.decide("a", "ns", Instant::now(), &proposed, &in_force).action,
+            g.decide("a", "ns", Instant::now(), &proposed, &in_force)
+                .action,
             Action::Recommend
         );
     }
@@ -838,7 +875,10 @@ mod tests {
         let t0 = Instant::now();
         g.record_push("a", t0, before, 1.0);
         for (i, cost) in [1.15, 0.9, 1.5, 1.19].into_iter().enumerate() {
-            assert_eq!(g.observe("a", cost), Verdict::Watching { seen: i as u32 + 1 });
+            assert_eq!(
+                g.observe("a", cost),
+                Verdict::Watching { seen: i as u32 + 1 }
+            );
         }
         assert_eq!(g.observe("a", 1.1), Verdict::Confirmed);
         assert_eq!(g.phase("a"), Phase::Confirmed);

@@ -92,7 +92,9 @@ pub enum ExportError {
         expected: usize,
         found: usize,
     },
-    #[error("layer {layer}: in_dim {found} does not match the previous layer's out_dim {expected}")]
+    #[error(
+        "layer {layer}: in_dim {found} does not match the previous layer's out_dim {expected}"
+    )]
     Chain {
         layer: usize,
         expected: usize,
@@ -336,7 +338,7 @@ pub fn mlp_forward(layers: &[MlpLayer], x: &[f32]) -> Vec<f32> {
     assert!(!layers.is_empty(), "mlp_forward needs at least one layer");
     let in_dim = layers[0].in_dim;
     assert!(
-        x.len() % in_dim == 0,
+        x.len() / in_dim * in_dim == x.len(),
         "input length {} is not a multiple of {in_dim}",
         x.len()
     );

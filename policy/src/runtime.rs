@@ -95,7 +95,8 @@ pub fn digest(bytes: &[u8]) -> u64 {
 
 fn tensor_width(v: &pb::ValueInfoProto) -> Result<(i32, Vec<Option<i64>>), String> {
     use pb::tensor_shape_proto::dimension::Value;
-    let Some(pb::type_proto::Value::TensorType(t)) = v.r#type.as_ref().and_then(|t| t.value.as_ref())
+    let Some(pb::type_proto::Value::TensorType(t)) =
+        v.r#type.as_ref().and_then(|t| t.value.as_ref())
     else {
         return Err(format!("`{}` is not a tensor", v.name));
     };
@@ -231,13 +232,15 @@ impl OnnxPolicy {
         let out_fact = typed.output_fact(0).map_err(load)?;
         let out_width = out_fact
             .shape
-            .iter()
-            .nth(1)
+            .get(1)
             .and_then(|d| tract_onnx::tract_hir::internal::DimLike::to_usize(d).ok());
         if out_fact.shape.rank() != 2 || out_width != Some(KNOB_COUNT) {
             return Err(ModelError::Signature {
                 origin: origin_s,
-                reason: format!("output `{OUTPUT_NAME}` computes to {:?}, expected [N, {KNOB_COUNT}]", out_fact.shape),
+                reason: format!(
+                    "output `{OUTPUT_NAME}` computes to {:?}, expected [N, {KNOB_COUNT}]",
+                    out_fact.shape
+                ),
             });
         }
         let plan = typed.into_runnable().map_err(load)?;
@@ -401,7 +404,9 @@ pub fn smoke_inputs() -> Vec<[f32; FEATURE_COUNT]> {
         [1.5; FEATURE_COUNT],
         [0.5; FEATURE_COUNT],
         // rps, p50, p90, p99, mean, 5xx, 4xx, overflow, timeout, connfail, retry, infl avg, max, h2
-        raw([1.0, 2.0, 3.0, 5.0, 2.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1, 1.0, 0.0]),
+        raw([
+            1.0, 2.0, 3.0, 5.0, 2.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1, 1.0, 0.0,
+        ]),
         raw([
             200.0, 12.0, 35.0, 90.0, 18.0, 0.002, 0.01, 0.0, 0.0, 0.0, 0.001, 3.0, 12.0, 0.5,
         ]),

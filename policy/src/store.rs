@@ -92,7 +92,11 @@ impl ModelStore {
                 version: initial.model_version().to_string(),
             })
             .set(1);
-        tracing::info!(version = initial.model_version(), origin = initial.origin(), "policy model in service");
+        tracing::info!(
+            version = initial.model_version(),
+            origin = initial.origin(),
+            "policy model in service"
+        );
         ModelStore {
             current: ArcSwap::from_pointee(initial),
             metrics,

@@ -24,7 +24,9 @@ fn parses_subcommands_with_defaults() {
         }
     );
     let c = Cli::try_parse_from(["model", "push", "m.onnx", "-n", "x", "--name", "y"]).unwrap();
-    assert!(matches!(c.cmd, ModelCommand::Push { namespace, name, .. } if namespace == "x" && name == "y"));
+    assert!(
+        matches!(c.cmd, ModelCommand::Push { namespace, name, .. } if namespace == "x" && name == "y")
+    );
     assert!(Cli::try_parse_from(["model", "validate"]).is_err());
 }
 
@@ -37,7 +39,13 @@ async fn validate_and_inspect_report_on_real_files() {
     std::fs::write(&bad, nan_output_model()).unwrap();
 
     let mut out = Vec::new();
-    run(ModelCommand::Validate { file: good.clone() }, &mut out, None).await.unwrap();
+    run(
+        ModelCommand::Validate { file: good.clone() },
+        &mut out,
+        None,
+    )
+    .await
+    .unwrap();
     let text = String::from_utf8(out).unwrap();
     assert!(text.contains("valid (model version cli-good"), "{text}");
 
@@ -49,7 +57,9 @@ async fn validate_and_inspect_report_on_real_files() {
     assert!(e.to_string().contains("bad.onnx"), "{e}");
 
     let mut out = Vec::new();
-    run(ModelCommand::Inspect { file: good }, &mut out, None).await.unwrap();
+    run(ModelCommand::Inspect { file: good }, &mut out, None)
+        .await
+        .unwrap();
     let text = String::from_utf8(out).unwrap();
     assert!(text.contains("model version:  cli-good"), "{text}");
     assert!(text.contains("meshtune.contract_version = 1"), "{text}");
@@ -58,11 +68,17 @@ async fn validate_and_inspect_report_on_real_files() {
 
     // Inspect still shows a model that fails the smoke test.
     let mut out = Vec::new();
-    run(ModelCommand::Inspect { file: bad }, &mut out, None).await.unwrap();
-    assert!(String::from_utf8(out).unwrap().contains("smoke test:     FAILED"));
+    run(ModelCommand::Inspect { file: bad }, &mut out, None)
+        .await
+        .unwrap();
+    assert!(String::from_utf8(out)
+        .unwrap()
+        .contains("smoke test:     FAILED"));
 
     let e = run(
-        ModelCommand::Validate { file: dir.path().join("missing.onnx") },
+        ModelCommand::Validate {
+            file: dir.path().join("missing.onnx"),
+        },
         &mut Vec::new(),
         None,
     )

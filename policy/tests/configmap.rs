@@ -102,11 +102,17 @@ async fn configmap_watcher_lists_then_watches_and_swaps_only_valid_models() {
             //    refusal, serve a good model
             let (req, send) = handle.next_request().await.expect("re-watch request");
             let q = req.uri().query().unwrap_or_default().to_string();
-            assert!(q.contains("watch=true") && q.contains("resourceVersion=11"), "{q}");
+            assert!(
+                q.contains("watch=true") && q.contains("resourceVersion=11"),
+                "{q}"
+            );
             go.await.unwrap();
             send.send_response(watch_events(&[(&v3, "12")]));
             // 4. and again
-            let (req, _send) = handle.next_request().await.expect("second re-watch request");
+            let (req, _send) = handle
+                .next_request()
+                .await
+                .expect("second re-watch request");
             let q = req.uri().query().unwrap_or_default().to_string();
             assert!(q.contains("resourceVersion=12"), "{q}");
             // keep the request pending until the test ends
@@ -126,7 +132,12 @@ async fn configmap_watcher_lists_then_watches_and_swaps_only_valid_models() {
         }
     });
 
-    assert_eq!(next(&mut rx).await, WatchEvent::Swapped { version: "v2".into() });
+    assert_eq!(
+        next(&mut rx).await,
+        WatchEvent::Swapped {
+            version: "v2".into()
+        }
+    );
     let v2_out = store.current().infer(&batch).unwrap();
     assert_ne!(v2_out, v1_out);
     match next(&mut rx).await {
@@ -139,7 +150,12 @@ async fn configmap_watcher_lists_then_watches_and_swaps_only_valid_models() {
     assert_eq!(store.current().model_version(), "v2");
     assert_eq!(store.current().infer(&batch).unwrap(), v2_out);
     go_tx.send(()).unwrap();
-    assert_eq!(next(&mut rx).await, WatchEvent::Swapped { version: "v3".into() });
+    assert_eq!(
+        next(&mut rx).await,
+        WatchEvent::Swapped {
+            version: "v3".into()
+        }
+    );
     assert_eq!(store.current().model_version(), "v3");
 
     // The re-watch request was asserted before shutdown.
@@ -156,7 +172,10 @@ async fn configmap_watcher_lists_then_watches_and_swaps_only_valid_models() {
 async fn serve_apply(mut handle: Handle, ns: &str, name: &str) -> ConfigMap {
     let (req, send) = handle.next_request().await.expect("apply request");
     assert_eq!(req.method(), Method::PATCH);
-    assert_eq!(req.uri().path(), format!("/api/v1/namespaces/{ns}/configmaps/{name}"));
+    assert_eq!(
+        req.uri().path(),
+        format!("/api/v1/namespaces/{ns}/configmaps/{name}")
+    );
     let q = req.uri().query().unwrap_or_default().to_string();
     assert!(q.contains(&format!("fieldManager={FIELD_MANAGER}")), "{q}");
     assert!(q.contains("force=true"), "{q}");
@@ -180,13 +199,18 @@ async fn push_validates_then_server_side_applies_the_configmap() {
     let (client, handle) = mock_client();
     let bytes = good_model(4, "push-v1");
     let server = tokio::spawn(async move { serve_apply(handle, "mesh", "policy").await });
-    let (version, applied) = push_model(client, "mesh", "policy", &bytes, "m.onnx").await.unwrap();
+    let (version, applied) = push_model(client, "mesh", "policy", &bytes, "m.onnx")
+        .await
+        .unwrap();
     assert_eq!(version, "push-v1");
     assert_eq!(applied.metadata.resource_version.as_deref(), Some("77"));
     let sent = server.await.unwrap();
     assert_eq!(sent.metadata.namespace.as_deref(), Some("mesh"));
     assert_eq!(sent.binary_data.unwrap()[MODEL_KEY].0, bytes);
-    assert_eq!(sent.metadata.annotations.unwrap()[VERSION_ANNOTATION], "push-v1");
+    assert_eq!(
+        sent.metadata.annotations.unwrap()[VERSION_ANNOTATION],
+        "push-v1"
+    );
 }
 
 #[tokio::test]
@@ -199,7 +223,10 @@ async fn push_refuses_an_invalid_model_without_calling_the_api() {
     assert!(e.to_string().contains("bad.onnx"), "{e}");
     // Either nothing arrives or the (dropped) client closed the channel: no request either way.
     let r = tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await;
-    assert!(!matches!(r, Ok(Some(_))), "no request may reach the API server");
+    assert!(
+        !matches!(r, Ok(Some(_))),
+        "no request may reach the API server"
+    );
 }
 
 #[tokio::test]
@@ -225,5 +252,8 @@ async fn cli_push_goes_through_the_same_path() {
     let sent = server.await.unwrap();
     assert_eq!(sent.binary_data.unwrap()[MODEL_KEY].0, bytes);
     let out = String::from_utf8(out).unwrap();
-    assert!(out.contains("pushed model version cli-v1 to configmap team-a/meshtune-model"), "{out}");
+    assert!(
+        out.contains("pushed model version cli-v1 to configmap team-a/meshtune-model"),
+        "{out}"
+    );
 }

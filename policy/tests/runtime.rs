@@ -47,11 +47,20 @@ fn export_load_and_infer_match_reference_for_batch_1_and_64() {
 fn identity_and_all_activations_round_trip() {
     use meshtune_policy::onnx::{Activation, MlpLayer};
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(9);
-    let acts = [Activation::Relu, Activation::Tanh, Activation::Sigmoid, Activation::Identity];
+    let acts = [
+        Activation::Relu,
+        Activation::Tanh,
+        Activation::Sigmoid,
+        Activation::Identity,
+    ];
     let mut layers: Vec<MlpLayer> = Vec::new();
     let mut width = FEATURE_COUNT;
     for (i, a) in acts.iter().enumerate() {
-        let out = if i == acts.len() - 1 { KNOB_COUNT } else { 8 + i };
+        let out = if i == acts.len() - 1 {
+            KNOB_COUNT
+        } else {
+            8 + i
+        };
         layers.push(random_layer(&mut rng, width, out, *a));
         width = out;
     }
@@ -69,7 +78,10 @@ fn identity_and_all_activations_round_trip() {
 fn metadata_is_read_through_tract_properties() {
     let policy = validate(&good_model(7, "sup-v3"), "mem").unwrap();
     assert_eq!(policy.model_version(), "sup-v3");
-    assert_eq!(policy.provenance(), Some("meshtune-policy integration test"));
+    assert_eq!(
+        policy.provenance(),
+        Some("meshtune-policy integration test")
+    );
     assert_eq!(
         policy.metadata().get(META_PROVENANCE).map(String::as_str),
         Some("meshtune-policy integration test")
@@ -85,10 +97,22 @@ fn contract_violations_are_refused_naming_the_source() {
         matches!(&e, ModelError::Contract { source: ContractError::Names { key, .. }, .. } if *key == "meshtune.features"),
         "{e}"
     );
-    assert!(e.to_string().contains(&f.path().display().to_string()), "{e}");
+    assert!(
+        e.to_string().contains(&f.path().display().to_string()),
+        "{e}"
+    );
 
     let e = validate(&wrong_contract_version(), "configmap ns/m").unwrap_err();
-    assert!(matches!(&e, ModelError::Contract { source: ContractError::Version { .. }, .. }), "{e}");
+    assert!(
+        matches!(
+            &e,
+            ModelError::Contract {
+                source: ContractError::Version { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(e.to_string().starts_with("configmap ns/m: "), "{e}");
 
     let e = validate(&corrupt_model(), "x.onnx").unwrap_err();
@@ -104,8 +128,12 @@ fn nan_and_out_of_range_outputs_fail_the_smoke_test() {
     // Loads (contract fine, finite weights) but outputs NaN: the smoke test refuses it.
     let nan = nan_output_model();
     let p = OnnxPolicy::from_bytes(&nan, "nan.onnx").unwrap();
-    assert!(p.infer(&[[0.0; FEATURE_COUNT]]).unwrap()[0].iter().all(|v| v.is_finite()));
-    assert!(p.infer(&[[1.0; FEATURE_COUNT]]).unwrap()[0].iter().any(|v| v.is_nan()));
+    assert!(p.infer(&[[0.0; FEATURE_COUNT]]).unwrap()[0]
+        .iter()
+        .all(|v| v.is_finite()));
+    assert!(p.infer(&[[1.0; FEATURE_COUNT]]).unwrap()[0]
+        .iter()
+        .any(|v| v.is_nan()));
     let e = validate(&nan, "nan.onnx").unwrap_err();
     assert!(matches!(e, ModelError::Output { .. }), "{e}");
     assert!(e.to_string().contains("NaN"), "{e}");

@@ -21,7 +21,10 @@ fn metrics_text(registry: &Registry) -> String {
 #[test]
 fn bad_candidates_are_refused_and_the_old_model_keeps_answering() {
     let mut registry = Registry::default();
-    let store = ModelStore::new(validate(&good_model(1, "v1"), "v1.onnx").unwrap(), &mut registry);
+    let store = ModelStore::new(
+        validate(&good_model(1, "v1"), "v1.onnx").unwrap(),
+        &mut registry,
+    );
     let batch = random_batch(5, 16);
     let before = store.current().infer(&batch).unwrap();
     let snapshot = store.current();
@@ -29,7 +32,11 @@ fn bad_candidates_are_refused_and_the_old_model_keeps_answering() {
     let bad: [(&str, Vec<u8>, &str); 7] = [
         ("corrupt", corrupt_model(), "decode"),
         ("wrong feature names", wrong_feature_names(), "contract"),
-        ("wrong contract version", wrong_contract_version(), "contract"),
+        (
+            "wrong contract version",
+            wrong_contract_version(),
+            "contract",
+        ),
         ("NaN output", nan_output_model(), "output"),
         ("NaN weights", nan_model(), "weights"),
         ("out of range output", out_of_range_model(), "output"),
@@ -39,30 +46,57 @@ fn bad_candidates_are_refused_and_the_old_model_keeps_answering() {
         let origin = format!("candidate {what}");
         let e = store.try_swap(bytes, &origin).expect_err(what);
         assert_eq!(e.reason_label(), *reason, "{what}: {e}");
-        assert!(e.to_string().contains(&origin), "{what}: error must name the source: {e}");
+        assert!(
+            e.to_string().contains(&origin),
+            "{what}: error must name the source: {e}"
+        );
         let current = store.current();
         assert_eq!(current.model_version(), "v1", "{what}");
-        assert_eq!(current.infer(&batch).unwrap(), before, "{what}: old outputs changed");
+        assert_eq!(
+            current.infer(&batch).unwrap(),
+            before,
+            "{what}: old outputs changed"
+        );
     }
     let text = metrics_text(&registry);
-    assert!(text.contains("meshtune_model_refused_total{reason=\"contract\"} 2"), "{text}");
-    assert!(text.contains("meshtune_model_refused_total{reason=\"output\"} 2"), "{text}");
-    assert!(text.contains("meshtune_model_refused_total{reason=\"decode\"} 1"), "{text}");
-    assert!(text.contains("meshtune_model_info{version=\"v1\"} 1"), "{text}");
+    assert!(
+        text.contains("meshtune_model_refused_total{reason=\"contract\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("meshtune_model_refused_total{reason=\"output\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("meshtune_model_refused_total{reason=\"decode\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("meshtune_model_info{version=\"v1\"} 1"),
+        "{text}"
+    );
 
     // A valid candidate replaces it; identical bytes are a no-op.
     let v2 = good_model(2, "v2");
     assert_eq!(
         store.try_swap(&v2, "v2.onnx").unwrap(),
-        SwapOutcome::Swapped { version: "v2".into() }
+        SwapOutcome::Swapped {
+            version: "v2".into()
+        }
     );
-    assert_eq!(store.try_swap(&v2, "v2.onnx").unwrap(), SwapOutcome::Unchanged);
+    assert_eq!(
+        store.try_swap(&v2, "v2.onnx").unwrap(),
+        SwapOutcome::Unchanged
+    );
     let after = store.current().infer(&batch).unwrap();
     assert_ne!(after, before);
     // A snapshot taken before the swap still answers with the old model.
     assert_eq!(snapshot.infer(&batch).unwrap(), before);
     let text = metrics_text(&registry);
-    assert!(text.contains("meshtune_model_info{version=\"v2\"} 1"), "{text}");
+    assert!(
+        text.contains("meshtune_model_info{version=\"v2\"} 1"),
+        "{text}"
+    );
     assert!(!text.contains("version=\"v1\""), "{text}");
     assert!(text.contains("meshtune_model_swaps_total 1"), "{text}");
 }
@@ -150,11 +184,22 @@ async fn file_watcher_swaps_valid_replacements_and_refuses_bad_ones() {
     assert_eq!(store.current().infer(&batch).unwrap(), before);
 
     replace(&path, &nan_output_model());
-    assert!(matches!(next(&mut rx).await, WatchEvent::Refused { reason: "output", .. }));
+    assert!(matches!(
+        next(&mut rx).await,
+        WatchEvent::Refused {
+            reason: "output",
+            ..
+        }
+    ));
     assert_eq!(store.current().infer(&batch).unwrap(), before);
 
     replace(&path, &good_model(2, "v2"));
-    assert_eq!(next(&mut rx).await, WatchEvent::Swapped { version: "v2".into() });
+    assert_eq!(
+        next(&mut rx).await,
+        WatchEvent::Swapped {
+            version: "v2".into()
+        }
+    );
     assert_eq!(store.current().model_version(), "v2");
     assert_ne!(store.current().infer(&batch).unwrap(), before);
 
@@ -169,7 +214,10 @@ async fn file_watcher_swaps_valid_replacements_and_refuses_bad_ones() {
         .expect("watcher stops on shutdown")
         .unwrap();
     let text = metrics_text(&registry);
-    assert!(text.contains("meshtune_model_refused_total{reason=\"contract\"} 1"), "{text}");
+    assert!(
+        text.contains("meshtune_model_refused_total{reason=\"contract\"} 1"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -16,7 +16,9 @@ pub fn random_layer(rng: &mut impl Rng, i: usize, o: usize, act: Activation) -> 
     MlpLayer {
         in_dim: i,
         out_dim: o,
-        weight: (0..i * o).map(|_| rng.random_range(-scale..scale)).collect(),
+        weight: (0..i * o)
+            .map(|_| rng.random_range(-scale..scale))
+            .collect(),
         bias: (0..o).map(|_| rng.random_range(-0.1..0.1)).collect(),
         activation: act,
     }
@@ -115,7 +117,12 @@ pub fn out_of_range_model() -> Vec<u8> {
 /// Correct metadata but K+1 outputs.
 pub fn wrong_width_model() -> Vec<u8> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    let layers = vec![random_layer(&mut rng, FEATURE_COUNT, KNOB_COUNT + 1, Activation::Sigmoid)];
+    let layers = vec![random_layer(
+        &mut rng,
+        FEATURE_COUNT,
+        KNOB_COUNT + 1,
+        Activation::Sigmoid,
+    )];
     raw_with(&layers, ("", ""))
 }
 
