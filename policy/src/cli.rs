@@ -132,7 +132,7 @@ pub async fn run(
             let features: Vec<Features> = samples.iter().map(|(_, f)| Features(*f)).collect();
             if let Ok(knobs) = policy.decide_batch(&features) {
                 let header: Vec<String> = samples.iter().map(|(n, _)| format!("{n:>12}")).collect();
-                w(out, format!("{:<40}{}", "knob (unit)", header.join("")))?;
+                w(out, format!("{:<48}{}", "knob (unit)", header.join("")))?;
                 for spec in &KNOB_SPECS {
                     let cells: Vec<String> = knobs
                         .iter()
@@ -141,7 +141,7 @@ pub async fn run(
                     w(
                         out,
                         format!(
-                            "{:<40}{}",
+                            "{:<48}{}",
                             format!("{} ({})", spec.name, spec.unit),
                             cells.join("")
                         ),
