@@ -6,6 +6,7 @@
 //! - [`store`]: [`ModelStore`] hot swap with metrics; [`watch`] (file) and [`configmap`]
 //!   (Kubernetes) sources, `model push`.
 //! - [`guardrails`]: bounds, hysteresis, step limits, dwell, rollback, observe/enforce.
+//! - [`source`]: `embedded` / `file:PATH` / `configmap:NS/NAME`, initial load and watcher.
 //! - [`cli`]: `meshtune model inspect|validate|push`.
 
 pub mod cli;
@@ -13,6 +14,7 @@ pub mod configmap;
 pub mod guardrails;
 pub mod onnx;
 pub mod runtime;
+pub mod source;
 pub mod store;
 pub mod watch;
 

@@ -225,3 +225,17 @@ fn error_reason_labels_are_stable() {
     let e = ModelError::NoEmbedded;
     assert_eq!(e.reason_label(), "no_embedded");
 }
+
+#[test]
+fn file_source_must_hold_a_valid_model_at_start() {
+    use meshtune_policy::source::{load_initial, ModelSource};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.onnx");
+    std::fs::write(&path, good_model(6, "start")).unwrap();
+    let src: ModelSource = format!("file:{}", path.display()).parse().unwrap();
+    assert_eq!(load_initial(&src).unwrap().model_version(), "start");
+    std::fs::write(&path, wrong_contract_version()).unwrap();
+    let e = load_initial(&src).unwrap_err();
+    assert_eq!(e.reason_label(), "contract");
+    assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+}
