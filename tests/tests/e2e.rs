@@ -329,6 +329,9 @@ fn bad_plugin_configuration_is_refused_naming_the_field() {
     ));
     match Envoy::start_with_timeout(&paths.envoy, &cfg, Duration::from_secs(20)) {
         Err(EnvoyError::Exited { log, .. }) => {
+            for l in log.lines().filter(|l| l.contains("flush_interval_secs")) {
+                eprintln!("envoy: {l}");
+            }
             assert!(
                 log.contains("flush_interval_secs"),
                 "Envoy refused the config but the log does not name the field:\n{log}"
