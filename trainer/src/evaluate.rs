@@ -28,7 +28,7 @@ pub enum EvalError {
     Model {
         name: String,
         path: PathBuf,
-        source: ExportError,
+        source: Box<ExportError>,
     },
     #[error("{path}: {message}")]
     Io { path: PathBuf, message: String },
@@ -102,7 +102,7 @@ impl OnnxFilePolicy {
             EvalError::Model {
                 name: name.to_string(),
                 path: path.to_path_buf(),
-                source,
+                source: Box::new(source),
             }
         })?;
         Ok(OnnxFilePolicy {
@@ -238,12 +238,7 @@ struct PolicyRun {
     knobs: Vec<[f32; KNOB_COUNT]>,
 }
 
-fn run_policy(
-    sc: &Scenario,
-    policy: &mut dyn Policy,
-    seeds: u64,
-    obj: &Objective,
-) -> PolicyRun {
+fn run_policy(sc: &Scenario, policy: &mut dyn Policy, seeds: u64, obj: &Objective) -> PolicyRun {
     let mut run = PolicyRun {
         name: policy.name().to_string(),
         goodput: 0.0,
@@ -264,7 +259,11 @@ fn run_policy(
         run.reward += s.total_reward / seeds as f64;
         run.latency.merge(&res.latency);
         if i == 0 {
-            run.knobs = res.steps.iter().map(|st| st.knobs.normalised()).collect();
+            run.knobs = res
+                .steps
+                .iter()
+                .map(|st| crate::supervised::policy_target(&st.knobs))
+                .collect();
         }
     }
     run
@@ -371,7 +370,10 @@ pub fn evaluate(
                 Knob::RouteTimeoutMs,
             ];
             let mut series = Vec::new();
-            for r in runs.iter().filter(|r| r.name != "oracle" && r.name != "istio-defaults") {
+            for r in runs
+                .iter()
+                .filter(|r| r.name != "oracle" && r.name != "istio-defaults")
+            {
                 for k in key_knobs {
                     series.push(Series {
                         name: format!("{} {}", r.name, k.name()),

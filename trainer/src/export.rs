@@ -25,7 +25,9 @@ pub const IR_VERSION: i64 = 8;
 pub enum ExportError {
     #[error(transparent)]
     Layers(#[from] MlpError),
-    #[error("network maps {input} → {output} values, the contract needs {FEATURE_COUNT} → {KNOB_COUNT}")]
+    #[error(
+        "network maps {input} → {output} values, the contract needs {FEATURE_COUNT} → {KNOB_COUNT}"
+    )]
     Contract { input: usize, output: usize },
     #[error("parameter {what} is not finite; refusing to export")]
     NotFinite { what: String },
@@ -83,7 +85,13 @@ fn float_tensor(name: &str, dims: &[usize], data: &[f32]) -> pb::TensorProto {
     }
 }
 
-fn node(op: &str, name: &str, inputs: &[&str], output: &str, attrs: Vec<pb::AttributeProto>) -> pb::NodeProto {
+fn node(
+    op: &str,
+    name: &str,
+    inputs: &[&str],
+    output: &str,
+    attrs: Vec<pb::AttributeProto>,
+) -> pb::NodeProto {
     pb::NodeProto {
         input: inputs.iter().map(|s| s.to_string()).collect(),
         output: vec![output.to_string()],
@@ -153,7 +161,13 @@ pub fn export_mlp(layers: &[DenseLayer], info: &ModelInfo) -> Result<Vec<u8>, Ex
             } else {
                 format!("layer{i}.act")
             };
-            nodes.push(node(op, &format!("layer{i}.{}", op.to_lowercase()), &[&cur], &out, vec![]));
+            nodes.push(node(
+                op,
+                &format!("layer{i}.{}", op.to_lowercase()),
+                &[&cur],
+                &out,
+                vec![],
+            ));
             cur = out;
         }
     }
@@ -255,7 +269,10 @@ impl TractModel {
     }
 
     /// Runs a batch (must have the size given to [`TractModel::load`]).
-    pub fn run(&self, rows: &[[f32; FEATURE_COUNT]]) -> Result<Vec<[f32; KNOB_COUNT]>, ExportError> {
+    pub fn run(
+        &self,
+        rows: &[[f32; FEATURE_COUNT]],
+    ) -> Result<Vec<[f32; KNOB_COUNT]>, ExportError> {
         let terr = |e: TractError| ExportError::Tract {
             origin: "run".into(),
             message: format!("{e:#}"),
@@ -266,7 +283,10 @@ impl TractModel {
                 origin: "input".into(),
                 message: e.to_string(),
             })?;
-        let out = self.plan.run(tvec!(Tensor::from(input).into())).map_err(terr)?;
+        let out = self
+            .plan
+            .run(tvec!(Tensor::from(input).into()))
+            .map_err(terr)?;
         if out[0].shape() != [rows.len(), KNOB_COUNT] {
             return Err(ExportError::Tract {
                 origin: "run".into(),

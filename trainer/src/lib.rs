@@ -10,6 +10,8 @@
 //! - [`pipeline`]: training runs with file outputs (model written only on success).
 //! - [`cli`]: `meshtune train supervised|ppo|eval|export`.
 
+pub mod cli;
+pub mod evaluate;
 pub mod export;
 pub mod mlp;
 pub mod pipeline;
@@ -17,5 +19,3 @@ pub mod plots;
 pub mod ppo;
 pub mod supervised;
 pub mod trace;
-pub mod cli;
-pub mod evaluate;

@@ -151,8 +151,8 @@ impl Mlp {
             } else {
                 1.0
             };
-            let normal = Normal::new(0.0, gain / (fan_in as f64).sqrt())
-                .map_err(|e| MlpError::Shape {
+            let normal =
+                Normal::new(0.0, gain / (fan_in as f64).sqrt()).map_err(|e| MlpError::Shape {
                     layer: i,
                     what: e.to_string(),
                 })?;
@@ -179,7 +179,9 @@ impl Mlp {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut cur = x.clone();
         for l in &self.layers {
-            let y = cur.matmul(&l.w.as_tensor().t()?)?.broadcast_add(l.b.as_tensor())?;
+            let y = cur
+                .matmul(&l.w.as_tensor().t()?)?
+                .broadcast_add(l.b.as_tensor())?;
             cur = l.act.apply(&y)?;
         }
         Ok(cur)
@@ -271,10 +273,18 @@ mod tests {
         let build = |seed| {
             let vm = VarMap::new();
             let mut rng = StdRng::seed_from_u64(seed);
-            Mlp::new(&vm, "p", &[3, 5, 2], Activation::Relu, Activation::Identity, 1.0, &mut rng)
-                .unwrap()
-                .to_layers()
-                .unwrap()
+            Mlp::new(
+                &vm,
+                "p",
+                &[3, 5, 2],
+                Activation::Relu,
+                Activation::Identity,
+                1.0,
+                &mut rng,
+            )
+            .unwrap()
+            .to_layers()
+            .unwrap()
         };
         assert_eq!(build(7), build(7));
         assert_ne!(build(7), build(8));

@@ -90,8 +90,16 @@ pub fn ppo_to_files(
     let bytes = export_mlp(&outcome.actor, info)?;
     write_atomic(&paths.model, &bytes)?;
     let report = PpoReport {
-        first_mean_step_reward: outcome.history.first().map(|h| h.mean_step_reward).unwrap_or(f64::NAN),
-        last_mean_step_reward: outcome.history.last().map(|h| h.mean_step_reward).unwrap_or(f64::NAN),
+        first_mean_step_reward: outcome
+            .history
+            .first()
+            .map(|h| h.mean_step_reward)
+            .unwrap_or(f64::NAN),
+        last_mean_step_reward: outcome
+            .history
+            .last()
+            .map(|h| h.mean_step_reward)
+            .unwrap_or(f64::NAN),
         config: cfg,
         env_steps: outcome.env_steps,
         train_seconds: outcome.elapsed_s,

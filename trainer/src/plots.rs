@@ -36,8 +36,17 @@ where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let pts = c.series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    let pts = c
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .filter(|(x, y)| x.is_finite() && y.is_finite());
+    let (mut x0, mut x1, mut y0, mut y1) = (
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    );
     for (x, y) in pts {
         x0 = x0.min(*x);
         x1 = x1.max(*x);
@@ -76,18 +85,23 @@ where
             let col = colours(i);
             chart
                 .draw_series(LineSeries::new(
-                    s.points.iter().copied().filter(|(x, y)| *x > 0.0 && y.is_finite()),
+                    s.points
+                        .iter()
+                        .copied()
+                        .filter(|(x, y)| *x > 0.0 && y.is_finite()),
                     col.stroke_width(2),
                 ))
                 .map_err(|e| e.to_string())?
                 .label(&s.name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], col.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], col.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
+            .background_style(WHITE.mix(0.6))
             .border_style(BLACK)
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperRight)
             .draw()
             .map_err(|e| e.to_string())?;
     } else {
@@ -104,18 +118,23 @@ where
             let col = colours(i);
             chart
                 .draw_series(LineSeries::new(
-                    s.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()),
+                    s.points
+                        .iter()
+                        .copied()
+                        .filter(|(x, y)| x.is_finite() && y.is_finite()),
                     col.stroke_width(2),
                 ))
                 .map_err(|e| e.to_string())?
                 .label(&s.name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], col.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], col.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
+            .background_style(WHITE.mix(0.6))
             .border_style(BLACK)
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperRight)
             .draw()
             .map_err(|e| e.to_string())?;
     }
@@ -131,13 +150,17 @@ pub fn write_chart(dir: &Path, stem: &str, c: &Chart) -> Result<Vec<PathBuf>, Pl
     })?;
     let svg = dir.join(format!("{stem}.svg"));
     let png = dir.join(format!("{stem}.png"));
-    draw(SVGBackend::new(&svg, (900, 540)).into_drawing_area(), c).map_err(|message| PlotError {
-        path: svg.clone(),
-        message,
+    draw(SVGBackend::new(&svg, (1000, 620)).into_drawing_area(), c).map_err(|message| {
+        PlotError {
+            path: svg.clone(),
+            message,
+        }
     })?;
-    draw(BitMapBackend::new(&png, (900, 540)).into_drawing_area(), c).map_err(|message| PlotError {
-        path: png.clone(),
-        message,
+    draw(BitMapBackend::new(&png, (1000, 620)).into_drawing_area(), c).map_err(|message| {
+        PlotError {
+            path: png.clone(),
+            message,
+        }
     })?;
     Ok(vec![svg, png])
 }

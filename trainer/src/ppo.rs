@@ -102,7 +102,9 @@ pub enum PpoError {
     Mlp(#[from] MlpError),
     #[error(transparent)]
     Trace(#[from] TraceError),
-    #[error("training diverged at update {update}: {what} is not finite (NaN/inf); no model written")]
+    #[error(
+        "training diverged at update {update}: {what} is not finite (NaN/inf); no model written"
+    )]
     NonFinite { update: usize, what: String },
     #[error("no training environments")]
     NoEnvironments,
@@ -120,7 +122,9 @@ pub struct NamedEnv {
 
 impl std::fmt::Debug for NamedEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NamedEnv").field("name", &self.name).finish()
+        f.debug_struct("NamedEnv")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -153,7 +157,11 @@ pub fn gae(
     let mut adv = vec![0.0; n];
     let mut running = 0.0;
     for t in (0..n).rev() {
-        let next_value = if t + 1 == n { last_value } else { values[t + 1] };
+        let next_value = if t + 1 == n {
+            last_value
+        } else {
+            values[t + 1]
+        };
         let nonterminal = if dones[t] { 0.0 } else { 1.0 };
         let delta = rewards[t] + gamma * next_value * nonterminal - values[t];
         running = delta + gamma * lambda * nonterminal * running;
@@ -361,12 +369,20 @@ pub fn train(
             let step = envs[cur.env].env.step(&clip01(&a));
             let r = step.reward;
             if let Some(t) = trace.as_deref_mut() {
-                t.write("train", update, cur.episode, cur.step, &envs[cur.env].name, &step)?;
+                t.write(
+                    "train",
+                    update,
+                    cur.episode,
+                    cur.step,
+                    &envs[cur.env].name,
+                    &step,
+                )?;
             }
             cur.step += 1;
             cur.ret += r;
             reward_sum += r;
-            let done = step.done || (cfg.max_episode_steps > 0 && cur.step >= cfg.max_episode_steps);
+            let done =
+                step.done || (cfg.max_episode_steps > 0 && cur.step >= cfg.max_episode_steps);
             ro.obs.push(cur.obs);
             ro.actions.push(a);
             ro.logp.push(logp);
@@ -409,16 +425,25 @@ pub fn train(
         let std_adv = (adv.iter().map(|a| (a - mean_adv).powi(2)).sum::<f64>() / n as f64)
             .sqrt()
             .max(1e-8);
-        let adv_n: Vec<f32> = adv.iter().map(|a| ((a - mean_adv) / std_adv) as f32).collect();
+        let adv_n: Vec<f32> = adv
+            .iter()
+            .map(|a| ((a - mean_adv) / std_adv) as f32)
+            .collect();
 
         // ---- optimisation ----
         let obs_t = Tensor::from_vec(
-            ro.obs.iter().flat_map(|o| o.iter().copied()).collect::<Vec<f32>>(),
+            ro.obs
+                .iter()
+                .flat_map(|o| o.iter().copied())
+                .collect::<Vec<f32>>(),
             (n, FEATURE_COUNT),
             &dev,
         )?;
         let act_t = Tensor::from_vec(
-            ro.actions.iter().flat_map(|o| o.iter().copied()).collect::<Vec<f32>>(),
+            ro.actions
+                .iter()
+                .flat_map(|o| o.iter().copied())
+                .collect::<Vec<f32>>(),
             (n, KNOB_COUNT),
             &dev,
         )?;
@@ -488,9 +513,12 @@ pub fn train(
                 let kl = ((ratio.clone() - 1.0)?.sub(&log_ratio)?)
                     .mean_all()?
                     .to_scalar::<f32>()?;
-                let cf = ((ratio - 1.0)?.abs()?.gt(cfg.clip)?.to_dtype(candle_core::DType::F32)?)
-                    .mean_all()?
-                    .to_scalar::<f32>()?;
+                let cf = ((ratio - 1.0)?
+                    .abs()?
+                    .gt(cfg.clip)?
+                    .to_dtype(candle_core::DType::F32)?)
+                .mean_all()?
+                .to_scalar::<f32>()?;
                 pl_sum += lpi as f64;
                 vl_sum += lv as f64;
                 kl_sum += kl as f64;

@@ -45,7 +45,9 @@ pub enum SupervisedError {
 }
 
 /// What makes rows comparable when picking the best knobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 pub enum ContextKey {
     /// (scenario, destination, window): best knobs per traffic window.
     Window,
@@ -185,13 +187,13 @@ pub fn best_knob_examples(rows: &[DatasetRow], key: ContextKey) -> Vec<Example> 
             e.0 += r.outcomes.reward;
             e.1 += 1;
         }
-        let best = by_knobs
-            .values()
-            .map(|(s, n, u)| (s / *n as f64, *u))
-            .fold(None::<(f64, [f32; KNOB_COUNT])>, |acc, (m, u)| match acc {
+        let best = by_knobs.values().map(|(s, n, u)| (s / *n as f64, *u)).fold(
+            None::<(f64, [f32; KNOB_COUNT])>,
+            |acc, (m, u)| match acc {
                 Some((bm, _)) if bm >= m => acc,
                 _ => Some((m, u)),
-            });
+            },
+        );
         let Some((best_reward, target)) = best else {
             continue;
         };
@@ -238,7 +240,10 @@ fn mse(layers: &[DenseLayer], ex: &[&Example]) -> (f64, [f64; KNOB_COUNT]) {
 }
 
 /// Fits the MLP; keeps the parameters with the best validation MSE.
-pub fn fit(examples: &[Example], cfg: &SupervisedConfig) -> Result<SupervisedOutcome, SupervisedError> {
+pub fn fit(
+    examples: &[Example],
+    cfg: &SupervisedConfig,
+) -> Result<SupervisedOutcome, SupervisedError> {
     let start = std::time::Instant::now();
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut contexts: Vec<&str> = examples.iter().map(|e| e.context.as_str()).collect();
@@ -251,17 +256,27 @@ pub fn fit(examples: &[Example], cfg: &SupervisedConfig) -> Result<SupervisedOut
         let j = rng.random_range(0..=i);
         contexts.swap(i, j);
     }
-    let n_val = ((contexts.len() as f64 * cfg.val_fraction).round() as usize).clamp(1, contexts.len() - 1);
+    let n_val =
+        ((contexts.len() as f64 * cfg.val_fraction).round() as usize).clamp(1, contexts.len() - 1);
     let val_ctx: std::collections::HashSet<&str> = contexts[..n_val].iter().copied().collect();
-    let (val, train): (Vec<&Example>, Vec<&Example>) =
-        examples.iter().partition(|e| val_ctx.contains(e.context.as_str()));
+    let (val, train): (Vec<&Example>, Vec<&Example>) = examples
+        .iter()
+        .partition(|e| val_ctx.contains(e.context.as_str()));
 
     let dev = Device::Cpu;
     let varmap = VarMap::new();
     let mut sizes = vec![FEATURE_COUNT];
     sizes.extend(&cfg.hidden);
     sizes.push(KNOB_COUNT);
-    let net = Mlp::new(&varmap, "policy", &sizes, Activation::Tanh, Activation::Sigmoid, 1.0, &mut rng)?;
+    let net = Mlp::new(
+        &varmap,
+        "policy",
+        &sizes,
+        Activation::Tanh,
+        Activation::Sigmoid,
+        1.0,
+        &mut rng,
+    )?;
     let mut opt = AdamW::new(
         net.vars(),
         ParamsAdamW {
@@ -271,12 +286,18 @@ pub fn fit(examples: &[Example], cfg: &SupervisedConfig) -> Result<SupervisedOut
         },
     )?;
     let x_all = Tensor::from_vec(
-        train.iter().flat_map(|e| e.input.iter().copied()).collect::<Vec<f32>>(),
+        train
+            .iter()
+            .flat_map(|e| e.input.iter().copied())
+            .collect::<Vec<f32>>(),
         (train.len(), FEATURE_COUNT),
         &dev,
     )?;
     let y_all = Tensor::from_vec(
-        train.iter().flat_map(|e| e.target.iter().copied()).collect::<Vec<f32>>(),
+        train
+            .iter()
+            .flat_map(|e| e.target.iter().copied())
+            .collect::<Vec<f32>>(),
         (train.len(), KNOB_COUNT),
         &dev,
     )?;
@@ -323,8 +344,8 @@ pub fn fit(examples: &[Example], cfg: &SupervisedConfig) -> Result<SupervisedOut
     let (train_mse, _) = mse(&best.2, &train);
     let mut mean_t = [0f64; KNOB_COUNT];
     for e in &train {
-        for k in 0..KNOB_COUNT {
-            mean_t[k] += e.target[k] as f64 / train.len() as f64;
+        for (m, t) in mean_t.iter_mut().zip(e.target) {
+            *m += t as f64 / train.len() as f64;
         }
     }
     let base = val

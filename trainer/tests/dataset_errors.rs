@@ -22,7 +22,10 @@ fn row(window: u64, knob_u: f32, reward: f64) -> DatasetRow {
 fn write(rows: &[Vec<String>]) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("data.csv");
-    let mut w = csv::WriterBuilder::new().flexible(true).from_path(&p).unwrap();
+    let mut w = csv::WriterBuilder::new()
+        .flexible(true)
+        .from_path(&p)
+        .unwrap();
     for r in rows {
         w.write_record(r).unwrap();
     }
@@ -35,7 +38,9 @@ fn bad_number_names_file_line_and_column() {
     let mut bad = row(2, 0.5, 1.0).to_record();
     bad[5] = "fast".into();
     let (_d, p) = write(&[header(), row(1, 0.5, 1.0).to_record(), bad]);
-    let err = load_dataset(std::slice::from_ref(&p)).unwrap_err().to_string();
+    let err = load_dataset(std::slice::from_ref(&p))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains(&p.display().to_string()), "{err}");
     assert!(err.contains("line 3"), "{err}");
     assert!(err.contains("column `latency_p50_ms`"), "{err}");
@@ -46,13 +51,20 @@ fn bad_header_and_short_row_are_named() {
     let mut h = header();
     h[7] = "p99".into();
     let (_d, p) = write(&[h]);
-    let err = load_dataset(std::slice::from_ref(&p)).unwrap_err().to_string();
-    assert!(err.contains("line 1") && err.contains("column `latency_p99_ms`"), "{err}");
+    let err = load_dataset(std::slice::from_ref(&p))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 1") && err.contains("column `latency_p99_ms`"),
+        "{err}"
+    );
 
     let mut short = row(1, 0.5, 1.0).to_record();
     short.truncate(10);
     let (_d2, p2) = write(&[header(), short]);
-    let err = load_dataset(std::slice::from_ref(&p2)).unwrap_err().to_string();
+    let err = load_dataset(std::slice::from_ref(&p2))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("line 2") && err.contains("fields"), "{err}");
 
     let missing = std::path::PathBuf::from("/nonexistent/meshtune.csv");
@@ -62,7 +74,7 @@ fn bad_header_and_short_row_are_named() {
 
 #[test]
 fn best_knobs_are_picked_per_context() {
-    let rows = vec![
+    let rows = [
         row(1, 0.2, 1.0),
         row(1, 0.8, 3.0),
         row(1, 0.5, 2.0),
@@ -79,10 +91,14 @@ fn best_knobs_are_picked_per_context() {
     let ex = best_knob_examples(&loaded, ContextKey::Window);
     assert_eq!(ex.len(), 5);
     let w1: Vec<_> = ex.iter().filter(|e| e.context.ends_with("|1")).collect();
-    assert!(w1.iter().all(|e| (e.target[0] - 0.8).abs() < 0.01 && e.best_reward == 3.0));
+    assert!(w1
+        .iter()
+        .all(|e| (e.target[0] - 0.8).abs() < 0.01 && e.best_reward == 3.0));
     let w2: Vec<_> = ex.iter().filter(|e| e.context.ends_with("|2")).collect();
     assert!(w2.iter().all(|e| (e.target[0] - 0.2).abs() < 0.01));
     // Scenario context: mean reward per setting over windows: 0.2 → 3.0, 0.8 → 1.0.
     let ex = best_knob_examples(&loaded, ContextKey::Scenario);
-    assert!(ex.iter().all(|e| (e.target[0] - 0.2).abs() < 0.01 && e.best_reward == 3.0));
+    assert!(ex
+        .iter()
+        .all(|e| (e.target[0] - 0.2).abs() < 0.01 && e.best_reward == 3.0));
 }

@@ -7,13 +7,18 @@ use meshtune_trainer::pipeline::{ppo_to_files, PpoPaths};
 use meshtune_trainer::ppo::PpoConfig;
 
 fn short_scenarios(dir: &std::path::Path) {
-    let src = meshtune_sim::scenarios_dir().join("train").join("01_light_steady.toml");
+    let src = meshtune_sim::scenarios_dir()
+        .join("train")
+        .join("01_light_steady.toml");
     let text = std::fs::read_to_string(&src).unwrap();
     let short = text.replace("windows = 60", "windows = 4");
     assert_ne!(short, text, "scenario format changed: no `windows = 60`");
     for split in ["train", "heldout"] {
         std::fs::create_dir_all(dir.join(split)).unwrap();
-        let named = short.replace("name = \"light_steady\"", &format!("name = \"{split}_light\""));
+        let named = short.replace(
+            "name = \"light_steady\"",
+            &format!("name = \"{split}_light\""),
+        );
         std::fs::write(dir.join(split).join("a.toml"), named).unwrap();
     }
 }
@@ -52,7 +57,10 @@ fn ppo_on_sim_then_eval_writes_table_and_plots() {
     assert_eq!(rep.env_steps, 32);
     assert!(run.join("checkpoints/ppo-0002.safetensors").exists());
     // The checkpoint re-exports to the same network.
-    let layers = meshtune_trainer::export::actor_from_checkpoint(&run.join("checkpoints/ppo-0002.safetensors")).unwrap();
+    let layers = meshtune_trainer::export::actor_from_checkpoint(
+        &run.join("checkpoints/ppo-0002.safetensors"),
+    )
+    .unwrap();
     let again = meshtune_trainer::export::export_mlp(&layers, &info).unwrap();
     assert_eq!(again, std::fs::read(&model).unwrap());
 
@@ -70,13 +78,20 @@ fn ppo_on_sim_then_eval_writes_table_and_plots() {
     )
     .unwrap();
     for p in ["oracle", "istio-defaults", "hand-tuned", "ppo"] {
-        assert!(report.policies.iter().any(|x| x == p), "{p} missing: {:?}", report.policies);
+        assert!(
+            report.policies.iter().any(|x| x == p),
+            "{p} missing: {:?}",
+            report.policies
+        );
     }
     // 2 splits x 1 scenario x (4 baselines + 1 model)
     assert_eq!(report.rows.len(), 10);
     let oracle = report.rows.iter().find(|r| r.policy == "oracle").unwrap();
     assert!((oracle.pct_of_oracle - 100.0).abs() < 1e-9);
-    assert!(report.rows.iter().all(|r| (0.0..=1.0).contains(&r.slo_goodput_fraction)));
+    assert!(report
+        .rows
+        .iter()
+        .all(|r| (0.0..=1.0).contains(&r.slo_goodput_fraction)));
     let md = std::fs::read_to_string(out.join("table.md")).unwrap();
     assert!(md.contains("### train scenarios") && md.contains("### heldout scenarios"));
     for f in [

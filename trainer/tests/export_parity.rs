@@ -69,8 +69,16 @@ fn tract_matches_candle_within_1e_5() {
 fn export_refuses_wrong_shapes_and_nan() {
     let vm = VarMap::new();
     let mut rng = StdRng::seed_from_u64(1);
-    let small = Mlp::new(&vm, "p", &[3, 4, KNOB_COUNT], Activation::Tanh, Activation::Sigmoid, 1.0, &mut rng)
-        .unwrap();
+    let small = Mlp::new(
+        &vm,
+        "p",
+        &[3, 4, KNOB_COUNT],
+        Activation::Tanh,
+        Activation::Sigmoid,
+        1.0,
+        &mut rng,
+    )
+    .unwrap();
     assert!(matches!(
         export_mlp(&small.to_layers().unwrap(), &info()),
         Err(ExportError::Contract { input: 3, .. })
@@ -112,10 +120,19 @@ y = s.run(["knobs"], {"features": x})[0]
 print(json.dumps({"y": y.tolist(), "meta": meta}))
 "#;
     let out = std::process::Command::new("python3")
-        .args(["-c", script, model.to_str().unwrap(), &serde_json::to_string(&rows).unwrap()])
+        .args([
+            "-c",
+            script,
+            model.to_str().unwrap(),
+            &serde_json::to_string(&rows).unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["meta"]["meshtune.contract_version"], "1");
     let y: Vec<Vec<f32>> = serde_json::from_value(v["y"].clone()).unwrap();

@@ -56,7 +56,10 @@ fn ppo_improves_return_on_toy_env() {
     eprintln!("step reward first {first:.4} last {last:.4}");
     assert!(e1 < 0.25 * e0, "deterministic error {e0} -> {e1}");
     assert!(e1 < 0.01, "not near the optimum: {e1}");
-    assert!(last > first, "rollout reward did not improve: {first} -> {last}");
+    assert!(
+        last > first,
+        "rollout reward did not improve: {first} -> {last}"
+    );
 }
 
 #[test]
@@ -96,7 +99,12 @@ fn nan_reward_stops_training_and_writes_no_model() {
     let rep = ppo_to_files(&mut envs(1), &mut envs(1), &cfg(2), &info, &paths).unwrap();
     assert!(paths.model.exists());
     assert!(rep.model_bytes > 0 && rep.model_bytes < 64 * 1024);
-    for f in ["train_trace.csv", "test_trace.csv", "updates.csv", "report.json"] {
+    for f in [
+        "train_trace.csv",
+        "test_trace.csv",
+        "updates.csv",
+        "report.json",
+    ] {
         assert!(paths.run_dir.join(f).exists(), "{f}");
     }
     let trace = std::fs::read_to_string(paths.run_dir.join("train_trace.csv")).unwrap();

@@ -3,7 +3,10 @@
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "meshtune-train", about = "Train, evaluate and export meshtune policies")]
+#[command(
+    name = "meshtune-train",
+    about = "Train, evaluate and export meshtune policies"
+)]
 struct Args {
     #[command(subcommand)]
     cmd: meshtune_trainer::cli::TrainCommand,

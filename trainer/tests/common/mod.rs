@@ -20,7 +20,11 @@ pub struct ToyEnv {
 pub fn target(c: f32) -> [f32; KNOB_COUNT] {
     let mut t = [0.85f32; KNOB_COUNT];
     for (k, v) in t.iter_mut().enumerate().take(5) {
-        *v = if k % 2 == 0 { 0.2 + 0.6 * c } else { 0.8 - 0.6 * c };
+        *v = if k % 2 == 0 {
+            0.2 + 0.6 * c
+        } else {
+            0.8 - 0.6 * c
+        };
     }
     t
 }
