@@ -278,3 +278,63 @@ pub fn run(cmd: TrainCommand) -> Result<(), CliError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Debug, Parser)]
+    struct Args {
+        #[command(subcommand)]
+        cmd: TrainCommand,
+    }
+
+    #[test]
+    fn commands_parse() {
+        Args::command().debug_assert();
+        let a = Args::try_parse_from([
+            "t",
+            "ppo",
+            "--seed",
+            "3",
+            "--updates",
+            "7",
+            "--hidden",
+            "8,4",
+        ])
+        .unwrap();
+        assert!(matches!(
+            a.cmd,
+            TrainCommand::Ppo {
+                seed: 3,
+                updates: 7,
+                ..
+            }
+        ));
+        let a =
+            Args::try_parse_from(["t", "eval", "--model", "x=m.onnx", "--oracle-grid", "small"])
+                .unwrap();
+        assert!(matches!(a.cmd, TrainCommand::Eval { .. }));
+        assert!(
+            Args::try_parse_from(["t", "supervised"]).is_err(),
+            "--data is required"
+        );
+        assert_eq!(parse_sizes("32, 16").unwrap(), vec![32, 16]);
+        assert!(parse_sizes("32,x").is_err());
+    }
+
+    #[test]
+    fn bad_model_argument_is_a_usage_error() {
+        let err = run(TrainCommand::Eval {
+            scenarios: None,
+            models: vec!["no-equals-sign".into()],
+            out_dir: std::env::temp_dir().join("meshtune-eval-unused"),
+            ppo_run: None,
+            seeds: 1,
+            oracle_grid: crate::evaluate::OracleGrid::Small,
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("NAME=PATH"), "{err}");
+    }
+}
