@@ -340,9 +340,6 @@ fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
         steps.step("setup", || setup(ctx))?;
         steps.step("build wasm filters", || wasm(ctx))?;
         steps.step("build meshtune binary", || build_meshtune(ctx))?;
-        if !no_clippy {
-            steps.step("clippy (host + wasm)", || clippy(ctx))?;
-        }
         let env = ctx.test_env();
         steps.step("host tests (workspace except e2e)", || {
             run(
@@ -361,7 +358,12 @@ fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
                     .env("MESHTUNE_E2E_REQUIRED", "1")
                     .args(["test", "-p", "meshtune-e2e", "--", "--test-threads=1"]),
             )
-        })
+        })?;
+        // Last, so test results are visible even when lints fail.
+        if !no_clippy {
+            steps.step("clippy (host + wasm, -D warnings)", || clippy(ctx))?;
+        }
+        Ok(())
     })();
     steps.summary();
     r
