@@ -8,9 +8,16 @@ fn main() -> anyhow::Result<()> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let models = manifest.join("../models");
     let model = models.join("default.onnx");
-    // The directory's mtime changes when default.onnx appears or is replaced by rename.
-    println!("cargo:rerun-if-changed={}", models.display());
-    println!("cargo:rerun-if-changed={}", model.display());
+    // The directory's mtime changes when default.onnx appears or is replaced by rename. (A
+    // rerun-if-changed on a missing path would rerun the script, and rebuild the crate, on
+    // every build.)
+    println!("cargo:rerun-if-changed=build.rs");
+    if models.is_dir() {
+        println!("cargo:rerun-if-changed={}", models.display());
+    }
+    if model.is_file() {
+        println!("cargo:rerun-if-changed={}", model.display());
+    }
     let code = if model.is_file() {
         let copy = out.join("default.onnx");
         std::fs::copy(&model, &copy)?;
