@@ -1,4 +1,4 @@
-//! Admin HTTP (axum): `/healthz`, `/readyz`, `/metrics`, `/api/destinations`.
+//! Admin HTTP (axum): `/healthz`, `/readyz`, `/metrics`, `/api/destinations`, `/api/model`.
 
 use crate::server::Controller;
 use axum::extract::State;
@@ -18,6 +18,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/destinations", get(destinations))
+        .route("/api/model", get(model))
         .with_state(controller)
 }
 
@@ -34,6 +35,10 @@ async fn metrics(State(c): State<Arc<Controller>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
         c.metrics_text(),
     )
+}
+
+async fn model(State(c): State<Arc<Controller>>) -> impl IntoResponse {
+    Json(c.model_json())
 }
 
 async fn destinations(State(c): State<Arc<Controller>>) -> impl IntoResponse {

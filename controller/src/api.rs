@@ -5,6 +5,7 @@ use crate::aggregate::DestinationView;
 use crate::hints::Hint;
 use meshtune_core::WindowStats;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Body of `GET /api/destinations`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +36,40 @@ pub struct DestinationJson {
     pub lifetime: LifetimeJson,
     /// The hint currently given to filters for this destination, if any.
     pub hint: Option<Hint>,
+    /// Knobs in force (pushed by the decision loop), by knob name; `null` before any push.
+    #[serde(default)]
+    pub knobs: Option<BTreeMap<String, f64>>,
+    /// The decision loop's last decision for this destination, if any.
+    #[serde(default)]
+    pub last_decision: Option<LastDecisionJson>,
+}
+
+/// The last decision for a destination.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastDecisionJson {
+    pub unix_ms: u64,
+    /// `observe` or `enforce`.
+    pub mode: String,
+    /// Knob names that changed (pushed, recommended or rolled back).
+    pub changed: Vec<String>,
+    /// `pushed`, `recommended`, `no_change`, `hold_dwell`, `hold_watching`, `rolled_back`,
+    /// `push_failed`.
+    pub outcome: String,
+}
+
+/// `GET /api/model`: the policy model in service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ModelJson {
+    /// Model version from its metadata; `null` when no model is loaded (no decisions).
+    pub version: Option<String>,
+    /// Where it came from (`embedded`, a file path, `configmap ns/name`).
+    pub source: Option<String>,
+    /// FNV digest of the model bytes (hex).
+    pub digest: Option<String>,
+    /// `observe` or `enforce`; `null` when the decision loop is not running.
+    pub mode: Option<String>,
+    /// Decision cycles run so far.
+    pub cycles: u64,
 }
 
 /// The sliding window (`window_secs`) of a destination, merged over all reporters.
@@ -156,6 +191,8 @@ impl DestinationJson {
             window: WindowJson::from(&v.window),
             lifetime: LifetimeJson::from(&v.lifetime),
             hint,
+            knobs: None,
+            last_decision: None,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! meshtune controller: gRPC ingest of filter reports, per-destination aggregation over
-//! sliding windows, hints back to the filters, admin HTTP (health, metrics, JSON) and the
-//! `meshtune top` client.
+//! sliding windows, the policy decision loop (ONNX → guardrails → sinks, hints, recorder),
+//! admin HTTP (health, metrics, JSON) and the `meshtune top` client.
 //!
 //! - [`validate`]: report validation (INVALID_ARGUMENT naming the field).
 //! - [`aggregate`]: pure aggregation ([`Aggregator`]): sliding windows, lifetime totals, dedup.
@@ -8,13 +8,21 @@
 //! - [`server`]: the shared [`Controller`] state and [`serve`].
 //! - [`admin`], [`api`], [`metrics`]: admin HTTP, its JSON types, Prometheus metrics.
 //! - [`top`]: the `meshtune top` table renderer and poller.
+//! - [`decision`]: the pure decision step (selection, outcomes, guardrails → sink decisions).
+//! - [`policy_loop`]: the closed loop's I/O edge (inference, sinks, hints, status, recorder),
+//!   sink and model set-up, [`policy_loop::serve_closed_loop`].
+//! - [`recorder`]: live dataset CSV rows.
 
 pub mod admin;
 pub mod aggregate;
 pub mod api;
+pub mod cli;
 pub mod config;
+pub mod decision;
 pub mod hints;
 pub mod metrics;
+pub mod policy_loop;
+pub mod recorder;
 pub mod server;
 pub mod top;
 pub mod validate;

@@ -1,11 +1,10 @@
-//! The `meshtune` binary: `meshtune controller` runs the controller, `meshtune top` shows it.
+//! The `meshtune` binary: `controller` (the closed loop), `top`, `sim`, `train`, `eval`, `model`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use meshtune_controller::config::{self, Config};
+use meshtune_controller::cli::{self, ControllerArgs};
 use meshtune_controller::top;
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -21,27 +20,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the controller (gRPC ingest + admin HTTP). Log level via RUST_LOG (default info).
-    Controller {
-        /// gRPC listen address (meshtune.v1.FeatureService).
-        #[arg(long, default_value = config::DEFAULT_GRPC_LISTEN)]
-        grpc_listen: String,
-        /// Admin HTTP listen address (/healthz, /readyz, /metrics, /api/destinations).
-        #[arg(long, default_value = config::DEFAULT_ADMIN_LISTEN)]
-        admin_listen: String,
-        /// JSON hints file, reloaded when it changes.
-        #[arg(long)]
-        hints_file: Option<PathBuf>,
-        /// Sliding window length in seconds.
-        #[arg(long, default_value_t = config::DEFAULT_WINDOW_SECS)]
-        window_secs: u64,
-        /// Largest accepted encoded report, bytes.
-        #[arg(long, default_value_t = config::DEFAULT_MAX_REPORT_BYTES)]
-        max_report_bytes: usize,
-        /// Largest number of tracked destinations.
-        #[arg(long, default_value_t = config::DEFAULT_MAX_DESTINATIONS)]
-        max_destinations: usize,
-    },
+    /// Run the controller: gRPC ingest, decision loop (policy → guardrails → sinks, hints),
+    /// admin HTTP. Log level via RUST_LOG (default info).
+    Controller(Box<ControllerArgs>),
     /// Live table of destinations from a controller's admin API.
     Top {
         /// Admin base URL.
@@ -54,6 +35,34 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Mesh simulator: sweeps, episodes, baselines.
+    Sim {
+        #[command(subcommand)]
+        cmd: meshtune_sim::cli::SimCommand,
+    },
+    /// Train policies (supervised, PPO), evaluate, export.
+    Train {
+        #[command(subcommand)]
+        cmd: meshtune_trainer::cli::TrainCommand,
+    },
+    /// Same as `meshtune train eval ...`.
+    Eval {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Policy models: inspect, validate, push to a ConfigMap.
+    Model {
+        #[command(subcommand)]
+        cmd: meshtune_policy::cli::ModelCommand,
+    },
+}
+
+/// `meshtune eval ARGS` parsed as `meshtune train eval ARGS`.
+#[derive(Parser)]
+#[command(name = "meshtune eval")]
+struct EvalCli {
+    #[command(subcommand)]
+    cmd: meshtune_trainer::cli::TrainCommand,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,29 +72,31 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Controller {
-            grpc_listen,
-            admin_listen,
-            hints_file,
-            window_secs,
-            max_report_bytes,
-            max_destinations,
-        } => {
+        Command::Controller(args) => {
             init_logging();
-            let cfg = Config {
-                window_secs: window_secs.max(1),
-                max_report_bytes,
-                max_destinations,
-                hints_file,
-                ..Config::default()
-            };
-            rt.block_on(run_controller(cfg, &grpc_listen, &admin_listen))
+            rt.block_on(run_controller(*args))
         }
         Command::Top {
             admin,
             interval_ms,
             once,
         } => rt.block_on(run_top(&admin, interval_ms, once)),
+        Command::Sim { cmd } => Ok(meshtune_sim::cli::run(cmd)?),
+        Command::Train { cmd } => Ok(meshtune_trainer::cli::run(cmd)?),
+        Command::Eval { args } => {
+            let argv = ["meshtune eval".to_string(), "eval".to_string()]
+                .into_iter()
+                .chain(args);
+            Ok(meshtune_trainer::cli::run(EvalCli::parse_from(argv).cmd)?)
+        }
+        Command::Model { cmd } => {
+            init_logging();
+            rt.block_on(async {
+                let mut out = std::io::stdout();
+                meshtune_policy::cli::run(cmd, &mut out, None).await
+            })?;
+            Ok(())
+        }
     }
 }
 
@@ -98,11 +109,14 @@ fn init_logging() {
         .init();
 }
 
-async fn run_controller(cfg: Config, grpc: &str, admin: &str) -> anyhow::Result<()> {
-    let grpc_l = tokio::net::TcpListener::bind(grpc)
+async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let grpc = args.grpc_listen.clone();
+    let admin = args.admin_listen.clone();
+    let prepared = cli::prepare(args).await?;
+    let grpc_l = tokio::net::TcpListener::bind(&grpc)
         .await
         .with_context(|| format!("binding --grpc-listen {grpc}"))?;
-    let admin_l = tokio::net::TcpListener::bind(admin)
+    let admin_l = tokio::net::TcpListener::bind(&admin)
         .await
         .with_context(|| format!("binding --admin-listen {admin}"))?;
     {
@@ -111,7 +125,7 @@ async fn run_controller(cfg: Config, grpc: &str, admin: &str) -> anyhow::Result<
         writeln!(out, "admin listening on {}", admin_l.local_addr()?)?;
         out.flush()?;
     }
-    meshtune_controller::serve(cfg, grpc_l, admin_l, shutdown_signal()).await?;
+    prepared.serve(grpc_l, admin_l, shutdown_signal()).await?;
     Ok(())
 }
 

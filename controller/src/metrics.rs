@@ -19,6 +19,23 @@ pub struct DestinationLabels {
     pub destination: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    pub mode: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabels {
+    pub sink: String,
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KnobLabels {
+    pub destination: String,
+    pub knob: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// All controller metrics, registered in one [`Registry`].
@@ -38,6 +55,19 @@ pub struct Metrics {
     pub destination_rps: Family<DestinationLabels, FloatGauge>,
     pub destination_p99_ms: Family<DestinationLabels, FloatGauge>,
     pub destination_error_5xx_rate: Family<DestinationLabels, FloatGauge>,
+    /// Decision cycles that ran inference.
+    pub decision_cycles: Counter,
+    /// Per-destination decisions that changed knobs (pushed or recommended), by mode.
+    pub decisions: Family<ModeLabels, Counter>,
+    /// Decisions sent to a sink, by sink and result (ok, refused, failed, error).
+    pub pushes: Family<PushLabels, Counter>,
+    pub rollbacks: Counter,
+    pub inference_errors: Counter,
+    pub inference_seconds: Histogram,
+    /// Knobs in force per destination.
+    pub knob: Family<KnobLabels, FloatGauge>,
+    /// The model store's metrics (refused, info{version}, swaps).
+    pub store: meshtune_policy::store::StoreMetrics,
 }
 
 impl Default for Metrics {
@@ -63,8 +93,51 @@ impl Metrics {
             destination_rps: Family::default(),
             destination_p99_ms: Family::default(),
             destination_error_5xx_rate: Family::default(),
+            decision_cycles: Counter::default(),
+            decisions: Family::default(),
+            pushes: Family::default(),
+            rollbacks: Counter::default(),
+            inference_errors: Counter::default(),
+            inference_seconds: Histogram::new(exponential_buckets(1e-5, 4.0, 10)),
+            knob: Family::default(),
+            store: meshtune_policy::store::StoreMetrics::register(&mut registry),
             registry: Registry::default(),
         };
+        registry.register(
+            "meshtune_decision_cycles",
+            "Decision cycles that ran the policy",
+            m.decision_cycles.clone(),
+        );
+        registry.register(
+            "meshtune_decisions",
+            "Per-destination decisions that changed knobs, by mode (observe, enforce)",
+            m.decisions.clone(),
+        );
+        registry.register(
+            "meshtune_pushes",
+            "Decisions sent to a sink, by sink and result (ok, refused, failed, error)",
+            m.pushes.clone(),
+        );
+        registry.register(
+            "meshtune_rollbacks",
+            "Pushes rolled back after the objective worsened",
+            m.rollbacks.clone(),
+        );
+        registry.register(
+            "meshtune_inference_errors",
+            "Decision cycles whose inference failed",
+            m.inference_errors.clone(),
+        );
+        registry.register(
+            "meshtune_inference_seconds",
+            "Time of one batched policy inference",
+            m.inference_seconds.clone(),
+        );
+        registry.register(
+            "meshtune_knob",
+            "Knob in force per destination (knob unit; Istio unlimited = 4294967295)",
+            m.knob.clone(),
+        );
         registry.register(
             "meshtune_reports_accepted",
             "Reports merged into the aggregates",

@@ -2,7 +2,8 @@
 //! the gRPC ingest and admin HTTP servers on given listeners until a shutdown future fires.
 
 use crate::aggregate::{Aggregator, IngestOutcome};
-use crate::api::{DestinationJson, DestinationsResponse};
+use crate::api::{DestinationJson, DestinationsResponse, LastDecisionJson, ModelJson};
+use std::collections::BTreeMap;
 use crate::config::Config;
 use crate::hints::{FileHints, HintSource, HintsError, NoHints, Reload};
 use crate::metrics::{Metrics, ReasonLabels};
@@ -70,6 +71,16 @@ pub struct Controller {
     accepted: AtomicU64,
     rejected: AtomicU64,
     duplicate: AtomicU64,
+    policy_status: RwLock<BTreeMap<String, DestinationPolicyStatus>>,
+    model_status: RwLock<ModelJson>,
+}
+
+/// What the decision loop publishes per reported cluster for `/api/destinations`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DestinationPolicyStatus {
+    /// Knobs in force by name (`None` before any push).
+    pub knobs: Option<BTreeMap<String, f64>>,
+    pub last_decision: Option<LastDecisionJson>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -104,6 +115,8 @@ impl Controller {
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             duplicate: AtomicU64::new(0),
+            policy_status: RwLock::new(BTreeMap::new()),
+            model_status: RwLock::new(ModelJson::default()),
         })
     }
 
@@ -137,6 +150,36 @@ impl Controller {
     }
 
     /// True once the gRPC server is serving.
+    /// Publishes the decision loop's view of one reported cluster.
+    pub fn set_policy_status(&self, cluster: &str, status: DestinationPolicyStatus) {
+        self.policy_status
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cluster.to_string(), status);
+    }
+
+    /// The decision loop's view of one reported cluster.
+    pub fn policy_status(&self, cluster: &str) -> Option<DestinationPolicyStatus> {
+        self.policy_status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(cluster)
+            .cloned()
+    }
+
+    /// Publishes the model in service (`/api/model`).
+    pub fn set_model_status(&self, m: ModelJson) {
+        *self.model_status.write().unwrap_or_else(|e| e.into_inner()) = m;
+    }
+
+    /// `/api/model`.
+    pub fn model_json(&self) -> ModelJson {
+        self.model_status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }
@@ -232,7 +275,12 @@ impl Controller {
             .iter()
             .map(|v| {
                 let hint = hints.hints_for(std::slice::from_ref(&v.name)).pop();
-                DestinationJson::new(v, hint)
+                let mut d = DestinationJson::new(v, hint);
+                if let Some(s) = self.policy_status(&v.name) {
+                    d.knobs = s.knobs;
+                    d.last_decision = s.last_decision;
+                }
+                d
             })
             .collect();
         DestinationsResponse {

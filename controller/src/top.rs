@@ -109,6 +109,24 @@ fn hint_text(h: &Option<Hint>) -> String {
     }
 }
 
+/// A knob in force, `-` when none was pushed; Istio's "unlimited" shows as `inf`.
+fn knob_text(d: &crate::api::DestinationJson, name: &str) -> String {
+    match d.knobs.as_ref().and_then(|k| k.get(name)) {
+        None => "-".into(),
+        Some(v) if *v >= meshtune_core::knobs::ISTIO_UNLIMITED => "inf".into(),
+        Some(v) => format!("{v:.0}"),
+    }
+}
+
+/// The last decision: outcome and number of changed knobs.
+fn last_text(d: &crate::api::DestinationJson) -> String {
+    match &d.last_decision {
+        None => "-".into(),
+        Some(l) if l.changed.is_empty() => l.outcome.clone(),
+        Some(l) => format!("{}({})", l.outcome, l.changed.len()),
+    }
+}
+
 /// Renders the destinations table (one header line, one line per destination).
 pub fn render(r: &DestinationsResponse) -> String {
     let name_w = r
@@ -129,14 +147,25 @@ pub fn render(r: &DestinationsResponse) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<name_w$} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>8}  HINT",
-        "DESTINATION", "RPS", "P50_MS", "P99_MS", "5XX%", "UO%", "UT%", "INFLIGHT"
+        "{:<name_w$} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>8} {:>7} {:>7} {:>7}  {:<16}  HINT",
+        "DESTINATION",
+        "RPS",
+        "P50_MS",
+        "P99_MS",
+        "5XX%",
+        "UO%",
+        "UT%",
+        "INFLIGHT",
+        "PENDING",
+        "MAXREQ",
+        "TMO_MS",
+        "LAST"
     );
     for d in &r.destinations {
         let w = &d.window;
         let _ = writeln!(
             out,
-            "{:<name_w$} {:>9.1} {:>9.2} {:>9.2} {:>6.1} {:>6.1} {:>6.1} {:>8.1}  {}",
+            "{:<name_w$} {:>9.1} {:>9.2} {:>9.2} {:>6.1} {:>6.1} {:>6.1} {:>8.1} {:>7} {:>7} {:>7}  {:<16}  {}",
             d.name,
             w.rps,
             w.p50_ms,
@@ -145,6 +174,10 @@ pub fn render(r: &DestinationsResponse) -> String {
             w.overflow_rate * 100.0,
             w.timeout_rate * 100.0,
             w.inflight_avg,
+            knob_text(d, "http.http1MaxPendingRequests"),
+            knob_text(d, "http.http2MaxRequests"),
+            knob_text(d, "timeout"),
+            last_text(d),
             hint_text(&d.hint)
         );
     }
@@ -196,6 +229,8 @@ mod tests {
                 latency_samples: 0,
             },
             hint,
+            knobs: None,
+            last_decision: None,
         }
     }
 
@@ -245,6 +280,33 @@ mod tests {
             assert_eq!(l.as_bytes()[col], b' ', "{l}");
             assert_ne!(l.as_bytes()[col - 1], b' ', "{l}");
         }
+    }
+
+    #[test]
+    fn knobs_in_force_and_last_decision_are_shown() {
+        let mut d = dest("c", 1.0, 0.0, None);
+        let mut k = crate::decision::knobs_by_name(&meshtune_core::Knobs::istio_defaults());
+        k.insert("http.http1MaxPendingRequests".into(), 64.0);
+        k.insert("timeout".into(), 900.0);
+        d.knobs = Some(k);
+        d.last_decision = Some(crate::api::LastDecisionJson {
+            unix_ms: 1,
+            mode: "enforce".into(),
+            changed: vec!["timeout".into(), "http.http1MaxPendingRequests".into()],
+            outcome: "pushed".into(),
+        });
+        let r = DestinationsResponse {
+            window_secs: 10,
+            reports_accepted: 0,
+            reports_rejected: 0,
+            reports_duplicate: 0,
+            reporters: 0,
+            destinations: vec![d],
+        };
+        let text = render(&r);
+        let row = text.lines().nth(2).unwrap();
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(&cols[8..12], &["64", "inf", "900", "pushed(2)"], "{row}");
     }
 
     #[test]

@@ -156,3 +156,76 @@ fn top_once_fails_clearly_without_a_controller() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
 }
+
+#[test]
+fn a_bad_model_file_is_refused_at_start_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("broken-model.onnx");
+    std::fs::write(&model, b"not onnx").unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "controller",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--model")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--model") && err.contains("broken-model.onnx"),
+        "{err}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening"),
+        "nothing is served with a bad model"
+    );
+}
+
+#[test]
+fn envoy_file_sink_without_cds_is_a_flag_error() {
+    let out = Command::new(BIN)
+        .args([
+            "controller",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--sink",
+            "envoy-file",
+            "--envoy-destination",
+            "svc=127.0.0.1:8080",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--envoy-cds"), "{err}");
+}
+
+#[test]
+fn library_subcommands_are_wired() {
+    for sub in [
+        vec!["sim", "--help"],
+        vec!["train", "--help"],
+        vec!["eval", "--help"],
+        vec!["model", "validate", "--help"],
+    ] {
+        let out = Command::new(BIN).args(&sub).output().unwrap();
+        assert!(out.status.success(), "{sub:?}: {out:?}");
+    }
+    // `model validate` really runs the policy crate's validation.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.onnx");
+    std::fs::write(&bad, b"junk").unwrap();
+    let out = Command::new(BIN)
+        .args(["model", "validate"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

@@ -1,0 +1,245 @@
+//! `meshtune controller` flags ([`ControllerArgs`]) and turning them into a running closed
+//! loop ([`run`]): model, guardrails, sinks, recorder, decision loop, servers.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use meshtune_policy::guardrails::{self, Mode};
+use tokio::net::TcpListener;
+
+use crate::config::{self, Config};
+use crate::decision::{self, Naming};
+use crate::policy_loop::{
+    self, build_sinks, initial_model, parse_configmap, EnvoyFileArgs, LoopConfig, LoopError,
+    ModelSources, PolicyLoop, SinkKind,
+};
+use crate::recorder::Recorder;
+use crate::server::Controller;
+
+/// Flags of `meshtune controller`.
+#[derive(Debug, Clone, Args)]
+pub struct ControllerArgs {
+    /// gRPC listen address (meshtune.v1.FeatureService).
+    #[arg(long, default_value = config::DEFAULT_GRPC_LISTEN)]
+    pub grpc_listen: String,
+    /// Admin HTTP listen address (/healthz, /readyz, /metrics, /api/destinations, /api/model).
+    #[arg(long, default_value = config::DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: String,
+    /// JSON hints file, reloaded when it changes (replaces the policy's hints).
+    #[arg(long)]
+    pub hints_file: Option<PathBuf>,
+    /// Sliding window length in seconds.
+    #[arg(long, default_value_t = config::DEFAULT_WINDOW_SECS)]
+    pub window_secs: u64,
+    /// Largest accepted encoded report, bytes.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_REPORT_BYTES)]
+    pub max_report_bytes: usize,
+    /// Largest number of tracked destinations.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_DESTINATIONS)]
+    pub max_destinations: usize,
+
+    /// Seconds between decision cycles (fractions allowed).
+    #[arg(long, default_value_t = policy_loop::DEFAULT_DECISION_INTERVAL.as_secs_f64())]
+    pub decision_interval_secs: f64,
+    /// Minimum requests in a destination's window before the policy decides for it.
+    #[arg(long, default_value_t = decision::DEFAULT_MIN_REQUESTS)]
+    pub min_requests: u64,
+    /// Latency SLO in ms (goodput, reward, rollback objective).
+    #[arg(long, default_value_t = decision::DEFAULT_SLO_MS)]
+    pub slo_ms: f64,
+    /// observe (recommend: log diff only) or enforce (push to the sinks, serve hints).
+    /// Overrides the guardrails file's `mode`; default observe.
+    #[arg(long)]
+    pub mode: Option<Mode>,
+    /// Guardrails policy file (TOML, or YAML for .yaml/.yml): bounds per namespace,
+    /// hysteresis, step limits, dwell, rollback.
+    #[arg(long)]
+    pub guardrails: Option<PathBuf>,
+    /// Overrides the guardrails' minimum seconds between two pushes to a destination.
+    #[arg(long)]
+    pub min_dwell_secs: Option<f64>,
+    /// Overrides the guardrails' largest ×/÷ step of log-scale knobs per push (> 1).
+    #[arg(long)]
+    pub max_step_factor: Option<f64>,
+    /// Policy model file, watched and hot-swapped (a bad candidate is refused, the old kept).
+    /// Default: the embedded models/default.onnx.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Poll interval of --model, ms.
+    #[arg(long, default_value_t = policy_loop::DEFAULT_MODEL_POLL.as_millis() as u64)]
+    pub model_poll_ms: u64,
+    /// Watch ConfigMap NAMESPACE/NAME (binaryData model.onnx) for models.
+    #[arg(long, value_parser = parse_configmap)]
+    pub model_configmap: Option<(String, String)>,
+    /// Sinks for enforce-mode decisions (repeatable).
+    #[arg(long = "sink", value_enum, default_values_t = vec![SinkKind::Log])]
+    pub sinks: Vec<SinkKind>,
+    /// CDS file written by --sink envoy-file (.json/.yaml).
+    #[arg(long)]
+    pub envoy_cds: Option<PathBuf>,
+    /// RDS file written by --sink envoy-file (routes with timeouts and retries).
+    #[arg(long)]
+    pub envoy_rds: Option<PathBuf>,
+    /// RouteConfiguration name in the RDS file.
+    #[arg(long)]
+    pub envoy_route_config: Option<String>,
+    /// Envoy destination NAME=HOST:PORT (repeatable); NAME is the cluster name reported.
+    #[arg(long = "envoy-destination")]
+    pub envoy_destinations: Vec<String>,
+    /// Append live dataset rows (features, knobs in force, outcomes) to this CSV.
+    #[arg(long)]
+    pub record: Option<PathBuf>,
+}
+
+impl ControllerArgs {
+    /// The ingest/aggregation config.
+    pub fn config(&self) -> Config {
+        Config {
+            window_secs: self.window_secs.max(1),
+            max_report_bytes: self.max_report_bytes,
+            max_destinations: self.max_destinations,
+            hints_file: self.hints_file.clone(),
+            ..Config::default()
+        }
+    }
+
+    /// The decision loop config (reads the guardrails file).
+    pub fn loop_config(&self) -> Result<LoopConfig, LoopError> {
+        let mut g = match &self.guardrails {
+            Some(p) => guardrails::Config::load(p)?,
+            None => guardrails::Config::default(),
+        };
+        if let Some(m) = self.mode {
+            g.mode = m;
+        }
+        if let Some(d) = self.min_dwell_secs {
+            g.min_dwell = Duration::try_from_secs_f64(d).map_err(|e| LoopError::Flag {
+                flag: "--min-dwell-secs",
+                reason: e.to_string(),
+            })?;
+        }
+        if let Some(f) = self.max_step_factor {
+            if !(f.is_finite() && f > 1.0) {
+                return Err(LoopError::Flag {
+                    flag: "--max-step-factor",
+                    reason: format!("{f} must be > 1"),
+                });
+            }
+            g.max_step_factor = f;
+        }
+        let interval = Duration::try_from_secs_f64(self.decision_interval_secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or(LoopError::Flag {
+                flag: "--decision-interval-secs",
+                reason: format!("{} must be > 0", self.decision_interval_secs),
+            })?;
+        Ok(LoopConfig {
+            interval,
+            min_requests: self.min_requests,
+            slo_ms: self.slo_ms,
+            naming: if self.sinks.contains(&SinkKind::Istio) {
+                Naming::IstioHost
+            } else {
+                Naming::Cluster
+            },
+            hint_ttl_ms: policy_loop::default_hint_ttl(interval),
+            guardrails: g,
+        })
+    }
+
+    fn envoy(&self) -> EnvoyFileArgs {
+        EnvoyFileArgs {
+            cds: self.envoy_cds.clone(),
+            rds: self.envoy_rds.clone(),
+            route_config: self.envoy_route_config.clone(),
+            destinations: self.envoy_destinations.clone(),
+        }
+    }
+}
+
+/// Everything built from the flags, ready to serve.
+pub struct Prepared {
+    pub controller: Arc<Controller>,
+    pub policy: Arc<PolicyLoop>,
+    pub sources: ModelSources,
+    pub kube: Option<kube::Client>,
+}
+
+impl Prepared {
+    /// Serves on the given listeners until `shutdown`.
+    pub async fn serve(
+        self,
+        grpc: TcpListener,
+        admin: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), LoopError> {
+        policy_loop::serve_closed_loop(
+            self.controller,
+            self.policy,
+            self.sources,
+            self.kube,
+            grpc,
+            admin,
+            shutdown,
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// Builds everything from the flags and serves on the given listeners until `shutdown`.
+pub async fn run(
+    args: ControllerArgs,
+    grpc: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), LoopError> {
+    prepare(args).await?.serve(grpc, admin, shutdown).await
+}
+
+/// Reads the flags' files (guardrails, model, recorder), connects the sinks and builds the
+/// controller and decision loop. Errors name the flag and file.
+pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
+    let loop_config = args.loop_config()?;
+    let controller = Arc::new(Controller::new(args.config())?);
+    let mut model = initial_model(args.model.as_deref())?;
+    let kube = match &args.model_configmap {
+        Some(_) => Some(policy_loop::kube_client("--model-configmap").await?),
+        None => None,
+    };
+    if let (true, Some((ns, name)), Some(client)) =
+        (model.is_none(), &args.model_configmap, &kube)
+    {
+        model = Some(policy_loop::model_from_configmap(client.clone(), ns, name).await?);
+    }
+    let sinks = build_sinks(&args.sinks, &args.envoy()).await?;
+    let recorder = match &args.record {
+        Some(p) => Some(Recorder::open(p)?),
+        None => None,
+    };
+    let policy = PolicyLoop::new(
+        controller.clone(),
+        model,
+        sinks,
+        Arc::new(meshtune_sinks::LogSink::stdout()),
+        recorder,
+        loop_config,
+    );
+    let sources = ModelSources {
+        file: args
+            .model
+            .clone()
+            .map(|p| (p, Duration::from_millis(args.model_poll_ms.max(10)))),
+        configmap: args.model_configmap.clone(),
+    };
+    Ok(Prepared {
+        controller,
+        policy,
+        sources,
+        kube,
+    })
+}

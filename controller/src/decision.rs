@@ -1,0 +1,575 @@
+//! The pure per-cycle decision step: snapshot → destinations with enough traffic → (policy
+//! outputs) → guardrails (per-destination state, observe/enforce, rollback) → sink decisions,
+//! hints and window outcomes. No I/O: [`crate::policy_loop`] does inference, sinks and recording.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use meshtune_core::dataset::Outcomes;
+use meshtune_core::histogram::bucket_bounds;
+use meshtune_core::knobs::{Knob, Knobs, KNOB_COUNT};
+use meshtune_core::WindowStats;
+use meshtune_policy::guardrails::{Action, Guardrails, HoldReason, Mode, Verdict};
+
+/// Default minimum requests in a destination's window before the policy decides for it.
+pub const DEFAULT_MIN_REQUESTS: u64 = 20;
+/// Default latency SLO (ms) for the goodput outcome and the objective.
+pub const DEFAULT_SLO_MS: f64 = 250.0;
+/// Namespace used when a destination name carries none (plain Envoy cluster names).
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// How Envoy cluster names (as reported) map to sink destinations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Naming {
+    /// The cluster name is the destination (plain Envoy, the Envoy file sink).
+    #[default]
+    Cluster,
+    /// Istio outbound cluster names map to their host (`outbound|80||a.ns.svc.cluster.local`
+    /// → `a.ns.svc.cluster.local`, namespace `ns`); other clusters are ignored.
+    IstioHost,
+}
+
+impl Naming {
+    /// `(destination, namespace)` of a reported cluster, `None` if it is not managed.
+    pub fn destination(self, cluster: &str) -> Option<(String, String)> {
+        match self {
+            Naming::Cluster => {
+                (!cluster.is_empty()).then(|| (cluster.to_string(), DEFAULT_NAMESPACE.to_string()))
+            }
+            Naming::IstioHost => meshtune_sinks::host_from_cluster_name(cluster).map(|h| {
+                let ns = h
+                    .split('.')
+                    .nth(1)
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or(DEFAULT_NAMESPACE);
+                (h.to_string(), ns.to_string())
+            }),
+        }
+    }
+}
+
+/// One destination the policy decides for this cycle.
+#[derive(Debug, Clone)]
+pub struct Selected {
+    pub destination: String,
+    pub namespace: String,
+    /// Reported clusters that map to it (each gets the hint).
+    pub clusters: Vec<String>,
+    /// Their windows merged (concurrent reporters).
+    pub stats: WindowStats,
+}
+
+/// Groups the snapshot by destination and keeps those with at least `min_requests` requests.
+pub fn select(
+    snapshot: &[(String, WindowStats)],
+    naming: Naming,
+    min_requests: u64,
+) -> Vec<Selected> {
+    let mut by_dest: BTreeMap<String, Selected> = BTreeMap::new();
+    for (cluster, stats) in snapshot {
+        let Some((destination, namespace)) = naming.destination(cluster) else {
+            continue;
+        };
+        match by_dest.get_mut(&destination) {
+            Some(s) => {
+                s.clusters.push(cluster.clone());
+                s.stats.merge_concurrent(stats);
+            }
+            None => {
+                by_dest.insert(
+                    destination.clone(),
+                    Selected {
+                        destination,
+                        namespace,
+                        clusters: vec![cluster.clone()],
+                        stats: stats.clone(),
+                    },
+                );
+            }
+        }
+    }
+    by_dest
+        .into_values()
+        .filter(|s| s.stats.requests >= min_requests.max(1))
+        .collect()
+}
+
+/// Outcomes of a window (`meshtune_core::dataset` columns) with latency SLO `slo_ms`. The
+/// reward is the simulator's default objective without churn.
+pub fn outcomes(w: &WindowStats, slo_ms: f64) -> Outcomes {
+    let n = w.requests.max(1) as f64;
+    let dur = if w.duration_s > 0.0 { w.duration_s } else { 1.0 };
+    let slo_us = slo_ms * 1000.0;
+    let total = w.latency.count();
+    let within: u64 = w
+        .latency
+        .nonzero_buckets()
+        .filter(|(i, _)| (bucket_bounds(*i as usize).1 as f64) <= slo_us)
+        .map(|(_, c)| c)
+        .sum();
+    let frac_within = if total > 0 {
+        within as f64 / total as f64
+    } else {
+        0.0
+    };
+    let mut o = Outcomes {
+        offered_rps: w.requests as f64 / dur,
+        slo_goodput_rps: w.status_2xx as f64 * frac_within / dur,
+        p50_ms: w.latency.quantile_us(0.50) / 1000.0,
+        p99_ms: w.latency.quantile_us(0.99) / 1000.0,
+        error_rate: (w.status_5xx as f64 / n).min(1.0),
+        shed_rate: ((w.flag_uo + w.shed) as f64 / n).min(1.0),
+        timeout_rate: (w.flag_ut as f64 / n).min(1.0),
+        reward: 0.0,
+    };
+    o.reward = meshtune_sim::episode::Objective::default().reward(&o, 0.0);
+    o
+}
+
+/// The guardrails' objective (a cost; lower is better): `1 - reward`.
+pub fn cost(o: &Outcomes) -> f64 {
+    1.0 - o.reward
+}
+
+/// Decision state kept across cycles: guardrails and the knobs in force per destination.
+#[derive(Debug, Clone)]
+pub struct LoopState {
+    pub guardrails: Guardrails,
+    /// Knobs in force (pushed) per destination; absent = Istio defaults, nothing pushed yet.
+    pub in_force: BTreeMap<String, Knobs>,
+}
+
+impl LoopState {
+    pub fn new(guardrails: Guardrails) -> Self {
+        Self {
+            guardrails,
+            in_force: BTreeMap::new(),
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.guardrails.config().mode
+    }
+
+    /// Knobs in force for `destination` (Istio defaults when nothing was pushed).
+    pub fn knobs_in_force(&self, destination: &str) -> Knobs {
+        self.in_force
+            .get(destination)
+            .copied()
+            .unwrap_or_else(Knobs::istio_defaults)
+    }
+}
+
+/// What happened to one destination this cycle.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DestAction {
+    /// New knobs pushed to the sinks.
+    Push,
+    /// Observe mode: a recommendation for the log sink only.
+    Recommend,
+    /// Nothing changed (no change, dwell, watching a previous push).
+    Hold(HoldReason),
+    /// The last push made the objective worse: the previous knobs are pushed back.
+    Rollback { baseline: f64, objective: f64 },
+}
+
+impl DestAction {
+    /// Short label for the API and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            DestAction::Push => "pushed",
+            DestAction::Recommend => "recommended",
+            DestAction::Hold(HoldReason::NoChange) => "no_change",
+            DestAction::Hold(HoldReason::Dwell { .. }) => "hold_dwell",
+            DestAction::Hold(HoldReason::Watching) => "hold_watching",
+            DestAction::Rollback { .. } => "rolled_back",
+        }
+    }
+}
+
+/// One destination's decision in a cycle.
+#[derive(Debug, Clone)]
+pub struct DestDecision {
+    pub destination: String,
+    pub namespace: String,
+    pub clusters: Vec<String>,
+    /// Knobs in force when the window was measured (recorded with its outcomes).
+    pub before: Knobs,
+    /// Knobs after guardrails (pushed, recommended, or held = `before`).
+    pub knobs: Knobs,
+    pub changed: Vec<Knob>,
+    pub action: DestAction,
+    pub outcomes: Outcomes,
+}
+
+/// Result of [`decide`].
+#[derive(Debug, Clone, Default)]
+pub struct Cycle {
+    pub items: Vec<DestDecision>,
+    /// Decisions for the configured sinks (enforce mode: pushes and rollbacks).
+    pub pushes: Vec<meshtune_sinks::Decision>,
+    /// Decisions for the log sink only (observe mode recommendations).
+    pub recommendations: Vec<meshtune_sinks::Decision>,
+}
+
+impl Cycle {
+    /// Hints for the filters: for every selected cluster whose destination has knobs in force
+    /// (enforce mode only; observe mode changes nothing in the mesh).
+    pub fn hints(&self, state: &LoopState, ttl_ms: u32) -> Vec<meshtune_proto::v1::Hint> {
+        if state.mode() != Mode::Enforce {
+            return Vec::new();
+        }
+        self.items
+            .iter()
+            .filter_map(|d| state.in_force.get(&d.destination).map(|k| (d, k)))
+            .flat_map(|(d, k)| {
+                d.clusters
+                    .iter()
+                    .map(move |c| meshtune_sinks::hint::hint(c, k, ttl_ms))
+            })
+            .collect()
+    }
+}
+
+/// The pure decision step. `proposed[i]` is the policy's (denormalised) output for
+/// `selected[i]`. Updates `state` (guardrail phases, knobs in force) as if every push succeeds;
+/// the caller reverts with [`revert_push`] when a sink fails.
+pub fn decide(
+    selected: &[Selected],
+    proposed: &[Knobs],
+    state: &mut LoopState,
+    now: Instant,
+    slo_ms: f64,
+) -> Cycle {
+    let mut cycle = Cycle::default();
+    for (sel, prop) in selected.iter().zip(proposed) {
+        let outcomes = outcomes(&sel.stats, slo_ms);
+        let objective = cost(&outcomes);
+        let before = state.knobs_in_force(&sel.destination);
+        let dest = sel.destination.as_str();
+        let mut item = DestDecision {
+            destination: sel.destination.clone(),
+            namespace: sel.namespace.clone(),
+            clusters: sel.clusters.clone(),
+            before,
+            knobs: before,
+            changed: Vec::new(),
+            action: DestAction::Hold(HoldReason::NoChange),
+            outcomes,
+        };
+        if let Verdict::Rollback {
+            restore,
+            baseline,
+            objective,
+        } = state.guardrails.observe(dest, objective)
+        {
+            item.changed = changed(&before, &restore);
+            item.knobs = restore;
+            item.action = DestAction::Rollback {
+                baseline,
+                objective,
+            };
+            cycle.pushes.push(meshtune_sinks::Decision {
+                destination: sel.destination.clone(),
+                namespace: sel.namespace.clone(),
+                knobs: restore,
+                previous: Some(before),
+            });
+            state.guardrails.record_rollback(dest, now, restore);
+            state.in_force.insert(sel.destination.clone(), restore);
+            cycle.items.push(item);
+            continue;
+        }
+        let d = state
+            .guardrails
+            .decide(dest, &sel.namespace, now, prop, &before);
+        item.changed = d.changed.clone();
+        let sink_decision = meshtune_sinks::Decision {
+            destination: sel.destination.clone(),
+            namespace: sel.namespace.clone(),
+            knobs: d.knobs,
+            previous: Some(before),
+        };
+        match d.action {
+            Action::Push => {
+                item.knobs = d.knobs;
+                item.action = DestAction::Push;
+                cycle.pushes.push(sink_decision);
+                state.guardrails.record_push(dest, now, before, objective);
+                state.in_force.insert(sel.destination.clone(), d.knobs);
+            }
+            Action::Recommend => {
+                item.knobs = d.knobs;
+                item.action = DestAction::Recommend;
+                cycle.recommendations.push(sink_decision);
+            }
+            Action::Hold(reason) => {
+                item.action = DestAction::Hold(reason);
+                if !matches!(reason, HoldReason::NoChange) {
+                    item.changed.clear();
+                }
+            }
+        }
+        cycle.items.push(item);
+    }
+    cycle
+}
+
+/// Undoes a push a sink did not apply: the previous knobs are in force again and the
+/// destination's guardrail state is forgotten (no watching of a push that did not happen).
+pub fn revert_push(state: &mut LoopState, item: &DestDecision) {
+    if state.in_force.get(&item.destination) == Some(&item.knobs) {
+        if item.before == Knobs::istio_defaults() {
+            state.in_force.remove(&item.destination);
+        } else {
+            state.in_force.insert(item.destination.clone(), item.before);
+        }
+        state.guardrails.forget(&item.destination);
+    }
+}
+
+fn changed(a: &Knobs, b: &Knobs) -> Vec<Knob> {
+    Knob::ALL
+        .into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .collect()
+}
+
+/// Knobs by name (for JSON).
+pub fn knobs_by_name(k: &Knobs) -> BTreeMap<String, f64> {
+    (0..KNOB_COUNT)
+        .map(|i| (Knob::ALL[i].name().to_string(), k.0[i]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshtune_policy::guardrails::Config;
+    use std::time::Duration;
+
+    fn window(requests: u64, ok: u64, latency_ms: u64) -> WindowStats {
+        let mut w = WindowStats {
+            duration_s: 10.0,
+            requests,
+            status_2xx: ok,
+            status_5xx: requests - ok,
+            ..WindowStats::default()
+        };
+        w.latency.record_n(latency_ms * 1000, requests);
+        w
+    }
+
+    /// Enforce mode without step limits (the policy's values are reachable in one push).
+    fn enforce(min_dwell: Duration) -> Config {
+        Config {
+            mode: Mode::Enforce,
+            min_dwell,
+            max_step_factor: 1e9,
+            max_linear_step: 1.0,
+            ..Config::default()
+        }
+    }
+
+    fn sel(dest: &str, w: WindowStats) -> Vec<Selected> {
+        select(&[(dest.to_string(), w)], Naming::Cluster, 1)
+    }
+
+    /// Defaults with the pending queue and max requests moved (within one step).
+    fn proposal() -> Knobs {
+        let mut k = Knobs::istio_defaults();
+        k.set(Knob::Http1MaxPendingRequests, 64.0);
+        k.set(Knob::RouteTimeoutMs, 900.0);
+        k
+    }
+
+    #[test]
+    fn select_groups_istio_clusters_by_host_and_drops_quiet_ones() {
+        let snap = vec![
+            (
+                "outbound|80|v1|a.ns1.svc.cluster.local".to_string(),
+                window(15, 15, 5),
+            ),
+            (
+                "outbound|80|v2|a.ns1.svc.cluster.local".to_string(),
+                window(10, 10, 5),
+            ),
+            ("BlackHoleCluster".to_string(), window(100, 100, 5)),
+            (
+                "outbound|80||b.ns2.svc.cluster.local".to_string(),
+                window(5, 5, 5),
+            ),
+        ];
+        let s = select(&snap, Naming::IstioHost, 20);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].destination, "a.ns1.svc.cluster.local");
+        assert_eq!(s[0].namespace, "ns1");
+        assert_eq!(s[0].clusters.len(), 2);
+        assert_eq!(s[0].stats.requests, 25);
+        // By cluster name each cluster stands alone: only the busy one qualifies.
+        let c = select(&snap, Naming::Cluster, 20);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].destination, "BlackHoleCluster");
+    }
+
+    #[test]
+    fn outcomes_count_goodput_within_the_slo_only() {
+        let fast = outcomes(&window(100, 90, 5), 100.0);
+        assert!((fast.offered_rps - 10.0).abs() < 1e-9);
+        assert!((fast.slo_goodput_rps - 9.0).abs() < 1e-9);
+        assert!((fast.error_rate - 0.1).abs() < 1e-9);
+        let slow = outcomes(&window(100, 90, 500), 100.0);
+        assert_eq!(slow.slo_goodput_rps, 0.0);
+        assert!(slow.reward < fast.reward);
+        assert!(cost(&slow) > cost(&fast));
+    }
+
+    #[test]
+    fn enforce_pushes_and_knobs_beyond_bounds_are_clamped() {
+        let cfg = Config::from_toml_str(
+            "mode = \"enforce\"\n[namespaces.default]\n\"http.http1MaxPendingRequests\" = { max = 32 }\n",
+            "t.toml",
+        )
+        .unwrap();
+        let cfg = Config {
+            max_step_factor: 1e9,
+            ..cfg
+        };
+        let mut st = LoopState::new(Guardrails::new(cfg));
+        let mut p = proposal();
+        p.set(Knob::MaxConnections, 1e12);
+        let now = Instant::now();
+        let c = decide(&sel("a", window(100, 100, 5)), &[p], &mut st, now, 250.0);
+        assert_eq!(c.items[0].action, DestAction::Push);
+        assert_eq!(c.pushes.len(), 1);
+        let k = c.pushes[0].knobs;
+        assert_eq!(k.get(Knob::Http1MaxPendingRequests), 32.0, "namespace bound");
+        assert!(k.get(Knob::MaxConnections) <= Knob::MaxConnections.spec().max);
+        assert_eq!(c.pushes[0].previous, Some(Knobs::istio_defaults()));
+        assert_eq!(st.knobs_in_force("a"), k);
+        let hints = c.hints(&st, 5000);
+        assert_eq!(hints.len(), 1);
+        assert_eq!(hints[0].cluster, "a");
+        assert_eq!(hints[0].timeout_ms, 900);
+    }
+
+    #[test]
+    fn default_step_limit_moves_at_most_a_factor_per_push() {
+        let cfg = Config {
+            mode: Mode::Enforce,
+            ..Config::default()
+        };
+        let mut st = LoopState::new(Guardrails::new(cfg));
+        let c = decide(
+            &sel("a", window(100, 100, 5)),
+            &[proposal()],
+            &mut st,
+            Instant::now(),
+            250.0,
+        );
+        // From Istio's "unlimited" (pinned to the hard max 65536) at most ÷2 per push.
+        assert_eq!(
+            c.pushes[0].knobs.get(Knob::Http1MaxPendingRequests),
+            32_768.0
+        );
+    }
+
+    #[test]
+    fn observe_mode_pushes_nothing_and_gives_no_hints() {
+        let mut st = LoopState::new(Guardrails::new(Config::default()));
+        let c = decide(
+            &sel("a", window(100, 100, 5)),
+            &[proposal()],
+            &mut st,
+            Instant::now(),
+            250.0,
+        );
+        assert!(c.pushes.is_empty());
+        assert_eq!(c.recommendations.len(), 1);
+        assert_eq!(c.items[0].action, DestAction::Recommend);
+        assert!(!c.items[0].changed.is_empty());
+        assert!(st.in_force.is_empty());
+        assert!(c.hints(&st, 5000).is_empty());
+    }
+
+    #[test]
+    fn dwell_and_hysteresis_hold_further_pushes() {
+        let cfg = Config {
+            rollback_windows: 0,
+            ..enforce(Duration::from_secs(60))
+        };
+        let mut st = LoopState::new(Guardrails::new(cfg));
+        let t0 = Instant::now();
+        let w = || sel("a", window(100, 100, 5));
+        let c = decide(&w(), &[proposal()], &mut st, t0, 250.0);
+        assert_eq!(c.pushes.len(), 1);
+        // A different proposal 10 s later: dwell holds it.
+        let mut p2 = proposal();
+        p2.set(Knob::Http1MaxPendingRequests, 128.0);
+        let c = decide(&w(), &[p2], &mut st, t0 + Duration::from_secs(10), 250.0);
+        assert!(c.pushes.is_empty());
+        assert!(matches!(
+            c.items[0].action,
+            DestAction::Hold(HoldReason::Dwell { .. })
+        ));
+        // After the dwell it is pushed.
+        let c = decide(&w(), &[p2], &mut st, t0 + Duration::from_secs(61), 250.0);
+        assert_eq!(c.pushes.len(), 1);
+        // A change below the hysteresis (1 %) is no change.
+        let mut p3 = p2;
+        p3.set(Knob::RouteTimeoutMs, 905.0);
+        let c = decide(&w(), &[p3], &mut st, t0 + Duration::from_secs(200), 250.0);
+        assert!(c.pushes.is_empty());
+        assert_eq!(c.items[0].action, DestAction::Hold(HoldReason::NoChange));
+        assert_eq!(st.knobs_in_force("a").get(Knob::RouteTimeoutMs), 900.0);
+    }
+
+    #[test]
+    fn regression_after_a_push_rolls_back_to_the_previous_knobs() {
+        let cfg = Config {
+            rollback_consecutive: 2,
+            rollback_windows: 5,
+            ..enforce(Duration::ZERO)
+        };
+        let mut st = LoopState::new(Guardrails::new(cfg));
+        let t0 = Instant::now();
+        let good = || sel("a", window(100, 100, 5));
+        let bad = || sel("a", window(100, 40, 500));
+        let c = decide(&good(), &[proposal()], &mut st, t0, 250.0);
+        assert_eq!(c.pushes.len(), 1);
+        let pushed = c.pushes[0].knobs;
+        // One bad window: still watching, nothing pushed.
+        let c = decide(&bad(), &[proposal()], &mut st, t0, 250.0);
+        assert!(c.pushes.is_empty(), "{:?}", c.items[0].action);
+        // Second bad window: rollback pushes the defaults back.
+        let c = decide(&bad(), &[proposal()], &mut st, t0, 250.0);
+        assert!(matches!(c.items[0].action, DestAction::Rollback { .. }));
+        assert_eq!(c.pushes.len(), 1);
+        assert_eq!(c.pushes[0].knobs, Knobs::istio_defaults());
+        assert_eq!(c.pushes[0].previous, Some(pushed));
+        assert_eq!(st.knobs_in_force("a"), Knobs::istio_defaults());
+    }
+
+    #[test]
+    fn failed_push_is_reverted() {
+        let mut st = LoopState::new(Guardrails::new(enforce(Duration::from_secs(60))));
+        let c = decide(
+            &sel("a", window(100, 100, 5)),
+            &[proposal()],
+            &mut st,
+            Instant::now(),
+            250.0,
+        );
+        revert_push(&mut st, &c.items[0]);
+        assert!(st.in_force.is_empty());
+        // Not held by dwell: the push is tried again next cycle.
+        let c = decide(
+            &sel("a", window(100, 100, 5)),
+            &[proposal()],
+            &mut st,
+            Instant::now(),
+            250.0,
+        );
+        assert_eq!(c.pushes.len(), 1);
+    }
+}

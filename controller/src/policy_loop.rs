@@ -1,0 +1,633 @@
+//! The closed loop's I/O edge: every interval take the controller's snapshot, run one batched
+//! inference with the model in service, apply [`crate::decision::decide`], push to the sinks
+//! (enforce) or the log sink (observe), publish hints, status and metrics, and record dataset
+//! rows. Also builds the sinks and the model store from the CLI's settings and serves it all.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meshtune_core::dataset::DatasetRow;
+use meshtune_core::knobs::Knobs;
+use meshtune_policy::guardrails::{self, Guardrails, Mode};
+use meshtune_policy::{ModelError, ModelStore, OnnxPolicy};
+use meshtune_sinks::envoy::EnvoyCluster;
+use meshtune_sinks::sink::Outcome;
+use meshtune_sinks::{EnvoyDestination, EnvoyFileConfig, EnvoyFileSink, EnvoyRoute, Sink};
+use tokio::net::TcpListener;
+
+use crate::api::{LastDecisionJson, ModelJson};
+use crate::decision::{self, decide, knobs_by_name, revert_push, DestAction, LoopState, Naming};
+use crate::hints::{Hint, StaticHints};
+use crate::metrics::{KnobLabels, ModeLabels, PushLabels};
+use crate::recorder::{Recorder, RecorderError, LIVE_SOURCE};
+use crate::server::{Controller, ControllerError, DestinationPolicyStatus};
+
+/// Default time between decision cycles.
+pub const DEFAULT_DECISION_INTERVAL: Duration = Duration::from_secs(5);
+/// Default poll interval of the `--model` file.
+pub const DEFAULT_MODEL_POLL: Duration = meshtune_policy::watch::DEFAULT_POLL_INTERVAL;
+
+/// Settings of the decision loop.
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    /// Time between cycles.
+    pub interval: Duration,
+    /// Minimum requests in a destination's window before deciding for it.
+    pub min_requests: u64,
+    /// Latency SLO (ms) for goodput, the reward and the rollback objective.
+    pub slo_ms: f64,
+    /// How reported cluster names map to sink destinations.
+    pub naming: Naming,
+    /// TTL of the hints given to the filters (keep it above the interval).
+    pub hint_ttl_ms: u32,
+    /// Guardrails (mode, bounds, hysteresis, dwell, rollback).
+    pub guardrails: guardrails::Config,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        Self {
+            interval: DEFAULT_DECISION_INTERVAL,
+            min_requests: decision::DEFAULT_MIN_REQUESTS,
+            slo_ms: decision::DEFAULT_SLO_MS,
+            naming: Naming::Cluster,
+            hint_ttl_ms: default_hint_ttl(DEFAULT_DECISION_INTERVAL),
+            guardrails: guardrails::Config::default(),
+        }
+    }
+}
+
+/// A hint TTL that outlives three cycles (at least the sinks' default).
+pub fn default_hint_ttl(interval: Duration) -> u32 {
+    let three = interval.as_millis().saturating_mul(3).min(u32::MAX as u128) as u32;
+    three.max(meshtune_sinks::hint::DEFAULT_HINT_TTL_MS)
+}
+
+/// Errors setting up the loop (each names its input).
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    #[error("--model: {0}")]
+    Model(#[from] ModelError),
+    #[error("--guardrails: {0}")]
+    Guardrails(#[from] guardrails::GuardrailError),
+    #[error("--sink envoy-file: {0}")]
+    EnvoySink(meshtune_sinks::SinkError),
+    #[error("--record: {0}")]
+    Recorder(#[from] RecorderError),
+    #[error("{flag}: {reason}")]
+    Flag { flag: &'static str, reason: String },
+    #[error("kubernetes client (for {what}): {reason}")]
+    Kube { what: &'static str, reason: String },
+    #[error(transparent)]
+    Controller(#[from] ControllerError),
+}
+
+/// Which sinks receive enforce-mode decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SinkKind {
+    /// Diff lines on stdout.
+    Log,
+    /// CDS (and RDS) files for a plain Envoy.
+    EnvoyFile,
+    /// DestinationRule / VirtualService via server-side apply.
+    Istio,
+}
+
+/// Settings of the Envoy file sink.
+#[derive(Debug, Clone, Default)]
+pub struct EnvoyFileArgs {
+    pub cds: Option<PathBuf>,
+    pub rds: Option<PathBuf>,
+    pub route_config: Option<String>,
+    /// `NAME=HOST:PORT` (NAME is the Envoy cluster name the filter reports).
+    pub destinations: Vec<String>,
+}
+
+/// Parses `NAME=HOST:PORT`.
+pub fn parse_envoy_destination(s: &str) -> Result<(String, String), String> {
+    let (name, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected NAME=HOST:PORT"))?;
+    let port_ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    if name.is_empty() || !port_ok {
+        return Err(format!("`{s}`: expected NAME=HOST:PORT"));
+    }
+    Ok((name.to_string(), addr.to_string()))
+}
+
+/// The Envoy file sink's configuration from its flags. Routes (RDS) are written when an RDS
+/// path is given: the first destination gets the catch-all virtual host (`*`), the others a
+/// virtual host for their own name.
+pub fn envoy_file_config(a: &EnvoyFileArgs) -> Result<EnvoyFileConfig, LoopError> {
+    let cds = a.cds.clone().ok_or(LoopError::Flag {
+        flag: "--envoy-cds",
+        reason: "required with --sink envoy-file".into(),
+    })?;
+    if a.destinations.is_empty() {
+        return Err(LoopError::Flag {
+            flag: "--envoy-destination",
+            reason: "at least one NAME=HOST:PORT is required with --sink envoy-file".into(),
+        });
+    }
+    let mut dests = Vec::new();
+    for (i, d) in a.destinations.iter().enumerate() {
+        let (name, addr) = parse_envoy_destination(d).map_err(|reason| LoopError::Flag {
+            flag: "--envoy-destination",
+            reason,
+        })?;
+        dests.push(EnvoyDestination {
+            destination: name.clone(),
+            cluster: EnvoyCluster::new(name.clone(), vec![addr]),
+            route: a.rds.as_ref().map(|_| EnvoyRoute {
+                virtual_host: name.clone(),
+                domains: if i == 0 {
+                    vec!["*".into()]
+                } else {
+                    vec![name.clone()]
+                },
+                prefix: "/".into(),
+            }),
+        });
+    }
+    let mut cfg = EnvoyFileConfig::new(cds, dests);
+    cfg.rds_path = a.rds.clone();
+    if let Some(n) = &a.route_config {
+        cfg.route_config_name = n.clone();
+    }
+    Ok(cfg)
+}
+
+/// Builds the sinks; the Envoy file sink writes its files (Istio defaults) at once so Envoy
+/// has its clusters before the first decision.
+pub async fn build_sinks(
+    kinds: &[SinkKind],
+    envoy: &EnvoyFileArgs,
+) -> Result<Vec<Arc<dyn Sink>>, LoopError> {
+    let mut out: Vec<Arc<dyn Sink>> = Vec::new();
+    for k in kinds {
+        match k {
+            SinkKind::Log => out.push(Arc::new(meshtune_sinks::LogSink::stdout())),
+            SinkKind::EnvoyFile => {
+                let sink =
+                    EnvoyFileSink::new(envoy_file_config(envoy)?).map_err(LoopError::EnvoySink)?;
+                sink.write_current().map_err(LoopError::EnvoySink)?;
+                out.push(Arc::new(sink));
+            }
+            SinkKind::Istio => {
+                let client = kube_client("--sink istio").await?;
+                out.push(Arc::new(meshtune_sinks::IstioSink::new(
+                    client,
+                    meshtune_sinks::IstioSinkConfig::default(),
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A kube client from the environment (in-cluster or kubeconfig).
+pub async fn kube_client(what: &'static str) -> Result<kube::Client, LoopError> {
+    kube::Client::try_default()
+        .await
+        .map_err(|e| LoopError::Kube {
+            what,
+            reason: e.to_string(),
+        })
+}
+
+/// The first model: `--model PATH` (must be valid), else the embedded default, else `None`
+/// (the controller then runs without deciding).
+pub fn initial_model(model: Option<&Path>) -> Result<Option<OnnxPolicy>, LoopError> {
+    match model {
+        Some(p) => Ok(Some(OnnxPolicy::from_path(p)?)),
+        None if meshtune_policy::embedded_default_bytes().is_some() => {
+            Ok(Some(meshtune_policy::embedded_default()?))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The first model from ConfigMap `namespace/name` (when neither `--model` nor an embedded
+/// model exists). A missing or invalid model is an error naming the ConfigMap.
+pub async fn model_from_configmap(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<OnnxPolicy, LoopError> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let origin = meshtune_policy::configmap::configmap_origin(namespace, name);
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, namespace);
+    let cm = api.get(name).await.map_err(|e| LoopError::Flag {
+        flag: "--model-configmap",
+        reason: format!("{origin}: {e}"),
+    })?;
+    let bytes = meshtune_policy::configmap::model_bytes(&cm)?;
+    Ok(OnnxPolicy::from_bytes(bytes, &origin)?)
+}
+
+/// What one cycle did (for logs and tests).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CycleSummary {
+    /// Destinations decided for.
+    pub destinations: usize,
+    pub pushed: usize,
+    pub recommended: usize,
+    pub rolled_back: usize,
+    pub push_failures: usize,
+    /// Version of the model that decided.
+    pub model_version: String,
+}
+
+/// The decision loop.
+pub struct PolicyLoop {
+    controller: Arc<Controller>,
+    store: Option<Arc<ModelStore>>,
+    sinks: Vec<Arc<dyn Sink>>,
+    log_sink: Arc<dyn Sink>,
+    state: tokio::sync::Mutex<LoopState>,
+    recorder: Option<std::sync::Mutex<Recorder>>,
+    hints: Arc<StaticHints>,
+    config: LoopConfig,
+    cycles: AtomicU64,
+}
+
+impl std::fmt::Debug for PolicyLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyLoop")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Observe => "observe",
+        Mode::Enforce => "enforce",
+    }
+}
+
+impl PolicyLoop {
+    /// A loop over `controller`. `model` is the first model (`None`: no decisions, logged);
+    /// its store reports into the controller's metrics. When the controller has no hints file
+    /// the loop's hints become its hint source.
+    pub fn new(
+        controller: Arc<Controller>,
+        model: Option<OnnxPolicy>,
+        sinks: Vec<Arc<dyn Sink>>,
+        log_sink: Arc<dyn Sink>,
+        recorder: Option<Recorder>,
+        config: LoopConfig,
+    ) -> Arc<Self> {
+        let store = model.map(|m| {
+            Arc::new(ModelStore::with_metrics(
+                m,
+                controller.metrics().store.clone(),
+            ))
+        });
+        if store.is_none() {
+            tracing::warn!(
+                "no policy model: models/default.onnx was not embedded at build time and no \
+                 --model/--model-configmap was given; the controller runs without deciding"
+            );
+        }
+        let hints = Arc::new(StaticHints::default());
+        if controller.file_hints().is_none() {
+            controller.set_hint_source(hints.clone());
+        }
+        let me = Arc::new(Self {
+            state: tokio::sync::Mutex::new(LoopState::new(Guardrails::new(
+                config.guardrails.clone(),
+            ))),
+            controller,
+            store,
+            sinks,
+            log_sink,
+            recorder: recorder.map(std::sync::Mutex::new),
+            hints,
+            config,
+            cycles: AtomicU64::new(0),
+        });
+        me.publish_model();
+        me
+    }
+
+    /// The model store (`None` when running without a model).
+    pub fn store(&self) -> Option<&Arc<ModelStore>> {
+        self.store.as_ref()
+    }
+
+    /// The hints the loop serves.
+    pub fn hints(&self) -> &Arc<StaticHints> {
+        &self.hints
+    }
+
+    /// Knobs in force for `destination`, if pushed.
+    pub async fn knobs_in_force(&self, destination: &str) -> Option<Knobs> {
+        self.state.lock().await.in_force.get(destination).copied()
+    }
+
+    fn publish_model(&self) {
+        let m = self.store.as_ref().map(|s| s.current());
+        self.controller.set_model_status(ModelJson {
+            version: m.as_ref().map(|m| m.model_version().to_string()),
+            source: m.as_ref().map(|m| m.origin().to_string()),
+            digest: m.as_ref().map(|m| format!("{:016x}", m.digest())),
+            mode: Some(mode_name(self.config.guardrails.mode).to_string()),
+            cycles: self.cycles.load(Ordering::Relaxed),
+        });
+    }
+
+    /// Runs one decision cycle now.
+    pub async fn cycle(&self) -> Option<CycleSummary> {
+        let store = self.store.as_ref()?;
+        let snapshot = self.controller.snapshot();
+        let selected = decision::select(&snapshot, self.config.naming, self.config.min_requests);
+        let policy = store.current();
+        let mut summary = CycleSummary {
+            destinations: selected.len(),
+            model_version: policy.model_version().to_string(),
+            ..CycleSummary::default()
+        };
+        let metrics = self.controller.metrics();
+        let proposed = if selected.is_empty() {
+            Vec::new()
+        } else {
+            let batch: Vec<_> = selected
+                .iter()
+                .map(|s| s.stats.features().normalised())
+                .collect();
+            let started = Instant::now();
+            let out = policy.infer(&batch);
+            metrics
+                .inference_seconds
+                .observe(started.elapsed().as_secs_f64());
+            match out {
+                Ok(rows) => rows.iter().map(Knobs::from_normalised).collect(),
+                Err(e) => {
+                    metrics.inference_errors.inc();
+                    tracing::error!(error = %e, "policy inference failed; no decisions this cycle");
+                    return Some(summary);
+                }
+            }
+        };
+        metrics.decision_cycles.inc();
+        self.cycles.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.state.lock().await;
+        let mode = state.mode();
+        let now_ms = crate::server::Clock::now_unix_ms(&crate::server::SystemClock);
+        let mut cycle = decide(
+            &selected,
+            &proposed,
+            &mut state,
+            Instant::now(),
+            self.config.slo_ms,
+        );
+
+        // Enforce: every configured sink gets the pushes; a destination that any sink did not
+        // apply is reverted (its knobs are not in force).
+        let mut failed: Vec<String> = Vec::new();
+        if !cycle.pushes.is_empty() {
+            for sink in &self.sinks {
+                let label = |result: &str| PushLabels {
+                    sink: sink.name().to_string(),
+                    result: result.to_string(),
+                };
+                match sink.apply(&cycle.pushes).await {
+                    Ok(report) => {
+                        for item in &report.items {
+                            let result = match &item.outcome {
+                                Outcome::Applied { .. } | Outcome::Logged { .. } => "ok",
+                                Outcome::Refused { reason } => {
+                                    tracing::warn!(sink = sink.name(), destination = %item.destination, %reason, "push refused");
+                                    failed.push(item.destination.clone());
+                                    "refused"
+                                }
+                                Outcome::Failed { error } => {
+                                    tracing::warn!(sink = sink.name(), destination = %item.destination, %error, "push failed");
+                                    failed.push(item.destination.clone());
+                                    "failed"
+                                }
+                            };
+                            metrics.pushes.get_or_create(&label(result)).inc();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(sink = sink.name(), error = %e, "sink failed; nothing applied");
+                        metrics
+                            .pushes
+                            .get_or_create(&label("error"))
+                            .inc_by(cycle.pushes.len() as u64);
+                        failed.extend(cycle.pushes.iter().map(|d| d.destination.clone()));
+                    }
+                }
+            }
+        }
+        if !cycle.recommendations.is_empty() {
+            if let Err(e) = self.log_sink.apply(&cycle.recommendations).await {
+                tracing::warn!(error = %e, "log sink failed");
+            }
+        }
+        let mut outcome_labels: Vec<&'static str> = Vec::new();
+        for item in &cycle.items {
+            let label = match &item.action {
+                DestAction::Push | DestAction::Rollback { .. }
+                    if failed.contains(&item.destination) =>
+                {
+                    revert_push(&mut state, item);
+                    summary.push_failures += 1;
+                    "push_failed"
+                }
+                a => a.label(),
+            };
+            match &item.action {
+                DestAction::Push => summary.pushed += 1,
+                DestAction::Recommend => summary.recommended += 1,
+                DestAction::Rollback {
+                    baseline,
+                    objective,
+                } => {
+                    summary.rolled_back += 1;
+                    metrics.rollbacks.inc();
+                    tracing::warn!(destination = %item.destination, baseline, objective, "objective worsened after a push: rolled back");
+                }
+                DestAction::Hold(_) => {}
+            }
+            if matches!(
+                item.action,
+                DestAction::Push | DestAction::Recommend | DestAction::Rollback { .. }
+            ) {
+                metrics
+                    .decisions
+                    .get_or_create(&ModeLabels {
+                        mode: mode_name(mode).to_string(),
+                    })
+                    .inc();
+            }
+            outcome_labels.push(label);
+        }
+
+        // Hints from the knobs in force, status, gauges.
+        let hints: Vec<Hint> = cycle
+            .hints(&state, self.config.hint_ttl_ms)
+            .into_iter()
+            .map(|h| Hint {
+                cluster: h.cluster,
+                timeout_ms: h.timeout_ms,
+                max_retries: h.max_retries,
+                concurrency_limit: h.concurrency_limit,
+                ttl_ms: h.ttl_ms,
+            })
+            .collect();
+        self.hints.replace(hints);
+        for (item, label) in cycle.items.iter().zip(&outcome_labels) {
+            let in_force = state.in_force.get(&item.destination).copied();
+            if let Some(k) = &in_force {
+                for (name, v) in knobs_by_name(k) {
+                    metrics
+                        .knob
+                        .get_or_create(&KnobLabels {
+                            destination: item.destination.clone(),
+                            knob: name,
+                        })
+                        .set(v);
+                }
+            }
+            let status = DestinationPolicyStatus {
+                knobs: in_force.as_ref().map(knobs_by_name),
+                last_decision: Some(LastDecisionJson {
+                    unix_ms: now_ms,
+                    mode: mode_name(mode).to_string(),
+                    changed: item.changed.iter().map(|k| k.name().to_string()).collect(),
+                    outcome: label.to_string(),
+                }),
+            };
+            for c in &item.clusters {
+                self.controller.set_policy_status(c, status.clone());
+            }
+            if *label != "no_change" {
+                tracing::info!(destination = %item.destination, outcome = label, changed = item.changed.len(), mode = mode_name(mode), "decision");
+            }
+        }
+        drop(state);
+
+        if let Some(rec) = &self.recorder {
+            let rows: Vec<DatasetRow> = selected
+                .iter()
+                .zip(&cycle.items)
+                .map(|(s, item)| DatasetRow {
+                    source: LIVE_SOURCE.into(),
+                    scenario: String::new(),
+                    destination: item.destination.clone(),
+                    window: now_ms / 1000,
+                    features: s.stats.features(),
+                    knobs: item.before,
+                    outcomes: item.outcomes,
+                })
+                .collect();
+            let mut rec = rec.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = rec.append(&rows) {
+                tracing::error!(error = %e, "recording failed");
+            }
+        }
+        cycle.items.clear();
+        self.publish_model();
+        Some(summary)
+    }
+
+    /// Runs cycles every interval until `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        if self.store.is_none() {
+            shutdown.await;
+            return;
+        }
+        let mut tick = tokio::time::interval(self.config.interval.max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        tracing::info!(interval = ?self.config.interval, mode = mode_name(self.config.guardrails.mode), sinks = ?self.sinks.iter().map(|s| s.name()).collect::<Vec<_>>(), "decision loop running");
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tick.tick() => {}
+            }
+            if let Some(s) = self.cycle().await {
+                tracing::debug!(?s, "decision cycle");
+            }
+        }
+    }
+}
+
+/// Where hot-swapped models come from.
+#[derive(Debug, Clone, Default)]
+pub struct ModelSources {
+    /// Watched model file (`--model`) and its poll interval.
+    pub file: Option<(PathBuf, Duration)>,
+    /// Watched ConfigMap `(namespace, name)` (`--model-configmap`).
+    pub configmap: Option<(String, String)>,
+}
+
+/// Parses `NS/NAME`.
+pub fn parse_configmap(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("`{s}`: expected NAMESPACE/NAME")),
+    }
+}
+
+/// Serves the controller with the decision loop and model watchers until `shutdown`.
+pub async fn serve_closed_loop(
+    controller: Arc<Controller>,
+    policy: Arc<PolicyLoop>,
+    sources: ModelSources,
+    kube: Option<kube::Client>,
+    grpc: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ControllerError> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stop = move || {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    };
+    let mut tasks = Vec::new();
+    if let Some(store) = policy.store().cloned() {
+        if let Some((path, poll)) = sources.file.clone() {
+            tasks.push(tokio::spawn(meshtune_policy::watch::watch_file(
+                store.clone(),
+                path,
+                poll,
+                None,
+                stop(),
+            )));
+        }
+        if let (Some((ns, name)), Some(client)) = (sources.configmap.clone(), kube) {
+            let s = stop();
+            tasks.push(tokio::spawn(async move {
+                meshtune_policy::configmap::watch_configmap(store, client, &ns, &name, None, s)
+                    .await
+            }));
+        }
+    }
+    tasks.push(tokio::spawn(policy.clone().run(stop())));
+    let tx = Arc::new(tx);
+    let tx2 = tx.clone();
+    let served = controller.serve(grpc, admin, async move {
+        shutdown.await;
+        let _ = tx2.send(true);
+    });
+    let r = served.await;
+    let _ = tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    r
+}
