@@ -211,8 +211,7 @@ pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
         Some(_) => Some(policy_loop::kube_client("--model-configmap").await?),
         None => None,
     };
-    if let (true, Some((ns, name)), Some(client)) =
-        (model.is_none(), &args.model_configmap, &kube)
+    if let (true, Some((ns, name)), Some(client)) = (model.is_none(), &args.model_configmap, &kube)
     {
         model = Some(policy_loop::model_from_configmap(client.clone(), ns, name).await?);
     }

@@ -98,7 +98,11 @@ pub fn select(
 /// reward is the simulator's default objective without churn.
 pub fn outcomes(w: &WindowStats, slo_ms: f64) -> Outcomes {
     let n = w.requests.max(1) as f64;
-    let dur = if w.duration_s > 0.0 { w.duration_s } else { 1.0 };
+    let dur = if w.duration_s > 0.0 {
+        w.duration_s
+    } else {
+        1.0
+    };
     let slo_us = slo_ms * 1000.0;
     let total = w.latency.count();
     let within: u64 = w
@@ -443,7 +447,11 @@ mod tests {
         assert_eq!(c.items[0].action, DestAction::Push);
         assert_eq!(c.pushes.len(), 1);
         let k = c.pushes[0].knobs;
-        assert_eq!(k.get(Knob::Http1MaxPendingRequests), 32.0, "namespace bound");
+        assert_eq!(
+            k.get(Knob::Http1MaxPendingRequests),
+            32.0,
+            "namespace bound"
+        );
         assert!(k.get(Knob::MaxConnections) <= Knob::MaxConnections.spec().max);
         assert_eq!(c.pushes[0].previous, Some(Knobs::istio_defaults()));
         assert_eq!(st.knobs_in_force("a"), k);

@@ -64,11 +64,10 @@ impl Recorder {
             .map_err(io)?;
         if !existing {
             let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
-            w.write_record(header())
-                .map_err(|e| RecorderError::Csv {
-                    path: path.to_path_buf(),
-                    reason: e.to_string(),
-                })?;
+            w.write_record(header()).map_err(|e| RecorderError::Csv {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
             let bytes = w.into_inner().map_err(|e| RecorderError::Csv {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
@@ -139,7 +138,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("live.csv");
         Recorder::open(&p).unwrap().append(&[row(1)]).unwrap();
-        Recorder::open(&p).unwrap().append(&[row(2), row(3)]).unwrap();
+        Recorder::open(&p)
+            .unwrap()
+            .append(&[row(2), row(3)])
+            .unwrap();
         let rows = read(&p);
         assert_eq!(
             rows.iter().map(|r| r.window).collect::<Vec<_>>(),

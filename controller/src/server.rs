@@ -3,7 +3,6 @@
 
 use crate::aggregate::{Aggregator, IngestOutcome};
 use crate::api::{DestinationJson, DestinationsResponse, LastDecisionJson, ModelJson};
-use std::collections::BTreeMap;
 use crate::config::Config;
 use crate::hints::{FileHints, HintSource, HintsError, NoHints, Reload};
 use crate::metrics::{Metrics, ReasonLabels};
@@ -11,6 +10,7 @@ use crate::validate::{validate, Limits as ValidationLimits};
 use meshtune_core::WindowStats;
 use meshtune_proto::v1::feature_service_server::FeatureServiceServer;
 use meshtune_proto::v1::{ReportRequest, ReportResponse};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{report, upstream};
 use meshtune_controller::decision::Naming;
-use meshtune_controller::policy_loop::{
-    serve_closed_loop, LoopConfig, ModelSources, PolicyLoop,
-};
+use meshtune_controller::policy_loop::{serve_closed_loop, LoopConfig, ModelSources, PolicyLoop};
 use meshtune_controller::recorder::Recorder;
 use meshtune_controller::top::http_get;
 use meshtune_controller::{Config, Controller};
@@ -119,7 +117,10 @@ async fn start(
     ));
     let t0 = Instant::now();
     while !matches!(http_get(&admin, "/readyz").await, Ok((200, _))) {
-        assert!(t0.elapsed() < Duration::from_secs(5), "controller not ready");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "controller not ready"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Running {
@@ -221,7 +222,10 @@ async fn reports_drive_decisions_into_cds_hints_status_and_recorder_and_bad_mode
         .report(report(
             "p",
             1,
-            vec![upstream("svc", 200, 2, 20_000), upstream("other", 50, 0, 5_000)],
+            vec![
+                upstream("svc", 200, 2, 20_000),
+                upstream("other", 50, 0, 5_000),
+            ],
         ))
         .await
         .unwrap();
@@ -229,11 +233,15 @@ async fn reports_drive_decisions_into_cds_hints_status_and_recorder_and_bad_mode
     let max_rq = expected(&u1, Knob::Http2MaxRequests);
     let timeout = expected(&u1, Knob::RouteTimeoutMs);
     assert_ne!(pending, u32::MAX as u64);
-    eventually(10, "the CDS file to carry the policy's thresholds", || async {
-        (cds_threshold(&cds, "svc", "max_pending_requests") == Some(pending)
-            && cds_threshold(&cds, "svc", "max_requests") == Some(max_rq))
-        .then_some(())
-    })
+    eventually(
+        10,
+        "the CDS file to carry the policy's thresholds",
+        || async {
+            (cds_threshold(&cds, "svc", "max_pending_requests") == Some(pending)
+                && cds_threshold(&cds, "svc", "max_requests") == Some(max_rq))
+            .then_some(())
+        },
+    )
     .await;
     let rds = std::fs::read_to_string(dir.path().join("rds.json")).unwrap();
     let want = format!(
@@ -295,7 +303,10 @@ async fn reports_drive_decisions_into_cds_hints_status_and_recorder_and_bad_mode
         (metric(&t, "meshtune_model_refused_total") >= 1.0).then_some(t)
     })
     .await;
-    assert!(text.contains("meshtune_model_info{version=\"const-1\"} 1"), "{text}");
+    assert!(
+        text.contains("meshtune_model_info{version=\"const-1\"} 1"),
+        "{text}"
+    );
     client
         .report(report("p", 3, vec![upstream("svc", 100, 0, 20_000)]))
         .await
@@ -334,10 +345,22 @@ async fn reports_drive_decisions_into_cds_hints_status_and_recorder_and_bad_mode
     })
     .await;
     let (_, text) = http_get(&r.admin, "/metrics").await.unwrap();
-    assert!(text.contains("meshtune_model_info{version=\"const-2\"} 1"), "{text}");
-    assert!(metric(&text, "meshtune_pushes_total{sink=\"envoy-file\",result=\"ok\"") >= 2.0, "{text}");
+    assert!(
+        text.contains("meshtune_model_info{version=\"const-2\"} 1"),
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "meshtune_pushes_total{sink=\"envoy-file\",result=\"ok\""
+        ) >= 2.0,
+        "{text}"
+    );
     assert!(metric(&text, "meshtune_decisions_total{mode=\"enforce\"") >= 2.0);
-    assert!(text.contains("meshtune_knob{destination=\"svc\",knob=\"http.http1MaxPendingRequests\"}"), "{text}");
+    assert!(
+        text.contains("meshtune_knob{destination=\"svc\",knob=\"http.http1MaxPendingRequests\"}"),
+        "{text}"
+    );
     assert!(text.contains("meshtune_inference_seconds_count"));
     r.shutdown().await;
 
@@ -441,6 +464,24 @@ async fn raw_get(addr: &str, path: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
+/// Status line and headers of a GET (read until the blank line; Envoy delays closing the
+/// connection after a local reply, so the time to the head is what a client waits).
+async fn response_head(addr: &str, path: &str) -> std::io::Result<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decision_reaches_a_real_envoy_and_excess_load_is_shed_as_overflow() {
     let Some(bin) = envoy_bin() else { return };
@@ -449,9 +490,9 @@ async fn decision_reaches_a_real_envoy_and_excess_load_is_shed_as_overflow() {
     let work = meshtune_testbed::workload::WorkloadServer::start(
         meshtune_testbed::workload::WorkloadConfig {
             capacity: 64,
-            service_time: meshtune_testbed::workload::ServiceTime::Constant(
-                Duration::from_millis(300),
-            ),
+            service_time: meshtune_testbed::workload::ServiceTime::Constant(Duration::from_millis(
+                300,
+            )),
             fail_every_n: None,
         },
     )
@@ -507,7 +548,10 @@ async fn decision_reaches_a_real_envoy_and_excess_load_is_shed_as_overflow() {
                 break a.trim().to_string();
             }
         }
-        assert!(t0.elapsed() < Duration::from_secs(15), "Envoy did not start");
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "Envoy did not start"
+        );
         if let Ok(Some(s)) = envoy.try_wait() {
             panic!("Envoy exited early: {s}");
         }
@@ -516,7 +560,11 @@ async fn decision_reaches_a_real_envoy_and_excess_load_is_shed_as_overflow() {
     let listener = format!("127.0.0.1:{listener_port}");
     // Before any decision: unlimited thresholds, so concurrent requests all succeed.
     eventually(10, "Envoy to serve the backend", || async {
-        raw_get(&listener, "/").await.ok()?.starts_with("HTTP/1.1 200").then_some(())
+        raw_get(&listener, "/")
+            .await
+            .ok()?
+            .starts_with("HTTP/1.1 200")
+            .then_some(())
     })
     .await;
 
@@ -537,13 +585,17 @@ async fn decision_reaches_a_real_envoy_and_excess_load_is_shed_as_overflow() {
         .await
         .unwrap();
     let p = "backend::default_priority::";
-    eventually(10, "Envoy's /clusters to show the pushed thresholds", || async {
-        let body = raw_get(&envoy_admin, "/clusters").await.ok()?;
-        (body.contains(&format!("{p}max_connections::1\n"))
-            && body.contains(&format!("{p}max_pending_requests::1\n"))
-            && body.contains(&format!("{p}max_requests::2\n")))
-        .then_some(())
-    })
+    eventually(
+        10,
+        "Envoy's /clusters to show the pushed thresholds",
+        || async {
+            let body = raw_get(&envoy_admin, "/clusters").await.ok()?;
+            (body.contains(&format!("{p}max_connections::1\n"))
+                && body.contains(&format!("{p}max_pending_requests::1\n"))
+                && body.contains(&format!("{p}max_requests::2\n")))
+            .then_some(())
+        },
+    )
     .await;
 
     // Excess load: 12 concurrent requests against a 300 ms upstream. Most must be shed at
@@ -554,7 +606,7 @@ async fn decision_reaches_a_real_envoy_and_excess_load_is_shed_as_overflow() {
         let l = listener.clone();
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
-            let resp = raw_get(&l, "/").await.unwrap_or_default();
+            let resp = response_head(&l, "/").await.unwrap_or_default();
             (resp, t.elapsed())
         }));
     }
@@ -566,7 +618,9 @@ async fn decision_reaches_a_real_envoy_and_excess_load_is_shed_as_overflow() {
         if resp.starts_with("HTTP/1.1 200") {
             ok += 1;
         } else if resp.starts_with("HTTP/1.1 503")
-            && resp.to_ascii_lowercase().contains("x-envoy-overloaded: true")
+            && resp
+                .to_ascii_lowercase()
+                .contains("x-envoy-overloaded: true")
         {
             shed += 1;
             if took < Duration::from_millis(250) {
@@ -576,21 +630,30 @@ async fn decision_reaches_a_real_envoy_and_excess_load_is_shed_as_overflow() {
     }
     let total = started.elapsed();
     assert!(ok >= 1, "some requests are served (ok {ok}, shed {shed})");
-    assert!(shed >= 6, "excess requests are shed as overflow (ok {ok}, shed {shed})");
+    assert!(
+        shed >= 6,
+        "excess requests are shed as overflow (ok {ok}, shed {shed})"
+    );
     assert!(
         shed_fast >= 6,
         "overflow is immediate, not queued (fast {shed_fast} of {shed})"
     );
     assert!(ok + shed == 12, "every request is either served or shed");
-    let stats = raw_get(&envoy_admin, "/stats?filter=backend.upstream_rq_pending_overflow")
-        .await
-        .unwrap();
+    let stats = raw_get(
+        &envoy_admin,
+        "/stats?filter=backend.upstream_rq_pending_overflow",
+    )
+    .await
+    .unwrap();
     let overflow: u64 = stats
         .lines()
         .filter_map(|l| l.strip_prefix("cluster.backend.upstream_rq_pending_overflow: "))
         .filter_map(|v| v.trim().parse::<u64>().ok())
         .sum();
-    assert!(overflow >= shed as u64, "Envoy counted {overflow} overflows, {shed} shed; total {total:?}");
+    assert!(
+        overflow >= shed as u64,
+        "Envoy counted {overflow} overflows, {shed} shed; total {total:?}"
+    );
     r.shutdown().await;
     let _ = envoy.kill().await;
 }
