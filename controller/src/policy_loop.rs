@@ -483,7 +483,6 @@ impl PolicyLoop {
                 ttl_ms: h.ttl_ms,
             })
             .collect();
-        self.hints.replace(hints);
         for (item, label) in cycle.items.iter().zip(&outcome_labels) {
             let in_force = state.in_force.get(&item.destination).copied();
             if let Some(k) = &in_force {
@@ -513,6 +512,8 @@ impl PolicyLoop {
                 tracing::info!(destination = %item.destination, outcome = label, changed = item.changed.len(), mode = mode_name(mode), "decision");
             }
         }
+        // Hints last: once a filter sees them, status and metrics already match.
+        self.hints.replace(hints);
         drop(state);
 
         if let Some(rec) = &self.recorder {

@@ -243,12 +243,19 @@ async fn reports_drive_decisions_into_cds_hints_status_and_recorder_and_bad_mode
         },
     )
     .await;
-    let rds = std::fs::read_to_string(dir.path().join("rds.json")).unwrap();
+    // The RDS file is replaced right after the CDS file.
     let want = format!(
         "\"{}\"",
         meshtune_sinks::duration::format_ms(timeout as f64)
     );
-    assert!(rds.contains(&want), "route timeout {want} in {rds}");
+    let rds_path = dir.path().join("rds.json");
+    eventually(10, "the RDS file to carry the route timeout", || async {
+        std::fs::read_to_string(&rds_path)
+            .ok()?
+            .contains(&want)
+            .then_some(())
+    })
+    .await;
 
     // The next report's response carries hints derived from the same knobs.
     let resp = client
@@ -344,7 +351,16 @@ async fn reports_drive_decisions_into_cds_hints_status_and_recorder_and_bad_mode
         }
     })
     .await;
-    let (_, text) = http_get(&r.admin, "/metrics").await.unwrap();
+    // Metrics are updated right after the sink returns.
+    let text = eventually(10, "push metrics", || async {
+        let (_, t) = http_get(&r.admin, "/metrics").await.ok()?;
+        (metric(
+            &t,
+            "meshtune_pushes_total{sink=\"envoy-file\",result=\"ok\"",
+        ) >= 2.0)
+            .then_some(t)
+    })
+    .await;
     assert!(
         text.contains("meshtune_model_info{version=\"const-2\"} 1"),
         "{text}"
