@@ -7,12 +7,14 @@
 //!   omission: latency is measured from each request's intended send time.
 //! - [`envoy`]: renders an Envoy bootstrap (no filter / no-op wasm / meshtune filter), starts
 //!   Envoy on free ports, waits for readiness, reads stats, stops it (also on drop).
+//! - [`demo`]: the closed-loop demo (Istio defaults vs meshtune under a step load).
 //! - [`controller`]: starts the `meshtune controller` process, parses its ports, restarts it.
 //! - [`http`]: a minimal blocking HTTP/1.1 client for admin endpoints.
 //! - [`paths`]: where the Envoy binary, the wasm files and the `meshtune` binary are.
 //! - [`scenarios`]: the demo and the filter-overhead benchmark.
 
 pub mod controller;
+pub mod demo;
 pub mod envoy;
 pub mod http;
 pub mod loadgen;

@@ -16,12 +16,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Whole local stack under load for about a minute, with a live table.
+    /// Closed loop: the same step load against Istio defaults and against meshtune (filter +
+    /// controller enforcing via CDS/RDS files), live table, before/after summary (~1.5 min).
     Demo {
-        #[arg(long, default_value_t = 60)]
+        /// Step length in seconds (after a warm-up).
+        #[arg(long, default_value_t = meshtune_testbed::demo::DEFAULT_STEP.as_secs())]
         secs: u64,
-        #[arg(long, default_value_t = 100.0)]
+        /// Step arrival rate (rps).
+        #[arg(long, default_value_t = meshtune_testbed::demo::DEFAULT_STEP_RATE)]
         rate: f64,
+        /// Arrival rate before the step (rps).
+        #[arg(long, default_value_t = meshtune_testbed::demo::DEFAULT_BASE_RATE)]
+        base_rate: f64,
+        /// Latency SLO (ms) for goodput.
+        #[arg(long, default_value_t = meshtune_testbed::demo::DEFAULT_SLO_MS)]
+        slo_ms: u64,
     },
     /// Envoy CPU/request and throughput: no filter vs no-op wasm vs meshtune.
     FilterOverhead {
@@ -65,11 +74,19 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let paths = Paths::from_env();
     match cli.cmd {
-        Cmd::Demo { secs, rate } => scenarios::demo(
+        Cmd::Demo {
+            secs,
+            rate,
+            base_rate,
+            slo_ms,
+        } => meshtune_testbed::demo::run(
             &paths,
-            &scenarios::DemoConfig {
-                duration: Duration::from_secs(secs),
-                base_rate: rate,
+            &meshtune_testbed::demo::DemoConfig {
+                step: Duration::from_secs(secs),
+                step_rate: rate,
+                base_rate,
+                slo_ms,
+                ..Default::default()
             },
         ),
         Cmd::FilterOverhead {
