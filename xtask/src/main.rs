@@ -24,6 +24,8 @@ commands:
   demo [--secs N]        setup + build, then the whole local stack under load (~1 min)
   bench filter-overhead  setup + build, then Envoy CPU/request and throughput: no filter vs
                          no-op wasm vs meshtune filter
+  bench controller       decision cycle for 10,000 destinations, report ingest rate and
+                         memory per destination (criterion; figures printed with ratios)
   env                    print the paths and environment the tests use";
 
 type Result<T> = std::result::Result<T, String>;
@@ -417,8 +419,21 @@ fn main() -> ExitCode {
                 a.extend(rest.into_iter().skip(1));
                 testbed(&ctx, "bench filter-overhead", &a)
             }
+            Some("controller") => run(
+                "bench controller",
+                ctx.cargo()
+                    .args([
+                        "bench",
+                        "-p",
+                        "meshtune-controller",
+                        "--bench",
+                        "controller",
+                        "--",
+                    ])
+                    .args(rest.iter().skip(1)),
+            ),
             Some(other) => Err(format!(
-                "unknown benchmark {other:?} (known: filter-overhead)"
+                "unknown benchmark {other:?} (known: filter-overhead, controller)"
             )),
         },
         Some("env") => {
