@@ -19,7 +19,7 @@ use meshtune_core::WindowStats;
 use meshtune_policy::guardrails::{self, Guardrails, Mode};
 use meshtune_policy::OnnxPolicy;
 use meshtune_proto::v1::{LatencyHistogram as WireHist, ReportRequest, Reporter, UpstreamWindow};
-use meshtune_sinks::istio::{destination_rule, virtual_service, IstioTarget};
+use meshtune_sinks::istio::{DestinationRuleObject, IstioTarget, VirtualServiceObject};
 
 /// Destinations decided for in one cycle.
 const DESTINATIONS: usize = 10_000;
@@ -132,16 +132,22 @@ impl Stages {
     }
 }
 
-/// One cycle as `policy_loop` runs it, with the Istio sink's rendering (DestinationRule +
-/// VirtualService per pushed destination). Returns the rendered object count.
-fn cycle(a: &Aggregator, policy: &OnnxPolicy, state: &mut LoopState, st: &mut Stages) -> usize {
+/// One cycle as `policy_loop` runs it, with the Istio sink's rendering: DestinationRule +
+/// VirtualService per pushed destination, serialised to the JSON bytes server-side apply
+/// sends. Returns the rendered object count and their bytes.
+fn cycle(
+    a: &Aggregator,
+    policy: &OnnxPolicy,
+    state: &mut LoopState,
+    st: &mut Stages,
+) -> (usize, usize) {
     let now_ms = T0_MS + WINDOW_SECS * 1000 - 1;
     let t = Instant::now();
     let snapshot = a.snapshot(now_ms);
     st.snapshot += t.elapsed();
 
     let t = Instant::now();
-    let selected = decision::select(&snapshot, Naming::IstioHost, decision::DEFAULT_MIN_REQUESTS);
+    let selected = decision::select(snapshot, Naming::IstioHost, decision::DEFAULT_MIN_REQUESTS);
     let batch: Vec<_> = selected
         .iter()
         .map(|s| s.stats.features().normalised())
@@ -168,15 +174,22 @@ fn cycle(a: &Aggregator, policy: &OnnxPolicy, state: &mut LoopState, st: &mut St
     st.guardrails += t.elapsed();
 
     let t = Instant::now();
-    let mut objects = 0;
+    let (mut objects, mut bytes) = (0, 0);
+    let mut buf = Vec::with_capacity(1024);
     for d in &c.pushes {
         let target = IstioTarget::new(&d.destination, &d.namespace);
-        black_box(destination_rule(&target, &d.knobs));
-        black_box(virtual_service(&target, &d.knobs));
+        buf.clear();
+        serde_json::to_writer(&mut buf, &DestinationRuleObject::new(&target, &d.knobs))
+            .expect("render DestinationRule");
+        bytes += black_box(&buf).len();
+        buf.clear();
+        serde_json::to_writer(&mut buf, &VirtualServiceObject::new(&target, &d.knobs))
+            .expect("render VirtualService");
+        bytes += black_box(&buf).len();
         objects += 2;
     }
     st.render += t.elapsed();
-    objects
+    (objects, bytes)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -199,11 +212,11 @@ fn bench_cycle(c: &mut Criterion) {
     };
     let mut best_total = Duration::MAX;
     let mut sum = Duration::ZERO;
-    let mut objects = 0;
+    let (mut objects, mut bytes) = (0, 0);
     for _ in 0..runs {
         let mut st = Stages::default();
         let mut state = base.clone();
-        objects = cycle(&a, &policy, &mut state, &mut st);
+        (objects, bytes) = cycle(&a, &policy, &mut state, &mut st);
         best_total = best_total.min(st.total());
         sum += st.total();
         best.snapshot = best.snapshot.min(st.snapshot);
@@ -213,11 +226,13 @@ fn bench_cycle(c: &mut Criterion) {
         best.render = best.render.min(st.render);
     }
     println!(
-        "decision cycle, {DESTINATIONS} destinations (model {}), {objects} Istio objects rendered:\n  \
+        "decision cycle, {DESTINATIONS} destinations (model {}), {objects} Istio objects rendered \
+         ({:.1} MB of JSON):\n  \
          best {:.1} ms, mean {:.1} ms of {runs}; target ≤ {} ms → {:.2}× the target ({})\n  \
          best per stage: snapshot {:.1} ms, select+features {:.1} ms, batched inference {:.1} ms, \
          guardrails {:.1} ms, render {:.1} ms",
         policy.model_version(),
+        bytes as f64 / 1e6,
         ms(best_total),
         ms(sum / runs),
         CYCLE_TARGET.as_millis(),

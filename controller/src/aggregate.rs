@@ -25,7 +25,7 @@
 //! ones expire after `destination_idle_ms` / `reporter_idle_ms`.
 
 use crate::validate::{ReporterKey, ValidReport};
-use meshtune_core::histogram::{LatencyHistogram, SUB_BUCKET_BITS};
+use meshtune_core::histogram::LatencyHistogram;
 use meshtune_core::WindowStats;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -239,7 +239,7 @@ impl SparseHistogram {
         let idx: Vec<u32> = self.index.iter().map(|&i| u32::from(i)).collect();
         // Built only from a valid histogram's buckets, so this cannot fail; fall back to empty.
         LatencyHistogram::from_sparse(
-            SUB_BUCKET_BITS,
+            meshtune_core::histogram::SUB_BUCKET_BITS,
             &idx,
             &self.count,
             self.sum_us,
@@ -250,52 +250,33 @@ impl SparseHistogram {
     }
 }
 
-/// Sums sparse histograms into dense counts.
-#[derive(Debug, Default)]
-struct DenseAccumulator {
-    counts: Vec<u64>,
-    sum_us: u64,
-    min_us: u64,
-    max_us: u64,
-}
-
-impl DenseAccumulator {
-    fn add(&mut self, h: &SparseHistogram) {
-        if h.is_empty() {
-            return;
-        }
-        if self.counts.is_empty() {
-            self.counts = vec![0; meshtune_core::histogram::BUCKET_COUNT];
-            self.min_us = h.min_us;
-        }
+/// Sums sparse histograms over the union of their bucket ranges into one histogram (one
+/// allocation the size of that range, not of every possible bucket).
+fn sum_sparse<'a>(parts: impl Iterator<Item = &'a SparseHistogram> + Clone) -> LatencyHistogram {
+    let nonempty = parts.filter(|h| !h.is_empty());
+    let mut range: Option<(usize, usize)> = None;
+    let (mut sum_us, mut min_us, mut max_us) = (0u64, u64::MAX, 0u64);
+    for h in nonempty.clone() {
+        let (lo, hi) = (
+            usize::from(h.index[0]),
+            usize::from(h.index[h.index.len() - 1]),
+        );
+        range = Some(range.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
+        sum_us = sum_us.saturating_add(h.sum_us);
+        min_us = min_us.min(h.min_us);
+        max_us = max_us.max(h.max_us);
+    }
+    let Some((lo, hi)) = range else {
+        return LatencyHistogram::new();
+    };
+    let mut counts = vec![0u64; hi + 1 - lo];
+    for h in nonempty {
         for (i, c) in h.iter() {
-            if let Some(x) = self.counts.get_mut(usize::from(i)) {
-                *x += c;
-            }
+            counts[usize::from(i) - lo] += c;
         }
-        self.sum_us = self.sum_us.saturating_add(h.sum_us);
-        self.min_us = self.min_us.min(h.min_us);
-        self.max_us = self.max_us.max(h.max_us);
     }
-
-    fn finish(self) -> LatencyHistogram {
-        let (idx, cnt): (Vec<u32>, Vec<u64>) = self
-            .counts
-            .iter()
-            .enumerate()
-            .filter(|(_, &c)| c > 0)
-            .map(|(i, &c)| (i as u32, c))
-            .unzip();
-        LatencyHistogram::from_sparse(
-            SUB_BUCKET_BITS,
-            &idx,
-            &cnt,
-            self.sum_us,
-            self.min_us,
-            self.max_us,
-        )
-        .unwrap_or_default()
-    }
+    // Built only from validated histograms' buckets, so this cannot fail; fall back to empty.
+    LatencyHistogram::from_range(lo, counts, sum_us, min_us, max_us).unwrap_or_default()
 }
 
 #[derive(Debug)]
@@ -460,7 +441,6 @@ impl Aggregator {
     /// benchmarks; counts capacities, not allocator overhead).
     pub fn approx_memory_bytes(&self) -> usize {
         use std::mem::size_of;
-        let lifetime_hist = meshtune_core::histogram::BUCKET_COUNT * size_of::<u64>();
         let dests: usize = self
             .destinations
             .iter()
@@ -474,7 +454,7 @@ impl Aggregator {
                     + size_of::<Destination>()
                     + d.buckets.capacity() * size_of::<Bucket>()
                     + buckets
-                    + lifetime_hist
+                    + d.lifetime.latency.heap_bytes()
             })
             .sum();
         let reporters: usize = self
@@ -560,15 +540,14 @@ impl Aggregator {
         // Counters merge bucket by bucket with `merge_sequential` (the scratch histogram stays
         // empty); histograms are summed sparse-to-dense and built once.
         let mut scratch = WindowStats::default();
-        let mut latency = DenseAccumulator::default();
         let mut ids: Vec<u32> = Vec::new();
-        for b in d.buckets.iter().filter(|b| in_window(b.sec, sec, w)) {
+        let in_window_buckets = d.buckets.iter().filter(|b| in_window(b.sec, sec, w));
+        for b in in_window_buckets.clone() {
             b.counters.fill(&mut scratch);
             merged.merge_sequential(&scratch);
-            latency.add(&b.latency);
             ids.extend(&b.reporters);
         }
-        merged.latency = latency.finish();
+        merged.latency = sum_sparse(in_window_buckets.map(|b| &b.latency));
         ids.sort_unstable();
         ids.dedup();
         let elapsed = now_ms.saturating_sub(d.first_seen_ms) as f64 / 1000.0 + d.first_duration_s;
@@ -921,5 +900,31 @@ mod tests {
             s.add(&h);
         }
         assert_eq!(s.to_histogram(), full);
+    }
+
+    #[test]
+    fn summed_sparse_histograms_equal_the_merged_full_one() {
+        let mut parts = Vec::new();
+        let mut full = LatencyHistogram::new();
+        // Disjoint, overlapping and empty parts.
+        for (k, range) in [
+            (0u64, 10..20u64),
+            (1, 5_000..6_000),
+            (2, 0..0),
+            (3, 15..9_000),
+        ] {
+            let mut h = LatencyHistogram::new();
+            for v in range.clone().step_by(7) {
+                h.record(v * (k + 1));
+            }
+            full.merge(&h);
+            let mut s = SparseHistogram::default();
+            s.add(&h);
+            parts.push(s);
+        }
+        let summed = sum_sparse(parts.iter());
+        assert_eq!(summed, full);
+        assert_eq!(summed.quantile_us(0.99), full.quantile_us(0.99));
+        assert!(sum_sparse(std::iter::empty()).is_empty());
     }
 }

@@ -2,7 +2,8 @@
 //! outputs) → guardrails (per-destination state, observe/enforce, rollback) → sink decisions,
 //! hints and window outcomes. No I/O: [`crate::policy_loop`] does inference, sinks and recording.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use meshtune_core::dataset::Outcomes;
@@ -60,38 +61,41 @@ pub struct Selected {
 }
 
 /// Groups the snapshot by destination and keeps those with at least `min_requests` requests.
+/// Takes the snapshot by value: each window moves into its destination (the common case of
+/// one cluster per destination copies nothing), sorted by destination.
 pub fn select(
-    snapshot: &[(String, WindowStats)],
+    snapshot: impl IntoIterator<Item = (String, WindowStats)>,
     naming: Naming,
     min_requests: u64,
 ) -> Vec<Selected> {
-    let mut by_dest: BTreeMap<String, Selected> = BTreeMap::new();
+    let mut by_dest: HashMap<String, Selected> = HashMap::new();
     for (cluster, stats) in snapshot {
-        let Some((destination, namespace)) = naming.destination(cluster) else {
+        let Some((destination, namespace)) = naming.destination(&cluster) else {
             continue;
         };
-        match by_dest.get_mut(&destination) {
-            Some(s) => {
-                s.clusters.push(cluster.clone());
-                s.stats.merge_concurrent(stats);
+        match by_dest.entry(destination) {
+            Entry::Occupied(mut e) => {
+                let s = e.get_mut();
+                s.clusters.push(cluster);
+                s.stats.merge_concurrent(&stats);
             }
-            None => {
-                by_dest.insert(
-                    destination.clone(),
-                    Selected {
-                        destination,
-                        namespace,
-                        clusters: vec![cluster.clone()],
-                        stats: stats.clone(),
-                    },
-                );
+            Entry::Vacant(e) => {
+                let destination = e.key().clone();
+                e.insert(Selected {
+                    destination,
+                    namespace,
+                    clusters: vec![cluster],
+                    stats,
+                });
             }
         }
     }
-    by_dest
+    let mut selected: Vec<Selected> = by_dest
         .into_values()
         .filter(|s| s.stats.requests >= min_requests.max(1))
-        .collect()
+        .collect();
+    selected.sort_unstable_by(|a, b| a.destination.cmp(&b.destination));
+    selected
 }
 
 /// Outcomes of a window (`meshtune_core::dataset` columns) with latency SLO `slo_ms`. The
@@ -376,7 +380,7 @@ mod tests {
     }
 
     fn sel(dest: &str, w: WindowStats) -> Vec<Selected> {
-        select(&[(dest.to_string(), w)], Naming::Cluster, 1)
+        select([(dest.to_string(), w)], Naming::Cluster, 1)
     }
 
     /// Defaults with the pending queue and max requests moved (within one step).
@@ -404,14 +408,14 @@ mod tests {
                 window(5, 5, 5),
             ),
         ];
-        let s = select(&snap, Naming::IstioHost, 20);
+        let s = select(snap.clone(), Naming::IstioHost, 20);
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].destination, "a.ns1.svc.cluster.local");
         assert_eq!(s[0].namespace, "ns1");
         assert_eq!(s[0].clusters.len(), 2);
         assert_eq!(s[0].stats.requests, 25);
         // By cluster name each cluster stands alone: only the busy one qualifies.
-        let c = select(&snap, Naming::Cluster, 20);
+        let c = select(snap, Naming::Cluster, 20);
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].destination, "BlackHoleCluster");
     }

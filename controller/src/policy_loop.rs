@@ -346,7 +346,7 @@ impl PolicyLoop {
     pub async fn cycle(&self) -> Option<CycleSummary> {
         let store = self.store.as_ref()?;
         let snapshot = self.controller.snapshot();
-        let selected = decision::select(&snapshot, self.config.naming, self.config.min_requests);
+        let selected = decision::select(snapshot, self.config.naming, self.config.min_requests);
         let policy = store.current();
         let mut summary = CycleSummary {
             destinations: selected.len(),
@@ -390,7 +390,8 @@ impl PolicyLoop {
 
         // Enforce: every configured sink gets the pushes; a destination that any sink did not
         // apply is reverted (its knobs are not in force).
-        let mut failed: Vec<String> = Vec::new();
+        // A set: with many pushes failing at once, a Vec lookup per item would be quadratic.
+        let mut failed: std::collections::HashSet<String> = std::collections::HashSet::new();
         if !cycle.pushes.is_empty() {
             for sink in &self.sinks {
                 let label = |result: &str| PushLabels {
@@ -404,12 +405,12 @@ impl PolicyLoop {
                                 Outcome::Applied { .. } | Outcome::Logged { .. } => "ok",
                                 Outcome::Refused { reason } => {
                                     tracing::warn!(sink = sink.name(), destination = %item.destination, %reason, "push refused");
-                                    failed.push(item.destination.clone());
+                                    failed.insert(item.destination.clone());
                                     "refused"
                                 }
                                 Outcome::Failed { error } => {
                                     tracing::warn!(sink = sink.name(), destination = %item.destination, %error, "push failed");
-                                    failed.push(item.destination.clone());
+                                    failed.insert(item.destination.clone());
                                     "failed"
                                 }
                             };

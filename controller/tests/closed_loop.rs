@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::const_model;
 use common::{report, upstream};
 use meshtune_controller::decision::Naming;
 use meshtune_controller::policy_loop::{serve_closed_loop, LoopConfig, ModelSources, PolicyLoop};
@@ -17,34 +18,14 @@ use meshtune_controller::recorder::Recorder;
 use meshtune_controller::top::http_get;
 use meshtune_controller::{Config, Controller};
 use meshtune_core::dataset::DatasetRow;
-use meshtune_core::features::FEATURE_COUNT;
 use meshtune_core::knobs::{Knob, Knobs, KNOB_COUNT};
 use meshtune_policy::guardrails::{self, Mode};
-use meshtune_policy::onnx::{export_mlp, Activation, MlpLayer, ModelMeta};
 use meshtune_proto::v1::feature_service_client::FeatureServiceClient;
 use meshtune_sinks::envoy::EnvoyCluster;
 use meshtune_sinks::{EnvoyDestination, EnvoyFileConfig, EnvoyFileSink, EnvoyRoute, Sink};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-/// An ONNX policy whose output is the constant `u` (zero weights, bias `u`).
-fn const_model(u: [f32; KNOB_COUNT], version: &str) -> Vec<u8> {
-    export_mlp(
-        &[MlpLayer {
-            in_dim: FEATURE_COUNT,
-            out_dim: KNOB_COUNT,
-            weight: vec![0.0; FEATURE_COUNT * KNOB_COUNT],
-            bias: u.to_vec(),
-            activation: Activation::Identity,
-        }],
-        &ModelMeta {
-            model_version: version.into(),
-            provenance: "closed_loop test".into(),
-        },
-    )
-    .unwrap()
-}
 
 /// Replaces a file by rename (what the watchers and Envoy expect).
 fn replace(path: &Path, bytes: &[u8]) {

@@ -73,8 +73,17 @@ pub fn bucket_value(index: usize) -> f64 {
 }
 
 /// A latency histogram in microseconds; see the module docs for layout and error.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Only the range of buckets between the smallest and the largest value recorded is stored
+/// (a window's latencies usually span a few dozen of the [`BUCKET_COUNT`] buckets), so an
+/// empty histogram allocates nothing and clones and merges touch only that range. Memory is
+/// still bounded by [`BUCKET_COUNT`] counters.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(try_from = "SparseHistogram", into = "SparseHistogram")]
 pub struct LatencyHistogram {
+    /// Bucket index of `counts[0]`.
+    offset: usize,
+    /// Counts of buckets `offset..offset + counts.len()`.
     counts: Vec<u64>,
     total: u64,
     sum_us: u64,
@@ -92,6 +101,17 @@ impl std::fmt::Debug for LatencyHistogram {
     }
 }
 
+/// Equal when they hold the same values (however much range each has allocated).
+impl PartialEq for LatencyHistogram {
+    fn eq(&self, o: &Self) -> bool {
+        self.total == o.total
+            && self.sum_us == o.sum_us
+            && self.min_us() == o.min_us()
+            && self.max_us == o.max_us
+            && self.nonzero_buckets().eq(o.nonzero_buckets())
+    }
+}
+
 impl Default for LatencyHistogram {
     fn default() -> Self {
         Self::new()
@@ -99,13 +119,38 @@ impl Default for LatencyHistogram {
 }
 
 impl LatencyHistogram {
+    /// An empty histogram (allocates nothing).
     pub fn new() -> Self {
         Self {
-            counts: vec![0; BUCKET_COUNT],
+            offset: 0,
+            counts: Vec::new(),
             total: 0,
             sum_us: 0,
             min_us: u64::MAX,
             max_us: 0,
+        }
+    }
+
+    /// Widens the stored range to cover buckets `lo..hi` (`hi <= BUCKET_COUNT`).
+    fn cover(&mut self, lo: usize, hi: usize) {
+        if self.counts.is_empty() {
+            self.offset = lo;
+            self.counts.resize(hi - lo, 0);
+            return;
+        }
+        let end = self.offset + self.counts.len();
+        if lo >= self.offset && hi <= end {
+            return;
+        }
+        let new_lo = lo.min(self.offset);
+        let new_hi = hi.max(end);
+        if new_lo < self.offset {
+            let mut grown = vec![0; new_hi - new_lo];
+            grown[self.offset - new_lo..end - new_lo].copy_from_slice(&self.counts);
+            self.counts = grown;
+            self.offset = new_lo;
+        } else {
+            self.counts.resize(new_hi - self.offset, 0);
         }
     }
 
@@ -122,16 +167,25 @@ impl LatencyHistogram {
             return;
         }
         let v = value_us.min(MAX_VALUE_US);
-        self.counts[bucket_index(v)] += n;
+        let i = bucket_index(v);
+        if i < self.offset || i >= self.offset + self.counts.len() {
+            self.cover(i, i + 1);
+        }
+        self.counts[i - self.offset] += n;
         self.total += n;
         self.sum_us = self.sum_us.saturating_add(v.saturating_mul(n));
         self.min_us = self.min_us.min(v);
         self.max_us = self.max_us.max(v);
     }
 
-    /// Adds another histogram's counts (histograms are mergeable and order-independent).
+    /// Adds another histogram's counts (same layout: histograms are always mergeable).
     pub fn merge(&mut self, other: &LatencyHistogram) {
-        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+        if other.counts.is_empty() {
+            return;
+        }
+        self.cover(other.offset, other.offset + other.counts.len());
+        let at = other.offset - self.offset;
+        for (a, b) in self.counts[at..].iter_mut().zip(&other.counts) {
             *a += b;
         }
         self.total += other.total;
@@ -140,6 +194,7 @@ impl LatencyHistogram {
         self.max_us = self.max_us.max(other.max_us);
     }
 
+    /// Empties the histogram, keeping its allocation for reuse.
     pub fn clear(&mut self) {
         self.counts.iter_mut().for_each(|c| *c = 0);
         self.total = 0;
@@ -148,6 +203,7 @@ impl LatencyHistogram {
         self.max_us = 0;
     }
 
+    /// Number of values recorded.
     pub fn count(&self) -> u64 {
         self.total
     }
@@ -156,11 +212,12 @@ impl LatencyHistogram {
         self.total == 0
     }
 
+    /// Sum of the recorded values (saturating), for the mean.
     pub fn sum_us(&self) -> u64 {
         self.sum_us
     }
 
-    /// Smallest recorded value, or 0 if empty.
+    /// Smallest recorded value (0 when empty).
     pub fn min_us(&self) -> u64 {
         if self.total == 0 {
             0
@@ -169,6 +226,7 @@ impl LatencyHistogram {
         }
     }
 
+    /// Largest recorded value (0 when empty).
     pub fn max_us(&self) -> u64 {
         self.max_us
     }
@@ -181,7 +239,8 @@ impl LatencyHistogram {
         }
     }
 
-    /// Value at quantile `q` in [0, 1] (nearest rank), in µs; 0 if empty.
+    /// Value at quantile `q` in [0, 1] (NaN is treated as 0.5): the midpoint of the bucket
+    /// holding the sample of rank ceil(q·n), clamped to the observed min/max. 0 when empty.
     pub fn quantile_us(&self, q: f64) -> f64 {
         if self.total == 0 {
             return 0.0;
@@ -193,22 +252,28 @@ impl LatencyHistogram {
             seen += c;
             if seen >= rank {
                 // Never report beyond the observed extremes.
-                return bucket_value(i).clamp(self.min_us as f64, self.max_us as f64);
+                return bucket_value(self.offset + i).clamp(self.min_us as f64, self.max_us as f64);
             }
         }
         self.max_us as f64
     }
 
-    /// Non-empty buckets as (index, count), ascending.
+    /// Non-empty buckets as `(index, count)`, ascending (the wire format).
     pub fn nonzero_buckets(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        let offset = self.offset;
         self.counts
             .iter()
             .enumerate()
             .filter(|(_, &c)| c > 0)
-            .map(|(i, &c)| (i as u32, c))
+            .map(move |(i, &c)| ((offset + i) as u32, c))
     }
 
-    /// Rebuilds a histogram from sparse wire data, validating it.
+    /// Bytes of heap this histogram holds (for memory accounting).
+    pub fn heap_bytes(&self) -> usize {
+        self.counts.capacity() * std::mem::size_of::<u64>()
+    }
+
+    /// Builds a histogram from its wire form, validating the layout and the buckets.
     pub fn from_sparse(
         sub_bucket_bits: u32,
         indices: &[u32],
@@ -226,9 +291,8 @@ impl LatencyHistogram {
                 counts: counts.len(),
             });
         }
-        let mut h = Self::new();
         let mut prev: Option<u32> = None;
-        for (&i, &c) in indices.iter().zip(counts) {
+        for &i in indices {
             if (i as usize) >= BUCKET_COUNT {
                 return Err(HistogramError::IndexOutOfRange(i));
             }
@@ -236,7 +300,13 @@ impl LatencyHistogram {
                 return Err(HistogramError::NotAscending);
             }
             prev = Some(i);
-            h.counts[i as usize] = c;
+        }
+        let mut h = Self::new();
+        if let (Some(&first), Some(&last)) = (indices.first(), indices.last()) {
+            h.cover(first as usize, last as usize + 1);
+        }
+        for (&i, &c) in indices.iter().zip(counts) {
+            h.counts[i as usize - h.offset] = c;
             h.total = h.total.checked_add(c).ok_or(HistogramError::Overflow)?;
         }
         if h.total > 0 {
@@ -245,6 +315,79 @@ impl LatencyHistogram {
             h.max_us = max_us.min(MAX_VALUE_US);
         }
         Ok(h)
+    }
+
+    /// Builds a histogram from the counts of consecutive buckets `offset..offset +
+    /// counts.len()` (the cheap path for a caller that summed bucket ranges itself).
+    pub fn from_range(
+        offset: usize,
+        counts: Vec<u64>,
+        sum_us: u64,
+        min_us: u64,
+        max_us: u64,
+    ) -> Result<Self, HistogramError> {
+        if offset + counts.len() > BUCKET_COUNT {
+            let last = offset + counts.len() - 1;
+            return Err(HistogramError::IndexOutOfRange(
+                u32::try_from(last).unwrap_or(u32::MAX),
+            ));
+        }
+        let mut total: u64 = 0;
+        for &c in &counts {
+            total = total.checked_add(c).ok_or(HistogramError::Overflow)?;
+        }
+        let mut h = Self {
+            offset,
+            counts,
+            total,
+            ..Self::new()
+        };
+        if total > 0 {
+            h.sum_us = sum_us;
+            h.min_us = min_us.min(MAX_VALUE_US);
+            h.max_us = max_us.min(MAX_VALUE_US);
+        }
+        Ok(h)
+    }
+}
+
+/// Serialized form of [`LatencyHistogram`]: its non-empty buckets (as on the wire).
+#[derive(Serialize, Deserialize)]
+struct SparseHistogram {
+    sub_bucket_bits: u32,
+    index: Vec<u32>,
+    count: Vec<u64>,
+    sum_us: u64,
+    min_us: u64,
+    max_us: u64,
+}
+
+impl From<LatencyHistogram> for SparseHistogram {
+    fn from(h: LatencyHistogram) -> Self {
+        let (index, count) = h.nonzero_buckets().unzip();
+        Self {
+            sub_bucket_bits: SUB_BUCKET_BITS,
+            index,
+            count,
+            sum_us: h.sum_us,
+            min_us: h.min_us(),
+            max_us: h.max_us,
+        }
+    }
+}
+
+impl TryFrom<SparseHistogram> for LatencyHistogram {
+    type Error = HistogramError;
+
+    fn try_from(s: SparseHistogram) -> Result<Self, HistogramError> {
+        Self::from_sparse(
+            s.sub_bucket_bits,
+            &s.index,
+            &s.count,
+            s.sum_us,
+            s.min_us,
+            s.max_us,
+        )
     }
 }
 
@@ -360,6 +503,103 @@ mod tests {
             LatencyHistogram::from_sparse(SUB_BUCKET_BITS, &[1], &[1, 2], 0, 0, 0),
             Err(HistogramError::LengthMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn range_grows_both_ways_and_merges_disjoint_ranges() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        // Values arriving in an order that forces growth below and above the stored range.
+        let values: Vec<u64> = (0..2000)
+            .map(|i| match i % 3 {
+                0 => rng.random_range(1_000..2_000),
+                1 => rng.random_range(1..50),
+                _ => rng.random_range(100_000..5_000_000),
+            })
+            .collect();
+        let mut sorted = values.clone();
+        sorted.sort_unstable();
+        let mut a = LatencyHistogram::new();
+        values.iter().for_each(|&v| a.record(v));
+        let mut ascending = LatencyHistogram::new();
+        sorted.iter().for_each(|&v| ascending.record(v));
+        let mut descending = LatencyHistogram::new();
+        sorted.iter().rev().for_each(|&v| descending.record(v));
+        assert_eq!(a, ascending);
+        assert_eq!(a, descending);
+        for q in [0.0, 0.1, 0.5, 0.9, 0.99, 1.0] {
+            assert_eq!(a.quantile_us(q), ascending.quantile_us(q));
+        }
+        // Merging histograms with disjoint ranges, in both orders.
+        let (mut low, mut high) = (LatencyHistogram::new(), LatencyHistogram::new());
+        sorted[..1000].iter().for_each(|&v| low.record(v));
+        sorted[1000..].iter().for_each(|&v| high.record(v));
+        let mut lh = low.clone();
+        lh.merge(&high);
+        let mut hl = high.clone();
+        hl.merge(&low);
+        assert_eq!(lh, a);
+        assert_eq!(hl, a);
+        // Merging an empty histogram changes nothing, into an empty one copies.
+        let mut e = LatencyHistogram::new();
+        e.merge(&a);
+        assert_eq!(e, a);
+        lh.merge(&LatencyHistogram::new());
+        assert_eq!(lh, a);
+    }
+
+    #[test]
+    fn stores_only_the_recorded_range() {
+        let mut h = LatencyHistogram::new();
+        assert_eq!(h.heap_bytes(), 0, "an empty histogram allocates nothing");
+        (1_000..5_000).for_each(|v| h.record(v));
+        let span = bucket_index(4_999) - bucket_index(1_000) + 1;
+        assert!(h.heap_bytes() <= 2 * span * 8, "{} bytes", h.heap_bytes());
+        assert!(span < BUCKET_COUNT / 10);
+        // clear keeps the allocation and forgets the values; equality ignores the range.
+        h.clear();
+        assert!(h.is_empty());
+        assert_eq!(h, LatencyHistogram::new());
+        h.record(7);
+        let mut fresh = LatencyHistogram::new();
+        fresh.record(7);
+        assert_eq!(h, fresh);
+        assert_eq!(h.quantile_us(0.5), 7.0);
+    }
+
+    #[test]
+    fn from_range_validates_and_matches_sparse() {
+        let mut h = LatencyHistogram::new();
+        [900, 950, 2_000].iter().for_each(|&v| h.record(v));
+        let (idx, cnt): (Vec<u32>, Vec<u64>) = h.nonzero_buckets().unzip();
+        let lo = idx[0] as usize;
+        let mut dense = vec![0; idx[idx.len() - 1] as usize + 1 - lo];
+        for (&i, &c) in idx.iter().zip(&cnt) {
+            dense[i as usize - lo] = c;
+        }
+        let r = LatencyHistogram::from_range(lo, dense, h.sum_us(), h.min_us(), h.max_us());
+        assert_eq!(r.unwrap(), h);
+        assert_eq!(
+            LatencyHistogram::from_range(BUCKET_COUNT - 1, vec![1, 1], 0, 0, 0),
+            Err(HistogramError::IndexOutOfRange(BUCKET_COUNT as u32))
+        );
+        assert_eq!(
+            LatencyHistogram::from_range(0, vec![u64::MAX, 1], 0, 0, 0),
+            Err(HistogramError::Overflow)
+        );
+    }
+
+    #[test]
+    fn serde_round_trips_through_the_sparse_form_and_validates() {
+        let mut h = LatencyHistogram::new();
+        [3, 900, 12_345].iter().for_each(|&v| h.record(v));
+        let json = serde_json::to_string(&h).unwrap();
+        assert!(json.contains("\"index\""), "{json}");
+        let back: LatencyHistogram = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, h);
+        let bad =
+            r#"{"sub_bucket_bits":4,"index":[7,3],"count":[1,1],"sum_us":0,"min_us":0,"max_us":0}"#;
+        let err = serde_json::from_str::<LatencyHistogram>(bad).unwrap_err();
+        assert!(err.to_string().contains("ascending"), "{err}");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! omitting it would mean Istio's default of 2).
 
 use meshtune_core::{Knob, Knobs};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::duration::format_ms;
 use crate::envoy::DEFAULT_RETRY_ON;
@@ -99,109 +100,241 @@ fn whole(v: f64) -> i64 {
     }
 }
 
-fn metadata(t: &IstioTarget) -> Value {
-    let mut m = json!({
-        "name": t.name,
-        "namespace": t.namespace,
-        "annotations": {HOST_ANNOTATION: t.host},
-    });
-    if t.owned {
-        m["labels"] = json!({MANAGED_BY_LABEL: MANAGED_BY_VALUE});
-    }
-    m
+/// `metadata` of a rendered object.
+#[derive(Debug, Serialize)]
+struct Metadata<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    annotations: HostAnnotation<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    labels: Option<ManagedByLabel>,
 }
 
-fn insert_some(map: &mut Map<String, Value>, key: &str, v: Option<i64>) {
-    if let Some(v) = v {
-        map.insert(key.to_string(), json!(v));
+#[derive(Debug, Serialize)]
+struct HostAnnotation<'a> {
+    /// [`HOST_ANNOTATION`] (serde needs the literal; a test ties them together).
+    #[serde(rename = "meshtune.io/host")]
+    host: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct ManagedByLabel {
+    /// [`MANAGED_BY_LABEL`]: [`MANAGED_BY_VALUE`].
+    #[serde(rename = "app.kubernetes.io/managed-by")]
+    managed_by: &'static str,
+}
+
+impl<'a> Metadata<'a> {
+    fn of(t: &'a IstioTarget) -> Self {
+        Self {
+            name: &t.name,
+            namespace: &t.namespace,
+            annotations: HostAnnotation { host: &t.host },
+            labels: t.owned.then_some(ManagedByLabel {
+                managed_by: MANAGED_BY_VALUE,
+            }),
+        }
     }
+}
+
+/// A rendered DestinationRule (connection pool and outlier detection), serialised as the
+/// object server-side apply sends. Borrowing its target, it is cheap to build; see
+/// [`destination_rule`] for the JSON value.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationRuleObject<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: Metadata<'a>,
+    spec: DestinationRuleSpec<'a>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DestinationRuleSpec<'a> {
+    host: &'a str,
+    traffic_policy: TrafficPolicy,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TrafficPolicy {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connection_pool: Option<ConnectionPool>,
+    outlier_detection: OutlierDetection,
+}
+
+#[derive(Debug, Serialize)]
+struct ConnectionPool {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tcp: Option<TcpPool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http: Option<HttpPool>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TcpPool {
+    max_connections: i64,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpPool {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http1_max_pending_requests: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http2_max_requests: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_requests_per_connection: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_retries: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OutlierDetection {
+    #[serde(rename = "consecutive5xxErrors")]
+    consecutive_5xx_errors: i64,
+    base_ejection_time: String,
+    max_ejection_percent: i64,
+}
+
+impl<'a> DestinationRuleObject<'a> {
+    /// Renders `k` for target `t`.
+    pub fn new(t: &'a IstioTarget, k: &Knobs) -> Self {
+        let http = HttpPool {
+            http1_max_pending_requests: istio_limit(k.get(Knob::Http1MaxPendingRequests)),
+            http2_max_requests: istio_limit(k.get(Knob::Http2MaxRequests)),
+            max_requests_per_connection: istio_limit(k.get(Knob::MaxRequestsPerConnection))
+                .filter(|v| *v > 0),
+            max_retries: istio_limit(k.get(Knob::MaxRetries)),
+        };
+        let http_set = http.http1_max_pending_requests.is_some()
+            || http.http2_max_requests.is_some()
+            || http.max_requests_per_connection.is_some()
+            || http.max_retries.is_some();
+        let pool = ConnectionPool {
+            tcp: istio_limit(k.get(Knob::MaxConnections))
+                .map(|max_connections| TcpPool { max_connections }),
+            http: http_set.then_some(http),
+        };
+        let pool_set = pool.tcp.is_some() || pool.http.is_some();
+        Self {
+            api_version: API_VERSION,
+            kind: "DestinationRule",
+            metadata: Metadata::of(t),
+            spec: DestinationRuleSpec {
+                host: &t.host,
+                traffic_policy: TrafficPolicy {
+                    connection_pool: pool_set.then_some(pool),
+                    outlier_detection: OutlierDetection {
+                        consecutive_5xx_errors: whole(k.get(Knob::Consecutive5xxErrors)),
+                        base_ejection_time: format_ms(k.get(Knob::BaseEjectionTimeMs).max(1.0)),
+                        max_ejection_percent: whole(k.get(Knob::MaxEjectionPercent)).min(100),
+                    },
+                },
+            },
+        }
+    }
+}
+
+/// A rendered VirtualService (one HTTP route to the host with timeout and retries); see
+/// [`virtual_service`] for the JSON value.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualServiceObject<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: Metadata<'a>,
+    spec: VirtualServiceSpec<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct VirtualServiceSpec<'a> {
+    hosts: [&'a str; 1],
+    http: [HttpRoute<'a>; 1],
+}
+
+#[derive(Debug, Serialize)]
+struct HttpRoute<'a> {
+    name: &'static str,
+    route: [RouteDestination<'a>; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout: Option<String>,
+    retries: Retries<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct RouteDestination<'a> {
+    destination: DestinationHost<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct DestinationHost<'a> {
+    host: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Retries<'a> {
+    attempts: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_on: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    per_try_timeout: Option<String>,
+}
+
+impl<'a> VirtualServiceObject<'a> {
+    /// Renders `k` for target `t`.
+    pub fn new(t: &'a IstioTarget, k: &Knobs) -> Self {
+        let timeout = whole(k.get(Knob::RouteTimeoutMs));
+        let attempts = whole(k.get(Knob::RetryAttempts));
+        let per_try = whole(k.get(Knob::PerTryTimeoutMs));
+        Self {
+            api_version: API_VERSION,
+            kind: "VirtualService",
+            metadata: Metadata::of(t),
+            spec: VirtualServiceSpec {
+                hosts: [&t.host],
+                http: [HttpRoute {
+                    name: "meshtune",
+                    route: [RouteDestination {
+                        destination: DestinationHost { host: &t.host },
+                    }],
+                    timeout: (timeout > 0).then(|| format_ms(timeout as f64)),
+                    retries: Retries {
+                        attempts,
+                        retry_on: (attempts > 0).then_some(t.retry_on.as_str()),
+                        per_try_timeout: (attempts > 0 && per_try > 0)
+                            .then(|| format_ms(per_try as f64)),
+                    },
+                }],
+            },
+        }
+    }
+}
+
+/// A rendered object as a JSON value (for schema validation and tests). The typed objects
+/// have only string keys and plain values, so conversion cannot fail; `Null` is unreachable.
+fn to_value(obj: &impl Serialize) -> Value {
+    serde_json::to_value(obj).unwrap_or(Value::Null)
 }
 
 /// Renders the DestinationRule: connection pool and outlier detection.
 pub fn destination_rule(t: &IstioTarget, k: &Knobs) -> Value {
-    let mut tcp = Map::new();
-    insert_some(
-        &mut tcp,
-        "maxConnections",
-        istio_limit(k.get(Knob::MaxConnections)),
-    );
-    let mut http = Map::new();
-    insert_some(
-        &mut http,
-        "http1MaxPendingRequests",
-        istio_limit(k.get(Knob::Http1MaxPendingRequests)),
-    );
-    insert_some(
-        &mut http,
-        "http2MaxRequests",
-        istio_limit(k.get(Knob::Http2MaxRequests)),
-    );
-    insert_some(
-        &mut http,
-        "maxRequestsPerConnection",
-        istio_limit(k.get(Knob::MaxRequestsPerConnection)).filter(|v| *v > 0),
-    );
-    insert_some(
-        &mut http,
-        "maxRetries",
-        istio_limit(k.get(Knob::MaxRetries)),
-    );
-    let mut pool = Map::new();
-    if !tcp.is_empty() {
-        pool.insert("tcp".into(), Value::Object(tcp));
-    }
-    if !http.is_empty() {
-        pool.insert("http".into(), Value::Object(http));
-    }
-    let mut policy = json!({
-        "outlierDetection": {
-            "consecutive5xxErrors": whole(k.get(Knob::Consecutive5xxErrors)),
-            "baseEjectionTime": format_ms(k.get(Knob::BaseEjectionTimeMs).max(1.0)),
-            "maxEjectionPercent": whole(k.get(Knob::MaxEjectionPercent)).min(100),
-        },
-    });
-    if !pool.is_empty() {
-        policy["connectionPool"] = Value::Object(pool);
-    }
-    json!({
-        "apiVersion": API_VERSION,
-        "kind": "DestinationRule",
-        "metadata": metadata(t),
-        "spec": {"host": t.host, "trafficPolicy": policy},
-    })
+    to_value(&DestinationRuleObject::new(t, k))
 }
 
 /// Renders the VirtualService: one HTTP route to the host with timeout and retries.
 pub fn virtual_service(t: &IstioTarget, k: &Knobs) -> Value {
-    let mut route = json!({
-        "name": "meshtune",
-        "route": [{"destination": {"host": t.host}}],
-    });
-    let timeout = whole(k.get(Knob::RouteTimeoutMs));
-    if timeout > 0 {
-        route["timeout"] = json!(format_ms(timeout as f64));
-    }
-    let attempts = whole(k.get(Knob::RetryAttempts));
-    let mut retries = json!({"attempts": attempts});
-    if attempts > 0 {
-        retries["retryOn"] = json!(t.retry_on);
-        let per_try = whole(k.get(Knob::PerTryTimeoutMs));
-        if per_try > 0 {
-            retries["perTryTimeout"] = json!(format_ms(per_try as f64));
-        }
-    }
-    route["retries"] = retries;
-    json!({
-        "apiVersion": API_VERSION,
-        "kind": "VirtualService",
-        "metadata": metadata(t),
-        "spec": {"hosts": [t.host], "http": [route]},
-    })
+    to_value(&VirtualServiceObject::new(t, k))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn tuned() -> Knobs {
         let mut k = Knobs::istio_defaults();
@@ -285,6 +418,17 @@ mod tests {
         assert!(destination_rule(&t, &tuned())["metadata"]
             .get("labels")
             .is_none());
+    }
+
+    #[test]
+    fn serde_key_literals_match_the_constants() {
+        let t = IstioTarget::new("reviews", "bookinfo");
+        let dr = destination_rule(&t, &tuned());
+        assert_eq!(dr["metadata"]["annotations"][HOST_ANNOTATION], "reviews");
+        assert_eq!(dr["metadata"]["labels"][MANAGED_BY_LABEL], MANAGED_BY_VALUE);
+        // The typed object serialises to the same JSON as its value.
+        let bytes = serde_json::to_vec(&DestinationRuleObject::new(&t, &tuned())).unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap(), dr);
     }
 
     #[test]

@@ -1,0 +1,331 @@
+//! The closed loop with the Istio sink and the ConfigMap model source inside the controller,
+//! against a mocked Kubernetes API server at the HTTP level (kube-rs tower-test pattern):
+//! reports → one decision cycle → the exact server-side apply calls (path, field manager,
+//! body = the rendered DestinationRule/VirtualService for the knobs now in force, valid against
+//! the Istio CRD schemas); a refused apply leaves nothing in force; the first model comes from
+//! a ConfigMap and a corrupt one is refused naming it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::{const_model, report, upstream};
+use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::ByteString;
+use kube::client::Body;
+use kube::Client;
+use meshtune_controller::decision::Naming;
+use meshtune_controller::policy_loop::{model_from_configmap, LoopConfig, PolicyLoop};
+use meshtune_controller::{Config, Controller};
+use meshtune_core::knobs::{Knob, KNOB_COUNT};
+use meshtune_policy::guardrails::{self, Mode};
+use meshtune_policy::OnnxPolicy;
+use meshtune_sinks::istio::{destination_rule, virtual_service, IstioTarget};
+use meshtune_sinks::schema::{CrdSchemas, CRD_PATH_ENV};
+use meshtune_sinks::{IstioSink, IstioSinkConfig, LogSink, Sink};
+use serde_json::{json, Value};
+use tower_test::mock::{pair, Handle};
+
+type MockHandle = Handle<Request<Body>, Response<Body>>;
+
+const HOST: &str = "reviews.bookinfo.svc.cluster.local";
+const CLUSTER: &str = "outbound|9080||reviews.bookinfo.svc.cluster.local";
+const DR: &str = "/apis/networking.istio.io/v1/namespaces/bookinfo/destinationrules";
+const VS: &str = "/apis/networking.istio.io/v1/namespaces/bookinfo/virtualservices";
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(v).unwrap()))
+        .unwrap()
+}
+
+fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
+    json_response(
+        code,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code.as_u16()}),
+    )
+}
+
+/// Answers the next request, asserting its method and path; returns its query and body.
+async fn answer(
+    handle: &mut MockHandle,
+    method: Method,
+    path: &str,
+    reply: impl FnOnce(&Value) -> Response<Body>,
+) -> (String, Value) {
+    let (req, send) = handle
+        .next_request()
+        .await
+        .unwrap_or_else(|| panic!("expected {method} {path}"));
+    assert_eq!(req.method(), method, "{}", req.uri());
+    assert_eq!(req.uri().path(), path);
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let bytes = req.into_body().collect_bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    send.send_response(reply(&body));
+    (query, body)
+}
+
+/// The sink's look-ups for one kind: GET the object (absent), LIST the namespace (empty).
+async fn lookups(handle: &mut MockHandle, list: &str, kind: &str) {
+    answer(handle, Method::GET, &format!("{list}/reviews"), |_| {
+        status(StatusCode::NOT_FOUND, "NotFound", "\"reviews\" not found")
+    })
+    .await;
+    answer(handle, Method::GET, list, |_| {
+        json_response(
+            StatusCode::OK,
+            &json!({"apiVersion": "networking.istio.io/v1", "kind": format!("{kind}List"),
+                "metadata": {"resourceVersion": "1"}, "items": []}),
+        )
+    })
+    .await;
+}
+
+fn query(q: &str) -> BTreeMap<&str, &str> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .collect()
+}
+
+/// Istio CRD schemas (required under CI=true; skipped with a note otherwise).
+fn crds() -> Option<CrdSchemas> {
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+    let over = std::env::var_os(CRD_PATH_ENV);
+    match CrdSchemas::locate(over.as_deref(), ci) {
+        Ok(s) => {
+            if s.is_none() {
+                eprintln!("SKIP schema checks: Istio CRDs not found (set {CRD_PATH_ENV})");
+            }
+            s
+        }
+        Err(e) => panic!("Istio CRD schemas are required under CI=true: {e}"),
+    }
+}
+
+/// Normalised policy output: every knob at 0.4 of its range.
+const U: [f32; KNOB_COUNT] = [0.4; KNOB_COUNT];
+
+/// A controller that has seen traffic to the `reviews` host, and a loop over it (enforce, no
+/// dwell or step limit, Istio naming) with the constant model and `sink`.
+fn setup(sink: Arc<dyn Sink>) -> Arc<PolicyLoop> {
+    let controller = Arc::new(Controller::new(Config::default()).unwrap());
+    for seq in 1..=3 {
+        let r = controller.handle_report(&report(
+            "client-0",
+            seq,
+            vec![upstream(CLUSTER, 200, 10, 40_000)],
+        ));
+        assert!(r.is_ok(), "report {seq}: {r:?}");
+    }
+    let model = OnnxPolicy::from_bytes(&const_model(U, "const-istio"), "test").unwrap();
+    PolicyLoop::new(
+        controller,
+        Some(model),
+        vec![sink],
+        Arc::new(LogSink::new(Box::new(std::io::sink()))),
+        None,
+        LoopConfig {
+            min_requests: 1,
+            naming: Naming::IstioHost,
+            guardrails: guardrails::Config {
+                mode: Mode::Enforce,
+                min_dwell: std::time::Duration::ZERO,
+                max_step_factor: 1e9,
+                max_linear_step: 1.0,
+                rollback_windows: 0,
+                ..guardrails::Config::default()
+            },
+            ..LoopConfig::default()
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_decision_is_applied_to_istio_by_server_side_apply_and_refusals_revert_it() {
+    let (svc, mut handle) = pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "default");
+    let schemas = crds().map(Arc::new);
+    let mut sink = IstioSink::new(client, IstioSinkConfig::default());
+    if let Some(s) = &schemas {
+        sink = sink.with_schemas(s.clone());
+    }
+    let policy = setup(Arc::new(sink));
+    let server = tokio::spawn(async move {
+        lookups(&mut handle, DR, "DestinationRule").await;
+        lookups(&mut handle, VS, "VirtualService").await;
+        let echo = |b: &Value| json_response(StatusCode::OK, b);
+        let (q_dr, dr) = answer(&mut handle, Method::PATCH, &format!("{DR}/reviews"), echo).await;
+        let (q_vs, vs) = answer(&mut handle, Method::PATCH, &format!("{VS}/reviews"), echo).await;
+        (q_dr, dr, q_vs, vs, handle)
+    });
+    let summary = policy.cycle().await.expect("a model is loaded");
+    let (q_dr, dr, q_vs, vs, mut handle) = server.await.unwrap();
+    assert_eq!(summary.destinations, 1, "{summary:?}");
+    assert_eq!(summary.pushed, 1, "{summary:?}");
+    assert_eq!(summary.push_failures, 0, "{summary:?}");
+    assert_eq!(summary.model_version, "const-istio");
+
+    // Server-side apply under the fixed field manager, forced (meshtune owns new objects).
+    for q in [&q_dr, &q_vs] {
+        assert_eq!(
+            query(q),
+            [("fieldManager", "meshtune"), ("force", "true")].into()
+        );
+    }
+    // The bodies are exactly the objects rendered for the knobs now in force, and those are
+    // the model's output (no guardrail clamps these mid-range values away).
+    let knobs = policy
+        .knobs_in_force(HOST)
+        .await
+        .expect("pushed knobs in force");
+    let expected = meshtune_core::Knobs::from_normalised(&U);
+    for k in Knob::ALL {
+        let (got, want) = (knobs.get(k), expected.get(k));
+        assert!(
+            (got - want).abs() <= want.abs() * 1e-6 + 0.5,
+            "{k:?}: in force {got}, model said {want}"
+        );
+    }
+    let target = IstioTarget::new(HOST, "bookinfo");
+    assert_eq!(dr, destination_rule(&target, &knobs));
+    assert_eq!(vs, virtual_service(&target, &knobs));
+    assert_eq!(
+        dr["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "meshtune"
+    );
+    assert!(
+        dr["spec"]["trafficPolicy"]["connectionPool"]["http"]["http1MaxPendingRequests"].is_i64()
+    );
+    if let Some(s) = &schemas {
+        s.validate(&dr).unwrap();
+        s.validate(&vs).unwrap();
+    }
+
+    // Second cycle with a different model: the API server refuses the apply (admission
+    // webhook); the push is reported as failed and the previous knobs stay in force.
+    let before = knobs;
+    let u2 = [0.7; KNOB_COUNT];
+    policy
+        .store()
+        .unwrap()
+        .try_swap(&const_model(u2, "const-istio-2"), "test")
+        .unwrap();
+    let server = tokio::spawn(async move {
+        for (list, kind) in [(DR, "DestinationRule"), (VS, "VirtualService")] {
+            // The objects exist now, labelled as meshtune's.
+            answer(&mut handle, Method::GET, &format!("{list}/reviews"), |_| {
+                json_response(
+                    StatusCode::OK,
+                    &json!({"apiVersion": "networking.istio.io/v1", "kind": kind,
+                        "metadata": {"name": "reviews", "namespace": "bookinfo",
+                            "labels": {"app.kubernetes.io/managed-by": "meshtune"},
+                            "resourceVersion": "7"},
+                        "spec": {"host": HOST}}),
+                )
+            })
+            .await;
+            answer(&mut handle, Method::GET, list, |_| {
+                json_response(
+                    StatusCode::OK,
+                    &json!({"apiVersion": "networking.istio.io/v1", "kind": format!("{kind}List"),
+                        "metadata": {"resourceVersion": "7"}, "items": []}),
+                )
+            })
+            .await;
+        }
+        answer(&mut handle, Method::PATCH, &format!("{DR}/reviews"), |_| {
+            status(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "admission webhook denied the request",
+            )
+        })
+        .await;
+    });
+    let summary = policy.cycle().await.expect("a model is loaded");
+    server.await.unwrap();
+    assert_eq!(summary.pushed, 1, "decided to push: {summary:?}");
+    assert_eq!(summary.push_failures, 1, "{summary:?}");
+    assert_eq!(summary.model_version, "const-istio-2");
+    assert_eq!(
+        policy.knobs_in_force(HOST).await,
+        Some(before),
+        "a refused apply leaves the previous knobs in force"
+    );
+}
+
+fn configmap(bytes: &[u8]) -> Value {
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("meshtune-model".into());
+    cm.metadata.namespace = Some("meshtune-system".into());
+    cm.metadata.resource_version = Some("3".into());
+    cm.binary_data = Some(
+        [(
+            meshtune_policy::configmap::MODEL_KEY.to_string(),
+            ByteString(bytes.to_vec()),
+        )]
+        .into(),
+    );
+    let mut v = serde_json::to_value(&cm).unwrap();
+    v["apiVersion"] = json!("v1");
+    v["kind"] = json!("ConfigMap");
+    v
+}
+
+const CM_PATH: &str = "/api/v1/namespaces/meshtune-system/configmaps/meshtune-model";
+
+#[tokio::test]
+async fn the_first_model_comes_from_a_configmap_and_a_corrupt_one_is_refused_by_name() {
+    let good = const_model(U, "from-configmap");
+    let (svc, mut handle) = pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "default");
+    let server = tokio::spawn(async move {
+        let good_cm = configmap(&good);
+        answer(&mut handle, Method::GET, CM_PATH, |_| {
+            json_response(StatusCode::OK, &good_cm)
+        })
+        .await;
+        let bad_cm = configmap(b"not an onnx model");
+        answer(&mut handle, Method::GET, CM_PATH, |_| {
+            json_response(StatusCode::OK, &bad_cm)
+        })
+        .await;
+        answer(&mut handle, Method::GET, CM_PATH, |_| {
+            status(StatusCode::NOT_FOUND, "NotFound", "not found")
+        })
+        .await;
+    });
+    let m = model_from_configmap(client.clone(), "meshtune-system", "meshtune-model")
+        .await
+        .expect("valid model in the ConfigMap");
+    assert_eq!(m.model_version(), "from-configmap");
+    assert!(
+        m.origin().contains("meshtune-system/meshtune-model"),
+        "{}",
+        m.origin()
+    );
+
+    let e = model_from_configmap(client.clone(), "meshtune-system", "meshtune-model")
+        .await
+        .expect_err("a corrupt model is refused");
+    assert!(
+        e.to_string().contains("meshtune-system/meshtune-model"),
+        "the error names the ConfigMap: {e}"
+    );
+    let e = model_from_configmap(client, "meshtune-system", "meshtune-model")
+        .await
+        .expect_err("a missing ConfigMap is an error");
+    assert!(e.to_string().contains("meshtune-model"), "{e}");
+    server.await.unwrap();
+}
