@@ -21,6 +21,10 @@ use meshtune_policy::OnnxPolicy;
 use meshtune_proto::v1::{LatencyHistogram as WireHist, ReportRequest, Reporter, UpstreamWindow};
 use meshtune_sinks::istio::{DestinationRuleObject, IstioTarget, VirtualServiceObject};
 
+/// The `meshtune` binary's allocator, so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Destinations decided for in one cycle.
 const DESTINATIONS: usize = 10_000;
 /// Reporters (Envoys) feeding the aggregator; each reports once per second.

@@ -250,33 +250,74 @@ impl SparseHistogram {
     }
 }
 
-/// Sums sparse histograms over the union of their bucket ranges into one histogram (one
-/// allocation the size of that range, not of every possible bucket).
-fn sum_sparse<'a>(parts: impl Iterator<Item = &'a SparseHistogram> + Clone) -> LatencyHistogram {
-    let nonempty = parts.filter(|h| !h.is_empty());
-    let mut range: Option<(usize, usize)> = None;
-    let (mut sum_us, mut min_us, mut max_us) = (0u64, u64::MAX, 0u64);
-    for h in nonempty.clone() {
-        let (lo, hi) = (
-            usize::from(h.index[0]),
-            usize::from(h.index[h.index.len() - 1]),
-        );
-        range = Some(range.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
-        sum_us = sum_us.saturating_add(h.sum_us);
-        min_us = min_us.min(h.min_us);
-        max_us = max_us.max(h.max_us);
-    }
-    let Some((lo, hi)) = range else {
-        return LatencyHistogram::new();
-    };
-    let mut counts = vec![0u64; hi + 1 - lo];
-    for h in nonempty {
-        for (i, c) in h.iter() {
-            counts[usize::from(i) - lo] += c;
+/// Running per-bucket latency counts of every bucket a destination holds: added on ingest,
+/// subtracted when a bucket expires, so a snapshot copies one small range instead of summing
+/// every second's histogram (which for 10,000 destinations dominated the decision cycle).
+#[derive(Debug, Clone, Default)]
+struct RunningCounts {
+    /// Histogram bucket index of `counts[0]`.
+    offset: usize,
+    counts: Vec<u64>,
+}
+
+impl RunningCounts {
+    fn add(&mut self, h: &LatencyHistogram) {
+        let mut buckets = h.nonzero_buckets();
+        let Some((first, _)) = buckets.next() else {
+            return;
+        };
+        let last = buckets.last().map_or(first, |(i, _)| i);
+        let (lo, hi) = (first as usize, last as usize + 1);
+        if self.counts.is_empty() {
+            self.offset = lo;
+            self.counts.resize(hi - lo, 0);
+        } else {
+            let end = self.offset + self.counts.len();
+            if lo < self.offset {
+                let mut grown = vec![0; end.max(hi) - lo];
+                grown[self.offset - lo..end - lo].copy_from_slice(&self.counts);
+                self.counts = grown;
+                self.offset = lo;
+            } else if hi > end {
+                self.counts.resize(hi - self.offset, 0);
+            }
+        }
+        for (i, c) in h.nonzero_buckets() {
+            self.counts[i as usize - self.offset] += c;
         }
     }
-    // Built only from validated histograms' buckets, so this cannot fail; fall back to empty.
-    LatencyHistogram::from_range(lo, counts, sum_us, min_us, max_us).unwrap_or_default()
+
+    /// Subtracts a bucket that was added before; trims empty edges.
+    fn sub(&mut self, h: &SparseHistogram) {
+        Self::sub_from(self.offset, &mut self.counts, h);
+        let lead = self.counts.iter().take_while(|&&c| c == 0).count();
+        if lead == self.counts.len() {
+            self.counts.clear();
+            self.offset = 0;
+            return;
+        }
+        let trail = self.counts.iter().rev().take_while(|&&c| c == 0).count();
+        self.counts.truncate(self.counts.len() - trail);
+        if lead > 0 {
+            self.counts.drain(..lead);
+            self.offset += lead;
+        }
+    }
+
+    fn sub_from(offset: usize, counts: &mut [u64], h: &SparseHistogram) {
+        for (i, c) in h.iter() {
+            if let Some(x) = usize::from(i)
+                .checked_sub(offset)
+                .and_then(|j| counts.get_mut(j))
+            {
+                *x = x.saturating_sub(c);
+            }
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.counts.capacity() * std::mem::size_of::<u64>()
+    }
 }
 
 #[derive(Debug)]
@@ -292,6 +333,8 @@ struct Bucket {
 #[derive(Debug)]
 struct Destination {
     buckets: VecDeque<Bucket>,
+    /// Latency counts summed over `buckets`.
+    running: RunningCounts,
     lifetime: WindowStats,
     first_seen_ms: u64,
     first_duration_s: f64,
@@ -397,6 +440,7 @@ impl Aggregator {
                     name.clone(),
                     Destination {
                         buckets: VecDeque::with_capacity(self.limits.window_secs as usize + 1),
+                        running: RunningCounts::default(),
                         lifetime: WindowStats::default(),
                         first_seen_ms: now_ms,
                         first_duration_s: w.duration_s,
@@ -409,7 +453,7 @@ impl Aggregator {
             };
             d.last_report_ms = d.last_report_ms.max(now_ms);
             d.lifetime.merge_sequential(w);
-            expire_buckets(&mut d.buckets, sec, self.limits.window_secs);
+            d.expire_buckets(sec, self.limits.window_secs);
             // Receive times are monotonic in practice; a report "from the past" (clock step)
             // joins the newest bucket.
             let need_new = d.buckets.back().is_none_or(|b| b.sec < sec);
@@ -428,6 +472,7 @@ impl Aggregator {
             }
             b.counters.add(w, concurrent);
             b.latency.add(&w.latency);
+            d.running.add(&w.latency);
         }
         IngestOutcome::Accepted {
             accepted_sequence: seq,
@@ -454,6 +499,7 @@ impl Aggregator {
                     + size_of::<Destination>()
                     + d.buckets.capacity() * size_of::<Bucket>()
                     + buckets
+                    + d.running.heap_bytes()
                     + d.lifetime.latency.heap_bytes()
             })
             .sum();
@@ -479,7 +525,7 @@ impl Aggregator {
         self.expire_reporters(now_ms);
         let sec = now_ms / 1000;
         for d in self.destinations.values_mut() {
-            expire_buckets(&mut d.buckets, sec, self.limits.window_secs);
+            d.expire_buckets(sec, self.limits.window_secs);
         }
     }
 
@@ -511,7 +557,7 @@ impl Aggregator {
     pub fn snapshot(&self, now_ms: u64) -> Vec<(String, WindowStats)> {
         self.destinations
             .iter()
-            .map(|(name, d)| (name.clone(), self.window_of(d, now_ms).0))
+            .map(|(name, d)| (name.clone(), self.window_of(d, now_ms)))
             .collect()
     }
 
@@ -520,7 +566,8 @@ impl Aggregator {
         self.destinations
             .iter()
             .map(|(name, d)| {
-                let (window, reporters) = self.window_of(d, now_ms);
+                let window = self.window_of(d, now_ms);
+                let reporters = self.reporters_in_window(d, now_ms);
                 DestinationView {
                     name: name.clone(),
                     reporters,
@@ -532,31 +579,56 @@ impl Aggregator {
             .collect()
     }
 
-    /// The window of one destination and its distinct reporter count.
-    fn window_of(&self, d: &Destination, now_ms: u64) -> (WindowStats, usize) {
+    /// Distinct reporters with a report in `d`'s window.
+    fn reporters_in_window(&self, d: &Destination, now_ms: u64) -> usize {
+        let (w, sec) = (self.limits.window_secs, now_ms / 1000);
+        let mut ids: Vec<u32> = d
+            .buckets
+            .iter()
+            .filter(|b| in_window(b.sec, sec, w))
+            .flat_map(|b| b.reporters.iter().copied())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len()
+    }
+
+    /// The window of one destination.
+    fn window_of(&self, d: &Destination, now_ms: u64) -> WindowStats {
         let w = self.limits.window_secs;
         let sec = now_ms / 1000;
         let mut merged = WindowStats::default();
         // Counters merge bucket by bucket with `merge_sequential` (the scratch histogram stays
-        // empty); histograms are summed sparse-to-dense and built once.
+        // empty); histograms are summed over their joint bucket range and built once.
         let mut scratch = WindowStats::default();
-        let mut ids: Vec<u32> = Vec::new();
-        let in_window_buckets = d.buckets.iter().filter(|b| in_window(b.sec, sec, w));
-        for b in in_window_buckets.clone() {
+        // Latency: the running sum, minus buckets not yet expired but out of the window at
+        // `now_ms` (a destination whose reports stopped); sum, min and max from the buckets.
+        let mut counts = d.running.counts.clone();
+        let (mut sum_us, mut min_us, mut max_us) = (0u64, u64::MAX, 0u64);
+        for b in &d.buckets {
+            if !in_window(b.sec, sec, w) {
+                RunningCounts::sub_from(d.running.offset, &mut counts, &b.latency);
+                continue;
+            }
             b.counters.fill(&mut scratch);
             merged.merge_sequential(&scratch);
-            ids.extend(&b.reporters);
+            if !b.latency.is_empty() {
+                sum_us = sum_us.saturating_add(b.latency.sum_us);
+                min_us = min_us.min(b.latency.min_us);
+                max_us = max_us.max(b.latency.max_us);
+            }
         }
-        merged.latency = sum_sparse(in_window_buckets.map(|b| &b.latency));
-        ids.sort_unstable();
-        ids.dedup();
+        // Counts come from validated histograms, so the range is valid; fall back to empty.
+        merged.latency =
+            LatencyHistogram::from_range(d.running.offset, counts, sum_us, min_us, max_us)
+                .unwrap_or_default();
         let elapsed = now_ms.saturating_sub(d.first_seen_ms) as f64 / 1000.0 + d.first_duration_s;
         let span = merged.duration_s.max(elapsed).min(w as f64);
         if span > 0.0 {
             merged.inflight_avg = merged.inflight_avg * merged.duration_s.min(span) / span;
         }
         merged.duration_s = span;
-        (merged, ids.len())
+        merged
     }
 }
 
@@ -564,18 +636,25 @@ fn in_window(bucket_sec: u64, now_sec: u64, window_secs: u64) -> bool {
     bucket_sec + window_secs > now_sec
 }
 
-fn expire_buckets(buckets: &mut VecDeque<Bucket>, now_sec: u64, window_secs: u64) {
-    while buckets
-        .front()
-        .is_some_and(|b| !in_window(b.sec, now_sec, window_secs))
-    {
-        buckets.pop_front();
+impl Destination {
+    /// Drops buckets that left the window (and their latency counts from the running sum).
+    fn expire_buckets(&mut self, now_sec: u64, window_secs: u64) {
+        while self
+            .buckets
+            .front()
+            .is_some_and(|b| !in_window(b.sec, now_sec, window_secs))
+        {
+            if let Some(b) = self.buckets.pop_front() {
+                self.running.sub(&b.latency);
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshtune_core::histogram::RELATIVE_ERROR;
 
     fn key(pod: &str) -> ReporterKey {
         ReporterKey {
@@ -688,6 +767,28 @@ mod tests {
         let r5 = a.snapshot(T0 + 4000)[0].1.rps();
         assert!((r1 - 100.0).abs() < 1e-9, "{r1}");
         assert!((r5 - 20.0).abs() < 1e-9, "{r5}");
+    }
+
+    #[test]
+    fn latency_leaves_the_window_even_before_its_bucket_expires() {
+        // Window 10 s; a slow second, then a fast one 5 s later, then silence (no ingest, so
+        // nothing expires): the window at +12 s holds only the fast second's latencies.
+        let mut a = Aggregator::new(Limits::default());
+        a.ingest(&report("p", 1, vec![("c", window(50, 0, 90_000, 1))]), T0);
+        a.ingest(
+            &report("p", 2, vec![("c", window(30, 0, 2_000, 1))]),
+            T0 + 5_000,
+        );
+        let both = &a.snapshot(T0 + 5_000)[0].1;
+        assert_eq!(both.latency.count(), 80);
+        let later = &a.snapshot(T0 + 12_000)[0].1;
+        assert_eq!(later.requests, 30);
+        assert_eq!(later.latency.count(), 30);
+        assert_eq!(later.latency.max_us(), 2_000);
+        assert!((later.latency.quantile_us(0.99) - 2_000.0).abs() <= 2_000.0 * RELATIVE_ERROR);
+        // Once the old bucket is expired for real, the result is the same.
+        a.expire(T0 + 12_000);
+        assert_eq!(&a.snapshot(T0 + 12_000)[0].1, later);
     }
 
     #[test]
@@ -903,28 +1004,44 @@ mod tests {
     }
 
     #[test]
-    fn summed_sparse_histograms_equal_the_merged_full_one() {
-        let mut parts = Vec::new();
-        let mut full = LatencyHistogram::new();
-        // Disjoint, overlapping and empty parts.
-        for (k, range) in [
+    fn running_counts_add_and_subtract_like_merging_what_remains() {
+        let parts: Vec<LatencyHistogram> = [
             (0u64, 10..20u64),
             (1, 5_000..6_000),
             (2, 0..0),
             (3, 15..9_000),
-        ] {
+        ]
+        .into_iter()
+        .map(|(k, range)| {
             let mut h = LatencyHistogram::new();
-            for v in range.clone().step_by(7) {
+            for v in range.step_by(7) {
                 h.record(v * (k + 1));
             }
-            full.merge(&h);
-            let mut s = SparseHistogram::default();
-            s.add(&h);
-            parts.push(s);
+            h
+        })
+        .collect();
+        let mut running = RunningCounts::default();
+        parts.iter().for_each(|h| running.add(h));
+        // Remove the parts in order, as buckets expire, and compare with merging the rest.
+        for gone in 0..parts.len() {
+            let mut sparse = SparseHistogram::default();
+            sparse.add(&parts[gone]);
+            running.sub(&sparse);
+            let mut rest = LatencyHistogram::new();
+            parts[gone + 1..].iter().for_each(|h| rest.merge(h));
+            let got = LatencyHistogram::from_range(
+                running.offset,
+                running.counts.clone(),
+                rest.sum_us(),
+                rest.min_us(),
+                rest.max_us(),
+            )
+            .unwrap();
+            assert_eq!(got, rest, "after removing part {gone}");
+            if let Some((first, _)) = rest.nonzero_buckets().next() {
+                assert_eq!(running.offset, first as usize, "leading empties trimmed");
+            };
         }
-        let summed = sum_sparse(parts.iter());
-        assert_eq!(summed, full);
-        assert_eq!(summed.quantile_us(0.99), full.quantile_us(0.99));
-        assert!(sum_sparse(std::iter::empty()).is_empty());
+        assert!(running.counts.is_empty());
     }
 }

@@ -3,7 +3,9 @@
 //! hints and window outcomes. No I/O: [`crate::policy_loop`] does inference, sinks and recording.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 use std::time::Instant;
 
 use meshtune_core::dataset::Outcomes;
@@ -60,28 +62,33 @@ pub struct Selected {
     pub stats: WindowStats,
 }
 
-/// Groups the snapshot by destination and keeps those with at least `min_requests` requests.
-/// Takes the snapshot by value: each window moves into its destination (the common case of
-/// one cluster per destination copies nothing), sorted by destination.
+/// Groups the snapshot by destination and keeps those with at least `min_requests` requests,
+/// in the order their first cluster appears in the snapshot (which is sorted, so the order is
+/// deterministic). Takes the snapshot by value: each window moves into its destination (the
+/// common case of one cluster per destination copies nothing).
 pub fn select(
     snapshot: impl IntoIterator<Item = (String, WindowStats)>,
     naming: Naming,
     min_requests: u64,
 ) -> Vec<Selected> {
-    let mut by_dest: HashMap<String, Selected> = HashMap::new();
+    let snapshot = snapshot.into_iter();
+    let n = snapshot.size_hint().0;
+    let mut groups: Vec<Selected> = Vec::with_capacity(n);
+    let mut index: HashMap<String, usize> = HashMap::with_capacity(n);
     for (cluster, stats) in snapshot {
         let Some((destination, namespace)) = naming.destination(&cluster) else {
             continue;
         };
-        match by_dest.entry(destination) {
-            Entry::Occupied(mut e) => {
-                let s = e.get_mut();
+        match index.entry(destination) {
+            Entry::Occupied(e) => {
+                let s = &mut groups[*e.get()];
                 s.clusters.push(cluster);
                 s.stats.merge_concurrent(&stats);
             }
             Entry::Vacant(e) => {
                 let destination = e.key().clone();
-                e.insert(Selected {
+                e.insert(groups.len());
+                groups.push(Selected {
                     destination,
                     namespace,
                     clusters: vec![cluster],
@@ -90,12 +97,8 @@ pub fn select(
             }
         }
     }
-    let mut selected: Vec<Selected> = by_dest
-        .into_values()
-        .filter(|s| s.stats.requests >= min_requests.max(1))
-        .collect();
-    selected.sort_unstable_by(|a, b| a.destination.cmp(&b.destination));
-    selected
+    groups.retain(|s| s.stats.requests >= min_requests.max(1));
+    groups
 }
 
 /// Outcomes of a window (`meshtune_core::dataset` columns) with latency SLO `slo_ms`. The
@@ -144,14 +147,14 @@ pub fn cost(o: &Outcomes) -> f64 {
 pub struct LoopState {
     pub guardrails: Guardrails,
     /// Knobs in force (pushed) per destination; absent = Istio defaults, nothing pushed yet.
-    pub in_force: BTreeMap<String, Knobs>,
+    pub in_force: HashMap<String, Knobs>,
 }
 
 impl LoopState {
     pub fn new(guardrails: Guardrails) -> Self {
         Self {
             guardrails,
-            in_force: BTreeMap::new(),
+            in_force: HashMap::default(),
         }
     }
 
@@ -249,7 +252,10 @@ pub fn decide(
     now: Instant,
     slo_ms: f64,
 ) -> Cycle {
-    let mut cycle = Cycle::default();
+    let mut cycle = Cycle {
+        items: Vec::with_capacity(selected.len()),
+        ..Cycle::default()
+    };
     for (sel, prop) in selected.iter().zip(proposed) {
         let outcomes = outcomes(&sel.stats, slo_ms);
         let objective = cost(&outcomes);

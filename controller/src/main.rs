@@ -7,6 +7,11 @@ use meshtune_controller::top;
 use std::io::Write;
 use std::time::Duration;
 
+/// mimalloc: the decision cycle allocates per destination, and glibc malloc's consolidation
+/// showed up as ~15% of it (`cargo xtask bench controller` uses the same allocator).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "meshtune",

@@ -23,10 +23,11 @@
 //! "timeout" = { min = 200 }
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use foldhash::HashMap;
 use meshtune_core::knobs::{Knob, KnobSpec, Knobs, Scale, KNOB_COUNT, KNOB_SPECS};
 use serde::{Deserialize, Serialize};
 
@@ -501,7 +502,7 @@ impl Guardrails {
     pub fn new(config: Config) -> Self {
         Guardrails {
             config,
-            dests: HashMap::new(),
+            dests: HashMap::default(),
         }
     }
 

@@ -55,30 +55,38 @@ impl IstioTarget {
 /// otherwise the host made DNS-1123 safe (`api.example.com` → `api-example-com`, `*` → `wildcard`),
 /// at most 63 characters.
 pub fn object_name(host: &str, namespace: &str) -> String {
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    let mut parts = host.splitn(2, '.');
-    let first = parts.next().unwrap_or_default();
-    let rest = parts.next().unwrap_or_default();
+    let host = host.trim_end_matches('.');
+    let (first, rest) = host.split_once('.').unwrap_or((host, ""));
+    let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
     let in_ns = rest.is_empty()
-        || rest == namespace
-        || rest
-            .strip_prefix(namespace)
-            .is_some_and(|r| r == ".svc" || r.starts_with(".svc."));
-    let raw = if in_ns && first != "*" {
-        first.to_string()
-    } else {
-        host.replace('*', "wildcard")
-    };
-    let mut name: String = raw
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
+        || eq(rest, namespace)
+        || (rest.len() > namespace.len()
+            && rest.is_char_boundary(namespace.len())
+            && eq(&rest[..namespace.len()], namespace)
+            && {
+                let r = &rest[namespace.len()..];
+                eq(r, ".svc") || (r.len() > 5 && r.is_char_boundary(5) && eq(&r[..5], ".svc."))
+            });
+    let raw = if in_ns && first != "*" { first } else { host };
+    // One pass, one allocation: lowercase, `*` → `wildcard`, anything else not [a-z0-9] → `-`.
+    let mut name = String::with_capacity(raw.len().min(63) + 8);
+    for c in raw.chars() {
+        if c == '*' && !(in_ns && first != "*") {
+            name.push_str("wildcard");
+        } else if c.is_ascii_alphanumeric() {
+            name.push(c.to_ascii_lowercase());
+        } else {
+            name.push('-');
+        }
+    }
     name.truncate(63);
-    let name = name.trim_matches('-').to_string();
-    if name.is_empty() {
+    let trimmed = name.trim_matches('-');
+    if trimmed.is_empty() {
         "meshtune".to_string()
-    } else {
+    } else if trimmed.len() == name.len() {
         name
+    } else {
+        trimmed.to_string()
     }
 }
 
@@ -445,6 +453,14 @@ mod tests {
             "reviews-other-svc-cluster-local"
         );
         assert_eq!(object_name("*.example.com", "x"), "wildcard-example-com");
+        assert_eq!(object_name("Reviews.BookInfo.SVC.", "bookinfo"), "reviews");
+        assert_eq!(
+            object_name("reviews.bookinfo.svcx", "bookinfo"),
+            "reviews-bookinfo-svcx"
+        );
+        assert_eq!(object_name("a*b.ns", "ns"), "a-b");
+        assert_eq!(object_name("-.ns", "ns"), "meshtune");
+        assert_eq!(object_name("-a-.ns", "ns"), "a");
         assert!(object_name(&"a.".repeat(80), "x").len() <= 63);
         assert_eq!(istio_limit(4_294_967_295.0), None);
         assert_eq!(istio_limit(2_147_483_646.4), Some(2_147_483_646));
