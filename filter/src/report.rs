@@ -382,7 +382,7 @@ mod tests {
                     status: 200,
                     attempts: 2,
                     request_bytes: 10,
-                    protocol: Protocol::Http2,
+                    protocol: Some(Protocol::Http2),
                     duration_us: Some(us),
                     ..Default::default()
                 },

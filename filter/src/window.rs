@@ -16,11 +16,11 @@ pub const IDLE_WINDOWS_BEFORE_EVICTION: u32 = 3;
 /// Downstream protocol of a request (`request.protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {
+    Http1 = 0,
+    Http2 = 1,
+    Http3 = 2,
     #[default]
-    Other,
-    Http1,
-    Http2,
-    Http3,
+    Other = 3,
 }
 
 impl Protocol {
@@ -46,9 +46,39 @@ pub struct RequestRecord {
     pub attempts: u64,
     pub request_bytes: u64,
     pub response_bytes: u64,
-    pub protocol: Protocol,
+    /// Downstream protocol, when this request is one of the protocol samples
+    /// (see [`PROTOCOL_SAMPLE_EVERY`]); `None` = not read.
+    pub protocol: Option<Protocol>,
     /// Request duration in µs, if known.
     pub duration_us: Option<u64>,
+}
+
+/// `request.protocol` is read for the first request of a cluster in each window and then for
+/// every this-many-th request (a property read saved on the other requests); the reported
+/// HTTP/1, /2, /3 counts are the sampled counts scaled to the window's request count (see
+/// [`scale_protocols`]). The controller uses only the fraction (the protocol-mix feature).
+pub const PROTOCOL_SAMPLE_EVERY: u64 = 16;
+
+/// Whether the `index`-th (0-based) request of a cluster in the current window should read
+/// its protocol.
+#[inline]
+pub fn samples_protocol(index: u64) -> bool {
+    index.is_multiple_of(PROTOCOL_SAMPLE_EVERY)
+}
+
+/// Scales sampled protocol counts `[h1, h2, h3, other]` to `requests`: each class gets
+/// `floor(sampled × requests / samples)`, so the fractions are the sample's and the sum never
+/// exceeds `requests`. All zero without samples.
+pub fn scale_protocols(sampled: [u64; 4], requests: u64) -> [u64; 3] {
+    let samples: u64 = sampled.iter().sum();
+    if samples == 0 {
+        return [0; 3];
+    }
+    let scale = |k: u64| {
+        u64::try_from(u128::from(k) * u128::from(requests) / u128::from(samples))
+            .unwrap_or(u64::MAX)
+    };
+    [scale(sampled[0]), scale(sampled[1]), scale(sampled[2])]
 }
 
 /// In-flight requests of one cluster: current, maximum and time integral within the window.
@@ -129,9 +159,8 @@ pub struct Counters {
     pub retries: u64,
     pub request_bytes: u64,
     pub response_bytes: u64,
-    pub http1: u64,
-    pub http2: u64,
-    pub http3: u64,
+    /// Sampled protocols: HTTP/1, /2, /3, other.
+    pub protocol_samples: [u64; 4],
     pub shed: u64,
     pub latency: LatencyHistogram,
 }
@@ -162,11 +191,8 @@ impl Counters {
         self.retries += r.attempts.saturating_sub(1);
         self.request_bytes = self.request_bytes.saturating_add(r.request_bytes);
         self.response_bytes = self.response_bytes.saturating_add(r.response_bytes);
-        match r.protocol {
-            Protocol::Http1 => self.http1 += 1,
-            Protocol::Http2 => self.http2 += 1,
-            Protocol::Http3 => self.http3 += 1,
-            Protocol::Other => {}
+        if let Some(p) = r.protocol {
+            self.protocol_samples[p as usize] += 1;
         }
         if let Some(us) = r.duration_us {
             self.latency.record(us);
@@ -197,6 +223,7 @@ impl Counters {
         inflight_max: u32,
     ) -> v1::UpstreamWindow {
         let (bucket_index, bucket_count) = self.latency.nonzero_buckets().unzip();
+        let [http1, http2, http3] = scale_protocols(self.protocol_samples, self.requests);
         v1::UpstreamWindow {
             cluster: cluster.to_string(),
             requests: self.requests,
@@ -216,9 +243,9 @@ impl Counters {
             inflight_avg,
             request_bytes: self.request_bytes,
             response_bytes: self.response_bytes,
-            http1_requests: self.http1,
-            http2_requests: self.http2,
-            http3_requests: self.http3,
+            http1_requests: http1,
+            http2_requests: http2,
+            http3_requests: http3,
             shed: self.shed,
             latency: Some(v1::LatencyHistogram {
                 sub_bucket_bits: meshtune_core::histogram::SUB_BUCKET_BITS,
@@ -333,6 +360,11 @@ impl Tracker {
         Some(id)
     }
 
+    /// Requests recorded for `id` in the current window so far (for protocol sampling).
+    pub fn finished_in_window(&self, id: SlotId) -> u64 {
+        self.slot(id).map_or(0, |s| s.counters.requests)
+    }
+
     #[inline]
     pub fn slot(&self, id: SlotId) -> Option<&Slot> {
         self.slots.get(usize::from(id)).filter(|s| s.in_use)
@@ -445,7 +477,7 @@ mod tests {
             attempts: 1,
             request_bytes: 100,
             response_bytes: 1000,
-            protocol: Protocol::Http1,
+            protocol: Some(Protocol::Http1),
             duration_us: Some(us),
             ..Default::default()
         }
@@ -495,6 +527,23 @@ mod tests {
     }
 
     #[test]
+    fn protocol_sampling_and_scaling() {
+        assert!(samples_protocol(0), "first request of a window is sampled");
+        assert!(!samples_protocol(1));
+        assert!(samples_protocol(PROTOCOL_SAMPLE_EVERY));
+        assert_eq!(scale_protocols([0; 4], 100), [0, 0, 0]);
+        assert_eq!(scale_protocols([7, 0, 0, 0], 100), [100, 0, 0]);
+        assert_eq!(scale_protocols([3, 1, 0, 0], 100), [75, 25, 0]);
+        // Floors: never more than the requests.
+        assert_eq!(scale_protocols([1, 1, 1, 0], 100), [33, 33, 33]);
+        assert_eq!(scale_protocols([1, 0, 0, 1], 9), [4, 0, 0]);
+        assert_eq!(
+            scale_protocols([u64::MAX, 0, 0, 0], u64::MAX),
+            [u64::MAX, 0, 0]
+        );
+    }
+
+    #[test]
     fn window_accounts_everything() {
         let mut t = Tracker::new(8, 0);
         let a = t.slot_for("a", 0).unwrap();
@@ -505,7 +554,7 @@ mod tests {
             RequestRecord {
                 status: 503,
                 flags: flags::UPSTREAM_OVERFLOW,
-                protocol: Protocol::Http2,
+                protocol: Some(Protocol::Http2),
                 duration_us: Some(10),
                 ..Default::default()
             },
@@ -513,7 +562,7 @@ mod tests {
                 status: 504,
                 flags: flags::UPSTREAM_REQUEST_TIMEOUT | flags::UPSTREAM_RETRY_LIMIT_EXCEEDED,
                 attempts: 3,
-                protocol: Protocol::Http3,
+                protocol: Some(Protocol::Http3),
                 duration_us: Some(100_000),
                 ..Default::default()
             },
@@ -556,9 +605,10 @@ mod tests {
         assert_eq!(u.retries, 2);
         assert_eq!(u.shed, 1);
         assert_eq!((u.request_bytes, u.response_bytes), (300, 3000));
+        // 5 protocol samples (3 HTTP/1, 1 HTTP/2, 1 HTTP/3) scaled to 7 requests, floored.
         assert_eq!(
             (u.http1_requests, u.http2_requests, u.http3_requests),
-            (3, 1, 1)
+            (4, 1, 1)
         );
         assert_eq!(u.inflight_max, 1);
         // 6 requests of 50 ms each within 1000 ms.

@@ -169,6 +169,8 @@ pub struct EnvoyConfig {
     /// Circuit-breaker thresholds of the workload cluster (max connections / pending /
     /// requests); high by default so only the filter's hints limit traffic.
     pub max_requests: u32,
+    /// Run Envoy pinned to these CPUs (a `taskset -c` list such as `0`); None = unpinned.
+    pub cpu_affinity: Option<String>,
 }
 
 impl EnvoyConfig {
@@ -182,6 +184,7 @@ impl EnvoyConfig {
             route_timeout: Duration::from_secs(15),
             log_level: "info".into(),
             max_requests: 100_000,
+            cpu_affinity: None,
         }
     }
 
@@ -383,7 +386,8 @@ impl Envoy {
             path: log_path.clone(),
             source,
         })?;
-        let child = Command::new(bin)
+        // `taskset -c <cpus> envoy …` execs Envoy: the child's pid is Envoy's.
+        let child = crate::procstat::pinned_command(bin, cfg.cpu_affinity.as_deref())
             .arg("-c")
             .arg(&config_path)
             .arg("--admin-address-path")
@@ -527,6 +531,11 @@ impl Envoy {
         crate::procstat::cpu_ticks(self.pid)
     }
 
+    /// CPU time of Envoy's threads in ns (`/proc/<pid>/task/*/schedstat`).
+    pub fn cpu_ns(&self) -> Result<u64, crate::procstat::ProcError> {
+        crate::procstat::cpu_ns(self.pid)
+    }
+
     /// Stops Envoy: `/quitquitquit`, then kill if it has not exited within 2 s.
     pub fn stop(&mut self) {
         let Some(mut c) = self.child.take() else {
@@ -664,6 +673,7 @@ mod tests {
         assert_eq!(stats["cluster.workload.upstream_rq_503"], 1);
         assert!(envoy.clusters().unwrap().contains("workload::"));
         assert!(envoy.cpu_ticks().is_ok());
+        assert!(envoy.cpu_ns().unwrap() > 0);
         assert_eq!(srv.counters().requests, 6);
         envoy.stop();
         assert!(!envoy.is_running());

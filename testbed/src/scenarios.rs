@@ -4,7 +4,8 @@
 //!   load for about a minute, printing `meshtune top` every few seconds and a summary.
 //! - [`filter_overhead`]: three Envoys (no filter, no-op wasm filter, meshtune filter) in
 //!   front of the same workload, measured in alternating rounds: Envoy CPU per request under
-//!   the same open-loop load, and saturation throughput; reported as ratios to no filter.
+//!   the same open-loop load, and saturation throughput with Envoy pinned to its own CPU;
+//!   reported as ratios to no filter.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -19,6 +20,7 @@ use crate::controller::{write_hints, Controller, ControllerConfig, Destinations}
 use crate::envoy::{Envoy, EnvoyConfig, PluginConfig, WasmFilter, WORKLOAD_CLUSTER};
 use crate::loadgen::{self, LoadConfig, Phase};
 use crate::paths::Paths;
+use crate::procstat;
 use crate::workload::{ServiceTime, WorkloadConfig, WorkloadServer};
 
 /// Target: meshtune filter CPU per request ≤ this × no filter.
@@ -259,6 +261,12 @@ pub struct BenchConfig {
     pub saturation_secs: u64,
     /// Closed-loop connections.
     pub saturation_concurrency: usize,
+    /// Pin Envoy to one CPU and this process (load generator, workload, controller) to the
+    /// others, so the saturation phase measures Envoy's capacity on one core.
+    pub pin: bool,
+    /// A second meshtune filter build measured as a fourth variant (`meshtune B`), for A/B
+    /// comparisons of filter changes; the target verdict stays on `meshtune`.
+    pub compare_wasm: Option<std::path::PathBuf>,
 }
 
 impl Default for BenchConfig {
@@ -269,33 +277,118 @@ impl Default for BenchConfig {
             rate: 800.0,
             saturation_secs: 4,
             saturation_concurrency: 32,
+            pin: true,
+            compare_wasm: None,
         }
     }
 }
 
-/// One variant's medians.
+/// One variant's medians over the rounds.
 #[derive(Debug, Clone)]
 pub struct VariantResult {
     pub name: &'static str,
-    /// Envoy CPU ticks per 1000 requests (open loop).
-    pub cpu_per_kreq: f64,
+    /// Envoy CPU µs per request (open loop).
+    pub cpu_us_per_req: f64,
     /// Saturation throughput (rps).
     pub throughput: f64,
+    /// Envoy CPU use during saturation, in cores (1.0 = one core busy).
+    pub saturation_cores: f64,
+    /// Envoy threads runnable but waiting for a CPU during saturation, in cores (time taken
+    /// by other processes on Envoy's CPU; 0 when unknown).
+    pub saturation_wait: f64,
+    /// Saturation requests per Envoy CPU-second (capacity of one dedicated core).
+    pub per_core: f64,
     /// Open-loop p99 (ms).
     pub p99_ms: f64,
+    /// Per-round ratios to the no-filter variant of the same round: (CPU, throughput).
+    pub round_ratios: Vec<(f64, f64)>,
+    /// Per-round ratio of `per_core` to no filter.
+    pub round_per_core_ratios: Vec<f64>,
 }
 
-fn median(v: &mut [f64]) -> f64 {
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
         return f64::NAN;
     }
-    v[v.len() / 2]
+    if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    }
+}
+
+fn spread(v: impl Iterator<Item = f64>) -> (f64, f64) {
+    v.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+        (lo.min(x), hi.max(x))
+    })
+}
+
+/// Where Envoy and the driver run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Placement {
+    /// Envoy on `envoy`, this process (and its children but Envoy) on `driver`.
+    Pinned { envoy: String, driver: String },
+    /// Everything shares all CPUs (why).
+    Unpinned(String),
+}
+
+/// Chooses CPUs: Envoy gets the first allowed CPU, the driver the rest (needs ≥ 2).
+pub fn plan_placement(allowed: Option<&[u32]>, taskset: bool) -> Placement {
+    if !taskset {
+        return Placement::Unpinned("taskset (util-linux) not found".into());
+    }
+    match allowed {
+        None => Placement::Unpinned("allowed CPUs unknown".into()),
+        Some([]) | Some([_]) => Placement::Unpinned("fewer than 2 CPUs allowed".into()),
+        Some([first, rest @ ..]) => Placement::Pinned {
+            envoy: first.to_string(),
+            driver: rest
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        },
+    }
 }
 
 /// Runs the filter-overhead benchmark and prints ratios; Ok(results).
+///
+/// Method: three Envoys (`--concurrency 1`; no filter, no-op wasm filter, meshtune filter)
+/// run side by side in front of one zero-latency workload server and are measured in
+/// alternating rounds (order rotated each round).
+/// - CPU per request: the same open-loop load (fixed arrival rate, so every variant serves the
+///   same requests) is sent to each Envoy; Envoy's CPU time over the phase (ns, summed over its
+///   threads from schedstat) divided by completed requests.
+/// - Throughput: a closed-loop phase (`saturation_concurrency` connections, each sending the
+///   next request when the previous one completed). Envoy is pinned to one CPU and the load
+///   generator, workload and controller to the others, so Envoy's core is the bottleneck;
+///   Envoy's CPU use during the phase is printed to show it (≈ 1 core = saturated).
 pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantResult>> {
     require(paths, true)?;
+    let me = std::process::id();
+    let placement = if cfg.pin {
+        match plan_placement(
+            procstat::allowed_cpus().as_deref(),
+            procstat::taskset_available(),
+        ) {
+            Placement::Pinned { envoy, driver } => match procstat::pin(me, &driver) {
+                Ok(()) => Placement::Pinned { envoy, driver },
+                Err(e) => Placement::Unpinned(format!("pinning failed: {e}")),
+            },
+            p => p,
+        }
+    } else {
+        Placement::Unpinned("--no-pin".into())
+    };
+    if let Placement::Unpinned(why) = &placement {
+        println!(
+            "warning: not pinning ({why}): Envoy shares the CPUs with the load generator and \
+             workload, so the throughput phase measures the machine rather than Envoy alone"
+        );
+    }
+    // Started after pinning: the workload's threads and the controller inherit the driver CPUs.
     let workload = WorkloadServer::start(WorkloadConfig {
         capacity: 4096,
         service_time: ServiceTime::Constant(Duration::ZERO),
@@ -306,6 +399,9 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
     let mut base = EnvoyConfig::new(workload.addr());
     base.concurrency = 1;
     base.log_level = "warn".into();
+    if let Placement::Pinned { envoy, .. } = &placement {
+        base.cpu_affinity = Some(envoy.clone());
+    }
     configs.push(("no filter", base.clone()));
     let mut noop = base.clone();
     noop.filter = Some(WasmFilter::noop(&paths.noop_wasm));
@@ -316,7 +412,18 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
         &paths.filter_wasm,
         &PluginConfig::default(),
     ));
-    configs.push(("meshtune", mt));
+    if let Some(b) = &cfg.compare_wasm {
+        let mut mb = mt.clone();
+        let plugin = PluginConfig {
+            pod: "client-b".into(),
+            ..Default::default()
+        };
+        mb.filter = Some(WasmFilter::meshtune(b, &plugin));
+        configs.push(("meshtune", mt));
+        configs.push(("meshtune B", mb));
+    } else {
+        configs.push(("meshtune", mt));
+    }
     let envoys: Vec<(&'static str, Envoy)> = configs
         .into_iter()
         .map(|(n, c)| {
@@ -325,48 +432,77 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
                 .with_context(|| n)
         })
         .collect::<Result<_>>()?;
+    let clock = procstat::CpuClock::detect(envoys[0].1.pid());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    // Warm-up (connections, wasm VMs).
+    // Warm-up (connections, wasm VMs, and a short saturation burst).
     for (_, e) in &envoys {
         let _ = rt.block_on(loadgen::run(
             &LoadConfig::constant(e.listener(), 200.0, Duration::from_secs(1)),
             None,
         ));
+        if cfg.saturation_secs > 0 {
+            let _ = rt.block_on(loadgen::closed_loop(
+                e.listener(),
+                "/",
+                cfg.saturation_concurrency,
+                Duration::from_millis(500),
+            ));
+        }
     }
     let n = envoys.len();
     let per_round = (cfg.secs + cfg.saturation_secs) * n as u64;
     let pb = bar(per_round * cfg.rounds as u64, "filter-overhead");
-    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); n];
-    let mut thr: Vec<Vec<f64>> = vec![Vec::new(); n];
-    let mut p99: Vec<Vec<f64>> = vec![Vec::new(); n];
-    for round in 0..cfg.rounds as usize {
+    let rounds = cfg.rounds as usize;
+    // [variant][round]
+    let mut cpu = vec![vec![f64::NAN; rounds]; n];
+    let mut thr = vec![vec![f64::NAN; rounds]; n];
+    let mut cores = vec![vec![f64::NAN; rounds]; n];
+    let mut waits = vec![vec![f64::NAN; rounds]; n];
+    let mut per_core = vec![vec![f64::NAN; rounds]; n];
+    let mut p99 = vec![vec![f64::NAN; rounds]; n];
+    for round in 0..rounds {
         for k in 0..n {
             let i = (k + round) % n; // rotate the order each round
             let (name, e) = &envoys[i];
             pb.set_message(format!("round {} {name}", round + 1));
-            let t0 = e.cpu_ticks()?;
+            let c0 = clock.read_ns(e.pid())?;
             let r = rt.block_on(loadgen::run(
                 &LoadConfig::constant(e.listener(), cfg.rate, Duration::from_secs(cfg.secs)),
                 None,
             ));
-            let t1 = e.cpu_ticks()?;
+            let c1 = clock.read_ns(e.pid())?;
             if r.failed() > 0 || r.class_count(2) != r.completed {
                 say(&pb, format!("warning: {name}: {}", r.summary()));
             }
-            cpu[i].push((t1 - t0) as f64 * 1000.0 / r.completed.max(1) as f64);
-            p99[i].push(r.quantile_ms(0.99));
+            cpu[i][round] = c1.saturating_sub(c0) as f64 / 1000.0 / r.completed.max(1) as f64;
+            p99[i][round] = r.quantile_ms(0.99);
             pb.inc(cfg.secs);
             if cfg.saturation_secs > 0 {
+                let c0 = clock.read_ns(e.pid())?;
+                let w0 = procstat::sched_ns(e.pid()).map(|x| x.1).unwrap_or(0);
                 let s = rt.block_on(loadgen::closed_loop(
                     e.listener(),
                     "/",
                     cfg.saturation_concurrency,
                     Duration::from_secs(cfg.saturation_secs),
                 ));
-                thr[i].push(s.throughput());
+                let c1 = clock.read_ns(e.pid())?;
+                let w1 = procstat::sched_ns(e.pid()).map(|x| x.1).unwrap_or(0);
+                if s.errors > 0 {
+                    say(
+                        &pb,
+                        format!("warning: {name}: {} saturation errors", s.errors),
+                    );
+                }
+                thr[i][round] = s.throughput();
+                let secs = s.elapsed.as_secs_f64().max(1e-9);
+                let busy = c1.saturating_sub(c0) as f64 / 1e9;
+                cores[i][round] = busy / secs;
+                waits[i][round] = w1.saturating_sub(w0) as f64 / 1e9 / secs;
+                per_core[i][round] = s.completed as f64 / busy.max(1e-9);
                 pb.inc(cfg.saturation_secs);
             }
         }
@@ -375,39 +511,21 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
     let results: Vec<VariantResult> = (0..n)
         .map(|i| VariantResult {
             name: envoys[i].0,
-            cpu_per_kreq: median(&mut cpu[i]),
-            throughput: median(&mut thr[i]),
-            p99_ms: median(&mut p99[i]),
+            cpu_us_per_req: median(&cpu[i]),
+            throughput: median(&thr[i]),
+            saturation_cores: median(&cores[i]),
+            saturation_wait: median(&waits[i]),
+            per_core: median(&per_core[i]),
+            round_per_core_ratios: (0..rounds)
+                .map(|r| per_core[i][r] / per_core[0][r])
+                .collect(),
+            p99_ms: median(&p99[i]),
+            round_ratios: (0..rounds)
+                .map(|r| (cpu[i][r] / cpu[0][r], thr[i][r] / thr[0][r]))
+                .collect(),
         })
         .collect();
-    let b = &results[0];
-    println!(
-        "filter-overhead: {} rounds, open loop {:.0} rps × {} s, saturation {} conns × {} s, Envoy --concurrency 1",
-        cfg.rounds, cfg.rate, cfg.secs, cfg.saturation_concurrency, cfg.saturation_secs
-    );
-    println!(
-        "{:<12} {:>18} {:>8} {:>16} {:>8} {:>9}",
-        "variant", "CPU ticks/1k req", "ratio", "throughput rps", "ratio", "p99 ms"
-    );
-    for r in &results {
-        println!(
-            "{:<12} {:>18.2} {:>7.2}x {:>16.0} {:>7.2}x {:>9.2}",
-            r.name,
-            r.cpu_per_kreq,
-            r.cpu_per_kreq / b.cpu_per_kreq,
-            r.throughput,
-            r.throughput / b.throughput,
-            r.p99_ms
-        );
-    }
-    let m = &results[n - 1];
-    let cpu_ratio = m.cpu_per_kreq / b.cpu_per_kreq;
-    let thr_ratio = m.throughput / b.throughput;
-    println!(
-        "meshtune vs no filter: CPU/request {cpu_ratio:.2}x (target ≤ {TARGET_CPU_RATIO}x: {}), throughput {thr_ratio:.2}x (target ≥ {TARGET_THROUGHPUT_RATIO}x: {})",
-        if cpu_ratio <= TARGET_CPU_RATIO { "met" } else { "NOT met" },
-        if thr_ratio >= TARGET_THROUGHPUT_RATIO || cfg.saturation_secs == 0 { "met" } else { "NOT met" },
-    );
+    print_report(cfg, &placement, clock, &results);
     let d = controller.destinations().ok();
     if let Some(d) = d {
         println!(
@@ -418,7 +536,174 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
     Ok(results)
 }
 
+fn print_report(
+    cfg: &BenchConfig,
+    placement: &Placement,
+    clock: procstat::CpuClock,
+    results: &[VariantResult],
+) {
+    println!(
+        "filter-overhead: {} rounds (variants alternate, order rotated), Envoy --concurrency 1",
+        cfg.rounds
+    );
+    println!(
+        "  CPU/request: open loop {:.0} rps × {} s per variant; Envoy CPU from {}",
+        cfg.rate,
+        cfg.secs,
+        clock.describe()
+    );
+    match placement {
+        Placement::Pinned { envoy, driver } => println!(
+            "  throughput: closed loop {} connections × {} s; Envoy pinned to CPU {envoy}, load generator + workload + controller to CPU {driver}",
+            cfg.saturation_concurrency, cfg.saturation_secs
+        ),
+        Placement::Unpinned(why) => println!(
+            "  throughput: closed loop {} connections × {} s; UNPINNED ({why}): shares CPUs with the load generator",
+            cfg.saturation_concurrency, cfg.saturation_secs
+        ),
+    }
+    println!("  ratios are to no filter: median of the variant / median of no filter [per-round min–max]");
+    println!("  sat. rps = achieved closed-loop throughput; rps/core = the same requests per Envoy CPU-second");
+    println!("  (capacity of a dedicated core: insensitive to CPU time other processes take from Envoy's core);");
+    println!("  Envoy cores = on-CPU (+ runnable-waiting) during saturation: on+wait ≈ 1 means Envoy was the bottleneck");
+    println!(
+        "{:<11} {:>9} {:>20} {:>8} {:>20} {:>8} {:>20} {:>12} {:>7}",
+        "variant",
+        "CPU µs/rq",
+        "ratio [spread]",
+        "sat. rps",
+        "ratio [spread]",
+        "rps/core",
+        "ratio [spread]",
+        "Envoy cores",
+        "p99 ms"
+    );
+    let b = &results[0];
+    for r in results {
+        let (clo, chi) = spread(r.round_ratios.iter().map(|x| x.0));
+        let (tlo, thi) = spread(r.round_ratios.iter().map(|x| x.1));
+        let (plo, phi) = spread(r.round_per_core_ratios.iter().copied());
+        println!(
+            "{:<11} {:>9.1} {:>6.2}x [{:.2}–{:.2}] {:>8.0} {:>6.2}x [{:.2}–{:.2}] {:>8.0} {:>6.2}x [{:.2}–{:.2}] {:>5.2}+{:<6.2} {:>7.2}",
+            r.name,
+            r.cpu_us_per_req,
+            r.cpu_us_per_req / b.cpu_us_per_req,
+            clo,
+            chi,
+            r.throughput,
+            r.throughput / b.throughput,
+            tlo,
+            thi,
+            r.per_core,
+            r.per_core / b.per_core,
+            plo,
+            phi,
+            r.saturation_cores,
+            r.saturation_wait,
+            r.p99_ms
+        );
+    }
+    println!("paired per-round ratios (median [min–max]), robust to drift between rounds:");
+    let pairs = |a: &VariantResult, z: &VariantResult| {
+        let cpu: Vec<f64> = (0..a.round_ratios.len())
+            .map(|k| a.round_ratios[k].0 / z.round_ratios[k].0)
+            .collect();
+        let core: Vec<f64> = (0..a.round_per_core_ratios.len())
+            .map(|k| a.round_per_core_ratios[k] / z.round_per_core_ratios[k])
+            .collect();
+        let (c0, c1) = spread(cpu.iter().copied());
+        let (p0, p1) = spread(core.iter().copied());
+        format!(
+            "CPU/request {:.2}x [{c0:.2}–{c1:.2}], rps/core {:.2}x [{p0:.2}–{p1:.2}]",
+            median(&cpu),
+            median(&core)
+        )
+    };
+    for r in &results[1..] {
+        println!(
+            "  {:<24} {}",
+            format!("{} / no filter:", r.name),
+            pairs(r, b)
+        );
+    }
+    if let (Some(noop), Some(mt)) = (
+        results.iter().find(|r| r.name == "no-op wasm"),
+        results.iter().find(|r| r.name == "meshtune"),
+    ) {
+        println!("  {:<24} {}", "meshtune / no-op wasm:", pairs(mt, noop));
+        if let Some(mb) = results.iter().find(|r| r.name == "meshtune B") {
+            println!("  {:<24} {}", "meshtune B / meshtune:", pairs(mb, mt));
+        }
+    }
+    if cfg.saturation_secs > 0 {
+        if let Some(low) = results
+            .iter()
+            .find(|r| r.saturation_cores + r.saturation_wait < 0.9)
+        {
+            println!(
+                "warning: Envoy ({}) was on or waiting for a CPU only {:.2} cores' worth during saturation: \
+                 the load generator, not Envoy, limited the closed loop",
+                low.name,
+                low.saturation_cores + low.saturation_wait
+            );
+        }
+    }
+    let Some(m) = results.iter().find(|r| r.name == "meshtune") else {
+        return;
+    };
+    let cpu_ratio = m.cpu_us_per_req / b.cpu_us_per_req;
+    let thr_ratio = m.throughput / b.throughput;
+    let core_ratio = m.per_core / b.per_core;
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!(
+        "meshtune vs no filter: CPU/request {cpu_ratio:.2}x (target ≤ {TARGET_CPU_RATIO}x: {}); throughput {thr_ratio:.2}x achieved, {core_ratio:.2}x per Envoy core (target ≥ {TARGET_THROUGHPUT_RATIO}x: {} / {})",
+        verdict(cpu_ratio <= TARGET_CPU_RATIO),
+        if cfg.saturation_secs == 0 { "not measured" } else { verdict(thr_ratio >= TARGET_THROUGHPUT_RATIO) },
+        if cfg.saturation_secs == 0 { "not measured" } else { verdict(core_ratio >= TARGET_THROUGHPUT_RATIO) },
+    );
+}
+
 /// Whether a path looks like an existing file (for binaries' friendly errors).
 pub fn exists(p: &Path) -> bool {
     p.is_file()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_needs_two_cpus_and_taskset() {
+        assert_eq!(
+            plan_placement(Some(&[0, 1]), true),
+            Placement::Pinned {
+                envoy: "0".into(),
+                driver: "1".into()
+            }
+        );
+        assert_eq!(
+            plan_placement(Some(&[2, 3, 5]), true),
+            Placement::Pinned {
+                envoy: "2".into(),
+                driver: "3,5".into()
+            }
+        );
+        assert!(matches!(
+            plan_placement(Some(&[0]), true),
+            Placement::Unpinned(_)
+        ));
+        assert!(matches!(plan_placement(None, true), Placement::Unpinned(_)));
+        assert!(matches!(
+            plan_placement(Some(&[0, 1]), false),
+            Placement::Unpinned(_)
+        ));
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+        assert_eq!(spread([1.2, 0.9, 1.1].into_iter()), (0.9, 1.2));
+    }
 }

@@ -42,6 +42,15 @@ enum Cmd {
         rate: f64,
         #[arg(long, default_value_t = 4)]
         saturation_secs: u64,
+        /// Closed-loop connections in the saturation phase.
+        #[arg(long, default_value_t = 32)]
+        saturation_concurrency: usize,
+        /// Do not pin Envoy and the load generator to separate CPUs.
+        #[arg(long)]
+        no_pin: bool,
+        /// Also measure this meshtune filter build (`meshtune B`), for A/B comparisons.
+        #[arg(long)]
+        compare_wasm: Option<std::path::PathBuf>,
     },
     /// Serve the workload on an address until Ctrl-C.
     Workload {
@@ -94,6 +103,9 @@ fn main() -> Result<()> {
             secs,
             rate,
             saturation_secs,
+            saturation_concurrency,
+            no_pin,
+            compare_wasm,
         } => scenarios::filter_overhead(
             &paths,
             &scenarios::BenchConfig {
@@ -101,7 +113,9 @@ fn main() -> Result<()> {
                 secs,
                 rate,
                 saturation_secs,
-                ..Default::default()
+                saturation_concurrency,
+                pin: !no_pin,
+                compare_wasm,
             },
         )
         .map(|_| ()),
