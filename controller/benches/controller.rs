@@ -253,13 +253,35 @@ fn bench_cycle(c: &mut Criterion) {
         ms(best.render),
     );
 
+    // Steady state: the cycle after the cold start, every destination inside its dwell time
+    // (guardrails hold; nothing to render).
+    let mut warm = base.clone();
+    cycle(&a, &policy, &mut warm, &mut Stages::default());
+    let mut best_steady = Duration::MAX;
+    for _ in 0..runs {
+        let mut st = Stages::default();
+        let mut state = warm.clone();
+        let (objects, _) = cycle(&a, &policy, &mut state, &mut st);
+        assert_eq!(objects, 0, "steady state pushes nothing");
+        best_steady = best_steady.min(st.total());
+    }
+    println!(
+        "decision cycle, steady state (every destination holding): best {:.1} ms → {:.2}× the target",
+        ms(best_steady),
+        best_steady.as_secs_f64() / CYCLE_TARGET.as_secs_f64()
+    );
+
     let mut g = c.benchmark_group("decision_cycle_10k");
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(20));
     g.bench_function("snapshot_to_render", |b| {
         b.iter_batched(
             || base.clone(),
-            |mut state| cycle(&a, &policy, &mut state, &mut Stages::default()),
+            // The state is returned so its drop is not timed: the controller keeps it.
+            |mut state| {
+                let r = cycle(&a, &policy, &mut state, &mut Stages::default());
+                (state, r)
+            },
             BatchSize::LargeInput,
         )
     });

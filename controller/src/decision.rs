@@ -256,6 +256,10 @@ pub fn decide(
         items: Vec::with_capacity(selected.len()),
         ..Cycle::default()
     };
+    // Grow the per-destination maps once (a cold start adds every destination).
+    let missing = selected.len().saturating_sub(state.in_force.len());
+    state.guardrails.reserve(missing);
+    state.in_force.reserve(missing);
     for (sel, prop) in selected.iter().zip(proposed) {
         let outcomes = outcomes(&sel.stats, slo_ms);
         let objective = cost(&outcomes);
@@ -297,8 +301,9 @@ pub fn decide(
         let d = state
             .guardrails
             .decide(dest, &sel.namespace, now, prop, &before);
-        item.changed = d.changed.clone();
-        let sink_decision = meshtune_sinks::Decision {
+        item.changed = d.changed;
+        // Built only for a push or recommendation (most destinations hold in steady state).
+        let sink_decision = || meshtune_sinks::Decision {
             destination: sel.destination.clone(),
             namespace: sel.namespace.clone(),
             knobs: d.knobs,
@@ -308,14 +313,14 @@ pub fn decide(
             Action::Push => {
                 item.knobs = d.knobs;
                 item.action = DestAction::Push;
-                cycle.pushes.push(sink_decision);
+                cycle.pushes.push(sink_decision());
                 state.guardrails.record_push(dest, now, before, objective);
                 state.in_force.insert(sel.destination.clone(), d.knobs);
             }
             Action::Recommend => {
                 item.knobs = d.knobs;
                 item.action = DestAction::Recommend;
-                cycle.recommendations.push(sink_decision);
+                cycle.recommendations.push(sink_decision());
             }
             Action::Hold(reason) => {
                 item.action = DestAction::Hold(reason);

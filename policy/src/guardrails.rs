@@ -354,7 +354,7 @@ pub fn guard(
     in_force: &Knobs,
 ) -> (Knobs, Vec<Adjustment>) {
     let mut out = *proposed;
-    let mut adj = Vec::new();
+    let mut adj = Vec::with_capacity(KNOB_COUNT);
     for spec in &KNOB_SPECS {
         let k = spec.knob;
         let i = k as usize;
@@ -508,6 +508,11 @@ impl Guardrails {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Makes room for `additional` more destinations (no-op when there is room).
+    pub fn reserve(&mut self, additional: usize) {
+        self.dests.reserve(additional);
     }
 
     /// The push/rollback phase of a destination.
