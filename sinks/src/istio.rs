@@ -145,21 +145,25 @@ impl<'a> Metadata<'a> {
     }
 }
 
-/// A rendered DestinationRule (connection pool and outlier detection), serialised as the
-/// object server-side apply sends. Borrowing its target, it is cheap to build; see
-/// [`destination_rule`] for the JSON value.
+/// A rendered Istio object, serialised as the object server-side apply sends. Borrowing its
+/// target, it is cheap to build.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DestinationRuleObject<'a> {
+pub struct IstioObject<'a, Spec> {
     api_version: &'static str,
     kind: &'static str,
     metadata: Metadata<'a>,
-    spec: DestinationRuleSpec<'a>,
+    spec: Spec,
 }
 
+/// A rendered DestinationRule (connection pool and outlier detection); see
+/// [`destination_rule`] for the JSON value.
+pub type DestinationRuleObject<'a> = IstioObject<'a, DestinationRuleSpec<'a>>;
+
+/// `spec` of a DestinationRule.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct DestinationRuleSpec<'a> {
+pub struct DestinationRuleSpec<'a> {
     host: &'a str,
     traffic_policy: TrafficPolicy,
 }
@@ -208,7 +212,7 @@ struct OutlierDetection {
     max_ejection_percent: i64,
 }
 
-impl<'a> DestinationRuleObject<'a> {
+impl<'a> IstioObject<'a, DestinationRuleSpec<'a>> {
     /// Renders `k` for target `t`.
     pub fn new(t: &'a IstioTarget, k: &Knobs) -> Self {
         let http = HttpPool {
@@ -249,17 +253,11 @@ impl<'a> DestinationRuleObject<'a> {
 
 /// A rendered VirtualService (one HTTP route to the host with timeout and retries); see
 /// [`virtual_service`] for the JSON value.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VirtualServiceObject<'a> {
-    api_version: &'static str,
-    kind: &'static str,
-    metadata: Metadata<'a>,
-    spec: VirtualServiceSpec<'a>,
-}
+pub type VirtualServiceObject<'a> = IstioObject<'a, VirtualServiceSpec<'a>>;
 
+/// `spec` of a VirtualService.
 #[derive(Debug, Serialize)]
-struct VirtualServiceSpec<'a> {
+pub struct VirtualServiceSpec<'a> {
     hosts: [&'a str; 1],
     http: [HttpRoute<'a>; 1],
 }
@@ -293,7 +291,7 @@ struct Retries<'a> {
     per_try_timeout: Option<String>,
 }
 
-impl<'a> VirtualServiceObject<'a> {
+impl<'a> IstioObject<'a, VirtualServiceSpec<'a>> {
     /// Renders `k` for target `t`.
     pub fn new(t: &'a IstioTarget, k: &Knobs) -> Self {
         let timeout = whole(k.get(Knob::RouteTimeoutMs));
