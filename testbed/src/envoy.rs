@@ -118,6 +118,14 @@ impl WasmFilter {
         }
     }
 
+    /// The no-op filter as a probe making the host calls `spec` names on every request.
+    pub fn probe(wasm: &Path, spec: &str) -> Self {
+        Self {
+            configuration: spec.to_string(),
+            ..Self::noop(wasm)
+        }
+    }
+
     /// The meshtune filter and its reporter service.
     pub fn meshtune(wasm: &Path, cfg: &PluginConfig) -> Self {
         Self::meshtune_raw(wasm, cfg.to_json())

@@ -267,6 +267,9 @@ pub struct BenchConfig {
     /// A second meshtune filter build measured as a fourth variant (`meshtune B`), for A/B
     /// comparisons of filter changes; the target verdict stays on `meshtune`.
     pub compare_wasm: Option<std::path::PathBuf>,
+    /// Probe variants: the no-op filter configured to make these host calls per request
+    /// (e.g. `status`, `cluster,status`; see `testbed/noop-filter`), to price them.
+    pub probes: Vec<String>,
 }
 
 impl Default for BenchConfig {
@@ -279,6 +282,7 @@ impl Default for BenchConfig {
             saturation_concurrency: 32,
             pin: true,
             compare_wasm: None,
+            probes: Vec::new(),
         }
     }
 }
@@ -286,9 +290,12 @@ impl Default for BenchConfig {
 /// One variant's medians over the rounds.
 #[derive(Debug, Clone)]
 pub struct VariantResult {
-    pub name: &'static str,
+    pub name: String,
     /// Envoy CPU µs per request (open loop).
     pub cpu_us_per_req: f64,
+    /// 2xx responses per second during the open-loop phase (the offered rate when the
+    /// variant keeps up with it).
+    pub open_loop_rps: f64,
     /// Saturation throughput (rps).
     pub throughput: f64,
     /// Envoy CPU use during saturation, in cores (1.0 = one core busy).
@@ -395,17 +402,17 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
         fail_every_n: None,
     })?;
     let controller = Controller::start(ControllerConfig::new(&paths.meshtune_bin))?;
-    let mut configs = Vec::new();
+    let mut configs: Vec<(String, EnvoyConfig)> = Vec::new();
     let mut base = EnvoyConfig::new(workload.addr());
     base.concurrency = 1;
     base.log_level = "warn".into();
     if let Placement::Pinned { envoy, .. } = &placement {
         base.cpu_affinity = Some(envoy.clone());
     }
-    configs.push(("no filter", base.clone()));
+    configs.push(("no filter".into(), base.clone()));
     let mut noop = base.clone();
     noop.filter = Some(WasmFilter::noop(&paths.noop_wasm));
-    configs.push(("no-op wasm", noop));
+    configs.push(("no-op wasm".into(), noop));
     let mut mt = base.clone();
     mt.controller = Some(controller.grpc());
     mt.filter = Some(WasmFilter::meshtune(
@@ -419,17 +426,22 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
             ..Default::default()
         };
         mb.filter = Some(WasmFilter::meshtune(b, &plugin));
-        configs.push(("meshtune", mt));
-        configs.push(("meshtune B", mb));
+        configs.push(("meshtune".into(), mt));
+        configs.push(("meshtune B".into(), mb));
     } else {
-        configs.push(("meshtune", mt));
+        configs.push(("meshtune".into(), mt));
     }
-    let envoys: Vec<(&'static str, Envoy)> = configs
+    for spec in &cfg.probes {
+        let mut p = base.clone();
+        p.filter = Some(WasmFilter::probe(&paths.noop_wasm, spec));
+        configs.push((format!("probe {spec}"), p));
+    }
+    let envoys: Vec<(String, Envoy)> = configs
         .into_iter()
         .map(|(n, c)| {
             Envoy::start(&paths.envoy, &c)
+                .with_context(|| n.clone())
                 .map(|e| (n, e))
-                .with_context(|| n)
         })
         .collect::<Result<_>>()?;
     let clock = procstat::CpuClock::detect(envoys[0].1.pid());
@@ -463,6 +475,7 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
     let mut waits = vec![vec![f64::NAN; rounds]; n];
     let mut per_core = vec![vec![f64::NAN; rounds]; n];
     let mut p99 = vec![vec![f64::NAN; rounds]; n];
+    let mut open_rps = vec![vec![f64::NAN; rounds]; n];
     for round in 0..rounds {
         for k in 0..n {
             let i = (k + round) % n; // rotate the order each round
@@ -479,6 +492,7 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
             }
             cpu[i][round] = c1.saturating_sub(c0) as f64 / 1000.0 / r.completed.max(1) as f64;
             p99[i][round] = r.quantile_ms(0.99);
+            open_rps[i][round] = r.class_count(2) as f64 / r.elapsed.as_secs_f64().max(1e-9);
             pb.inc(cfg.secs);
             if cfg.saturation_secs > 0 {
                 let c0 = clock.read_ns(e.pid())?;
@@ -510,8 +524,9 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
     pb.finish_and_clear();
     let results: Vec<VariantResult> = (0..n)
         .map(|i| VariantResult {
-            name: envoys[i].0,
+            name: envoys[i].0.clone(),
             cpu_us_per_req: median(&cpu[i]),
+            open_loop_rps: median(&open_rps[i]),
             throughput: median(&thr[i]),
             saturation_cores: median(&cores[i]),
             saturation_wait: median(&waits[i]),
@@ -566,8 +581,14 @@ fn print_report(
     println!("  sat. rps = achieved closed-loop throughput; rps/core = the same requests per Envoy CPU-second");
     println!("  (capacity of a dedicated core: insensitive to CPU time other processes take from Envoy's core);");
     println!("  Envoy cores = on-CPU (+ runnable-waiting) during saturation: on+wait ≈ 1 means Envoy was the bottleneck");
+    let name_w = results
+        .iter()
+        .map(|r| r.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(11);
     println!(
-        "{:<11} {:>9} {:>20} {:>8} {:>20} {:>8} {:>20} {:>12} {:>7}",
+        "{:<name_w$} {:>9} {:>20} {:>8} {:>20} {:>8} {:>20} {:>12} {:>7}",
         "variant",
         "CPU µs/rq",
         "ratio [spread]",
@@ -584,7 +605,7 @@ fn print_report(
         let (tlo, thi) = spread(r.round_ratios.iter().map(|x| x.1));
         let (plo, phi) = spread(r.round_per_core_ratios.iter().copied());
         println!(
-            "{:<11} {:>9.1} {:>6.2}x [{:.2}–{:.2}] {:>8.0} {:>6.2}x [{:.2}–{:.2}] {:>8.0} {:>6.2}x [{:.2}–{:.2}] {:>5.2}+{:<6.2} {:>7.2}",
+            "{:<name_w$} {:>9.1} {:>6.2}x [{:.2}–{:.2}] {:>8.0} {:>6.2}x [{:.2}–{:.2}] {:>8.0} {:>6.2}x [{:.2}–{:.2}] {:>5.2}+{:<6.2} {:>7.2}",
             r.name,
             r.cpu_us_per_req,
             r.cpu_us_per_req / b.cpu_us_per_req,
@@ -635,6 +656,15 @@ fn print_report(
             println!("  {:<24} {}", "meshtune B / meshtune:", pairs(mb, mt));
         }
     }
+    if let Some(noop) = results.iter().find(|r| r.name == "no-op wasm") {
+        for p in results.iter().filter(|r| r.name.starts_with("probe ")) {
+            println!(
+                "  {:<24} {}",
+                format!("{} / no-op wasm:", p.name),
+                pairs(p, noop)
+            );
+        }
+    }
     if cfg.saturation_secs > 0 {
         if let Some(low) = results
             .iter()
@@ -652,15 +682,39 @@ fn print_report(
         return;
     };
     let cpu_ratio = m.cpu_us_per_req / b.cpu_us_per_req;
+    let open_ratio = m.open_loop_rps / b.open_loop_rps;
+    println!(
+        "open-loop throughput ({:.0} rps offered): no filter {:.0} rps, meshtune {:.0} rps (2xx/s) = {open_ratio:.2}x",
+        cfg.rate, b.open_loop_rps, m.open_loop_rps
+    );
     let thr_ratio = m.throughput / b.throughput;
     let core_ratio = m.per_core / b.per_core;
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     println!(
-        "meshtune vs no filter: CPU/request {cpu_ratio:.2}x (target ≤ {TARGET_CPU_RATIO}x: {}); throughput {thr_ratio:.2}x achieved, {core_ratio:.2}x per Envoy core (target ≥ {TARGET_THROUGHPUT_RATIO}x: {} / {})",
-        verdict(cpu_ratio <= TARGET_CPU_RATIO),
-        if cfg.saturation_secs == 0 { "not measured" } else { verdict(thr_ratio >= TARGET_THROUGHPUT_RATIO) },
-        if cfg.saturation_secs == 0 { "not measured" } else { verdict(core_ratio >= TARGET_THROUGHPUT_RATIO) },
+        "meshtune vs no filter (targets: CPU/request ≤ {TARGET_CPU_RATIO}x, throughput ≥ {TARGET_THROUGHPUT_RATIO}x):"
     );
+    println!(
+        "  CPU/request at {:.0} rps: {cpu_ratio:.2}x ({})",
+        cfg.rate,
+        verdict(cpu_ratio <= TARGET_CPU_RATIO)
+    );
+    println!(
+        "  throughput under the open-loop load: {open_ratio:.2}x ({})",
+        verdict(open_ratio >= TARGET_THROUGHPUT_RATIO)
+    );
+    if cfg.saturation_secs == 0 {
+        println!("  saturation throughput: not measured");
+    } else {
+        println!(
+            "  saturation throughput: {thr_ratio:.2}x achieved, {core_ratio:.2}x per Envoy core ({} / {}; no-op wasm alone: {:.2}x per core)",
+            verdict(thr_ratio >= TARGET_THROUGHPUT_RATIO),
+            verdict(core_ratio >= TARGET_THROUGHPUT_RATIO),
+            results
+                .iter()
+                .find(|r| r.name == "no-op wasm")
+                .map_or(f64::NAN, |r| r.per_core / b.per_core),
+        );
+    }
 }
 
 /// Whether a path looks like an existing file (for binaries' friendly errors).

@@ -444,3 +444,32 @@ fn noop_filter_passes_traffic() {
     assert_eq!(r.status_count(200), 100, "{}", r.summary());
     assert_eq!(workload.counters().requests, 100);
 }
+
+/// The benchmark's probes: the no-op filter making every probed host call passes traffic, and
+/// an unknown probe name is refused with a log line naming it.
+#[test]
+fn probe_filter_passes_traffic_and_refuses_unknown_probes() {
+    let Some(paths) = prereqs(true) else { return };
+    let _g = serial();
+    let workload = meshtune_testbed::workload::WorkloadServer::start(Default::default()).unwrap();
+    let mut cfg = EnvoyConfig::new(workload.addr());
+    cfg.filter = Some(WasmFilter::probe(
+        &paths.noop_wasm,
+        "clock,cluster,status,status-header,attempts",
+    ));
+    let envoy = Envoy::start(&paths.envoy, &cfg).expect("envoy with the probe filter");
+    let r = loadgen::run_blocking(&LoadConfig::count(envoy.listener(), 200.0, 100), None);
+    assert_eq!(r.status_count(200), 100, "{}", r.summary());
+    drop(envoy);
+
+    cfg.filter = Some(WasmFilter::probe(&paths.noop_wasm, "status,bogus"));
+    let log = match Envoy::start_with_timeout(&paths.envoy, &cfg, Duration::from_secs(20)) {
+        Err(EnvoyError::Exited { log, .. }) => log,
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(envoy) => envoy.log(),
+    };
+    assert!(
+        log.contains("unknown probe \"bogus\""),
+        "unknown probe accepted silently:\n{log}"
+    );
+}

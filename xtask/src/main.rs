@@ -332,6 +332,19 @@ fn clippy(ctx: &Ctx) -> Result<()> {
             "-D",
             "warnings",
         ]),
+    )?;
+    run(
+        "clippy (no-op / probe filter)",
+        ctx.cargo().args([
+            "clippy",
+            "--manifest-path",
+            "testbed/noop-filter/Cargo.toml",
+            "--target",
+            WASM_TARGET,
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )
 }
 

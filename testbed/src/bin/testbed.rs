@@ -51,6 +51,10 @@ enum Cmd {
         /// Also measure this meshtune filter build (`meshtune B`), for A/B comparisons.
         #[arg(long)]
         compare_wasm: Option<std::path::PathBuf>,
+        /// Also measure the no-op filter making these host calls per request (repeatable;
+        /// comma list of clock, cluster, status, status-header, attempts), to price them.
+        #[arg(long = "probe")]
+        probes: Vec<String>,
     },
     /// Serve the workload on an address until Ctrl-C.
     Workload {
@@ -106,6 +110,7 @@ fn main() -> Result<()> {
             saturation_concurrency,
             no_pin,
             compare_wasm,
+            probes,
         } => scenarios::filter_overhead(
             &paths,
             &scenarios::BenchConfig {
@@ -116,6 +121,7 @@ fn main() -> Result<()> {
                 saturation_concurrency,
                 pin: !no_pin,
                 compare_wasm,
+                probes,
             },
         )
         .map(|_| ()),
