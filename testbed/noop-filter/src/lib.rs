@@ -7,7 +7,7 @@
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
@@ -63,11 +63,10 @@ impl RootContext for NoopRoot {
         if size == 0 {
             return true;
         }
-        let bytes =
-            hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, size)
-                .ok()
-                .flatten()
-                .unwrap_or_default();
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         match std::str::from_utf8(&bytes)
             .map_err(|e| e.to_string())
             .and_then(Probe::parse)
