@@ -13,11 +13,11 @@ use tokio::net::TcpListener;
 use crate::config::{self, Config};
 use crate::decision::{self, Naming};
 use crate::policy_loop::{
-    self, build_sinks, initial_model, parse_configmap, EnvoyFileArgs, LoopConfig, LoopError,
-    ModelSources, PolicyLoop, SinkKind,
+    self, build_sinks, parse_configmap, EnvoyFileArgs, LoopConfig, LoopError, PolicyLoop, SinkKind,
 };
 use crate::recorder::Recorder;
 use crate::server::Controller;
+use meshtune_policy::source::{self, ModelSource};
 
 /// Flags of `meshtune controller`.
 #[derive(Debug, Clone, Args)]
@@ -151,6 +151,27 @@ impl ControllerArgs {
         })
     }
 
+    /// Model sources in the order the first model is taken from: `--model` (must be valid),
+    /// the embedded model (if compiled in), `--model-configmap`. File and ConfigMap are then
+    /// watched for hot swaps.
+    pub fn model_sources(&self) -> Vec<ModelSource> {
+        let mut sources = Vec::new();
+        if let Some(path) = &self.model {
+            sources.push(ModelSource::File {
+                path: path.clone(),
+                poll: Duration::from_millis(self.model_poll_ms.max(10)),
+            });
+        }
+        sources.push(ModelSource::Embedded);
+        if let Some((namespace, name)) = &self.model_configmap {
+            sources.push(ModelSource::ConfigMap {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            });
+        }
+        sources
+    }
+
     fn envoy(&self) -> EnvoyFileArgs {
         EnvoyFileArgs {
             cds: self.envoy_cds.clone(),
@@ -165,7 +186,7 @@ impl ControllerArgs {
 pub struct Prepared {
     pub controller: Arc<Controller>,
     pub policy: Arc<PolicyLoop>,
-    pub sources: ModelSources,
+    pub sources: Vec<ModelSource>,
     pub kube: Option<kube::Client>,
 }
 
@@ -191,6 +212,31 @@ impl Prepared {
     }
 }
 
+/// Binds `--grpc-listen` and `--admin-listen`, writes `grpc listening on ADDR` and
+/// `admin listening on ADDR` to `out` (tests and launchers read the bound ports from there),
+/// then builds everything from the flags and serves until `shutdown`.
+pub async fn bind_and_serve(
+    args: ControllerArgs,
+    out: &mut impl std::io::Write,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), LoopError> {
+    let prepared = prepare(args.clone()).await?;
+    let bind = |flag: &'static str, addr: String| async move {
+        TcpListener::bind(&addr)
+            .await
+            .map_err(|source| LoopError::Bind { flag, addr, source })
+    };
+    let grpc = bind("--grpc-listen", args.grpc_listen).await?;
+    let admin = bind("--admin-listen", args.admin_listen).await?;
+    let announce = |out: &mut dyn std::io::Write| -> std::io::Result<()> {
+        writeln!(out, "grpc listening on {}", grpc.local_addr()?)?;
+        writeln!(out, "admin listening on {}", admin.local_addr()?)?;
+        out.flush()
+    };
+    announce(out).map_err(LoopError::Announce)?;
+    prepared.serve(grpc, admin, shutdown).await
+}
+
 /// Builds everything from the flags and serves on the given listeners until `shutdown`.
 pub async fn run(
     args: ControllerArgs,
@@ -206,15 +252,24 @@ pub async fn run(
 pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
     let loop_config = args.loop_config()?;
     let controller = Arc::new(Controller::new(args.config())?);
-    let mut model = initial_model(args.model.as_deref())?;
+    let sources = args.model_sources();
     let kube = match &args.model_configmap {
         Some(_) => Some(policy_loop::kube_client("--model-configmap").await?),
         None => None,
     };
-    if let (true, Some((ns, name)), Some(client)) = (model.is_none(), &args.model_configmap, &kube)
-    {
-        model = Some(policy_loop::model_from_configmap(client.clone(), ns, name).await?);
-    }
+    let model = source::load_initial(&sources, kube.as_ref())
+        .await
+        .map_err(|error| LoopError::ModelSource {
+            flag: match sources
+                .iter()
+                .find(|s| s.to_string() == error.source_name())
+            {
+                Some(ModelSource::File { .. }) => "--model",
+                Some(ModelSource::ConfigMap { .. }) => "--model-configmap",
+                _ => "embedded model",
+            },
+            error,
+        })?;
     let sinks = build_sinks(&args.sinks, &args.envoy()).await?;
     let recorder = match &args.record {
         Some(p) => Some(Recorder::open(p)?),
@@ -228,13 +283,6 @@ pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
         recorder,
         loop_config,
     );
-    let sources = ModelSources {
-        file: args
-            .model
-            .clone()
-            .map(|p| (p, Duration::from_millis(args.model_poll_ms.max(10)))),
-        configmap: args.model_configmap.clone(),
-    };
     Ok(Prepared {
         controller,
         policy,

@@ -8,18 +8,17 @@ use std::collections::BTreeMap;
 use foldhash::{HashMap, HashMapExt};
 use std::time::Instant;
 
-use meshtune_core::dataset::Outcomes;
-use meshtune_core::histogram::bucket_bounds;
 use meshtune_core::knobs::{Knob, Knobs, KNOB_COUNT};
+use meshtune_core::outcomes::{Objective, Outcomes, SloGood};
 use meshtune_core::WindowStats;
 use meshtune_policy::guardrails::{Action, Guardrails, HoldReason, Mode, Verdict};
 
 /// Default minimum requests in a destination's window before the policy decides for it.
 pub const DEFAULT_MIN_REQUESTS: u64 = 20;
 /// Default latency SLO (ms) for the goodput outcome and the objective.
-pub const DEFAULT_SLO_MS: f64 = 250.0;
+pub const DEFAULT_SLO_MS: f64 = meshtune_core::outcomes::DEFAULT_SLO_MS;
 /// Namespace used when a destination name carries none (plain Envoy cluster names).
-pub const DEFAULT_NAMESPACE: &str = "default";
+pub use meshtune_core::DEFAULT_NAMESPACE;
 
 /// How Envoy cluster names (as reported) map to sink destinations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -101,40 +100,17 @@ pub fn select(
     groups
 }
 
-/// Outcomes of a window (`meshtune_core::dataset` columns) with latency SLO `slo_ms`. The
-/// reward is the simulator's default objective without churn.
+/// Outcomes of a live window with latency SLO `slo_ms`: completions are the offered load and
+/// the SLO share comes from the window's histogram; the reward is the default objective
+/// without churn (one definition: `meshtune_core::outcomes`).
 pub fn outcomes(w: &WindowStats, slo_ms: f64) -> Outcomes {
-    let n = w.requests.max(1) as f64;
-    let dur = if w.duration_s > 0.0 {
-        w.duration_s
-    } else {
-        1.0
-    };
-    let slo_us = slo_ms * 1000.0;
-    let total = w.latency.count();
-    let within: u64 = w
-        .latency
-        .nonzero_buckets()
-        .filter(|(i, _)| (bucket_bounds(*i as usize).1 as f64) <= slo_us)
-        .map(|(_, c)| c)
-        .sum();
-    let frac_within = if total > 0 {
-        within as f64 / total as f64
-    } else {
-        0.0
-    };
-    let mut o = Outcomes {
-        offered_rps: w.requests as f64 / dur,
-        slo_goodput_rps: w.status_2xx as f64 * frac_within / dur,
-        p50_ms: w.latency.quantile_us(0.50) / 1000.0,
-        p99_ms: w.latency.quantile_us(0.99) / 1000.0,
-        error_rate: (w.status_5xx as f64 / n).min(1.0),
-        shed_rate: ((w.flag_uo + w.shed) as f64 / n).min(1.0),
-        timeout_rate: (w.flag_ut as f64 / n).min(1.0),
-        reward: 0.0,
-    };
-    o.reward = meshtune_sim::episode::Objective::default().reward(&o, 0.0);
-    o
+    Outcomes::of_window(
+        w,
+        w.requests,
+        SloGood::FromHistogram { slo_ms },
+        &Objective::default(),
+        0.0,
+    )
 }
 
 /// The guardrails' objective (a cost; lower is better): `1 - reward`.
@@ -185,15 +161,58 @@ pub enum DestAction {
 }
 
 impl DestAction {
-    /// Short label for the API and logs.
-    pub fn label(&self) -> &'static str {
+    /// The outcome when every sink applied the push (see [`settle`] for failed pushes).
+    pub fn outcome(&self) -> DestOutcome {
         match self {
-            DestAction::Push => "pushed",
-            DestAction::Recommend => "recommended",
-            DestAction::Hold(HoldReason::NoChange) => "no_change",
-            DestAction::Hold(HoldReason::Dwell { .. }) => "hold_dwell",
-            DestAction::Hold(HoldReason::Watching) => "hold_watching",
-            DestAction::Rollback { .. } => "rolled_back",
+            DestAction::Push => DestOutcome::Pushed,
+            DestAction::Recommend => DestOutcome::Recommended,
+            DestAction::Hold(HoldReason::NoChange) => DestOutcome::NoChange,
+            DestAction::Hold(HoldReason::Dwell { .. }) => DestOutcome::HoldDwell,
+            DestAction::Hold(HoldReason::Watching) => DestOutcome::HoldWatching,
+            DestAction::Rollback { .. } => DestOutcome::RolledBack,
+        }
+    }
+
+    /// Whether this action changes (or, observing, would change) the mesh: counted as a
+    /// decision in the metrics.
+    pub fn is_decision(&self) -> bool {
+        matches!(
+            self,
+            DestAction::Push | DestAction::Recommend | DestAction::Rollback { .. }
+        )
+    }
+}
+
+/// How one destination's cycle ended, after the sinks answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DestOutcome {
+    /// New knobs applied by every sink.
+    Pushed,
+    /// Observe mode: recommended (log sink only).
+    Recommended,
+    /// The policy's knobs equal those in force (within hysteresis).
+    NoChange,
+    /// A change held back by the minimum dwell time.
+    HoldDwell,
+    /// A change held back while the last push is being watched for regressions.
+    HoldWatching,
+    /// The last push made the objective worse: the previous knobs were pushed back.
+    RolledBack,
+    /// A push or rollback some sink did not apply: reverted, the previous knobs stay.
+    PushFailed,
+}
+
+impl DestOutcome {
+    /// Label for the API (`last_decision.outcome`), logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            DestOutcome::Pushed => "pushed",
+            DestOutcome::Recommended => "recommended",
+            DestOutcome::NoChange => "no_change",
+            DestOutcome::HoldDwell => "hold_dwell",
+            DestOutcome::HoldWatching => "hold_watching",
+            DestOutcome::RolledBack => "rolled_back",
+            DestOutcome::PushFailed => "push_failed",
         }
     }
 }
@@ -347,6 +366,78 @@ pub fn revert_push(state: &mut LoopState, item: &DestDecision) {
     }
 }
 
+/// The "revert failed pushes" stage: every push or rollback that a sink did not apply
+/// (`failed` names its destination) is reverted in `state`; returns each item's outcome, in
+/// order.
+pub fn settle(
+    state: &mut LoopState,
+    items: &[DestDecision],
+    failed: &foldhash::HashSet<String>,
+) -> Vec<DestOutcome> {
+    items
+        .iter()
+        .map(|item| match item.action {
+            DestAction::Push | DestAction::Rollback { .. }
+                if failed.contains(&item.destination) =>
+            {
+                revert_push(state, item);
+                DestOutcome::PushFailed
+            }
+            ref a => a.outcome(),
+        })
+        .collect()
+}
+
+/// Counts of one cycle's outcomes (for logs and tests).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CycleSummary {
+    /// Destinations decided for.
+    pub destinations: usize,
+    pub pushed: usize,
+    pub recommended: usize,
+    pub rolled_back: usize,
+    pub push_failures: usize,
+    /// Version of the model that decided.
+    pub model_version: String,
+}
+
+impl CycleSummary {
+    /// Counts `outcomes` for a cycle decided by `model_version`.
+    pub fn of(outcomes: &[DestOutcome], model_version: &str) -> Self {
+        let count = |o: DestOutcome| outcomes.iter().filter(|x| **x == o).count();
+        CycleSummary {
+            destinations: outcomes.len(),
+            pushed: count(DestOutcome::Pushed),
+            recommended: count(DestOutcome::Recommended),
+            rolled_back: count(DestOutcome::RolledBack),
+            push_failures: count(DestOutcome::PushFailed),
+            model_version: model_version.to_string(),
+        }
+    }
+}
+
+/// The "record" stage's rows: per destination, the window's features, the knobs in force
+/// while it was measured and its outcomes (the dataset the trainer learns from).
+pub fn dataset_rows(
+    selected: &[Selected],
+    items: &[DestDecision],
+    unix_secs: u64,
+) -> Vec<meshtune_core::dataset::DatasetRow> {
+    selected
+        .iter()
+        .zip(items)
+        .map(|(s, item)| meshtune_core::dataset::DatasetRow {
+            source: crate::recorder::LIVE_SOURCE.into(),
+            scenario: String::new(),
+            destination: item.destination.clone(),
+            window: unix_secs,
+            features: s.stats.features(),
+            knobs: item.before,
+            outcomes: item.outcomes,
+        })
+        .collect()
+}
+
 fn changed(a: &Knobs, b: &Knobs) -> Vec<Knob> {
     Knob::ALL
         .into_iter()
@@ -432,14 +523,11 @@ mod tests {
     }
 
     #[test]
-    fn outcomes_count_goodput_within_the_slo_only() {
+    fn slow_windows_cost_more_than_fast_ones() {
         let fast = outcomes(&window(100, 90, 5), 100.0);
-        assert!((fast.offered_rps - 10.0).abs() < 1e-9);
-        assert!((fast.slo_goodput_rps - 9.0).abs() < 1e-9);
-        assert!((fast.error_rate - 0.1).abs() < 1e-9);
         let slow = outcomes(&window(100, 90, 500), 100.0);
+        assert!((fast.slo_goodput_rps - 9.0).abs() < 1e-9);
         assert_eq!(slow.slo_goodput_rps, 0.0);
-        assert!(slow.reward < fast.reward);
         assert!(cost(&slow) > cost(&fast));
     }
 
@@ -571,6 +659,48 @@ mod tests {
         assert_eq!(c.pushes[0].knobs, Knobs::istio_defaults());
         assert_eq!(c.pushes[0].previous, Some(pushed));
         assert_eq!(st.knobs_in_force("a"), Knobs::istio_defaults());
+    }
+
+    #[test]
+    fn settle_reverts_failed_pushes_only_and_summary_counts_outcomes() {
+        let mut st = LoopState::new(Guardrails::new(enforce(Duration::ZERO)));
+        let mut selected = sel("a", window(100, 100, 5));
+        selected.extend(sel("b", window(100, 100, 5)));
+        let c = decide(
+            &selected,
+            &[proposal(), proposal()],
+            &mut st,
+            Instant::now(),
+            250.0,
+        );
+        assert_eq!(c.pushes.len(), 2);
+        let failed: foldhash::HashSet<String> = ["b".to_string()].into_iter().collect();
+        let outcomes = settle(&mut st, &c.items, &failed);
+        assert_eq!(outcomes, vec![DestOutcome::Pushed, DestOutcome::PushFailed]);
+        assert_eq!(st.knobs_in_force("a"), c.items[0].knobs);
+        assert!(!st.in_force.contains_key("b"), "failed push reverted");
+        let summary = CycleSummary::of(&outcomes, "v7");
+        assert_eq!(
+            summary,
+            CycleSummary {
+                destinations: 2,
+                pushed: 1,
+                push_failures: 1,
+                model_version: "v7".into(),
+                ..CycleSummary::default()
+            }
+        );
+        assert_eq!(DestOutcome::PushFailed.label(), "push_failed");
+        let rows = dataset_rows(&selected, &c.items, 1234);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].destination, "b");
+        assert_eq!(rows[1].window, 1234);
+        assert_eq!(
+            rows[1].knobs,
+            Knobs::istio_defaults(),
+            "knobs while measured"
+        );
+        assert_eq!(rows[0].features, selected[0].stats.features());
     }
 
     #[test]

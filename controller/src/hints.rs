@@ -5,48 +5,17 @@
 //! [`FileHints`] reloads the file when its mtime (or length) changes; a bad file is logged with
 //! its error and the previous hints are kept.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
+/// The hint served to filters: the wire type itself (`meshtune.v1.Hint`, with serde for the
+/// file and the admin API), so nothing is copied field by field between file, loop and wire.
+pub use meshtune_proto::v1::Hint;
 /// TTL given to a hint whose file entry has none.
-pub const DEFAULT_HINT_TTL_MS: u32 = 5000;
-
-/// A fast local hint for one upstream cluster (mirrors `meshtune.v1.Hint`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Hint {
-    pub cluster: String,
-    /// Per-request timeout in ms; 0 = none.
-    #[serde(default)]
-    pub timeout_ms: u32,
-    /// Retries; `None` = no hint.
-    #[serde(default)]
-    pub max_retries: Option<u32>,
-    /// In-flight limit per Envoy; 0 = none.
-    #[serde(default)]
-    pub concurrency_limit: u32,
-    #[serde(default = "default_ttl")]
-    pub ttl_ms: u32,
-}
-
-fn default_ttl() -> u32 {
-    DEFAULT_HINT_TTL_MS
-}
-
-impl From<Hint> for meshtune_proto::v1::Hint {
-    fn from(h: Hint) -> Self {
-        Self {
-            cluster: h.cluster,
-            timeout_ms: h.timeout_ms,
-            max_retries: h.max_retries,
-            concurrency_limit: h.concurrency_limit,
-            ttl_ms: h.ttl_ms,
-        }
-    }
-}
+pub use meshtune_proto::DEFAULT_HINT_TTL_MS;
 
 /// Where the controller gets hints from. The file source is the first implementation; the
 /// policy loop replaces it.

@@ -30,4 +30,4 @@ pub mod validate;
 pub use aggregate::Aggregator;
 pub use config::Config;
 pub use hints::{Hint, HintSource};
-pub use server::{serve, Clock, Controller, ControllerError, SystemClock};
+pub use server::{serve, shutdown_signal, Clock, Controller, ControllerError, SystemClock};

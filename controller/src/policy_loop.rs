@@ -9,20 +9,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meshtune_core::dataset::DatasetRow;
 use meshtune_core::knobs::Knobs;
 use meshtune_policy::guardrails::{self, Guardrails, Mode};
-use meshtune_policy::{ModelError, ModelStore, OnnxPolicy};
+use meshtune_policy::source::{ModelSource, SourceError};
+use meshtune_policy::{ModelStore, OnnxPolicy};
 use meshtune_sinks::envoy::EnvoyCluster;
 use meshtune_sinks::sink::Outcome;
 use meshtune_sinks::{EnvoyDestination, EnvoyFileConfig, EnvoyFileSink, EnvoyRoute, Sink};
 use tokio::net::TcpListener;
 
 use crate::api::{LastDecisionJson, ModelJson};
-use crate::decision::{self, decide, knobs_by_name, revert_push, DestAction, LoopState, Naming};
-use crate::hints::{Hint, StaticHints};
+pub use crate::decision::CycleSummary;
+use crate::decision::{self, decide, knobs_by_name, DestAction, DestOutcome, LoopState, Naming};
+use crate::hints::StaticHints;
 use crate::metrics::{KnobLabels, ModeLabels, PushLabels};
-use crate::recorder::{Recorder, RecorderError, LIVE_SOURCE};
+use crate::recorder::{Recorder, RecorderError};
 use crate::server::{Controller, ControllerError, DestinationPolicyStatus};
 
 /// Default time between decision cycles.
@@ -60,17 +61,20 @@ impl Default for LoopConfig {
     }
 }
 
-/// A hint TTL that outlives three cycles (at least the sinks' default).
+/// A hint TTL that outlives three cycles (at least the default TTL).
 pub fn default_hint_ttl(interval: Duration) -> u32 {
     let three = interval.as_millis().saturating_mul(3).min(u32::MAX as u128) as u32;
-    three.max(meshtune_sinks::hint::DEFAULT_HINT_TTL_MS)
+    three.max(meshtune_proto::DEFAULT_HINT_TTL_MS)
 }
 
 /// Errors setting up the loop (each names its input).
 #[derive(Debug, thiserror::Error)]
 pub enum LoopError {
-    #[error("--model: {0}")]
-    Model(#[from] ModelError),
+    #[error("{flag}: {error}")]
+    ModelSource {
+        flag: &'static str,
+        error: SourceError,
+    },
     #[error("--guardrails: {0}")]
     Guardrails(#[from] guardrails::GuardrailError),
     #[error("--sink envoy-file: {0}")]
@@ -81,6 +85,14 @@ pub enum LoopError {
     Flag { flag: &'static str, reason: String },
     #[error("kubernetes client (for {what}): {reason}")]
     Kube { what: &'static str, reason: String },
+    #[error("binding {flag} {addr}: {source}")]
+    Bind {
+        flag: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("writing the listening addresses: {0}")]
+    Announce(std::io::Error),
     #[error(transparent)]
     Controller(#[from] ControllerError),
 }
@@ -200,49 +212,6 @@ pub async fn kube_client(what: &'static str) -> Result<kube::Client, LoopError> 
         })
 }
 
-/// The first model: `--model PATH` (must be valid), else the embedded default, else `None`
-/// (the controller then runs without deciding).
-pub fn initial_model(model: Option<&Path>) -> Result<Option<OnnxPolicy>, LoopError> {
-    match model {
-        Some(p) => Ok(Some(OnnxPolicy::from_path(p)?)),
-        None if meshtune_policy::embedded_default_bytes().is_some() => {
-            Ok(Some(meshtune_policy::embedded_default()?))
-        }
-        None => Ok(None),
-    }
-}
-
-/// The first model from ConfigMap `namespace/name` (when neither `--model` nor an embedded
-/// model exists). A missing or invalid model is an error naming the ConfigMap.
-pub async fn model_from_configmap(
-    client: kube::Client,
-    namespace: &str,
-    name: &str,
-) -> Result<OnnxPolicy, LoopError> {
-    use k8s_openapi::api::core::v1::ConfigMap;
-    let origin = meshtune_policy::configmap::configmap_origin(namespace, name);
-    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, namespace);
-    let cm = api.get(name).await.map_err(|e| LoopError::Flag {
-        flag: "--model-configmap",
-        reason: format!("{origin}: {e}"),
-    })?;
-    let bytes = meshtune_policy::configmap::model_bytes(&cm)?;
-    Ok(OnnxPolicy::from_bytes(bytes, &origin)?)
-}
-
-/// What one cycle did (for logs and tests).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct CycleSummary {
-    /// Destinations decided for.
-    pub destinations: usize,
-    pub pushed: usize,
-    pub recommended: usize,
-    pub rolled_back: usize,
-    pub push_failures: usize,
-    /// Version of the model that decided.
-    pub model_version: String,
-}
-
 /// The decision loop.
 pub struct PolicyLoop {
     controller: Arc<Controller>,
@@ -342,56 +311,76 @@ impl PolicyLoop {
         });
     }
 
-    /// Runs one decision cycle now.
+    /// Runs one decision cycle now, stage by stage: select, infer, guard (the pure
+    /// [`decide`]), push, revert failed pushes ([`decision::settle`]), publish status and
+    /// hints, record. `None` when there is no model.
     pub async fn cycle(&self) -> Option<CycleSummary> {
         let store = self.store.as_ref()?;
         let snapshot = self.controller.snapshot();
         let selected = decision::select(snapshot, self.config.naming, self.config.min_requests);
         let policy = store.current();
-        let mut summary = CycleSummary {
-            destinations: selected.len(),
-            model_version: policy.model_version().to_string(),
-            ..CycleSummary::default()
+        let Some(proposed) = self.infer(&policy, &selected) else {
+            return Some(CycleSummary {
+                destinations: selected.len(),
+                model_version: policy.model_version().to_string(),
+                ..CycleSummary::default()
+            });
         };
-        let metrics = self.controller.metrics();
-        let proposed = if selected.is_empty() {
-            Vec::new()
-        } else {
-            let batch: Vec<_> = selected
-                .iter()
-                .map(|s| s.stats.features().normalised())
-                .collect();
-            let started = Instant::now();
-            let out = policy.infer(&batch);
-            metrics
-                .inference_seconds
-                .observe(started.elapsed().as_secs_f64());
-            match out {
-                Ok(rows) => rows.iter().map(Knobs::from_normalised).collect(),
-                Err(e) => {
-                    metrics.inference_errors.inc();
-                    tracing::error!(error = %e, "policy inference failed; no decisions this cycle");
-                    return Some(summary);
-                }
-            }
-        };
-        metrics.decision_cycles.inc();
+        self.controller.metrics().decision_cycles.inc();
         self.cycles.fetch_add(1, Ordering::Relaxed);
         let mut state = self.state.lock().await;
-        let mode = state.mode();
         let now_ms = crate::server::Clock::now_unix_ms(&crate::server::SystemClock);
-        let mut cycle = decide(
+        let cycle = decide(
             &selected,
             &proposed,
             &mut state,
             Instant::now(),
             self.config.slo_ms,
         );
+        let failed = self.push(&cycle).await;
+        let outcomes = decision::settle(&mut state, &cycle.items, &failed);
+        self.publish(&state, &cycle, &outcomes, now_ms);
+        // Hints last: once a filter sees them, status and metrics already match.
+        self.hints
+            .replace(cycle.hints(&state, self.config.hint_ttl_ms));
+        drop(state);
+        self.record(&selected, &cycle, now_ms);
+        self.publish_model();
+        Some(CycleSummary::of(&outcomes, policy.model_version()))
+    }
 
-        // Enforce: every configured sink gets the pushes; a destination that any sink did not
-        // apply is reverted (its knobs are not in force).
+    /// Infer stage: one batched inference for all selected destinations, denormalised.
+    /// `None` (logged, counted) when the model fails: no decisions this cycle.
+    fn infer(&self, policy: &OnnxPolicy, selected: &[decision::Selected]) -> Option<Vec<Knobs>> {
+        if selected.is_empty() {
+            return Some(Vec::new());
+        }
+        let metrics = self.controller.metrics();
+        let batch: Vec<_> = selected
+            .iter()
+            .map(|s| s.stats.features().normalised())
+            .collect();
+        let started = Instant::now();
+        let out = policy.infer(&batch);
+        metrics
+            .inference_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match out {
+            Ok(rows) => Some(rows.iter().map(Knobs::from_normalised).collect()),
+            Err(e) => {
+                metrics.inference_errors.inc();
+                tracing::error!(error = %e, "policy inference failed; no decisions this cycle");
+                None
+            }
+        }
+    }
+
+    /// Push stage: enforce-mode pushes to every configured sink, recommendations to the log
+    /// sink. Returns the destinations that some sink did not apply.
+    async fn push(&self, cycle: &decision::Cycle) -> foldhash::HashSet<String> {
+        let metrics = self.controller.metrics();
         // A set: with many pushes failing at once, a Vec lookup per item would be quadratic.
-        let mut failed: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut failed = foldhash::HashSet::default();
         if !cycle.pushes.is_empty() {
             for sink in &self.sinks {
                 let label = |result: &str| PushLabels {
@@ -433,58 +422,37 @@ impl PolicyLoop {
                 tracing::warn!(error = %e, "log sink failed");
             }
         }
-        let mut outcome_labels: Vec<&'static str> = Vec::new();
-        for item in &cycle.items {
-            let label = match &item.action {
-                DestAction::Push | DestAction::Rollback { .. }
-                    if failed.contains(&item.destination) =>
-                {
-                    revert_push(&mut state, item);
-                    summary.push_failures += 1;
-                    "push_failed"
-                }
-                a => a.label(),
-            };
-            match &item.action {
-                DestAction::Push => summary.pushed += 1,
-                DestAction::Recommend => summary.recommended += 1,
-                DestAction::Rollback {
-                    baseline,
-                    objective,
-                } => {
-                    summary.rolled_back += 1;
-                    metrics.rollbacks.inc();
-                    tracing::warn!(destination = %item.destination, baseline, objective, "objective worsened after a push: rolled back");
-                }
-                DestAction::Hold(_) => {}
+        failed
+    }
+
+    /// Publish stage: decision and rollback metrics, knob gauges, per-cluster status and a log
+    /// line per destination whose outcome is not `no_change`.
+    fn publish(
+        &self,
+        state: &LoopState,
+        cycle: &decision::Cycle,
+        outcomes: &[DestOutcome],
+        now_ms: u64,
+    ) {
+        let metrics = self.controller.metrics();
+        let mode = mode_name(state.mode());
+        for (item, outcome) in cycle.items.iter().zip(outcomes) {
+            if let DestAction::Rollback {
+                baseline,
+                objective,
+            } = item.action
+            {
+                metrics.rollbacks.inc();
+                tracing::warn!(destination = %item.destination, baseline, objective, "objective worsened after a push: rolled back");
             }
-            if matches!(
-                item.action,
-                DestAction::Push | DestAction::Recommend | DestAction::Rollback { .. }
-            ) {
+            if item.action.is_decision() {
                 metrics
                     .decisions
                     .get_or_create(&ModeLabels {
-                        mode: mode_name(mode).to_string(),
+                        mode: mode.to_string(),
                     })
                     .inc();
             }
-            outcome_labels.push(label);
-        }
-
-        // Hints from the knobs in force, status, gauges.
-        let hints: Vec<Hint> = cycle
-            .hints(&state, self.config.hint_ttl_ms)
-            .into_iter()
-            .map(|h| Hint {
-                cluster: h.cluster,
-                timeout_ms: h.timeout_ms,
-                max_retries: h.max_retries,
-                concurrency_limit: h.concurrency_limit,
-                ttl_ms: h.ttl_ms,
-            })
-            .collect();
-        for (item, label) in cycle.items.iter().zip(&outcome_labels) {
             let in_force = state.in_force.get(&item.destination).copied();
             if let Some(k) = &in_force {
                 for (name, v) in knobs_by_name(k) {
@@ -501,44 +469,28 @@ impl PolicyLoop {
                 knobs: in_force.as_ref().map(knobs_by_name),
                 last_decision: Some(LastDecisionJson {
                     unix_ms: now_ms,
-                    mode: mode_name(mode).to_string(),
+                    mode: mode.to_string(),
                     changed: item.changed.iter().map(|k| k.name().to_string()).collect(),
-                    outcome: label.to_string(),
+                    outcome: outcome.label().to_string(),
                 }),
             };
             for c in &item.clusters {
                 self.controller.set_policy_status(c, status.clone());
             }
-            if *label != "no_change" {
-                tracing::info!(destination = %item.destination, outcome = label, changed = item.changed.len(), mode = mode_name(mode), "decision");
+            if *outcome != DestOutcome::NoChange {
+                tracing::info!(destination = %item.destination, outcome = outcome.label(), changed = item.changed.len(), mode, "decision");
             }
         }
-        // Hints last: once a filter sees them, status and metrics already match.
-        self.hints.replace(hints);
-        drop(state);
+    }
 
-        if let Some(rec) = &self.recorder {
-            let rows: Vec<DatasetRow> = selected
-                .iter()
-                .zip(&cycle.items)
-                .map(|(s, item)| DatasetRow {
-                    source: LIVE_SOURCE.into(),
-                    scenario: String::new(),
-                    destination: item.destination.clone(),
-                    window: now_ms / 1000,
-                    features: s.stats.features(),
-                    knobs: item.before,
-                    outcomes: item.outcomes,
-                })
-                .collect();
-            let mut rec = rec.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = rec.append(&rows) {
-                tracing::error!(error = %e, "recording failed");
-            }
+    /// Record stage: appends the cycle's dataset rows to the `--record` CSV, if any.
+    fn record(&self, selected: &[decision::Selected], cycle: &decision::Cycle, now_ms: u64) {
+        let Some(rec) = &self.recorder else { return };
+        let rows = decision::dataset_rows(selected, &cycle.items, now_ms / 1000);
+        let mut rec = rec.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = rec.append(&rows) {
+            tracing::error!(error = %e, "recording failed");
         }
-        cycle.items.clear();
-        self.publish_model();
-        Some(summary)
     }
 
     /// Runs cycles every interval until `shutdown` resolves.
@@ -564,30 +516,17 @@ impl PolicyLoop {
     }
 }
 
-/// Where hot-swapped models come from.
-#[derive(Debug, Clone, Default)]
-pub struct ModelSources {
-    /// Watched model file (`--model`) and its poll interval.
-    pub file: Option<(PathBuf, Duration)>,
-    /// Watched ConfigMap `(namespace, name)` (`--model-configmap`).
-    pub configmap: Option<(String, String)>,
-}
-
-/// Parses `NS/NAME`.
+/// Parses `--model-configmap NAMESPACE/NAME`.
 pub fn parse_configmap(s: &str) -> Result<(String, String), String> {
-    match s.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-            Ok((ns.to_string(), name.to_string()))
-        }
-        _ => Err(format!("`{s}`: expected NAMESPACE/NAME")),
-    }
+    meshtune_policy::source::parse_namespaced(s)
+        .ok_or_else(|| format!("`{s}`: expected NAMESPACE/NAME"))
 }
 
 /// Serves the controller with the decision loop and model watchers until `shutdown`.
 pub async fn serve_closed_loop(
     controller: Arc<Controller>,
     policy: Arc<PolicyLoop>,
-    sources: ModelSources,
+    sources: Vec<ModelSource>,
     kube: Option<kube::Client>,
     grpc: TcpListener,
     admin: TcpListener,
@@ -602,22 +541,13 @@ pub async fn serve_closed_loop(
     };
     let mut tasks = Vec::new();
     if let Some(store) = policy.store().cloned() {
-        if let Some((path, poll)) = sources.file.clone() {
-            tasks.push(tokio::spawn(meshtune_policy::watch::watch_file(
-                store.clone(),
-                path,
-                poll,
-                None,
-                stop(),
-            )));
-        }
-        if let (Some((ns, name)), Some(client)) = (sources.configmap.clone(), kube) {
-            let s = stop();
-            tasks.push(tokio::spawn(async move {
-                meshtune_policy::configmap::watch_configmap(store, client, &ns, &name, None, s)
-                    .await
-            }));
-        }
+        tasks.push(tokio::spawn(meshtune_policy::source::watch_sources(
+            store,
+            sources,
+            kube,
+            None,
+            stop(),
+        )));
     }
     tasks.push(tokio::spawn(policy.clone().run(stop())));
     let tx = Arc::new(tx);

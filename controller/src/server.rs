@@ -247,12 +247,7 @@ impl Controller {
             }
         }
         let clusters: Vec<String> = valid.upstreams.iter().map(|(n, _)| n.clone()).collect();
-        let hints = self
-            .hint_source()
-            .hints_for(&clusters)
-            .into_iter()
-            .map(Into::into)
-            .collect();
+        let hints = self.hint_source().hints_for(&clusters);
         self.metrics
             .report_ingest_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -415,6 +410,30 @@ pub async fn serve(
     Arc::new(Controller::new(config)?)
         .serve(grpc, admin, shutdown)
         .await
+}
+
+/// Resolves on SIGTERM (how Kubernetes stops a pod) or Ctrl-C; the binary's shutdown future.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown signal received");
 }
 
 #[cfg(test)]

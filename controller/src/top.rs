@@ -12,6 +12,45 @@ pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:18001";
 /// Default refresh interval of `meshtune top`.
 pub const DEFAULT_INTERVAL_MS: u64 = 1000;
 
+/// Flags of `meshtune top`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopArgs {
+    /// Admin base URL.
+    #[arg(long, default_value = DEFAULT_ADMIN_URL)]
+    pub admin: String,
+    /// Refresh interval in milliseconds.
+    #[arg(long, default_value_t = DEFAULT_INTERVAL_MS)]
+    pub interval_ms: u64,
+    /// Print one table and exit.
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// Polls the admin API and redraws the table on `out` every interval until Ctrl-C; with
+/// `--once` prints one table and fails if the controller cannot be read.
+pub async fn run(args: &TopArgs, out: &mut impl std::io::Write) -> Result<(), TopError> {
+    loop {
+        let table = match fetch_destinations(&args.admin).await {
+            Ok(r) => render(&r),
+            Err(e) if args.once => return Err(e),
+            Err(e) => format!("{e}\n"),
+        };
+        if !args.once {
+            // Clear the screen and home the cursor.
+            write!(out, "\x1b[2J\x1b[H").map_err(TopError::Output)?;
+        }
+        write!(out, "{table}").map_err(TopError::Output)?;
+        out.flush().map_err(TopError::Output)?;
+        if args.once {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(args.interval_ms.max(50))) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
 /// Errors talking to the admin API.
 #[derive(Debug, thiserror::Error)]
 pub enum TopError {
@@ -26,6 +65,8 @@ pub enum TopError {
     Http { url: String, message: String },
     #[error("GET {url} returned status {status}")]
     Status { url: String, status: u16 },
+    #[error("writing the table: {0}")]
+    Output(std::io::Error),
     #[error("GET {url}: invalid JSON: {source}")]
     Json {
         url: String,

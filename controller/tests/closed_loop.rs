@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 use common::const_model;
 use common::{report, upstream};
 use meshtune_controller::decision::Naming;
-use meshtune_controller::policy_loop::{serve_closed_loop, LoopConfig, ModelSources, PolicyLoop};
+use meshtune_controller::policy_loop::{serve_closed_loop, LoopConfig, PolicyLoop};
 use meshtune_controller::recorder::Recorder;
 use meshtune_controller::top::http_get;
 use meshtune_controller::{Config, Controller};
 use meshtune_core::dataset::DatasetRow;
 use meshtune_core::knobs::{Knob, Knobs, KNOB_COUNT};
 use meshtune_policy::guardrails::{self, Mode};
+use meshtune_policy::source::ModelSource;
 use meshtune_proto::v1::feature_service_client::FeatureServiceClient;
 use meshtune_sinks::envoy::EnvoyCluster;
 use meshtune_sinks::{EnvoyDestination, EnvoyFileConfig, EnvoyFileSink, EnvoyRoute, Sink};
@@ -81,10 +82,10 @@ async fn start(
         config,
     );
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let sources = ModelSources {
-        file: Some((model.to_path_buf(), Duration::from_millis(50))),
-        configmap: None,
-    };
+    let sources = vec![ModelSource::File {
+        path: model.to_path_buf(),
+        poll: Duration::from_millis(50),
+    }];
     let task = tokio::spawn(serve_closed_loop(
         controller,
         policy.clone(),

@@ -17,10 +17,11 @@ use k8s_openapi::ByteString;
 use kube::client::Body;
 use kube::Client;
 use meshtune_controller::decision::Naming;
-use meshtune_controller::policy_loop::{model_from_configmap, LoopConfig, PolicyLoop};
+use meshtune_controller::policy_loop::{LoopConfig, PolicyLoop};
 use meshtune_controller::{Config, Controller};
 use meshtune_core::knobs::{Knob, KNOB_COUNT};
 use meshtune_policy::guardrails::{self, Mode};
+use meshtune_policy::source::{load_initial, ModelSource};
 use meshtune_policy::OnnxPolicy;
 use meshtune_sinks::istio::{destination_rule, virtual_service, IstioTarget};
 use meshtune_sinks::schema::{CrdSchemas, CRD_PATH_ENV};
@@ -306,9 +307,14 @@ async fn the_first_model_comes_from_a_configmap_and_a_corrupt_one_is_refused_by_
         })
         .await;
     });
-    let m = model_from_configmap(client.clone(), "meshtune-system", "meshtune-model")
+    let source = [ModelSource::ConfigMap {
+        namespace: "meshtune-system".into(),
+        name: "meshtune-model".into(),
+    }];
+    let m = load_initial(&source, Some(&client))
         .await
-        .expect("valid model in the ConfigMap");
+        .expect("valid model in the ConfigMap")
+        .expect("a ConfigMap source gives a model");
     assert_eq!(m.model_version(), "from-configmap");
     assert!(
         m.origin().contains("meshtune-system/meshtune-model"),
@@ -316,14 +322,14 @@ async fn the_first_model_comes_from_a_configmap_and_a_corrupt_one_is_refused_by_
         m.origin()
     );
 
-    let e = model_from_configmap(client.clone(), "meshtune-system", "meshtune-model")
+    let e = load_initial(&source, Some(&client))
         .await
         .expect_err("a corrupt model is refused");
     assert!(
         e.to_string().contains("meshtune-system/meshtune-model"),
         "the error names the ConfigMap: {e}"
     );
-    let e = model_from_configmap(client, "meshtune-system", "meshtune-model")
+    let e = load_initial(&source, Some(&client))
         .await
         .expect_err("a missing ConfigMap is an error");
     assert!(e.to_string().contains("meshtune-model"), "{e}");

@@ -6,7 +6,7 @@
 
 use crate::features::{Features, FEATURE_COUNT, FEATURE_NAMES};
 use crate::knobs::{Knobs, KNOB_COUNT, KNOB_NAMES};
-use serde::{Deserialize, Serialize};
+pub use crate::outcomes::Outcomes;
 
 pub const OUTCOME_COUNT: usize = 8;
 /// Outcome columns (after the `outcome.` prefix).
@@ -20,25 +20,6 @@ pub const OUTCOME_NAMES: [&str; OUTCOME_COUNT] = [
     "timeout_rate",
     "reward",
 ];
-
-/// What happened in a window under the knobs in force.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Outcomes {
-    /// Arrival rate of client requests.
-    pub offered_rps: f64,
-    /// Successful responses within the latency SLO, per second.
-    pub slo_goodput_rps: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    /// Fraction of requests that failed (any 5xx, including sheds and timeouts).
-    pub error_rate: f64,
-    /// Fraction shed (circuit-breaker overflow or local shedding).
-    pub shed_rate: f64,
-    /// Fraction that timed out.
-    pub timeout_rate: f64,
-    /// The objective's value for this window (see the sim's reward docs).
-    pub reward: f64,
-}
 
 impl Outcomes {
     pub fn to_array(&self) -> [f64; OUTCOME_COUNT] {

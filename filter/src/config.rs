@@ -8,7 +8,7 @@ pub const DEFAULT_FLUSH_INTERVAL_MS: u32 = 1000;
 /// Default timeout of one Report call.
 pub const DEFAULT_REPORT_TIMEOUT_MS: u32 = 500;
 /// Default namespace reported when neither config nor node metadata name one.
-pub const DEFAULT_NAMESPACE: &str = "default";
+pub use meshtune_core::DEFAULT_NAMESPACE;
 /// Default bound on tracked upstream clusters per VM.
 pub const DEFAULT_MAX_UPSTREAMS: u32 = 256;
 /// Default bound on worker windows buffered by the reporter between flushes.

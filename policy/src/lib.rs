@@ -6,7 +6,8 @@
 //! - [`store`]: [`ModelStore`] hot swap with metrics; [`watch`] (file) and [`configmap`]
 //!   (Kubernetes) sources, `model push`.
 //! - [`guardrails`]: bounds, hysteresis, step limits, dwell, rollback, observe/enforce.
-//! - [`source`]: `embedded` / `file:PATH` / `configmap:NS/NAME`, initial load and watcher.
+//! - [`source`]: `embedded` / `file:PATH` / `configmap:NS/NAME`: the one model-source
+//!   implementation (first model from a list of sources, watchers for all of them).
 //! - [`cli`]: `meshtune model inspect|validate|push`.
 
 pub mod cli;

@@ -1,14 +1,30 @@
-//! Where the controller's policy model comes from (`embedded`, `file:PATH`, `configmap:NS/NAME`),
-//! how the first model is loaded, and the matching hot-swap watcher.
+//! Where a controller's policy models come from (`embedded`, `file:PATH`,
+//! `configmap:NS/NAME`): parsing a source, loading the first model from a list of sources, and
+//! watching every source for hot swaps. The one model-source implementation; the controller's
+//! `--model` / `--model-configmap` flags become a list of [`ModelSource`]s.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::runtime::{embedded_default, validate_path, ModelError, OnnxPolicy};
+use futures::FutureExt;
+
+use crate::runtime::{
+    embedded_default, embedded_default_bytes, validate_path, ModelError, OnnxPolicy,
+};
 use crate::store::ModelStore;
 use crate::watch::{watch_file, WatchEvent, DEFAULT_POLL_INTERVAL};
+
+/// The Kubernetes client ConfigMap sources are read with (uninhabited without the `kube`
+/// feature, so the API is the same in both builds).
+#[cfg(feature = "kube")]
+pub type KubeClient = kube::Client;
+/// The Kubernetes client ConfigMap sources are read with (uninhabited without the `kube`
+/// feature, so the API is the same in both builds).
+#[cfg(not(feature = "kube"))]
+#[derive(Debug, Clone)]
+pub enum KubeClient {}
 
 /// A model source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +43,30 @@ pub enum ModelSource {
 pub struct SourceParseError {
     pub input: String,
     pub reason: &'static str,
+}
+
+/// Why the first model could not be loaded. Each variant names the source.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The source's model was read but refused (or a file could not be read).
+    #[error("{source_name}: {error}")]
+    Model {
+        source_name: String,
+        error: ModelError,
+    },
+    /// The ConfigMap could not be read from the API server.
+    #[error("{source_name}: {reason}")]
+    Unavailable { source_name: String, reason: String },
+}
+
+impl SourceError {
+    /// The source that failed (`file:PATH`, `configmap:NS/NAME`, `embedded`).
+    pub fn source_name(&self) -> &str {
+        match self {
+            SourceError::Model { source_name, .. }
+            | SourceError::Unavailable { source_name, .. } => source_name,
+        }
+    }
 }
 
 impl std::str::FromStr for ModelSource {
@@ -50,16 +90,21 @@ impl std::str::FromStr for ModelSource {
             });
         }
         if let Some(rest) = s.strip_prefix("configmap:") {
-            let (ns, name) = rest.split_once('/').ok_or_else(|| err("missing `/`"))?;
-            if ns.is_empty() || name.is_empty() || name.contains('/') {
-                return Err(err("namespace and name must be non-empty"));
-            }
-            return Ok(ModelSource::ConfigMap {
-                namespace: ns.to_string(),
-                name: name.to_string(),
-            });
+            let (namespace, name) =
+                parse_namespaced(rest).ok_or_else(|| err("expected NAMESPACE/NAME"))?;
+            return Ok(ModelSource::ConfigMap { namespace, name });
         }
         Err(err("unknown scheme"))
+    }
+}
+
+/// Parses `NAMESPACE/NAME` (both non-empty, one `/`).
+pub fn parse_namespaced(s: &str) -> Option<(String, String)> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Some((ns.to_string(), name.to_string()))
+        }
+        _ => None,
     }
 }
 
@@ -73,38 +118,119 @@ impl std::fmt::Display for ModelSource {
     }
 }
 
-/// The model to start serving with. A file source must hold a valid model (a bad file at start
-/// is an error, not a silent fallback); a ConfigMap source starts from the embedded model and
-/// the watcher swaps the ConfigMap's model in as soon as it is read.
-pub fn load_initial(source: &ModelSource) -> Result<OnnxPolicy, ModelError> {
-    match source {
-        ModelSource::Embedded | ModelSource::ConfigMap { .. } => embedded_default(),
-        ModelSource::File { path, .. } => validate_path(path),
-    }
-}
-
-/// Keeps the store in sync with the source until `shutdown` resolves (returns at once for
-/// `embedded`). `client` is required for a ConfigMap source.
-pub async fn watch_source(
-    store: Arc<ModelStore>,
-    source: ModelSource,
-    client: Option<kube::Client>,
-    events: Option<tokio::sync::mpsc::UnboundedSender<WatchEvent>>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), kube::Error> {
-    match source {
-        ModelSource::Embedded => {}
-        ModelSource::File { path, poll } => watch_file(store, path, poll, events, shutdown).await,
-        ModelSource::ConfigMap { namespace, name } => {
-            let client = match client {
-                Some(c) => c,
-                None => kube::Client::try_default().await?,
-            };
-            crate::configmap::watch_configmap(store, client, &namespace, &name, events, shutdown)
-                .await
+/// The model to start serving with: the first source in `sources` that gives one.
+///
+/// - A file must hold a valid model: a bad or missing file is an error, never a silent
+///   fallback.
+/// - `embedded` gives the compiled-in model, and is skipped when none was compiled in.
+/// - A ConfigMap is read once through `client` (required); a missing ConfigMap or a refused
+///   model is an error naming it.
+///
+/// `Ok(None)` when no source gives a model (only `embedded`, and none compiled in).
+pub async fn load_initial(
+    sources: &[ModelSource],
+    client: Option<&KubeClient>,
+) -> Result<Option<OnnxPolicy>, SourceError> {
+    for source in sources {
+        let model_error = |error| SourceError::Model {
+            source_name: source.to_string(),
+            error,
+        };
+        match source {
+            ModelSource::Embedded if embedded_default_bytes().is_none() => continue,
+            ModelSource::Embedded => return embedded_default().map(Some).map_err(model_error),
+            ModelSource::File { path, .. } => {
+                return validate_path(path).map(Some).map_err(model_error)
+            }
+            ModelSource::ConfigMap { namespace, name } => {
+                #[cfg(feature = "kube")]
+                {
+                    let unavailable = |reason: String| SourceError::Unavailable {
+                        source_name: source.to_string(),
+                        reason,
+                    };
+                    let client =
+                        client.ok_or_else(|| unavailable("no Kubernetes client".into()))?;
+                    let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+                        kube::Api::namespaced(client.clone(), namespace);
+                    let cm = api
+                        .get(name)
+                        .await
+                        .map_err(|e| unavailable(e.to_string()))?;
+                    let origin = crate::configmap::configmap_origin(namespace, name);
+                    return crate::configmap::model_bytes(&cm)
+                        .and_then(|bytes| crate::runtime::validate(bytes, &origin))
+                        .map(Some)
+                        .map_err(model_error);
+                }
+                #[cfg(not(feature = "kube"))]
+                {
+                    let _ = client;
+                    return Err(SourceError::Unavailable {
+                        source_name: source.to_string(),
+                        reason: "built without the `kube` feature".into(),
+                    });
+                }
+            }
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// Keeps `store` in sync with every source until `shutdown` resolves: file and ConfigMap
+/// watchers run side by side (`embedded` never changes). A ConfigMap source without `client`
+/// is skipped with an error log. Swap, refusal and error events go to `events` when given.
+pub async fn watch_sources(
+    store: Arc<ModelStore>,
+    sources: Vec<ModelSource>,
+    client: Option<KubeClient>,
+    events: Option<tokio::sync::mpsc::UnboundedSender<WatchEvent>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let shutdown = shutdown.shared();
+    let mut watchers: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
+    for source in sources {
+        match source {
+            ModelSource::Embedded => {}
+            ModelSource::File { path, poll } => watchers.push(
+                watch_file(store.clone(), path, poll, events.clone(), shutdown.clone()).boxed(),
+            ),
+            ModelSource::ConfigMap { namespace, name } => {
+                #[cfg(feature = "kube")]
+                match &client {
+                    Some(client) => {
+                        let (store, client, events, shutdown) = (
+                            store.clone(),
+                            client.clone(),
+                            events.clone(),
+                            shutdown.clone(),
+                        );
+                        watchers.push(
+                            async move {
+                                crate::configmap::watch_configmap(
+                                    store, client, &namespace, &name, events, shutdown,
+                                )
+                                .await
+                            }
+                            .boxed(),
+                        );
+                    }
+                    None => tracing::error!(
+                        source = %format!("configmap:{namespace}/{name}"),
+                        "no Kubernetes client: the ConfigMap is not watched"
+                    ),
+                }
+                #[cfg(not(feature = "kube"))]
+                let _ = &client;
+                #[cfg(not(feature = "kube"))]
+                tracing::error!(
+                    source = %format!("configmap:{namespace}/{name}"),
+                    "built without the `kube` feature: the ConfigMap is not watched"
+                );
+            }
+        }
+    }
+    futures::future::join_all(watchers).await;
 }
 
 #[cfg(test)]

@@ -226,16 +226,32 @@ fn error_reason_labels_are_stable() {
     assert_eq!(e.reason_label(), "no_embedded");
 }
 
-#[test]
-fn file_source_must_hold_a_valid_model_at_start() {
-    use meshtune_policy::source::{load_initial, ModelSource};
+#[tokio::test]
+async fn file_source_must_hold_a_valid_model_at_start() {
+    use meshtune_policy::source::{load_initial, ModelSource, SourceError};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.onnx");
     std::fs::write(&path, good_model(6, "start")).unwrap();
     let src: ModelSource = format!("file:{}", path.display()).parse().unwrap();
-    assert_eq!(load_initial(&src).unwrap().model_version(), "start");
+    // The file comes first: it is served, not the embedded model behind it.
+    let sources = [src.clone(), ModelSource::Embedded];
+    let m = load_initial(&sources, None).await.unwrap().unwrap();
+    assert_eq!(m.model_version(), "start");
+    // A bad file is an error naming it, never a fallback to the embedded model.
     std::fs::write(&path, wrong_contract_version()).unwrap();
-    let e = load_initial(&src).unwrap_err();
-    assert_eq!(e.reason_label(), "contract");
+    let e = load_initial(&sources, None).await.unwrap_err();
+    assert_eq!(e.source_name(), src.to_string());
+    match &e {
+        SourceError::Model { error, .. } => assert_eq!(error.reason_label(), "contract"),
+        other => panic!("{other:?}"),
+    }
     assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+}
+
+#[tokio::test]
+async fn configmap_source_without_a_client_is_an_error_naming_it() {
+    use meshtune_policy::source::{load_initial, ModelSource};
+    let src: ModelSource = "configmap:mesh/policy".parse().unwrap();
+    let e = load_initial(&[src], None).await.unwrap_err();
+    assert!(e.to_string().contains("configmap:mesh/policy"), "{e}");
 }

@@ -1,12 +1,23 @@
 //! `meshtune.v1`: the Report/Hints wire contract between the filter and the controller.
 //!
 //! Without the `grpc` feature this is plain prost messages (used by the wasm filter); with it,
-//! the tonic `FeatureService` client and server are generated too.
+//! the tonic `FeatureService` client and server are generated too. With `serde`, [`v1::Hint`]
+//! also (de)serialises as the controller's JSON hint (hints file, admin API).
 
 /// The generated `meshtune.v1` package.
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/meshtune.v1.rs"));
+}
+
+/// How long a hint stays valid when its sender gives no TTL (the hints file) and the least the
+/// controller's decision loop gives (it outlives three decision intervals).
+pub const DEFAULT_HINT_TTL_MS: u32 = 10_000;
+
+/// serde default of `Hint.ttl_ms`.
+#[cfg(feature = "serde")]
+fn default_hint_ttl_ms() -> u32 {
+    DEFAULT_HINT_TTL_MS
 }
 
 /// gRPC path of the Report method, as the filter dispatches it.

@@ -3,93 +3,22 @@
 
 use crate::engine::{Engine, WindowResult};
 use crate::scenario::Scenario;
-use meshtune_core::dataset::Outcomes;
 use meshtune_core::env::{Environment, Policy, Step};
+use meshtune_core::outcomes::{Outcomes, SloGood};
 use meshtune_core::{Features, Knobs, LatencyHistogram, FEATURE_COUNT, KNOB_COUNT};
 
-/// Default weight of SLO goodput (fraction of offered requests answered 2xx within the SLO).
-pub const DEFAULT_GOODPUT_WEIGHT: f64 = 1.0;
-/// Default penalty per unit error rate (any 5xx, including sheds and timeouts).
-pub const DEFAULT_ERROR_PENALTY: f64 = 0.25;
-/// Default extra penalty per unit shed (UO overflow) rate.
-pub const DEFAULT_SHED_PENALTY: f64 = 0.05;
-/// Default extra penalty per unit timeout (UT) rate.
-pub const DEFAULT_TIMEOUT_PENALTY: f64 = 0.25;
-/// Default penalty per unit mean absolute change of the normalised knobs between windows.
-pub const DEFAULT_CHURN_PENALTY: f64 = 0.1;
+pub use meshtune_core::outcomes::{churn, Objective};
 
-/// The reward of one window:
-///
-/// `goodput * min(1, slo_goodput_rps / offered_rps) - error_penalty * error_rate
-///  - shed_penalty * shed_rate - timeout_penalty * timeout_rate - churn_penalty * churn`
-///
-/// where rates are fractions of the requests completed in the window and `churn` is the mean
-/// absolute change of the normalised knobs (in [0, 1]) from the previous window. With no
-/// offered load the goodput term is `goodput` (nothing was lost). See sim/README.md.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Objective {
-    pub goodput: f64,
-    pub error_penalty: f64,
-    pub shed_penalty: f64,
-    pub timeout_penalty: f64,
-    pub churn_penalty: f64,
-}
-
-impl Default for Objective {
-    fn default() -> Self {
-        Objective {
-            goodput: DEFAULT_GOODPUT_WEIGHT,
-            error_penalty: DEFAULT_ERROR_PENALTY,
-            shed_penalty: DEFAULT_SHED_PENALTY,
-            timeout_penalty: DEFAULT_TIMEOUT_PENALTY,
-            churn_penalty: DEFAULT_CHURN_PENALTY,
-        }
-    }
-}
-
-impl Objective {
-    /// Reward for a window's outcomes (its `reward` field is ignored) and knob churn.
-    pub fn reward(&self, o: &Outcomes, churn: f64) -> f64 {
-        let g = if o.offered_rps > 0.0 {
-            (o.slo_goodput_rps / o.offered_rps).min(1.0)
-        } else {
-            1.0
-        };
-        self.goodput * g
-            - self.error_penalty * o.error_rate
-            - self.shed_penalty * o.shed_rate
-            - self.timeout_penalty * o.timeout_rate
-            - self.churn_penalty * churn
-    }
-}
-
-/// Mean absolute difference of two normalised knob vectors.
-pub fn churn(a: &[f32; KNOB_COUNT], b: &[f32; KNOB_COUNT]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).abs())
-        .sum::<f64>()
-        / KNOB_COUNT as f64
-}
-
-/// Outcomes of a window (reward filled in from the objective and churn).
+/// Outcomes of a simulated window: arrivals are the offered load and the SLO is met per
+/// request exactly; the rates are `meshtune_core`'s (the same as the controller's).
 pub fn window_outcomes(r: &WindowResult, objective: &Objective, churn: f64) -> Outcomes {
-    let s = &r.stats;
-    let dur = s.duration_s.max(1e-9);
-    let n = s.requests.max(1) as f64;
-    let rate = |x: u64| if s.requests == 0 { 0.0 } else { x as f64 / n };
-    let mut o = Outcomes {
-        offered_rps: r.arrivals as f64 / dur,
-        slo_goodput_rps: r.slo_good as f64 / dur,
-        p50_ms: s.latency.quantile_us(0.5) / 1000.0,
-        p99_ms: s.latency.quantile_us(0.99) / 1000.0,
-        error_rate: rate(s.status_5xx),
-        shed_rate: rate(s.flag_uo),
-        timeout_rate: rate(s.flag_ut),
-        reward: 0.0,
-    };
-    o.reward = objective.reward(&o, churn);
-    o
+    Outcomes::of_window(
+        &r.stats,
+        r.arrivals,
+        SloGood::Exact(r.slo_good),
+        objective,
+        churn,
+    )
 }
 
 /// Totals of an episode.

@@ -3,7 +3,8 @@
 //! - [`scenario`]: TOML scenario files (hosts, failures, load, clients), validated with
 //!   file/line/field errors.
 //! - [`engine`]: the event-driven simulator emitting per-window [`meshtune_core::WindowStats`].
-//! - [`episode`]: the objective, [`run_episode`] and the RL environment [`MeshEnv`].
+//! - [`episode`]: window outcomes (rates and objective from `meshtune_core::outcomes`),
+//!   [`run_episode`] and the RL environment [`MeshEnv`].
 //! - [`baselines`]: Istio defaults, static and hand-tuned configs, a gradient concurrency
 //!   controller, and the grid-search oracle.
 //! - [`sweep`]: dataset generation (static knob grid x scenarios x seeds → CSV rows).

@@ -3,8 +3,7 @@
 use meshtune_core::{Knob, Knobs};
 use meshtune_proto::v1::Hint;
 
-/// Default hint validity.
-pub const DEFAULT_HINT_TTL_MS: u32 = 10_000;
+pub use meshtune_proto::DEFAULT_HINT_TTL_MS;
 
 fn to_u32(v: f64) -> u32 {
     if v.is_finite() {

@@ -30,7 +30,7 @@ pub const DEFAULT_WARM: Duration = Duration::from_secs(6);
 /// Default step length.
 pub const DEFAULT_STEP: Duration = Duration::from_secs(34);
 /// Default latency SLO for goodput.
-pub const DEFAULT_SLO_MS: u64 = 250;
+pub const DEFAULT_SLO_MS: u64 = meshtune_core::outcomes::DEFAULT_SLO_MS as u64;
 /// Length of one measured load segment.
 pub const SEGMENT: Duration = Duration::from_secs(2);
 /// Time after the controller's push before the AFTER slice starts (queues drain).

@@ -304,7 +304,7 @@ fn build_meshtune(ctx: &Ctx) -> Result<()> {
     run(
         "build meshtune binary",
         ctx.cargo()
-            .args(["build", "-p", "meshtune-controller", "--bin", "meshtune"]),
+            .args(["build", "-p", "meshtune", "--bin", "meshtune"]),
     )
 }
 

@@ -1,15 +1,57 @@
 //! The `meshtune` binary as a real process: prints its ports, serves, `top --once` renders it,
 //! and SIGTERM stops it cleanly.
 
-mod common;
-
 use meshtune_controller::top::http_get;
+use meshtune_core::histogram::{LatencyHistogram, SUB_BUCKET_BITS};
 use meshtune_proto::v1::feature_service_client::FeatureServiceClient;
+use meshtune_proto::v1::{LatencyHistogram as WireHist, ReportRequest, Reporter, UpstreamWindow};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshtune");
+
+/// A report from pod `pod` with these upstream windows.
+fn report(pod: &str, sequence: u64, upstreams: Vec<UpstreamWindow>) -> ReportRequest {
+    ReportRequest {
+        reporter: Some(Reporter {
+            namespace: "default".into(),
+            workload: "client".into(),
+            pod: pod.into(),
+            vm_id: "vm-0".into(),
+            filter_version: "test".into(),
+            node_id: String::new(),
+        }),
+        sequence,
+        window_start_unix_ms: 0,
+        window_length_ms: 1000,
+        upstreams,
+        dropped_reports: 0,
+    }
+}
+
+/// An upstream window of `n` requests, `e5` of them 5xx, all with latency `lat_us`.
+fn upstream(cluster: &str, n: u64, e5: u64, lat_us: u64) -> UpstreamWindow {
+    let mut h = LatencyHistogram::new();
+    h.record_n(lat_us, n);
+    let (bucket_index, bucket_count) = h.nonzero_buckets().unzip();
+    UpstreamWindow {
+        cluster: cluster.into(),
+        requests: n,
+        status_2xx: n - e5,
+        status_5xx: e5,
+        http1_requests: n,
+        latency: Some(WireHist {
+            sub_bucket_bits: SUB_BUCKET_BITS,
+            bucket_index,
+            bucket_count,
+            sum_us: h.sum_us(),
+            min_us: h.min_us(),
+            max_us: h.max_us(),
+        }),
+        ..Default::default()
+    }
+}
 
 struct KillOnDrop(Child);
 
@@ -85,11 +127,7 @@ async fn binary_prints_ports_serves_and_stops_on_sigterm() {
         .await
         .unwrap();
     let resp = client
-        .report(common::report(
-            "pod-1",
-            1,
-            vec![common::upstream("svc-x", 7, 1, 3_000)],
-        ))
+        .report(report("pod-1", 1, vec![upstream("svc-x", 7, 1, 3_000)]))
         .await
         .unwrap()
         .into_inner();
@@ -207,18 +245,26 @@ fn envoy_file_sink_without_cds_is_a_flag_error() {
     assert!(err.contains("--envoy-cds"), "{err}");
 }
 
+#[cfg(feature = "dev")]
 #[test]
-fn library_subcommands_are_wired() {
+fn developer_subcommands_are_wired() {
     for sub in [
         vec!["sim", "--help"],
         vec!["train", "--help"],
         vec!["eval", "--help"],
-        vec!["model", "validate", "--help"],
     ] {
         let out = Command::new(BIN).args(&sub).output().unwrap();
         assert!(out.status.success(), "{sub:?}: {out:?}");
     }
-    // `model validate` really runs the policy crate's validation.
+}
+
+#[test]
+fn model_subcommand_runs_the_policy_validation() {
+    let out = Command::new(BIN)
+        .args(["model", "validate", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.onnx");
     std::fs::write(&bad, b"junk").unwrap();
@@ -228,4 +274,6 @@ fn library_subcommands_are_wired() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.onnx"), "{err}");
 }
