@@ -210,17 +210,7 @@ pub fn pin(pid: u32, cpus: &str) -> Result<(), AffinityError> {
     }
 }
 
-/// A command that runs `program` pinned to `cpus` (`taskset -c cpus program …`).
-pub fn pinned_command(program: &Path, cpus: Option<&str>) -> Command {
-    match cpus {
-        Some(c) => {
-            let mut cmd = Command::new("taskset");
-            cmd.args(["-c", c]).arg(program);
-            cmd
-        }
-        None => Command::new(program),
-    }
-}
+pub use meshtune_test_support::process::pinned_command;
 
 #[cfg(test)]
 mod tests {
