@@ -22,7 +22,7 @@ use meshtune_policy::OnnxPolicy;
 use meshtune_sinks::istio::{destination_rule, virtual_service, IstioTarget};
 use meshtune_sinks::schema::{CrdSchemas, CRD_PATH_ENV};
 use meshtune_sinks::{IstioSink, IstioSinkConfig, LogSink, Sink};
-use meshtune_test_support::kube_mock::{self, not_found, ok, pair, status, ApiServer};
+use meshtune_test_support::kube_mock::{self, ok, pair, status};
 use meshtune_test_support::prereq;
 use serde_json::{json, Value};
 
@@ -32,15 +32,6 @@ const DR: &str = "/apis/networking.istio.io/v1/namespaces/bookinfo/destinationru
 const VS: &str = "/apis/networking.istio.io/v1/namespaces/bookinfo/virtualservices";
 
 const ISTIO_API: &str = "networking.istio.io/v1";
-
-/// The sink's look-ups for one kind: GET the object (absent), LIST the namespace (empty).
-async fn lookups(server: &mut ApiServer, list: &str, kind: &str) {
-    server
-        .expect_get(&format!("{list}/reviews"), not_found("reviews"))
-        .await;
-    let empty = kube_mock::list(ISTIO_API, kind, "1", vec![]);
-    server.expect_get(list, ok(&empty)).await;
-}
 
 /// Istio CRD schemas (required under CI=true; skipped with a note otherwise).
 fn crds() -> Option<CrdSchemas> {
@@ -97,8 +88,10 @@ async fn a_decision_is_applied_to_istio_by_server_side_apply_and_refusals_revert
     }
     let policy = setup(Arc::new(sink));
     let served = tokio::spawn(async move {
-        lookups(&mut server, DR, "DestinationRule").await;
-        lookups(&mut server, VS, "VirtualService").await;
+        // The sink's look-ups: each object absent, no other object in the namespace.
+        for (list, kind) in [(DR, "DestinationRule"), (VS, "VirtualService")] {
+            server.expect_absent(list, "reviews", ISTIO_API, kind).await;
+        }
         let echo = |c: &kube_mock::Call| ok(&c.body);
         let dr = server
             .expect(Method::PATCH, &format!("{DR}/reviews"), echo)

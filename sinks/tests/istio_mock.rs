@@ -27,7 +27,7 @@ fn decision() -> Decision {
 }
 
 fn existing(kind: &str, labels: Value) -> Value {
-    json!({"apiVersion": "networking.istio.io/v1", "kind": kind,
+    json!({"apiVersion": ISTIO_API, "kind": kind,
         "metadata": {"name": "reviews", "namespace": "bookinfo", "labels": labels,
             "resourceVersion": "12"},
         "spec": {"host": HOST}})
@@ -36,9 +36,11 @@ fn existing(kind: &str, labels: Value) -> Value {
 const DR_LIST: &str = "/apis/networking.istio.io/v1/namespaces/bookinfo/destinationrules";
 const VS_LIST: &str = "/apis/networking.istio.io/v1/namespaces/bookinfo/virtualservices";
 
+const ISTIO_API: &str = "networking.istio.io/v1";
+
 /// Answers the namespace LIST the sink makes to find other objects for the same host.
 async fn expect_list(server: &mut ApiServer, path: &str, kind: &str, items: Vec<Value>) {
-    let list = kube_mock::list("networking.istio.io/v1", kind, "1", items);
+    let list = kube_mock::list(ISTIO_API, kind, "1", items);
     server.expect_get(path, ok(&list)).await;
 }
 
@@ -50,10 +52,12 @@ async fn new_objects_are_created_by_forced_server_side_apply() {
         sink = sink.with_schemas(crds);
     }
     let served = tokio::spawn(async move {
-        server.expect_get(DR_PATH, not_found("reviews")).await;
-        expect_list(&mut server, DR_LIST, "DestinationRule", vec![]).await;
-        server.expect_get(VS_PATH, not_found("reviews")).await;
-        expect_list(&mut server, VS_LIST, "VirtualService", vec![]).await;
+        server
+            .expect_absent(DR_LIST, "reviews", ISTIO_API, "DestinationRule")
+            .await;
+        server
+            .expect_absent(VS_LIST, "reviews", ISTIO_API, "VirtualService")
+            .await;
         let dr = server.expect_apply(DR_PATH).await;
         let q = &dr.query;
         assert!(q.starts_with('&'), "kube-rs form: ?&...: {q}");
@@ -161,8 +165,9 @@ async fn allow_listed_hosts_are_co_managed_without_force_or_label() {
             .expect_get(DR_PATH, ok(&existing("DestinationRule", theirs)))
             .await;
         expect_list(&mut server, DR_LIST, "DestinationRule", vec![]).await;
-        server.expect_get(VS_PATH, not_found("reviews")).await;
-        expect_list(&mut server, VS_LIST, "VirtualService", vec![]).await;
+        server
+            .expect_absent(VS_LIST, "reviews", ISTIO_API, "VirtualService")
+            .await;
         let dr = server.expect_apply(DR_PATH).await;
         assert_eq!(dr.params(), [("fieldManager", "meshtune")].into());
         assert!(dr.body["metadata"].get("labels").is_none(), "{}", dr.body);
@@ -188,10 +193,12 @@ async fn api_conflict_is_reported_as_failure() {
     let (client, mut server) = pair();
     let sink = IstioSink::new(client, IstioSinkConfig::default());
     let served = tokio::spawn(async move {
-        server.expect_get(DR_PATH, not_found("reviews")).await;
-        expect_list(&mut server, DR_LIST, "DestinationRule", vec![]).await;
-        server.expect_get(VS_PATH, not_found("reviews")).await;
-        expect_list(&mut server, VS_LIST, "VirtualService", vec![]).await;
+        server
+            .expect_absent(DR_LIST, "reviews", ISTIO_API, "DestinationRule")
+            .await;
+        server
+            .expect_absent(VS_LIST, "reviews", ISTIO_API, "VirtualService")
+            .await;
         server
             .reply_next(|_| {
                 status(
@@ -221,8 +228,9 @@ async fn another_object_for_the_same_host_blocks_the_destination() {
     let (client, mut server) = pair();
     let sink = IstioSink::new(client, IstioSinkConfig::default());
     let served = tokio::spawn(async move {
-        server.expect_get(DR_PATH, not_found("reviews")).await;
-        expect_list(&mut server, DR_LIST, "DestinationRule", vec![]).await;
+        server
+            .expect_absent(DR_LIST, "reviews", ISTIO_API, "DestinationRule")
+            .await;
         server.expect_get(VS_PATH, not_found("reviews")).await;
         let mut canary = existing("VirtualService", json!({"team": "reviews"}));
         canary["metadata"]["name"] = json!("reviews-canary");

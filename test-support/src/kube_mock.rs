@@ -116,6 +116,21 @@ impl ApiServer {
         self.expect(Method::GET, path, |_| reply).await
     }
 
+    /// Answers a GET of `{collection}/{name}` with 404, then the LIST of `collection` with an
+    /// empty `{kind}List` (a client looking an object up and then its neighbours).
+    pub async fn expect_absent(
+        &mut self,
+        collection: &str,
+        name: &str,
+        api_version: &str,
+        kind: &str,
+    ) {
+        self.expect_get(&format!("{collection}/{name}"), not_found(name))
+            .await;
+        let empty = list(api_version, kind, "1", vec![]);
+        self.expect_get(collection, ok(&empty)).await;
+    }
+
     /// Answers a server-side apply PATCH of `path` (apply content type asserted) by echoing
     /// the object sent.
     pub async fn expect_apply(&mut self, path: &str) -> Call {

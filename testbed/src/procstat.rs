@@ -8,7 +8,6 @@
 //!   its threads) to a CPU list with `taskset` from util-linux (the workspace forbids `unsafe`,
 //!   so no direct `sched_setaffinity`). Threads and children created later inherit the mask.
 
-use std::path::Path;
 use std::process::Command;
 
 /// Nanoseconds per clock tick: `USER_HZ` is 100 on every Linux architecture we run on.
@@ -215,6 +214,7 @@ pub use meshtune_test_support::process::pinned_command;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn parses_stat_with_spaces_in_name() {
