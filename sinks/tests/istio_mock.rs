@@ -38,6 +38,16 @@ const VS_LIST: &str = "/apis/networking.istio.io/v1/namespaces/bookinfo/virtuals
 
 const ISTIO_API: &str = "networking.istio.io/v1";
 
+/// Answers the sink's look-ups when neither object nor any other for the host exists.
+async fn expect_both_absent(server: &mut ApiServer) {
+    server
+        .expect_absent(DR_LIST, "reviews", ISTIO_API, "DestinationRule")
+        .await;
+    server
+        .expect_absent(VS_LIST, "reviews", ISTIO_API, "VirtualService")
+        .await;
+}
+
 /// Answers the namespace LIST the sink makes to find other objects for the same host.
 async fn expect_list(server: &mut ApiServer, path: &str, kind: &str, items: Vec<Value>) {
     let list = kube_mock::list(ISTIO_API, kind, "1", items);
@@ -52,12 +62,7 @@ async fn new_objects_are_created_by_forced_server_side_apply() {
         sink = sink.with_schemas(crds);
     }
     let served = tokio::spawn(async move {
-        server
-            .expect_absent(DR_LIST, "reviews", ISTIO_API, "DestinationRule")
-            .await;
-        server
-            .expect_absent(VS_LIST, "reviews", ISTIO_API, "VirtualService")
-            .await;
+        expect_both_absent(&mut server).await;
         let dr = server.expect_apply(DR_PATH).await;
         let q = &dr.query;
         assert!(q.starts_with('&'), "kube-rs form: ?&...: {q}");
@@ -193,12 +198,7 @@ async fn api_conflict_is_reported_as_failure() {
     let (client, mut server) = pair();
     let sink = IstioSink::new(client, IstioSinkConfig::default());
     let served = tokio::spawn(async move {
-        server
-            .expect_absent(DR_LIST, "reviews", ISTIO_API, "DestinationRule")
-            .await;
-        server
-            .expect_absent(VS_LIST, "reviews", ISTIO_API, "VirtualService")
-            .await;
+        expect_both_absent(&mut server).await;
         server
             .reply_next(|_| {
                 status(
