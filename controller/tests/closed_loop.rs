@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +23,7 @@ use meshtune_policy::source::ModelSource;
 use meshtune_proto::v1::feature_service_client::FeatureServiceClient;
 use meshtune_sinks::envoy::EnvoyCluster;
 use meshtune_sinks::{EnvoyDestination, EnvoyFileConfig, EnvoyFileSink, EnvoyRoute, Sink};
+use meshtune_test_support::envoy::{EnvoyProcess, Launch};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -432,27 +432,6 @@ async fn observe_mode_writes_nothing_and_serves_no_hints() {
 
 // ---------------------------------------------------------------- real Envoy
 
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn envoy_bin() -> Option<PathBuf> {
-    let candidates: Vec<PathBuf> = match std::env::var_os("ENVOY_BIN") {
-        Some(p) => vec![PathBuf::from(p)],
-        None => vec![
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../.envoy/envoy/_bin/envoy"),
-            PathBuf::from("/work/main/.envoy/envoy/_bin/envoy"),
-        ],
-    };
-    if let Some(p) = candidates.iter().find(|p| p.is_file()) {
-        return Some(p.clone());
-    }
-    let msg = format!("Envoy binary not found (tried {candidates:?}; set ENVOY_BIN)");
-    assert!(!ci(), "{msg}");
-    eprintln!("SKIP: {msg}");
-    None
-}
-
 async fn raw_get(addr: &str, path: &str) -> std::io::Result<String> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
@@ -482,7 +461,9 @@ async fn response_head(addr: &str, path: &str) -> std::io::Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decision_reaches_a_real_envoy_and_excess_load_is_shed_as_overflow() {
-    let Some(bin) = envoy_bin() else { return };
+    let Some(bin) = meshtune_test_support::envoy::binary() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     // A slow upstream: 300 ms per request, plenty of capacity.
     let work = meshtune_testbed::workload::WorkloadServer::start(
@@ -515,47 +496,14 @@ async fn decision_reaches_a_real_envoy_and_excess_load_is_shed_as_overflow() {
     sink.write_current().unwrap();
 
     // Envoy on the files.
-    let listener_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
     let bootstrap = meshtune_sinks::envoy::file_xds_bootstrap(
         &cds,
         Some((&rds, &ecfg.route_config_name)),
-        listener_port,
+        0,
         0,
     );
-    let bpath = dir.path().join("bootstrap.json");
-    std::fs::write(&bpath, serde_json::to_vec_pretty(&bootstrap).unwrap()).unwrap();
-    let admin_path = dir.path().join("admin.txt");
-    let mut envoy = tokio::process::Command::new(&bin)
-        .arg("-c")
-        .arg(&bpath)
-        .arg("--admin-address-path")
-        .arg(&admin_path)
-        .args(["--disable-hot-restart", "-l", "warn", "--concurrency", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    let envoy_admin = loop {
-        if let Ok(a) = std::fs::read_to_string(&admin_path) {
-            if !a.trim().is_empty() {
-                break a.trim().to_string();
-            }
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "Envoy did not start"
-        );
-        if let Ok(Some(s)) = envoy.try_wait() {
-            panic!("Envoy exited early: {s}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let listener = format!("127.0.0.1:{listener_port}");
+    let envoy = EnvoyProcess::start(&Launch::new(&bin).concurrency(1), &bootstrap).unwrap();
+    let listener = envoy.listener().to_string();
     // Before any decision: unlimited thresholds, so concurrent requests all succeed.
     eventually(10, "Envoy to serve the backend", || async {
         raw_get(&listener, "/")
@@ -583,18 +531,15 @@ async fn decision_reaches_a_real_envoy_and_excess_load_is_shed_as_overflow() {
         .await
         .unwrap();
     let p = "backend::default_priority::";
-    eventually(
-        10,
-        "Envoy's /clusters to show the pushed thresholds",
-        || async {
-            let body = raw_get(&envoy_admin, "/clusters").await.ok()?;
-            (body.contains(&format!("{p}max_connections::1\n"))
+    // Envoy's /clusters shows the pushed thresholds (the controller runs on the other worker).
+    tokio::task::block_in_place(|| {
+        envoy.wait_for("/clusters", Duration::from_secs(10), |body| {
+            body.contains(&format!("{p}max_connections::1\n"))
                 && body.contains(&format!("{p}max_pending_requests::1\n"))
-                && body.contains(&format!("{p}max_requests::2\n")))
-            .then_some(())
-        },
-    )
-    .await;
+                && body.contains(&format!("{p}max_requests::2\n"))
+        })
+    })
+    .unwrap();
 
     // Excess load: 12 concurrent requests against a 300 ms upstream. Most must be shed at
     // once as overflow (503 + x-envoy-overloaded), not queued behind the slow ones.
@@ -637,21 +582,13 @@ async fn decision_reaches_a_real_envoy_and_excess_load_is_shed_as_overflow() {
         "overflow is immediate, not queued (fast {shed_fast} of {shed})"
     );
     assert!(ok + shed == 12, "every request is either served or shed");
-    let stats = raw_get(
-        &envoy_admin,
-        "/stats?filter=backend.upstream_rq_pending_overflow",
-    )
-    .await
-    .unwrap();
-    let overflow: u64 = stats
-        .lines()
-        .filter_map(|l| l.strip_prefix("cluster.backend.upstream_rq_pending_overflow: "))
-        .filter_map(|v| v.trim().parse::<u64>().ok())
-        .sum();
+    let overflow = envoy
+        .stat("cluster.backend.upstream_rq_pending_overflow")
+        .unwrap();
     assert!(
         overflow >= shed as u64,
         "Envoy counted {overflow} overflows, {shed} shed; total {total:?}"
     );
     r.shutdown().await;
-    let _ = envoy.kill().await;
+    drop(envoy);
 }

@@ -7,15 +7,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::{const_model, report, upstream};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, StatusCode};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::ByteString;
-use kube::client::Body;
-use kube::Client;
 use meshtune_controller::decision::Naming;
 use meshtune_controller::policy_loop::{LoopConfig, PolicyLoop};
 use meshtune_controller::{Config, Controller};
@@ -26,92 +23,22 @@ use meshtune_policy::OnnxPolicy;
 use meshtune_sinks::istio::{destination_rule, virtual_service, IstioTarget};
 use meshtune_sinks::schema::{CrdSchemas, CRD_PATH_ENV};
 use meshtune_sinks::{IstioSink, IstioSinkConfig, LogSink, Sink};
+use meshtune_test_support::kube_mock::{self, ok, pair, status};
+use meshtune_test_support::prereq;
 use serde_json::{json, Value};
-use tower_test::mock::{pair, Handle};
-
-type MockHandle = Handle<Request<Body>, Response<Body>>;
 
 const HOST: &str = "reviews.bookinfo.svc.cluster.local";
 const CLUSTER: &str = "outbound|9080||reviews.bookinfo.svc.cluster.local";
 const DR: &str = "/apis/networking.istio.io/v1/namespaces/bookinfo/destinationrules";
 const VS: &str = "/apis/networking.istio.io/v1/namespaces/bookinfo/virtualservices";
 
-fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(v).unwrap()))
-        .unwrap()
-}
-
-fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
-    json_response(
-        code,
-        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code.as_u16()}),
-    )
-}
-
-/// Answers the next request, asserting its method and path; returns its query and body.
-async fn answer(
-    handle: &mut MockHandle,
-    method: Method,
-    path: &str,
-    reply: impl FnOnce(&Value) -> Response<Body>,
-) -> (String, Value) {
-    let (req, send) = handle
-        .next_request()
-        .await
-        .unwrap_or_else(|| panic!("expected {method} {path}"));
-    assert_eq!(req.method(), method, "{}", req.uri());
-    assert_eq!(req.uri().path(), path);
-    let query = req.uri().query().unwrap_or_default().to_string();
-    let bytes = req.into_body().collect_bytes().await.unwrap();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    send.send_response(reply(&body));
-    (query, body)
-}
-
-/// The sink's look-ups for one kind: GET the object (absent), LIST the namespace (empty).
-async fn lookups(handle: &mut MockHandle, list: &str, kind: &str) {
-    answer(handle, Method::GET, &format!("{list}/reviews"), |_| {
-        status(StatusCode::NOT_FOUND, "NotFound", "\"reviews\" not found")
-    })
-    .await;
-    answer(handle, Method::GET, list, |_| {
-        json_response(
-            StatusCode::OK,
-            &json!({"apiVersion": "networking.istio.io/v1", "kind": format!("{kind}List"),
-                "metadata": {"resourceVersion": "1"}, "items": []}),
-        )
-    })
-    .await;
-}
-
-fn query(q: &str) -> BTreeMap<&str, &str> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').unwrap_or((p, "")))
-        .collect()
-}
+const ISTIO_API: &str = "networking.istio.io/v1";
 
 /// Istio CRD schemas (required under CI=true; skipped with a note otherwise).
 fn crds() -> Option<CrdSchemas> {
-    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
     let over = std::env::var_os(CRD_PATH_ENV);
-    match CrdSchemas::locate(over.as_deref(), ci) {
-        Ok(s) => {
-            if s.is_none() {
-                eprintln!("SKIP schema checks: Istio CRDs not found (set {CRD_PATH_ENV})");
-            }
-            s
-        }
-        Err(e) => panic!("Istio CRD schemas are required under CI=true: {e}"),
-    }
+    let found = CrdSchemas::locate(over.as_deref(), prereq::ci());
+    prereq::found(&format!("Istio CRDs (set {CRD_PATH_ENV})"), found)
 }
 
 /// Normalised policy output: every knob at 0.4 of its range.
@@ -154,33 +81,39 @@ fn setup(sink: Arc<dyn Sink>) -> Arc<PolicyLoop> {
 
 #[tokio::test]
 async fn a_decision_is_applied_to_istio_by_server_side_apply_and_refusals_revert_it() {
-    let (svc, mut handle) = pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(svc, "default");
+    let (client, mut server) = pair();
     let schemas = crds().map(Arc::new);
     let mut sink = IstioSink::new(client, IstioSinkConfig::default());
     if let Some(s) = &schemas {
         sink = sink.with_schemas(s.clone());
     }
     let policy = setup(Arc::new(sink));
-    let server = tokio::spawn(async move {
-        lookups(&mut handle, DR, "DestinationRule").await;
-        lookups(&mut handle, VS, "VirtualService").await;
-        let echo = |b: &Value| json_response(StatusCode::OK, b);
-        let (q_dr, dr) = answer(&mut handle, Method::PATCH, &format!("{DR}/reviews"), echo).await;
-        let (q_vs, vs) = answer(&mut handle, Method::PATCH, &format!("{VS}/reviews"), echo).await;
-        (q_dr, dr, q_vs, vs, handle)
+    let served = tokio::spawn(async move {
+        // The sink's look-ups: each object absent, no other object in the namespace.
+        for (list, kind) in [(DR, "DestinationRule"), (VS, "VirtualService")] {
+            server.expect_absent(list, "reviews", ISTIO_API, kind).await;
+        }
+        let echo = |c: &kube_mock::Call| ok(&c.body);
+        let dr = server
+            .expect(Method::PATCH, &format!("{DR}/reviews"), echo)
+            .await;
+        let vs = server
+            .expect(Method::PATCH, &format!("{VS}/reviews"), echo)
+            .await;
+        (dr, vs, server)
     });
     let summary = policy.cycle().await.expect("a model is loaded");
-    let (q_dr, dr, q_vs, vs, mut handle) = server.await.unwrap();
+    let (dr_call, vs_call, mut server) = served.await.unwrap();
+    let (dr, vs) = (&dr_call.body, &vs_call.body);
     assert_eq!(summary.destinations, 1, "{summary:?}");
     assert_eq!(summary.pushed, 1, "{summary:?}");
     assert_eq!(summary.push_failures, 0, "{summary:?}");
     assert_eq!(summary.model_version, "const-istio");
 
     // Server-side apply under the fixed field manager, forced (meshtune owns new objects).
-    for q in [&q_dr, &q_vs] {
+    for call in [&dr_call, &vs_call] {
         assert_eq!(
-            query(q),
+            call.params(),
             [("fieldManager", "meshtune"), ("force", "true")].into()
         );
     }
@@ -199,8 +132,8 @@ async fn a_decision_is_applied_to_istio_by_server_side_apply_and_refusals_revert
         );
     }
     let target = IstioTarget::new(HOST, "bookinfo");
-    assert_eq!(dr, destination_rule(&target, &knobs));
-    assert_eq!(vs, virtual_service(&target, &knobs));
+    assert_eq!(dr, &destination_rule(&target, &knobs));
+    assert_eq!(vs, &virtual_service(&target, &knobs));
     assert_eq!(
         dr["metadata"]["labels"]["app.kubernetes.io/managed-by"],
         "meshtune"
@@ -209,8 +142,8 @@ async fn a_decision_is_applied_to_istio_by_server_side_apply_and_refusals_revert
         dr["spec"]["trafficPolicy"]["connectionPool"]["http"]["http1MaxPendingRequests"].is_i64()
     );
     if let Some(s) = &schemas {
-        s.validate(&dr).unwrap();
-        s.validate(&vs).unwrap();
+        s.validate(dr).unwrap();
+        s.validate(vs).unwrap();
     }
 
     // Second cycle with a different model: the API server refuses the apply (admission
@@ -222,40 +155,32 @@ async fn a_decision_is_applied_to_istio_by_server_side_apply_and_refusals_revert
         .unwrap()
         .try_swap(&const_model(u2, "const-istio-2"), "test")
         .unwrap();
-    let server = tokio::spawn(async move {
+    let served = tokio::spawn(async move {
         for (list, kind) in [(DR, "DestinationRule"), (VS, "VirtualService")] {
             // The objects exist now, labelled as meshtune's.
-            answer(&mut handle, Method::GET, &format!("{list}/reviews"), |_| {
-                json_response(
-                    StatusCode::OK,
-                    &json!({"apiVersion": "networking.istio.io/v1", "kind": kind,
-                        "metadata": {"name": "reviews", "namespace": "bookinfo",
-                            "labels": {"app.kubernetes.io/managed-by": "meshtune"},
-                            "resourceVersion": "7"},
-                        "spec": {"host": HOST}}),
-                )
-            })
-            .await;
-            answer(&mut handle, Method::GET, list, |_| {
-                json_response(
-                    StatusCode::OK,
-                    &json!({"apiVersion": "networking.istio.io/v1", "kind": format!("{kind}List"),
-                        "metadata": {"resourceVersion": "7"}, "items": []}),
-                )
-            })
-            .await;
+            let object = json!({"apiVersion": ISTIO_API, "kind": kind,
+                "metadata": {"name": "reviews", "namespace": "bookinfo",
+                    "labels": {"app.kubernetes.io/managed-by": "meshtune"},
+                    "resourceVersion": "7"},
+                "spec": {"host": HOST}});
+            server
+                .expect_get(&format!("{list}/reviews"), ok(&object))
+                .await;
+            let empty = kube_mock::list(ISTIO_API, kind, "7", vec![]);
+            server.expect_get(list, ok(&empty)).await;
         }
-        answer(&mut handle, Method::PATCH, &format!("{DR}/reviews"), |_| {
-            status(
-                StatusCode::FORBIDDEN,
-                "Forbidden",
-                "admission webhook denied the request",
-            )
-        })
-        .await;
+        server
+            .expect(Method::PATCH, &format!("{DR}/reviews"), |_| {
+                status(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    "admission webhook denied the request",
+                )
+            })
+            .await;
     });
     let summary = policy.cycle().await.expect("a model is loaded");
-    server.await.unwrap();
+    served.await.unwrap();
     assert_eq!(summary.pushed, 1, "decided to push: {summary:?}");
     assert_eq!(summary.push_failures, 1, "{summary:?}");
     assert_eq!(summary.model_version, "const-istio-2");
@@ -289,23 +214,13 @@ const CM_PATH: &str = "/api/v1/namespaces/meshtune-system/configmaps/meshtune-mo
 #[tokio::test]
 async fn the_first_model_comes_from_a_configmap_and_a_corrupt_one_is_refused_by_name() {
     let good = const_model(U, "from-configmap");
-    let (svc, mut handle) = pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(svc, "default");
-    let server = tokio::spawn(async move {
-        let good_cm = configmap(&good);
-        answer(&mut handle, Method::GET, CM_PATH, |_| {
-            json_response(StatusCode::OK, &good_cm)
-        })
-        .await;
+    let (client, mut server) = pair();
+    let served = tokio::spawn(async move {
+        server.expect_get(CM_PATH, ok(&configmap(&good))).await;
         let bad_cm = configmap(b"not an onnx model");
-        answer(&mut handle, Method::GET, CM_PATH, |_| {
-            json_response(StatusCode::OK, &bad_cm)
-        })
-        .await;
-        answer(&mut handle, Method::GET, CM_PATH, |_| {
-            status(StatusCode::NOT_FOUND, "NotFound", "not found")
-        })
-        .await;
+        server.expect_get(CM_PATH, ok(&bad_cm)).await;
+        let missing = status(StatusCode::NOT_FOUND, "NotFound", "not found");
+        server.expect_get(CM_PATH, missing).await;
     });
     let source = [ModelSource::ConfigMap {
         namespace: "meshtune-system".into(),
@@ -333,5 +248,5 @@ async fn the_first_model_comes_from_a_configmap_and_a_corrupt_one_is_refused_by_
         .await
         .expect_err("a missing ConfigMap is an error");
     assert!(e.to_string().contains("meshtune-model"), "{e}");
-    server.await.unwrap();
+    served.await.unwrap();
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use http::{Method, Request, Response};
+use http::{Method, Response};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::client::Body;
 use meshtune_policy::cli::{run, ModelCommand};
@@ -19,27 +19,15 @@ use meshtune_policy::configmap::{
 use meshtune_policy::store::ModelStore;
 use meshtune_policy::validate;
 use meshtune_policy::watch::WatchEvent;
+use meshtune_test_support::kube_mock::{self, ok, pair, ApiServer};
 use prometheus_client::registry::Registry;
-use tower_test::mock;
 
-type Handle = mock::Handle<Request<Body>, Response<Body>>;
-
-fn mock_client() -> (kube::Client, Handle) {
-    let (svc, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    (kube::Client::new(svc, "default"), handle)
-}
+const CONFIGMAPS: &str = "/api/v1/namespaces/mesh/configmaps";
 
 fn cm_json(ns: &str, name: &str, bytes: &[u8], rv: &str) -> serde_json::Value {
     let mut cm = model_configmap(ns, name, bytes, "x");
     cm.metadata.resource_version = Some(rv.into());
     serde_json::to_value(&cm).unwrap()
-}
-
-fn json_response(v: &serde_json::Value) -> Response<Body> {
-    Response::builder()
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(v).unwrap()))
-        .unwrap()
 }
 
 /// A watch response body: one MODIFIED event per (model, resourceVersion).
@@ -53,16 +41,9 @@ fn watch_events(models: &[(&Vec<u8>, &str)]) -> Response<Body> {
     Response::new(Body::from(body))
 }
 
-async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<WatchEvent>) -> WatchEvent {
-    tokio::time::timeout(Duration::from_secs(20), rx.recv())
-        .await
-        .expect("watcher event in time")
-        .expect("watcher alive")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configmap_watcher_lists_then_watches_and_swaps_only_valid_models() {
-    let (client, mut handle) = mock_client();
+    let (client, mut server) = pair();
     let mut registry = Registry::default();
     let store = Arc::new(ModelStore::new(
         validate(&good_model(1, "v1"), "embedded").unwrap(),
@@ -73,34 +54,32 @@ async fn configmap_watcher_lists_then_watches_and_swaps_only_valid_models() {
     let (v2, bad, v3) = (good_model(2, "v2"), nan_output_model(), good_model(3, "v3"));
 
     let (go_tx, go) = tokio::sync::oneshot::channel::<()>();
-    let server = {
+    let served = {
         let (v2, bad, v3) = (v2.clone(), bad.clone(), v3.clone());
         tokio::spawn(async move {
             // 1. initial list, restricted to the one ConfigMap
-            let (req, send) = handle.next_request().await.expect("list request");
-            assert_eq!(req.method(), Method::GET);
-            assert_eq!(req.uri().path(), "/api/v1/namespaces/mesh/configmaps");
-            let q = req.uri().query().unwrap_or_default().to_string();
-            assert!(q.contains("fieldSelector=metadata.name%3Dpolicy"), "{q}");
-            assert!(!q.contains("watch=true"), "{q}");
-            send.send_response(json_response(&serde_json::json!({
-                "apiVersion": "v1",
-                "kind": "ConfigMapList",
-                "metadata": { "resourceVersion": "10" },
-                "items": [cm_json("mesh", "policy", &v2, "10")],
-            })));
+            server
+                .expect(Method::GET, CONFIGMAPS, |c| {
+                    let q = &c.query;
+                    assert!(q.contains("fieldSelector=metadata.name%3Dpolicy"), "{q}");
+                    assert!(!q.contains("watch=true"), "{q}");
+                    let items = vec![cm_json("mesh", "policy", &v2, "10")];
+                    ok(&kube_mock::list("v1", "ConfigMap", "10", items))
+                })
+                .await;
             // 2. watch from the list's resourceVersion: a model that outputs NaN
-            let (req, send) = handle.next_request().await.expect("watch request");
-            assert_eq!(req.method(), Method::GET);
-            assert_eq!(req.uri().path(), "/api/v1/namespaces/mesh/configmaps");
-            let q = req.uri().query().unwrap_or_default().to_string();
-            assert!(q.contains("watch=true"), "{q}");
-            assert!(q.contains("resourceVersion=10"), "{q}");
-            assert!(q.contains("fieldSelector=metadata.name%3Dpolicy"), "{q}");
-            send.send_response(watch_events(&[(&bad, "11")]));
+            server
+                .expect(Method::GET, CONFIGMAPS, |c| {
+                    let q = &c.query;
+                    assert!(q.contains("watch=true"), "{q}");
+                    assert!(q.contains("resourceVersion=10"), "{q}");
+                    assert!(q.contains("fieldSelector=metadata.name%3Dpolicy"), "{q}");
+                    watch_events(&[(&bad, "11")])
+                })
+                .await;
             // 3. the watch resumes from the last resourceVersion; once the test has checked the
             //    refusal, serve a good model
-            let (req, send) = handle.next_request().await.expect("re-watch request");
+            let (req, send) = server.next_request().await.expect("re-watch request");
             let q = req.uri().query().unwrap_or_default().to_string();
             assert!(
                 q.contains("watch=true") && q.contains("resourceVersion=11"),
@@ -109,7 +88,7 @@ async fn configmap_watcher_lists_then_watches_and_swaps_only_valid_models() {
             go.await.unwrap();
             send.send_response(watch_events(&[(&v3, "12")]));
             // 4. and again
-            let (req, _send) = handle
+            let (req, _send) = server
                 .next_request()
                 .await
                 .expect("second re-watch request");
@@ -160,7 +139,7 @@ async fn configmap_watcher_lists_then_watches_and_swaps_only_valid_models() {
 
     // The re-watch request was asserted before shutdown.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!server.is_finished() || server.await.is_ok());
+    assert!(!served.is_finished() || served.await.is_ok());
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), watcher)
         .await
@@ -169,42 +148,34 @@ async fn configmap_watcher_lists_then_watches_and_swaps_only_valid_models() {
 }
 
 /// Serves one server-side apply request and returns the ConfigMap that was sent.
-async fn serve_apply(mut handle: Handle, ns: &str, name: &str) -> ConfigMap {
-    let (req, send) = handle.next_request().await.expect("apply request");
-    assert_eq!(req.method(), Method::PATCH);
-    assert_eq!(
-        req.uri().path(),
-        format!("/api/v1/namespaces/{ns}/configmaps/{name}")
-    );
-    let q = req.uri().query().unwrap_or_default().to_string();
-    assert!(q.contains(&format!("fieldManager={FIELD_MANAGER}")), "{q}");
-    assert!(q.contains("force=true"), "{q}");
-    assert_eq!(
-        req.headers().get("content-type").unwrap(),
-        "application/apply-patch+yaml"
-    );
-    let body = req.into_body().collect_bytes().await.unwrap();
-    let sent: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(sent["apiVersion"], "v1");
-    assert_eq!(sent["kind"], "ConfigMap");
-    let cm: ConfigMap = serde_json::from_value(sent.clone()).unwrap();
-    let mut echoed = sent;
-    echoed["metadata"]["resourceVersion"] = "77".into();
-    send.send_response(json_response(&echoed));
-    cm
+async fn serve_apply(mut server: ApiServer, ns: &str, name: &str) -> ConfigMap {
+    let path = format!("/api/v1/namespaces/{ns}/configmaps/{name}");
+    let call = server
+        .expect_apply_with(&path, |c| {
+            let q = &c.query;
+            assert!(q.contains(&format!("fieldManager={FIELD_MANAGER}")), "{q}");
+            assert!(q.contains("force=true"), "{q}");
+            assert_eq!(c.body["apiVersion"], "v1");
+            assert_eq!(c.body["kind"], "ConfigMap");
+            let mut echoed = c.body.clone();
+            echoed["metadata"]["resourceVersion"] = "77".into();
+            ok(&echoed)
+        })
+        .await;
+    serde_json::from_value(call.body).unwrap()
 }
 
 #[tokio::test]
 async fn push_validates_then_server_side_applies_the_configmap() {
-    let (client, handle) = mock_client();
+    let (client, server) = pair();
     let bytes = good_model(4, "push-v1");
-    let server = tokio::spawn(async move { serve_apply(handle, "mesh", "policy").await });
+    let served = tokio::spawn(async move { serve_apply(server, "mesh", "policy").await });
     let (version, applied) = push_model(client, "mesh", "policy", &bytes, "m.onnx")
         .await
         .unwrap();
     assert_eq!(version, "push-v1");
     assert_eq!(applied.metadata.resource_version.as_deref(), Some("77"));
-    let sent = server.await.unwrap();
+    let sent = served.await.unwrap();
     assert_eq!(sent.metadata.namespace.as_deref(), Some("mesh"));
     assert_eq!(sent.binary_data.unwrap()[MODEL_KEY].0, bytes);
     assert_eq!(
@@ -215,28 +186,29 @@ async fn push_validates_then_server_side_applies_the_configmap() {
 
 #[tokio::test]
 async fn push_refuses_an_invalid_model_without_calling_the_api() {
-    let (client, mut handle) = mock_client();
+    let (client, mut server) = pair();
     let e = push_model(client, "mesh", "policy", &wrong_feature_names(), "bad.onnx")
         .await
         .unwrap_err();
     assert!(matches!(e, PushError::Invalid(_)), "{e}");
     assert!(e.to_string().contains("bad.onnx"), "{e}");
     // Either nothing arrives or the (dropped) client closed the channel: no request either way.
-    let r = tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await;
-    assert!(
-        !matches!(r, Ok(Some(_))),
-        "no request may reach the API server"
-    );
+    server
+        .expect_no_request(
+            Duration::from_millis(100),
+            "no request may reach the API server",
+        )
+        .await;
 }
 
 #[tokio::test]
 async fn cli_push_goes_through_the_same_path() {
-    let (client, handle) = mock_client();
+    let (client, server) = pair();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("m.onnx");
     let bytes = good_model(5, "cli-v1");
     std::fs::write(&file, &bytes).unwrap();
-    let server = tokio::spawn(async move { serve_apply(handle, "team-a", "meshtune-model").await });
+    let served = tokio::spawn(async move { serve_apply(server, "team-a", "meshtune-model").await });
     let mut out = Vec::new();
     run(
         ModelCommand::Push {
@@ -249,7 +221,7 @@ async fn cli_push_goes_through_the_same_path() {
     )
     .await
     .unwrap();
-    let sent = server.await.unwrap();
+    let sent = served.await.unwrap();
     assert_eq!(sent.binary_data.unwrap()[MODEL_KEY].0, bytes);
     let out = String::from_utf8(out).unwrap();
     assert!(

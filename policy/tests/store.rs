@@ -137,13 +137,6 @@ fn replace(path: &std::path::Path, bytes: &[u8]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<WatchEvent>) -> WatchEvent {
-    tokio::time::timeout(Duration::from_secs(20), rx.recv())
-        .await
-        .expect("watcher event in time")
-        .expect("watcher alive")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_watcher_swaps_valid_replacements_and_refuses_bad_ones() {
     let dir = tempfile::tempdir().unwrap();

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use meshtune_core::{Knob, Knobs};
@@ -13,32 +11,11 @@ use meshtune_sinks::envoy::{self, EnvoyCluster, DEFAULT_RETRY_ON};
 use meshtune_sinks::{
     Decision, EnvoyDestination, EnvoyFileConfig, EnvoyFileSink, EnvoyRoute, Outcome, Sink,
 };
+use meshtune_test_support::envoy::{binary, validate, EnvoyProcess, Launch};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn validate(envoy: &Path, bootstrap: &Value) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bootstrap.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(bootstrap).unwrap()).unwrap();
-    let out = std::process::Command::new(envoy)
-        .args([
-            "--mode",
-            "validate",
-            "--disable-hot-restart",
-            "-l",
-            "error",
-            "-c",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+/// How long a change may take to show in Envoy's admin.
+const WAIT: Duration = Duration::from_secs(10);
 
 fn validation_bootstrap(k: &Knobs, http2: bool) -> Value {
     let mut c = EnvoyCluster::new(
@@ -81,56 +58,31 @@ fn validation_bootstrap(k: &Knobs, http2: bool) -> Value {
 
 #[test]
 fn envoy_validates_rendered_clusters_and_routes() {
-    let Some(bin) = common::envoy_bin() else {
+    let Some(bin) = binary() else {
         return;
     };
     for (i, k) in common::knob_sets().iter().enumerate() {
-        let (ok, text) = validate(&bin, &validation_bootstrap(k, i % 2 == 0));
-        assert!(
-            ok,
-            "knob set {i} rejected by envoy --mode validate:\n{text}"
-        );
+        if let Err(e) = validate(&bin, &validation_bootstrap(k, i % 2 == 0)) {
+            panic!("knob set {i} rejected by envoy --mode validate:\n{e}");
+        }
     }
 }
 
 #[test]
 fn envoy_rejects_a_broken_cluster() {
-    let Some(bin) = common::envoy_bin() else {
+    let Some(bin) = binary() else {
         return;
     };
     let mut b = validation_bootstrap(&common::tuned(), false);
     b["static_resources"]["clusters"][0]["circuit_breakers"]["thresholds"][0]["max_connections"] =
         json!("many");
-    let (ok, text) = validate(&bin, &b);
-    assert!(!ok, "a string max_connections must not validate:\n{text}");
+    assert!(
+        validate(&bin, &b).is_err(),
+        "a string max_connections must not validate"
+    );
     let mut b = validation_bootstrap(&common::tuned(), false);
     b["static_resources"]["clusters"][0]["outlier_detection"]["max_ejection_percent"] = json!(-1);
-    assert!(!validate(&bin, &b).0);
-}
-
-async fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    Ok(String::from_utf8_lossy(&buf).into_owned())
-}
-
-/// Polls `path` on the admin port until `pred` holds (≤ 10 s); returns the body and wait.
-async fn wait_for(addr: &str, path: &str, pred: impl Fn(&str) -> bool) -> (String, Duration) {
-    let start = Instant::now();
-    let mut last = String::new();
-    while start.elapsed() < Duration::from_secs(10) {
-        if let Ok(body) = http_get(addr, path).await {
-            if pred(&body) {
-                return (body, start.elapsed());
-            }
-            last = body;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("admin {path} never matched within 10 s; last body:\n{last}");
+    assert!(validate(&bin, &b).is_err());
 }
 
 fn has_thresholds(
@@ -150,7 +102,7 @@ fn has_thresholds(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_envoy_picks_up_file_sink_changes() {
-    let Some(bin) = common::envoy_bin() else {
+    let Some(bin) = binary() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -175,44 +127,15 @@ async fn running_envoy_picks_up_file_sink_changes() {
         0,
         0,
     );
-    let bpath = dir.path().join("bootstrap.json");
-    std::fs::write(&bpath, serde_json::to_vec_pretty(&bootstrap).unwrap()).unwrap();
-    let admin_path = dir.path().join("admin.txt");
-    let mut child = tokio::process::Command::new(&bin)
-        .arg("-c")
-        .arg(&bpath)
-        .arg("--admin-address-path")
-        .arg(&admin_path)
-        .args(["--disable-hot-restart", "-l", "warn", "--concurrency", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-
-    let start = Instant::now();
-    let admin = loop {
-        if let Ok(a) = std::fs::read_to_string(&admin_path) {
-            if !a.trim().is_empty() {
-                break a.trim().to_string();
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "Envoy did not write its admin address"
-        );
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("Envoy exited early: {status}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let mut envoy = EnvoyProcess::start(&Launch::new(&bin).concurrency(1), &bootstrap).unwrap();
 
     // Istio defaults: unlimited (2^32-1) thresholds, no route timeout.
     let u = 4_294_967_295;
-    wait_for(&admin, "/clusters", |b| {
-        has_thresholds(b, "backend", u, u, u, u)
-    })
-    .await;
+    envoy
+        .wait_for("/clusters", WAIT, |b| {
+            has_thresholds(b, "backend", u, u, u, u)
+        })
+        .unwrap();
 
     let mut k = Knobs::istio_defaults();
     k.set(Knob::MaxConnections, 77.0);
@@ -235,23 +158,24 @@ async fn running_envoy_picks_up_file_sink_changes() {
         .await
         .unwrap();
     assert!(matches!(report.items[0].outcome, Outcome::Applied { .. }));
-    wait_for(&admin, "/clusters", |b| {
-        has_thresholds(b, "backend", 77, 33, 55, 4)
-    })
-    .await;
+    envoy
+        .wait_for("/clusters", WAIT, |b| {
+            has_thresholds(b, "backend", 77, 33, 55, 4)
+        })
+        .unwrap();
     let cds_wait = t0.elapsed();
-    let (dump, _) = wait_for(&admin, "/config_dump?resource=dynamic_route_configs", |b| {
-        b.contains("\"timeout\": \"0.800s\"")
-    })
-    .await;
+    let dump = envoy
+        .wait_for("/config_dump?resource=dynamic_route_configs", WAIT, |b| {
+            b.contains("\"timeout\": \"0.800s\"")
+        })
+        .unwrap();
     let rds_wait = t0.elapsed();
     assert!(dump.contains("\"num_retries\": 1"), "{dump}");
-    let (clusters, _) = wait_for(
-        &admin,
-        "/config_dump?resource=dynamic_active_clusters",
-        |b| b.contains("\"consecutive_5xx\": 7"),
-    )
-    .await;
+    let clusters = envoy
+        .wait_for("/config_dump?resource=dynamic_active_clusters", WAIT, |b| {
+            b.contains("\"consecutive_5xx\": 7")
+        })
+        .unwrap();
     assert!(
         clusters.contains("\"max_requests_per_connection\": 10"),
         "{clusters}"
@@ -266,5 +190,5 @@ async fn running_envoy_picks_up_file_sink_changes() {
         rds_wait.as_millis()
     );
 
-    child.kill().await.unwrap();
+    envoy.stop();
 }

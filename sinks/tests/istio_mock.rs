@@ -4,18 +4,18 @@
 
 mod common;
 
-use http::{Method, Request, Response, StatusCode};
-use kube::client::Body;
-use kube::Client;
-use meshtune_sinks::{Decision, IstioSink, IstioSinkConfig, Outcome, Sink};
-use serde_json::{json, Value};
-use tower_test::mock::{pair, Handle};
+use std::time::Duration;
 
-type MockHandle = Handle<Request<Body>, Response<Body>>;
+use http::StatusCode;
+use meshtune_sinks::{Decision, IstioSink, IstioSinkConfig, Outcome, Sink};
+use meshtune_test_support::kube_mock::{self, not_found, ok, pair, status, ApiServer};
+use serde_json::{json, Value};
 
 const DR_PATH: &str = "/apis/networking.istio.io/v1/namespaces/bookinfo/destinationrules/reviews";
 const VS_PATH: &str = "/apis/networking.istio.io/v1/namespaces/bookinfo/virtualservices/reviews";
 const HOST: &str = "reviews.bookinfo.svc.cluster.local";
+/// How long to wait for a request that must not come.
+const SILENCE: Duration = Duration::from_millis(300);
 
 fn decision() -> Decision {
     Decision {
@@ -26,32 +26,8 @@ fn decision() -> Decision {
     }
 }
 
-/// Query parameters of a request (kube-rs writes `?&a=b&c=d`).
-fn query(q: &str) -> std::collections::BTreeMap<&str, &str> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').unwrap_or((p, "")))
-        .collect()
-}
-
-fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(v).unwrap()))
-        .unwrap()
-}
-
-fn not_found(name: &str) -> Response<Body> {
-    json_response(
-        StatusCode::NOT_FOUND,
-        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": format!("\"{name}\" not found"), "reason": "NotFound", "code": 404}),
-    )
-}
-
 fn existing(kind: &str, labels: Value) -> Value {
-    json!({"apiVersion": "networking.istio.io/v1", "kind": kind,
+    json!({"apiVersion": ISTIO_API, "kind": kind,
         "metadata": {"name": "reviews", "namespace": "bookinfo", "labels": labels,
             "resourceVersion": "12"},
         "spec": {"host": HOST}})
@@ -60,65 +36,46 @@ fn existing(kind: &str, labels: Value) -> Value {
 const DR_LIST: &str = "/apis/networking.istio.io/v1/namespaces/bookinfo/destinationrules";
 const VS_LIST: &str = "/apis/networking.istio.io/v1/namespaces/bookinfo/virtualservices";
 
+const ISTIO_API: &str = "networking.istio.io/v1";
+
+/// Answers the sink's look-ups when neither object nor any other for the host exists.
+async fn expect_both_absent(server: &mut ApiServer) {
+    server
+        .expect_absent(DR_LIST, "reviews", ISTIO_API, "DestinationRule")
+        .await;
+    server
+        .expect_absent(VS_LIST, "reviews", ISTIO_API, "VirtualService")
+        .await;
+}
+
 /// Answers the namespace LIST the sink makes to find other objects for the same host.
-async fn expect_list(handle: &mut MockHandle, path: &str, kind: &str, items: Vec<Value>) {
-    let (req, send) = handle.next_request().await.expect("expected a LIST");
-    assert_eq!(req.method(), Method::GET);
-    assert_eq!(req.uri().path(), path);
-    send.send_response(json_response(
-        StatusCode::OK,
-        &json!({"apiVersion": "networking.istio.io/v1", "kind": format!("{kind}List"),
-            "metadata": {"resourceVersion": "1"}, "items": items}),
-    ));
-}
-
-async fn expect_get(handle: &mut MockHandle, path: &str, reply: Response<Body>) {
-    let (req, send) = handle.next_request().await.expect("expected a GET");
-    assert_eq!(req.method(), Method::GET);
-    assert_eq!(req.uri().path(), path);
-    send.send_response(reply);
-}
-
-/// Asserts a server-side apply PATCH and returns its query string and JSON body.
-async fn expect_apply(handle: &mut MockHandle, path: &str) -> (String, Value) {
-    let (req, send) = handle.next_request().await.expect("expected a PATCH");
-    assert_eq!(req.method(), Method::PATCH);
-    assert_eq!(req.uri().path(), path);
-    assert_eq!(
-        req.headers().get("content-type").unwrap(),
-        "application/apply-patch+yaml"
-    );
-    let query = req.uri().query().unwrap_or_default().to_string();
-    let body = req.into_body().collect_bytes().await.unwrap();
-    let obj: Value = serde_json::from_slice(&body).unwrap();
-    send.send_response(json_response(StatusCode::OK, &obj));
-    (query, obj)
+async fn expect_list(server: &mut ApiServer, path: &str, kind: &str, items: Vec<Value>) {
+    let list = kube_mock::list(ISTIO_API, kind, "1", items);
+    server.expect_get(path, ok(&list)).await;
 }
 
 #[tokio::test]
 async fn new_objects_are_created_by_forced_server_side_apply() {
-    let (svc, mut handle) = pair::<Request<Body>, Response<Body>>();
-    let mut sink = IstioSink::new(Client::new(svc, "default"), IstioSinkConfig::default());
+    let (client, mut server) = pair();
+    let mut sink = IstioSink::new(client, IstioSinkConfig::default());
     if let Some(crds) = common::crds() {
         sink = sink.with_schemas(crds);
     }
-    let server = tokio::spawn(async move {
-        expect_get(&mut handle, DR_PATH, not_found("reviews")).await;
-        expect_list(&mut handle, DR_LIST, "DestinationRule", vec![]).await;
-        expect_get(&mut handle, VS_PATH, not_found("reviews")).await;
-        expect_list(&mut handle, VS_LIST, "VirtualService", vec![]).await;
-        let (q, dr) = expect_apply(&mut handle, DR_PATH).await;
+    let served = tokio::spawn(async move {
+        expect_both_absent(&mut server).await;
+        let dr = server.expect_apply(DR_PATH).await;
+        let q = &dr.query;
         assert!(q.starts_with('&'), "kube-rs form: ?&...: {q}");
         assert_eq!(
-            query(&q),
+            dr.params(),
             [("fieldManager", "meshtune"), ("force", "true")].into()
         );
-        let (q2, vs) = expect_apply(&mut handle, VS_PATH).await;
-        assert_eq!(query(&q2), query(&q));
-        (dr, vs)
+        let vs = server.expect_apply(VS_PATH).await;
+        assert_eq!(vs.params(), dr.params());
+        (dr.body, vs.body)
     });
     let report = sink.apply(&[decision()]).await.unwrap();
-    let (dr, vs) = server.await.unwrap();
+    let (dr, vs) = served.await.unwrap();
     assert_eq!(
         report.items[0].outcome,
         Outcome::Applied {
@@ -149,60 +106,44 @@ async fn new_objects_are_created_by_forced_server_side_apply() {
 
 #[tokio::test]
 async fn owned_objects_are_updated_with_force() {
-    let (svc, mut handle) = pair::<Request<Body>, Response<Body>>();
-    let sink = IstioSink::new(Client::new(svc, "default"), IstioSinkConfig::default());
-    let server = tokio::spawn(async move {
+    let (client, mut server) = pair();
+    let sink = IstioSink::new(client, IstioSinkConfig::default());
+    let served = tokio::spawn(async move {
         let owned = json!({"app.kubernetes.io/managed-by": "meshtune"});
-        expect_get(
-            &mut handle,
-            DR_PATH,
-            json_response(StatusCode::OK, &existing("DestinationRule", owned.clone())),
-        )
-        .await;
-        expect_list(&mut handle, DR_LIST, "DestinationRule", vec![]).await;
-        expect_get(
-            &mut handle,
-            VS_PATH,
-            json_response(StatusCode::OK, &existing("VirtualService", owned)),
-        )
-        .await;
-        expect_list(&mut handle, VS_LIST, "VirtualService", vec![]).await;
-        let (q, _) = expect_apply(&mut handle, DR_PATH).await;
-        assert_eq!(query(&q).get("force"), Some(&"true"), "{q}");
-        expect_apply(&mut handle, VS_PATH).await;
+        server
+            .expect_get(DR_PATH, ok(&existing("DestinationRule", owned.clone())))
+            .await;
+        expect_list(&mut server, DR_LIST, "DestinationRule", vec![]).await;
+        server
+            .expect_get(VS_PATH, ok(&existing("VirtualService", owned)))
+            .await;
+        expect_list(&mut server, VS_LIST, "VirtualService", vec![]).await;
+        let dr = server.expect_apply(DR_PATH).await;
+        assert_eq!(dr.params().get("force"), Some(&"true"), "{}", dr.query);
+        server.expect_apply(VS_PATH).await;
     });
     let report = sink.apply(&[decision()]).await.unwrap();
-    server.await.unwrap();
+    served.await.unwrap();
     assert!(matches!(report.items[0].outcome, Outcome::Applied { .. }));
 }
 
 #[tokio::test]
 async fn objects_not_managed_by_meshtune_are_refused_and_not_patched() {
-    let (svc, mut handle) = pair::<Request<Body>, Response<Body>>();
-    let sink = IstioSink::new(Client::new(svc, "default"), IstioSinkConfig::default());
-    let server = tokio::spawn(async move {
+    let (client, mut server) = pair();
+    let sink = IstioSink::new(client, IstioSinkConfig::default());
+    let served = tokio::spawn(async move {
         let theirs = json!({"app.kubernetes.io/managed-by": "helm"});
-        expect_get(
-            &mut handle,
-            DR_PATH,
-            json_response(StatusCode::OK, &existing("DestinationRule", theirs)),
-        )
-        .await;
+        server
+            .expect_get(DR_PATH, ok(&existing("DestinationRule", theirs)))
+            .await;
         // Nothing else may be sent: the next request must never come.
-        let next =
-            tokio::time::timeout(std::time::Duration::from_millis(300), handle.next_request())
-                .await;
-        assert!(
-            matches!(next, Err(_) | Ok(None)),
-            "sink sent a request after refusing: {:?}",
-            next.ok()
-                .flatten()
-                .map(|(r, _)| (r.method().clone(), r.uri().clone()))
-        );
+        server
+            .expect_no_request(SILENCE, "sink sent a request after refusing")
+            .await;
     });
     let report = sink.apply(&[decision()]).await.unwrap();
     drop(sink);
-    server.await.unwrap();
+    served.await.unwrap();
     match &report.items[0].outcome {
         Outcome::Refused { reason } => {
             assert!(
@@ -217,60 +158,59 @@ async fn objects_not_managed_by_meshtune_are_refused_and_not_patched() {
 
 #[tokio::test]
 async fn allow_listed_hosts_are_co_managed_without_force_or_label() {
-    let (svc, mut handle) = pair::<Request<Body>, Response<Body>>();
+    let (client, mut server) = pair();
     let config = IstioSinkConfig {
         allowed_hosts: vec![HOST.into()],
         ..IstioSinkConfig::default()
     };
-    let sink = IstioSink::new(Client::new(svc, "default"), config);
-    let server = tokio::spawn(async move {
+    let sink = IstioSink::new(client, config);
+    let served = tokio::spawn(async move {
         let theirs = json!({"team": "reviews"});
-        expect_get(
-            &mut handle,
-            DR_PATH,
-            json_response(StatusCode::OK, &existing("DestinationRule", theirs)),
-        )
-        .await;
-        expect_list(&mut handle, DR_LIST, "DestinationRule", vec![]).await;
-        expect_get(&mut handle, VS_PATH, not_found("reviews")).await;
-        expect_list(&mut handle, VS_LIST, "VirtualService", vec![]).await;
-        let (q, dr) = expect_apply(&mut handle, DR_PATH).await;
-        assert_eq!(query(&q), [("fieldManager", "meshtune")].into());
-        assert!(dr["metadata"].get("labels").is_none(), "{dr}");
-        let (q, vs) = expect_apply(&mut handle, VS_PATH).await;
+        server
+            .expect_get(DR_PATH, ok(&existing("DestinationRule", theirs)))
+            .await;
+        expect_list(&mut server, DR_LIST, "DestinationRule", vec![]).await;
+        server
+            .expect_absent(VS_LIST, "reviews", ISTIO_API, "VirtualService")
+            .await;
+        let dr = server.expect_apply(DR_PATH).await;
+        assert_eq!(dr.params(), [("fieldManager", "meshtune")].into());
+        assert!(dr.body["metadata"].get("labels").is_none(), "{}", dr.body);
+        let vs = server.expect_apply(VS_PATH).await;
         assert_eq!(
-            query(&q).get("force"),
+            vs.params().get("force"),
             Some(&"true"),
-            "new VS is owned: {q}"
+            "new VS is owned: {}",
+            vs.query
         );
         assert_eq!(
-            vs["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            vs.body["metadata"]["labels"]["app.kubernetes.io/managed-by"],
             "meshtune"
         );
     });
     let report = sink.apply(&[decision()]).await.unwrap();
-    server.await.unwrap();
+    served.await.unwrap();
     assert!(matches!(report.items[0].outcome, Outcome::Applied { .. }));
 }
 
 #[tokio::test]
 async fn api_conflict_is_reported_as_failure() {
-    let (svc, mut handle) = pair::<Request<Body>, Response<Body>>();
-    let sink = IstioSink::new(Client::new(svc, "default"), IstioSinkConfig::default());
-    let server = tokio::spawn(async move {
-        expect_get(&mut handle, DR_PATH, not_found("reviews")).await;
-        expect_list(&mut handle, DR_LIST, "DestinationRule", vec![]).await;
-        expect_get(&mut handle, VS_PATH, not_found("reviews")).await;
-        expect_list(&mut handle, VS_LIST, "VirtualService", vec![]).await;
-        let (_, send) = handle.next_request().await.unwrap();
-        send.send_response(json_response(
-            StatusCode::CONFLICT,
-            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": "Apply failed with 1 conflict", "reason": "Conflict", "code": 409}),
-        ));
+    let (client, mut server) = pair();
+    let sink = IstioSink::new(client, IstioSinkConfig::default());
+    let served = tokio::spawn(async move {
+        expect_both_absent(&mut server).await;
+        server
+            .reply_next(|_| {
+                status(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    "Apply failed with 1 conflict",
+                )
+            })
+            .await;
     });
     let report = sink.apply(&[decision()]).await.unwrap();
-    server.await.unwrap();
+    served.await.unwrap();
     match &report.items[0].outcome {
         Outcome::Failed { error } => {
             assert!(
@@ -285,27 +225,24 @@ async fn api_conflict_is_reported_as_failure() {
 
 #[tokio::test]
 async fn another_object_for_the_same_host_blocks_the_destination() {
-    let (svc, mut handle) = pair::<Request<Body>, Response<Body>>();
-    let sink = IstioSink::new(Client::new(svc, "default"), IstioSinkConfig::default());
-    let server = tokio::spawn(async move {
-        expect_get(&mut handle, DR_PATH, not_found("reviews")).await;
-        expect_list(&mut handle, DR_LIST, "DestinationRule", vec![]).await;
-        expect_get(&mut handle, VS_PATH, not_found("reviews")).await;
+    let (client, mut server) = pair();
+    let sink = IstioSink::new(client, IstioSinkConfig::default());
+    let served = tokio::spawn(async move {
+        server
+            .expect_absent(DR_LIST, "reviews", ISTIO_API, "DestinationRule")
+            .await;
+        server.expect_get(VS_PATH, not_found("reviews")).await;
         let mut canary = existing("VirtualService", json!({"team": "reviews"}));
         canary["metadata"]["name"] = json!("reviews-canary");
         canary["spec"] = json!({"hosts": ["reviews"], "http": []});
-        expect_list(&mut handle, VS_LIST, "VirtualService", vec![canary]).await;
-        let next =
-            tokio::time::timeout(std::time::Duration::from_millis(300), handle.next_request())
-                .await;
-        assert!(
-            matches!(next, Err(_) | Ok(None)),
-            "sink patched despite a conflicting VirtualService"
-        );
+        expect_list(&mut server, VS_LIST, "VirtualService", vec![canary]).await;
+        server
+            .expect_no_request(SILENCE, "sink patched despite a conflicting VirtualService")
+            .await;
     });
     let report = sink.apply(&[decision()]).await.unwrap();
     drop(sink);
-    server.await.unwrap();
+    served.await.unwrap();
     match &report.items[0].outcome {
         Outcome::Refused { reason } => {
             assert!(

@@ -316,27 +316,10 @@ fn envoyfilter_wires_filter_reporter_and_controller_cluster() {
     );
 
     // The cluster patch is real Envoy config.
-    if let Some(bin) = common::envoy_bin() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("b.json");
+    if let Some(bin) = meshtune_test_support::envoy::binary() {
         let b = json!({"static_resources": {"clusters": [cluster]}});
-        std::fs::write(&path, serde_json::to_vec(&b).unwrap()).unwrap();
-        let out = std::process::Command::new(bin)
-            .args([
-                "--mode",
-                "validate",
-                "--disable-hot-restart",
-                "-l",
-                "error",
-                "-c",
-            ])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "controller cluster rejected by Envoy: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if let Err(e) = meshtune_test_support::envoy::validate(&bin, &b) {
+            panic!("controller cluster rejected by Envoy: {e}");
+        }
     }
 }

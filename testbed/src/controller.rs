@@ -145,9 +145,11 @@ pub struct Controller {
 impl Controller {
     /// Starts on port 0 and waits for both ports.
     pub fn start(cfg: ControllerConfig) -> Result<Self, ControllerError> {
-        let dir = crate::envoy::run_dir("controller").map_err(|source| ControllerError::Log {
-            path: std::env::temp_dir(),
-            source,
+        let dir = meshtune_test_support::process::run_dir("controller").map_err(|source| {
+            ControllerError::Log {
+                path: std::env::temp_dir(),
+                source,
+            }
         })?;
         let log_path = dir.join("controller.log");
         let mut c = Controller {
@@ -238,7 +240,7 @@ impl Controller {
                         return Err(ControllerError::NoPorts(
                             DEFAULT_START_TIMEOUT,
                             self.log_path.clone(),
-                            crate::envoy::tail(&self.log_path, 4000),
+                            meshtune_test_support::process::tail(&self.log_path, 4000),
                         ));
                     }
                 }

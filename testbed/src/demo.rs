@@ -7,16 +7,15 @@
 //! after the controller acted, next to the same time slices of the Istio-defaults run.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use crate::controller::{Controller, ControllerConfig};
-use crate::envoy::{render_bootstrap, Envoy, EnvoyConfig, PluginConfig, WORKLOAD_CLUSTER};
-use crate::http;
+use crate::envoy::{render_bootstrap, EnvoyConfig, EnvoyProcess, PluginConfig, WORKLOAD_CLUSTER};
 use crate::loadgen::{self, LoadConfig, LoadReport};
 use crate::paths::Paths;
 use crate::workload::{ServiceTime, WorkloadConfig, WorkloadServer};
@@ -198,92 +197,6 @@ pub fn file_xds_bootstrap(base: &EnvoyConfig, cds: &Path, rds: &Path, route_conf
     b
 }
 
-/// An Envoy started from a raw bootstrap (killed on drop).
-struct RawEnvoy {
-    child: Child,
-    admin: SocketAddr,
-    listener: SocketAddr,
-    log: PathBuf,
-}
-
-impl RawEnvoy {
-    fn start(bin: &Path, dir: &Path, bootstrap: &Value) -> Result<Self> {
-        let cfg = dir.join("envoy.json");
-        std::fs::write(&cfg, serde_json::to_vec_pretty(bootstrap)?)
-            .with_context(|| cfg.display().to_string())?;
-        let log = dir.join("envoy.log");
-        let admin_path = dir.join("admin-address");
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&cfg)
-            .arg("--admin-address-path")
-            .arg(&admin_path)
-            .args(["--disable-hot-restart", "--concurrency", "2", "-l", "warn"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out.try_clone()?))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut e = RawEnvoy {
-            child,
-            admin: "127.0.0.1:0".parse().expect("addr"),
-            listener: "127.0.0.1:0".parse().expect("addr"),
-            log,
-        };
-        let deadline = Instant::now() + crate::envoy::DEFAULT_START_TIMEOUT;
-        loop {
-            if let Ok(Some(s)) = e.child.try_wait() {
-                bail!(
-                    "envoy exited ({s}); log {}:\n{}",
-                    e.log.display(),
-                    crate::envoy::tail(&e.log, 4000)
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "envoy not ready; log {}:\n{}",
-                    e.log.display(),
-                    crate::envoy::tail(&e.log, 4000)
-                );
-            }
-            if e.admin.port() == 0 {
-                if let Ok(a) = std::fs::read_to_string(&admin_path) {
-                    if let Ok(a) = a.trim().parse() {
-                        e.admin = a;
-                    }
-                }
-            } else if http::get(e.admin, "/ready", &[]).is_ok_and(|r| r.status == 200) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let r = http::get(e.admin, "/listeners?format=json", &[])?;
-        let v: Value = serde_json::from_slice(&r.body)?;
-        let sa = &v["listener_statuses"][0]["local_address"]["socket_address"];
-        e.listener = format!(
-            "{}:{}",
-            sa["address"].as_str().unwrap_or("127.0.0.1"),
-            sa["port_value"].as_u64().unwrap_or(0)
-        )
-        .parse()?;
-        Ok(e)
-    }
-
-    fn clusters(&self) -> String {
-        http::get(self.admin, "/clusters", &[])
-            .map(|r| r.text())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for RawEnvoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Circuit-breaker lines of the workload cluster from `/clusters` text.
 pub fn breaker_lines(clusters: &str) -> Vec<String> {
     let p = format!("{WORKLOAD_CLUSTER}::default_priority::");
@@ -407,7 +320,7 @@ pub fn run(paths: &Paths, cfg: &DemoConfig) -> Result<()> {
     if !missing.is_empty() {
         bail!("missing prerequisites:\n  {}", missing.join("\n  "));
     }
-    let dir = crate::envoy::run_dir("demo")?;
+    let dir = meshtune_test_support::process::run_dir("demo")?;
     let workload_cfg = WorkloadConfig {
         capacity: WORKLOAD_CAPACITY,
         service_time: ServiceTime::LogNormal {
@@ -433,7 +346,7 @@ pub fn run(paths: &Paths, cfg: &DemoConfig) -> Result<()> {
     ecfg.max_requests = u32::MAX;
     ecfg.route_timeout = Duration::ZERO;
     ecfg.log_level = "warn".into();
-    let base_envoy = Envoy::start(&paths.envoy, &ecfg)?;
+    let base_envoy = ecfg.start(&paths.envoy)?;
     let step_at = cfg.step_index();
     let base_run = run_load(cfg, base_envoy.listener(), |el| {
         let s = el.as_secs();
@@ -512,23 +425,20 @@ pub fn run(paths: &Paths, cfg: &DemoConfig) -> Result<()> {
         &plugin,
     );
     mcfg.log_level = "warn".into();
-    let edir = dir.join("envoy");
-    std::fs::create_dir_all(&edir)?;
-    let envoy = RawEnvoy::start(
-        &paths.envoy,
-        &edir,
+    let envoy = EnvoyProcess::start(
+        &mcfg.launch(&paths.envoy),
         &file_xds_bootstrap(&mcfg, &cds, &rds, ROUTE_CONFIG),
     )?;
     println!(
         "workload {}  envoy listener {} admin {}  controller grpc {} admin {}",
         workload.addr(),
-        envoy.listener,
-        envoy.admin,
+        envoy.listener(),
+        envoy.admin(),
         controller.grpc(),
         controller.admin()
     );
     let mut last_line = String::new();
-    let mt_run = run_load(cfg, envoy.listener, |el| {
+    let mt_run = run_load(cfg, envoy.listener(), |el| {
         let mut pushes = Vec::new();
         let Ok(text) = controller.admin_get("/api/destinations") else {
             return pushes;
@@ -564,7 +474,7 @@ pub fn run(paths: &Paths, cfg: &DemoConfig) -> Result<()> {
     })?;
     // Let the last window reach the controller.
     std::thread::sleep(Duration::from_millis(1500));
-    let mt_breakers = breaker_lines(&envoy.clusters());
+    let mt_breakers = breaker_lines(&envoy.clusters().unwrap_or_default());
     if let Ok(text) = controller.admin_get("/api/destinations") {
         if let Ok(d) = serde_json::from_str::<Value>(&text) {
             if let Some((line, _)) = knobs_line(&d, WORKLOAD_CLUSTER) {

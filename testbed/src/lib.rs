@@ -1,24 +1,27 @@
 //! Real-process harness: workload server, open-loop load generator, Envoy and controller
-//! launchers, plus the demo and filter-overhead benchmark scenarios used by `cargo xtask`.
+//! launchers, plus the demo and the filter-overhead benchmark used by `cargo xtask`.
 //!
 //! - [`workload`]: a finite-capacity HTTP upstream with configurable service time and exact
 //!   error injection.
 //! - [`loadgen`]: an open-loop (constant arrival rate) load generator without coordinated
 //!   omission: latency is measured from each request's intended send time.
-//! - [`envoy`]: renders an Envoy bootstrap (no filter / no-op wasm / meshtune filter), starts
-//!   Envoy on free ports, waits for readiness, reads stats, stops it (also on drop).
+//! - [`envoy`]: renders an Envoy bootstrap (no filter / no-op wasm / meshtune filter) and
+//!   starts Envoy on it through `meshtune-test-support`'s launcher (free ports, readiness,
+//!   stats, stop on drop).
 //! - [`demo`]: the closed-loop demo (Istio defaults vs meshtune under a step load).
 //! - [`controller`]: starts the `meshtune controller` process, parses its ports, restarts it.
-//! - [`http`]: a minimal blocking HTTP/1.1 client for admin endpoints.
+//! - [`http`]: a minimal blocking HTTP/1.1 client for admin endpoints (re-exported from
+//!   `meshtune-test-support`).
 //! - [`paths`]: where the Envoy binary, the wasm files and the `meshtune` binary are.
-//! - [`scenarios`]: the demo and the filter-overhead benchmark.
+//! - [`scenarios`]: the filter-overhead benchmark.
 
 pub mod controller;
 pub mod demo;
 pub mod envoy;
-pub mod http;
 pub mod loadgen;
 pub mod paths;
 pub mod procstat;
 pub mod scenarios;
 pub mod workload;
+
+pub use meshtune_test_support::http;

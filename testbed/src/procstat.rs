@@ -8,7 +8,6 @@
 //!   its threads) to a CPU list with `taskset` from util-linux (the workspace forbids `unsafe`,
 //!   so no direct `sched_setaffinity`). Threads and children created later inherit the mask.
 
-use std::path::Path;
 use std::process::Command;
 
 /// Nanoseconds per clock tick: `USER_HZ` is 100 on every Linux architecture we run on.
@@ -210,21 +209,12 @@ pub fn pin(pid: u32, cpus: &str) -> Result<(), AffinityError> {
     }
 }
 
-/// A command that runs `program` pinned to `cpus` (`taskset -c cpus program …`).
-pub fn pinned_command(program: &Path, cpus: Option<&str>) -> Command {
-    match cpus {
-        Some(c) => {
-            let mut cmd = Command::new("taskset");
-            cmd.args(["-c", c]).arg(program);
-            cmd
-        }
-        None => Command::new(program),
-    }
-}
+pub use meshtune_test_support::process::pinned_command;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn parses_stat_with_spaces_in_name() {

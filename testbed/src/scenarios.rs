@@ -1,24 +1,19 @@
-//! Demo and filter-overhead benchmark scenarios (driven by `cargo xtask demo|bench`).
+//! The filter-overhead benchmark (driven by `cargo xtask bench filter-overhead`; the demo is
+//! [`crate::demo`]).
 //!
-//! - [`demo`]: Envoy + meshtune filter + workload + controller under a stepped open-loop
-//!   load for about a minute, printing `meshtune top` every few seconds and a summary.
-//! - [`filter_overhead`]: three Envoys (no filter, no-op wasm filter, meshtune filter) in
-//!   front of the same workload, measured in alternating rounds: Envoy CPU per request under
-//!   the same open-loop load, and saturation throughput with Envoy pinned to its own CPU;
-//!   reported as ratios to no filter.
+//! [`filter_overhead`]: three Envoys (no filter, no-op wasm filter, meshtune filter) in front
+//! of the same workload, measured in alternating rounds: Envoy CPU per request under the same
+//! open-loop load, and saturation throughput with Envoy pinned to its own CPU; reported as
+//! ratios to no filter.
 
-use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
 
-use crate::controller::{write_hints, Controller, ControllerConfig, Destinations};
-use crate::envoy::{Envoy, EnvoyConfig, PluginConfig, WasmFilter, WORKLOAD_CLUSTER};
-use crate::loadgen::{self, LoadConfig, Phase};
+use crate::controller::{Controller, ControllerConfig};
+use crate::envoy::{EnvoyConfig, EnvoyProcess, PluginConfig, WasmFilter};
+use crate::loadgen::{self, LoadConfig};
 use crate::paths::Paths;
 use crate::procstat;
 use crate::workload::{ServiceTime, WorkloadConfig, WorkloadServer};
@@ -53,198 +48,6 @@ fn require(paths: &Paths, need_noop: bool) -> Result<()> {
     if !missing.is_empty() {
         bail!("missing prerequisites:\n  {}", missing.join("\n  "));
     }
-    Ok(())
-}
-
-/// Demo options.
-#[derive(Debug, Clone)]
-pub struct DemoConfig {
-    /// Total length (split into warm-up, peak, hinted peak, cool-down).
-    pub duration: Duration,
-    /// Base arrival rate (rps); the peak is 3×.
-    pub base_rate: f64,
-}
-
-impl Default for DemoConfig {
-    fn default() -> Self {
-        Self {
-            duration: Duration::from_secs(60),
-            base_rate: 100.0,
-        }
-    }
-}
-
-fn own_table(d: &Destinations) -> String {
-    let mut s = format!(
-        "{:<22} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>8}\n",
-        "DESTINATION", "RPS", "P50ms", "P99ms", "5XX%", "SHED", "REQUESTS", "HINT"
-    );
-    for x in &d.destinations {
-        s.push_str(&format!(
-            "{:<22} {:>8.1} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>9} {:>8}\n",
-            x.name,
-            x.window.rps,
-            x.window.p50_ms,
-            x.window.p99_ms,
-            x.window.error_5xx_rate * 100.0,
-            x.lifetime.shed,
-            x.lifetime.requests,
-            if x.hint.is_null() { "-" } else { "yes" }
-        ));
-    }
-    s.push_str(&format!(
-        "reports accepted {} rejected {}\n",
-        d.reports_accepted, d.reports_rejected
-    ));
-    s
-}
-
-/// Runs the demo and prints a summary.
-pub fn demo(paths: &Paths, cfg: &DemoConfig) -> Result<()> {
-    require(paths, false)?;
-    let dir = crate::envoy::run_dir("demo")?;
-    let hints = dir.join("hints.json");
-    write_hints(&hints, &json!({"hints": []}))?;
-    println!("starting workload, controller and Envoy with the meshtune filter ...");
-    let workload = WorkloadServer::start(WorkloadConfig {
-        capacity: 6,
-        service_time: ServiceTime::LogNormal {
-            median: Duration::from_millis(10),
-            sigma: 0.6,
-        },
-        fail_every_n: None,
-    })?;
-    let mut ccfg = ControllerConfig::new(&paths.meshtune_bin);
-    ccfg.hints_file = Some(hints.clone());
-    ccfg.window_secs = Some(10);
-    let controller = Controller::start(ccfg)?;
-    let envoy = Envoy::start(
-        &paths.envoy,
-        &EnvoyConfig::with_meshtune(
-            workload.addr(),
-            controller.grpc(),
-            &paths.filter_wasm,
-            &PluginConfig::default(),
-        ),
-    )?;
-    println!(
-        "workload {}  envoy listener {} admin {}  controller grpc {} admin {}",
-        workload.addr(),
-        envoy.listener(),
-        envoy.admin(),
-        controller.grpc(),
-        controller.admin()
-    );
-    let q = cfg.duration / 4;
-    let r = cfg.base_rate;
-    let mut load = LoadConfig::constant(envoy.listener(), r, q);
-    load.phases = vec![
-        Phase {
-            rate: r,
-            duration: q,
-        },
-        Phase {
-            rate: 3.0 * r,
-            duration: q,
-        },
-        Phase {
-            rate: 3.0 * r,
-            duration: q,
-        },
-        Phase {
-            rate: r,
-            duration: q,
-        },
-    ];
-    load.fail_every_n = Some(20);
-    let live = Arc::new(loadgen::Live::default());
-    let started = Instant::now();
-    let handle = loadgen::spawn(load.clone(), Some(live.clone()));
-    let total = cfg.duration.as_secs().max(1);
-    let pb = bar(total, "demo");
-    println!(
-        "load: {r:.0} rps, then {:.0} rps, then {:.0} rps with a concurrency-limit hint (5), then {r:.0} rps; 5% injected 503s",
-        3.0 * r,
-        3.0 * r
-    );
-    let mut hinted = false;
-    let mut last_table = Instant::now() - Duration::from_secs(10);
-    while !handle.is_finished() {
-        std::thread::sleep(Duration::from_millis(250));
-        let el = started.elapsed();
-        pb.set_position(el.as_secs().min(total));
-        if !hinted && el >= 2 * q {
-            write_hints(
-                &hints,
-                &json!({"hints": [{"cluster": WORKLOAD_CLUSTER, "concurrency_limit": 5,
-                                   "ttl_ms": q.as_millis() as u64}]}),
-            )?;
-            say(
-                &pb,
-                "→ hint: concurrency_limit 5 on `workload` (expires after the phase)",
-            );
-            hinted = true;
-        }
-        if last_table.elapsed() >= Duration::from_secs(5) {
-            last_table = Instant::now();
-            let out = std::process::Command::new(&paths.meshtune_bin)
-                .args(["top", "--admin", &controller.admin_url(), "--once"])
-                .output();
-            let table = match out {
-                Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
-                _ => controller
-                    .destinations()
-                    .map(|d| own_table(&d))
-                    .unwrap_or_else(|e| format!("(controller: {e})\n")),
-            };
-            say(
-                &pb,
-                format!(
-                    "--- t={:>3}s  sent {} 5xx {} shed {} errors {}\n{}",
-                    el.as_secs(),
-                    live.sent.load(Ordering::Relaxed),
-                    live.status_5xx.load(Ordering::Relaxed),
-                    live.shed.load(Ordering::Relaxed),
-                    live.errors.load(Ordering::Relaxed),
-                    table.trim_end()
-                ),
-            );
-        }
-    }
-    pb.finish_and_clear();
-    let report = handle
-        .join()
-        .map_err(|_| anyhow::anyhow!("load generator panicked"))?;
-    // Let the last window reach the controller.
-    std::thread::sleep(Duration::from_millis(2500));
-    let d = controller.destinations()?;
-    println!("\n=== demo summary ===");
-    println!("load generator: {}", report.summary());
-    println!(
-        "error rate {:.2}% (injected {}), shed {}",
-        100.0 * report.class_count(5) as f64 / report.completed.max(1) as f64,
-        report.injected,
-        report.shed
-    );
-    if let Some(w) = d.get(WORKLOAD_CLUSTER) {
-        println!(
-            "controller (lifetime, `{}`): requests {} 5xx {} shed {} p50 {:.2} ms p99 {:.2} ms",
-            w.name,
-            w.lifetime.requests,
-            w.lifetime.status_5xx,
-            w.lifetime.shed,
-            w.lifetime.p50_ms,
-            w.lifetime.p99_ms
-        );
-    } else {
-        println!("controller has no `{WORKLOAD_CLUSTER}` destination yet");
-    }
-    println!(
-        "reports accepted {} rejected {}",
-        d.reports_accepted, d.reports_rejected
-    );
-    drop(envoy);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -436,10 +239,10 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
         p.filter = Some(WasmFilter::probe(&paths.noop_wasm, spec));
         configs.push((format!("probe {spec}"), p));
     }
-    let envoys: Vec<(String, Envoy)> = configs
+    let envoys: Vec<(String, EnvoyProcess)> = configs
         .into_iter()
         .map(|(n, c)| {
-            Envoy::start(&paths.envoy, &c)
+            c.start(&paths.envoy)
                 .with_context(|| n.clone())
                 .map(|e| (n, e))
         })
@@ -708,11 +511,6 @@ fn print_report(
             noop.map_or(f64::NAN, |r| r.per_core / b.per_core),
         );
     }
-}
-
-/// Whether a path looks like an existing file (for binaries' friendly errors).
-pub fn exists(p: &Path) -> bool {
-    p.is_file()
 }
 
 #[cfg(test)]

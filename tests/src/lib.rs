@@ -10,22 +10,14 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use meshtune_testbed::controller::{write_hints, Controller, ControllerConfig, Destination};
-use meshtune_testbed::envoy::{Envoy, EnvoyConfig, PluginConfig};
+use meshtune_testbed::envoy::{EnvoyConfig, EnvoyProcess, PluginConfig};
 use meshtune_testbed::paths::Paths;
 use meshtune_testbed::workload::{WorkloadConfig, WorkloadServer};
 
 pub use meshtune_testbed::envoy::WORKLOAD_CLUSTER;
 
 /// Is a CI-like "prerequisites are mandatory" flag set in this lookup?
-pub fn required(lookup: &dyn Fn(&str) -> Option<String>) -> bool {
-    let set = |k: &str| {
-        lookup(k).is_some_and(|v| {
-            let v = v.trim().to_ascii_lowercase();
-            !(v.is_empty() || v == "0" || v == "false" || v == "no")
-        })
-    };
-    set("CI") || set("MESHTUNE_E2E_REQUIRED")
-}
+pub use meshtune_test_support::prereq::required;
 
 /// Decides from a lookup: Ok(paths) to run, Err(message) to skip; panics when prerequisites
 /// are missing and [`required`].
@@ -92,7 +84,7 @@ impl Default for StackConfig {
 #[derive(Debug)]
 pub struct Stack {
     // Drop order: Envoy first (it reports to the controller), then controller, workload.
-    pub envoy: Envoy,
+    pub envoy: EnvoyProcess,
     pub controller: Controller,
     pub workload: WorkloadServer,
     pub hints_file: Option<PathBuf>,
@@ -115,7 +107,7 @@ impl Drop for TempDir {
 impl Stack {
     /// Starts everything and waits for Envoy's readiness.
     pub fn start(paths: &Paths, cfg: StackConfig) -> Stack {
-        let dir = TempDir(meshtune_testbed::envoy::run_dir("e2e").expect("temp dir"));
+        let dir = TempDir(meshtune_test_support::process::run_dir("e2e").expect("temp dir"));
         let workload = WorkloadServer::start(cfg.workload).expect("workload starts");
         let mut ccfg = ControllerConfig::new(&paths.meshtune_bin);
         let hints_file = cfg.hints.then(|| {
@@ -132,7 +124,7 @@ impl Stack {
             &cfg.plugin,
         );
         ecfg.concurrency = cfg.concurrency;
-        let envoy = match Envoy::start(&paths.envoy, &ecfg) {
+        let envoy = match ecfg.start(&paths.envoy) {
             Ok(e) => e,
             Err(e) => panic!("envoy with the meshtune filter did not start: {e}"),
         };
@@ -174,7 +166,7 @@ impl Stack {
                     "controller saw {:?} of {n} requests after {timeout:?}\ncontroller log:\n{}\nenvoy log tail:\n{}",
                     d.map(|d| d.lifetime.requests),
                     self.controller.log(),
-                    meshtune_testbed::envoy::tail(self.envoy.log_path(), 6000)
+                    self.envoy.log_tail(6000)
                 );
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -186,7 +178,7 @@ impl Stack {
         format!(
             "controller log:\n{}\nenvoy log tail:\n{}",
             self.controller.log(),
-            meshtune_testbed::envoy::tail(self.envoy.log_path(), 6000)
+            self.envoy.log_tail(6000)
         )
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use meshtune_core::histogram::RELATIVE_ERROR;
 use meshtune_e2e::{prereqs, serial, Stack, StackConfig, WORKLOAD_CLUSTER};
-use meshtune_testbed::envoy::{Envoy, EnvoyConfig, EnvoyError, PluginConfig, WasmFilter};
+use meshtune_testbed::envoy::{EnvoyConfig, EnvoyError, PluginConfig, WasmFilter};
 use meshtune_testbed::http;
 use meshtune_testbed::loadgen::{self, LoadConfig};
 use meshtune_testbed::workload::{ServiceTime, WorkloadConfig};
@@ -327,7 +327,7 @@ fn bad_plugin_configuration_is_refused_naming_the_field() {
         &paths.filter_wasm,
         plugin.to_string(),
     ));
-    match Envoy::start_with_timeout(&paths.envoy, &cfg, Duration::from_secs(20)) {
+    match cfg.start_with_timeout(&paths.envoy, Duration::from_secs(20)) {
         Err(EnvoyError::Exited { log, .. }) => {
             for l in log.lines().filter(|l| l.contains("flush_interval_secs")) {
                 eprintln!("envoy: {l}");
@@ -439,7 +439,7 @@ fn noop_filter_passes_traffic() {
     let workload = meshtune_testbed::workload::WorkloadServer::start(Default::default()).unwrap();
     let mut cfg = EnvoyConfig::new(workload.addr());
     cfg.filter = Some(WasmFilter::noop(&paths.noop_wasm));
-    let envoy = Envoy::start(&paths.envoy, &cfg).expect("envoy with no-op filter");
+    let envoy = cfg.start(&paths.envoy).expect("envoy with no-op filter");
     let r = loadgen::run_blocking(&LoadConfig::count(envoy.listener(), 200.0, 100), None);
     assert_eq!(r.status_count(200), 100, "{}", r.summary());
     assert_eq!(workload.counters().requests, 100);
@@ -457,13 +457,15 @@ fn probe_filter_passes_traffic_and_refuses_unknown_probes() {
         &paths.noop_wasm,
         "clock,cluster,status,status-header,attempts",
     ));
-    let envoy = Envoy::start(&paths.envoy, &cfg).expect("envoy with the probe filter");
+    let envoy = cfg
+        .start(&paths.envoy)
+        .expect("envoy with the probe filter");
     let r = loadgen::run_blocking(&LoadConfig::count(envoy.listener(), 200.0, 100), None);
     assert_eq!(r.status_count(200), 100, "{}", r.summary());
     drop(envoy);
 
     cfg.filter = Some(WasmFilter::probe(&paths.noop_wasm, "status,bogus"));
-    let log = match Envoy::start_with_timeout(&paths.envoy, &cfg, Duration::from_secs(20)) {
+    let log = match cfg.start_with_timeout(&paths.envoy, Duration::from_secs(20)) {
         Err(EnvoyError::Exited { log, .. }) => log,
         Err(e) => panic!("unexpected error: {e}"),
         Ok(envoy) => envoy.log(),

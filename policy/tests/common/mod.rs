@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: random MLPs and deliberately broken models, all
-//! built with the real exporter.
+//! built with the real exporter; the next event of a model watcher.
 #![allow(dead_code)]
 
 use meshtune_core::contract::{
@@ -9,6 +9,7 @@ use meshtune_core::contract::{
 use meshtune_core::features::FEATURE_COUNT;
 use meshtune_core::knobs::KNOB_COUNT;
 use meshtune_policy::onnx::{export_mlp, export_mlp_raw, Activation, MlpLayer, ModelMeta};
+use meshtune_policy::watch::WatchEvent;
 use rand::{Rng, SeedableRng};
 
 pub fn random_layer(rng: &mut impl Rng, i: usize, o: usize, act: Activation) -> MlpLayer {
@@ -138,4 +139,12 @@ pub fn random_batch(seed: u64, n: usize) -> Vec<[f32; FEATURE_COUNT]> {
     (0..n)
         .map(|_| std::array::from_fn(|_| rng.random_range(0.0..1.5)))
         .collect()
+}
+
+/// The next event a watcher reports (at most 20 s).
+pub async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<WatchEvent>) -> WatchEvent {
+    tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
+        .await
+        .expect("watcher event in time")
+        .expect("watcher alive")
 }

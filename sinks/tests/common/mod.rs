@@ -1,15 +1,12 @@
-//! Shared test helpers: locating the Istio CRD file and the Envoy binary (required under CI).
+//! Shared test helpers: the Istio CRD schemas (required under CI) and knob sets. The Envoy
+//! binary and the mocked API server come from `meshtune-test-support`.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use meshtune_core::{Knob, Knobs};
-use meshtune_sinks::schema::{CrdSchemas, CRD_PATH_ENV};
-
-pub fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
+use meshtune_sinks::schema::{crd_path, CrdSchemas, CRD_PATH_ENV};
+use meshtune_test_support::prereq;
 
 /// The CRD schemas, or `None` (with a message) when the file is missing outside CI. Under
 /// CI=true a missing file fails the test.
@@ -17,42 +14,13 @@ pub fn crds() -> Option<Arc<CrdSchemas>> {
     static CRDS: OnceLock<Option<Arc<CrdSchemas>>> = OnceLock::new();
     CRDS.get_or_init(|| {
         let over = std::env::var_os(CRD_PATH_ENV);
-        match CrdSchemas::locate(over.as_deref(), ci()) {
-            Ok(Some(s)) => Some(Arc::new(s)),
-            Ok(None) => {
-                eprintln!(
-                    "SKIP: Istio CRD file not found at {} (set {CRD_PATH_ENV})",
-                    meshtune_sinks::schema::crd_path(over.as_deref()).display()
-                );
-                None
-            }
-            Err(e) => panic!("Istio CRD schemas are required under CI=true: {e}"),
-        }
+        let what = format!(
+            "Istio CRD file {} (set {CRD_PATH_ENV})",
+            crd_path(over.as_deref()).display()
+        );
+        prereq::found(&what, CrdSchemas::locate(over.as_deref(), prereq::ci())).map(Arc::new)
     })
     .clone()
-}
-
-/// The Envoy binary: $ENVOY_BIN, else `.envoy/envoy/_bin/envoy` in the repository, else
-/// /work/main/.envoy/envoy/_bin/envoy. `None` (with a message) outside CI; panics under CI.
-pub fn envoy_bin() -> Option<PathBuf> {
-    let candidates: Vec<PathBuf> = match std::env::var_os("ENVOY_BIN") {
-        Some(p) => vec![PathBuf::from(p)],
-        None => vec![
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../.envoy/envoy/_bin/envoy"),
-            PathBuf::from("/work/main/.envoy/envoy/_bin/envoy"),
-        ],
-    };
-    if let Some(p) = candidates.iter().find(|p| p.is_file()) {
-        return Some(p.clone());
-    }
-    let msg = format!(
-        "Envoy binary not found (tried {candidates:?}; set ENVOY_BIN or run `cargo xtask setup`)"
-    );
-    if ci() {
-        panic!("{msg}");
-    }
-    eprintln!("SKIP: {msg}");
-    None
 }
 
 /// A knob set with every knob away from its default.
