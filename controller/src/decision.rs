@@ -388,29 +388,36 @@ pub fn settle(
         .collect()
 }
 
-/// Counts of one cycle's outcomes (for logs and tests).
+/// Counts of one cycle (for logs and tests).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CycleSummary {
     /// Destinations decided for.
     pub destinations: usize,
+    /// Pushes decided (including those a sink then failed: see `push_failures`).
     pub pushed: usize,
     pub recommended: usize,
+    /// Rollbacks decided.
     pub rolled_back: usize,
+    /// Pushes and rollbacks some sink did not apply (reverted).
     pub push_failures: usize,
     /// Version of the model that decided.
     pub model_version: String,
 }
 
 impl CycleSummary {
-    /// Counts `outcomes` for a cycle decided by `model_version`.
-    pub fn of(outcomes: &[DestOutcome], model_version: &str) -> Self {
-        let count = |o: DestOutcome| outcomes.iter().filter(|x| **x == o).count();
+    /// Counts the decided actions of `items` and their settled `outcomes` for a cycle decided
+    /// by `model_version`.
+    pub fn of(items: &[DestDecision], outcomes: &[DestOutcome], model_version: &str) -> Self {
+        let actions = |f: fn(&DestAction) -> bool| items.iter().filter(|i| f(&i.action)).count();
         CycleSummary {
-            destinations: outcomes.len(),
-            pushed: count(DestOutcome::Pushed),
-            recommended: count(DestOutcome::Recommended),
-            rolled_back: count(DestOutcome::RolledBack),
-            push_failures: count(DestOutcome::PushFailed),
+            destinations: items.len(),
+            pushed: actions(|a| matches!(a, DestAction::Push)),
+            recommended: actions(|a| matches!(a, DestAction::Recommend)),
+            rolled_back: actions(|a| matches!(a, DestAction::Rollback { .. })),
+            push_failures: outcomes
+                .iter()
+                .filter(|o| **o == DestOutcome::PushFailed)
+                .count(),
             model_version: model_version.to_string(),
         }
     }
@@ -679,12 +686,12 @@ mod tests {
         assert_eq!(outcomes, vec![DestOutcome::Pushed, DestOutcome::PushFailed]);
         assert_eq!(st.knobs_in_force("a"), c.items[0].knobs);
         assert!(!st.in_force.contains_key("b"), "failed push reverted");
-        let summary = CycleSummary::of(&outcomes, "v7");
+        let summary = CycleSummary::of(&c.items, &outcomes, "v7");
         assert_eq!(
             summary,
             CycleSummary {
                 destinations: 2,
-                pushed: 1,
+                pushed: 2,
                 push_failures: 1,
                 model_version: "v7".into(),
                 ..CycleSummary::default()

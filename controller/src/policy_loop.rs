@@ -4,7 +4,7 @@
 //! rows. Also builds the sinks and the model store from the CLI's settings and serves it all.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -346,7 +346,11 @@ impl PolicyLoop {
         drop(state);
         self.record(&selected, &cycle, now_ms);
         self.publish_model();
-        Some(CycleSummary::of(&outcomes, policy.model_version()))
+        Some(CycleSummary::of(
+            &cycle.items,
+            &outcomes,
+            policy.model_version(),
+        ))
     }
 
     /// Infer stage: one batched inference for all selected destinations, denormalised.

@@ -166,16 +166,19 @@ pub fn churn(a: &[f32; KNOB_COUNT], b: &[f32; KNOB_COUNT]) -> f64 {
 mod tests {
     use super::*;
 
+    /// 10 s with `requests` requests, `ok` of them 2xx and the rest 5xx, all `latency_ms` long.
     fn window(requests: u64, ok: u64, latency_ms: u64) -> WindowStats {
-        let mut w = WindowStats {
+        let mut latency = crate::histogram::LatencyHistogram::new();
+        latency.record_n(latency_ms * 1000, requests);
+        let (status_2xx, status_5xx) = (ok, requests - ok);
+        WindowStats {
             duration_s: 10.0,
             requests,
-            status_2xx: ok,
-            status_5xx: requests - ok,
+            status_2xx,
+            status_5xx,
+            latency,
             ..WindowStats::default()
-        };
-        w.latency.record_n(latency_ms * 1000, requests);
-        w
+        }
     }
 
     fn from_histogram(w: &WindowStats, slo_ms: f64) -> Outcomes {

@@ -2,55 +2,25 @@
 //! and SIGTERM stops it cleanly.
 
 use meshtune_controller::top::http_get;
-use meshtune_core::histogram::{LatencyHistogram, SUB_BUCKET_BITS};
 use meshtune_proto::v1::feature_service_client::FeatureServiceClient;
-use meshtune_proto::v1::{LatencyHistogram as WireHist, ReportRequest, Reporter, UpstreamWindow};
+use meshtune_test_support::reports::{report, upstream};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshtune");
 
-/// A report from pod `pod` with these upstream windows.
-fn report(pod: &str, sequence: u64, upstreams: Vec<UpstreamWindow>) -> ReportRequest {
-    ReportRequest {
-        reporter: Some(Reporter {
-            namespace: "default".into(),
-            workload: "client".into(),
-            pod: pod.into(),
-            vm_id: "vm-0".into(),
-            filter_version: "test".into(),
-            node_id: String::new(),
-        }),
-        sequence,
-        window_start_unix_ms: 0,
-        window_length_ms: 1000,
-        upstreams,
-        dropped_reports: 0,
-    }
-}
-
-/// An upstream window of `n` requests, `e5` of them 5xx, all with latency `lat_us`.
-fn upstream(cluster: &str, n: u64, e5: u64, lat_us: u64) -> UpstreamWindow {
-    let mut h = LatencyHistogram::new();
-    h.record_n(lat_us, n);
-    let (bucket_index, bucket_count) = h.nonzero_buckets().unzip();
-    UpstreamWindow {
-        cluster: cluster.into(),
-        requests: n,
-        status_2xx: n - e5,
-        status_5xx: e5,
-        http1_requests: n,
-        latency: Some(WireHist {
-            sub_bucket_bits: SUB_BUCKET_BITS,
-            bucket_index,
-            bucket_count,
-            sum_us: h.sum_us(),
-            min_us: h.min_us(),
-            max_us: h.max_us(),
-        }),
-        ..Default::default()
-    }
+/// `meshtune controller` on loopback port 0 (the bound ports are printed on stdout).
+fn controller() -> Command {
+    let mut c = Command::new(BIN);
+    c.args([
+        "controller",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    c
 }
 
 struct KillOnDrop(Child);
@@ -93,14 +63,7 @@ async fn binary_prints_ports_serves_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let hints = dir.path().join("hints.json");
     std::fs::write(&hints, r#"{"hints":[{"cluster":"svc-x","timeout_ms":30}]}"#).unwrap();
-    let child = Command::new(BIN)
-        .args([
-            "controller",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
+    let child = controller()
         .arg("--hints-file")
         .arg(&hints)
         .args(["--window-secs", "5"])
@@ -200,18 +163,7 @@ fn a_bad_model_file_is_refused_at_start_with_its_path() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("broken-model.onnx");
     std::fs::write(&model, b"not onnx").unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "controller",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--model")
-        .arg(&model)
-        .output()
-        .unwrap();
+    let out = controller().arg("--model").arg(&model).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -226,13 +178,8 @@ fn a_bad_model_file_is_refused_at_start_with_its_path() {
 
 #[test]
 fn envoy_file_sink_without_cds_is_a_flag_error() {
-    let out = Command::new(BIN)
+    let out = controller()
         .args([
-            "controller",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
             "--sink",
             "envoy-file",
             "--envoy-destination",

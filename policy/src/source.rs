@@ -185,7 +185,7 @@ pub async fn watch_sources(
     sources: Vec<ModelSource>,
     client: Option<KubeClient>,
     events: Option<tokio::sync::mpsc::UnboundedSender<WatchEvent>>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let shutdown = shutdown.shared();
     let mut watchers: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();

@@ -11,6 +11,7 @@
 //! - [`prereq`]: `CI` / `MESHTUNE_E2E_REQUIRED` flags; skip-with-a-note or fail.
 //! - [`process`]: run directories, log tails, CPU-pinned commands.
 //! - [`http`]: a minimal blocking HTTP/1.1 client for admin endpoints.
+//! - [`reports`]: filter reports (`meshtune.v1.ReportRequest`) for controller tests.
 //!
 //! Never a normal dependency of the shipped crates (controller, policy, sinks, core, proto,
 //! filter): they take it as a dev-dependency only.
@@ -20,6 +21,7 @@ pub mod http;
 pub mod kube_mock;
 pub mod prereq;
 pub mod process;
+pub mod reports;
 
 use std::path::{Path, PathBuf};
 
