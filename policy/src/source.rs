@@ -165,7 +165,7 @@ pub async fn load_initial(
                 }
                 #[cfg(not(feature = "kube"))]
                 {
-                    let _ = client;
+                    let _ = (client, namespace, name);
                     return Err(SourceError::Unavailable {
                         source_name: source.to_string(),
                         reason: "built without the `kube` feature".into(),
@@ -185,7 +185,7 @@ pub async fn watch_sources(
     sources: Vec<ModelSource>,
     client: Option<KubeClient>,
     events: Option<tokio::sync::mpsc::UnboundedSender<WatchEvent>>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let shutdown = shutdown.shared();
     let mut watchers: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
