@@ -516,10 +516,12 @@ mod tests {
     }
 
     #[test]
-    fn exported_proto_has_contract_signature_and_metadata() {
-        let layers = [
-            layer(FEATURE_COUNT, 16, Activation::Relu),
-            layer(16, KNOB_COUNT, Activation::Identity),
+    fn export_writes_the_documented_layout_and_read_mlp_inverts_it() {
+        let layers = vec![
+            layer(FEATURE_COUNT, 8, Activation::Tanh),
+            layer(8, 6, Activation::Relu),
+            layer(6, 5, Activation::Identity),
+            layer(5, KNOB_COUNT, Activation::Sigmoid),
         ];
         let meta = ModelMeta {
             model_version: "t-1".into(),
@@ -527,12 +529,10 @@ mod tests {
         };
         let bytes = export_mlp(&layers, &meta).unwrap();
         let proto = decode_model(&bytes).unwrap();
-        let g = proto.graph.unwrap();
-        assert_eq!(g.input.len(), 1);
-        assert_eq!(g.input[0].name, INPUT_NAME);
-        assert_eq!(g.output[0].name, OUTPUT_NAME);
-        assert_eq!(g.node.len(), 3); // gemm, relu, gemm
-        assert_eq!(g.node.last().unwrap().output[0], OUTPUT_NAME);
+        let read = read_mlp(&proto).unwrap();
+        assert_eq!(read, layers);
+        assert_eq!(export_mlp(&read, &meta).unwrap(), bytes);
+
         let get = |k: &str| {
             proto
                 .metadata_props
@@ -542,27 +542,17 @@ mod tests {
         };
         assert_eq!(get(META_MODEL_VERSION), Some("t-1"));
         assert_eq!(meshtune_core::contract::check_metadata(get), Ok(()));
-    }
-
-    #[test]
-    fn read_mlp_inverts_the_export_byte_for_byte() {
-        let layers = vec![
-            layer(FEATURE_COUNT, 8, Activation::Tanh),
-            layer(8, 6, Activation::Relu),
-            layer(6, 5, Activation::Identity),
-            layer(5, KNOB_COUNT, Activation::Sigmoid),
-        ];
-        let meta = ModelMeta {
-            model_version: "rt-1".into(),
-            provenance: "round trip".into(),
-        };
-        let bytes = export_mlp(&layers, &meta).unwrap();
-        let proto = decode_model(&bytes).unwrap();
-        let read = read_mlp(&proto).unwrap();
-        assert_eq!(read, layers);
-        assert_eq!(export_mlp(&read, &meta).unwrap(), bytes);
-        // Node and value names as documented at the top of the module.
+        assert_eq!(proto.producer_name, PRODUCER_NAME);
+        assert_eq!(proto.doc_string, MODEL_DOC);
         let g = proto.graph.unwrap();
+        let io: Vec<&str> = g
+            .input
+            .iter()
+            .chain(&g.output)
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(io, [INPUT_NAME, OUTPUT_NAME]);
+        // Node and value names as documented at the top of the module.
         let names: Vec<(&str, &str)> = g
             .node
             .iter()
@@ -580,8 +570,6 @@ mod tests {
                 ("layer3.sigmoid", OUTPUT_NAME),
             ]
         );
-        assert_eq!(proto.producer_name, PRODUCER_NAME);
-        assert_eq!(proto.doc_string, MODEL_DOC);
     }
 
     #[test]

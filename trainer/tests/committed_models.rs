@@ -6,6 +6,7 @@
 use meshtune_core::contract::{META_MODEL_VERSION, META_PROVENANCE};
 use meshtune_core::FEATURE_COUNT;
 use meshtune_policy::onnx::{decode_model, export_mlp, read_mlp, ModelMeta};
+use meshtune_policy::OnnxPolicy;
 use std::path::PathBuf;
 
 const MODELS: [&str; 3] = ["supervised-v1", "ppo-v1", "default"];
@@ -60,17 +61,13 @@ fn committed_models_re_export_byte_for_byte() {
         let bytes = read(name);
         let proto = decode_model(&bytes).unwrap();
         let layers = read_mlp(&proto).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let meta_value = |key: &str| {
-            proto
-                .metadata_props
-                .iter()
-                .find(|p| p.key == key)
-                .map(|p| p.value.clone())
-                .unwrap_or_else(|| panic!("{name}: no {key}"))
-        };
+        let metadata = OnnxPolicy::from_bytes(&bytes, name)
+            .unwrap()
+            .metadata()
+            .clone();
         let meta = ModelMeta {
-            model_version: meta_value(META_MODEL_VERSION),
-            provenance: meta_value(META_PROVENANCE),
+            model_version: metadata[META_MODEL_VERSION].clone(),
+            provenance: metadata[META_PROVENANCE].clone(),
         };
         let again = export_mlp(&layers, &meta).unwrap();
         // producer_version is the crate version, compared first so that a version bump reads
