@@ -1,4 +1,5 @@
-//! `meshtune model …` subcommands: inspect a model, validate it, push it to a ConfigMap.
+//! `meshtune model …` subcommands: inspect a model, validate it, push it to a ConfigMap (`push`
+//! needs the `kube` feature).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -6,8 +7,10 @@ use std::path::PathBuf;
 use meshtune_core::features::{Features, FEATURE_COUNT};
 use meshtune_core::knobs::{Knobs, KNOB_SPECS};
 
+#[cfg(feature = "kube")]
 use crate::configmap::{push_model, PushError};
 use crate::runtime::{ModelError, OnnxPolicy};
+use crate::source::KubeClient;
 
 /// Default namespace of the model ConfigMap.
 pub const DEFAULT_NAMESPACE: &str = "meshtune-system";
@@ -30,6 +33,7 @@ pub enum ModelCommand {
     },
     /// Validate a model locally, then write it into a ConfigMap (server-side apply, field
     /// manager `meshtune`) that controllers watch.
+    #[cfg(feature = "kube")]
     Push {
         /// ONNX model file.
         file: PathBuf,
@@ -47,6 +51,7 @@ pub enum ModelCommand {
 pub enum CliError {
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[cfg(feature = "kube")]
     #[error(transparent)]
     Push(#[from] PushError),
     #[error("{path}: {source}")]
@@ -55,6 +60,7 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+    #[cfg(feature = "kube")]
     #[error("cannot reach Kubernetes: {0}")]
     Kube(#[from] kube::Error),
     #[error("writing output: {0}")]
@@ -70,11 +76,14 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, CliError> {
 
 /// Runs a subcommand, writing human-readable output to `out`. `client` is used for `push`
 /// (tests pass a mocked one); when `None`, `push` connects with `kube::Client::try_default`.
+/// Without the `kube` feature there is no `push` (and [`KubeClient`] has no values).
 pub async fn run(
     cmd: ModelCommand,
     out: &mut (dyn Write + Send),
-    client: Option<kube::Client>,
+    client: Option<KubeClient>,
 ) -> Result<(), CliError> {
+    #[cfg(not(feature = "kube"))]
+    let _ = client;
     let w =
         |out: &mut (dyn Write + Send), s: String| writeln!(out, "{s}").map_err(CliError::Output);
     match cmd {
@@ -149,6 +158,7 @@ pub async fn run(
                 }
             }
         }
+        #[cfg(feature = "kube")]
         ModelCommand::Push {
             file,
             namespace,

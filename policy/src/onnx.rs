@@ -1,9 +1,15 @@
 //! ONNX export of multi-layer perceptrons (Gemm + activation chains) with the meshtune contract
-//! metadata, and a plain-Rust reference forward pass to check exported models against.
+//! metadata, its inverse ([`read_mlp`]), and a plain-Rust reference forward pass to check
+//! exported models against. This is meshtune's only ONNX exporter: the trainer writes
+//! `models/*.onnx` through it.
 //!
 //! The graph has one input [`INPUT_NAME`] (`float32 [N, F]`, `N` symbolic so one run scores a
-//! whole batch of destinations) and one output [`OUTPUT_NAME`] (`float32 [N, K]`). Each layer is
-//! a `Gemm` (`transB = 1`, weights `[out][in]` row-major) followed by its activation node.
+//! whole batch of destinations) and one output [`OUTPUT_NAME`] (`float32 [N, K]`). Each layer `i`
+//! is a `Gemm` node `layer{i}.gemm` (`transB = 1`, initialisers `layer{i}.weight` `[out][in]`
+//! row-major and `layer{i}.bias`, both `float_data`) writing `layer{i}.linear`, followed by its
+//! activation node (`layer{i}.tanh`, …) writing `layer{i}.act`; the last node writes
+//! [`OUTPUT_NAME`]. The bytes are deterministic: the same weights and metadata give the same file
+//! (the committed models are checked to re-export byte for byte).
 
 use meshtune_core::contract::{
     feature_names_csv, knob_names_csv, CONTRACT_VERSION, INPUT_NAME, META_CONTRACT_VERSION,
@@ -20,8 +26,11 @@ pub const IR_VERSION: i64 = 8;
 pub const OPSET_VERSION: i64 = 13;
 /// Name of the symbolic batch dimension.
 pub const BATCH_DIM: &str = "N";
-/// `producer_name` written into exported models.
-pub const PRODUCER_NAME: &str = "meshtune";
+/// `producer_name` written into exported models (the trainer is what makes them; the committed
+/// models carry this name).
+pub const PRODUCER_NAME: &str = "meshtune-trainer";
+/// Model-level `doc_string` written into exported models.
+pub const MODEL_DOC: &str = "meshtune policy: normalised features -> normalised knobs";
 
 /// Element-wise activation after a layer's affine map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -41,6 +50,13 @@ impl Activation {
             Activation::Tanh => Some("Tanh"),
             Activation::Sigmoid => Some("Sigmoid"),
         }
+    }
+
+    /// The activation an ONNX operator type stands for (inverse of [`Activation::onnx_op`]).
+    pub fn from_onnx_op(op: &str) -> Option<Activation> {
+        [Activation::Relu, Activation::Tanh, Activation::Sigmoid]
+            .into_iter()
+            .find(|a| a.onnx_op() == Some(op))
     }
 
     /// Applies the activation to one value.
@@ -175,7 +191,9 @@ pub fn export_mlp_raw(
     Ok(build_model(layers, metadata).encode_to_vec())
 }
 
-fn check_layers(layers: &[MlpLayer]) -> Result<(), ExportError> {
+/// Checks that the layers chain and their buffers have the declared sizes (what
+/// [`export_mlp_raw`] requires; [`export_mlp`] also checks the contract widths and finiteness).
+pub fn check_layers(layers: &[MlpLayer]) -> Result<(), ExportError> {
     if layers.is_empty() {
         return Err(ExportError::NoLayers);
     }
@@ -213,7 +231,7 @@ fn float_tensor(name: &str, dims: &[usize], data: &[f32]) -> pb::TensorProto {
         name: name.to_string(),
         dims: dims.iter().map(|d| *d as i64).collect(),
         data_type: pb::tensor_proto::DataType::Float as i32,
-        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        float_data: data.to_vec(),
         ..Default::default()
     }
 }
@@ -265,26 +283,13 @@ fn build_model(layers: &[MlpLayer], metadata: &[(&str, &str)]) -> pb::ModelProto
             output: vec![gemm_out.clone()],
             name: format!("layer{i}.gemm"),
             op_type: "Gemm".into(),
-            attribute: vec![
-                pb::AttributeProto {
-                    name: "transB".into(),
-                    r#type: pb::attribute_proto::AttributeType::Int as i32,
-                    i: 1,
-                    ..Default::default()
-                },
-                pb::AttributeProto {
-                    name: "alpha".into(),
-                    r#type: pb::attribute_proto::AttributeType::Float as i32,
-                    f: 1.0,
-                    ..Default::default()
-                },
-                pb::AttributeProto {
-                    name: "beta".into(),
-                    r#type: pb::attribute_proto::AttributeType::Float as i32,
-                    f: 1.0,
-                    ..Default::default()
-                },
-            ],
+            // alpha and beta keep their default 1.0.
+            attribute: vec![pb::AttributeProto {
+                name: "transB".into(),
+                r#type: pb::attribute_proto::AttributeType::Int as i32,
+                i: 1,
+                ..Default::default()
+            }],
             ..Default::default()
         });
         current = gemm_out;
@@ -292,7 +297,7 @@ fn build_model(layers: &[MlpLayer], metadata: &[(&str, &str)]) -> pb::ModelProto
             let out = if i == last {
                 OUTPUT_NAME.to_string()
             } else {
-                format!("layer{i}.{}", op.to_lowercase())
+                format!("layer{i}.act")
             };
             nodes.push(pb::NodeProto {
                 input: vec![current.clone()],
@@ -312,6 +317,7 @@ fn build_model(layers: &[MlpLayer], metadata: &[(&str, &str)]) -> pb::ModelProto
         }],
         producer_name: PRODUCER_NAME.into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
+        doc_string: MODEL_DOC.into(),
         graph: Some(pb::GraphProto {
             node: nodes,
             name: "meshtune_policy".into(),
@@ -363,6 +369,87 @@ pub fn mlp_forward(layers: &[MlpLayer], x: &[f32]) -> Vec<f32> {
 /// Decodes an ONNX file's protobuf (no tract involved): for inspection and signature checks.
 pub fn decode_model(bytes: &[u8]) -> Result<pb::ModelProto, prost::DecodeError> {
     pb::ModelProto::decode(bytes)
+}
+
+/// Why a model is not laid out as [`export_mlp_raw`] writes MLPs.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("not an exported MLP: {0}")]
+pub struct NotAnMlp(pub String);
+
+/// Reads the layers back out of a model laid out as [`export_mlp_raw`] writes it: the inverse of
+/// the export (the metadata is in `model.metadata_props`). Exporting the result with the same
+/// metadata gives the same bytes, which is how the committed models are checked to be this
+/// exporter's output.
+pub fn read_mlp(model: &pb::ModelProto) -> Result<Vec<MlpLayer>, NotAnMlp> {
+    let err = |m: String| NotAnMlp(m);
+    let graph = model.graph.as_ref().ok_or_else(|| err("no graph".into()))?;
+    let floats = |name: &str, rank: usize| {
+        let t = graph
+            .initializer
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| err(format!("no initializer `{name}`")))?;
+        let count: i64 = t.dims.iter().product();
+        if t.data_type != pb::tensor_proto::DataType::Float as i32
+            || t.dims.len() != rank
+            || usize::try_from(count).ok() != Some(t.float_data.len())
+        {
+            return Err(err(format!(
+                "initializer `{name}` is not a rank-{rank} float_data tensor"
+            )));
+        }
+        Ok((t.dims.as_slice(), t.float_data.clone()))
+    };
+    let mut layers = Vec::new();
+    let mut current = INPUT_NAME;
+    let mut nodes = graph.node.iter().peekable();
+    while let Some(gemm) = nodes.next() {
+        let trans_b = [("transB", 1)];
+        let attrs: Vec<(&str, i64)> = gemm
+            .attribute
+            .iter()
+            .map(|a| (a.name.as_str(), a.i))
+            .collect();
+        if gemm.op_type != "Gemm"
+            || gemm.input.len() != 3
+            || gemm.input[0] != current
+            || gemm.output.len() != 1
+            || attrs != trans_b
+        {
+            return Err(err(format!(
+                "node `{}` is not a Gemm (transB = 1) on `{current}`",
+                gemm.name
+            )));
+        }
+        let (w_dims, weight) = floats(&gemm.input[1], 2)?;
+        let (_, bias) = floats(&gemm.input[2], 1)?;
+        current = &gemm.output[0];
+        let activation = match nodes
+            .peek()
+            .map(|n| (n, Activation::from_onnx_op(&n.op_type)))
+        {
+            Some((act, Some(activation))) if act.input == [current] && act.output.len() == 1 => {
+                current = &act.output[0];
+                nodes.next();
+                activation
+            }
+            _ => Activation::Identity,
+        };
+        layers.push(MlpLayer {
+            in_dim: usize::try_from(w_dims[1]).unwrap_or(0),
+            out_dim: usize::try_from(w_dims[0]).unwrap_or(0),
+            weight,
+            bias,
+            activation,
+        });
+    }
+    if current != OUTPUT_NAME {
+        return Err(err(format!(
+            "the last node writes `{current}`, not `{OUTPUT_NAME}`"
+        )));
+    }
+    check_layers(&layers).map_err(|e| err(e.to_string()))?;
+    Ok(layers)
 }
 
 #[cfg(test)]
@@ -429,10 +516,12 @@ mod tests {
     }
 
     #[test]
-    fn exported_proto_has_contract_signature_and_metadata() {
-        let layers = [
-            layer(FEATURE_COUNT, 16, Activation::Relu),
-            layer(16, KNOB_COUNT, Activation::Identity),
+    fn export_writes_the_documented_layout_and_read_mlp_inverts_it() {
+        let layers = vec![
+            layer(FEATURE_COUNT, 8, Activation::Tanh),
+            layer(8, 6, Activation::Relu),
+            layer(6, 5, Activation::Identity),
+            layer(5, KNOB_COUNT, Activation::Sigmoid),
         ];
         let meta = ModelMeta {
             model_version: "t-1".into(),
@@ -440,12 +529,10 @@ mod tests {
         };
         let bytes = export_mlp(&layers, &meta).unwrap();
         let proto = decode_model(&bytes).unwrap();
-        let g = proto.graph.unwrap();
-        assert_eq!(g.input.len(), 1);
-        assert_eq!(g.input[0].name, INPUT_NAME);
-        assert_eq!(g.output[0].name, OUTPUT_NAME);
-        assert_eq!(g.node.len(), 3); // gemm, relu, gemm
-        assert_eq!(g.node.last().unwrap().output[0], OUTPUT_NAME);
+        let read = read_mlp(&proto).unwrap();
+        assert_eq!(read, layers);
+        assert_eq!(export_mlp(&read, &meta).unwrap(), bytes);
+
         let get = |k: &str| {
             proto
                 .metadata_props
@@ -455,5 +542,71 @@ mod tests {
         };
         assert_eq!(get(META_MODEL_VERSION), Some("t-1"));
         assert_eq!(meshtune_core::contract::check_metadata(get), Ok(()));
+        assert_eq!(proto.producer_name, PRODUCER_NAME);
+        assert_eq!(proto.doc_string, MODEL_DOC);
+        let g = proto.graph.unwrap();
+        let io: Vec<&str> = g
+            .input
+            .iter()
+            .chain(&g.output)
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(io, [INPUT_NAME, OUTPUT_NAME]);
+        // Node and value names as documented at the top of the module.
+        let names: Vec<(&str, &str)> = g
+            .node
+            .iter()
+            .map(|n| (n.name.as_str(), n.output[0].as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("layer0.gemm", "layer0.linear"),
+                ("layer0.tanh", "layer0.act"),
+                ("layer1.gemm", "layer1.linear"),
+                ("layer1.relu", "layer1.act"),
+                ("layer2.gemm", "layer2.linear"),
+                ("layer3.gemm", "layer3.linear"),
+                ("layer3.sigmoid", OUTPUT_NAME),
+            ]
+        );
+    }
+
+    #[test]
+    fn read_mlp_refuses_other_layouts() {
+        let layers = [
+            layer(3, 2, Activation::Relu),
+            layer(2, 1, Activation::Identity),
+        ];
+        let bytes = export_mlp_raw(&layers, &[]).unwrap();
+        let proto = decode_model(&bytes).unwrap();
+        assert_eq!(read_mlp(&proto).unwrap(), layers);
+
+        let mut alpha = proto.clone();
+        alpha.graph.as_mut().unwrap().node[0]
+            .attribute
+            .push(pb::AttributeProto {
+                name: "alpha".into(),
+                f: 2.0,
+                ..Default::default()
+            });
+        let e = read_mlp(&alpha).unwrap_err();
+        assert!(e.0.contains("layer0.gemm"), "{e}");
+
+        let mut no_bias = proto.clone();
+        no_bias.graph.as_mut().unwrap().initializer.pop();
+        let e = read_mlp(&no_bias).unwrap_err();
+        assert!(e.0.contains("layer1.bias"), "{e}");
+
+        let mut truncated = proto.clone();
+        truncated.graph.as_mut().unwrap().node.pop();
+        let e = read_mlp(&truncated).unwrap_err();
+        assert!(e.0.contains("layer0.act"), "{e}");
+
+        let mut raw = proto;
+        let w = &mut raw.graph.as_mut().unwrap().initializer[0];
+        w.raw_data = w.float_data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.float_data.clear();
+        assert!(read_mlp(&raw).is_err());
     }
 }

@@ -165,7 +165,7 @@ pub async fn load_initial(
                 }
                 #[cfg(not(feature = "kube"))]
                 {
-                    let _ = client;
+                    let _ = (client, namespace, name);
                     return Err(SourceError::Unavailable {
                         source_name: source.to_string(),
                         reason: "built without the `kube` feature".into(),

@@ -4,7 +4,7 @@ mod common;
 
 use clap::Parser;
 use common::*;
-use meshtune_policy::cli::{run, CliError, ModelCommand, DEFAULT_CONFIGMAP, DEFAULT_NAMESPACE};
+use meshtune_policy::cli::{run, CliError, ModelCommand};
 
 #[derive(Parser)]
 struct Cli {
@@ -13,7 +13,21 @@ struct Cli {
 }
 
 #[test]
-fn parses_subcommands_with_defaults() {
+fn parses_subcommands() {
+    let c = Cli::try_parse_from(["model", "validate", "m.onnx"]).unwrap();
+    assert_eq!(
+        c.cmd,
+        ModelCommand::Validate {
+            file: "m.onnx".into()
+        }
+    );
+    assert!(Cli::try_parse_from(["model", "validate"]).is_err());
+}
+
+#[cfg(feature = "kube")]
+#[test]
+fn parses_push_with_defaults() {
+    use meshtune_policy::cli::{DEFAULT_CONFIGMAP, DEFAULT_NAMESPACE};
     let c = Cli::try_parse_from(["model", "push", "m.onnx"]).unwrap();
     assert_eq!(
         c.cmd,
@@ -27,7 +41,15 @@ fn parses_subcommands_with_defaults() {
     assert!(
         matches!(c.cmd, ModelCommand::Push { namespace, name, .. } if namespace == "x" && name == "y")
     );
-    assert!(Cli::try_parse_from(["model", "validate"]).is_err());
+}
+
+#[cfg(not(feature = "kube"))]
+#[test]
+fn push_needs_the_kube_feature() {
+    let e = Cli::try_parse_from(["model", "push", "m.onnx"])
+        .err()
+        .unwrap();
+    assert_eq!(e.kind(), clap::error::ErrorKind::InvalidSubcommand);
 }
 
 #[tokio::test]

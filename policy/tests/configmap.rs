@@ -1,6 +1,7 @@
 //! ConfigMap watcher and `model push` against a mocked Kubernetes API server at the HTTP level
 //! (kube-rs tower-test pattern): requests are asserted (method, path, query, headers, body) and
 //! served with real JSON.
+#![cfg(feature = "kube")]
 
 mod common;
 

@@ -1,9 +1,10 @@
 //! `meshtune train …` / `meshtune eval`: clap subcommands and their runner.
 
-use crate::export::{actor_from_checkpoint, export_mlp, write_atomic, ModelInfo};
+use crate::export::{actor_from_checkpoint, write_model};
 use crate::pipeline::{self, PpoPaths};
 use crate::ppo::PpoConfig;
 use crate::supervised::{ContextKey, SupervisedConfig};
+use meshtune_policy::onnx::ModelMeta;
 use std::path::PathBuf;
 
 /// Why a command failed.
@@ -148,11 +149,11 @@ pub fn run(cmd: TrainCommand) -> Result<(), CliError> {
                 hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(","),
                 match context { ContextKey::Window => "window", ContextKey::Scenario => "scenario" },
             );
-            let info = ModelInfo {
+            let meta = ModelMeta {
                 model_version,
                 provenance: provenance(&cmdline),
             };
-            let rep = pipeline::supervised_to_files(&data, &cfg, &info, &out)?;
+            let rep = pipeline::supervised_to_files(&data, &cfg, &meta, &out)?;
             println!(
                 "supervised: {} rows, {} contexts, train/val examples {}/{}, val MSE {:.5} (mean-target baseline {:.5}), best epoch {}, {:.1}s → {} ({} bytes)",
                 rep.rows, rep.contexts, rep.train_examples, rep.val_examples, rep.val_mse,
@@ -201,7 +202,7 @@ pub fn run(cmd: TrainCommand) -> Result<(), CliError> {
             let mut train = set.train_envs();
             let mut test = set.train_envs();
             test.extend(set.heldout_envs());
-            let info = ModelInfo {
+            let meta = ModelMeta {
                 model_version,
                 provenance: provenance(&cmdline),
             };
@@ -209,7 +210,7 @@ pub fn run(cmd: TrainCommand) -> Result<(), CliError> {
                 &mut train,
                 &mut test,
                 &cfg,
-                &info,
+                &meta,
                 &PpoPaths {
                     model: out,
                     run_dir,
@@ -263,7 +264,7 @@ pub fn run(cmd: TrainCommand) -> Result<(), CliError> {
             model_version,
         } => {
             let layers = actor_from_checkpoint(&checkpoint)?;
-            let info = ModelInfo {
+            let meta = ModelMeta {
                 model_version,
                 provenance: provenance(&format!(
                     "meshtune train export --checkpoint {} --out {}",
@@ -271,9 +272,8 @@ pub fn run(cmd: TrainCommand) -> Result<(), CliError> {
                     out.display()
                 )),
             };
-            let bytes = export_mlp(&layers, &info)?;
-            write_atomic(&out, &bytes)?;
-            println!("exported {} ({} bytes)", out.display(), bytes.len());
+            let size = write_model(&out, &layers, &meta)?;
+            println!("exported {} ({size} bytes)", out.display());
             Ok(())
         }
     }

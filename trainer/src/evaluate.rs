@@ -2,7 +2,6 @@
 //! hand-tuned, gradient controller) and ONNX models on the train and held-out scenarios.
 //! One table (per scenario + mean, splits reported separately) and plots.
 
-use crate::export::{ExportError, TractModel};
 use crate::plots::{latency_cdf, write_chart, Chart, PlotError, Series};
 use crate::ppo::NamedEnv;
 use crate::trace::{read_updates, TraceError};
@@ -10,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use meshtune_core::env::Policy;
 use meshtune_core::knobs::{Knob, KNOB_NAMES};
 use meshtune_core::{Features, Knobs, LatencyHistogram, KNOB_COUNT};
+use meshtune_policy::{ModelError, OnnxPolicy};
 use meshtune_sim::scenario::{load_dir, Scenario, ScenarioError};
 use meshtune_sim::{
     oracle_grid_search, run_episode, scenarios_dir, EpisodeResult, GradientController,
@@ -24,11 +24,11 @@ pub enum EvalError {
     Scenario(#[from] ScenarioError),
     #[error("no train scenarios in {0}")]
     NoScenarios(PathBuf),
-    #[error("model {name} ({path}): {source}")]
+    #[error("model {name}: {source}")]
     Model {
         name: String,
-        path: PathBuf,
-        source: Box<ExportError>,
+        #[source]
+        source: Box<ModelError>,
     },
     #[error("{path}: {message}")]
     Io { path: PathBuf, message: String },
@@ -85,29 +85,25 @@ impl ScenarioSet {
     }
 }
 
-/// An ONNX policy file run through tract (batch 1), as the controller would.
+/// An ONNX policy file in the controller's runtime ([`OnnxPolicy`]: validated as the controller
+/// validates a model before serving it), under the name given on the command line (`default`
+/// and `ppo-v1` may be the same file).
 #[derive(Debug)]
 pub struct OnnxFilePolicy {
     name: String,
-    model: TractModel,
+    policy: OnnxPolicy,
 }
 
 impl OnnxFilePolicy {
+    /// Reads and validates `path` (contract, signature, smoke test).
     pub fn load(name: &str, path: &Path) -> Result<Self, EvalError> {
-        let bytes = std::fs::read(path).map_err(|e| EvalError::Io {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let model = TractModel::load(&bytes, &path.display().to_string(), 1).map_err(|source| {
-            EvalError::Model {
-                name: name.to_string(),
-                path: path.to_path_buf(),
-                source: Box::new(source),
-            }
+        let policy = meshtune_policy::validate_path(path).map_err(|source| EvalError::Model {
+            name: name.to_string(),
+            source: Box::new(source),
         })?;
         Ok(OnnxFilePolicy {
             name: name.to_string(),
-            model,
+            policy,
         })
     }
 }
@@ -117,12 +113,9 @@ impl Policy for OnnxFilePolicy {
         &self.name
     }
 
+    /// The controller's decision: batch-of-one inference; knobs in force kept on a failure.
     fn decide(&mut self, features: &Features, in_force: &Knobs) -> Knobs {
-        match self.model.run(&[features.normalised()]) {
-            Ok(out) => Knobs::from_normalised(&out[0]),
-            // Keep what is in force, as the controller would on a failed inference.
-            Err(_) => *in_force,
-        }
+        self.policy.decide(features, in_force)
     }
 }
 

@@ -1,9 +1,14 @@
 //! Supervised and PPO training of meshtune policies, ONNX export, evaluation.
 //!
-//! - [`mlp`]: candle MLPs (weights in ONNX Gemm layout) and a plain-Rust forward pass.
+//! ONNX export, reading and running are `meshtune_policy`'s (`onnx::export_mlp`,
+//! `OnnxPolicy`, the runtime the controller serves); this crate holds no exporter or runtime of
+//! its own, and depends on `meshtune_policy` without its `kube` feature.
+//!
+//! - [`mlp`]: candle MLPs (weights in ONNX Gemm layout), copied out as `meshtune_policy` layers.
 //! - [`ppo`]: PPO with GAE, clipped surrogate, learned log-std; NaN guard; checkpoints.
 //! - [`supervised`]: best-knobs-per-context regression from dataset CSVs.
-//! - [`export`]: ONNX export per `meshtune_core::contract` and a tract loader.
+//! - [`export`]: model files through `meshtune_policy`'s exporter, validated by its runtime;
+//!   PPO checkpoints back to layers.
 //! - [`trace`]: CSV reward logs (per step and per update).
 //! - [`evaluate`]: baselines and models on train / held-out scenarios: table and plots.
 //! - [`plots`]: plotters charts (SVG + PNG).

@@ -1,4 +1,6 @@
-//! Multi-layer perceptrons: trainable candle networks and their plain-Rust mirror.
+//! Trainable candle multi-layer perceptrons. [`Mlp::to_layers`] copies a network out as
+//! `meshtune_policy::onnx::MlpLayer`s: what the policy crate's exporter writes to ONNX and
+//! its `mlp_forward` runs in plain Rust.
 //!
 //! Weights are stored `[out][in]` row-major (ONNX `Gemm` with `transB=1`), so a trained
 //! network exports without transposition. All initialisation draws from the caller's seeded
@@ -6,6 +8,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
+use meshtune_policy::onnx::{Activation, MlpLayer};
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Normal};
 
@@ -20,93 +23,15 @@ pub enum MlpError {
     Shape { layer: usize, what: String },
 }
 
-/// A layer's non-linearity (after the affine map).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Activation {
-    Identity,
-    Relu,
-    Tanh,
-    Sigmoid,
-}
-
-impl Activation {
-    fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Activation::Identity => Ok(x.clone()),
-            Activation::Relu => x.relu(),
-            Activation::Tanh => x.tanh(),
-            Activation::Sigmoid => candle_nn::ops::sigmoid(x),
-        }
+/// Applies a layer's non-linearity to a candle tensor (the scalar version is
+/// [`Activation::apply`], used by the exporter's reference forward pass).
+fn activate(act: Activation, x: &Tensor) -> candle_core::Result<Tensor> {
+    match act {
+        Activation::Identity => Ok(x.clone()),
+        Activation::Relu => x.relu(),
+        Activation::Tanh => x.tanh(),
+        Activation::Sigmoid => candle_nn::ops::sigmoid(x),
     }
-
-    /// Scalar version, used by the plain-Rust forward pass.
-    pub fn apply_scalar(self, x: f32) -> f32 {
-        match self {
-            Activation::Identity => x,
-            Activation::Relu => x.max(0.0),
-            Activation::Tanh => x.tanh(),
-            Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-        }
-    }
-}
-
-/// A dense layer's values, detached from candle: what gets exported to ONNX.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct DenseLayer {
-    pub in_dim: usize,
-    pub out_dim: usize,
-    /// `[out][in]` row-major.
-    pub weight: Vec<f32>,
-    pub bias: Vec<f32>,
-    pub activation: Activation,
-}
-
-/// Plain-Rust forward pass of one input row through `layers`.
-pub fn forward_plain(layers: &[DenseLayer], x: &[f32]) -> Vec<f32> {
-    let mut cur = x.to_vec();
-    for l in layers {
-        let mut next = vec![0f32; l.out_dim];
-        for (o, n) in next.iter_mut().enumerate() {
-            let row = &l.weight[o * l.in_dim..(o + 1) * l.in_dim];
-            let s: f32 = row.iter().zip(&cur).map(|(w, v)| w * v).sum::<f32>() + l.bias[o];
-            *n = l.activation.apply_scalar(s);
-        }
-        cur = next;
-    }
-    cur
-}
-
-/// Checks that consecutive layers fit together and their buffers have the declared sizes.
-pub fn check_layers(layers: &[DenseLayer]) -> Result<(), MlpError> {
-    if layers.is_empty() {
-        return Err(MlpError::Sizes(vec![]));
-    }
-    for (i, l) in layers.iter().enumerate() {
-        if l.weight.len() != l.in_dim * l.out_dim || l.bias.len() != l.out_dim {
-            return Err(MlpError::Shape {
-                layer: i,
-                what: format!(
-                    "weight has {} values and bias {}, expected {}x{} and {}",
-                    l.weight.len(),
-                    l.bias.len(),
-                    l.out_dim,
-                    l.in_dim,
-                    l.out_dim
-                ),
-            });
-        }
-        if i > 0 && layers[i - 1].out_dim != l.in_dim {
-            return Err(MlpError::Shape {
-                layer: i,
-                what: format!(
-                    "input size {} does not match the previous layer's output {}",
-                    l.in_dim,
-                    layers[i - 1].out_dim
-                ),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// One trainable dense layer.
@@ -182,7 +107,7 @@ impl Mlp {
             let y = cur
                 .matmul(&l.w.as_tensor().t()?)?
                 .broadcast_add(l.b.as_tensor())?;
-            cur = l.act.apply(&y)?;
+            cur = activate(l.act, &y)?;
         }
         Ok(cur)
     }
@@ -196,12 +121,12 @@ impl Mlp {
     }
 
     /// Copies the current values out of candle.
-    pub fn to_layers(&self) -> Result<Vec<DenseLayer>, MlpError> {
+    pub fn to_layers(&self) -> Result<Vec<MlpLayer>, MlpError> {
         self.layers
             .iter()
             .map(|l| {
                 let (out_dim, in_dim) = l.w.as_tensor().dims2()?;
-                Ok(DenseLayer {
+                Ok(MlpLayer {
                     in_dim,
                     out_dim,
                     weight: l.w.as_tensor().flatten_all()?.to_vec1::<f32>()?,
@@ -238,6 +163,7 @@ pub fn forward_rows(mlp: &Mlp, rows: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, MlpEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshtune_policy::onnx::{check_layers, mlp_forward};
     use rand::SeedableRng;
 
     #[test]
@@ -258,12 +184,11 @@ mod tests {
         let got = forward_rows(&mlp, &rows).unwrap();
         let layers = mlp.to_layers().unwrap();
         check_layers(&layers).unwrap();
-        for (r, g) in rows.iter().zip(&got) {
-            let p = forward_plain(&layers, r);
-            for (a, b) in p.iter().zip(g) {
-                assert!((a - b).abs() < 1e-6, "{a} vs {b}");
-                assert!((0.0..=1.0).contains(a));
-            }
+        let plain = mlp_forward(&layers, &rows.concat());
+        assert_eq!(plain.len(), 2 * 3);
+        for (a, b) in plain.iter().zip(got.iter().flatten()) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+            assert!((0.0..=1.0).contains(a));
         }
         assert_eq!(vm.all_vars().len(), 4);
     }
@@ -288,21 +213,5 @@ mod tests {
         };
         assert_eq!(build(7), build(7));
         assert_ne!(build(7), build(8));
-    }
-
-    #[test]
-    fn mismatched_layers_are_refused() {
-        let l = |i, o| DenseLayer {
-            in_dim: i,
-            out_dim: o,
-            weight: vec![0.0; i * o],
-            bias: vec![0.0; o],
-            activation: Activation::Identity,
-        };
-        assert!(check_layers(&[l(2, 3), l(3, 1)]).is_ok());
-        assert!(matches!(
-            check_layers(&[l(2, 3), l(4, 1)]),
-            Err(MlpError::Shape { layer: 1, .. })
-        ));
     }
 }

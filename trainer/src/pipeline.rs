@@ -1,10 +1,11 @@
 //! End-to-end training runs with file outputs: traces, checkpoints, ONNX model, JSON report.
 //! A model file is written only after training finished with finite parameters.
 
-use crate::export::{export_mlp, write_atomic, ExportError, ModelInfo};
+use crate::export::{write_model, ExportError};
 use crate::ppo::{self, NamedEnv, PpoConfig, PpoError};
 use crate::supervised::{self, SupervisedConfig, SupervisedError};
 use crate::trace::{write_updates, StepTrace, TraceError};
+use meshtune_policy::onnx::ModelMeta;
 use std::path::{Path, PathBuf};
 
 /// Why a training run failed (no model was written).
@@ -64,7 +65,7 @@ pub fn ppo_to_files(
     train_envs: &mut [NamedEnv],
     test_envs: &mut [NamedEnv],
     cfg: &PpoConfig,
-    info: &ModelInfo,
+    meta: &ModelMeta,
     paths: &PpoPaths,
 ) -> Result<PpoReport, PipelineError> {
     std::fs::create_dir_all(&paths.run_dir).map_err(|e| PipelineError::Io {
@@ -87,8 +88,7 @@ pub fn ppo_to_files(
         cfg.max_episode_steps,
         Some(&mut test_trace),
     )?;
-    let bytes = export_mlp(&outcome.actor, info)?;
-    write_atomic(&paths.model, &bytes)?;
+    let model_bytes = write_model(&paths.model, &outcome.actor, meta)?;
     let report = PpoReport {
         first_mean_step_reward: outcome
             .history
@@ -106,7 +106,7 @@ pub fn ppo_to_files(
         final_log_std: outcome.log_std,
         test_returns,
         model: paths.model.display().to_string(),
-        model_bytes: bytes.len(),
+        model_bytes,
     };
     write_json(&paths.run_dir.join("report.json"), &report)?;
     Ok(report)
@@ -135,14 +135,13 @@ pub struct SupervisedReport {
 pub fn supervised_to_files(
     datasets: &[PathBuf],
     cfg: &SupervisedConfig,
-    info: &ModelInfo,
+    meta: &ModelMeta,
     model: &Path,
 ) -> Result<SupervisedReport, PipelineError> {
     let rows = supervised::load_dataset(datasets)?;
     let examples = supervised::best_knob_examples(&rows, cfg.context);
     let out = supervised::fit(&examples, cfg)?;
-    let bytes = export_mlp(&out.layers, info)?;
-    write_atomic(model, &bytes)?;
+    let model_bytes = write_model(model, &out.layers, meta)?;
     let report = SupervisedReport {
         config: cfg.clone(),
         datasets: datasets.iter().map(|p| p.display().to_string()).collect(),
@@ -157,7 +156,7 @@ pub fn supervised_to_files(
         val_mse_per_knob: out.val_mse_per_knob,
         train_seconds: out.elapsed_s,
         model: model.display().to_string(),
-        model_bytes: bytes.len(),
+        model_bytes,
     };
     write_json(&model.with_extension("report.json"), &report)?;
     Ok(report)

@@ -5,13 +5,14 @@
 //! to the environment is clipped to [0, 1]. Only the deterministic mean network is exported.
 //! The critic is a separate MLP. Everything random draws from one seeded [`StdRng`].
 
-use crate::mlp::{forward_plain, Activation, DenseLayer, Mlp, MlpError};
+use crate::mlp::{Mlp, MlpError};
 use crate::trace::{StepTrace, TraceError, UpdateStats};
 use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use indicatif::{ProgressBar, ProgressStyle};
 use meshtune_core::env::Environment;
 use meshtune_core::{FEATURE_COUNT, KNOB_COUNT};
+use meshtune_policy::onnx::{mlp_forward, Activation, MlpLayer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
@@ -132,7 +133,7 @@ impl std::fmt::Debug for NamedEnv {
 #[derive(Debug, Clone)]
 pub struct PpoOutcome {
     /// The deterministic actor (mean network, sigmoid output): what gets exported.
-    pub actor: Vec<DenseLayer>,
+    pub actor: Vec<MlpLayer>,
     /// Final exploration log-std per knob.
     pub log_std: Vec<f32>,
     pub history: Vec<UpdateStats>,
@@ -358,8 +359,8 @@ pub fn train(
         let mut finished_returns = Vec::new();
         let mut reward_sum = 0.0;
         for _ in 0..cfg.steps_per_update {
-            let mean = forward_plain(&actor_l, &cur.obs);
-            let value = forward_plain(&critic_l, &cur.obs)[0] as f64;
+            let mean = mlp_forward(&actor_l, &cur.obs);
+            let value = mlp_forward(&critic_l, &cur.obs)[0] as f64;
             let mut a = [0f32; KNOB_COUNT];
             for i in 0..KNOB_COUNT {
                 let eps: f64 = rng.sample(StandardNormal);
@@ -405,7 +406,7 @@ pub fn train(
                 cur.obs = step.observation;
             }
         }
-        let last_value = forward_plain(&critic_l, &cur.obs)[0] as f64;
+        let last_value = mlp_forward(&critic_l, &cur.obs)[0] as f64;
         let (adv, ret) = gae(
             &ro.rewards,
             &ro.values,
@@ -588,7 +589,7 @@ pub fn train(
 /// Runs the deterministic actor for one episode per environment (seeded), writing each step to
 /// `trace` (phase `test`). Returns the total reward per environment.
 pub fn test_episodes(
-    actor: &[DenseLayer],
+    actor: &[MlpLayer],
     envs: &mut [NamedEnv],
     seed: u64,
     max_steps: usize,
@@ -600,7 +601,7 @@ pub fn test_episodes(
         let mut total = 0.0;
         let mut t = 0;
         loop {
-            let a: [f32; KNOB_COUNT] = to_arr(&forward_plain(actor, &obs));
+            let a: [f32; KNOB_COUNT] = to_arr(&mlp_forward(actor, &obs));
             let step = ne.env.step(&clip01(&a));
             total += step.reward;
             if let Some(tr) = trace.as_deref_mut() {

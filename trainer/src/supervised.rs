@@ -7,13 +7,14 @@
 //! example (its observed features → the context's best knobs), so the model learns to move
 //! from whatever it observes to the best setting. The train/validation split is by context.
 
-use crate::mlp::{forward_plain, Activation, DenseLayer, Mlp, MlpError};
+use crate::mlp::{Mlp, MlpError};
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use indicatif::{ProgressBar, ProgressStyle};
 use meshtune_core::dataset::{check_header, DatasetError, DatasetRow};
 use meshtune_core::knobs::{Knobs, KNOB_NAMES, KNOB_SPECS};
 use meshtune_core::{FEATURE_COUNT, KNOB_COUNT};
+use meshtune_policy::onnx::{mlp_forward, Activation, MlpLayer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -212,7 +213,7 @@ pub fn best_knob_examples(rows: &[DatasetRow], key: ContextKey) -> Vec<Example> 
 /// Result of a supervised fit.
 #[derive(Debug, Clone)]
 pub struct SupervisedOutcome {
-    pub layers: Vec<DenseLayer>,
+    pub layers: Vec<MlpLayer>,
     pub train_examples: usize,
     pub val_examples: usize,
     pub contexts: usize,
@@ -226,10 +227,10 @@ pub struct SupervisedOutcome {
     pub elapsed_s: f64,
 }
 
-fn mse(layers: &[DenseLayer], ex: &[&Example]) -> (f64, [f64; KNOB_COUNT]) {
+fn mse(layers: &[MlpLayer], ex: &[&Example]) -> (f64, [f64; KNOB_COUNT]) {
     let mut per = [0f64; KNOB_COUNT];
     for e in ex {
-        let y = forward_plain(layers, &e.input);
+        let y = mlp_forward(layers, &e.input);
         for k in 0..KNOB_COUNT {
             per[k] += ((y[k] - e.target[k]) as f64).powi(2);
         }

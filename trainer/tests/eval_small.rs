@@ -1,8 +1,8 @@
 //! Evaluation end to end on a shortened real scenario: PPO on the simulator for a few updates,
 //! export, then `evaluate` with baselines + the model writes a table and plots.
 
+use meshtune_policy::onnx::{export_mlp, ModelMeta};
 use meshtune_trainer::evaluate::{evaluate, EvalOptions, OracleGrid, ScenarioSet};
-use meshtune_trainer::export::ModelInfo;
 use meshtune_trainer::pipeline::{ppo_to_files, PpoPaths};
 use meshtune_trainer::ppo::PpoConfig;
 
@@ -39,7 +39,7 @@ fn ppo_on_sim_then_eval_writes_table_and_plots() {
         checkpoint_every: 1,
         ..PpoConfig::default()
     };
-    let info = ModelInfo {
+    let info = ModelMeta {
         model_version: "t".into(),
         provenance: "t".into(),
     };
@@ -61,7 +61,7 @@ fn ppo_on_sim_then_eval_writes_table_and_plots() {
         &run.join("checkpoints/ppo-0002.safetensors"),
     )
     .unwrap();
-    let again = meshtune_trainer::export::export_mlp(&layers, &info).unwrap();
+    let again = export_mlp(&layers, &info).unwrap();
     assert_eq!(again, std::fs::read(&model).unwrap());
 
     let out = dir.path().join("eval");

@@ -1,12 +1,15 @@
-//! ONNX export: tract loads the file, the contract metadata is there, and tract's output
-//! matches candle's forward pass within 1e-5. With Python's onnx + onnxruntime installed, the
-//! file also passes `onnx.checker` and onnxruntime agrees (skipped otherwise).
+//! A trained network through the one exporter (`meshtune_policy::onnx`): the controller's
+//! runtime (`OnnxPolicy`) loads the file, the contract metadata is there, and its output matches
+//! candle's forward pass within 1e-5; `write_model` writes only models that export and
+//! validate. With Python's onnx + onnxruntime installed, the file also passes `onnx.checker` and
+//! onnxruntime agrees (skipped otherwise).
 
 use candle_nn::VarMap;
-use meshtune_core::contract::{check_metadata, META_MODEL_VERSION};
 use meshtune_core::{FEATURE_COUNT, KNOB_COUNT};
-use meshtune_trainer::export::{export_mlp, ExportError, ModelInfo, TractModel};
-use meshtune_trainer::mlp::{forward_rows, Activation, Mlp};
+use meshtune_policy::onnx::{export_mlp, Activation, ExportError, ModelMeta};
+use meshtune_policy::OnnxPolicy;
+use meshtune_trainer::export::write_model;
+use meshtune_trainer::mlp::{forward_rows, Mlp};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -32,8 +35,8 @@ fn inputs(n: usize) -> Vec<[f32; FEATURE_COUNT]> {
         .collect()
 }
 
-fn info() -> ModelInfo {
-    ModelInfo {
+fn info() -> ModelMeta {
+    ModelMeta {
         model_version: "parity-test".into(),
         provenance: "cargo test".into(),
     }
@@ -46,10 +49,11 @@ fn tract_matches_candle_within_1e_5() {
         let bytes = export_mlp(&mlp.to_layers().unwrap(), &info()).unwrap();
         assert!(bytes.len() < 16 * 1024, "{} bytes", bytes.len());
         let xs = inputs(32);
-        let model = TractModel::load(&bytes, "test", xs.len()).unwrap();
-        check_metadata(|k| model.metadata.get(k).map(String::as_str)).unwrap();
-        assert_eq!(model.metadata[META_MODEL_VERSION], "parity-test");
-        let got = model.run(&xs).unwrap();
+        // from_bytes checks the contract metadata, names and widths.
+        let model = OnnxPolicy::from_bytes(&bytes, "test").unwrap();
+        assert_eq!(model.model_version(), "parity-test");
+        assert_eq!(model.provenance(), Some("cargo test"));
+        let got = model.infer(&xs).unwrap();
         let rows: Vec<Vec<f32>> = xs.iter().map(|x| x.to_vec()).collect();
         let want = forward_rows(&mlp, &rows).unwrap();
         let mut max = 0f32;
@@ -81,14 +85,57 @@ fn export_refuses_wrong_shapes_and_nan() {
     .unwrap();
     assert!(matches!(
         export_mlp(&small.to_layers().unwrap(), &info()),
-        Err(ExportError::Contract { input: 3, .. })
+        Err(ExportError::ContractShape {
+            expected: FEATURE_COUNT,
+            found: 3,
+            ..
+        })
     ));
     let mut layers = net(1, Activation::Tanh).to_layers().unwrap();
     layers[1].weight[3] = f32::NAN;
-    assert!(matches!(
+    assert_eq!(
         export_mlp(&layers, &info()),
-        Err(ExportError::NotFinite { .. })
-    ));
+        Err(ExportError::NonFinite {
+            layer: 1,
+            what: "weight",
+            index: 3
+        })
+    );
+}
+
+#[test]
+fn write_model_writes_only_valid_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/m.onnx");
+    let layers = net(3, Activation::Tanh).to_layers().unwrap();
+    let size = write_model(&path, &layers, &info()).unwrap();
+    let written = std::fs::read(&path).unwrap();
+    assert_eq!(written.len(), size);
+    assert_eq!(written, export_mlp(&layers, &info()).unwrap());
+    assert_eq!(
+        meshtune_policy::validate_path(&path)
+            .unwrap()
+            .model_version(),
+        "parity-test"
+    );
+
+    // Non-finite weights: refused by the exporter, nothing written.
+    let mut bad = layers.clone();
+    bad[0].bias[0] = f32::INFINITY;
+    let bad_path = dir.path().join("bad.onnx");
+    let e = write_model(&bad_path, &bad, &info()).unwrap_err();
+    assert!(e.to_string().contains("non-finite"), "{e}");
+    assert!(!bad_path.exists());
+
+    // Exports, but the controller's smoke test refuses it (identity output far outside
+    // [0, 1]): nothing written either.
+    let mut wild = layers;
+    let last = wild.len() - 1;
+    wild[last].activation = Activation::Identity;
+    wild[last].bias = vec![50.0; KNOB_COUNT];
+    let e = write_model(&bad_path, &wild, &info()).unwrap_err();
+    assert!(e.to_string().contains("refused by the controller"), "{e}");
+    assert!(!bad_path.exists());
 }
 
 #[test]

@@ -4,8 +4,7 @@ mod common;
 
 use common::{sq_err, ToyEnv};
 use meshtune_core::KNOB_COUNT;
-use meshtune_trainer::export::ModelInfo;
-use meshtune_trainer::mlp::{forward_plain, DenseLayer};
+use meshtune_policy::onnx::{mlp_forward, MlpLayer, ModelMeta};
 use meshtune_trainer::pipeline::{ppo_to_files, PpoPaths};
 use meshtune_trainer::ppo::{train, NamedEnv, PpoConfig};
 
@@ -19,12 +18,12 @@ fn envs(n: usize) -> Vec<NamedEnv> {
 }
 
 /// Mean squared distance of the deterministic policy to the optimum over a grid of contexts.
-fn policy_error(actor: &[DenseLayer]) -> f64 {
+fn policy_error(actor: &[MlpLayer]) -> f64 {
     let mut total = 0.0;
     let mut env = ToyEnv::new(8);
     for i in 0..9 {
         env.c = 0.1 + 0.1 * i as f32;
-        let y = forward_plain(actor, &env.obs());
+        let y = mlp_forward(actor, &env.obs());
         let mut a = [0f32; KNOB_COUNT];
         a.copy_from_slice(&y);
         total += sq_err(&a, env.c);
@@ -85,7 +84,7 @@ fn nan_reward_stops_training_and_writes_no_model() {
         poison: true,
         ..ToyEnv::new(8)
     });
-    let info = ModelInfo {
+    let info = ModelMeta {
         model_version: "test".into(),
         provenance: "test".into(),
     };
