@@ -21,10 +21,9 @@ use meshtune_policy::guardrails::{self, Mode};
 use meshtune_policy::source::{load_initial, ModelSource};
 use meshtune_policy::OnnxPolicy;
 use meshtune_sinks::istio::{destination_rule, virtual_service, IstioTarget};
-use meshtune_sinks::schema::{CrdSchemas, CRD_PATH_ENV};
+use meshtune_sinks::schema::CrdSchemas;
 use meshtune_sinks::{IstioSink, IstioSinkConfig, LogSink, Sink};
 use meshtune_test_support::kube_mock::{self, ok, pair, status};
-use meshtune_test_support::prereq;
 use serde_json::{json, Value};
 
 const HOST: &str = "reviews.bookinfo.svc.cluster.local";
@@ -34,11 +33,10 @@ const VS: &str = "/apis/networking.istio.io/v1/namespaces/bookinfo/virtualservic
 
 const ISTIO_API: &str = "networking.istio.io/v1";
 
-/// Istio CRD schemas (required under CI=true; skipped with a note otherwise).
-fn crds() -> Option<CrdSchemas> {
-    let over = std::env::var_os(CRD_PATH_ENV);
-    let found = CrdSchemas::locate(over.as_deref(), prereq::ci());
-    prereq::found(&format!("Istio CRDs (set {CRD_PATH_ENV})"), found)
+/// Istio CRD schemas: `MESHTUNE_ISTIO_CRDS`, else the vendored `third_party/istio-crds/`.
+/// Always required: a missing file fails the test, naming the path.
+fn crds() -> Arc<CrdSchemas> {
+    Arc::new(CrdSchemas::locate_from_env().unwrap_or_else(|e| panic!("{e}")))
 }
 
 /// Normalised policy output: every knob at 0.4 of its range.
@@ -82,11 +80,8 @@ fn setup(sink: Arc<dyn Sink>) -> Arc<PolicyLoop> {
 #[tokio::test]
 async fn a_decision_is_applied_to_istio_by_server_side_apply_and_refusals_revert_it() {
     let (client, mut server) = pair();
-    let schemas = crds().map(Arc::new);
-    let mut sink = IstioSink::new(client, IstioSinkConfig::default());
-    if let Some(s) = &schemas {
-        sink = sink.with_schemas(s.clone());
-    }
+    let schemas = crds();
+    let sink = IstioSink::new(client, IstioSinkConfig::default()).with_schemas(schemas.clone());
     let policy = setup(Arc::new(sink));
     let served = tokio::spawn(async move {
         // The sink's look-ups: each object absent, no other object in the namespace.
@@ -141,10 +136,8 @@ async fn a_decision_is_applied_to_istio_by_server_side_apply_and_refusals_revert
     assert!(
         dr["spec"]["trafficPolicy"]["connectionPool"]["http"]["http1MaxPendingRequests"].is_i64()
     );
-    if let Some(s) = &schemas {
-        s.validate(dr).unwrap();
-        s.validate(vs).unwrap();
-    }
+    schemas.validate(dr).unwrap();
+    schemas.validate(vs).unwrap();
 
     // Second cycle with a different model: the API server refuses the apply (admission
     // webhook); the push is reported as failed and the previous knobs stay in force.

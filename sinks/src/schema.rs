@@ -1,6 +1,7 @@
 //! Validates Kubernetes objects of Istio kinds against the real Istio CRD schemas
-//! (`crd-all.gen.yaml`): the `openAPIV3Schema` of every served version is converted to a JSON
-//! Schema (draft 4) and checked with the `jsonschema` crate.
+//! (`crd-all.gen.yaml`, vendored in `third_party/istio-crds/`, origin and refresh in its
+//! README): the `openAPIV3Schema` of every served version is converted to a JSON Schema
+//! (draft 4) and checked with the `jsonschema` crate.
 //!
 //! OpenAPI/Kubernetes extensions are mapped as the API server would treat them (strict field
 //! validation, as `kubectl apply` uses by default):
@@ -24,15 +25,20 @@ use crate::duration::parse_go_ms;
 
 /// File name of Istio's all-in-one CRD file.
 pub const CRD_FILE: &str = "crd-all.gen.yaml";
-/// Environment variable overriding where the CRD file is (file or directory); read by callers
-/// (tests, xtask), never by this library itself.
+/// Folder of the vendored copy, relative to the repository root.
+pub const VENDORED_DIR: &str = "third_party/istio-crds";
+/// Environment variable overriding where the CRD file is (file or directory); read only by
+/// [`CrdSchemas::locate_from_env`].
 pub const CRD_PATH_ENV: &str = "MESHTUNE_ISTIO_CRDS";
 const DURATION_FORMAT: &str = "meshtune-go-duration-min-1ms";
 
 /// Errors loading schemas or validating objects.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
-    #[error("Istio CRD file {path} not found (set {CRD_PATH_ENV} to the file or its folder)")]
+    #[error(
+        "Istio CRD file {path} not found (vendored in {VENDORED_DIR}/ of the repository; \
+         {CRD_PATH_ENV} overrides it with a file or its folder)"
+    )]
     Missing { path: PathBuf },
     #[error("reading {path}: {source}")]
     Io {
@@ -64,8 +70,16 @@ pub enum SchemaError {
     },
 }
 
+/// The vendored CRD file: `third_party/istio-crds/crd-all.gen.yaml` in the repository.
+pub fn vendored_crd_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(VENDORED_DIR)
+        .join(CRD_FILE)
+}
+
 /// Where the CRD file is: `override_path` (a file, or a folder holding [`CRD_FILE`]) if given,
-/// else `../shared/istio-crds/crd-all.gen.yaml` beside the repository root.
+/// else the vendored copy ([`vendored_crd_path`]).
 pub fn crd_path(override_path: Option<&OsStr>) -> PathBuf {
     match override_path {
         Some(p) => {
@@ -76,9 +90,7 @@ pub fn crd_path(override_path: Option<&OsStr>) -> PathBuf {
                 p
             }
         }
-        None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/istio-crds")
-            .join(CRD_FILE),
+        None => vendored_crd_path(),
     }
 }
 
@@ -128,18 +140,16 @@ impl CrdSchemas {
         Self::from_yaml(&text, &path.display().to_string())
     }
 
-    /// Finds and loads the CRD file ([`crd_path`]). When it is missing: an error if `required`
-    /// (pass `true` under CI), else `Ok(None)` so callers can skip with a message.
-    pub fn locate(
-        override_path: Option<&OsStr>,
-        required: bool,
-    ) -> Result<Option<Self>, SchemaError> {
-        let path = crd_path(override_path);
-        match Self::load(&path) {
-            Ok(s) => Ok(Some(s)),
-            Err(SchemaError::Missing { .. }) if !required => Ok(None),
-            Err(e) => Err(e),
-        }
+    /// Finds ([`crd_path`]) and loads the CRD file. A missing file is
+    /// [`SchemaError::Missing`] naming the path tried: callers fail, they do not skip.
+    pub fn locate(override_path: Option<&OsStr>) -> Result<Self, SchemaError> {
+        Self::load(&crd_path(override_path))
+    }
+
+    /// [`locate`](Self::locate) with the override taken from [`CRD_PATH_ENV`]: what tests and
+    /// tools use.
+    pub fn locate_from_env() -> Result<Self, SchemaError> {
+        Self::locate(std::env::var_os(CRD_PATH_ENV).as_deref())
     }
 
     /// Compiles the schemas of all `CustomResourceDefinition` documents in `text`.

@@ -57,10 +57,7 @@ async fn expect_list(server: &mut ApiServer, path: &str, kind: &str, items: Vec<
 #[tokio::test]
 async fn new_objects_are_created_by_forced_server_side_apply() {
     let (client, mut server) = pair();
-    let mut sink = IstioSink::new(client, IstioSinkConfig::default());
-    if let Some(crds) = common::crds() {
-        sink = sink.with_schemas(crds);
-    }
+    let sink = IstioSink::new(client, IstioSinkConfig::default()).with_schemas(common::crds());
     let served = tokio::spawn(async move {
         expect_both_absent(&mut server).await;
         let dr = server.expect_apply(DR_PATH).await;

@@ -4,7 +4,10 @@
 mod common;
 
 use meshtune_sinks::istio::{destination_rule, virtual_service, IstioTarget};
-use meshtune_sinks::schema::SchemaError;
+use meshtune_sinks::schema::{
+    crd_path, vendored_crd_path, SchemaError, CRD_FILE, CRD_PATH_ENV, VENDORED_DIR,
+};
+use meshtune_sinks::CrdSchemas;
 use serde_json::{json, Value};
 
 fn target() -> IstioTarget {
@@ -13,7 +16,7 @@ fn target() -> IstioTarget {
 
 #[test]
 fn rendered_objects_match_the_crd_schemas() {
-    let Some(crds) = common::crds() else { return };
+    let crds = common::crds();
     assert!(crds.knows("networking.istio.io/v1", "DestinationRule"));
     assert!(crds.knows("networking.istio.io/v1", "VirtualService"));
     for (i, k) in common::knob_sets().iter().enumerate() {
@@ -43,7 +46,7 @@ fn expect_invalid(crds: &meshtune_sinks::CrdSchemas, obj: &Value, pointer: &str)
 
 #[test]
 fn wrong_objects_are_rejected_with_their_path() {
-    let Some(crds) = common::crds() else { return };
+    let crds = common::crds();
     let k = common::tuned();
     let dr = destination_rule(&target(), &k);
     let vs = virtual_service(&target(), &k);
@@ -95,13 +98,61 @@ fn wrong_objects_are_rejected_with_their_path() {
 }
 
 #[test]
-fn missing_crd_file_is_a_clear_error_when_required() {
+fn a_missing_crd_file_is_an_error_naming_the_path() {
     let dir = tempfile::tempdir().unwrap();
-    let err = meshtune_sinks::CrdSchemas::locate(Some(dir.path().as_os_str()), true).unwrap_err();
-    assert!(err.to_string().contains("crd-all.gen.yaml"), "{err}");
+    let file = dir.path().join("nowhere").join(CRD_FILE);
+    let err = CrdSchemas::load(&file).unwrap_err();
+    let SchemaError::Missing { path } = &err else {
+        panic!("expected SchemaError::Missing, got {err:?}")
+    };
+    assert_eq!(path, &file);
+    let msg = err.to_string();
+    assert!(msg.contains(&file.display().to_string()), "{msg}");
     assert!(
-        meshtune_sinks::CrdSchemas::locate(Some(dir.path().as_os_str()), false)
-            .unwrap()
-            .is_none()
+        msg.contains(VENDORED_DIR) && msg.contains(CRD_PATH_ENV),
+        "{msg}"
     );
+    // A folder override without the file: the error names the file looked for in it.
+    match CrdSchemas::locate(Some(dir.path().as_os_str())) {
+        Err(SchemaError::Missing { path }) => assert_eq!(path, dir.path().join(CRD_FILE)),
+        other => panic!("expected SchemaError::Missing, got {other:?}"),
+    }
+}
+
+/// The helper every schema test loads the schemas with fails (it does not skip) when the file
+/// is missing, naming the path.
+#[test]
+#[should_panic(expected = "nowhere/crd-all.gen.yaml not found")]
+fn schema_tests_fail_when_the_crd_file_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere").join(CRD_FILE);
+    common::required(CrdSchemas::locate(Some(missing.as_os_str())));
+}
+
+#[test]
+fn the_vendored_crds_are_in_the_repository() {
+    let file = crd_path(None);
+    assert_eq!(file, vendored_crd_path());
+    assert!(
+        file.ends_with(format!("{VENDORED_DIR}/{CRD_FILE}")),
+        "{}",
+        file.display()
+    );
+    let dir = file.parent().unwrap();
+    for beside in ["LICENSE", "README.md"] {
+        assert!(
+            dir.join(beside).is_file(),
+            "{} missing",
+            dir.join(beside).display()
+        );
+    }
+    let crds = CrdSchemas::load(&file).expect("vendored Istio CRDs load");
+    for (av, kind) in [
+        ("networking.istio.io/v1", "DestinationRule"),
+        ("networking.istio.io/v1", "VirtualService"),
+        ("networking.istio.io/v1alpha3", "EnvoyFilter"),
+        ("extensions.istio.io/v1alpha1", "WasmPlugin"),
+    ] {
+        assert!(crds.knows(av, kind), "no schema for {av} {kind}");
+    }
 }

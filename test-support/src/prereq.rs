@@ -1,9 +1,8 @@
-//! Prerequisites of tests that need something from outside the workspace (the Envoy binary,
-//! the Istio CRD file): skip with a note when it is missing, unless the run says missing
-//! prerequisites are failures (`CI` set, as in CI, or `MESHTUNE_E2E_REQUIRED`, as in
-//! `cargo xtask test`).
-
-use std::fmt::Display;
+//! Prerequisites of tests that need something from outside the workspace (the Envoy binary):
+//! skip with a note when it is missing, unless the run says missing prerequisites are failures
+//! (`CI` set, as in CI, or `MESHTUNE_E2E_REQUIRED`, as in `cargo xtask test`). The Istio CRD
+//! schemas are not a prerequisite: they are vendored in `third_party/istio-crds/` and a missing
+//! file fails the tests that read them.
 
 /// Looks a variable up in the process environment (the lookup the tests pass in production).
 pub fn env(name: &str) -> Option<String> {
@@ -37,20 +36,6 @@ pub fn skip_or_fail(required: bool, msg: &str) {
     eprintln!("SKIP: {msg}");
 }
 
-/// The outcome of looking for an optional input whose look-up already knows whether it is
-/// required (Err when it is required and missing or broken): the input, or `None` with a SKIP
-/// note naming `what` when it is absent; panics on Err.
-pub fn found<T, E: Display>(what: &str, lookup: Result<Option<T>, E>) -> Option<T> {
-    match lookup {
-        Ok(Some(v)) => Some(v),
-        Ok(None) => {
-            eprintln!("SKIP: {what} not found");
-            None
-        }
-        Err(e) => panic!("{what} is required under CI=true: {e}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,8 +52,5 @@ mod tests {
         assert!(!required(&|_| None));
         assert!(std::panic::catch_unwind(|| skip_or_fail(true, "x")).is_err());
         skip_or_fail(false, "x");
-        assert_eq!(found::<u8, String>("thing", Ok(Some(3))), Some(3));
-        assert_eq!(found::<u8, String>("thing", Ok(None)), None);
-        assert!(std::panic::catch_unwind(|| found::<u8, _>("thing", Err("gone"))).is_err());
     }
 }

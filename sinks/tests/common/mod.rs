@@ -1,26 +1,24 @@
-//! Shared test helpers: the Istio CRD schemas (required under CI) and knob sets. The Envoy
-//! binary and the mocked API server come from `meshtune-test-support`.
+//! Shared test helpers: the Istio CRD schemas (always required, never skipped) and knob sets.
+//! The Envoy binary and the mocked API server come from `meshtune-test-support`.
 #![allow(dead_code)]
 
 use std::sync::{Arc, OnceLock};
 
 use meshtune_core::{Knob, Knobs};
-use meshtune_sinks::schema::{crd_path, CrdSchemas, CRD_PATH_ENV};
-use meshtune_test_support::prereq;
+use meshtune_sinks::schema::{CrdSchemas, SchemaError};
 
-/// The CRD schemas, or `None` (with a message) when the file is missing outside CI. Under
-/// CI=true a missing file fails the test.
-pub fn crds() -> Option<Arc<CrdSchemas>> {
-    static CRDS: OnceLock<Option<Arc<CrdSchemas>>> = OnceLock::new();
-    CRDS.get_or_init(|| {
-        let over = std::env::var_os(CRD_PATH_ENV);
-        let what = format!(
-            "Istio CRD file {} (set {CRD_PATH_ENV})",
-            crd_path(over.as_deref()).display()
-        );
-        prereq::found(&what, CrdSchemas::locate(over.as_deref(), prereq::ci())).map(Arc::new)
-    })
-    .clone()
+/// The loaded CRD schemas; panics with the error (which names the path tried) otherwise:
+/// schema tests fail when the file is missing, they never skip.
+pub fn required(loaded: Result<CrdSchemas, SchemaError>) -> Arc<CrdSchemas> {
+    Arc::new(loaded.unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// The CRD schemas named by `MESHTUNE_ISTIO_CRDS`, else the vendored copy in
+/// `third_party/istio-crds/` ([`required`]); loaded once per test binary.
+pub fn crds() -> Arc<CrdSchemas> {
+    static CRDS: OnceLock<Arc<CrdSchemas>> = OnceLock::new();
+    CRDS.get_or_init(|| required(CrdSchemas::locate_from_env()))
+        .clone()
 }
 
 /// A knob set with every knob away from its default.
