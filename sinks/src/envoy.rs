@@ -215,7 +215,7 @@ pub fn route_configuration(name: &str, virtual_hosts: Vec<Value>) -> Value {
         "@type": ROUTE_CONFIGURATION_TYPE_URL,
         "name": name,
         "virtual_hosts": virtual_hosts,
-        // Routes may name CDS-only clusters (ARCHITECTURE.md).
+        // Routes may name CDS-only clusters (docs/ARCHITECTURE.md).
         "validate_clusters": false,
     })
 }

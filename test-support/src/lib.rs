@@ -18,6 +18,7 @@
 
 pub mod envoy;
 pub mod http;
+#[cfg(feature = "kube")]
 pub mod kube_mock;
 pub mod prereq;
 pub mod process;

@@ -4,7 +4,7 @@
 use meshtune_core::features::FEATURE_COUNT;
 use meshtune_core::knobs::KNOB_COUNT;
 use meshtune_policy::onnx::{export_mlp, Activation, MlpLayer, ModelMeta};
-pub use meshtune_test_support::reports::{report, reporter, upstream};
+pub use meshtune_test_support::reports::{report, upstream};
 
 /// An ONNX policy whose output is the constant `u` (zero weights, bias `u`).
 pub fn const_model(u: [f32; KNOB_COUNT], version: &str) -> Vec<u8> {
