@@ -268,7 +268,7 @@ pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
                 Some(ModelSource::ConfigMap { .. }) => "--model-configmap",
                 _ => "embedded model",
             },
-            error,
+            error: Box::new(error),
         })?;
     let sinks = build_sinks(&args.sinks, &args.envoy()).await?;
     let recorder = match &args.record {

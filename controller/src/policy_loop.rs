@@ -73,7 +73,8 @@ pub enum LoopError {
     #[error("{flag}: {error}")]
     ModelSource {
         flag: &'static str,
-        error: SourceError,
+        /// Boxed: it carries the model's error, and `LoopError` is returned on every path.
+        error: Box<SourceError>,
     },
     #[error("--guardrails: {0}")]
     Guardrails(#[from] guardrails::GuardrailError),

@@ -22,16 +22,7 @@ fn normal_tree(features: &[&str]) -> Vec<String> {
     let out = Command::new(cargo)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args([
-            "tree",
-            "--offline",
-            "--locked",
-            "-p",
-            "meshtune",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-            "--format",
+            "tree", "--locked", "-p", "meshtune", "-e", "normal", "--prefix", "none", "--format",
             "{p}",
         ])
         .args(features)
