@@ -568,3 +568,176 @@ pub async fn serve_closed_loop(
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::Selected;
+    use crate::Config;
+    use meshtune_core::features::FEATURE_COUNT;
+    use meshtune_core::knobs::{Knob, KNOB_COUNT};
+    use meshtune_core::WindowStats;
+    use meshtune_policy::guardrails::Mode;
+    use meshtune_policy::onnx::{export_mlp, Activation, MlpLayer, ModelMeta};
+    use meshtune_sinks::sink::{ApplyFuture, ApplyReport, ItemReport};
+    use meshtune_sinks::Decision;
+
+    /// A model whose normalised output is `u` for every input.
+    fn const_model(u: f32) -> OnnxPolicy {
+        let bytes = export_mlp(
+            &[MlpLayer {
+                in_dim: FEATURE_COUNT,
+                out_dim: KNOB_COUNT,
+                weight: vec![0.0; FEATURE_COUNT * KNOB_COUNT],
+                bias: vec![u; KNOB_COUNT],
+                activation: Activation::Identity,
+            }],
+            &ModelMeta {
+                model_version: "const".into(),
+                provenance: "policy_loop test".into(),
+            },
+        )
+        .unwrap();
+        OnnxPolicy::from_bytes(&bytes, "test").unwrap()
+    }
+
+    /// A sink that refuses the destinations named in `refuse`, or fails as a whole.
+    struct FakeSink {
+        refuse: Vec<&'static str>,
+        fail_whole: bool,
+    }
+
+    impl Sink for FakeSink {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+
+        fn apply<'a>(&'a self, decisions: &'a [Decision]) -> ApplyFuture<'a> {
+            Box::pin(async move {
+                if self.fail_whole {
+                    return Err(meshtune_sinks::SinkError::Serialize {
+                        what: "everything".into(),
+                        message: "test".into(),
+                    });
+                }
+                let items = decisions
+                    .iter()
+                    .map(|d| ItemReport {
+                        destination: d.destination.clone(),
+                        namespace: d.namespace.clone(),
+                        outcome: if self.refuse.contains(&d.destination.as_str()) {
+                            Outcome::Refused {
+                                reason: "not managed".into(),
+                            }
+                        } else {
+                            Outcome::Applied { objects: vec![] }
+                        },
+                    })
+                    .collect();
+                Ok(ApplyReport { items })
+            })
+        }
+    }
+
+    fn policy_loop(sinks: Vec<Arc<dyn Sink>>, recorder: Option<Recorder>) -> Arc<PolicyLoop> {
+        let controller = Arc::new(Controller::new(Config::default()).unwrap());
+        let config = LoopConfig {
+            guardrails: guardrails::Config {
+                mode: Mode::Enforce,
+                max_step_factor: 1e9,
+                max_linear_step: 1.0,
+                ..guardrails::Config::default()
+            },
+            ..LoopConfig::default()
+        };
+        PolicyLoop::new(
+            controller,
+            Some(const_model(0.5)),
+            sinks,
+            Arc::new(meshtune_sinks::LogSink::new(Box::new(std::io::sink()))),
+            recorder,
+            config,
+        )
+    }
+
+    fn selected(names: &[&str]) -> Vec<Selected> {
+        let mut w = WindowStats {
+            duration_s: 1.0,
+            requests: 100,
+            status_2xx: 100,
+            ..WindowStats::default()
+        };
+        w.latency.record_n(5_000, 100);
+        decision::select(
+            names.iter().map(|n| (n.to_string(), w.clone())),
+            Naming::Cluster,
+            1,
+        )
+    }
+
+    fn cycle_for(l: &PolicyLoop, names: &[&str]) -> decision::Cycle {
+        let sel = selected(names);
+        let policy = l.store().unwrap().current();
+        let proposed = l.infer(&policy, &sel).expect("the model runs");
+        let mut state = LoopState::new(Guardrails::new(l.config.guardrails.clone()));
+        decide(&sel, &proposed, &mut state, Instant::now(), 250.0)
+    }
+
+    #[test]
+    fn infer_denormalises_one_row_per_destination() {
+        let l = policy_loop(Vec::new(), None);
+        let sel = selected(&["a", "b"]);
+        let policy = l.store().unwrap().current();
+        let knobs = l.infer(&policy, &sel).unwrap();
+        assert_eq!(knobs.len(), 2);
+        let expected = Knobs::from_normalised(&[0.5; KNOB_COUNT]);
+        assert_eq!(knobs[0], expected);
+        assert_eq!(
+            knobs[1].get(Knob::Http2MaxRequests),
+            expected.get(Knob::Http2MaxRequests)
+        );
+        assert!(l.infer(&policy, &[]).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn push_returns_the_destinations_a_sink_refused_or_could_not_take() {
+        let refusing: Arc<dyn Sink> = Arc::new(FakeSink {
+            refuse: vec!["b"],
+            fail_whole: false,
+        });
+        let l = policy_loop(vec![refusing], None);
+        let c = cycle_for(&l, &["a", "b"]);
+        assert_eq!(c.pushes.len(), 2);
+        let failed = l.push(&c).await;
+        assert_eq!(failed.len(), 1);
+        assert!(failed.contains("b"));
+
+        let broken: Arc<dyn Sink> = Arc::new(FakeSink {
+            refuse: vec![],
+            fail_whole: true,
+        });
+        let l = policy_loop(vec![broken], None);
+        let failed = l.push(&c).await;
+        assert_eq!(failed.len(), 2, "a sink error fails every push: {failed:?}");
+        let text = l.controller.metrics_text();
+        assert!(
+            text.contains(r#"sink="fake",result="error""#),
+            "push metrics count the error: {text}"
+        );
+    }
+
+    #[test]
+    fn record_appends_one_row_per_destination() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live.csv");
+        let l = policy_loop(Vec::new(), Some(Recorder::open(&path).unwrap()));
+        let sel = selected(&["a", "b"]);
+        let c = cycle_for(&l, &["a", "b"]);
+        l.record(&sel, &c, 7_000);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let rows: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert!(rows[0].starts_with("live,,a,7,"), "{}", rows[0]);
+        assert!(rows[1].starts_with("live,,b,7,"), "{}", rows[1]);
+    }
+}
