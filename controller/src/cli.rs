@@ -260,13 +260,10 @@ pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
     let model = source::load_initial(&sources, kube.as_ref())
         .await
         .map_err(|error| LoopError::ModelSource {
-            flag: match sources
-                .iter()
-                .find(|s| s.to_string() == error.source_name())
-            {
-                Some(ModelSource::File { .. }) => "--model",
-                Some(ModelSource::ConfigMap { .. }) => "--model-configmap",
-                _ => "embedded model",
+            flag: match error.model_source() {
+                ModelSource::File { .. } => "--model",
+                ModelSource::ConfigMap { .. } => "--model-configmap",
+                ModelSource::Embedded => "embedded model",
             },
             error: Box::new(error),
         })?;

@@ -49,22 +49,25 @@ pub struct SourceParseError {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The source's model was read but refused (or a file could not be read).
-    #[error("{source_name}: {error}")]
+    #[error("{model_source}: {error}")]
     Model {
-        source_name: String,
+        model_source: ModelSource,
         error: ModelError,
     },
     /// The ConfigMap could not be read from the API server.
-    #[error("{source_name}: {reason}")]
-    Unavailable { source_name: String, reason: String },
+    #[error("{model_source}: {reason}")]
+    Unavailable {
+        model_source: ModelSource,
+        reason: String,
+    },
 }
 
 impl SourceError {
     /// The source that failed (`file:PATH`, `configmap:NS/NAME`, `embedded`).
-    pub fn source_name(&self) -> &str {
+    pub fn model_source(&self) -> &ModelSource {
         match self {
-            SourceError::Model { source_name, .. }
-            | SourceError::Unavailable { source_name, .. } => source_name,
+            SourceError::Model { model_source, .. }
+            | SourceError::Unavailable { model_source, .. } => model_source,
         }
     }
 }
@@ -133,7 +136,7 @@ pub async fn load_initial(
 ) -> Result<Option<OnnxPolicy>, SourceError> {
     for source in sources {
         let model_error = |error| SourceError::Model {
-            source_name: source.to_string(),
+            model_source: source.clone(),
             error,
         };
         match source {
@@ -146,7 +149,7 @@ pub async fn load_initial(
                 #[cfg(feature = "kube")]
                 {
                     let unavailable = |reason: String| SourceError::Unavailable {
-                        source_name: source.to_string(),
+                        model_source: source.clone(),
                         reason,
                     };
                     let client =
@@ -167,7 +170,7 @@ pub async fn load_initial(
                 {
                     let _ = (client, namespace, name);
                     return Err(SourceError::Unavailable {
-                        source_name: source.to_string(),
+                        model_source: source.clone(),
                         reason: "built without the `kube` feature".into(),
                     });
                 }

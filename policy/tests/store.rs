@@ -233,7 +233,7 @@ async fn file_source_must_hold_a_valid_model_at_start() {
     // A bad file is an error naming it, never a fallback to the embedded model.
     std::fs::write(&path, wrong_contract_version()).unwrap();
     let e = load_initial(&sources, None).await.unwrap_err();
-    assert_eq!(e.source_name(), src.to_string());
+    assert_eq!(e.model_source(), &src);
     match &e {
         SourceError::Model { error, .. } => assert_eq!(error.reason_label(), "contract"),
         other => panic!("{other:?}"),
