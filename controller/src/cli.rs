@@ -220,14 +220,15 @@ pub async fn bind_and_serve(
     out: &mut impl std::io::Write,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), LoopError> {
-    let prepared = prepare(args.clone()).await?;
+    let (grpc_addr, admin_addr) = (args.grpc_listen.clone(), args.admin_listen.clone());
+    let prepared = prepare(args).await?;
     let bind = |flag: &'static str, addr: String| async move {
         TcpListener::bind(&addr)
             .await
             .map_err(|source| LoopError::Bind { flag, addr, source })
     };
-    let grpc = bind("--grpc-listen", args.grpc_listen).await?;
-    let admin = bind("--admin-listen", args.admin_listen).await?;
+    let grpc = bind("--grpc-listen", grpc_addr).await?;
+    let admin = bind("--admin-listen", admin_addr).await?;
     let announce = |out: &mut dyn std::io::Write| -> std::io::Result<()> {
         writeln!(out, "grpc listening on {}", grpc.local_addr()?)?;
         writeln!(out, "admin listening on {}", admin.local_addr()?)?;

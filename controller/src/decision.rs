@@ -16,7 +16,7 @@ use meshtune_policy::guardrails::{Action, Guardrails, HoldReason, Mode, Verdict}
 /// Default minimum requests in a destination's window before the policy decides for it.
 pub const DEFAULT_MIN_REQUESTS: u64 = 20;
 /// Default latency SLO (ms) for the goodput outcome and the objective.
-pub const DEFAULT_SLO_MS: f64 = meshtune_core::outcomes::DEFAULT_SLO_MS;
+pub use meshtune_core::outcomes::DEFAULT_SLO_MS;
 /// Namespace used when a destination name carries none (plain Envoy cluster names).
 pub use meshtune_core::DEFAULT_NAMESPACE;
 
