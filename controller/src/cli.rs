@@ -31,8 +31,10 @@ pub struct ControllerArgs {
     /// JSON hints file, reloaded when it changes (replaces the policy's hints).
     #[arg(long)]
     pub hints_file: Option<PathBuf>,
-    /// Sliding window length in seconds.
-    #[arg(long, default_value_t = config::DEFAULT_WINDOW_SECS)]
+    /// Sliding window length in seconds; at least 2 (filters report once a second, so a 1 s
+    /// window is empty about half the time and no destination reaches --min-requests).
+    #[arg(long, default_value_t = config::DEFAULT_WINDOW_SECS,
+          value_parser = clap::value_parser!(u64).range(config::MIN_WINDOW_SECS..))]
     pub window_secs: u64,
     /// Largest accepted encoded report, bytes.
     #[arg(long, default_value_t = config::DEFAULT_MAX_REPORT_BYTES)]
@@ -61,6 +63,10 @@ pub struct ControllerArgs {
     /// Overrides the guardrails' minimum seconds between two pushes to a destination.
     #[arg(long)]
     pub min_dwell_secs: Option<f64>,
+    /// Overrides the guardrails' minimum seconds between pushes while a destination misses its
+    /// SLO (default 10).
+    #[arg(long)]
+    pub urgent_dwell_secs: Option<f64>,
     /// Overrides the guardrails' largest ×/÷ step of log-scale knobs per push (> 1).
     #[arg(long)]
     pub max_step_factor: Option<f64>,
@@ -121,6 +127,12 @@ impl ControllerArgs {
                 reason: e.to_string(),
             })?;
         }
+        if let Some(d) = self.urgent_dwell_secs {
+            g.urgent_dwell = Duration::try_from_secs_f64(d).map_err(|e| LoopError::Flag {
+                flag: "--urgent-dwell-secs",
+                reason: e.to_string(),
+            })?;
+        }
         if let Some(f) = self.max_step_factor {
             if !(f.is_finite() && f > 1.0) {
                 return Err(LoopError::Flag {
@@ -148,6 +160,7 @@ impl ControllerArgs {
             },
             hint_ttl_ms: policy_loop::default_hint_ttl(interval),
             guardrails: g,
+            settle: Duration::from_secs(self.window_secs),
         })
     }
 

@@ -482,6 +482,7 @@ impl HttpContext for Http {
         let status = prop_u64(vec!["response", "code"])
             .and_then(|c| u32::try_from(c).ok())
             .unwrap_or(0);
+        let sampled = crate::window::samples_protocol(w.tracker.finished_in_window(id));
         let rec = RequestRecord {
             status,
             // Saves a property read on the common path; see `flags::may_carry_flags`.
@@ -497,13 +498,17 @@ impl HttpContext for Http {
             response_bytes: self.response_body_bytes,
             // Sampled (see `window::PROTOCOL_SAMPLE_EVERY`): one property read saved on 15
             // of 16 requests; the controller only uses the protocol fraction.
-            protocol: crate::window::samples_protocol(w.tracker.finished_in_window(id)).then(
-                || {
-                    prop(vec!["request", "protocol"])
-                        .map_or(Protocol::Other, |p| Protocol::from_bytes(&p))
-                },
-            ),
+            protocol: sampled.then(|| {
+                prop(vec!["request", "protocol"])
+                    .map_or(Protocol::Other, |p| Protocol::from_bytes(&p))
+            }),
             duration_us,
+            // Same samples: the distinct endpoints of a window (the policy's `endpoints`).
+            endpoint: if sampled {
+                prop(vec!["upstream", "address"]).map(|a| crate::window::endpoint_hash(&a))
+            } else {
+                None
+            },
         };
         if self.started {
             w.tracker.finish(id, now, &rec);

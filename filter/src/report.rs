@@ -283,6 +283,8 @@ fn add_counts(a: &mut v1::UpstreamWindow, u: &v1::UpstreamWindow) {
     a.response_bytes = a.response_bytes.saturating_add(u.response_bytes);
     a.http1_requests += u.http1_requests;
     a.http2_requests += u.http2_requests;
+    // Workers of one Envoy mostly see the same endpoints: the largest count, not the sum.
+    a.endpoints = a.endpoints.max(u.endpoints);
     a.http3_requests += u.http3_requests;
     a.shed += u.shed;
 }
