@@ -1,5 +1,6 @@
-//! The reporter's side: worker windows (as queued by the worker VMs) are merged per cluster
-//! into one `ReportRequest` per flush interval, with bounded memory and drop accounting.
+//! The reporter's side: worker windows (the elected worker's own and those the other worker
+//! VMs queued) are merged per cluster into one `ReportRequest` per flush interval, with bounded
+//! memory and drop accounting.
 //!
 //! Merge rules: counts and histograms add up; in-flight average is each worker's time-weighted
 //! average over the time its windows cover, summed across workers (workers are concurrent);
@@ -309,6 +310,24 @@ impl ReporterState {
         }
     }
 
+    /// A reporter taking over from another worker VM of the same Envoy (the leader stores
+    /// its sequence in the lease right after building each report): the next report is
+    /// `last_sequence + 1`, `dropped_reports` continue from `dropped_reports`. A fresh Envoy
+    /// (`0, 0`) starts at sequence 1, which the controller accepts as a restart.
+    pub fn resume(now_ms: u64, last_sequence: u64, dropped_reports: u64) -> Self {
+        Self {
+            sequence: last_sequence,
+            dropped_reports,
+            last_flush_ms: now_ms,
+            outstanding: None,
+        }
+    }
+
+    /// The sequence of the last report built.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
     /// Builds the next report (sequence strictly increasing, even across dropped reports).
     pub fn build(
         &mut self,
@@ -493,6 +512,25 @@ mod tests {
         // Too long for a one-byte length: not UTF-8, falls back to the bare name.
         let long = "c".repeat(200);
         assert_eq!(grpc_service_upstream(&long, ""), long);
+    }
+
+    #[test]
+    fn a_successor_continues_above_the_stored_sequence() {
+        let mut agg = Aggregator::new(4, 4);
+        let rep = v1::Reporter::default();
+        let mut old = ReporterState::new(0);
+        let _ = old.build(&rep, &mut agg, 1000);
+        // The leader stores each sequence in the lease right after building the report.
+        let r2 = old.build(&rep, &mut agg, 2000);
+        old.dispatch_failed();
+        let mut new = ReporterState::resume(3000, old.sequence(), old.dropped_reports);
+        let r3 = new.build(&rep, &mut agg, 4000);
+        assert_eq!(r3.sequence, r2.sequence + 1);
+        let fresh = ReporterState::resume(0, 0, 0).build(&rep, &mut agg, 1000);
+        assert_eq!(fresh.sequence, 1);
+        assert_eq!(r3.dropped_reports, 1);
+        assert_eq!(r3.window_start_unix_ms, 3000);
+        assert_eq!(new.sequence(), r3.sequence);
     }
 
     #[test]
