@@ -515,14 +515,17 @@ pub fn sidecar(m: &Manifests, s: &Sidecar, dir: &Path) -> Result<SidecarConfig, 
                             "route": {
                                 "cluster": up.cluster(),
                                 "timeout": format!("{:.3}s", s.route_timeout.as_secs_f64()),
+                                // Istio's default retry policy also retries 503
+                                // (`retriable-status-codes`, [503]); left out here so that the
+                                // workload's injected 503s reach the client (as with a
+                                // VirtualService setting `retries.retryOn` without 503).
                                 "retry_policy": {
-                                    "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+                                    "retry_on": "connect-failure,refused-stream,unavailable,cancelled",
                                     "num_retries": 2,
                                     "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
                                         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
                                     "host_selection_retry_max_attempts": "5"
-                                },
-                                "max_grpc_timeout": "0s"
+                                }
                             }
                         }]
                     }]
