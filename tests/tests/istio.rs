@@ -468,3 +468,110 @@ fn reporting_survives_a_new_plugin_configuration() {
         elections.join("\n")
     );
 }
+
+/// The measurement behind the reporting design (figures in `filter/README.md`): the same
+/// open-loop load (200 rps, 20 ms service time, so 4 requests in flight by Little's law) through
+/// a 4-worker sidecar, once with the elected reporter and once with every worker reporting.
+/// Both count exactly; what differs is the number of Reports and reporters the controller
+/// handles and how well its in-flight figure matches the load.
+#[test]
+fn report_modes_elected_and_per_worker_compared() {
+    let Some(paths) = prereqs(false) else { return };
+    let _g = serial();
+    const WORKERS: u32 = 4;
+    let mut lines = Vec::new();
+    for mode in ["elected", "per_worker"] {
+        let stack = Stack::start(
+            &paths,
+            StackConfig {
+                workload: WorkloadConfig {
+                    capacity: 256,
+                    service_time: ServiceTime::Constant(Duration::from_millis(20)),
+                    fail_every_n: Some(10),
+                },
+                delivery: Delivery::WasmPlugin,
+                plugin_config: Some(json!({"flush_interval_ms": 1000, "report_mode": mode})),
+                concurrency: WORKERS,
+                hints: false,
+            },
+        );
+        // Warm up: let every worker open connections (the load generator keeps a pool).
+        let _ = fresh_connection_gets(stack.envoy.listener(), "/", 64, 8);
+        stack.wait_requests(64, Duration::from_secs(10));
+        let before = stack.controller.destinations().unwrap();
+        const SECS: u64 = 17;
+        let cfg = LoadConfig::constant(stack.envoy.listener(), 200.0, Duration::from_secs(SECS));
+        let ctl_cpu0 = stack
+            .controller
+            .pid()
+            .and_then(|p| meshtune_testbed::procstat::cpu_ns(p).ok())
+            .unwrap_or(0);
+        let load = loadgen::spawn(cfg, None);
+        // Sample the controller's in-flight view once per second once its sliding window
+        // (10 s) lies inside the load.
+        let mut inflight = Vec::new();
+        std::thread::sleep(Duration::from_secs(11));
+        for _ in 0..(SECS - 12) {
+            if let Some(d) = stack.workload_destination() {
+                inflight.push(d.window.inflight_avg);
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let r = load.join().unwrap();
+        assert_eq!(r.failed(), 0, "{}", r.summary());
+        let total = 64 + r.completed;
+        stack.wait_requests(total, Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(2500));
+        let after = stack.controller.destinations().unwrap();
+        let d = after.get(WORKLOAD_CLUSTER).unwrap();
+        assert_eq!(
+            d.lifetime.requests,
+            total,
+            "{mode}: {}",
+            stack.diagnostics()
+        );
+        assert_eq!(stack.filter_stat("windows_dropped"), 0, "{mode}");
+        let ctl_cpu_ms = stack
+            .controller
+            .pid()
+            .and_then(|p| meshtune_testbed::procstat::cpu_ns(p).ok())
+            .unwrap_or(0)
+            .saturating_sub(ctl_cpu0)
+            / 1_000_000;
+        let reports = after.reports_accepted - before.reports_accepted;
+        let per_sec = reports as f64 / (SECS as f64 + 2.5);
+        // Little's law: achieved rate × the workload's 20 ms service time (Envoy adds little).
+        let expected = r.completed as f64 / SECS as f64 * 0.020;
+        let mean = inflight.iter().sum::<f64>() / inflight.len().max(1) as f64;
+        let worst = inflight
+            .iter()
+            .map(|v| (v - expected).abs())
+            .fold(0.0, f64::max);
+        let envoy_cpu_ms =
+            meshtune_testbed::procstat::cpu_ns(stack.envoy.pid()).unwrap_or(0) / 1_000_000;
+        let line = format!(
+            "{mode:>10}: {reports} reports ({per_sec:.1}/s) from {} reporter(s); in-flight at the \
+             controller mean {mean:.2} (samples {inflight:.2?}), worst error {worst:.2} vs {expected:.2} \
+             expected; Envoy CPU {envoy_cpu_ms} ms, controller CPU {ctl_cpu_ms} ms; {} requests counted exactly",
+            after.reporters, d.lifetime.requests
+        );
+        eprintln!("{line}");
+        assert!(
+            (mean - expected).abs() <= 0.25 * expected,
+            "in-flight at the controller: {line}"
+        );
+        match mode {
+            "elected" => {
+                assert_eq!(after.reporters, 1);
+                assert!(per_sec < 1.5, "{line}");
+            }
+            _ => {
+                // Every worker VM (and Envoy's main-thread VM) reports on its own.
+                assert!(after.reporters >= u64::from(WORKERS), "{line}");
+                assert!(per_sec > f64::from(WORKERS) - 0.5, "{line}");
+            }
+        }
+        lines.push(line);
+    }
+    eprintln!("{}", lines.join("\n"));
+}
