@@ -369,7 +369,12 @@ fn bad_plugin_configuration_is_refused_naming_the_field() {
     let dir =
         meshtune_e2e::TempDir(meshtune_test_support::process::run_dir("e2e-bad").expect("dir"));
     let bad = json!({"flush_interval_secs": 1});
-    for delivery in [Delivery::WasmPlugin, Delivery::EnvoyFilter] {
+    for (delivery, workers) in [
+        (Delivery::WasmPlugin, 2),
+        (Delivery::WasmPlugin, 4),
+        (Delivery::EnvoyFilter, 2),
+        (Delivery::EnvoyFilter, 4),
+    ] {
         let (m, s) = client_sidecar(
             &paths,
             delivery,
@@ -377,7 +382,7 @@ fn bad_plugin_configuration_is_refused_naming_the_field() {
             "127.0.0.1:9".parse().unwrap(),
             Some(bad.clone()),
         );
-        let (cfg, envoy) = start_sidecar(&paths, &m, &s, &dir.0, 2, Duration::from_secs(20));
+        let (cfg, envoy) = start_sidecar(&paths, &m, &s, &dir.0, workers, Duration::from_secs(20));
         let log = match envoy {
             Err(EnvoyError::Exited { log, .. }) => log,
             Err(e) => panic!("{delivery:?}: unexpected error: {e}"),
@@ -402,7 +407,7 @@ fn bad_plugin_configuration_is_refused_naming_the_field() {
             .find(|l| l.contains("meshtune: invalid configuration"))
             .unwrap_or_else(|| panic!("{delivery:?}: no configuration error logged:\n{log}"));
         assert!(line.contains("flush_interval_secs"), "{delivery:?}: {line}");
-        eprintln!("{delivery:?}: {line}");
+        eprintln!("{delivery:?}, {workers} workers: {line}");
     }
 }
 
