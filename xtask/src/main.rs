@@ -109,9 +109,27 @@ impl Ctx {
         ]
     }
 
+    /// A cargo command in the workspace, without the variables `cargo run` set for xtask
+    /// itself: build scripts that watch one of them (ring's watches `CARGO_MANIFEST_DIR`)
+    /// would otherwise rebuild, with everything depending on them, whenever a build alternates
+    /// between `cargo xtask ...` and a plain `cargo build`.
     fn cargo(&self) -> Command {
         let mut c = Command::new(&self.cargo);
         c.current_dir(&self.root);
+        for (k, _) in env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || matches!(
+                    k.as_ref(),
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_BIN_NAME"
+                )
+            {
+                c.env_remove(k.as_ref());
+            }
+        }
         c
     }
 }
