@@ -750,7 +750,7 @@ fn main() -> ExitCode {
             eprintln!("root {}", ctx.root.display());
             eprintln!("target dir {}", ctx.target_dir.display());
             for (k, v) in ctx.test_env() {
-                let state = if v.is_file() { "present" } else { "missing" };
+                let state = if v.exists() { "present" } else { "missing" };
                 eprintln!("{k}={} ({state})", v.display());
             }
             Ok(())
