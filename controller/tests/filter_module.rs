@@ -1,6 +1,7 @@
 //! The controller serves the filter module it ships with: `meshtune controller` flags →
 //! `/filter.wasm` and `/api/filter` over real HTTP on 127.0.0.1:0, the sha256 checked against
-//! `sha256sum` of the file, conditional requests by ETag, and the answers without a module.
+//! `sha256sum` of the file, conditional requests by ETag, the answers without a module, and a
+//! real Envoy that loads the module from `/filter.wasm` only with its sha256.
 
 use clap::Parser;
 use meshtune_controller::admin::{FilterJson, DEFAULT_FILTER_WASM, WASM_CONTENT_TYPE};
@@ -199,4 +200,142 @@ async fn a_missing_or_non_wasm_file_is_refused_at_start_naming_flag_and_file() {
             && e.contains("not a WebAssembly module"),
         "{e}"
     );
+}
+
+/// An Envoy whose meshtune filter takes its code from the controller's `/filter.wasm`
+/// (`vm_config.code.remote`, checked against `sha256`), the way the EnvoyFilter variant can
+/// fetch it; the route answers 200 itself.
+fn remote_module_bootstrap(admin: SocketAddr, sha256: &str) -> serde_json::Value {
+    serde_json::json!({
+        "static_resources": {
+            "listeners": [{
+                "name": "out",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "out",
+                        "route_config": {"name": "r", "virtual_hosts": [{"name": "v",
+                            "domains": ["*"],
+                            "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]},
+                        "http_filters": [
+                            {"name": "meshtune", "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                                "config": {
+                                    "name": "meshtune",
+                                    "root_id": "meshtune",
+                                    "failure_policy": "FAIL_OPEN",
+                                    "configuration": {
+                                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                                        "value": "{\"controller_cluster\": \"meshtune_module\"}"
+                                    },
+                                    "vm_config": {
+                                        "runtime": "envoy.wasm.runtime.v8",
+                                        "code": {"remote": {
+                                            "http_uri": {
+                                                "uri": format!("http://{admin}/filter.wasm"),
+                                                "cluster": "meshtune_module",
+                                                "timeout": "10s"
+                                            },
+                                            "sha256": sha256
+                                        }}
+                                    }
+                                }
+                            }},
+                            {"name": "envoy.filters.http.router", "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                        ]
+                    }
+                }]}]
+            }],
+            "clusters": [{
+                "name": "meshtune_module",
+                "type": "STATIC",
+                "load_assignment": {"cluster_name": "meshtune_module", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {
+                        "address": admin.ip().to_string(), "port_value": admin.port()}}}}
+                ]}]}
+            }]
+        }
+    })
+}
+
+/// Waits (≤ 10 s) until Envoy counted a remote fetch, then returns (successes, failures,
+/// wasm VMs created).
+fn fetch_outcome(envoy: &meshtune_test_support::envoy::EnvoyProcess) -> (u64, u64, u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = envoy.stats().unwrap();
+        let get = |k: &str| stats.get(k).copied().unwrap_or(0);
+        let ok = get("wasm.remote_load_fetch_successes");
+        let failed = get("wasm.remote_load_fetch_failures");
+        if ok + failed > 0 || std::time::Instant::now() > deadline {
+            return (ok, failed, get("wasm.envoy.wasm.runtime.v8.created"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn envoy_loads_the_module_from_the_controller_only_with_its_sha256() {
+    let Some(bin) = meshtune_test_support::envoy::binary() else {
+        return;
+    };
+    let Some(module) = std::env::var_os("MESHTUNE_WASM")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+    else {
+        meshtune_test_support::prereq::skip_or_fail(
+            meshtune_test_support::prereq::required(&meshtune_test_support::prereq::env),
+            "MESHTUNE_WASM does not name the built filter module (cargo xtask wasm)",
+        );
+        return;
+    };
+    let sha = sha256sum(&module);
+    let run = start(args(&["--filter-wasm", module.to_str().unwrap()])).await;
+    let admin = run.admin;
+    let wrong: String = sha
+        .chars()
+        .map(|c| if c == '0' { '1' } else { '0' })
+        .collect();
+    let (good, bad) = tokio::task::spawn_blocking(move || {
+        let launch = meshtune_test_support::envoy::Launch::new(&bin);
+        let start = |sha: &str| {
+            meshtune_test_support::envoy::EnvoyProcess::start(
+                &launch,
+                &remote_module_bootstrap(admin, sha),
+            )
+            .unwrap()
+        };
+        let envoy = start(&sha);
+        let good = fetch_outcome(&envoy);
+        let r = http::get(envoy.listener(), "/", &[]).unwrap();
+        assert_eq!(r.status, 200, "through the filter: {}", r.text());
+        let log = envoy.log();
+        assert!(
+            !log.contains("failed to load"),
+            "the fetched module did not load: {}",
+            envoy.log_tail(40)
+        );
+        drop(envoy);
+        let envoy = start(&wrong);
+        let bad = fetch_outcome(&envoy);
+        (good, bad)
+    })
+    .await
+    .unwrap();
+    assert_eq!(good.0, 1, "fetch with the right sha256: {good:?}");
+    assert_eq!(good.1, 0, "fetch with the right sha256: {good:?}");
+    assert!(
+        good.2 >= 1,
+        "no wasm VM created from the fetched module: {good:?}"
+    );
+    assert_eq!(
+        bad.0, 0,
+        "a module with another sha256 was accepted: {bad:?}"
+    );
+    assert!(bad.1 >= 1, "no failed fetch with a wrong sha256: {bad:?}");
+    assert_eq!(bad.2, 0, "a VM was created from a refused module: {bad:?}");
+    run.shutdown().await;
 }
