@@ -207,6 +207,7 @@ async fn a_missing_or_non_wasm_file_is_refused_at_start_naming_flag_and_file() {
 /// fetch it; the route answers 200 itself.
 fn remote_module_bootstrap(admin: SocketAddr, sha256: &str) -> serde_json::Value {
     serde_json::json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
             "listeners": [{
                 "name": "out",
