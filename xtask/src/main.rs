@@ -1,4 +1,5 @@
-//! cargo xtask: setup, wasm, test, demo, bench — installs what the project needs, builds, runs.
+//! cargo xtask: setup, wasm, image, test, demo, bench — installs what the project needs, builds
+//! (the wasm filter, the binary, the images), runs.
 //!
 //! Dependency-free (std only) so `cargo xtask` builds in seconds. The heavy lifting of `demo`
 //! and `bench` lives in the `meshtune-testbed` crate's `testbed` binary.
