@@ -58,6 +58,9 @@ pub struct Config {
     pub hints_file: Option<PathBuf>,
     /// How often the hints file's mtime is checked.
     pub hints_poll: Duration,
+    /// The filter module served at `/filter.wasm` and described at `/api/filter`; `None`
+    /// answers both with 404 (see `--filter-wasm`).
+    pub filter_module: Option<crate::admin::FilterModule>,
 }
 
 impl Default for Config {
@@ -74,6 +77,7 @@ impl Default for Config {
             reporter_idle_secs: DEFAULT_REPORTER_IDLE_SECS,
             hints_file: None,
             hints_poll: DEFAULT_HINTS_POLL,
+            filter_module: None,
         }
     }
 }
