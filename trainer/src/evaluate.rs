@@ -157,6 +157,11 @@ pub struct EvalRow {
     pub error_rate: f64,
     pub shed_rate: f64,
     pub total_reward: f64,
+    /// Largest upstream attempts per client request of any window (1 + the window's retry
+    /// rate, capped at 2; windows with at least 10 requests).
+    pub max_attempts_per_request: f64,
+    /// Knob changes per minute of simulated time.
+    pub changes_per_min: f64,
 }
 
 /// All rows plus per-split means.
@@ -178,18 +183,20 @@ impl EvalReport {
                 continue;
             }
             s.push_str(&format!("\n### {split} scenarios\n\n"));
-            s.push_str("| scenario | policy | SLO goodput | % of oracle | p99 ms | error | shed | reward |\n");
-            s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+            s.push_str("| scenario | policy | SLO goodput | % of oracle | p99 ms | error | shed | reward | max attempts/req | changes/min |\n");
+            s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
             let fmt = |r: &EvalRow, label: &str| {
                 format!(
-                    "| {label} | {} | {:.3} | {:.1} | {:.1} | {:.3} | {:.3} | {:.2} |\n",
+                    "| {label} | {} | {:.3} | {:.1} | {:.1} | {:.3} | {:.3} | {:.2} | {:.2} | {:.1} |\n",
                     r.policy,
                     r.slo_goodput_fraction,
                     r.pct_of_oracle,
                     r.p99_ms,
                     r.error_rate,
                     r.shed_rate,
-                    r.total_reward
+                    r.total_reward,
+                    r.max_attempts_per_request,
+                    r.changes_per_min
                 )
             };
             for r in &rows {
@@ -216,6 +223,11 @@ fn mean_row(split: &str, scenario: &str, policy: &str, rs: &[&EvalRow]) -> EvalR
         error_rate: avg(|r| r.error_rate),
         shed_rate: avg(|r| r.shed_rate),
         total_reward: avg(|r| r.total_reward),
+        max_attempts_per_request: rs
+            .iter()
+            .map(|r| r.max_attempts_per_request)
+            .fold(0.0, f64::max),
+        changes_per_min: avg(|r| r.changes_per_min),
     }
 }
 
@@ -226,6 +238,8 @@ struct PolicyRun {
     err: f64,
     shed: f64,
     reward: f64,
+    max_attempts: f64,
+    changes_per_min: f64,
     latency: LatencyHistogram,
     /// Normalised knobs per window (first seed).
     knobs: Vec<[f32; KNOB_COUNT]>,
@@ -239,6 +253,8 @@ fn run_policy(sc: &Scenario, policy: &mut dyn Policy, seeds: u64, obj: &Objectiv
         err: 0.0,
         shed: 0.0,
         reward: 0.0,
+        max_attempts: 0.0,
+        changes_per_min: 0.0,
         latency: LatencyHistogram::new(),
         knobs: vec![],
     };
@@ -251,6 +267,16 @@ fn run_policy(sc: &Scenario, policy: &mut dyn Policy, seeds: u64, obj: &Objectiv
         run.shed += s.shed_rate / seeds as f64;
         run.reward += s.total_reward / seeds as f64;
         run.latency.merge(&res.latency);
+        for st in &res.steps {
+            let requests = st.features.get("rps").unwrap_or(0.0) * sc.window_s.0;
+            if requests >= 10.0 {
+                let attempts = 1.0 + st.features.get("retry_rate").unwrap_or(0.0);
+                run.max_attempts = run.max_attempts.max(attempts);
+            }
+        }
+        let changes = res.steps.windows(2).filter(|w| w[0].knobs != w[1].knobs).count();
+        let minutes = res.steps.len() as f64 * sc.window_s.0 / 60.0;
+        run.changes_per_min += changes as f64 / minutes.max(1e-9) / seeds as f64;
         if i == 0 {
             run.knobs = res
                 .steps
@@ -337,6 +363,8 @@ pub fn evaluate(
                     error_rate: r.err,
                     shed_rate: r.shed,
                     total_reward: r.reward,
+                    max_attempts_per_request: r.max_attempts,
+                    changes_per_min: r.changes_per_min,
                 });
             }
             let plots = opts.out_dir.join("plots");
