@@ -14,7 +14,9 @@ use crate::config::{self, Config};
 use crate::decision::{self, Naming};
 use crate::policy_loop::{
     self, build_sinks, parse_configmap, EnvoyFileArgs, LoopConfig, LoopError, PolicyLoop, SinkKind,
+    Sources,
 };
+use crate::prometheus::{self, PromSource};
 use crate::recorder::Recorder;
 use crate::server::Controller;
 use meshtune_policy::source::{self, ModelSource};
@@ -92,6 +94,30 @@ pub struct ControllerArgs {
     /// Append live dataset rows (features, knobs in force, outcomes) to this CSV.
     #[arg(long)]
     pub record: Option<PathBuf>,
+
+    /// Feature sources (repeatable or comma-separated): `filter` (the filters' gRPC reports)
+    /// and/or `prometheus` (Istio standard metrics and Envoy cluster statistics, needs
+    /// --prometheus-url). With both, the filter wins for every destination it reports.
+    #[arg(long = "source", value_enum, value_delimiter = ',', default_values_t = vec![SourceKind::Filter])]
+    pub feature_sources: Vec<SourceKind>,
+    /// Prometheus server for `--source prometheus` (e.g. http://prometheus.istio-system:9090).
+    #[arg(long)]
+    pub prometheus_url: Option<String>,
+    /// Istio `reporter` label read by the Prometheus source (`source`: the client side).
+    #[arg(long, default_value = prometheus::DEFAULT_REPORTER)]
+    pub prometheus_reporter: String,
+    /// Window of the Prometheus source in seconds (a few scrape intervals).
+    #[arg(long, default_value_t = prometheus::DEFAULT_WINDOW_SECS)]
+    pub prometheus_window_secs: u64,
+}
+
+/// A feature source of `--source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceKind {
+    /// The filters' reports over gRPC.
+    Filter,
+    /// Prometheus (`--prometheus-url`).
+    Prometheus,
 }
 
 impl ControllerArgs {
@@ -170,6 +196,40 @@ impl ControllerArgs {
             });
         }
         sources
+    }
+
+    /// The decision loop's feature sources from `--source` and the `--prometheus-*` flags.
+    pub fn sources(&self) -> Result<Sources, LoopError> {
+        let prometheus = if self.feature_sources.contains(&SourceKind::Prometheus) {
+            let url = self.prometheus_url.as_deref().ok_or(LoopError::Flag {
+                flag: "--prometheus-url",
+                reason: "required with --source prometheus".into(),
+            })?;
+            if self.prometheus_window_secs == 0 {
+                return Err(LoopError::Flag {
+                    flag: "--prometheus-window-secs",
+                    reason: "must be > 0".into(),
+                });
+            }
+            let p = PromSource::new(url, &self.prometheus_reporter, prometheus::DEFAULT_TIMEOUT)
+                .map_err(|e| LoopError::Flag {
+                    flag: "--prometheus-url",
+                    reason: e.to_string(),
+                })?;
+            Some((p, self.prometheus_window_secs))
+        } else {
+            if self.prometheus_url.is_some() {
+                return Err(LoopError::Flag {
+                    flag: "--prometheus-url",
+                    reason: "given without --source prometheus".into(),
+                });
+            }
+            None
+        };
+        Ok(Sources {
+            filter: self.feature_sources.contains(&SourceKind::Filter),
+            prometheus,
+        })
     }
 
     fn envoy(&self) -> EnvoyFileArgs {
@@ -252,6 +312,7 @@ pub async fn run(
 /// controller and decision loop. Errors name the flag and file.
 pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
     let loop_config = args.loop_config()?;
+    let feature_sources = args.sources()?;
     let controller = Arc::new(Controller::new(args.config())?);
     let sources = args.model_sources();
     let kube = match &args.model_configmap {
@@ -281,6 +342,7 @@ pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
         recorder,
         loop_config,
     );
+    policy.set_sources(feature_sources);
     Ok(Prepared {
         controller,
         policy,

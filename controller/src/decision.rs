@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use meshtune_core::knobs::{Knob, Knobs, KNOB_COUNT};
 use meshtune_core::outcomes::{Objective, Outcomes, SloGood};
+use meshtune_core::availability::Availability;
 use meshtune_core::WindowStats;
 use meshtune_policy::guardrails::{Action, Guardrails, HoldReason, Mode, Verdict};
 
@@ -59,6 +60,38 @@ pub struct Selected {
     pub clusters: Vec<String>,
     /// Their windows merged (concurrent reporters).
     pub stats: WindowStats,
+    /// Fields the source measured (complete for the filter; see
+    /// `meshtune_core::availability` for the Prometheus source's gaps and their fallbacks).
+    pub availability: Availability,
+    /// Where the window came from.
+    pub source: FeatureSource,
+}
+
+/// Which feature source a destination's window came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FeatureSource {
+    /// The filters' reports (gRPC).
+    #[default]
+    Filter,
+    /// Prometheus (Istio standard metrics, Envoy cluster statistics).
+    Prometheus,
+}
+
+impl FeatureSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            FeatureSource::Filter => "filter",
+            FeatureSource::Prometheus => "prometheus",
+        }
+    }
+}
+
+impl Selected {
+    /// The policy input's raw features: the window with the documented fallbacks for missing
+    /// fields (`meshtune_core::availability::policy_stats`).
+    pub fn policy_features(&self) -> meshtune_core::Features {
+        meshtune_core::availability::policy_stats(&self.stats, self.availability).features()
+    }
 }
 
 /// Groups the snapshot by destination and keeps those with at least `min_requests` requests,
@@ -92,6 +125,67 @@ pub fn select(
                     namespace,
                     clusters: vec![cluster],
                     stats,
+                    availability: Availability::COMPLETE,
+                    source: FeatureSource::Filter,
+                });
+            }
+        }
+    }
+    groups.retain(|s| s.stats.requests >= min_requests.max(1));
+    groups
+}
+
+/// Filter windows and Prometheus windows together: every destination the filters report
+/// (with at least one request) keeps its filter window, whatever Prometheus says about it
+/// (matched by destination, and for Istio names by host); Prometheus adds the destinations
+/// the filters do not report, if their window is decidable
+/// ([`Availability::decidable`]). Then the `min_requests` rule applies to all.
+pub fn select_sources(
+    filter: impl IntoIterator<Item = (String, WindowStats)>,
+    prometheus: Vec<crate::prometheus::SourcedWindow>,
+    naming: Naming,
+    min_requests: u64,
+) -> Vec<Selected> {
+    let mut groups = select(filter, naming, 1);
+    let hosts: foldhash::HashSet<String> = groups
+        .iter()
+        .flat_map(|g| g.clusters.iter())
+        .filter_map(|c| meshtune_sinks::host_from_cluster_name(c).map(str::to_string))
+        .collect();
+    let mut index: HashMap<String, usize> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (g.destination.clone(), i))
+        .collect();
+    let filter_count = groups.len();
+    for w in prometheus {
+        if !w.availability.decidable() {
+            continue;
+        }
+        let Some((destination, namespace)) = naming.destination(&w.cluster) else {
+            continue;
+        };
+        let host = meshtune_sinks::host_from_cluster_name(&w.cluster);
+        if host.is_some_and(|h| hosts.contains(h)) {
+            continue;
+        }
+        match index.get(&destination) {
+            Some(&i) if i < filter_count => continue,
+            Some(&i) => {
+                let g = &mut groups[i];
+                g.clusters.push(w.cluster);
+                g.stats.merge_concurrent(&w.stats);
+                g.availability = g.availability.merge(w.availability);
+            }
+            None => {
+                index.insert(destination.clone(), groups.len());
+                groups.push(Selected {
+                    destination,
+                    namespace,
+                    clusters: vec![w.cluster],
+                    stats: w.stats,
+                    availability: w.availability,
+                    source: FeatureSource::Prometheus,
                 });
             }
         }
@@ -438,7 +532,7 @@ pub fn dataset_rows(
             scenario: String::new(),
             destination: item.destination.clone(),
             window: unix_secs,
-            features: s.stats.features(),
+            features: s.policy_features(),
             knobs: item.before,
             outcomes: item.outcomes,
         })

@@ -185,11 +185,11 @@ impl Availability {
             .collect()
     }
 
-    /// Two sources' windows of the same destination merged: a field is missing only when it
-    /// is missing in both.
-    pub fn union(self, o: Availability) -> Availability {
+    /// Two windows summed into one (`WindowStats::merge_concurrent`): a field missing in
+    /// either is missing (or only partly counted) in the sum.
+    pub fn merge(self, o: Availability) -> Availability {
         Availability {
-            missing: self.missing & o.missing,
+            missing: self.missing | o.missing,
         }
     }
 }
@@ -274,7 +274,8 @@ mod tests {
         assert!(!a.without(Field::Latency).decidable());
         assert!(a.with(Field::Inflight).with(Field::Retries).is_complete());
         let b = Availability::COMPLETE.without(Field::Retries);
-        assert_eq!(a.union(b), b);
+        assert_eq!(b.merge(a), a);
+        assert_eq!(b.merge(Availability::COMPLETE), b);
         assert!(Availability::default().missing_features().is_empty());
     }
 
