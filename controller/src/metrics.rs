@@ -18,7 +18,6 @@ use std::sync::Mutex;
 use meshtune_core::knobs::{Knob, Knobs};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -75,6 +74,34 @@ struct BuildLabels {
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// The two text formats `/metrics` serves, picked from the request's `Accept` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposition {
+    /// OpenMetrics 1.0 (what Prometheus asks for first).
+    OpenMetrics,
+    /// Prometheus text 0.0.4 (no `Accept`, `curl`, `promtool check metrics`).
+    PrometheusText,
+}
+
+impl Exposition {
+    /// OpenMetrics when `accept` names `application/openmetrics-text`, else Prometheus text.
+    pub fn for_accept(accept: Option<&str>) -> Self {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Exposition::OpenMetrics,
+            _ => Exposition::PrometheusText,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Exposition::OpenMetrics => {
+                "application/openmetrics-text; version=1.0.0; charset=utf-8"
+            }
+            Exposition::PrometheusText => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
 
 /// Most destinations with per-destination traffic series (see the module docs).
 pub const MAX_METRIC_DESTINATIONS: usize = 200;
@@ -385,12 +412,18 @@ impl Metrics {
             "Time of one Prometheus feature source fetch (all queries)",
             m.prometheus_fetch_seconds.clone(),
         );
-        registry.register(
-            "meshtune_build",
-            "meshtune build information",
-            Info::new(BuildLabels {
+        // A gauge of 1 labelled with the version (the `_info` convention; the OpenMetrics
+        // `info` type is unknown to the Prometheus text parser and `promtool`).
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION").to_string(),
-            }),
+            })
+            .set(1);
+        registry.register(
+            "meshtune_build_info",
+            "meshtune build information (value 1, labelled with the version)",
+            build,
         );
         registry.register_collector(Box::new(m.destinations.clone()));
         Self { registry, ..m }
@@ -442,11 +475,23 @@ impl Metrics {
         }
     }
 
-    /// Text exposition of all metrics.
+    /// OpenMetrics text exposition of all metrics.
     pub fn encode(&self) -> String {
+        self.encode_as(Exposition::OpenMetrics)
+    }
+
+    /// Exposition of all metrics in `format`.
+    pub fn encode_as(&self, format: Exposition) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = match format {
+            Exposition::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            }
+            Exposition::PrometheusText => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            }
+        };
         out
     }
 }

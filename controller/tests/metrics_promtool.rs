@@ -13,27 +13,37 @@ use std::sync::Arc;
 
 use common::{const_model, report, upstream};
 use meshtune_controller::metrics::{LATENCY_BUCKETS_SECONDS, MAX_METRIC_DESTINATIONS};
-use meshtune_controller::policy_loop::{LoopConfig, PolicyLoop};
+use meshtune_controller::policy_loop::{LoopConfig, PolicyLoop, Sources};
+use meshtune_controller::prometheus::PromSource;
 use meshtune_controller::{Config, Controller};
 use meshtune_core::knobs::KNOB_COUNT;
 
-/// A controller whose every metric family has samples: reports for two destinations, one
-/// decision cycle (knob gauges, decisions, inference), a refused-model count.
+/// A controller whose every metric family has samples: reports for two destinations and a
+/// refused one, one enforce-mode decision cycle through the log sink (knob gauges, decisions,
+/// pushes, inference) with an unreachable Prometheus source (fetch errors), a refused model,
+/// and one policy-input fallback.
 async fn populated() -> (Arc<Controller>, Arc<PolicyLoop>) {
     let controller = Arc::new(Controller::new(Config::default()).unwrap());
-    controller.handle_report(&report(
-        "pod-a",
-        1,
-        vec![upstream("svc-a", 100, 5, 30_000), upstream("svc-b", 50, 0, 2_000)],
-    ));
+    controller
+        .handle_report(&report(
+            "pod-a",
+            1,
+            vec![upstream("svc-a", 100, 5, 30_000), upstream("svc-b", 50, 0, 2_000)],
+        ))
+        .expect("report accepted");
+    assert!(controller
+        .handle_report(&meshtune_proto::v1::ReportRequest::default())
+        .is_err());
     let model =
         meshtune_policy::OnnxPolicy::from_bytes(&const_model([0.5; KNOB_COUNT], "m1"), "test")
             .unwrap();
+    let log: Arc<dyn meshtune_sinks::Sink> =
+        Arc::new(meshtune_sinks::LogSink::new(Box::new(std::io::sink())));
     let lp = PolicyLoop::new(
         controller.clone(),
         Some(model),
-        vec![],
-        Arc::new(meshtune_sinks::LogSink::new(Box::new(std::io::sink()))),
+        vec![log.clone()],
+        log,
         None,
         LoopConfig {
             min_requests: 1,
@@ -45,8 +55,23 @@ async fn populated() -> (Arc<Controller>, Arc<PolicyLoop>) {
             ..LoopConfig::default()
         },
     );
+    // Nothing listens on port 9 (discard): every fetch fails, the filter's windows are used.
+    lp.set_sources(Sources {
+        filter: true,
+        prometheus: Some((
+            PromSource::new(
+                "http://127.0.0.1:9",
+                meshtune_controller::prometheus::DEFAULT_REPORTER,
+                std::time::Duration::from_secs(2),
+            )
+            .unwrap(),
+            60,
+        )),
+    });
     let s = lp.cycle().await.unwrap();
     assert_eq!(s.destinations, 2, "{s:?}");
+    assert!(lp.store().unwrap().try_swap(b"not a model", "test").is_err());
+    controller.metrics().count_missing(&["inflight_avg"]);
     (controller, lp)
 }
 
@@ -65,7 +90,10 @@ async fn promtool_accepts_the_metrics_and_units_are_base_units() {
     let text = controller.metrics_text();
     for line in [
         "meshtune_build_info{version=\"",
-        "meshtune_destination_request_duration_seconds_bucket{destination=\"svc-a\",le=\"0.05\"} 100",
+        "meshtune_destination_request_duration_seconds_bucket{le=\"0.05\",destination=\"svc-a\"} 100",
+        "meshtune_destination_request_duration_seconds_bucket{le=\"0.025\",destination=\"svc-a\"} 0",
+        "meshtune_prometheus_fetches_total{result=\"error\"} 1",
+        "meshtune_pushes_total{sink=\"log\",result=\"ok\"} 2",
         "meshtune_destination_requests_total{destination=\"svc-a\",code_class=\"5xx\"} 5",
         "meshtune_knob{destination=\"svc-a\",knob=\"timeout\"}",
         "meshtune_destinations_selected{source=\"filter\"} 2",
@@ -95,6 +123,31 @@ async fn promtool_accepts_the_metrics_and_units_are_base_units() {
     let Some(promtool) = meshtune_test_support::prometheus::promtool() else {
         return;
     };
+    // What a scraper without `Accept` (curl, promtool) gets from the admin server: Prometheus
+    // text 0.0.4; a scraper asking for OpenMetrics gets OpenMetrics.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = l.local_addr().unwrap();
+    let router = meshtune_controller::admin::router(controller.clone());
+    tokio::spawn(async move { axum::serve(l, router).await });
+    let get = |accept: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            let headers: Vec<(&str, &str)> = if accept.is_empty() {
+                vec![]
+            } else {
+                vec![("accept", accept)]
+            };
+            meshtune_test_support::http::get(admin, "/metrics", &headers).unwrap()
+        })
+    };
+    let om = get("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+        .await
+        .unwrap();
+    assert!(om.header("content-type").unwrap().starts_with("application/openmetrics-text"));
+    assert!(om.text().ends_with("# EOF\n"));
+    let plain = get("").await.unwrap();
+    assert!(plain.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    let text = plain.text();
+    assert!(text.contains("# TYPE meshtune_decision_cycles_total counter"), "{text}");
     let mut child = Command::new(&promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -127,7 +180,9 @@ async fn per_destination_series_are_bounded() {
     let ups: Vec<_> = (0..n)
         .map(|i| upstream(&format!("svc-{i:04}"), 1 + i as u64, 0, 1_000))
         .collect();
-    controller.handle_report(&report("pod-a", 1, ups));
+    controller
+        .handle_report(&report("pod-a", 1, ups))
+        .expect("report accepted");
     let text = controller.metrics_text();
     let destinations: BTreeSet<&str> = text
         .lines()

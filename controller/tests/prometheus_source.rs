@@ -304,7 +304,9 @@ async fn prometheus_source_matches_the_load_and_the_known_series() {
     // The decision cycle with both sources: the filter reports reviews (it wins), Prometheus
     // adds ratings; `workload` is not an Istio name and is ignored under Istio naming.
     let up = upstream(&format!("outbound|9080||{REVIEWS}"), 100, 0, 30_000);
-    controller.handle_report(&report("pod-a", 1, vec![up]));
+    controller
+        .handle_report(&report("pod-a", 1, vec![up]))
+        .expect("report accepted");
     let model = meshtune_policy::OnnxPolicy::from_bytes(
         &const_model([0.5; KNOB_COUNT], "const"),
         "test",
