@@ -201,6 +201,7 @@ async fn prometheus_source_matches_the_load_and_the_known_series() {
     // The controller in process: admin served (Prometheus scrapes it), a constant policy.
     let controller = Arc::new(Controller::new(Config::default()).unwrap());
     let admin = serve(meshtune_controller::admin::router(controller.clone())).await;
+    let exporter_started = now_unix_secs();
     let exporter = exporter().await;
     let prometheus = PrometheusProcess::start(
         &prom_bin,
@@ -261,6 +262,10 @@ async fn prometheus_source_matches_the_load_and_the_known_series() {
         w.stats
     );
     let p50 = w.stats.latency.quantile_us(0.5) / 1000.0;
+    eprintln!(
+        "workload over {window} s: prometheus {} requests, {} 5xx, p50 {p50:.1} ms, in flight avg {:.2} max {}; loadgen {completed} requests, {e5} 5xx, p50 {lg_p50:.1} ms",
+        w.stats.requests, w.stats.status_5xx, w.stats.inflight_avg, w.stats.inflight_max
+    );
     // Envoy's rq_time buckets are (10, 25] ms around the 20 ms service time.
     assert!((10.0..=25.0).contains(&p50), "p50 {p50} ms");
     assert!((10.0..=25.0).contains(&lg_p50), "loadgen p50 {lg_p50} ms");
@@ -273,9 +278,14 @@ async fn prometheus_source_matches_the_load_and_the_known_series() {
         "inbound clusters skipped"
     );
 
-    // Istio series with known rates (reporter="source" only) joined with Envoy statistics.
+    // Istio series with known rates (reporter="source" only) joined with Envoy statistics,
+    // over a window inside the exporter's life (it started before the load).
+    let istio_window = 8;
+    assert!(t - exporter_started > istio_window as f64 + 1.0);
+    let windows = src.windows_at(t, istio_window).await.unwrap();
     let rv = find(&windows, &format!("outbound|9080||{REVIEWS}"));
     let f = rv.stats.features();
+    eprintln!("reviews over {istio_window} s: {f:?}");
     close("reviews rps", f.get("rps").unwrap(), REVIEWS_RPS, REVIEWS_RPS * 0.05);
     close("reviews 5xx", f.get("error_5xx_rate").unwrap(), 0.1, 0.005);
     close("reviews overflow", f.get("overflow_rate").unwrap(), 0.05, 0.005);
@@ -326,7 +336,7 @@ async fn prometheus_source_matches_the_load_and_the_known_series() {
     );
     lp.set_sources(Sources {
         filter: true,
-        prometheus: Some((src.clone(), window)),
+        prometheus: Some((src.clone(), istio_window)),
     });
     let s = lp.cycle().await.unwrap();
     assert_eq!(s.destinations, 2, "{s:?}");
@@ -390,6 +400,7 @@ async fn prometheus_source_matches_the_load_and_the_known_series() {
         min_requests: 1,
     };
     let summary = prom::record(&args).await.unwrap();
+    eprintln!("record: {summary:?}");
     assert!(summary.rows > 0 && summary.destinations >= 3, "{summary:?}");
     let mut rdr = csv::Reader::from_path(&out).unwrap();
     meshtune_core::dataset::check_header(&rdr.headers().unwrap().iter().collect::<Vec<_>>())
