@@ -350,3 +350,54 @@ pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
         kube,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    fn sources(argv: &[&str]) -> Result<Sources, LoopError> {
+        let mut full = vec!["meshtune"];
+        full.extend_from_slice(argv);
+        Cli::try_parse_from(full).unwrap().args.sources()
+    }
+
+    #[test]
+    fn source_flags() {
+        let s = sources(&[]).unwrap();
+        assert!(s.filter && s.prometheus.is_none());
+        let s = sources(&[
+            "--source",
+            "prometheus",
+            "--prometheus-url",
+            "http://127.0.0.1:9090",
+        ])
+        .unwrap();
+        assert!(!s.filter);
+        assert_eq!(s.prometheus.as_ref().map(|p| p.1), Some(prometheus::DEFAULT_WINDOW_SECS));
+        let s = sources(&[
+            "--source",
+            "filter,prometheus",
+            "--prometheus-url",
+            "http://p:9090/",
+        ])
+        .unwrap();
+        assert!(s.filter && s.prometheus.is_some());
+        let e = sources(&["--source", "prometheus"]).unwrap_err().to_string();
+        assert!(e.contains("--prometheus-url"), "{e}");
+        let e = sources(&["--prometheus-url", "http://p:9090"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("without --source prometheus"), "{e}");
+        let e = sources(&["--source", "prometheus", "--prometheus-url", "p:9090"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--prometheus-url") && e.contains("p:9090"), "{e}");
+    }
+}

@@ -624,6 +624,65 @@ mod tests {
     }
 
     #[test]
+    fn filter_wins_where_both_report_and_prometheus_fills_the_rest() {
+        use crate::prometheus::SourcedWindow;
+        use meshtune_core::availability::Field;
+        let prom = |cluster: &str, n: u64, a: Availability| SourcedWindow {
+            cluster: cluster.to_string(),
+            stats: window(n, n, 5),
+            availability: a,
+        };
+        let lacking = Availability::COMPLETE.without(Field::Inflight);
+        let filter = vec![(
+            "outbound|9080||a.ns.svc.cluster.local".to_string(),
+            window(30, 30, 5),
+        )];
+        let s = select_sources(
+            filter.clone(),
+            vec![
+                // Same host as the filter's cluster (other port form): the filter wins.
+                prom("outbound|||a.ns.svc.cluster.local", 1000, lacking),
+                prom("outbound|||b.ns.svc.cluster.local", 500, lacking),
+                // No latency: not decidable, skipped.
+                prom(
+                    "outbound|||c.ns.svc.cluster.local",
+                    500,
+                    lacking.without(Field::Latency),
+                ),
+                // Too quiet.
+                prom("outbound|||d.ns.svc.cluster.local", 3, lacking),
+            ],
+            Naming::IstioHost,
+            20,
+        );
+        let names: Vec<_> = s.iter().map(|x| (x.destination.as_str(), x.source)).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("a.ns.svc.cluster.local", FeatureSource::Filter),
+                ("b.ns.svc.cluster.local", FeatureSource::Prometheus)
+            ]
+        );
+        assert_eq!(s[0].stats.requests, 30);
+        assert!(s[0].availability.is_complete());
+        assert_eq!(s[1].availability, lacking);
+        assert_eq!(s[1].namespace, "ns");
+        // The policy input of a Prometheus window uses the fallback, not a zero.
+        let f = s[1].policy_features();
+        assert!(f.get("inflight_avg").unwrap() > 0.0);
+        assert_eq!(s[1].stats.inflight_avg, 0.0);
+        // Prometheus alone: every decidable destination.
+        let only = select_sources(
+            Vec::new(),
+            vec![prom("outbound|||a.ns.svc.cluster.local", 1000, lacking)],
+            Naming::IstioHost,
+            20,
+        );
+        assert_eq!(only.len(), 1);
+        assert_eq!(only[0].source, FeatureSource::Prometheus);
+    }
+
+    #[test]
     fn slow_windows_cost_more_than_fast_ones() {
         let fast = outcomes(&window(100, 90, 5), 100.0);
         let slow = outcomes(&window(100, 90, 500), 100.0);

@@ -248,12 +248,15 @@ async fn prometheus_source_matches_the_load_and_the_known_series() {
     let windows = src.windows_at(t, window).await.unwrap();
 
     // Real Envoys (plain Envoy cluster statistics, summed over both): the loadgen's counts.
-    // `increase()` extrapolates by at most half a scrape interval at each edge of the sampled
-    // span, so counts are exact to 2 × (scrape / 2) / window.
+    // `increase()` extrapolates the sampled span to the window's edges when the nearest sample
+    // is within 1.1 scrape intervals of an edge, so a count may exceed the truth by up to
+    // 2.2 intervals over the sampled span.
     let w = find(&windows, "workload");
-    let tol = completed as f64 * SCRAPE.as_secs_f64() / (window as f64 - 4.0) + 2.0;
-    close("workload requests", w.stats.requests as f64, completed as f64, tol);
-    close("workload 5xx", w.stats.status_5xx as f64, e5 as f64, e5 as f64 * 0.05 + 2.0);
+    let edge = 2.2 * SCRAPE.as_secs_f64();
+    let share = edge / (window as f64 - edge);
+    let tol = |n: u64| n as f64 * share + 2.0;
+    close("workload requests", w.stats.requests as f64, completed as f64, tol(completed));
+    close("workload 5xx", w.stats.status_5xx as f64, e5 as f64, tol(e5));
     assert_eq!(w.stats.retries, 0, "no retry policy: Envoy retried nothing");
     assert_eq!((w.stats.flag_uo, w.stats.flag_ut), (0, 0));
     assert!(
@@ -287,11 +290,12 @@ async fn prometheus_source_matches_the_load_and_the_known_series() {
     let f = rv.stats.features();
     eprintln!("reviews over {istio_window} s: {f:?}");
     close("reviews rps", f.get("rps").unwrap(), REVIEWS_RPS, REVIEWS_RPS * 0.05);
-    close("reviews 5xx", f.get("error_5xx_rate").unwrap(), 0.1, 0.005);
-    close("reviews overflow", f.get("overflow_rate").unwrap(), 0.05, 0.005);
-    close("reviews timeout", f.get("timeout_rate").unwrap(), 0.03, 0.005);
-    close("reviews connection failures", f.get("connection_failure_rate").unwrap(), 0.02, 0.005);
-    close("reviews retries", f.get("retry_rate").unwrap(), 0.075, 0.008);
+    // Rates are ratios of counts rounded from `increase()` over ~320 requests: ±0.01.
+    close("reviews 5xx", f.get("error_5xx_rate").unwrap(), 0.1, 0.01);
+    close("reviews overflow", f.get("overflow_rate").unwrap(), 0.05, 0.01);
+    close("reviews timeout", f.get("timeout_rate").unwrap(), 0.03, 0.01);
+    close("reviews connection failures", f.get("connection_failure_rate").unwrap(), 0.02, 0.01);
+    close("reviews retries", f.get("retry_rate").unwrap(), 0.075, 0.01);
     close("reviews in flight", f.get("inflight_avg").unwrap(), REVIEWS_ACTIVE, 0.01);
     close("reviews p50", f.get("latency_p50_ms").unwrap(), 10.0, 1.0);
     close("reviews p90", f.get("latency_p90_ms").unwrap(), 25.0, 1.5);
