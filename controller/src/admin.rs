@@ -36,9 +36,7 @@ async fn metrics(
     State(c): State<Arc<Controller>>,
     headers: axum::http::HeaderMap,
 ) -> impl IntoResponse {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok());
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = crate::metrics::Exposition::for_accept(accept);
     (
         [(header::CONTENT_TYPE, format.content_type())],

@@ -380,7 +380,10 @@ mod tests {
         ])
         .unwrap();
         assert!(!s.filter);
-        assert_eq!(s.prometheus.as_ref().map(|p| p.1), Some(prometheus::DEFAULT_WINDOW_SECS));
+        assert_eq!(
+            s.prometheus.as_ref().map(|p| p.1),
+            Some(prometheus::DEFAULT_WINDOW_SECS)
+        );
         let s = sources(&[
             "--source",
             "filter,prometheus",
@@ -389,7 +392,9 @@ mod tests {
         ])
         .unwrap();
         assert!(s.filter && s.prometheus.is_some());
-        let e = sources(&["--source", "prometheus"]).unwrap_err().to_string();
+        let e = sources(&["--source", "prometheus"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--prometheus-url"), "{e}");
         let e = sources(&["--prometheus-url", "http://p:9090"])
             .unwrap_err()
@@ -398,6 +403,9 @@ mod tests {
         let e = sources(&["--source", "prometheus", "--prometheus-url", "p:9090"])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("--prometheus-url") && e.contains("p:9090"), "{e}");
+        assert!(
+            e.contains("--prometheus-url") && e.contains("p:9090"),
+            "{e}"
+        );
     }
 }

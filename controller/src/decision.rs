@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use foldhash::{HashMap, HashMapExt};
 use std::time::Instant;
 
+use meshtune_core::availability::Availability;
 use meshtune_core::knobs::{Knob, Knobs, KNOB_COUNT};
 use meshtune_core::outcomes::{Objective, Outcomes, SloGood};
-use meshtune_core::availability::Availability;
 use meshtune_core::WindowStats;
 use meshtune_policy::guardrails::{Action, Guardrails, HoldReason, Mode, Verdict};
 
@@ -655,7 +655,10 @@ mod tests {
             Naming::IstioHost,
             20,
         );
-        let names: Vec<_> = s.iter().map(|x| (x.destination.as_str(), x.source)).collect();
+        let names: Vec<_> = s
+            .iter()
+            .map(|x| (x.destination.as_str(), x.source))
+            .collect();
         assert_eq!(
             names,
             vec![

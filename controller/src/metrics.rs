@@ -18,11 +18,11 @@ use std::sync::Mutex;
 use meshtune_core::knobs::{Knob, Knobs};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
-use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
@@ -95,9 +95,7 @@ impl Exposition {
 
     pub fn content_type(self) -> &'static str {
         match self {
-            Exposition::OpenMetrics => {
-                "application/openmetrics-text; version=1.0.0; charset=utf-8"
-            }
+            Exposition::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
             Exposition::PrometheusText => "text/plain; version=0.0.4; charset=utf-8",
         }
     }
@@ -216,9 +214,8 @@ impl Collector for DestinationCollector {
             )?;
             for r in rows.iter() {
                 let l = [("destination", r.name.as_str())];
-                e.encode_family(&l)?.encode_histogram::<NoLabelSet>(
-                    r.sum_s, r.count, &r.buckets, None,
-                )?;
+                e.encode_family(&l)?
+                    .encode_histogram::<NoLabelSet>(r.sum_s, r.count, &r.buckets, None)?;
             }
         }
         Ok(())
@@ -436,7 +433,7 @@ impl Metrics {
         self.reporters_tracked.set(reporters as i64);
         let mut ranked: Vec<&DestinationView> = views.iter().collect();
         if ranked.len() > MAX_METRIC_DESTINATIONS {
-            ranked.sort_by(|a, b| b.lifetime.requests.cmp(&a.lifetime.requests));
+            ranked.sort_by_key(|v| std::cmp::Reverse(v.lifetime.requests));
         }
         let omitted = ranked.len().saturating_sub(MAX_METRIC_DESTINATIONS);
         ranked.truncate(MAX_METRIC_DESTINATIONS);

@@ -336,12 +336,11 @@ impl PromSource {
         eval: Eval,
     ) -> Result<BTreeMap<i64, Vec<SourcedWindow>>, PromError> {
         let w = eval.window_secs().max(1);
-        let answers = futures::future::join_all(
-            QUERIES
-                .iter()
-                .map(|q| async move { (*q, self.query(&promql(*q, &self.reporter, w), eval).await) }),
-        )
-        .await;
+        let answers =
+            futures::future::join_all(QUERIES.iter().map(|q| async move {
+                (*q, self.query(&promql(*q, &self.reporter, w), eval).await)
+            }))
+            .await;
         let mut by_time: BTreeMap<i64, HashMap<Q, Vec<Sample>>> = BTreeMap::new();
         for (q, answer) in answers {
             for (t, samples) in answer? {
@@ -646,7 +645,10 @@ pub fn build_windows(answers: &HashMap<Q, Vec<Sample>>, window_secs: f64) -> Vec
     };
     let mut out: Vec<SourcedWindow> = Vec::with_capacity(istio.len() + envoy.len());
     for (host, mut a) in istio {
-        let cluster = a.cluster.take().unwrap_or_else(|| format!("outbound|||{host}"));
+        let cluster = a
+            .cluster
+            .take()
+            .unwrap_or_else(|| format!("outbound|||{host}"));
         out.push(finish(cluster, a, true));
     }
     for (cluster, a) in envoy {
@@ -776,7 +778,11 @@ pub async fn record(args: &RecordArgs) -> Result<RecordSummary, RecordError> {
         }
         .into());
     }
-    let src = PromSource::new(&args.prometheus_url, &args.prometheus_reporter, DEFAULT_TIMEOUT)?;
+    let src = PromSource::new(
+        &args.prometheus_url,
+        &args.prometheus_reporter,
+        DEFAULT_TIMEOUT,
+    )?;
     let mut recorder = crate::recorder::Recorder::open(&args.out)?;
     let mut summary = RecordSummary::default();
     let mut destinations = std::collections::BTreeSet::new();
@@ -843,15 +849,27 @@ mod tests {
             Q::IstioRequests,
             vec![
                 sample(
-                    &[("destination_service", host), ("response_code", "200"), ("response_flags", "-")],
+                    &[
+                        ("destination_service", host),
+                        ("response_code", "200"),
+                        ("response_flags", "-"),
+                    ],
                     940.2,
                 ),
                 sample(
-                    &[("destination_service", host), ("response_code", "503"), ("response_flags", "UO")],
+                    &[
+                        ("destination_service", host),
+                        ("response_code", "503"),
+                        ("response_flags", "UO"),
+                    ],
                     40.0,
                 ),
                 sample(
-                    &[("destination_service", host), ("response_code", "504"), ("response_flags", "UT,URX")],
+                    &[
+                        ("destination_service", host),
+                        ("response_code", "504"),
+                        ("response_flags", "UT,URX"),
+                    ],
                     20.0,
                 ),
             ],
@@ -878,7 +896,10 @@ mod tests {
         assert_eq!(w.cluster, cluster);
         assert_eq!(w.stats.requests, 1000);
         assert_eq!((w.stats.status_2xx, w.stats.status_5xx), (940, 60));
-        assert_eq!((w.stats.flag_uo, w.stats.flag_ut, w.stats.flag_conn_failure), (40, 20, 20));
+        assert_eq!(
+            (w.stats.flag_uo, w.stats.flag_ut, w.stats.flag_conn_failure),
+            (40, 20, 20)
+        );
         assert_eq!(w.stats.retries, 12);
         assert_eq!(w.stats.latency.count(), 1000);
         let p50 = w.stats.latency.quantile_us(0.5) / 1000.0;
@@ -896,8 +917,20 @@ mod tests {
         a.insert(
             Q::EnvoyXx,
             vec![
-                sample(&[("envoy_cluster_name", "workload"), ("envoy_response_code_class", "2")], 290.0),
-                sample(&[("envoy_cluster_name", "workload"), ("envoy_response_code_class", "5")], 10.0),
+                sample(
+                    &[
+                        ("envoy_cluster_name", "workload"),
+                        ("envoy_response_code_class", "2"),
+                    ],
+                    290.0,
+                ),
+                sample(
+                    &[
+                        ("envoy_cluster_name", "workload"),
+                        ("envoy_response_code_class", "5"),
+                    ],
+                    10.0,
+                ),
             ],
         );
         a.insert(Q::EnvoyActiveAvg, vec![sample(&c, 2.5)]);
@@ -916,7 +949,9 @@ mod tests {
         assert_eq!(parse_time("--start", "now-1h", 7200.0).unwrap(), 3600.0);
         assert_eq!(parse_time("--end", "now", 5.0).unwrap(), 5.0);
         assert_eq!(parse_time("--end", "12.5", 5.0).unwrap(), 12.5);
-        let e = parse_time("--start", "yesterday", 0.0).unwrap_err().to_string();
+        let e = parse_time("--start", "yesterday", 0.0)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--start") && e.contains("yesterday"), "{e}");
         assert_eq!(parse_duration_secs("5m"), Some(300.0));
         assert_eq!(parse_duration_secs("0s"), None);
@@ -927,6 +962,9 @@ mod tests {
         let e = PromSource::new("prom:9090", DEFAULT_REPORTER, DEFAULT_TIMEOUT)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("--prometheus-url") && e.contains("prom:9090"), "{e}");
+        assert!(
+            e.contains("--prometheus-url") && e.contains("prom:9090"),
+            "{e}"
+        );
     }
 }

@@ -28,7 +28,10 @@ async fn populated() -> (Arc<Controller>, Arc<PolicyLoop>) {
         .handle_report(&report(
             "pod-a",
             1,
-            vec![upstream("svc-a", 100, 5, 30_000), upstream("svc-b", 50, 0, 2_000)],
+            vec![
+                upstream("svc-a", 100, 5, 30_000),
+                upstream("svc-b", 50, 0, 2_000),
+            ],
         ))
         .expect("report accepted");
     assert!(controller
@@ -70,7 +73,11 @@ async fn populated() -> (Arc<Controller>, Arc<PolicyLoop>) {
     });
     let s = lp.cycle().await.unwrap();
     assert_eq!(s.destinations, 2, "{s:?}");
-    assert!(lp.store().unwrap().try_swap(b"not a model", "test").is_err());
+    assert!(lp
+        .store()
+        .unwrap()
+        .try_swap(b"not a model", "test")
+        .is_err());
     controller.metrics().count_missing(&["inflight_avg"]);
     (controller, lp)
 }
@@ -142,12 +149,21 @@ async fn promtool_accepts_the_metrics_and_units_are_base_units() {
     let om = get("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
         .await
         .unwrap();
-    assert!(om.header("content-type").unwrap().starts_with("application/openmetrics-text"));
+    assert!(om
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
     assert!(om.text().ends_with("# EOF\n"));
     let plain = get("").await.unwrap();
-    assert!(plain.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(plain
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
     let text = plain.text();
-    assert!(text.contains("# TYPE meshtune_decision_cycles_total counter"), "{text}");
+    assert!(
+        text.contains("# TYPE meshtune_decision_cycles_total counter"),
+        "{text}"
+    );
     let mut child = Command::new(&promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -193,7 +209,10 @@ async fn per_destination_series_are_bounded() {
     // The busiest are kept: svc-0000 (1 request) is dropped, the last one kept.
     assert!(!destinations.contains("svc-0000"));
     assert!(destinations.contains(format!("svc-{:04}", n - 1).as_str()));
-    assert!(text.contains("meshtune_metric_destinations_omitted 25"), "{text}");
+    assert!(
+        text.contains("meshtune_metric_destinations_omitted 25"),
+        "{text}"
+    );
     let per_dest = text
         .lines()
         .filter(|l| l.contains(&format!("destination=\"svc-{:04}\"", n - 1)))
@@ -246,13 +265,22 @@ async fn every_dashboard_query_names_an_exposed_metric() {
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let mut exprs = Vec::new();
     collect_exprs(&dash, &mut exprs);
-    assert!(exprs.len() >= 15, "only {} queries in {}", exprs.len(), path.display());
+    assert!(
+        exprs.len() >= 15,
+        "only {} queries in {}",
+        exprs.len(),
+        path.display()
+    );
     let mut panels_seen = BTreeSet::new();
     for e in &exprs {
         let names = metric_names(e);
         assert!(!names.is_empty(), "query names no metric: {e}");
         for n in names {
-            assert!(exposed.contains(&n), "{}: `{n}` in `{e}` is neither a controller metric nor an Istio standard metric", path.display());
+            assert!(
+                exposed.contains(&n),
+                "{}: `{n}` in `{e}` is neither a controller metric nor an Istio standard metric",
+                path.display()
+            );
             panels_seen.insert(n);
         }
     }

@@ -24,10 +24,10 @@ use meshtune_controller::{Config, Controller};
 use meshtune_core::availability::Field;
 use meshtune_core::dataset::DatasetRow;
 use meshtune_core::knobs::{Knobs, KNOB_COUNT};
+use meshtune_test_support::prometheus::{self as promproc, Job, PrometheusProcess};
 use meshtune_testbed::envoy::EnvoyConfig;
 use meshtune_testbed::loadgen::{self, LoadConfig};
 use meshtune_testbed::workload::{ServiceTime, WorkloadConfig, WorkloadServer};
-use meshtune_test_support::prometheus::{self as promproc, Job, PrometheusProcess};
 
 const REVIEWS: &str = "reviews.default.svc.cluster.local";
 const RATINGS: &str = "ratings.default.svc.cluster.local";
@@ -93,7 +93,10 @@ fn istio_exposition(secs: f64) -> String {
     out += &format!("istio_request_duration_milliseconds_sum{{reporter=\"source\",destination_service=\"{RATINGS}\"}} {}\n", r * 37.5);
     out += &format!("istio_request_duration_milliseconds_count{{reporter=\"source\",destination_service=\"{RATINGS}\"}} {r}\n");
     out += "# TYPE istio_request_bytes histogram\n";
-    out += &format!("istio_request_bytes_sum{{reporter=\"source\",destination_service=\"{REVIEWS}\"}} {}\n", total * 300.0);
+    out += &format!(
+        "istio_request_bytes_sum{{reporter=\"source\",destination_service=\"{REVIEWS}\"}} {}\n",
+        total * 300.0
+    );
     out += &format!("istio_request_bytes_count{{reporter=\"source\",destination_service=\"{REVIEWS}\"}} {total}\n");
     let cluster = format!("outbound|9080||{REVIEWS}");
     out += "# TYPE envoy_cluster_upstream_rq_retry counter\n";
@@ -102,9 +105,14 @@ fn istio_exposition(secs: f64) -> String {
         c(REVIEWS_RETRY_RPS)
     );
     out += "# TYPE envoy_cluster_upstream_rq_active gauge\n";
-    out += &format!("envoy_cluster_upstream_rq_active{{cluster_name=\"{cluster}\"}} {REVIEWS_ACTIVE}\n");
+    out += &format!(
+        "envoy_cluster_upstream_rq_active{{cluster_name=\"{cluster}\"}} {REVIEWS_ACTIVE}\n"
+    );
     out += "# TYPE envoy_cluster_upstream_rq_total counter\n";
-    out += &format!("envoy_cluster_upstream_rq_total{{cluster_name=\"inbound|9080||\"}} {}\n", c(1.0));
+    out += &format!(
+        "envoy_cluster_upstream_rq_total{{cluster_name=\"inbound|9080||\"}} {}\n",
+        c(1.0)
+    );
     out
 }
 
@@ -119,9 +127,9 @@ async fn exporter() -> SocketAddr {
     let started = Instant::now();
     serve(axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move || async move {
-            istio_exposition(started.elapsed().as_secs_f64())
-        }),
+        axum::routing::get(
+            move || async move { istio_exposition(started.elapsed().as_secs_f64()) },
+        ),
     ))
     .await
 }
@@ -255,8 +263,18 @@ async fn prometheus_source_matches_the_load_and_the_known_series() {
     let edge = 2.2 * SCRAPE.as_secs_f64();
     let share = edge / (window as f64 - edge);
     let tol = |n: u64| n as f64 * share + 2.0;
-    close("workload requests", w.stats.requests as f64, completed as f64, tol(completed));
-    close("workload 5xx", w.stats.status_5xx as f64, e5 as f64, tol(e5));
+    close(
+        "workload requests",
+        w.stats.requests as f64,
+        completed as f64,
+        tol(completed),
+    );
+    close(
+        "workload 5xx",
+        w.stats.status_5xx as f64,
+        e5 as f64,
+        tol(e5),
+    );
     assert_eq!(w.stats.retries, 0, "no retry policy: Envoy retried nothing");
     assert_eq!((w.stats.flag_uo, w.stats.flag_ut), (0, 0));
     assert!(
@@ -289,30 +307,79 @@ async fn prometheus_source_matches_the_load_and_the_known_series() {
     let rv = find(&windows, &format!("outbound|9080||{REVIEWS}"));
     let f = rv.stats.features();
     eprintln!("reviews over {istio_window} s: {f:?}");
-    close("reviews rps", f.get("rps").unwrap(), REVIEWS_RPS, REVIEWS_RPS * 0.05);
+    close(
+        "reviews rps",
+        f.get("rps").unwrap(),
+        REVIEWS_RPS,
+        REVIEWS_RPS * 0.05,
+    );
     // Rates are ratios of counts rounded from `increase()` over ~320 requests: ±0.01.
     close("reviews 5xx", f.get("error_5xx_rate").unwrap(), 0.1, 0.01);
-    close("reviews overflow", f.get("overflow_rate").unwrap(), 0.05, 0.01);
-    close("reviews timeout", f.get("timeout_rate").unwrap(), 0.03, 0.01);
-    close("reviews connection failures", f.get("connection_failure_rate").unwrap(), 0.02, 0.01);
+    close(
+        "reviews overflow",
+        f.get("overflow_rate").unwrap(),
+        0.05,
+        0.01,
+    );
+    close(
+        "reviews timeout",
+        f.get("timeout_rate").unwrap(),
+        0.03,
+        0.01,
+    );
+    close(
+        "reviews connection failures",
+        f.get("connection_failure_rate").unwrap(),
+        0.02,
+        0.01,
+    );
     close("reviews retries", f.get("retry_rate").unwrap(), 0.075, 0.01);
-    close("reviews in flight", f.get("inflight_avg").unwrap(), REVIEWS_ACTIVE, 0.01);
+    close(
+        "reviews in flight",
+        f.get("inflight_avg").unwrap(),
+        REVIEWS_ACTIVE,
+        0.01,
+    );
     close("reviews p50", f.get("latency_p50_ms").unwrap(), 10.0, 1.0);
     close("reviews p90", f.get("latency_p90_ms").unwrap(), 25.0, 1.5);
-    close("reviews request bytes", rv.stats.request_bytes as f64 / rv.stats.requests as f64, 300.0, 15.0);
-    assert!(rv.availability.missing_features() == vec!["http2_fraction"], "{:?}", rv.availability);
+    close(
+        "reviews request bytes",
+        rv.stats.request_bytes as f64 / rv.stats.requests as f64,
+        300.0,
+        15.0,
+    );
+    assert!(
+        rv.availability.missing_features() == vec!["http2_fraction"],
+        "{:?}",
+        rv.availability
+    );
 
     // ratings: Istio series only. In flight and retries are missing and fall back (Little's law).
     let ra = find(&windows, &format!("outbound|||{RATINGS}"));
     assert_eq!(
         ra.availability.missing_features(),
-        vec!["retry_rate", "inflight_avg", "inflight_max", "http2_fraction"]
+        vec![
+            "retry_rate",
+            "inflight_avg",
+            "inflight_max",
+            "http2_fraction"
+        ]
     );
     let policy = meshtune_core::availability::policy_stats(&ra.stats, ra.availability);
     let pf = policy.features();
-    close("ratings rps", pf.get("rps").unwrap(), RATINGS_RPS, RATINGS_RPS * 0.05);
+    close(
+        "ratings rps",
+        pf.get("rps").unwrap(),
+        RATINGS_RPS,
+        RATINGS_RPS * 0.05,
+    );
     let little = pf.get("rps").unwrap() * pf.get("latency_mean_ms").unwrap() / 1000.0;
-    close("ratings in flight (Little's law)", pf.get("inflight_avg").unwrap(), little, 1e-9);
+    close(
+        "ratings in flight (Little's law)",
+        pf.get("inflight_avg").unwrap(),
+        little,
+        1e-9,
+    );
     close("ratings in flight ≈ 20 rps × 37.5 ms", little, 0.75, 0.1);
 
     // The decision cycle with both sources: the filter reports reviews (it wins), Prometheus
@@ -321,11 +388,9 @@ async fn prometheus_source_matches_the_load_and_the_known_series() {
     controller
         .handle_report(&report("pod-a", 1, vec![up]))
         .expect("report accepted");
-    let model = meshtune_policy::OnnxPolicy::from_bytes(
-        &const_model([0.5; KNOB_COUNT], "const"),
-        "test",
-    )
-    .unwrap();
+    let model =
+        meshtune_policy::OnnxPolicy::from_bytes(&const_model([0.5; KNOB_COUNT], "const"), "test")
+            .unwrap();
     let lp = PolicyLoop::new(
         controller.clone(),
         Some(model),
@@ -344,6 +409,37 @@ async fn prometheus_source_matches_the_load_and_the_known_series() {
     });
     let s = lp.cycle().await.unwrap();
     assert_eq!(s.destinations, 2, "{s:?}");
+    // Observe mode (the default) recommends for both.
+    assert_eq!(s.recommended, 2, "{s:?}");
+    // Prometheus alone, observe mode: no filter at all, both destinations from Prometheus.
+    let alone = Arc::new(Controller::new(Config::default()).unwrap());
+    let lp2 = PolicyLoop::new(
+        alone.clone(),
+        Some(
+            meshtune_policy::OnnxPolicy::from_bytes(
+                &const_model([0.5; KNOB_COUNT], "const"),
+                "test",
+            )
+            .unwrap(),
+        ),
+        vec![],
+        Arc::new(meshtune_sinks::LogSink::new(Box::new(std::io::sink()))),
+        None,
+        LoopConfig {
+            min_requests: 1,
+            naming: Naming::IstioHost,
+            ..LoopConfig::default()
+        },
+    );
+    lp2.set_sources(Sources {
+        filter: false,
+        prometheus: Some((src.clone(), istio_window)),
+    });
+    let s2 = lp2.cycle().await.unwrap();
+    assert_eq!((s2.destinations, s2.recommended), (2, 2), "{s2:?}");
+    assert!(alone
+        .metrics_text()
+        .contains("meshtune_destinations_selected{source=\"prometheus\"} 2"));
     let text = controller.metrics_text();
     for line in [
         "meshtune_destinations_selected{source=\"filter\"} 1",
@@ -362,7 +458,10 @@ async fn prometheus_source_matches_the_load_and_the_known_series() {
     })
     .await;
     assert_eq!(v, 1.0);
-    assert_eq!(labels.get("version").map(String::as_str), Some(env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        labels.get("version").map(String::as_str),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
     let (_, p50_s) = eventually(20, "the controller's latency histogram in Prometheus", || {
         let url = url.clone();
         async move {
@@ -380,9 +479,12 @@ async fn prometheus_source_matches_the_load_and_the_known_series() {
     let (_, sel) = eventually(20, "meshtune_destinations_selected in Prometheus", || {
         let url = url.clone();
         async move {
-            query_value(&url, "meshtune_destinations_selected{source=\"prometheus\"}")
-                .await
-                .filter(|(_, v)| *v == 1.0)
+            query_value(
+                &url,
+                "meshtune_destinations_selected{source=\"prometheus\"}",
+            )
+            .await
+            .filter(|(_, v)| *v == 1.0)
         }
     })
     .await;
@@ -420,8 +522,18 @@ async fn prometheus_source_matches_the_load_and_the_known_series() {
     let reviews: Vec<_> = rows.iter().filter(|r| r.destination == REVIEWS).collect();
     assert!(reviews.len() >= 3, "{} reviews rows", reviews.len());
     for r in &reviews {
-        close("recorded reviews rps", r.features.get("rps").unwrap(), REVIEWS_RPS, REVIEWS_RPS * 0.15);
-        close("recorded reviews 5xx", r.features.get("error_5xx_rate").unwrap(), 0.1, 0.03);
+        close(
+            "recorded reviews rps",
+            r.features.get("rps").unwrap(),
+            REVIEWS_RPS,
+            REVIEWS_RPS * 0.15,
+        );
+        close(
+            "recorded reviews 5xx",
+            r.features.get("error_5xx_rate").unwrap(),
+            0.1,
+            0.03,
+        );
         assert!(r.outcomes.offered_rps > 0.0);
     }
     // The workload's windows add up to the loadgen's requests.
@@ -430,6 +542,11 @@ async fn prometheus_source_matches_the_load_and_the_known_series() {
         .filter(|r| r.destination == "workload")
         .map(|r| r.features.get("rps").unwrap() * 2.0)
         .sum();
-    close("recorded workload requests", recorded, completed as f64, completed as f64 * 0.1);
+    close(
+        "recorded workload requests",
+        recorded,
+        completed as f64,
+        completed as f64 * 0.1,
+    );
     drop(prometheus);
 }

@@ -298,7 +298,11 @@ mod tests {
         let p = policy_stats(&w, a);
         let tol = 5.0 * crate::histogram::RELATIVE_ERROR + 1e-3;
         assert!((p.inflight_avg - 5.0).abs() <= tol, "{}", p.inflight_avg);
-        assert!(p.inflight_max >= 5 && p.inflight_max <= 6, "{}", p.inflight_max);
+        assert!(
+            p.inflight_max >= 5 && p.inflight_max <= 6,
+            "{}",
+            p.inflight_max
+        );
         assert_eq!(p.retries, 0);
         assert_eq!(p.requests, 1000);
         // Complete windows pass through untouched.

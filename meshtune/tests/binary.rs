@@ -194,7 +194,10 @@ fn envoy_file_sink_without_cds_is_a_flag_error() {
 
 #[test]
 fn prometheus_source_without_url_is_a_flag_error() {
-    let out = controller().args(["--source", "prometheus"]).output().unwrap();
+    let out = controller()
+        .args(["--source", "prometheus"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--prometheus-url"), "{err}");
@@ -223,7 +226,13 @@ fn record_from_an_unreachable_prometheus_fails_naming_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("prometheus http://127.0.0.1:9"), "{err}");
     let out = Command::new(BIN)
-        .args(["record", "--from", "prometheus", "--prometheus-url", "http://x"])
+        .args([
+            "record",
+            "--from",
+            "prometheus",
+            "--prometheus-url",
+            "http://x",
+        ])
         .args(["--start", "yesterday", "--out", "/dev/null"])
         .output()
         .unwrap();

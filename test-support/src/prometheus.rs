@@ -138,11 +138,9 @@ impl PrometheusProcess {
             source,
         })?;
         let cfg = dir.join("prometheus.yml");
-        std::fs::write(&cfg, config(scrape_interval, jobs)).map_err(|source| {
-            PromError::Write {
-                path: cfg.clone(),
-                source,
-            }
+        std::fs::write(&cfg, config(scrape_interval, jobs)).map_err(|source| PromError::Write {
+            path: cfg.clone(),
+            source,
         })?;
         let log_path = dir.join("prometheus.log");
         let log = std::fs::File::create(&log_path).map_err(|source| PromError::Write {
@@ -156,7 +154,10 @@ impl PrometheusProcess {
         let addr = free_port()?;
         let child = Command::new(bin)
             .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .arg("--log.level=warn")
             .stdin(Stdio::null())
@@ -221,11 +222,18 @@ mod tests {
     fn config_lists_jobs_and_interval() {
         let c = config(
             Duration::from_millis(500),
-            &[Job::new("envoy", "/stats/prometheus", vec!["127.0.0.1:9901".parse().unwrap()])],
+            &[Job::new(
+                "envoy",
+                "/stats/prometheus",
+                vec!["127.0.0.1:9901".parse().unwrap()],
+            )],
         );
         let v: serde_json::Value = serde_json::from_str(&c).unwrap();
         assert_eq!(v["global"]["scrape_interval"], "500ms");
         assert_eq!(v["scrape_configs"][0]["metrics_path"], "/stats/prometheus");
-        assert_eq!(v["scrape_configs"][0]["static_configs"][0]["targets"][0], "127.0.0.1:9901");
+        assert_eq!(
+            v["scrape_configs"][0]["static_configs"][0]["targets"][0],
+            "127.0.0.1:9901"
+        );
     }
 }
