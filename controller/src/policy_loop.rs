@@ -431,7 +431,9 @@ impl PolicyLoop {
         }
         for s in selected {
             if !s.availability.is_complete() {
-                metrics.count_missing(&s.availability.missing_features());
+                let missing = s.availability.missing_features();
+                tracing::debug!(destination = %s.destination, source = s.source.name(), ?missing, "policy input uses fallbacks for missing features");
+                metrics.count_missing(&missing);
             }
         }
     }
