@@ -147,14 +147,14 @@ fn cycle(
 ) -> (usize, usize) {
     let now_ms = T0_MS + WINDOW_SECS * 1000 - 1;
     let t = Instant::now();
-    let snapshot = a.snapshot(now_ms);
+    let snapshot = a.snapshot_with_clients(now_ms);
     st.snapshot += t.elapsed();
 
     let t = Instant::now();
     let selected = decision::select(snapshot, Naming::IstioHost, decision::DEFAULT_MIN_REQUESTS);
-    let batch: Vec<_> = selected
+    let batch: Vec<_> = decision::features(&selected, state, Instant::now(), 250.0)
         .iter()
-        .map(|s| s.stats.features().normalised())
+        .map(|f| f.normalised())
         .collect();
     st.select_features += t.elapsed();
 

@@ -73,6 +73,26 @@ impl IngestOutcome {
     }
 }
 
+/// One reported cluster's sliding window and how many reporters it merges.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterWindow {
+    pub cluster: String,
+    pub stats: WindowStats,
+    /// Distinct reporters with a report in the window.
+    pub clients: u32,
+}
+
+impl From<(String, WindowStats)> for ClusterWindow {
+    /// One reporter's window (tests, benchmarks).
+    fn from((cluster, stats): (String, WindowStats)) -> Self {
+        ClusterWindow {
+            cluster,
+            stats,
+            clients: 1,
+        }
+    }
+}
+
 /// One destination as seen over the window and its lifetime.
 #[derive(Debug, Clone)]
 pub struct DestinationView {
@@ -111,6 +131,7 @@ struct Counters {
     request_bytes: u64,
     response_bytes: u64,
     http2_requests: u64,
+    endpoints: u32,
 }
 
 impl Counters {
@@ -130,6 +151,7 @@ impl Counters {
         self.request_bytes += w.request_bytes;
         self.response_bytes += w.response_bytes;
         self.http2_requests += w.http2_requests;
+        self.endpoints = self.endpoints.max(w.endpoints);
         if concurrent {
             self.inflight_max += w.inflight_max;
             self.inflight_avg += w.inflight_avg;
@@ -157,6 +179,7 @@ impl Counters {
         w.request_bytes = self.request_bytes;
         w.response_bytes = self.response_bytes;
         w.http2_requests = self.http2_requests;
+        w.endpoints = self.endpoints;
     }
 }
 
@@ -558,6 +581,19 @@ impl Aggregator {
         self.destinations
             .iter()
             .map(|(name, d)| (name.clone(), self.window_of(d, now_ms)))
+            .collect()
+    }
+
+    /// [`Self::snapshot`] with the number of reporters in each destination's window (the
+    /// policy's `clients` feature).
+    pub fn snapshot_with_clients(&self, now_ms: u64) -> Vec<ClusterWindow> {
+        self.destinations
+            .iter()
+            .map(|(name, d)| ClusterWindow {
+                cluster: name.clone(),
+                stats: self.window_of(d, now_ms),
+                clients: u32::try_from(self.reporters_in_window(d, now_ms)).unwrap_or(u32::MAX),
+            })
             .collect()
     }
 

@@ -2,7 +2,7 @@
 //! loop ([`run`]): model, guardrails, sinks, recorder, decision loop, servers.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use clap::Args;
 use meshtune_policy::guardrails::{self, Mode};
 use tokio::net::TcpListener;
 
+use crate::admin::{FilterModule, FilterModuleError, DEFAULT_FILTER_WASM};
 use crate::config::{self, Config};
 use crate::decision::{self, Naming};
 use crate::policy_loop::{
@@ -27,14 +28,23 @@ pub struct ControllerArgs {
     /// gRPC listen address (meshtune.v1.FeatureService).
     #[arg(long, default_value = config::DEFAULT_GRPC_LISTEN)]
     pub grpc_listen: String,
-    /// Admin HTTP listen address (/healthz, /readyz, /metrics, /api/destinations, /api/model).
+    /// Admin HTTP listen address (/healthz, /readyz, /metrics, /api/destinations, /api/model,
+    /// /api/filter, /filter.wasm).
     #[arg(long, default_value = config::DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: String,
+    /// Filter module served to sidecars at /filter.wasm (sha256 at /api/filter); must be a
+    /// readable .wasm file. Default: /usr/local/share/meshtune/filter.wasm, where the
+    /// controller image puts it; without this flag a missing default file means no module
+    /// (both paths answer 404).
+    #[arg(long)]
+    pub filter_wasm: Option<PathBuf>,
     /// JSON hints file, reloaded when it changes (replaces the policy's hints).
     #[arg(long)]
     pub hints_file: Option<PathBuf>,
-    /// Sliding window length in seconds.
-    #[arg(long, default_value_t = config::DEFAULT_WINDOW_SECS)]
+    /// Sliding window length in seconds; at least 2 (filters report once a second, so a 1 s
+    /// window is empty about half the time and no destination reaches --min-requests).
+    #[arg(long, default_value_t = config::DEFAULT_WINDOW_SECS,
+          value_parser = clap::value_parser!(u64).range(config::MIN_WINDOW_SECS..))]
     pub window_secs: u64,
     /// Largest accepted encoded report, bytes.
     #[arg(long, default_value_t = config::DEFAULT_MAX_REPORT_BYTES)]
@@ -63,6 +73,10 @@ pub struct ControllerArgs {
     /// Overrides the guardrails' minimum seconds between two pushes to a destination.
     #[arg(long)]
     pub min_dwell_secs: Option<f64>,
+    /// Overrides the guardrails' minimum seconds between pushes while a destination misses its
+    /// SLO (default 10).
+    #[arg(long)]
+    pub urgent_dwell_secs: Option<f64>,
     /// Overrides the guardrails' largest ×/÷ step of log-scale knobs per push (> 1).
     #[arg(long)]
     pub max_step_factor: Option<f64>,
@@ -121,7 +135,7 @@ pub enum SourceKind {
 }
 
 impl ControllerArgs {
-    /// The ingest/aggregation config.
+    /// The ingest/aggregation config, without the filter module (see [`Self::filter_module`]).
     pub fn config(&self) -> Config {
         Config {
             window_secs: self.window_secs.max(1),
@@ -129,6 +143,28 @@ impl ControllerArgs {
             max_destinations: self.max_destinations,
             hints_file: self.hints_file.clone(),
             ..Config::default()
+        }
+    }
+
+    /// Reads the filter module: `--filter-wasm` must be a readable WebAssembly file; without
+    /// the flag, [`DEFAULT_FILTER_WASM`] is served if it exists (the image) and no module is
+    /// served if it does not (a developer checkout). Errors name the flag and the file.
+    pub fn filter_module(&self) -> Result<Option<FilterModule>, LoopError> {
+        let flag_error = |e: FilterModuleError| LoopError::Flag {
+            flag: "--filter-wasm",
+            reason: e.to_string(),
+        };
+        match &self.filter_wasm {
+            Some(path) => FilterModule::load(path).map(Some).map_err(flag_error),
+            None => match FilterModule::load(Path::new(DEFAULT_FILTER_WASM)) {
+                Ok(m) => Ok(Some(m)),
+                Err(FilterModuleError::Read { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(flag_error(e)),
+            },
         }
     }
 
@@ -144,6 +180,12 @@ impl ControllerArgs {
         if let Some(d) = self.min_dwell_secs {
             g.min_dwell = Duration::try_from_secs_f64(d).map_err(|e| LoopError::Flag {
                 flag: "--min-dwell-secs",
+                reason: e.to_string(),
+            })?;
+        }
+        if let Some(d) = self.urgent_dwell_secs {
+            g.urgent_dwell = Duration::try_from_secs_f64(d).map_err(|e| LoopError::Flag {
+                flag: "--urgent-dwell-secs",
                 reason: e.to_string(),
             })?;
         }
@@ -174,6 +216,7 @@ impl ControllerArgs {
             },
             hint_ttl_ms: policy_loop::default_hint_ttl(interval),
             guardrails: g,
+            settle: Duration::from_secs(self.window_secs),
         })
     }
 
@@ -313,7 +356,16 @@ pub async fn run(
 pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
     let loop_config = args.loop_config()?;
     let feature_sources = args.sources()?;
-    let controller = Arc::new(Controller::new(args.config())?);
+    let filter_module = args.filter_module()?;
+    match &filter_module {
+        Some(m) => tracing::info!(path = %m.path().display(), sha256 = m.sha256(),
+            size = m.bytes().len(), "serving the filter module at /filter.wasm"),
+        None => tracing::info!("no filter module ({DEFAULT_FILTER_WASM} absent, no --filter-wasm)"),
+    }
+    let controller = Arc::new(Controller::new(Config {
+        filter_module,
+        ..args.config()
+    })?);
     let sources = args.model_sources();
     let kube = match &args.model_configmap {
         Some(_) => Some(policy_loop::kube_client("--model-configmap").await?),

@@ -7,6 +7,9 @@ use std::time::Duration;
 pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:18000";
 /// Default admin HTTP address (`/healthz`, `/readyz`, `/metrics`, `/api/destinations`).
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:18001";
+/// Shortest sliding window: filters report once a second, so a 1 s window holds the current
+/// second's reports only and is empty about half the time.
+pub const MIN_WINDOW_SECS: u64 = 2;
 /// Default sliding window length in seconds.
 pub const DEFAULT_WINDOW_SECS: u64 = 10;
 /// Default largest accepted encoded ReportRequest, in bytes.
@@ -55,6 +58,9 @@ pub struct Config {
     pub hints_file: Option<PathBuf>,
     /// How often the hints file's mtime is checked.
     pub hints_poll: Duration,
+    /// The filter module served at `/filter.wasm` and described at `/api/filter`; `None`
+    /// answers both with 404 (see `--filter-wasm`).
+    pub filter_module: Option<crate::admin::FilterModule>,
 }
 
 impl Default for Config {
@@ -71,6 +77,7 @@ impl Default for Config {
             reporter_idle_secs: DEFAULT_REPORTER_IDLE_SECS,
             hints_file: None,
             hints_poll: DEFAULT_HINTS_POLL,
+            filter_module: None,
         }
     }
 }

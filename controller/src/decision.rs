@@ -11,7 +11,9 @@ use std::time::Instant;
 use meshtune_core::availability::Availability;
 use meshtune_core::knobs::{Knob, Knobs, KNOB_COUNT};
 use meshtune_core::outcomes::{Objective, Outcomes, SloGood};
-use meshtune_core::WindowStats;
+use meshtune_core::{Context, Features, WindowStats};
+
+use crate::aggregate::ClusterWindow;
 use meshtune_policy::guardrails::{Action, Guardrails, HoldReason, Mode, Verdict};
 
 /// Default minimum requests in a destination's window before the policy decides for it.
@@ -60,6 +62,8 @@ pub struct Selected {
     pub clusters: Vec<String>,
     /// Their windows merged (concurrent reporters).
     pub stats: WindowStats,
+    /// Reporting client proxies (the most of any of its clusters).
+    pub clients: u32,
     /// Fields the source measured (complete for the filter; see
     /// `meshtune_core::availability` for the Prometheus source's gaps and their fallbacks).
     pub availability: Availability,
@@ -88,9 +92,9 @@ impl FeatureSource {
 
 impl Selected {
     /// The policy input's raw features: the window with the documented fallbacks for missing
-    /// fields (`meshtune_core::availability::policy_stats`).
-    pub fn policy_features(&self) -> meshtune_core::Features {
-        meshtune_core::availability::policy_stats(&self.stats, self.availability).features()
+    /// fields (`meshtune_core::availability::policy_stats`) and the destination's state.
+    pub fn policy_features(&self, context: &Context) -> meshtune_core::Features {
+        meshtune_core::availability::policy_stats(&self.stats, self.availability).features(context)
     }
 }
 
@@ -99,7 +103,7 @@ impl Selected {
 /// deterministic). Takes the snapshot by value: each window moves into its destination (the
 /// common case of one cluster per destination copies nothing).
 pub fn select(
-    snapshot: impl IntoIterator<Item = (String, WindowStats)>,
+    snapshot: impl IntoIterator<Item = impl Into<ClusterWindow>>,
     naming: Naming,
     min_requests: u64,
 ) -> Vec<Selected> {
@@ -107,7 +111,12 @@ pub fn select(
     let n = snapshot.size_hint().0;
     let mut groups: Vec<Selected> = Vec::with_capacity(n);
     let mut index: HashMap<String, usize> = HashMap::with_capacity(n);
-    for (cluster, stats) in snapshot {
+    for entry in snapshot {
+        let ClusterWindow {
+            cluster,
+            stats,
+            clients,
+        } = entry.into();
         let Some((destination, namespace)) = naming.destination(&cluster) else {
             continue;
         };
@@ -116,6 +125,7 @@ pub fn select(
                 let s = &mut groups[*e.get()];
                 s.clusters.push(cluster);
                 s.stats.merge_concurrent(&stats);
+                s.clients = s.clients.max(clients);
             }
             Entry::Vacant(e) => {
                 let destination = e.key().clone();
@@ -125,6 +135,7 @@ pub fn select(
                     namespace,
                     clusters: vec![cluster],
                     stats,
+                    clients,
                     availability: Availability::COMPLETE,
                     source: FeatureSource::Filter,
                 });
@@ -141,7 +152,7 @@ pub fn select(
 /// the filters do not report, if their window is decidable
 /// ([`Availability::decidable`]). Then the `min_requests` rule applies to all.
 pub fn select_sources(
-    filter: impl IntoIterator<Item = (String, WindowStats)>,
+    filter: impl IntoIterator<Item = impl Into<ClusterWindow>>,
     prometheus: Vec<crate::prometheus::SourcedWindow>,
     naming: Naming,
     min_requests: u64,
@@ -184,6 +195,8 @@ pub fn select_sources(
                     namespace,
                     clusters: vec![w.cluster],
                     stats: w.stats,
+                    // Prometheus does not say how many client proxies it aggregates.
+                    clients: 1,
                     availability: w.availability,
                     source: FeatureSource::Prometheus,
                 });
@@ -207,6 +220,19 @@ pub fn outcomes(w: &WindowStats, slo_ms: f64) -> Outcomes {
     )
 }
 
+/// Share of a window's requests failing for reasons other than shedding above which the
+/// destination counts as missing its SLO.
+pub const URGENT_ERROR_RATE: f64 = 0.1;
+
+/// Whether a window misses its SLO, so a change is urgent (the guardrails' short dwell and
+/// unstepped braking): the requests it served were too slow (p99 above the SLO) or failed
+/// (more than [`URGENT_ERROR_RATE`] errors that are not sheds). Shedding alone is not: under
+/// overload a destination that sheds the excess and serves the rest within the SLO is where
+/// it should be, and pushing again would only churn.
+pub fn misses_slo(o: &Outcomes, slo_ms: f64) -> bool {
+    o.offered_rps > 0.0 && (o.p99_ms > slo_ms || o.error_rate - o.shed_rate > URGENT_ERROR_RATE)
+}
+
 /// The guardrails' objective (a cost; lower is better): `1 - reward`.
 pub fn cost(o: &Outcomes) -> f64 {
     1.0 - o.reward
@@ -218,6 +244,11 @@ pub struct LoopState {
     pub guardrails: Guardrails,
     /// Knobs in force (pushed) per destination; absent = Istio defaults, nothing pushed yet.
     pub in_force: HashMap<String, Knobs>,
+    /// When each destination's knobs last changed (push or rollback applied).
+    pub changed_at: HashMap<String, Instant>,
+    /// For this long after a change a window still holds traffic from before it: the rollback
+    /// watch skips such windows (it would blame the push for what it has not yet acted on).
+    pub settle: std::time::Duration,
 }
 
 impl LoopState {
@@ -225,7 +256,22 @@ impl LoopState {
         Self {
             guardrails,
             in_force: HashMap::default(),
+            changed_at: HashMap::default(),
+            settle: std::time::Duration::ZERO,
         }
+    }
+
+    /// Sets the settle time (the sliding window's length).
+    pub fn with_settle(mut self, settle: std::time::Duration) -> Self {
+        self.settle = settle;
+        self
+    }
+
+    /// Whether `destination` changed less than `settle` ago.
+    pub fn settling(&self, destination: &str, now: Instant) -> bool {
+        self.changed_at
+            .get(destination)
+            .is_some_and(|t| now.saturating_duration_since(*t) < self.settle)
     }
 
     pub fn mode(&self) -> Mode {
@@ -239,6 +285,31 @@ impl LoopState {
             .copied()
             .unwrap_or_else(Knobs::istio_defaults)
     }
+}
+
+/// The policy's input for each selected destination: its window and its state (knobs in force,
+/// reporting clients, time since the knobs last changed, the SLO target).
+pub fn features(
+    selected: &[Selected],
+    state: &LoopState,
+    now: Instant,
+    slo_ms: f64,
+) -> Vec<Features> {
+    selected
+        .iter()
+        .map(|s| {
+            let context = Context {
+                knobs: state.knobs_in_force(&s.destination),
+                clients: s.clients,
+                secs_since_change: state
+                    .changed_at
+                    .get(&s.destination)
+                    .map(|t| now.saturating_duration_since(*t).as_secs_f64()),
+                slo_target_ms: slo_ms,
+            };
+            s.policy_features(&context)
+        })
+        .collect()
 }
 
 /// What happened to one destination this cycle.
@@ -324,6 +395,8 @@ pub struct DestDecision {
     pub changed: Vec<Knob>,
     pub action: DestAction,
     pub outcomes: Outcomes,
+    /// When the knobs last changed before this cycle (restored if the push is reverted).
+    pub changed_before: Option<Instant>,
 }
 
 /// Result of [`decide`].
@@ -387,12 +460,21 @@ pub fn decide(
             changed: Vec::new(),
             action: DestAction::Hold(HoldReason::NoChange),
             outcomes,
+            changed_before: state.changed_at.get(&sel.destination).copied(),
+        };
+        // Windows still mixing traffic from before the last change are not evidence about it.
+        let verdict = if state.settling(dest, now) {
+            Verdict::Idle
+        } else {
+            state
+                .guardrails
+                .observe_at_load(dest, objective, outcomes.offered_rps)
         };
         if let Verdict::Rollback {
             restore,
             baseline,
             objective,
-        } = state.guardrails.observe(dest, objective)
+        } = verdict
         {
             item.changed = changed(&before, &restore);
             item.knobs = restore;
@@ -408,12 +490,18 @@ pub fn decide(
             });
             state.guardrails.record_rollback(dest, now, restore);
             state.in_force.insert(sel.destination.clone(), restore);
+            state.changed_at.insert(sel.destination.clone(), now);
             cycle.items.push(item);
             continue;
         }
-        let d = state
-            .guardrails
-            .decide(dest, &sel.namespace, now, prop, &before);
+        let d = state.guardrails.decide_with(
+            dest,
+            &sel.namespace,
+            now,
+            prop,
+            &before,
+            misses_slo(&outcomes, slo_ms),
+        );
         item.changed = d.changed;
         // Built only for a push or recommendation (most destinations hold in steady state).
         let sink_decision = || meshtune_sinks::Decision {
@@ -427,8 +515,15 @@ pub fn decide(
                 item.knobs = d.knobs;
                 item.action = DestAction::Push;
                 cycle.pushes.push(sink_decision());
-                state.guardrails.record_push(dest, now, before, objective);
+                state.guardrails.record_push_at_load(
+                    dest,
+                    now,
+                    before,
+                    objective,
+                    outcomes.offered_rps,
+                );
                 state.in_force.insert(sel.destination.clone(), d.knobs);
+                state.changed_at.insert(sel.destination.clone(), now);
             }
             Action::Recommend => {
                 item.knobs = d.knobs;
@@ -457,6 +552,10 @@ pub fn revert_push(state: &mut LoopState, item: &DestDecision) {
             state.in_force.insert(item.destination.clone(), item.before);
         }
         state.guardrails.forget(&item.destination);
+        match item.changed_before {
+            Some(t) => state.changed_at.insert(item.destination.clone(), t),
+            None => state.changed_at.remove(&item.destination),
+        };
     }
 }
 
@@ -520,19 +619,19 @@ impl CycleSummary {
 /// The "record" stage's rows: per destination, the window's features, the knobs in force
 /// while it was measured and its outcomes (the dataset the trainer learns from).
 pub fn dataset_rows(
-    selected: &[Selected],
+    features: &[Features],
     items: &[DestDecision],
     unix_secs: u64,
 ) -> Vec<meshtune_core::dataset::DatasetRow> {
-    selected
+    features
         .iter()
         .zip(items)
-        .map(|(s, item)| meshtune_core::dataset::DatasetRow {
+        .map(|(f, item)| meshtune_core::dataset::DatasetRow {
             source: crate::recorder::LIVE_SOURCE.into(),
             scenario: String::new(),
             destination: item.destination.clone(),
             window: unix_secs,
-            features: s.policy_features(),
+            features: *f,
             knobs: item.before,
             outcomes: item.outcomes,
         })
@@ -671,12 +770,12 @@ mod tests {
         assert_eq!(s[1].availability, lacking);
         assert_eq!(s[1].namespace, "ns");
         // The policy input of a Prometheus window uses the fallback, not a zero.
-        let f = s[1].policy_features();
+        let f = s[1].policy_features(&Context::initial(250.0));
         assert!(f.get("inflight_avg").unwrap() > 0.0);
         assert_eq!(s[1].stats.inflight_avg, 0.0);
         // Prometheus alone: every decidable destination.
         let only = select_sources(
-            Vec::new(),
+            Vec::<ClusterWindow>::new(),
             vec![prom("outbound|||a.ns.svc.cluster.local", 1000, lacking)],
             Naming::IstioHost,
             20,
@@ -734,18 +833,74 @@ mod tests {
             ..Config::default()
         };
         let mut st = LoopState::new(Guardrails::new(cfg));
+        let now = Instant::now();
         let c = decide(
             &sel("a", window(100, 100, 5)),
             &[proposal()],
             &mut st,
-            Instant::now(),
+            now,
             250.0,
         );
-        // From Istio's "unlimited" (pinned to the hard max 65536) at most ÷2 per push.
+        // From Istio's "unlimited" there is no finite base: the first push sets the proposal.
+        assert_eq!(c.pushes[0].knobs.get(Knob::Http1MaxPendingRequests), 64.0);
+        // From a value in force, at most ÷2 per push (after the dwell).
+        let mut p = proposal();
+        p.set(Knob::Http1MaxPendingRequests, 4.0);
+        let later = now + meshtune_policy::guardrails::DEFAULT_MIN_DWELL * 10;
+        st.guardrails.forget("a");
+        let c = decide(&sel("a", window(100, 100, 5)), &[p], &mut st, later, 250.0);
+        assert_eq!(c.items[0].action, DestAction::Push, "{:?}", c.items[0]);
+        assert_eq!(c.pushes[0].knobs.get(Knob::Http1MaxPendingRequests), 32.0);
         assert_eq!(
-            c.pushes[0].knobs.get(Knob::Http1MaxPendingRequests),
-            32_768.0
+            st.changed_at.get("a"),
+            Some(&later),
+            "the change time is kept"
         );
+    }
+
+    #[test]
+    fn missing_the_slo_is_urgent() {
+        let ok = outcomes(&window(100, 100, 5), 250.0);
+        assert!(!misses_slo(&ok, 250.0));
+        let failing = outcomes(&window(100, 50, 5), 250.0);
+        assert!(misses_slo(&failing, 250.0), "{failing:?}");
+        let slow = outcomes(&window(100, 100, 400), 250.0);
+        assert!(misses_slo(&slow, 250.0), "{slow:?}");
+        assert!(!misses_slo(&slow, 500.0), "within a looser SLO");
+        let mut shedding = window(100, 50, 5);
+        shedding.flag_uo = 50;
+        let shedding = outcomes(&shedding, 250.0);
+        assert!(
+            !misses_slo(&shedding, 250.0),
+            "shedding the excess, serving the rest in time: {shedding:?}"
+        );
+    }
+
+    #[test]
+    fn features_carry_the_destination_state() {
+        let mut st = LoopState::new(Guardrails::new(enforce(Duration::from_secs(60))));
+        let t0 = Instant::now();
+        let mut selected = sel("a", window(100, 100, 5));
+        selected[0].clients = 3;
+        let f = features(&selected, &st, t0, 250.0);
+        assert_eq!(f[0].get("clients"), Some(3.0));
+        assert_eq!(f[0].get("slo_target_ms"), Some(250.0));
+        assert_eq!(
+            f[0].get("secs_since_change"),
+            Some(meshtune_core::features::MAX_SECS_SINCE_CHANGE),
+            "never changed"
+        );
+        assert_eq!(
+            f[0].get("knob.http.http2MaxRequests"),
+            Some(1.0),
+            "unlimited"
+        );
+        let c = decide(&selected, &[proposal()], &mut st, t0, 250.0);
+        assert_eq!(c.items[0].action, DestAction::Push);
+        let f = features(&selected, &st, t0 + Duration::from_secs(7), 250.0);
+        assert_eq!(f[0].get("secs_since_change"), Some(7.0));
+        let pending = f[0].get("knob.http.http1MaxPendingRequests").unwrap();
+        assert!(pending < 1.0 && pending > 0.0, "{pending}");
     }
 
     #[test]
@@ -825,6 +980,43 @@ mod tests {
     }
 
     #[test]
+    fn windows_from_before_a_push_do_not_roll_it_back() {
+        let cfg = Config {
+            rollback_consecutive: 2,
+            rollback_windows: 5,
+            ..enforce(Duration::from_secs(3600))
+        };
+        let mut st = LoopState::new(Guardrails::new(cfg)).with_settle(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let bad = || sel("a", window(100, 40, 500));
+        decide(
+            &sel("a", window(100, 100, 5)),
+            &[proposal()],
+            &mut st,
+            t0,
+            250.0,
+        );
+        for s in 1..10 {
+            let c = decide(
+                &bad(),
+                &[proposal()],
+                &mut st,
+                t0 + Duration::from_secs(s),
+                250.0,
+            );
+            assert!(c.pushes.is_empty(), "t+{s}s: {:?}", c.items[0].action);
+        }
+        let late = t0 + Duration::from_secs(10);
+        decide(&bad(), &[proposal()], &mut st, late, 250.0);
+        let c = decide(&bad(), &[proposal()], &mut st, late, 250.0);
+        assert!(
+            matches!(c.items[0].action, DestAction::Rollback { .. }),
+            "settled windows count: {:?}",
+            c.items[0].action
+        );
+    }
+
+    #[test]
     fn settle_reverts_failed_pushes_only_and_summary_counts_outcomes() {
         let mut st = LoopState::new(Guardrails::new(enforce(Duration::ZERO)));
         let mut selected = sel("a", window(100, 100, 5));
@@ -854,7 +1046,13 @@ mod tests {
             }
         );
         assert_eq!(DestOutcome::PushFailed.label(), "push_failed");
-        let rows = dataset_rows(&selected, &c.items, 1234);
+        let features = features(
+            &selected,
+            &LoopState::new(Guardrails::new(enforce(Duration::from_secs(60)))),
+            Instant::now(),
+            250.0,
+        );
+        let rows = dataset_rows(&features, &c.items, 1234);
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[1].destination, "b");
         assert_eq!(rows[1].window, 1234);
@@ -863,7 +1061,7 @@ mod tests {
             Knobs::istio_defaults(),
             "knobs while measured"
         );
-        assert_eq!(rows[0].features, selected[0].stats.features());
+        assert_eq!(rows[0].features, features[0]);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshtune_core::knobs::Knobs;
+use meshtune_core::Features;
 use meshtune_policy::guardrails::{self, Guardrails, Mode};
 use meshtune_policy::source::{ModelSource, SourceError};
 use meshtune_policy::{ModelStore, OnnxPolicy};
@@ -46,6 +47,9 @@ pub struct LoopConfig {
     pub hint_ttl_ms: u32,
     /// Guardrails (mode, bounds, hysteresis, dwell, rollback).
     pub guardrails: guardrails::Config,
+    /// How long after a change windows still hold traffic from before it (the sliding
+    /// window's length): the rollback watch ignores them.
+    pub settle: Duration,
 }
 
 impl Default for LoopConfig {
@@ -57,6 +61,7 @@ impl Default for LoopConfig {
             naming: Naming::Cluster,
             hint_ttl_ms: default_hint_ttl(DEFAULT_DECISION_INTERVAL),
             guardrails: guardrails::Config::default(),
+            settle: Duration::from_secs(crate::config::DEFAULT_WINDOW_SECS),
         }
     }
 }
@@ -281,9 +286,10 @@ impl PolicyLoop {
             controller.set_hint_source(hints.clone());
         }
         let me = Arc::new(Self {
-            state: tokio::sync::Mutex::new(LoopState::new(Guardrails::new(
-                config.guardrails.clone(),
-            ))),
+            state: tokio::sync::Mutex::new(
+                LoopState::new(Guardrails::new(config.guardrails.clone()))
+                    .with_settle(config.settle),
+            ),
             controller,
             store,
             sinks,
@@ -306,13 +312,32 @@ impl PolicyLoop {
     /// The select stage: the filters' snapshot and/or Prometheus windows, merged
     /// ([`decision::select_sources`]). A Prometheus error is logged and counted; the cycle
     /// goes on with the filter's windows.
+    /// The filters' windows alone, saying why when none qualifies (e.g. a window too short for
+    /// the report interval).
+    fn select_filter(&self, naming: Naming, min: u64) -> Vec<decision::Selected> {
+        let snapshot = self.controller.snapshot_with_clients();
+        let reported = snapshot.len();
+        let busiest = snapshot.iter().map(|c| c.stats.requests).max().unwrap_or(0);
+        let selected = decision::select(snapshot, naming, min);
+        if selected.is_empty() && reported > 0 {
+            tracing::info!(
+                reported,
+                busiest_window_requests = busiest,
+                min_requests = min,
+                "no destination has --min-requests requests in its window (or none maps to a \
+                 destination): nothing to decide this cycle"
+            );
+        }
+        selected
+    }
+
     async fn select(&self) -> Vec<decision::Selected> {
         let (naming, min) = (self.config.naming, self.config.min_requests);
         let Some(sources) = self.sources.get() else {
-            return decision::select(self.controller.snapshot(), naming, min);
+            return self.select_filter(naming, min);
         };
         let filter = if sources.filter {
-            self.controller.snapshot()
+            self.controller.snapshot_with_clients()
         } else {
             Vec::new()
         };
@@ -380,7 +405,10 @@ impl PolicyLoop {
         let selected = self.select().await;
         self.count_sources(&selected);
         let policy = store.current();
-        let Some(proposed) = self.infer(&policy, &selected) else {
+        let mut state = self.state.lock().await;
+        let now = Instant::now();
+        let features = decision::features(&selected, &state, now, self.config.slo_ms);
+        let Some(proposed) = self.infer(&policy, &features) else {
             return Some(CycleSummary {
                 destinations: selected.len(),
                 model_version: policy.model_version().to_string(),
@@ -389,15 +417,8 @@ impl PolicyLoop {
         };
         self.controller.metrics().decision_cycles.inc();
         self.cycles.fetch_add(1, Ordering::Relaxed);
-        let mut state = self.state.lock().await;
         let now_ms = crate::server::Clock::now_unix_ms(&crate::server::SystemClock);
-        let cycle = decide(
-            &selected,
-            &proposed,
-            &mut state,
-            Instant::now(),
-            self.config.slo_ms,
-        );
+        let cycle = decide(&selected, &proposed, &mut state, now, self.config.slo_ms);
         let failed = self.push(&cycle).await;
         let outcomes = decision::settle(&mut state, &cycle.items, &failed);
         self.publish(&state, &cycle, &outcomes, now_ms);
@@ -405,7 +426,7 @@ impl PolicyLoop {
         self.hints
             .replace(cycle.hints(&state, self.config.hint_ttl_ms));
         drop(state);
-        self.record(&selected, &cycle, now_ms);
+        self.record(&features, &cycle, now_ms);
         self.publish_model();
         Some(CycleSummary::of(
             &cycle.items,
@@ -440,15 +461,12 @@ impl PolicyLoop {
 
     /// Infer stage: one batched inference for all selected destinations, denormalised.
     /// `None` (logged, counted) when the model fails: no decisions this cycle.
-    fn infer(&self, policy: &OnnxPolicy, selected: &[decision::Selected]) -> Option<Vec<Knobs>> {
-        if selected.is_empty() {
+    fn infer(&self, policy: &OnnxPolicy, features: &[Features]) -> Option<Vec<Knobs>> {
+        if features.is_empty() {
             return Some(Vec::new());
         }
         let metrics = self.controller.metrics();
-        let batch: Vec<_> = selected
-            .iter()
-            .map(|s| s.policy_features().normalised())
-            .collect();
+        let batch: Vec<_> = features.iter().map(Features::normalised).collect();
         let started = Instant::now();
         let out = policy.infer(&batch);
         metrics
@@ -565,9 +583,9 @@ impl PolicyLoop {
     }
 
     /// Record stage: appends the cycle's dataset rows to the `--record` CSV, if any.
-    fn record(&self, selected: &[decision::Selected], cycle: &decision::Cycle, now_ms: u64) {
+    fn record(&self, features: &[Features], cycle: &decision::Cycle, now_ms: u64) {
         let Some(rec) = &self.recorder else { return };
-        let rows = decision::dataset_rows(selected, &cycle.items, now_ms / 1000);
+        let rows = decision::dataset_rows(features, &cycle.items, now_ms / 1000);
         let mut rec = rec.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = rec.append(&rows) {
             tracing::error!(error = %e, "recording failed");
@@ -751,10 +769,17 @@ mod tests {
         )
     }
 
+    fn features_of(sel: &[decision::Selected]) -> Vec<meshtune_core::Features> {
+        let state = LoopState::new(Guardrails::new(guardrails::Config::default()));
+        decision::features(sel, &state, Instant::now(), 250.0)
+    }
+
     fn cycle_for(l: &PolicyLoop, names: &[&str]) -> decision::Cycle {
         let sel = selected(names);
         let policy = l.store().unwrap().current();
-        let proposed = l.infer(&policy, &sel).expect("the model runs");
+        let proposed = l
+            .infer(&policy, &features_of(&sel))
+            .expect("the model runs");
         let mut state = LoopState::new(Guardrails::new(l.config.guardrails.clone()));
         decide(&sel, &proposed, &mut state, Instant::now(), 250.0)
     }
@@ -764,7 +789,7 @@ mod tests {
         let l = policy_loop(Vec::new(), None);
         let sel = selected(&["a", "b"]);
         let policy = l.store().unwrap().current();
-        let knobs = l.infer(&policy, &sel).unwrap();
+        let knobs = l.infer(&policy, &features_of(&sel)).unwrap();
         assert_eq!(knobs.len(), 2);
         let expected = Knobs::from_normalised(&[0.5; KNOB_COUNT]);
         assert_eq!(knobs[0], expected);
@@ -809,7 +834,7 @@ mod tests {
         let l = policy_loop(Vec::new(), Some(Recorder::open(&path).unwrap()));
         let sel = selected(&["a", "b"]);
         let c = cycle_for(&l, &["a", "b"]);
-        l.record(&sel, &c, 7_000);
+        l.record(&features_of(&sel), &c, 7_000);
         let text = std::fs::read_to_string(&path).unwrap();
         let rows: Vec<&str> = text.lines().skip(1).collect();
         assert_eq!(rows.len(), 2, "{text}");

@@ -728,7 +728,8 @@ pub enum RecordError {
 }
 
 /// Dataset rows of one evaluation's windows (pure): features with the documented fallbacks,
-/// Istio's default knobs (Prometheus does not know the knobs in force), outcomes of the window.
+/// Istio's default knobs (Prometheus does not know the knobs in force; the state features say
+/// the same: defaults, never changed, one client), outcomes of the window.
 pub fn dataset_rows(
     windows: &[SourcedWindow],
     unix_secs: u64,
@@ -750,7 +751,7 @@ pub fn dataset_rows(
                 scenario: scenario.to_string(),
                 destination,
                 window: unix_secs,
-                features: stats.features(),
+                features: stats.features(&meshtune_core::Context::initial(slo_ms)),
                 knobs: meshtune_core::Knobs::istio_defaults(),
                 outcomes: crate::decision::outcomes(&stats, slo_ms),
             }

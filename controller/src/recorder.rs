@@ -115,7 +115,7 @@ mod tests {
             scenario: String::new(),
             destination: "a".into(),
             window: w,
-            features: WindowStats::default().features(),
+            features: WindowStats::default().features(&meshtune_core::Context::initial(250.0)),
             knobs: Knobs::istio_defaults(),
             outcomes: Outcomes {
                 offered_rps: 3.5,

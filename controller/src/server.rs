@@ -188,10 +188,17 @@ impl Controller {
         self.aggregator.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sliding window of every destination now (the policy's input), sorted by name.
+    /// Sliding window of every destination now, sorted by name.
     pub fn snapshot(&self) -> Vec<(String, WindowStats)> {
         let now = self.clock.now_unix_ms();
         self.aggregator().snapshot(now)
+    }
+
+    /// Sliding window and reporter count of every destination now (the policy's input),
+    /// sorted by name.
+    pub fn snapshot_with_clients(&self) -> Vec<crate::aggregate::ClusterWindow> {
+        let now = self.clock.now_unix_ms();
+        self.aggregator().snapshot_with_clients(now)
     }
 
     /// Handles one report: validate, de-duplicate, merge, answer with hints. A rejected

@@ -313,6 +313,7 @@ fn upstream_stats(u: &UpstreamWindow, duration_s: f64) -> Result<WindowStats, Fi
         request_bytes: u.request_bytes,
         response_bytes: u.response_bytes,
         http2_requests: u.http2_requests,
+        endpoints: u.endpoints,
         latency,
     })
 }

@@ -305,7 +305,7 @@ async fn prometheus_source_matches_the_load_and_the_known_series() {
     assert!(t - exporter_started > istio_window as f64 + 1.0);
     let windows = src.windows_at(t, istio_window).await.unwrap();
     let rv = find(&windows, &format!("outbound|9080||{REVIEWS}"));
-    let f = rv.stats.features();
+    let f = rv.stats.features(&meshtune_core::Context::initial(250.0));
     eprintln!("reviews over {istio_window} s: {f:?}");
     close(
         "reviews rps",
@@ -366,7 +366,7 @@ async fn prometheus_source_matches_the_load_and_the_known_series() {
         ]
     );
     let policy = meshtune_core::availability::policy_stats(&ra.stats, ra.availability);
-    let pf = policy.features();
+    let pf = policy.features(&meshtune_core::Context::initial(250.0));
     close(
         "ratings rps",
         pf.get("rps").unwrap(),

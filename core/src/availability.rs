@@ -104,8 +104,9 @@ impl Field {
     }
 }
 
-/// The fields each feature is computed from, by feature name. Every name in
-/// [`FEATURE_NAMES`] must appear (a test checks it): a new feature states what it needs.
+/// The fields each window feature is computed from, by feature name. Every window feature
+/// name in [`FEATURE_NAMES`] must appear (a test checks it): a new feature states what it
+/// needs. The state features (contract 2) come from the controller, not a source's window.
 pub const FEATURE_FIELDS: &[(&str, &[Field])] = &[
     ("rps", &[Field::Requests]),
     ("latency_p50_ms", &[Field::Latency]),
@@ -248,7 +249,10 @@ mod tests {
 
     #[test]
     fn every_feature_states_its_fields() {
-        for name in FEATURE_NAMES {
+        // The window features; the state features (knobs in force, clients, endpoints, time
+        // since the last change, SLO) come from the controller's loop state, not a source's
+        // window (`endpoints` is 0, "not reported", where a source cannot count them).
+        for name in &FEATURE_NAMES[..crate::features::WINDOW_FEATURE_COUNT] {
             assert!(
                 fields_of(name).is_some_and(|f| !f.is_empty()),
                 "feature {name} has no entry in FEATURE_FIELDS"
@@ -307,7 +311,7 @@ mod tests {
         assert_eq!(p.requests, 1000);
         // Complete windows pass through untouched.
         assert_eq!(policy_stats(&w, Availability::COMPLETE), w);
-        let f = p.features();
+        let f = p.features(&crate::features::Context::initial(250.0));
         assert_eq!(f.get("retry_rate"), Some(0.0));
         assert!((f.get("inflight_avg").unwrap() - 5.0).abs() <= tol);
     }

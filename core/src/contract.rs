@@ -9,7 +9,11 @@ use crate::features::FEATURE_NAMES;
 use crate::knobs::KNOB_NAMES;
 
 /// Bump when the feature or knob schema, normalisation or tensor layout changes.
-pub const CONTRACT_VERSION: &str = "1";
+///
+/// - 1: the 14 window features only.
+/// - 2: adds the destination's state (knobs in force, clients, endpoints, time since the last
+///   change, SLO target; [`crate::features::Context`]); timeout 0 ("none") normalises to 1.
+pub const CONTRACT_VERSION: &str = "2";
 pub const INPUT_NAME: &str = "features";
 pub const OUTPUT_NAME: &str = "knobs";
 /// Comma-separated feature names in input order.
@@ -40,7 +44,7 @@ pub fn knob_names_csv() -> String {
 pub enum ContractError {
     #[error("model metadata is missing `{0}`")]
     Missing(&'static str),
-    #[error("model contract version is {found}, this build speaks {CONTRACT_VERSION}")]
+    #[error("{}", version_message(found))]
     Version { found: String },
     #[error("model {key} differ: expected `{expected}`, found `{found}`")]
     Names {
@@ -48,6 +52,19 @@ pub enum ContractError {
         expected: String,
         found: String,
     },
+}
+
+fn version_message(found: &str) -> String {
+    if found.trim() == "1" {
+        format!(
+            "model speaks policy contract 1 (window features only); this build speaks \
+             {CONTRACT_VERSION}, whose input adds the knobs in force, clients, endpoints, time \
+             since the last change and the SLO target: retrain or export the model for contract \
+             {CONTRACT_VERSION} (the model cards in models/ give the commands)"
+        )
+    } else {
+        format!("model contract version is {found}, this build speaks {CONTRACT_VERSION}")
+    }
 }
 
 /// Checks a model's metadata (key → value) against this build's schema.
@@ -109,6 +126,17 @@ mod tests {
             check_metadata(|k| m.get(k).map(String::as_str)),
             Err(ContractError::Version { .. })
         ));
+        let mut m = good();
+        m.insert(META_CONTRACT_VERSION, "1".into());
+        let e = check_metadata(|k| m.get(k).map(String::as_str)).unwrap_err();
+        assert!(matches!(e, ContractError::Version { .. }));
+        let text = e.to_string();
+        assert!(
+            text.contains("contract 1")
+                && text.contains("knobs in force")
+                && text.contains("retrain"),
+            "a v1 model is told why: {text}"
+        );
         let mut m = good();
         m.remove(META_KNOBS);
         assert_eq!(

@@ -3,6 +3,14 @@
 //! The filter reports raw counters ([`crate::window::WindowStats`]); the controller and the
 //! simulator both turn them into these features the same way, so a policy trained in the
 //! simulator sees live traffic in the same units.
+//!
+//! Contract v2 adds the destination's **state** after the 14 window features: the knobs in
+//! force (normalised), the number of reporting client proxies, the number of upstream
+//! endpoints seen, the time since the knobs last changed and the destination's SLO target
+//! ([`Context`]). Without them "fast because limited" and "fast because idle" look the same to
+//! the policy, which then limits, relaxes and limits again.
+
+use crate::knobs::{Knobs, KNOB_COUNT};
 
 /// How a raw feature value is squashed into roughly [0, 1] for the policy.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -22,8 +30,19 @@ pub struct FeatureSpec {
     pub help: &'static str,
 }
 
-/// Number of features.
-pub const FEATURE_COUNT: usize = 14;
+/// Number of window features (measured over the window; the first features).
+pub const WINDOW_FEATURE_COUNT: usize = 14;
+/// Number of context features after the knobs in force: clients, endpoints, time since the
+/// last change, SLO target.
+pub const CONTEXT_FEATURE_COUNT: usize = 4;
+/// Number of features: window, knobs in force, context.
+pub const FEATURE_COUNT: usize = WINDOW_FEATURE_COUNT + KNOB_COUNT + CONTEXT_FEATURE_COUNT;
+/// Index of the first knob-in-force feature (`knob.<name>`, in knob order).
+pub const KNOB_FEATURE_OFFSET: usize = WINDOW_FEATURE_COUNT;
+/// Index of the first context feature.
+pub const CONTEXT_FEATURE_OFFSET: usize = WINDOW_FEATURE_COUNT + KNOB_COUNT;
+/// Time since the last change is capped here (and "never changed" reads as this value).
+pub const MAX_SECS_SINCE_CHANGE: f64 = 600.0;
 
 /// Feature schema, in policy input order. Changing it is a contract version bump.
 pub const FEATURE_SPECS: [FeatureSpec; FEATURE_COUNT] = [
@@ -111,6 +130,98 @@ pub const FEATURE_SPECS: [FeatureSpec; FEATURE_COUNT] = [
         transform: Transform::Rate,
         help: "HTTP/2 (and 3) requests / requests",
     },
+    FeatureSpec {
+        name: "knob.tcp.maxConnections",
+        unit: "normalised",
+        transform: Transform::Rate,
+        help: "knob in force, normalised as the policy output",
+    },
+    FeatureSpec {
+        name: "knob.http.http1MaxPendingRequests",
+        unit: "normalised",
+        transform: Transform::Rate,
+        help: "knob in force, normalised as the policy output",
+    },
+    FeatureSpec {
+        name: "knob.http.http2MaxRequests",
+        unit: "normalised",
+        transform: Transform::Rate,
+        help: "knob in force, normalised as the policy output",
+    },
+    FeatureSpec {
+        name: "knob.http.maxRequestsPerConnection",
+        unit: "normalised",
+        transform: Transform::Rate,
+        help: "knob in force, normalised as the policy output",
+    },
+    FeatureSpec {
+        name: "knob.http.maxRetries",
+        unit: "normalised",
+        transform: Transform::Rate,
+        help: "knob in force, normalised as the policy output",
+    },
+    FeatureSpec {
+        name: "knob.timeout",
+        unit: "normalised",
+        transform: Transform::Rate,
+        help: "knob in force, normalised as the policy output",
+    },
+    FeatureSpec {
+        name: "knob.retries.attempts",
+        unit: "normalised",
+        transform: Transform::Rate,
+        help: "knob in force, normalised as the policy output",
+    },
+    FeatureSpec {
+        name: "knob.retries.perTryTimeout",
+        unit: "normalised",
+        transform: Transform::Rate,
+        help: "knob in force, normalised as the policy output",
+    },
+    FeatureSpec {
+        name: "knob.outlierDetection.consecutive5xxErrors",
+        unit: "normalised",
+        transform: Transform::Rate,
+        help: "knob in force, normalised as the policy output",
+    },
+    FeatureSpec {
+        name: "knob.outlierDetection.baseEjectionTime",
+        unit: "normalised",
+        transform: Transform::Rate,
+        help: "knob in force, normalised as the policy output",
+    },
+    FeatureSpec {
+        name: "knob.outlierDetection.maxEjectionPercent",
+        unit: "normalised",
+        transform: Transform::Rate,
+        help: "knob in force, normalised as the policy output",
+    },
+    FeatureSpec {
+        name: "clients",
+        unit: "proxies",
+        transform: Transform::Log1p { scale: 1_000.0 },
+        help: "client proxies reporting the destination in the window",
+    },
+    FeatureSpec {
+        name: "endpoints",
+        unit: "hosts",
+        transform: Transform::Log1p { scale: 1_000.0 },
+        help: "upstream endpoints seen in the window (0 = not reported)",
+    },
+    FeatureSpec {
+        name: "secs_since_change",
+        unit: "s",
+        transform: Transform::Log1p {
+            scale: MAX_SECS_SINCE_CHANGE,
+        },
+        help: "seconds since the knobs in force last changed, capped (never changed = cap)",
+    },
+    FeatureSpec {
+        name: "slo_target_ms",
+        unit: "ms",
+        transform: Transform::Log1p { scale: 60_000.0 },
+        help: "the destination's latency SLO target",
+    },
 ];
 
 /// Feature names in order.
@@ -124,11 +235,67 @@ pub const FEATURE_NAMES: [&str; FEATURE_COUNT] = {
     names
 };
 
+/// The destination's state next to its window: the rest of the policy input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Context {
+    /// Knobs in force while the window was measured (Istio defaults when nothing was set).
+    pub knobs: Knobs,
+    /// Client proxies (Envoys) reporting the destination in the window.
+    pub clients: u32,
+    /// Seconds since the knobs in force last changed; `None` = never changed.
+    pub secs_since_change: Option<f64>,
+    /// The destination's latency SLO target (ms).
+    pub slo_target_ms: f64,
+}
+
+impl Context {
+    /// Istio defaults in force, never changed, one client, the given SLO.
+    pub fn initial(slo_target_ms: f64) -> Self {
+        Context {
+            knobs: Knobs::istio_defaults(),
+            clients: 1,
+            secs_since_change: None,
+            slo_target_ms,
+        }
+    }
+
+    /// Writes the knob and context features (everything after the window features).
+    pub(crate) fn fill(&self, f: &mut [f64; FEATURE_COUNT], endpoints: u32) {
+        let knobs = self.knobs.normalised();
+        for (i, u) in knobs.iter().enumerate() {
+            f[KNOB_FEATURE_OFFSET + i] = f64::from(*u);
+        }
+        let c = CONTEXT_FEATURE_OFFSET;
+        f[c] = f64::from(self.clients);
+        f[c + 1] = f64::from(endpoints);
+        f[c + 2] = self
+            .secs_since_change
+            .filter(|s| s.is_finite())
+            .map_or(MAX_SECS_SINCE_CHANGE, |s| {
+                s.clamp(0.0, MAX_SECS_SINCE_CHANGE)
+            });
+        f[c + 3] = self.slo_target_ms;
+    }
+}
+
 /// Raw feature values, in [`FEATURE_SPECS`] order and units.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Features(pub [f64; FEATURE_COUNT]);
 
 impl Features {
+    /// Features from raw window values (the first [`WINDOW_FEATURE_COUNT`], in schema order)
+    /// and the destination's state; for fixed inputs (smoke tests, `model inspect`).
+    pub fn from_parts(
+        window: [f64; WINDOW_FEATURE_COUNT],
+        context: &Context,
+        endpoints: u32,
+    ) -> Self {
+        let mut f = [0.0; FEATURE_COUNT];
+        f[..WINDOW_FEATURE_COUNT].copy_from_slice(&window);
+        context.fill(&mut f, endpoints);
+        Features(f)
+    }
+
     /// Normalised policy input (f32, roughly [0, 1]; non-finite or negative raw values become 0).
     pub fn normalised(&self) -> [f32; FEATURE_COUNT] {
         let mut out = [0f32; FEATURE_COUNT];
@@ -167,6 +334,45 @@ mod tests {
         }
         assert_eq!(FEATURE_NAMES[0], "rps");
         assert_eq!(FEATURE_NAMES.len(), FEATURE_COUNT);
+    }
+
+    #[test]
+    fn knob_features_follow_the_knob_schema() {
+        for (i, k) in crate::knobs::KNOB_SPECS.iter().enumerate() {
+            assert_eq!(
+                FEATURE_NAMES[KNOB_FEATURE_OFFSET + i],
+                format!("knob.{}", k.name)
+            );
+        }
+        assert_eq!(FEATURE_NAMES[CONTEXT_FEATURE_OFFSET], "clients");
+        assert_eq!(FEATURE_NAMES[FEATURE_COUNT - 1], "slo_target_ms");
+    }
+
+    #[test]
+    fn context_fills_state_features() {
+        let mut knobs = Knobs::istio_defaults();
+        knobs.set(crate::knobs::Knob::Http2MaxRequests, 1.0);
+        let ctx = Context {
+            knobs,
+            clients: 3,
+            secs_since_change: Some(1e9),
+            slo_target_ms: 250.0,
+        };
+        let mut f = [0.0; FEATURE_COUNT];
+        ctx.fill(&mut f, 5);
+        let h2 = KNOB_FEATURE_OFFSET + crate::knobs::Knob::Http2MaxRequests as usize;
+        assert_eq!(f[h2], 0.0, "the lower bound normalises to 0");
+        assert_eq!(f[CONTEXT_FEATURE_OFFSET], 3.0);
+        assert_eq!(f[CONTEXT_FEATURE_OFFSET + 1], 5.0);
+        assert_eq!(f[CONTEXT_FEATURE_OFFSET + 2], MAX_SECS_SINCE_CHANGE);
+        assert_eq!(f[CONTEXT_FEATURE_OFFSET + 3], 250.0);
+        let never = Context::initial(100.0);
+        never.fill(&mut f, 0);
+        assert_eq!(f[CONTEXT_FEATURE_OFFSET + 2], MAX_SECS_SINCE_CHANGE);
+        assert_eq!(
+            f[h2], 1.0,
+            "Istio's unlimited default is the top of the range"
+        );
     }
 
     #[test]

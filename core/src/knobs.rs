@@ -33,6 +33,9 @@ pub struct KnobSpec {
     pub scale: Scale,
     /// Whole numbers only (counts, milliseconds).
     pub integer: bool,
+    /// 0 means "none" / "unlimited" in Istio (no timeout, no per-connection request limit):
+    /// it normalises to the top of the range, not to the lower bound.
+    pub zero_is_unlimited: bool,
     pub help: &'static str,
 }
 
@@ -94,6 +97,7 @@ pub const KNOB_SPECS: [KnobSpec; KNOB_COUNT] = [
         istio_default: ISTIO_UNLIMITED,
         scale: Scale::Log,
         integer: true,
+        zero_is_unlimited: false,
         help: "max TCP connections to the destination (per Envoy)",
     },
     KnobSpec {
@@ -105,6 +109,7 @@ pub const KNOB_SPECS: [KnobSpec; KNOB_COUNT] = [
         istio_default: ISTIO_UNLIMITED,
         scale: Scale::Log,
         integer: true,
+        zero_is_unlimited: false,
         help: "max requests queued waiting for a connection",
     },
     KnobSpec {
@@ -116,6 +121,7 @@ pub const KNOB_SPECS: [KnobSpec; KNOB_COUNT] = [
         istio_default: ISTIO_UNLIMITED,
         scale: Scale::Log,
         integer: true,
+        zero_is_unlimited: false,
         help: "max active requests to the destination (Envoy max_requests)",
     },
     KnobSpec {
@@ -127,6 +133,7 @@ pub const KNOB_SPECS: [KnobSpec; KNOB_COUNT] = [
         istio_default: 0.0,
         scale: Scale::Log,
         integer: true,
+        zero_is_unlimited: true,
         help: "requests per connection before it is recycled (0 = unlimited)",
     },
     KnobSpec {
@@ -138,6 +145,7 @@ pub const KNOB_SPECS: [KnobSpec; KNOB_COUNT] = [
         istio_default: ISTIO_UNLIMITED,
         scale: Scale::Log,
         integer: true,
+        zero_is_unlimited: false,
         help: "max outstanding retries across the cluster (Envoy max_retries)",
     },
     KnobSpec {
@@ -149,6 +157,7 @@ pub const KNOB_SPECS: [KnobSpec; KNOB_COUNT] = [
         istio_default: 0.0,
         scale: Scale::Log,
         integer: true,
+        zero_is_unlimited: true,
         help: "route timeout (0 = none)",
     },
     KnobSpec {
@@ -160,6 +169,7 @@ pub const KNOB_SPECS: [KnobSpec; KNOB_COUNT] = [
         istio_default: 2.0,
         scale: Scale::Linear,
         integer: true,
+        zero_is_unlimited: false,
         help: "retry attempts per request",
     },
     KnobSpec {
@@ -171,6 +181,7 @@ pub const KNOB_SPECS: [KnobSpec; KNOB_COUNT] = [
         istio_default: 0.0,
         scale: Scale::Log,
         integer: true,
+        zero_is_unlimited: true,
         help: "timeout per attempt (0 = the route timeout)",
     },
     KnobSpec {
@@ -182,6 +193,7 @@ pub const KNOB_SPECS: [KnobSpec; KNOB_COUNT] = [
         istio_default: 5.0,
         scale: Scale::Log,
         integer: true,
+        zero_is_unlimited: false,
         help: "consecutive 5xx before a host is ejected",
     },
     KnobSpec {
@@ -193,6 +205,7 @@ pub const KNOB_SPECS: [KnobSpec; KNOB_COUNT] = [
         istio_default: 30_000.0,
         scale: Scale::Log,
         integer: true,
+        zero_is_unlimited: false,
         help: "minimum ejection duration",
     },
     KnobSpec {
@@ -204,6 +217,7 @@ pub const KNOB_SPECS: [KnobSpec; KNOB_COUNT] = [
         istio_default: 10.0,
         scale: Scale::Linear,
         integer: true,
+        zero_is_unlimited: false,
         help: "max % of hosts ejected at once",
     },
 ];
@@ -218,6 +232,14 @@ pub const KNOB_NAMES: [&str; KNOB_COUNT] = {
     }
     names
 };
+
+/// Retry budget: a client Envoy's outstanding retries (`http.maxRetries`) are at most this share
+/// of its request limit (`http.http2MaxRequests`), as Envoy's own `retry_budget` and Linkerd's
+/// 20 % budget do, so retries cannot multiply the load on a struggling destination.
+pub const RETRY_BUDGET_FRACTION: f64 = 0.2;
+/// The budget never goes below this many outstanding retries (Envoy's
+/// `min_retry_concurrency` default), so a low request limit still allows some retries.
+pub const MIN_RETRY_CONCURRENCY: f64 = 3.0;
 
 /// One value per knob, in the knob's own unit.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -238,13 +260,30 @@ impl Knobs {
     }
 
     /// Builds knobs from normalised policy output: clamps each to [0, 1] (NaN → 0.5), maps to
-    /// the knob's unit and rounds integer knobs. Always within hard bounds.
+    /// the knob's unit and rounds integer knobs, then applies the retry budget
+    /// ([`Knobs::apply_retry_budget`]). Always within hard bounds.
     pub fn from_normalised(u: &[f32; KNOB_COUNT]) -> Self {
         let mut out = [0.0; KNOB_COUNT];
         for (i, spec) in KNOB_SPECS.iter().enumerate() {
             out[i] = denormalise(spec, u[i] as f64);
         }
-        Knobs(out)
+        let mut knobs = Knobs(out);
+        knobs.apply_retry_budget();
+        knobs
+    }
+
+    /// The retry budget: `http.maxRetries` at most `max(MIN_RETRY_CONCURRENCY,
+    /// floor(RETRY_BUDGET_FRACTION × http.http2MaxRequests))`. Returns the value it replaced,
+    /// if it lowered it.
+    pub fn apply_retry_budget(&mut self) -> Option<f64> {
+        let budget = (RETRY_BUDGET_FRACTION * self.get(Knob::Http2MaxRequests))
+            .floor()
+            .max(MIN_RETRY_CONCURRENCY);
+        let retries = self.get(Knob::MaxRetries);
+        (retries > budget).then(|| {
+            self.set(Knob::MaxRetries, budget);
+            retries
+        })
     }
 
     /// Normalised representation (values outside the bounds are clamped first).
@@ -285,6 +324,9 @@ fn clamp(spec: &KnobSpec, x: f64) -> f64 {
 
 /// Maps a knob value to [0, 1] (clamped to bounds first).
 pub fn normalise(spec: &KnobSpec, x: f64) -> f64 {
+    if spec.zero_is_unlimited && x == 0.0 {
+        return 1.0;
+    }
     let x = clamp(spec, x);
     match spec.scale {
         Scale::Linear => (x - spec.min) / (spec.max - spec.min),
@@ -341,6 +383,38 @@ mod tests {
         assert_eq!(k.get(Knob::MaxConnections), 65_536.0);
         assert_eq!(k.get(Knob::Http1MaxPendingRequests), 1.0);
         assert!(k.get(Knob::Http2MaxRequests).is_finite());
+    }
+
+    #[test]
+    fn retry_budget_caps_outstanding_retries() {
+        let mut u = [1.0f32; KNOB_COUNT];
+        u[Knob::Http2MaxRequests as usize] = 0.0; // 1 request
+        let k = Knobs::from_normalised(&u);
+        assert_eq!(k.get(Knob::MaxRetries), MIN_RETRY_CONCURRENCY);
+        let mut k = Knobs::istio_defaults();
+        k.set(Knob::Http2MaxRequests, 100.0);
+        k.set(Knob::MaxRetries, 50.0);
+        assert_eq!(k.apply_retry_budget(), Some(50.0));
+        assert_eq!(k.get(Knob::MaxRetries), 20.0);
+        assert_eq!(k.apply_retry_budget(), None, "already within the budget");
+    }
+
+    #[test]
+    fn zero_meaning_none_normalises_to_the_top() {
+        let d = Knobs::istio_defaults().normalised();
+        assert_eq!(
+            d[Knob::RouteTimeoutMs as usize],
+            1.0,
+            "no timeout is not 10 ms"
+        );
+        assert_eq!(d[Knob::PerTryTimeoutMs as usize], 1.0);
+        assert_eq!(d[Knob::MaxRequestsPerConnection as usize], 1.0);
+        assert_eq!(normalise(Knob::RouteTimeoutMs.spec(), 10.0), 0.0);
+        assert_eq!(
+            normalise(Knob::RetryAttempts.spec(), 0.0),
+            0.0,
+            "0 retries is 0"
+        );
     }
 
     #[test]

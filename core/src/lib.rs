@@ -27,7 +27,7 @@ pub mod window;
 /// namespace for plain Envoy cluster names.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-pub use features::{Features, FEATURE_COUNT, FEATURE_NAMES};
+pub use features::{Context, Features, FEATURE_COUNT, FEATURE_NAMES};
 pub use histogram::LatencyHistogram;
 pub use knobs::{Knob, Knobs, KNOB_COUNT};
 pub use outcomes::{Objective, Outcomes, SloGood};

@@ -2,7 +2,7 @@
 //! reporters by the controller) and what the simulator emits. [`WindowStats::features`] is the
 //! single definition of the policy's input.
 
-use crate::features::{Features, FEATURE_COUNT};
+use crate::features::{Context, Features, FEATURE_COUNT};
 use crate::histogram::LatencyHistogram;
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,10 @@ pub struct WindowStats {
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub http2_requests: u64,
+    /// Distinct upstream endpoints (hosts) seen in the window; 0 = not reported. Merged by
+    /// `max`: concurrent clients mostly see the same endpoints.
+    #[serde(default)]
+    pub endpoints: u32,
     pub latency: LatencyHistogram,
 }
 
@@ -68,6 +72,7 @@ impl WindowStats {
         self.request_bytes += o.request_bytes;
         self.response_bytes += o.response_bytes;
         self.http2_requests += o.http2_requests;
+        self.endpoints = self.endpoints.max(o.endpoints);
         self.latency.merge(&o.latency);
     }
 
@@ -79,8 +84,8 @@ impl WindowStats {
         }
     }
 
-    /// The policy's raw features for this window.
-    pub fn features(&self) -> Features {
+    /// The policy's raw features for this window and the destination's state.
+    pub fn features(&self, context: &Context) -> Features {
         let n = self.requests.max(1) as f64;
         let ms = |us: f64| us / 1000.0;
         let h = &self.latency;
@@ -104,6 +109,7 @@ impl WindowStats {
             f[5..11].iter_mut().for_each(|x| *x = 0.0);
             f[13] = 0.0;
         }
+        context.fill(&mut f, self.endpoints);
         Features(f)
     }
 }
@@ -129,7 +135,7 @@ mod tests {
 
     #[test]
     fn features_follow_the_schema() {
-        let f = window(100, 10, 20_000).features();
+        let f = window(100, 10, 20_000).features(&Context::initial(250.0));
         assert_eq!(f.get("rps"), Some(50.0));
         assert_eq!(f.get("error_5xx_rate"), Some(0.1));
         let p50 = f.get("latency_p50_ms").unwrap();
@@ -158,7 +164,13 @@ mod tests {
             duration_s: 1.0,
             ..Default::default()
         }
-        .features();
-        assert!(f.0.iter().all(|&x| x == 0.0));
+        .features(&Context::initial(250.0));
+        let window = &f.0[..crate::features::WINDOW_FEATURE_COUNT];
+        assert!(window.iter().all(|&x| x == 0.0));
+        assert_eq!(
+            f.get("slo_target_ms"),
+            Some(250.0),
+            "the state is still filled"
+        );
     }
 }

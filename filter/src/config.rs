@@ -1,8 +1,13 @@
-//! The filter's JSON configuration (same schema for the HTTP filter and the reporter service),
-//! validated field by field so every error names the offending field.
+//! The filter's JSON configuration, validated field by field so every error names the
+//! offending field. Every field has a default: an empty configuration (a WasmPlugin without
+//! `pluginConfig`) reports to the controller's Istio outbound cluster.
 
 use serde_json::{Map, Value};
 
+/// Default controller cluster: the outbound cluster Istio generates for the controller's
+/// Service (`meshtune-system/meshtune-controller`, gRPC port 50051), so reports ride the mesh.
+pub const DEFAULT_CONTROLLER_CLUSTER: &str =
+    "outbound|50051||meshtune-controller.meshtune-system.svc.cluster.local";
 /// Default gRPC flush (report) interval.
 pub const DEFAULT_FLUSH_INTERVAL_MS: u32 = 1000;
 /// Default timeout of one Report call.
@@ -11,7 +16,7 @@ pub const DEFAULT_REPORT_TIMEOUT_MS: u32 = 500;
 pub use meshtune_core::DEFAULT_NAMESPACE;
 /// Default bound on tracked upstream clusters per VM.
 pub const DEFAULT_MAX_UPSTREAMS: u32 = 256;
-/// Default bound on worker windows buffered by the reporter between flushes.
+/// Default bound on worker windows buffered by the elected reporter between flushes.
 pub const DEFAULT_MAX_QUEUED_WINDOWS: u32 = 64;
 
 /// Allowed range of `flush_interval_ms`.
@@ -24,7 +29,7 @@ pub const MAX_UPSTREAMS_RANGE: (u64, u64) = (1, 65_535);
 pub const MAX_QUEUED_WINDOWS_RANGE: (u64, u64) = (1, 100_000);
 
 /// Field names accepted in the configuration object.
-pub const FIELDS: [&str; 9] = [
+pub const FIELDS: [&str; 10] = [
     "controller_cluster",
     "controller_authority",
     "flush_interval_ms",
@@ -34,14 +39,39 @@ pub const FIELDS: [&str; 9] = [
     "pod",
     "max_upstreams",
     "max_queued_windows",
+    "report_mode",
 ];
 
-/// Validated filter / reporter configuration.
+/// How the worker VMs of one Envoy report (field `report_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReportMode {
+    /// `"elected"` (default): one worker, elected through a shared-data lease, merges the
+    /// windows of all workers and sends one Report per flush for the Envoy; another worker
+    /// takes over when it stops renewing the lease.
+    #[default]
+    Elected,
+    /// `"per_worker"`: every worker VM sends its own Report (reporter `vm_id` suffixed with the
+    /// worker id); the controller merges them as concurrent reporters.
+    PerWorker,
+}
+
+impl ReportMode {
+    /// The configuration value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportMode::Elected => "elected",
+            ReportMode::PerWorker => "per_worker",
+        }
+    }
+}
+
+/// Validated filter configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Envoy cluster of the controller's gRPC endpoint (required, non-empty).
+    /// Envoy cluster of the controller's gRPC endpoint (non-empty; default
+    /// [`DEFAULT_CONTROLLER_CLUSTER`]).
     pub controller_cluster: String,
-    /// `:authority` of the Report call; empty means the cluster name.
+    /// `:authority` of the Report call; empty means [`Config::authority`]'s choice.
     pub controller_authority: String,
     /// How often windows are flushed and one Report is sent, in ms (100..=60000).
     pub flush_interval_ms: u32,
@@ -55,14 +85,16 @@ pub struct Config {
     pub pod: String,
     /// Most upstream clusters tracked per VM; requests to more are counted as untracked.
     pub max_upstreams: u32,
-    /// Most worker windows the reporter buffers between two flushes (oldest dropped).
+    /// Most worker windows the elected reporter merges per flush (more are dropped).
     pub max_queued_windows: u32,
+    /// Elected reporter (default) or every worker reporting.
+    pub report_mode: ReportMode,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
-            controller_cluster: String::new(),
+            controller_cluster: DEFAULT_CONTROLLER_CLUSTER.to_string(),
             controller_authority: String::new(),
             flush_interval_ms: DEFAULT_FLUSH_INTERVAL_MS,
             report_timeout_ms: DEFAULT_REPORT_TIMEOUT_MS,
@@ -71,6 +103,7 @@ impl Default for Config {
             pod: String::new(),
             max_upstreams: DEFAULT_MAX_UPSTREAMS,
             max_queued_windows: DEFAULT_MAX_QUEUED_WINDOWS,
+            report_mode: ReportMode::Elected,
         }
     }
 }
@@ -78,16 +111,18 @@ impl Default for Config {
 /// Why a configuration was refused. Every variant names the field (or the document).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("configuration is empty: field `controller_cluster` is required")]
-    Empty,
     #[error("configuration is not valid JSON: {0}")]
     Syntax(String),
     #[error("configuration must be a JSON object")]
     NotObject,
     #[error("unknown field `{0}` (known fields: {known})", known = FIELDS.join(", "))]
     UnknownField(String),
-    #[error("field `{0}` is required")]
-    Missing(&'static str),
+    #[error("field `{field}` is `{value}`, expected one of: {expected}")]
+    Choice {
+        field: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     #[error("field `{field}` must be {expected}")]
     Type {
         field: &'static str,
@@ -108,10 +143,9 @@ impl ConfigError {
     /// The field the error is about, if any.
     pub fn field(&self) -> Option<&str> {
         match self {
-            ConfigError::Empty => Some("controller_cluster"),
             ConfigError::Syntax(_) | ConfigError::NotObject => None,
             ConfigError::UnknownField(f) => Some(f),
-            ConfigError::Missing(f)
+            ConfigError::Choice { field: f, .. }
             | ConfigError::Type { field: f, .. }
             | ConfigError::EmptyValue(f)
             | ConfigError::Range { field: f, .. } => Some(f),
@@ -164,10 +198,11 @@ fn int_field(
 }
 
 impl Config {
-    /// Parses and validates a configuration document (the plugin configuration bytes).
+    /// Parses and validates a configuration document (the plugin configuration bytes). An
+    /// empty document is the default configuration.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ConfigError::Empty);
+            return Ok(Config::default());
         }
         let doc: Value =
             serde_json::from_slice(bytes).map_err(|e| ConfigError::Syntax(e.to_string()))?;
@@ -176,8 +211,8 @@ impl Config {
             return Err(ConfigError::UnknownField(unknown.clone()));
         }
         let d = Config::default();
-        let controller_cluster = string_field(obj, "controller_cluster")?
-            .ok_or(ConfigError::Missing("controller_cluster"))?;
+        let controller_cluster =
+            string_field(obj, "controller_cluster")?.unwrap_or(d.controller_cluster);
         if controller_cluster.trim().is_empty() {
             return Err(ConfigError::EmptyValue("controller_cluster"));
         }
@@ -206,7 +241,34 @@ impl Config {
                 d.max_queued_windows,
                 MAX_QUEUED_WINDOWS_RANGE,
             )?,
+            report_mode: match string_field(obj, "report_mode")?.as_deref() {
+                None | Some("elected") => ReportMode::Elected,
+                Some("per_worker") => ReportMode::PerWorker,
+                Some(other) => {
+                    return Err(ConfigError::Choice {
+                        field: "report_mode",
+                        value: other.to_string(),
+                        expected: "elected, per_worker",
+                    })
+                }
+            },
         })
+    }
+
+    /// The `:authority` of the Report call: `controller_authority` if set; else, for an Istio
+    /// outbound cluster `outbound|PORT|SUBSET|HOST`, `HOST:PORT` (what the mesh routes on);
+    /// else the cluster name.
+    pub fn authority(&self) -> String {
+        if !self.controller_authority.is_empty() {
+            return self.controller_authority.clone();
+        }
+        let parts: Vec<&str> = self.controller_cluster.split('|').collect();
+        match parts.as_slice() {
+            ["outbound", port, _subset, host] if !host.is_empty() && !port.is_empty() => {
+                format!("{host}:{port}")
+            }
+            _ => self.controller_cluster.clone(),
+        }
     }
 }
 
@@ -222,6 +284,8 @@ mod tests {
     fn minimal_config_gets_defaults() {
         let c = parse(r#"{"controller_cluster":"meshtune_controller"}"#).unwrap();
         assert_eq!(c.controller_cluster, "meshtune_controller");
+        assert_eq!(c.authority(), "meshtune_controller");
+        assert_eq!(c.report_mode, ReportMode::Elected);
         assert_eq!(c.flush_interval_ms, DEFAULT_FLUSH_INTERVAL_MS);
         assert_eq!(c.report_timeout_ms, DEFAULT_REPORT_TIMEOUT_MS);
         assert_eq!(c.max_upstreams, DEFAULT_MAX_UPSTREAMS);
@@ -237,7 +301,7 @@ mod tests {
         let c = parse(
             r#"{"controller_cluster":"c","controller_authority":"a","flush_interval_ms":250,
                 "report_timeout_ms":100,"namespace":"ns","workload":"w","pod":"p",
-                "max_upstreams":3,"max_queued_windows":5}"#,
+                "max_upstreams":3,"max_queued_windows":5,"report_mode":"per_worker"}"#,
         )
         .unwrap();
         assert_eq!(
@@ -252,15 +316,15 @@ mod tests {
                 pod: "p".into(),
                 max_upstreams: 3,
                 max_queued_windows: 5,
+                report_mode: ReportMode::PerWorker,
             }
         );
+        assert_eq!(c.authority(), "a");
     }
 
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            ("", "controller_cluster"),
-            ("{}", "controller_cluster"),
             (r#"{"controller_cluster":""}"#, "controller_cluster"),
             (r#"{"controller_cluster":7}"#, "controller_cluster"),
             (
@@ -292,6 +356,7 @@ mod tests {
                 "max_queued_windows",
             ),
             (r#"{"controller_cluster":"c","pod":1}"#, "pod"),
+            (r#"{"report_mode":"singleton"}"#, "report_mode"),
             (
                 r#"{"controller_cluster":"c","flush_interval":1000}"#,
                 "flush_interval",
@@ -302,6 +367,19 @@ mod tests {
             assert_eq!(err.field(), Some(field), "{doc}: {err}");
             assert!(err.to_string().contains(field), "{doc}: message `{err}`");
         }
+    }
+
+    #[test]
+    fn empty_configuration_reports_to_the_istio_service() {
+        for doc in ["", "  ", "{}"] {
+            let c = parse(doc).unwrap();
+            assert_eq!(c, Config::default(), "{doc:?}");
+            assert_eq!(c.controller_cluster, DEFAULT_CONTROLLER_CLUSTER);
+        }
+        assert_eq!(
+            Config::default().authority(),
+            "meshtune-controller.meshtune-system.svc.cluster.local:50051"
+        );
     }
 
     #[test]

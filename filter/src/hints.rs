@@ -1,16 +1,14 @@
-//! Hints from the controller: how the reporter publishes them to the worker VMs (shared data),
+//! Hints from the controller: how the reporting worker publishes them to all worker VMs (shared data),
 //! how a worker turns them into per-cluster actions with an expiry, and the per-Envoy in-flight
 //! counter used by concurrency-limit hints.
 
 use meshtune_proto::v1;
 use prost::Message;
 
-/// Shared-data key under which the reporter publishes the latest hints.
+/// Shared-data key under which the reporting worker publishes the latest hints.
 pub const HINTS_KEY: &str = "meshtune.hints";
-/// Shared-data key the reporter refreshes every flush (unix ms, 8-byte LE): workers only queue
-/// windows while it is fresh, so the queue cannot grow without a reader.
-pub const HEARTBEAT_KEY: &str = "meshtune.reporter.heartbeat";
-/// Shared queue carrying worker windows to the reporter.
+/// Shared queue carrying worker windows to the elected reporter (registered by the leader:
+/// registering again moves delivery to the new leader and keeps queued items).
 pub const QUEUE_NAME: &str = "meshtune.windows";
 /// Request header that carries the timeout hint.
 pub const TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-timeout-ms";

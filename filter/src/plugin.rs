@@ -1,15 +1,18 @@
-//! proxy-wasm glue (wasm32 only): the HTTP-filter root (`root_id: meshtune`, one per worker
-//! VM), its per-request contexts, and the singleton reporter (`root_id: meshtune_reporter`).
+//! proxy-wasm glue (wasm32 only): the HTTP-filter root (one per worker VM, plus Envoy's
+//! main-thread VM), its per-request contexts, and reporting from those roots alone: the worker
+//! elected through the shared-data lease (or, with `report_mode: per_worker`, every worker)
+//! merges windows, sends the Report and publishes the hints every worker applies.
 //!
 //! Every host call goes through `proxy_wasm::hostcalls` and its `Result` is handled; nothing
 //! here unwraps host data, so a bad property or a failed call never traps the VM.
 
-use crate::config::{Config, ConfigError, DEFAULT_NAMESPACE};
+use crate::config::{Config, ConfigError, ReportMode, DEFAULT_NAMESPACE};
 use crate::flags::le_u64;
 use crate::hints::{
     acquire, decode_counter, decode_published, encode_published, release, ActiveHint, Admission,
-    CasCell, HEARTBEAT_KEY, HINTS_KEY, QUEUE_NAME, RETRIES_HEADER, SHED_HEADER, TIMEOUT_HEADER,
+    CasCell, HINTS_KEY, QUEUE_NAME, RETRIES_HEADER, SHED_HEADER, TIMEOUT_HEADER,
 };
+use crate::lease::{self, LeaseCell, LEASE_KEY};
 use crate::report::{encode_worker_window, grpc_service_upstream, Aggregator, ReporterState};
 use crate::window::{Protocol, RequestRecord, SlotId, Tracker};
 use meshtune_proto::v1;
@@ -22,11 +25,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-/// Root id of the singleton reporter service.
-const REPORTER_ROOT_ID: &str = "meshtune_reporter";
-/// A worker stops queueing windows when the reporter's heartbeat is older than this many
-/// flush intervals (plus one second).
-const HEARTBEAT_STALE_INTERVALS: u64 = 3;
+/// The reporter lease lasts this many flush intervals without renewal (the leader renews it
+/// every tick): a worker takes over within about this long after the leader stopped.
+const LEASE_FLUSH_INTERVALS: u64 = 2;
 /// Upper bound of queue items drained per callback.
 const MAX_DRAIN: usize = 10_000;
 /// Log a failed report on the first failure and then every this many.
@@ -35,7 +36,7 @@ const FAILURE_LOG_EVERY: u64 = 60;
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
-        Box::new(Root { context_id, role: Role::Unconfigured, metrics: None })
+        Box::new(Root { context_id, worker: None, metrics: None })
     });
 }}
 
@@ -101,22 +102,16 @@ impl Metrics {
     }
 }
 
-enum Role {
-    Unconfigured,
-    Filter(Rc<RefCell<Worker>>),
-    Reporter(Box<Reporter>),
-}
-
 struct Root {
     context_id: u32,
-    role: Role,
+    worker: Option<Rc<RefCell<Worker>>>,
     metrics: Option<Metrics>,
 }
 
 impl Context for Root {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
-        if let Role::Reporter(r) = &mut self.role {
-            r.on_response(token_id, status_code, response_size);
+        if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
+            w.on_response(token_id, status_code, response_size);
         }
     }
 }
@@ -144,61 +139,32 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let root_id = prop_string(vec!["plugin_root_id"]).unwrap_or_default();
-        let vm_id = prop_string(vec!["plugin_vm_id"]).unwrap_or_else(|| "meshtune".into());
-        let tick_ms = if root_id == REPORTER_ROOT_ID {
-            let r = Reporter::new(cfg, vm_id, metrics);
-            let tick = r.cfg.flush_interval_ms;
-            self.role = Role::Reporter(Box::new(r));
-            tick
-        } else {
-            // A reconfiguration keeps nothing from the old worker state.
-            let now = now_ns();
-            let tick = (cfg.flush_interval_ms / 4).max(100);
-            let worker = Worker {
-                tracker: Tracker::new(cfg.max_upstreams, now),
-                worker_id: format!("{vm_id}-{}-{now}", self.context_id),
-                vm_id,
-                queue: None,
-                hints_version: None,
-                last_flush_ns: now,
-                tick_ms: u64::from(tick),
-                pending: Pending::default(),
-                metrics,
-                cfg,
-            };
-            self.role = Role::Filter(Rc::new(RefCell::new(worker)));
-            tick
-        };
+        // A reconfiguration keeps nothing from the old worker state.
+        let now = now_ns();
+        let tick_ms = (cfg.flush_interval_ms / 4).max(100);
+        let worker = Worker::new(cfg, self.context_id, now, u64::from(tick_ms), metrics);
+        self.worker = Some(Rc::new(RefCell::new(worker)));
         let _ = hostcalls::set_tick_period(Duration::from_millis(u64::from(tick_ms)));
         true
     }
 
     fn on_tick(&mut self) {
-        match &mut self.role {
-            Role::Filter(w) => {
-                if let Ok(mut w) = w.try_borrow_mut() {
-                    w.on_tick();
-                }
-            }
-            Role::Reporter(r) => r.on_tick(),
-            Role::Unconfigured => {}
+        if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
+            w.on_tick();
         }
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {
-        if let Role::Reporter(r) = &mut self.role {
-            r.drain(queue_id);
+        if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
+            if let Some(r) = w.reporter.as_mut() {
+                r.drain(queue_id);
+            }
         }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let worker = match &self.role {
-            Role::Filter(w) => Some(Rc::clone(w)),
-            _ => None,
-        };
         Some(Box::new(Http {
-            worker,
+            worker: self.worker.as_ref().map(Rc::clone),
             slot: None,
             start_ns: 0,
             started: false,
@@ -226,28 +192,157 @@ struct Pending {
     hints_applied: u64,
 }
 
+/// The reporter identity of this Envoy (read once per VM, at configure time) and the name
+/// its reports carry as `vm_id`: the configured `vm_id`, else the plugin name (Istio's
+/// WasmPlugin sets no `vm_id`; the plugin name is `<namespace>.<name>`), else `meshtune`.
+fn identity(cfg: &Config) -> v1::Reporter {
+    let pick = |configured: &str, key: &str| -> String {
+        if configured.is_empty() {
+            prop_string(vec!["node", "metadata", key]).unwrap_or_default()
+        } else {
+            configured.to_string()
+        }
+    };
+    let mut namespace = pick(&cfg.namespace, "NAMESPACE");
+    if namespace.is_empty() {
+        namespace = DEFAULT_NAMESPACE.to_string();
+    }
+    let vm_name = prop_string(vec!["plugin_vm_id"])
+        .or_else(|| prop_string(vec!["plugin_name"]))
+        .unwrap_or_else(|| "meshtune".into());
+    v1::Reporter {
+        namespace,
+        workload: pick(&cfg.workload, "WORKLOAD_NAME"),
+        pod: pick(&cfg.pod, "NAME"),
+        vm_id: vm_name,
+        filter_version: crate::FILTER_VERSION.to_string(),
+        node_id: prop_string(vec!["node", "id"]).unwrap_or_default(),
+    }
+}
+
 /// Per-worker-VM state shared by the HTTP contexts of that VM.
 struct Worker {
     cfg: Config,
     tracker: Tracker,
-    worker_id: String,
+    /// Lease holder id of this VM.
+    id: u64,
+    /// This VM's name in queued windows (`reporter.vm_id` of a worker window).
+    window_name: String,
+    /// The configured `vm_id` as Envoy keys shared queues by it (may be empty).
     vm_id: String,
+    identity: v1::Reporter,
+    /// The windows queue as resolved by a follower.
     queue: Option<u32>,
     hints_version: Option<u32>,
     last_flush_ns: u64,
     tick_ms: u64,
     pending: Pending,
     metrics: Metrics,
+    /// Some worker holds a valid lease (so queued windows have a reader).
+    leader_alive: bool,
+    /// Present while this worker reports: the elected leader, or every worker in
+    /// `per_worker` mode.
+    reporter: Option<Box<Reporter>>,
 }
 
 impl Worker {
+    fn new(cfg: Config, context_id: u32, now: u64, tick_ms: u64, metrics: Metrics) -> Self {
+        let vm_id = prop(vec!["plugin_vm_id"])
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default();
+        let id = lease::worker_id(now, context_id, &vm_id);
+        let window_name = format!("{id:016x}");
+        let mut identity = identity(&cfg);
+        let reporter = (cfg.report_mode == ReportMode::PerWorker).then(|| {
+            identity.vm_id = format!("{}/{window_name}", identity.vm_id);
+            Box::new(Reporter::new(
+                &cfg,
+                ReporterState::new(now / 1_000_000),
+                None,
+                metrics,
+            ))
+        });
+        Worker {
+            tracker: Tracker::new(cfg.max_upstreams, now),
+            id,
+            window_name,
+            vm_id,
+            identity,
+            queue: None,
+            hints_version: None,
+            last_flush_ns: now,
+            tick_ms,
+            pending: Pending::default(),
+            metrics,
+            leader_alive: false,
+            reporter,
+            cfg,
+        }
+    }
+
     fn on_tick(&mut self) {
         let now = now_ns();
         self.refresh_hints(now);
+        if self.cfg.report_mode == ReportMode::Elected {
+            self.elect(now / 1_000_000);
+        }
         let flush_ns = u64::from(self.cfg.flush_interval_ms) * 1_000_000;
         let half_tick_ns = self.tick_ms * 500_000;
         if now.saturating_sub(self.last_flush_ns) + half_tick_ns >= flush_ns {
             self.flush(now);
+        }
+    }
+
+    fn lease_ttl_ms(&self) -> u64 {
+        LEASE_FLUSH_INTERVALS * u64::from(self.cfg.flush_interval_ms)
+    }
+
+    /// One election step (see [`crate::lease`]): becomes or stays the reporter, or follows.
+    fn elect(&mut self, now_ms: u64) {
+        let progress = self
+            .reporter
+            .as_ref()
+            .map(|r| (r.state.sequence(), r.state.dropped_reports));
+        let ttl = self.lease_ttl_ms();
+        match lease::step(&mut SharedLease, self.id, now_ms, ttl, progress) {
+            lease::Role::Leader { resume } => {
+                self.leader_alive = true;
+                if self.reporter.is_none() {
+                    let state =
+                        ReporterState::resume(now_ms, resume.sequence, resume.dropped_reports);
+                    // Registering moves the queue's delivery to this VM (queued windows stay).
+                    let queue = hostcalls::register_shared_queue(QUEUE_NAME).ok();
+                    log(
+                        LogLevel::Info,
+                        &format!(
+                            "meshtune: worker {} reports for this Envoy (from sequence {})",
+                            self.window_name,
+                            resume.sequence + 1
+                        ),
+                    );
+                    self.reporter = Some(Box::new(Reporter::new(
+                        &self.cfg,
+                        state,
+                        queue,
+                        self.metrics,
+                    )));
+                }
+            }
+            lease::Role::Candidate => {
+                self.leader_alive = false;
+                self.step_down();
+            }
+            lease::Role::Follower { leader_alive } => {
+                self.leader_alive = leader_alive;
+                self.step_down();
+            }
+        }
+    }
+
+    /// No longer the reporter: windows merged and not yet reported are lost (counted).
+    fn step_down(&mut self) {
+        if let Some(r) = self.reporter.take() {
+            Metrics::add(self.metrics.windows_dropped, u64::from(r.agg.windows()));
         }
     }
 
@@ -297,10 +392,34 @@ impl Worker {
             self.metrics.untracked_clusters,
             self.tracker.take_untracked(),
         );
-        if window.upstreams.is_empty() {
+        let bytes = (!window.upstreams.is_empty())
+            .then(|| encode_worker_window(&self.window_name, &window));
+        let now_ms = now / 1_000_000;
+        if let Some(r) = self.reporter.as_mut() {
+            if let Some(b) = &bytes {
+                // Errors are counted inside the aggregator.
+                let _ = r.agg.merge_bytes(b);
+            }
+            r.report(&self.identity, now_ms);
+            let progress = Some((r.state.sequence(), r.state.dropped_reports));
+            if self.cfg.report_mode == ReportMode::Elected {
+                // Store the sequence just used, so a successor continues above it.
+                let ttl = self.lease_ttl_ms();
+                if !matches!(
+                    lease::step(&mut SharedLease, self.id, now_ms, ttl, progress),
+                    lease::Role::Leader { .. }
+                ) {
+                    self.leader_alive = false;
+                    self.step_down();
+                }
+            }
             return;
         }
-        if !self.reporter_alive(now) {
+        let Some(bytes) = bytes else {
+            return;
+        };
+        if !self.leader_alive {
+            // Nobody would drain the queue.
             Metrics::add(self.metrics.windows_dropped, 1);
             return;
         }
@@ -313,23 +432,32 @@ impl Worker {
             Metrics::add(self.metrics.windows_dropped, 1);
             return;
         };
-        let bytes = encode_worker_window(&self.worker_id, &window);
         if hostcalls::enqueue_shared_queue(q, Some(&bytes)).is_err() {
             self.queue = None;
             Metrics::add(self.metrics.windows_dropped, 1);
         }
     }
 
-    /// Whether the reporter refreshed its heartbeat recently (else nobody drains the queue).
-    fn reporter_alive(&self, now: u64) -> bool {
-        let Ok((Some(b), _)) = hostcalls::get_shared_data(HEARTBEAT_KEY) else {
-            return false;
-        };
-        let Some(beat_ms) = decode_counter(&b) else {
-            return false;
-        };
-        let stale_ms = HEARTBEAT_STALE_INTERVALS * u64::from(self.cfg.flush_interval_ms) + 1000;
-        now / 1_000_000 <= beat_ms.saturating_add(stale_ms)
+    fn on_response(&mut self, token: u32, status: u32, size: usize) {
+        if let Some(r) = self.reporter.as_mut() {
+            r.on_response(token, status, size);
+        }
+    }
+}
+
+/// The reporter lease in shared data.
+struct SharedLease;
+
+impl LeaseCell for SharedLease {
+    fn load(&self) -> Option<(Vec<u8>, u32)> {
+        match hostcalls::get_shared_data(LEASE_KEY) {
+            Ok((Some(b), Some(cas))) => Some((b, cas)),
+            _ => None,
+        }
+    }
+
+    fn store(&mut self, bytes: &[u8], version: Option<u32>) -> bool {
+        hostcalls::set_shared_data(LEASE_KEY, Some(bytes), version).is_ok()
     }
 }
 
@@ -482,6 +610,7 @@ impl HttpContext for Http {
         let status = prop_u64(vec!["response", "code"])
             .and_then(|c| u32::try_from(c).ok())
             .unwrap_or(0);
+        let sampled = crate::window::samples_protocol(w.tracker.finished_in_window(id));
         let rec = RequestRecord {
             status,
             // Saves a property read on the common path; see `flags::may_carry_flags`.
@@ -497,13 +626,17 @@ impl HttpContext for Http {
             response_bytes: self.response_body_bytes,
             // Sampled (see `window::PROTOCOL_SAMPLE_EVERY`): one property read saved on 15
             // of 16 requests; the controller only uses the protocol fraction.
-            protocol: crate::window::samples_protocol(w.tracker.finished_in_window(id)).then(
-                || {
-                    prop(vec!["request", "protocol"])
-                        .map_or(Protocol::Other, |p| Protocol::from_bytes(&p))
-                },
-            ),
+            protocol: sampled.then(|| {
+                prop(vec!["request", "protocol"])
+                    .map_or(Protocol::Other, |p| Protocol::from_bytes(&p))
+            }),
             duration_us,
+            // Same samples: the distinct endpoints of a window (the policy's `endpoints`).
+            endpoint: if sampled {
+                prop(vec!["upstream", "address"]).map(|a| crate::window::endpoint_hash(&a))
+            } else {
+                None
+            },
         };
         if self.started {
             w.tracker.finish(id, now, &rec);
@@ -519,12 +652,12 @@ impl HttpContext for Http {
     }
 }
 
-/// The singleton reporter: drains worker windows, reports once per flush, publishes hints.
+/// The reporting side of a worker: merges windows (its own and, when elected, the queued ones
+/// of the other workers), reports once per flush, publishes the hints.
 struct Reporter {
     cfg: Config,
     agg: Aggregator,
     state: ReporterState,
-    identity: v1::Reporter,
     /// Serialized `envoy.config.core.v3.GrpcService` (envoy_grpc: cluster, authority).
     grpc_service: String,
     queue: Option<u32>,
@@ -535,48 +668,17 @@ struct Reporter {
 }
 
 impl Reporter {
-    fn new(cfg: Config, vm_id: String, metrics: Metrics) -> Self {
-        let pick = |configured: &str, key: &str| -> String {
-            if configured.is_empty() {
-                prop_string(vec!["node", "metadata", key]).unwrap_or_default()
-            } else {
-                configured.to_string()
-            }
-        };
-        let mut namespace = pick(&cfg.namespace, "NAMESPACE");
-        if namespace.is_empty() {
-            namespace = DEFAULT_NAMESPACE.to_string();
-        }
-        let identity = v1::Reporter {
-            namespace,
-            workload: pick(&cfg.workload, "WORKLOAD_NAME"),
-            pod: pick(&cfg.pod, "NAME"),
-            vm_id,
-            filter_version: crate::FILTER_VERSION.to_string(),
-            node_id: prop_string(vec!["node", "id"]).unwrap_or_default(),
-        };
-        let grpc_service =
-            grpc_service_upstream(&cfg.controller_cluster, &cfg.controller_authority);
-        let queue = hostcalls::register_shared_queue(QUEUE_NAME).ok();
-        let now_ms = now_ns() / 1_000_000;
-        let state = ReporterState::new(now_ms);
-        let r = Reporter {
+    fn new(cfg: &Config, state: ReporterState, queue: Option<u32>, metrics: Metrics) -> Self {
+        Reporter {
             agg: Aggregator::new(cfg.max_upstreams, cfg.max_queued_windows),
             state,
-            identity,
-            grpc_service,
+            grpc_service: grpc_service_upstream(&cfg.controller_cluster, &cfg.authority()),
             queue,
             metrics,
             limit_keys: Vec::new(),
             failures: 0,
-            cfg,
-        };
-        r.heartbeat(now_ms);
-        r
-    }
-
-    fn heartbeat(&self, now_ms: u64) {
-        let _ = hostcalls::set_shared_data(HEARTBEAT_KEY, Some(&now_ms.to_le_bytes()), None);
+            cfg: cfg.clone(),
+        }
     }
 
     fn drain(&mut self, queue_id: u32) {
@@ -592,16 +694,13 @@ impl Reporter {
         Metrics::add(self.metrics.windows_dropped, self.agg.take_dropped());
     }
 
-    fn on_tick(&mut self) {
-        let now_ms = now_ns() / 1_000_000;
-        self.heartbeat(now_ms);
+    /// Sends one Report with everything merged since the last one.
+    fn report(&mut self, identity: &v1::Reporter, now_ms: u64) {
         if let Some(q) = self.queue {
             self.drain(q);
-        } else {
-            self.queue = hostcalls::register_shared_queue(QUEUE_NAME).ok();
         }
         Metrics::add(self.metrics.untracked_clusters, self.agg.take_untracked());
-        let report = self.state.build(&self.identity, &mut self.agg, now_ms);
+        let report = self.state.build(identity, &mut self.agg, now_ms);
         if !self.state.may_send() {
             self.failed("previous report still outstanding", false);
             return;

@@ -1,5 +1,6 @@
-//! The reporter's side: worker windows (as queued by the worker VMs) are merged per cluster
-//! into one `ReportRequest` per flush interval, with bounded memory and drop accounting.
+//! The reporter's side: worker windows (the elected worker's own and those the other worker
+//! VMs queued) are merged per cluster into one `ReportRequest` per flush interval, with bounded
+//! memory and drop accounting.
 //!
 //! Merge rules: counts and histograms add up; in-flight average is each worker's time-weighted
 //! average over the time its windows cover, summed across workers (workers are concurrent);
@@ -30,21 +31,37 @@ pub fn encode_worker_window(worker_id: &str, w: &WindowOut) -> Vec<u8> {
 /// The upstream argument of the Report call: a serialized `envoy.config.core.v3.GrpcService`
 /// (`envoy_grpc { cluster_name = 1, authority = 2 } = 1`). Envoy parses this argument as that
 /// message first; passing it instead of a bare cluster name also avoids the BadArgument
-/// status for an unknown cluster (which proxy-wasm 0.2.5 turns into a panic). The host call
-/// takes `&str`: if the encoding is not UTF-8 (a name of 128+ bytes makes a multi-byte
-/// length) the bare cluster name is returned instead.
+/// status for an unknown cluster (which proxy-wasm 0.2.5 turns into a panic), and sets an
+/// `:authority` (a bare Istio cluster name `outbound|…` is not a valid authority: the call
+/// fails with an HTTP/2 protocol error).
+///
+/// The host call takes `&str`, so the bytes must be UTF-8: a length of 128+ would be a
+/// multi-byte varint, which is not. The message is therefore written as two concatenated
+/// messages, one per field (protobuf merges repeated occurrences of an embedded message), so
+/// each length stays below 128 for names up to [`MAX_UPSTREAM_NAME`] bytes. Longer names fall
+/// back to the bare cluster name.
 pub fn grpc_service_upstream(cluster: &str, authority: &str) -> String {
-    String::from_utf8(
+    let part = |cluster_name: &str, authority: &str| {
         GrpcService {
             envoy_grpc: Some(EnvoyGrpc {
-                cluster_name: cluster.to_string(),
+                cluster_name: cluster_name.to_string(),
                 authority: authority.to_string(),
             }),
         }
-        .encode_to_vec(),
-    )
-    .unwrap_or_else(|_| cluster.to_string())
+        .encode_to_vec()
+    };
+    if cluster.len() > MAX_UPSTREAM_NAME || authority.len() > MAX_UPSTREAM_NAME {
+        return cluster.to_string();
+    }
+    let mut bytes = part(cluster, "");
+    if !authority.is_empty() {
+        bytes.extend(part("", authority));
+    }
+    String::from_utf8(bytes).unwrap_or_else(|_| cluster.to_string())
 }
+
+/// Longest cluster name / authority [`grpc_service_upstream`] encodes (one-byte lengths).
+pub const MAX_UPSTREAM_NAME: usize = 125;
 
 /// `envoy.config.core.v3.GrpcService.EnvoyGrpc` (the fields used).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -283,6 +300,8 @@ fn add_counts(a: &mut v1::UpstreamWindow, u: &v1::UpstreamWindow) {
     a.response_bytes = a.response_bytes.saturating_add(u.response_bytes);
     a.http1_requests += u.http1_requests;
     a.http2_requests += u.http2_requests;
+    // Workers of one Envoy mostly see the same endpoints: the largest count, not the sum.
+    a.endpoints = a.endpoints.max(u.endpoints);
     a.http3_requests += u.http3_requests;
     a.shed += u.shed;
 }
@@ -307,6 +326,24 @@ impl ReporterState {
             last_flush_ms: now_ms,
             ..Default::default()
         }
+    }
+
+    /// A reporter taking over from another worker VM of the same Envoy (the leader stores
+    /// its sequence in the lease right after building each report): the next report is
+    /// `last_sequence + 1`, `dropped_reports` continue from `dropped_reports`. A fresh Envoy
+    /// (`0, 0`) starts at sequence 1, which the controller accepts as a restart.
+    pub fn resume(now_ms: u64, last_sequence: u64, dropped_reports: u64) -> Self {
+        Self {
+            sequence: last_sequence,
+            dropped_reports,
+            last_flush_ms: now_ms,
+            outstanding: None,
+        }
+    }
+
+    /// The sequence of the last report built.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
     }
 
     /// Builds the next report (sequence strictly increasing, even across dropped reports).
@@ -490,9 +527,53 @@ mod tests {
         let e = g.envoy_grpc.unwrap();
         assert_eq!(e.cluster_name, "meshtune_controller");
         assert_eq!(e.authority, "meshtune-controller");
-        // Too long for a one-byte length: not UTF-8, falls back to the bare name.
-        let long = "c".repeat(200);
+        // Istio's names: together longer than 127 bytes, still one message, valid UTF-8.
+        let cluster = crate::config::DEFAULT_CONTROLLER_CLUSTER;
+        let authority = crate::config::Config::default().authority();
+        assert!(cluster.len() + authority.len() > 127);
+        let s = grpc_service_upstream(cluster, &authority);
+        let e = GrpcService::decode(s.as_bytes())
+            .unwrap()
+            .envoy_grpc
+            .unwrap();
+        assert_eq!(
+            (e.cluster_name.as_str(), e.authority.as_str()),
+            (cluster, authority.as_str())
+        );
+        // No authority: cluster only.
+        let e = GrpcService::decode(grpc_service_upstream("c", "").as_bytes())
+            .unwrap()
+            .envoy_grpc
+            .unwrap();
+        assert_eq!((e.cluster_name.as_str(), e.authority.as_str()), ("c", ""));
+        // Too long for a one-byte length: falls back to the bare name.
+        let long = "c".repeat(MAX_UPSTREAM_NAME + 1);
         assert_eq!(grpc_service_upstream(&long, ""), long);
+        let edge = "c".repeat(MAX_UPSTREAM_NAME);
+        let e = GrpcService::decode(grpc_service_upstream(&edge, &edge).as_bytes())
+            .unwrap()
+            .envoy_grpc
+            .unwrap();
+        assert_eq!(e.authority, edge);
+    }
+
+    #[test]
+    fn a_successor_continues_above_the_stored_sequence() {
+        let mut agg = Aggregator::new(4, 4);
+        let rep = v1::Reporter::default();
+        let mut old = ReporterState::new(0);
+        let _ = old.build(&rep, &mut agg, 1000);
+        // The leader stores each sequence in the lease right after building the report.
+        let r2 = old.build(&rep, &mut agg, 2000);
+        old.dispatch_failed();
+        let mut new = ReporterState::resume(3000, old.sequence(), old.dropped_reports);
+        let r3 = new.build(&rep, &mut agg, 4000);
+        assert_eq!(r3.sequence, r2.sequence + 1);
+        let fresh = ReporterState::resume(0, 0, 0).build(&rep, &mut agg, 1000);
+        assert_eq!(fresh.sequence, 1);
+        assert_eq!(r3.dropped_reports, 1);
+        assert_eq!(r3.window_start_unix_ms, 3000);
+        assert_eq!(new.sequence(), r3.sequence);
     }
 
     #[test]

@@ -51,6 +51,54 @@ pub struct RequestRecord {
     pub protocol: Option<Protocol>,
     /// Request duration in µs, if known.
     pub duration_us: Option<u64>,
+    /// Hash of the upstream endpoint's address (`upstream.address`), read on the same
+    /// samples as the protocol; `None` = not read.
+    pub endpoint: Option<u64>,
+}
+
+/// At most this many distinct endpoints are counted per cluster and window (a destination
+/// with more reports this many: the policy's `endpoints` feature saturates long before).
+pub const MAX_COUNTED_ENDPOINTS: usize = 64;
+
+/// Distinct endpoint hashes seen in a window: a fixed array, no allocation per request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointSet {
+    seen: [u64; MAX_COUNTED_ENDPOINTS],
+    len: usize,
+}
+
+impl Default for EndpointSet {
+    fn default() -> Self {
+        EndpointSet {
+            seen: [0; MAX_COUNTED_ENDPOINTS],
+            len: 0,
+        }
+    }
+}
+
+impl EndpointSet {
+    /// Adds an endpoint hash (ignored once the set is full).
+    pub fn insert(&mut self, hash: u64) {
+        if self.len < MAX_COUNTED_ENDPOINTS && !self.seen[..self.len].contains(&hash) {
+            self.seen[self.len] = hash;
+            self.len += 1;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// FNV-1a hash of an endpoint address (stable, allocation-free).
+pub fn endpoint_hash(address: &[u8]) -> u64 {
+    address.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// `request.protocol` is read for the first request of a cluster in each window and then for
@@ -162,6 +210,8 @@ pub struct Counters {
     /// Sampled protocols: HTTP/1, /2, /3, other.
     pub protocol_samples: [u64; 4],
     pub shed: u64,
+    /// Distinct endpoints among the sampled requests.
+    pub endpoints: EndpointSet,
     pub latency: LatencyHistogram,
 }
 
@@ -193,6 +243,9 @@ impl Counters {
         self.response_bytes = self.response_bytes.saturating_add(r.response_bytes);
         if let Some(p) = r.protocol {
             self.protocol_samples[p as usize] += 1;
+        }
+        if let Some(e) = r.endpoint {
+            self.endpoints.insert(e);
         }
         if let Some(us) = r.duration_us {
             self.latency.record(us);
@@ -247,6 +300,7 @@ impl Counters {
             http2_requests: http2,
             http3_requests: http3,
             shed: self.shed,
+            endpoints: u32::try_from(self.endpoints.len()).unwrap_or(u32::MAX),
             latency: Some(v1::LatencyHistogram {
                 sub_bucket_bits: meshtune_core::histogram::SUB_BUCKET_BITS,
                 bucket_index,

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use meshtune_core::features::{Features, FEATURE_COUNT};
+use meshtune_core::features::Features;
 use meshtune_core::knobs::{Knobs, KNOB_SPECS};
 
 #[cfg(feature = "kube")]
@@ -115,30 +115,9 @@ pub async fn run(
                 Ok(()) => w(out, "smoke test:     passed".into())?,
                 Err(e) => w(out, format!("smoke test:     FAILED: {e}"))?,
             }
-            let samples: [(&str, [f64; FEATURE_COUNT]); 3] = [
-                (
-                    "healthy",
-                    [
-                        200.0, 12.0, 35.0, 90.0, 18.0, 0.002, 0.01, 0.0, 0.0, 0.0, 0.001, 3.0,
-                        12.0, 0.5,
-                    ],
-                ),
-                (
-                    "overloaded",
-                    [
-                        5_000.0, 180.0, 900.0, 2_500.0, 320.0, 0.12, 0.01, 0.08, 0.03, 0.01, 0.2,
-                        400.0, 1_200.0, 1.0,
-                    ],
-                ),
-                (
-                    "failing",
-                    [
-                        50.0, 5_000.0, 20_000.0, 30_000.0, 8_000.0, 0.9, 0.0, 0.0, 0.6, 0.3, 1.0,
-                        60.0, 80.0, 0.0,
-                    ],
-                ),
-            ];
-            let features: Vec<Features> = samples.iter().map(|(_, f)| Features(*f)).collect();
+            let samples = crate::runtime::typical_features();
+            let samples = &samples[1..];
+            let features: Vec<Features> = samples.iter().map(|(_, f)| *f).collect();
             if let Ok(knobs) = policy.decide_batch(&features) {
                 let header: Vec<String> = samples.iter().map(|(n, _)| format!("{n:>12}")).collect();
                 w(out, format!("{:<48}{}", "knob (unit)", header.join("")))?;

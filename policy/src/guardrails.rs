@@ -9,13 +9,19 @@
 //! ```toml
 //! mode = "enforce"            # observe | enforce
 //! hysteresis = 0.05           # ignore relative changes below 5 %
-//! max_step_factor = 2.0       # log-scale knobs move at most ×2 / ÷2 per decision
+//! max_step_factor = 2.0       # log-scale knobs move at most ×2 / ÷2 per decision (a value
+//!                             # in force outside the bounds, e.g. Istio's "unlimited", has no
+//!                             # step limit: the first push may go anywhere within the bounds)
 //! max_linear_step = 0.25      # linear knobs move at most 25 % of their range per decision
-//! min_dwell_secs = 60         # per destination, between pushes
+//! min_dwell_secs = 30         # per destination, between pushes (at most 2 a minute) …
+//! urgent_dwell_secs = 10      # … unless the destination misses its SLO: then this (and a
+//!                             # push being watched may be superseded)
 //! rollback_threshold = 0.2    # objective (a cost) worse by > 20 % of the baseline …
 //! rollback_min_delta = 0.01   # … and by more than this absolute amount …
 //! rollback_consecutive = 2    # … in this many consecutive windows …
-//! rollback_windows = 5        # … within this many windows after a push → roll back
+//! rollback_windows = 5        # … within this many windows after a push → roll back,
+//! rollback_max_load_change = 0.25  # unless the offered load moved by more than 25 % from the
+//!                             # baseline window's: then the push cannot be judged (watch ends)
 //! [hysteresis_per_knob]
 //! "retries.attempts" = 0.0
 //! [namespaces.payments]
@@ -34,11 +40,18 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_HYSTERESIS: f64 = 0.05;
 pub const DEFAULT_MAX_STEP_FACTOR: f64 = 2.0;
 pub const DEFAULT_MAX_LINEAR_STEP: f64 = 0.25;
-pub const DEFAULT_MIN_DWELL: Duration = Duration::from_secs(60);
+/// At most two pushes per destination per minute.
+pub const DEFAULT_MIN_DWELL: Duration = Duration::from_secs(30);
+/// Dwell while the destination misses its SLO: one default sliding window, so the next
+/// decision sees only windows measured after the last push.
+pub const DEFAULT_URGENT_DWELL: Duration = Duration::from_secs(10);
 pub const DEFAULT_ROLLBACK_THRESHOLD: f64 = 0.2;
 pub const DEFAULT_ROLLBACK_MIN_DELTA: f64 = 0.01;
 pub const DEFAULT_ROLLBACK_CONSECUTIVE: u32 = 2;
 pub const DEFAULT_ROLLBACK_WINDOWS: u32 = 5;
+/// A watched window whose offered load differs from the baseline's by more than this share
+/// says nothing about the push (a load step, not the change, moved the objective).
+pub const DEFAULT_ROLLBACK_MAX_LOAD_CHANGE: f64 = 0.25;
 
 /// Whether decisions are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -85,6 +98,9 @@ pub struct Config {
     pub max_linear_step: f64,
     /// Minimum time between two pushes to the same destination.
     pub min_dwell: Duration,
+    /// Minimum time between pushes while the destination misses its SLO (`urgent`); such a
+    /// push may also supersede one still being watched.
+    pub urgent_dwell: Duration,
     /// Relative worsening of the objective (a cost) that counts as a regression.
     pub rollback_threshold: f64,
     /// Absolute worsening below which a change is noise, whatever the relative change.
@@ -93,6 +109,8 @@ pub struct Config {
     pub rollback_consecutive: u32,
     /// Windows watched after a push before it is confirmed.
     pub rollback_windows: u32,
+    /// Relative change of the offered load that ends a watch without a verdict on the push.
+    pub rollback_max_load_change: f64,
     /// Per-namespace bounds (intersected with the hard bounds).
     pub namespaces: BTreeMap<String, [Bound; KNOB_COUNT]>,
 }
@@ -105,10 +123,12 @@ impl Default for Config {
             max_step_factor: DEFAULT_MAX_STEP_FACTOR,
             max_linear_step: DEFAULT_MAX_LINEAR_STEP,
             min_dwell: DEFAULT_MIN_DWELL,
+            urgent_dwell: DEFAULT_URGENT_DWELL,
             rollback_threshold: DEFAULT_ROLLBACK_THRESHOLD,
             rollback_min_delta: DEFAULT_ROLLBACK_MIN_DELTA,
             rollback_consecutive: DEFAULT_ROLLBACK_CONSECUTIVE,
             rollback_windows: DEFAULT_ROLLBACK_WINDOWS,
+            rollback_max_load_change: DEFAULT_ROLLBACK_MAX_LOAD_CHANGE,
             namespaces: BTreeMap::new(),
         }
     }
@@ -146,10 +166,12 @@ struct File {
     max_step_factor: Option<f64>,
     max_linear_step: Option<f64>,
     min_dwell_secs: Option<f64>,
+    urgent_dwell_secs: Option<f64>,
     rollback_threshold: Option<f64>,
     rollback_min_delta: Option<f64>,
     rollback_consecutive: Option<u32>,
     rollback_windows: Option<u32>,
+    rollback_max_load_change: Option<f64>,
     #[serde(default)]
     namespaces: BTreeMap<String, BTreeMap<String, Bound>>,
 }
@@ -250,6 +272,10 @@ impl Config {
             c.min_dwell = Duration::try_from_secs_f64(fraction("min_dwell_secs", v)?)
                 .map_err(|e| invalid("min_dwell_secs", e.to_string()))?;
         }
+        if let Some(v) = f.urgent_dwell_secs {
+            c.urgent_dwell = Duration::try_from_secs_f64(fraction("urgent_dwell_secs", v)?)
+                .map_err(|e| invalid("urgent_dwell_secs", e.to_string()))?;
+        }
         if let Some(v) = f.rollback_threshold {
             c.rollback_threshold = fraction("rollback_threshold", v)?;
         }
@@ -261,6 +287,15 @@ impl Config {
                 return Err(invalid("rollback_consecutive", "must be ≥ 1".into()));
             }
             c.rollback_consecutive = v;
+        }
+        if let Some(v) = f.rollback_max_load_change {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(invalid(
+                    "rollback_max_load_change",
+                    format!("{v} must be > 0"),
+                ));
+            }
+            c.rollback_max_load_change = v;
         }
         if let Some(v) = f.rollback_windows {
             c.rollback_windows = v;
@@ -315,6 +350,8 @@ pub enum AdjustKind {
     StepLimit,
     /// Too small a change: the value in force is kept.
     Hysteresis,
+    /// `http.maxRetries` lowered to the retry budget ([`Knobs::apply_retry_budget`]).
+    RetryBudget,
 }
 
 /// One guardrail intervention.
@@ -344,14 +381,44 @@ pub fn relative_change(spec: &KnobSpec, old: f64, new: f64) -> f64 {
     }
 }
 
+/// Whether lowering `knob` reduces the load a destination takes (a smaller connection pool,
+/// shorter timeouts, fewer retries). Outlier detection is not: ejecting hosts removes capacity.
+pub fn lowering_sheds_load(knob: Knob) -> bool {
+    matches!(
+        knob,
+        Knob::MaxConnections
+            | Knob::Http1MaxPendingRequests
+            | Knob::Http2MaxRequests
+            | Knob::MaxRequestsPerConnection
+            | Knob::MaxRetries
+            | Knob::RouteTimeoutMs
+            | Knob::RetryAttempts
+            | Knob::PerTryTimeoutMs
+    )
+}
+
 /// The pure per-knob pipeline: hard bounds → namespace bounds → step limit (from the value in
 /// force, itself pinned into the bounds) → hysteresis. Returns the guarded knobs and every
-/// intervention.
+/// intervention. A destination meeting its SLO ([`guard_with`] with `urgent = false`).
 pub fn guard(
     config: &Config,
     namespace: &str,
     proposed: &Knobs,
     in_force: &Knobs,
+) -> (Knobs, Vec<Adjustment>) {
+    guard_with(config, namespace, proposed, in_force, false)
+}
+
+/// [`guard`] for a destination that meets its SLO (`urgent = false`) or misses it (`urgent`).
+/// Missing it, moves that shed load ([`lowering_sheds_load`] knobs going down) are not step
+/// limited: like TCP's multiplicative decrease, the brakes act at once while loosening stays
+/// gradual (the rollback watch still guards every push).
+pub fn guard_with(
+    config: &Config,
+    namespace: &str,
+    proposed: &Knobs,
+    in_force: &Knobs,
+    urgent: bool,
 ) -> (Knobs, Vec<Adjustment>) {
     let mut out = *proposed;
     let mut adj = Vec::with_capacity(KNOB_COUNT);
@@ -384,6 +451,10 @@ pub fn guard(
         } else {
             in_force.0[i].clamp(lo, hi)
         };
+        // A value in force outside the bounds is Istio's "unlimited" / "none" (or a value from
+        // before the bounds narrowed): no finite base for a relative step, so the first push
+        // may go anywhere within the bounds (the rollback watch still guards it).
+        let in_bounds = in_force.0[i] >= lo && in_force.0[i] <= hi;
         let (step_lo, step_hi) = match spec.scale {
             Scale::Log => (
                 current / config.max_step_factor,
@@ -396,7 +467,12 @@ pub fn guard(
             }
         };
         // Round towards the current value so the step limit stays a limit.
-        let stepped = x.clamp(step_lo, step_hi);
+        let braking = urgent && lowering_sheds_load(k) && x < current;
+        let stepped = if in_bounds && !braking {
+            x.clamp(step_lo, step_hi)
+        } else {
+            x
+        };
         let stepped = if stepped == x || !spec.integer {
             stepped
         } else if stepped > current {
@@ -409,12 +485,21 @@ pub fn guard(
         x = stepped;
         // Hysteresis compares with the value in force (pinned into bounds: an out-of-bounds value
         // in force, e.g. Istio's "unlimited", always changes).
-        let in_bounds = in_force.0[i] >= lo && in_force.0[i] <= hi;
         if in_bounds && x != current && relative_change(spec, current, x) < config.hysteresis[i] {
             note(AdjustKind::Hysteresis, x, current);
             x = current;
         }
         out.0[i] = x;
+    }
+    // After the per-knob steps (they may have moved the request limit): retries stay within
+    // the budget, whatever the step limit allowed.
+    if let Some(from) = out.apply_retry_budget() {
+        adj.push(Adjustment {
+            knob: Knob::MaxRetries,
+            kind: AdjustKind::RetryBudget,
+            from,
+            to: out.get(Knob::MaxRetries),
+        });
     }
     (out, adj)
 }
@@ -459,6 +544,8 @@ pub enum Phase {
     Watching {
         previous: Knobs,
         baseline: f64,
+        /// Offered load (rps) of the baseline window; NaN = unknown (no load check).
+        load: f64,
         seen: u32,
         bad_streak: u32,
     },
@@ -477,6 +564,9 @@ pub enum Verdict {
     Watching { seen: u32 },
     /// The push is confirmed.
     Confirmed,
+    /// The offered load moved too far from the baseline's to judge the push: the watch ends
+    /// (the push stays, like a confirmed one).
+    LoadChanged,
     /// Regression: apply `restore` (the knobs before the push), then `record_rollback`.
     Rollback {
         restore: Knobs,
@@ -522,7 +612,8 @@ impl Guardrails {
             .map_or(Phase::Idle, |d| d.phase.clone())
     }
 
-    /// Guards a policy proposal for `dest` (in `namespace`) at time `now`.
+    /// Guards a policy proposal for `dest` (in `namespace`) at time `now`, the destination
+    /// meeting its SLO ([`Self::decide_with`] with `urgent = false`).
     pub fn decide(
         &self,
         dest: &str,
@@ -531,29 +622,51 @@ impl Guardrails {
         proposed: &Knobs,
         in_force: &Knobs,
     ) -> Decision {
-        let (knobs, adjustments) = guard(&self.config, namespace, proposed, in_force);
+        self.decide_with(dest, namespace, now, proposed, in_force, false)
+    }
+
+    /// Guards a policy proposal. `urgent`: the destination misses its SLO, so the shorter
+    /// `urgent_dwell` applies, a push being watched may be superseded, and load-shedding moves
+    /// are not step limited ([`guard_with`]).
+    pub fn decide_with(
+        &self,
+        dest: &str,
+        namespace: &str,
+        now: Instant,
+        proposed: &Knobs,
+        in_force: &Knobs,
+        urgent: bool,
+    ) -> Decision {
+        let (knobs, adjustments) = guard_with(&self.config, namespace, proposed, in_force, urgent);
         let changed: Vec<Knob> = Knob::ALL
             .into_iter()
             .filter(|k| knobs.get(*k) != in_force.get(*k))
             .collect();
+        let dwell = if urgent {
+            self.config.urgent_dwell.min(self.config.min_dwell)
+        } else {
+            self.config.min_dwell
+        };
         let action = if changed.is_empty() {
             Action::Hold(HoldReason::NoChange)
         } else if self.config.mode == Mode::Observe {
             Action::Recommend
         } else {
             let state = self.dests.get(dest);
-            match state {
-                Some(DestState {
-                    phase: Phase::Watching { .. },
-                    ..
-                }) => Action::Hold(HoldReason::Watching),
-                Some(DestState {
-                    last_push: Some(t), ..
-                }) if now.saturating_duration_since(*t) < self.config.min_dwell => {
-                    Action::Hold(HoldReason::Dwell {
-                        remaining: self.config.min_dwell - now.saturating_duration_since(*t),
-                    })
-                }
+            let since = state
+                .and_then(|s| s.last_push)
+                .map(|t| now.saturating_duration_since(t));
+            match (state, since) {
+                (_, Some(since)) if since < dwell => Action::Hold(HoldReason::Dwell {
+                    remaining: dwell - since,
+                }),
+                (
+                    Some(DestState {
+                        phase: Phase::Watching { .. },
+                        ..
+                    }),
+                    _,
+                ) if !urgent => Action::Hold(HoldReason::Watching),
                 _ => Action::Push,
             }
         };
@@ -568,12 +681,27 @@ impl Guardrails {
     /// Records that `pushed` replaced `previous` at `now`; `baseline` is the objective (a cost:
     /// higher is worse) of the window before the push. Starts watching.
     pub fn record_push(&mut self, dest: &str, now: Instant, previous: Knobs, baseline: f64) {
+        self.record_push_at_load(dest, now, previous, baseline, f64::NAN);
+    }
+
+    /// [`Self::record_push`] with the baseline window's offered load (rps), so a watched
+    /// window at a different load ends the watch instead of blaming the push
+    /// ([`Self::observe_at_load`]).
+    pub fn record_push_at_load(
+        &mut self,
+        dest: &str,
+        now: Instant,
+        previous: Knobs,
+        baseline: f64,
+        load: f64,
+    ) {
         let phase = if self.config.rollback_windows == 0 {
             Phase::Confirmed
         } else {
             Phase::Watching {
                 previous,
                 baseline,
+                load,
                 seen: 0,
                 bad_streak: 0,
             }
@@ -600,18 +728,34 @@ impl Guardrails {
 
     /// Feeds the objective (a cost: higher is worse) of one window after a push.
     pub fn observe(&mut self, dest: &str, objective: f64) -> Verdict {
+        self.observe_at_load(dest, objective, f64::NAN)
+    }
+
+    /// [`Self::observe`] for a window with offered load `load` (rps): when it differs from the
+    /// baseline window's by more than `rollback_max_load_change`, the load, not the push,
+    /// moved the objective, so the watch ends ([`Verdict::LoadChanged`]).
+    pub fn observe_at_load(&mut self, dest: &str, objective: f64, load: f64) -> Verdict {
+        let max_change = self.config.rollback_max_load_change;
         let Some(state) = self.dests.get_mut(dest) else {
             return Verdict::Idle;
         };
         let Phase::Watching {
             previous,
             baseline,
+            load: baseline_load,
             seen,
             bad_streak,
         } = &mut state.phase
         else {
             return Verdict::Idle;
         };
+        if load.is_finite() && baseline_load.is_finite() {
+            let change = (load - *baseline_load).abs() / baseline_load.max(1.0);
+            if change > max_change {
+                state.phase = Phase::Confirmed;
+                return Verdict::LoadChanged;
+            }
+        }
         *seen += 1;
         let worse = objective - *baseline;
         let limit =
@@ -746,18 +890,19 @@ mod tests {
     #[test]
     fn yaml_and_toml_agree() {
         let t = Config::from_toml_str(
-            "mode = \"enforce\"\nhysteresis = 0.1\nmin_dwell_secs = 30\n[hysteresis_per_knob]\n\"retries.attempts\" = 0.0\n[namespaces.a]\n\"timeout\" = { min = 100 }\n",
+            "mode = \"enforce\"\nhysteresis = 0.1\nmin_dwell_secs = 45\nurgent_dwell_secs = 7\n[hysteresis_per_knob]\n\"retries.attempts\" = 0.0\n[namespaces.a]\n\"timeout\" = { min = 100 }\n",
             "a.toml",
         )
         .unwrap();
         let y = Config::from_yaml_str(
-            "mode: enforce\nhysteresis: 0.1\nmin_dwell_secs: 30\nhysteresis_per_knob:\n  retries.attempts: 0.0\nnamespaces:\n  a:\n    timeout: {min: 100}\n",
+            "mode: enforce\nhysteresis: 0.1\nmin_dwell_secs: 45\nurgent_dwell_secs: 7\nhysteresis_per_knob:\n  retries.attempts: 0.0\nnamespaces:\n  a:\n    timeout: {min: 100}\n",
             "a.yaml",
         )
         .unwrap();
         assert_eq!(t, y);
         assert_eq!(t.mode, Mode::Enforce);
-        assert_eq!(t.min_dwell, Duration::from_secs(30));
+        assert_eq!(t.min_dwell, Duration::from_secs(45));
+        assert_eq!(t.urgent_dwell, Duration::from_secs(7));
         assert_eq!(t.hysteresis[Knob::RetryAttempts as usize], 0.0);
         assert_eq!(t.hysteresis[Knob::MaxConnections as usize], 0.1);
         assert_eq!(t.bounds("a", Knob::RouteTimeoutMs), (100.0, 60_000.0));
@@ -806,11 +951,115 @@ mod tests {
         proposed.set(Knob::MaxConnections, 3.0);
         let (k, _) = guard(&cfg, "default", &proposed, &in_force);
         assert_eq!(k.get(Knob::MaxConnections), 50.0); // ÷2
-                                                       // Istio's "unlimited" in force: the first step starts from the hard bound.
+
+        // Istio's "unlimited" (or "no timeout") in force: no finite base for a step, so the
+        // first push goes straight to the proposal (within the bounds).
         let mut unlimited = in_force;
         unlimited.set(Knob::MaxConnections, meshtune_core::knobs::ISTIO_UNLIMITED);
-        let (k, _) = guard(&cfg, "default", &proposed, &unlimited);
-        assert_eq!(k.get(Knob::MaxConnections), 32_768.0);
+        unlimited.set(Knob::RouteTimeoutMs, 0.0);
+        proposed.set(Knob::RouteTimeoutMs, 250.0);
+        let (k, adj) = guard(&cfg, "default", &proposed, &unlimited);
+        assert_eq!(k.get(Knob::MaxConnections), 3.0);
+        assert_eq!(k.get(Knob::RouteTimeoutMs), 250.0);
+        assert!(
+            !adj.iter().any(|a| a.kind == AdjustKind::StepLimit
+                && matches!(a.knob, Knob::MaxConnections | Knob::RouteTimeoutMs)),
+            "{adj:?}"
+        );
+        // From there on, steps are limited again.
+        proposed.set(Knob::MaxConnections, 100.0);
+        let (k, _) = guard(&cfg, "default", &proposed, &k);
+        assert_eq!(k.get(Knob::MaxConnections), 6.0);
+    }
+
+    #[test]
+    fn missing_the_slo_brakes_at_once_but_loosens_gradually() {
+        let cfg = enforce();
+        let mut in_force = mid();
+        in_force.set(Knob::Http2MaxRequests, 4_000.0);
+        in_force.set(Knob::RouteTimeoutMs, 6_000.0);
+        in_force.set(Knob::Consecutive5xxErrors, 40.0);
+        let mut proposed = in_force;
+        proposed.set(Knob::Http2MaxRequests, 8.0);
+        proposed.set(Knob::RouteTimeoutMs, 250.0);
+        proposed.set(Knob::Consecutive5xxErrors, 2.0);
+        let (calm, _) = guard_with(&cfg, "default", &proposed, &in_force, false);
+        assert_eq!(calm.get(Knob::Http2MaxRequests), 2_000.0);
+        assert_eq!(calm.get(Knob::RouteTimeoutMs), 3_000.0);
+        let (urgent, _) = guard_with(&cfg, "default", &proposed, &in_force, true);
+        assert_eq!(urgent.get(Knob::Http2MaxRequests), 8.0);
+        assert_eq!(urgent.get(Knob::RouteTimeoutMs), 250.0);
+        assert_eq!(
+            urgent.get(Knob::Consecutive5xxErrors),
+            20.0,
+            "ejecting more hosts removes capacity: still stepped"
+        );
+        let mut looser = in_force;
+        looser.set(Knob::Http2MaxRequests, 60_000.0);
+        let (k, _) = guard_with(&cfg, "default", &looser, &in_force, true);
+        assert_eq!(
+            k.get(Knob::Http2MaxRequests),
+            8_000.0,
+            "loosening is stepped"
+        );
+    }
+
+    #[test]
+    fn retry_budget_follows_the_guarded_request_limit() {
+        let cfg = enforce();
+        let mut in_force = mid();
+        in_force.set(Knob::Http2MaxRequests, 100.0);
+        in_force.set(Knob::MaxRetries, 20.0);
+        let mut proposed = in_force;
+        proposed.set(Knob::Http2MaxRequests, 10.0); // stepped to 50
+        proposed.set(Knob::MaxRetries, 40.0); // stepped to 40, budget 10
+        let (k, adj) = guard(&cfg, "default", &proposed, &in_force);
+        assert_eq!(k.get(Knob::Http2MaxRequests), 50.0);
+        assert_eq!(k.get(Knob::MaxRetries), 10.0);
+        assert!(adj
+            .iter()
+            .any(|a| a.kind == AdjustKind::RetryBudget && a.from == 40.0 && a.to == 10.0));
+    }
+
+    #[test]
+    fn missing_the_slo_shortens_the_dwell_and_supersedes_watching() {
+        let mut g = Guardrails::new(enforce());
+        let t0 = Instant::now();
+        let in_force = mid();
+        let mut proposed = in_force;
+        proposed.set(
+            Knob::RouteTimeoutMs,
+            in_force.get(Knob::RouteTimeoutMs) * 1.5,
+        );
+        g.record_push("a", t0, in_force, 1.0);
+        let t1 = t0 + DEFAULT_URGENT_DWELL / 2;
+        assert!(matches!(
+            g.decide_with("a", "ns", t1, &proposed, &in_force, true)
+                .action,
+            Action::Hold(HoldReason::Dwell { .. })
+        ));
+        let t2 = t0 + DEFAULT_URGENT_DWELL;
+        assert_eq!(
+            g.decide_with("a", "ns", t2, &proposed, &in_force, false)
+                .action,
+            Action::Hold(HoldReason::Dwell {
+                remaining: DEFAULT_MIN_DWELL - DEFAULT_URGENT_DWELL
+            }),
+            "meeting the SLO: the full dwell"
+        );
+        assert!(matches!(g.phase("a"), Phase::Watching { .. }));
+        assert_eq!(
+            g.decide_with("a", "ns", t2, &proposed, &in_force, true)
+                .action,
+            Action::Push,
+            "missing the SLO: the short dwell, even while watching"
+        );
+        let t3 = t0 + DEFAULT_MIN_DWELL;
+        assert_eq!(
+            g.decide_with("a", "ns", t3, &proposed, &in_force, false)
+                .action,
+            Action::Hold(HoldReason::Watching)
+        );
     }
 
     #[test]
@@ -835,7 +1084,7 @@ mod tests {
         assert_eq!(
             g.decide("a", "ns", t1, &proposed, &in_force).action,
             Action::Hold(HoldReason::Dwell {
-                remaining: Duration::from_secs(50)
+                remaining: DEFAULT_MIN_DWELL - Duration::from_secs(10)
             })
         );
         // Another destination is not held.
@@ -917,6 +1166,35 @@ mod tests {
         assert!(matches!(
             g.decide("a", "ns", late, &proposed, &before).action,
             Action::Hold(HoldReason::Dwell { .. })
+        ));
+    }
+
+    #[test]
+    fn a_load_step_ends_the_watch_instead_of_blaming_the_push() {
+        let mut g = Guardrails::new(Config {
+            rollback_consecutive: 1,
+            ..enforce()
+        });
+        let t0 = Instant::now();
+        g.record_push_at_load("a", t0, mid(), 0.1, 150.0);
+        assert_eq!(
+            g.observe_at_load("a", 0.12, 160.0),
+            Verdict::Watching { seen: 1 }
+        );
+        // The load quadruples and the objective worsens: the load did it.
+        assert_eq!(g.observe_at_load("a", 0.9, 600.0), Verdict::LoadChanged);
+        assert_eq!(g.phase("a"), Phase::Confirmed);
+        // At the same load, the same worsening rolls back.
+        g.record_push_at_load("b", t0, mid(), 0.1, 150.0);
+        assert!(matches!(
+            g.observe_at_load("b", 0.9, 150.0),
+            Verdict::Rollback { .. }
+        ));
+        // Unknown load: no load check.
+        g.record_push("c", t0, mid(), 0.1);
+        assert!(matches!(
+            g.observe_at_load("c", 0.9, 600.0),
+            Verdict::Rollback { .. }
         ));
     }
 

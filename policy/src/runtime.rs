@@ -10,7 +10,7 @@ use meshtune_core::contract::{
     OUTPUT_SLACK,
 };
 use meshtune_core::env::Policy;
-use meshtune_core::features::{Features, FEATURE_COUNT};
+use meshtune_core::features::{Context, Features, FEATURE_COUNT, WINDOW_FEATURE_COUNT};
 use meshtune_core::knobs::{Knobs, KNOB_COUNT};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
@@ -394,31 +394,58 @@ pub fn validate_path(path: &std::path::Path) -> Result<OnnxPolicy, ModelError> {
     Ok(policy)
 }
 
+/// Typical traffic as raw features, named: idle, healthy, overloaded, failing; a destination
+/// with Istio defaults in force (never changed), 4 client proxies, 5 endpoints, SLO 250 ms.
+pub fn typical_features() -> [(&'static str, Features); 4] {
+    let ctx = Context {
+        knobs: Knobs::istio_defaults(),
+        clients: 4,
+        secs_since_change: None,
+        slo_target_ms: 250.0,
+    };
+    let f = |w: [f64; WINDOW_FEATURE_COUNT]| Features::from_parts(w, &ctx, 5);
+    // rps, p50, p90, p99, mean, 5xx, 4xx, overflow, timeout, connfail, retry, infl avg, max, h2
+    [
+        (
+            "idle",
+            f([
+                1.0, 2.0, 3.0, 5.0, 2.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1, 1.0, 0.0,
+            ]),
+        ),
+        (
+            "healthy",
+            f([
+                200.0, 12.0, 35.0, 90.0, 18.0, 0.002, 0.01, 0.0, 0.0, 0.0, 0.001, 3.0, 12.0, 0.5,
+            ]),
+        ),
+        (
+            "overloaded",
+            f([
+                5_000.0, 180.0, 900.0, 2_500.0, 320.0, 0.12, 0.01, 0.08, 0.03, 0.01, 0.2, 400.0,
+                1_200.0, 1.0,
+            ]),
+        ),
+        (
+            "failing",
+            f([
+                50.0, 5_000.0, 20_000.0, 30_000.0, 8_000.0, 0.9, 0.0, 0.0, 0.6, 0.3, 1.0, 60.0,
+                80.0, 0.0,
+            ]),
+        ),
+    ]
+}
+
 /// The fixed smoke input: all zeros, all ones, all 1.5 (the normalisation's cap), mid values,
-/// and normalised typical traffic (idle, healthy, overloaded, failing).
+/// and normalised typical traffic ([`typical_features`]).
 pub fn smoke_inputs() -> Vec<[f32; FEATURE_COUNT]> {
-    let raw = |v: [f64; FEATURE_COUNT]| Features(v).normalised();
-    vec![
+    let mut inputs = vec![
         [0.0; FEATURE_COUNT],
         [1.0; FEATURE_COUNT],
         [1.5; FEATURE_COUNT],
         [0.5; FEATURE_COUNT],
-        // rps, p50, p90, p99, mean, 5xx, 4xx, overflow, timeout, connfail, retry, infl avg, max, h2
-        raw([
-            1.0, 2.0, 3.0, 5.0, 2.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1, 1.0, 0.0,
-        ]),
-        raw([
-            200.0, 12.0, 35.0, 90.0, 18.0, 0.002, 0.01, 0.0, 0.0, 0.0, 0.001, 3.0, 12.0, 0.5,
-        ]),
-        raw([
-            5_000.0, 180.0, 900.0, 2_500.0, 320.0, 0.12, 0.01, 0.08, 0.03, 0.01, 0.2, 400.0,
-            1_200.0, 1.0,
-        ]),
-        raw([
-            50.0, 5_000.0, 20_000.0, 30_000.0, 8_000.0, 0.9, 0.0, 0.0, 0.6, 0.3, 1.0, 60.0, 80.0,
-            0.0,
-        ]),
-    ]
+    ];
+    inputs.extend(typical_features().iter().map(|(_, f)| f.normalised()));
+    inputs
 }
 
 /// An [`OnnxPolicy`] as a [`meshtune_core::env::Policy`]. An inference error keeps the knobs in

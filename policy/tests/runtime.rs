@@ -152,9 +152,7 @@ fn nan_and_out_of_range_outputs_fail_the_smoke_test() {
 fn policy_trait_yields_knobs_within_bounds() {
     let mut p = validate(&good_model(3, "trait"), "mem").unwrap();
     assert_eq!(p.name(), "trait");
-    let f = Features([
-        200.0, 12.0, 35.0, 90.0, 18.0, 0.002, 0.01, 0.0, 0.0, 0.0, 0.001, 3.0, 12.0, 0.5,
-    ]);
+    let f: Features = meshtune_policy::runtime::typical_features()[1].1;
     let k = p.decide(&f, &Knobs::istio_defaults());
     let direct = Knobs::from_normalised(&p.infer(&[f.normalised()]).unwrap()[0]);
     assert_eq!(k, direct);

@@ -466,6 +466,7 @@ impl Engine {
             request_bytes: 0,
             response_bytes: 0,
             http2_requests: 0,
+            endpoints: u32::try_from(self.hosts.len()).unwrap_or(u32::MAX),
             latency: self.hist.clone(),
         };
         WindowResult {

@@ -5,7 +5,9 @@ use crate::engine::{Engine, WindowResult};
 use crate::scenario::Scenario;
 use meshtune_core::env::{Environment, Policy, Step};
 use meshtune_core::outcomes::{Outcomes, SloGood};
-use meshtune_core::{Features, Knobs, LatencyHistogram, FEATURE_COUNT, KNOB_COUNT};
+use meshtune_core::{
+    Context, Features, Knobs, LatencyHistogram, WindowStats, FEATURE_COUNT, KNOB_COUNT,
+};
 
 pub use meshtune_core::outcomes::{churn, Objective};
 
@@ -19,6 +21,48 @@ pub fn window_outcomes(r: &WindowResult, objective: &Objective, churn: f64) -> O
         objective,
         churn,
     )
+}
+
+/// The destination's state the policy sees next to a simulated window: the knobs that were in
+/// force, the scenario's client Envoys and SLO, and the time since the knobs last changed.
+pub fn context(scenario: &Scenario, knobs: &Knobs, since_change: &ChangeClock) -> Context {
+    Context {
+        knobs: *knobs,
+        clients: scenario.clients.0,
+        secs_since_change: since_change.secs(scenario.window_s.0),
+        slo_target_ms: scenario.slo_ms.0,
+    }
+}
+
+/// Features before any window ran: an empty window with Istio defaults in force.
+pub fn initial_features(scenario: &Scenario) -> Features {
+    WindowStats::default().features(&context(
+        scenario,
+        &Knobs::istio_defaults(),
+        &ChangeClock::default(),
+    ))
+}
+
+/// Windows since the knobs in force last changed (`None` = never changed since Istio defaults).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ChangeClock {
+    windows: Option<u32>,
+}
+
+impl ChangeClock {
+    /// One window ran with `knobs`, which replaced `previous` at its start.
+    pub fn tick(&mut self, previous: &Knobs, knobs: &Knobs) {
+        self.windows = if previous != knobs {
+            Some(1)
+        } else {
+            self.windows.map(|w| w.saturating_add(1))
+        };
+    }
+
+    /// Seconds since the change, `None` if the knobs never changed.
+    pub fn secs(&self, window_s: f64) -> Option<f64> {
+        self.windows.map(|w| f64::from(w) * window_s)
+    }
 }
 
 /// Totals of an episode.
@@ -58,8 +102,10 @@ pub fn run_episode(
     seed: u64,
     objective: &Objective,
 ) -> EpisodeResult {
-    let mut knobs = policy.decide(&Features::default(), &Knobs::istio_defaults());
+    let mut knobs = policy.decide(&initial_features(scenario), &Knobs::istio_defaults());
     let mut engine = Engine::new(scenario, seed, &knobs);
+    let mut clock = ChangeClock::default();
+    let mut in_force = Knobs::istio_defaults();
     let windows = scenario.windows.0 as usize;
     let mut steps = Vec::with_capacity(windows);
     let mut latency = LatencyHistogram::new();
@@ -76,7 +122,9 @@ pub fn run_episode(
         let outcomes = window_outcomes(&res, objective, ch);
         total_reward += outcomes.reward;
         latency.merge(&res.stats.latency);
-        let features = res.stats.features();
+        clock.tick(&in_force, &knobs);
+        in_force = knobs;
+        let features = res.stats.features(&context(scenario, &knobs, &clock));
         steps.push(Step {
             observation: features.normalised(),
             features,
@@ -116,8 +164,8 @@ pub fn run_episode(
 
 /// The RL environment: one step = one window of the scenario under the action's knobs.
 ///
-/// Observation = `Features::normalised()` of the window just run (zeros after `reset`, before
-/// any window ran). Action = normalised knobs, clamped to [0, 1] and mapped with
+/// Observation = `Features::normalised()` of the window just run and the destination's state
+/// ([`context`]; after `reset`, an empty window with Istio defaults in force). Action = normalised knobs, clamped to [0, 1] and mapped with
 /// `Knobs::from_normalised` (always within meshtune's hard bounds). Reward = the
 /// [`Objective`]. `done` is set on the scenario's last window; call `reset` to start again.
 #[derive(Debug)]
@@ -127,6 +175,8 @@ pub struct MeshEnv {
     engine: Engine,
     window: u32,
     prev: Option<[f32; KNOB_COUNT]>,
+    in_force: Knobs,
+    clock: ChangeClock,
 }
 
 impl MeshEnv {
@@ -138,6 +188,8 @@ impl MeshEnv {
             engine,
             window: 0,
             prev: None,
+            in_force: Knobs::istio_defaults(),
+            clock: ChangeClock::default(),
         }
     }
 
@@ -160,7 +212,9 @@ impl Environment for MeshEnv {
         self.engine = Engine::new(&self.scenario, seed, &Knobs::istio_defaults());
         self.window = 0;
         self.prev = None;
-        Features::default().normalised()
+        self.in_force = Knobs::istio_defaults();
+        self.clock = ChangeClock::default();
+        initial_features(&self.scenario).normalised()
     }
 
     fn step(&mut self, action: &[f32; KNOB_COUNT]) -> Step {
@@ -171,7 +225,11 @@ impl Environment for MeshEnv {
         let ch = self.prev.map(|p| churn(&p, &norm)).unwrap_or(0.0);
         self.prev = Some(norm);
         let outcomes = window_outcomes(&res, &self.objective, ch);
-        let features = res.stats.features();
+        self.clock.tick(&self.in_force, &knobs);
+        self.in_force = knobs;
+        let features = res
+            .stats
+            .features(&context(&self.scenario, &knobs, &self.clock));
         self.window += 1;
         Step {
             observation: features.normalised(),

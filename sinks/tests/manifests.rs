@@ -1,7 +1,8 @@
 //! Every document in manifests/*.yaml: Istio kinds validate against the real CRD schemas;
 //! the rest pass structural checks (references between objects resolve, RBAC covers what the
-//! controller does, ports and labels line up); the EnvoyFilter's controller cluster passes
-//! `envoy --mode validate`.
+//! controller does, ports and labels line up); the filter configurations pass the filter's
+//! own parser and name the controller's Istio outbound cluster (real Envoy runs both variants
+//! in the Istio-shaped end-to-end tests).
 
 mod common;
 
@@ -255,18 +256,42 @@ fn controller_objects_reference_each_other() {
     assert_eq!(cm["metadata"]["namespace"], ns);
 }
 
+/// The controller's Istio outbound cluster, from its Service (the `grpc` port).
+fn controller_outbound_cluster(docs: &[Doc]) -> String {
+    let svc = find(docs, "Service", "meshtune-controller");
+    let grpc = svc["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["appProtocol"] == "grpc")
+        .unwrap();
+    format!(
+        "outbound|{}||{}.{}.svc.cluster.local",
+        grpc["port"],
+        svc["metadata"]["name"].as_str().unwrap(),
+        svc["metadata"]["namespace"].as_str().unwrap()
+    )
+}
+
+/// A plugin configuration as the filter parses it (the filter's own validator).
+fn filter_config(json: &str, origin: &str) -> meshtune_filter::config::Config {
+    meshtune_filter::config::Config::from_json(json.as_bytes())
+        .unwrap_or_else(|e| panic!("{origin}: configuration refused by the filter: {e}"))
+}
+
 #[test]
-fn envoyfilter_wires_filter_reporter_and_controller_cluster() {
+fn envoyfilter_is_only_the_http_filter_reporting_to_the_istio_service() {
     let docs = load_all();
     let ef = find(&docs, "EnvoyFilter", "meshtune");
     let patches = ef["spec"]["configPatches"].as_array().unwrap();
-    let by = |apply: &str| {
-        patches
-            .iter()
-            .find(|p| p["applyTo"] == apply)
-            .unwrap_or_else(|| panic!("no {apply} patch"))
-    };
-    let http = by("HTTP_FILTER");
+    // Istio delivers no BOOTSTRAP patch since it removed its bootstrap discovery service
+    // (istio/istio#48693); the controller is reached through Istio's own outbound cluster.
+    let kinds: Vec<&str> = patches
+        .iter()
+        .map(|p| p["applyTo"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["HTTP_FILTER"], "only the HTTP filter patch");
+    let http = &patches[0];
     assert_eq!(http["match"]["context"], "SIDECAR_OUTBOUND");
     assert_eq!(http["patch"]["operation"], "INSERT_BEFORE");
     assert_eq!(
@@ -275,51 +300,29 @@ fn envoyfilter_wires_filter_reporter_and_controller_cluster() {
     );
     let filter_cfg = &http["patch"]["value"]["typed_config"]["config"];
     assert_eq!(filter_cfg["failure_policy"], "FAIL_OPEN");
-
-    let boot = &by("BOOTSTRAP")["patch"]["value"]["bootstrap_extensions"][0]["typed_config"];
-    assert_eq!(boot["singleton"], true);
-    assert_eq!(
-        boot["config"]["vm_config"]["vm_id"], filter_cfg["vm_config"]["vm_id"],
-        "reporter and filter must share the VM id"
+    let cfg = filter_config(
+        filter_cfg["configuration"]["value"].as_str().unwrap(),
+        "envoyfilter.yaml",
     );
+    assert_eq!(cfg.controller_cluster, controller_outbound_cluster(&docs));
 
-    let cluster = &by("CLUSTER")["patch"]["value"];
-    for cfg in [filter_cfg, &boot["config"]] {
-        let json: Value =
-            serde_json::from_str(cfg["configuration"]["value"].as_str().unwrap()).unwrap();
-        assert_eq!(json["controller_cluster"], cluster["name"]);
-    }
-    let sock = &cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-        ["address"]["socket_address"];
-    let svc = find(&docs, "Service", "meshtune-controller");
-    assert_eq!(
-        sock["address"],
-        format!(
-            "{}.{}.svc.cluster.local",
-            svc["metadata"]["name"].as_str().unwrap(),
-            svc["metadata"]["namespace"].as_str().unwrap()
-        )
-    );
-    let grpc = svc["spec"]["ports"]
-        .as_array()
-        .unwrap()
+    // Real Envoy runs this patch value with the real module in the Istio-shaped end-to-end
+    // tests (tests/tests/istio.rs), which also build the sidecar from this file.
+}
+
+#[test]
+fn wasmplugin_configuration_reports_to_the_istio_service() {
+    let docs = load_all();
+    let wp = docs
         .iter()
-        .find(|p| p["appProtocol"] == "grpc")
-        .unwrap();
-    assert_eq!(sock["port_value"], grpc["port"]);
+        .find(|d| d.value["kind"] == "WasmPlugin")
+        .expect("a WasmPlugin");
+    let spec = &wp.value["spec"];
+    assert_eq!(spec["failStrategy"], "FAIL_OPEN");
     assert!(
-        cluster["typed_extension_protocol_options"]
-            ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
-            ["http2_protocol_options"]
-            .is_object(),
-        "controller cluster must speak HTTP/2"
+        spec["vmConfig"].get("vmId").is_none(),
+        "WasmPlugin has no vm id"
     );
-
-    // The cluster patch is real Envoy config.
-    if let Some(bin) = meshtune_test_support::envoy::binary() {
-        let b = json!({"static_resources": {"clusters": [cluster]}});
-        if let Err(e) = meshtune_test_support::envoy::validate(&bin, &b) {
-            panic!("controller cluster rejected by Envoy: {e}");
-        }
-    }
+    let cfg = filter_config(&spec["pluginConfig"].to_string(), "wasmplugin.yaml");
+    assert_eq!(cfg.controller_cluster, controller_outbound_cluster(&docs));
 }

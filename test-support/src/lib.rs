@@ -6,6 +6,9 @@
 //!   a bootstrap with `--mode validate`, starts Envoy on a bootstrap written to a fresh run
 //!   directory (unique `--base-id`, output captured in a log), waits for `/ready`, reads
 //!   listeners, `/stats` and `/clusters`, polls admin paths, and kills and reaps it on drop.
+//! - [`istio`]: an Istio-shaped sidecar configuration built from the project's `manifests/`
+//!   (EnvoyFilter patch or WasmPlugin translated as istiod does, `outbound|PORT||HOST`
+//!   clusters, node metadata, no bootstrap extensions).
 //! - [`kube_mock`]: a mocked Kubernetes API server at the HTTP level (kube-rs tower-test
 //!   pattern): canned JSON, Status and List responses, request assertions, query parsing.
 //! - [`prereq`]: `CI` / `MESHTUNE_E2E_REQUIRED` flags; skip-with-a-note or fail.
@@ -20,6 +23,7 @@
 
 pub mod envoy;
 pub mod http;
+pub mod istio;
 #[cfg(feature = "kube")]
 pub mod kube_mock;
 pub mod prereq;

@@ -109,6 +109,8 @@ pub struct Lifetime {
 #[serde(default)]
 pub struct Destination {
     pub name: String,
+    /// Distinct reporters with a report in the window.
+    pub reporters: u64,
     pub window: WindowView,
     pub lifetime: Lifetime,
     pub hint: serde_json::Value,
@@ -121,6 +123,10 @@ pub struct Destinations {
     pub destinations: Vec<Destination>,
     pub reports_accepted: u64,
     pub reports_rejected: u64,
+    /// Reports ignored as duplicates (sequence already seen).
+    pub reports_duplicate: u64,
+    /// Reporters the controller tracks.
+    pub reporters: u64,
 }
 
 impl Destinations {

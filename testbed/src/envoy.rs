@@ -1,6 +1,8 @@
-//! Envoy configurations of the testbed: renders a bootstrap (listener → route → `workload`
-//! cluster; optionally a wasm HTTP filter, the meshtune singleton reporter service and the
-//! `meshtune_controller` cluster) and starts Envoy on it with admin and listener on port 0.
+//! Envoy configurations of the testbed (plain Envoy, for the demo and the benchmarks; the
+//! Istio-shaped sidecar of the end-to-end tests is `meshtune_test_support::istio`): renders a
+//! bootstrap (listener → route → `workload` cluster; optionally a wasm HTTP filter and the
+//! `meshtune_controller` cluster the filter is configured to report to) and starts Envoy on it
+//! with admin and listener on port 0. No bootstrap extension: the filter reports by itself.
 //! Running Envoy (launch, readiness, admin reads, stop on drop) is
 //! [`meshtune_test_support::envoy`]'s [`EnvoyProcess`], re-exported here.
 
@@ -15,14 +17,13 @@ pub use meshtune_test_support::envoy::{EnvoyError, EnvoyProcess, Launch, DEFAULT
 
 /// Name of the upstream cluster the listener routes to.
 pub const WORKLOAD_CLUSTER: &str = "workload";
-/// Name of the gRPC cluster the filter reports to.
+/// Name of the gRPC cluster the filter reports to (plain Envoy: set as the filter's
+/// `controller_cluster`; in Istio the default outbound cluster is used instead).
 pub const CONTROLLER_CLUSTER: &str = "meshtune_controller";
 /// The filter's VM id.
 pub const VM_ID: &str = "meshtune";
 /// Root id of the meshtune HTTP filter.
 pub const FILTER_ROOT_ID: &str = "meshtune";
-/// Root id of the singleton reporter service.
-pub const REPORTER_ROOT_ID: &str = "meshtune_reporter";
 /// Default worker threads.
 pub const DEFAULT_CONCURRENCY: u32 = 2;
 
@@ -69,9 +70,6 @@ pub struct WasmFilter {
     pub root_id: String,
     /// Plugin configuration text (StringValue).
     pub configuration: String,
-    /// Root id of a singleton `envoy.bootstrap.wasm` service with the same VM id and
-    /// configuration (the meshtune reporter); None for no service.
-    pub service_root_id: Option<String>,
 }
 
 impl WasmFilter {
@@ -82,7 +80,6 @@ impl WasmFilter {
             vm_id: "noop".into(),
             root_id: "noop".into(),
             configuration: String::new(),
-            service_root_id: None,
         }
     }
 
@@ -94,7 +91,7 @@ impl WasmFilter {
         }
     }
 
-    /// The meshtune filter and its reporter service.
+    /// The meshtune filter.
     pub fn meshtune(wasm: &Path, cfg: &PluginConfig) -> Self {
         Self::meshtune_raw(wasm, cfg.to_json())
     }
@@ -106,7 +103,6 @@ impl WasmFilter {
             vm_id: VM_ID.into(),
             root_id: FILTER_ROOT_ID.into(),
             configuration,
-            service_root_id: Some(REPORTER_ROOT_ID.into()),
         }
     }
 
@@ -250,24 +246,11 @@ pub fn render_bootstrap(cfg: &EnvoyConfig) -> Value {
             }
         }));
     }
-    let mut boot = json!({
+    json!({
         "node": {"id": "testbed", "cluster": "testbed"},
         "admin": {"address": socket("127.0.0.1:0".parse().expect("addr"))},
         "static_resources": {"listeners": [listener], "clusters": clusters}
-    });
-    if let Some(f) = &cfg.filter {
-        if let Some(root) = &f.service_root_id {
-            boot["bootstrap_extensions"] = json!([{
-                "name": "envoy.bootstrap.wasm",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService",
-                    "singleton": true,
-                    "config": f.plugin(root)
-                }
-            }]);
-        }
-    }
-    boot
+    })
 }
 
 impl EnvoyConfig {
@@ -325,9 +308,10 @@ mod tests {
         assert_eq!(conf["controller_cluster"], "meshtune_controller");
         assert_eq!(conf["max_queued_windows"], 64);
         assert_eq!(hcm["http_filters"][1]["name"], "envoy.filters.http.router");
-        let svc = &b["bootstrap_extensions"][0]["typed_config"];
-        assert_eq!(svc["singleton"], true);
-        assert_eq!(svc["config"]["root_id"], "meshtune_reporter");
+        assert!(
+            b.get("bootstrap_extensions").is_none(),
+            "no singleton reporter"
+        );
         let ctl = &b["static_resources"]["clusters"][1];
         assert_eq!(ctl["name"], "meshtune_controller");
         assert_eq!(

