@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Content type of the OpenMetrics text that prometheus-client writes.
+/// Content type of the OpenMetrics text that prometheus-client writes (served when the
+/// `Accept` header asks for it; otherwise `/metrics` is Prometheus text 0.0.4).
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Content type of `/filter.wasm` (the WebAssembly media type).
@@ -163,10 +164,16 @@ async fn readyz(State(c): State<Arc<Controller>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(c): State<Arc<Controller>>) -> impl IntoResponse {
+/// OpenMetrics when the scraper asks for it (Prometheus does), else Prometheus text 0.0.4.
+async fn metrics(
+    State(c): State<Arc<Controller>>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::metrics::Exposition::for_accept(accept);
     (
-        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
-        c.metrics_text(),
+        [(header::CONTENT_TYPE, format.content_type())],
+        c.metrics_text_as(format),
     )
 }
 

@@ -15,7 +15,9 @@ use crate::config::{self, Config};
 use crate::decision::{self, Naming};
 use crate::policy_loop::{
     self, build_sinks, parse_configmap, EnvoyFileArgs, LoopConfig, LoopError, PolicyLoop, SinkKind,
+    Sources,
 };
+use crate::prometheus::{self, PromSource};
 use crate::recorder::Recorder;
 use crate::server::Controller;
 use meshtune_policy::source::{self, ModelSource};
@@ -106,6 +108,30 @@ pub struct ControllerArgs {
     /// Append live dataset rows (features, knobs in force, outcomes) to this CSV.
     #[arg(long)]
     pub record: Option<PathBuf>,
+
+    /// Feature sources (repeatable or comma-separated): `filter` (the filters' gRPC reports)
+    /// and/or `prometheus` (Istio standard metrics and Envoy cluster statistics, needs
+    /// --prometheus-url). With both, the filter wins for every destination it reports.
+    #[arg(long = "source", value_enum, value_delimiter = ',', default_values_t = vec![SourceKind::Filter])]
+    pub feature_sources: Vec<SourceKind>,
+    /// Prometheus server for `--source prometheus` (e.g. http://prometheus.istio-system:9090).
+    #[arg(long)]
+    pub prometheus_url: Option<String>,
+    /// Istio `reporter` label read by the Prometheus source (`source`: the client side).
+    #[arg(long, default_value = prometheus::DEFAULT_REPORTER)]
+    pub prometheus_reporter: String,
+    /// Window of the Prometheus source in seconds (a few scrape intervals).
+    #[arg(long, default_value_t = prometheus::DEFAULT_WINDOW_SECS)]
+    pub prometheus_window_secs: u64,
+}
+
+/// A feature source of `--source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceKind {
+    /// The filters' reports over gRPC.
+    Filter,
+    /// Prometheus (`--prometheus-url`).
+    Prometheus,
 }
 
 impl ControllerArgs {
@@ -215,6 +241,40 @@ impl ControllerArgs {
         sources
     }
 
+    /// The decision loop's feature sources from `--source` and the `--prometheus-*` flags.
+    pub fn sources(&self) -> Result<Sources, LoopError> {
+        let prometheus = if self.feature_sources.contains(&SourceKind::Prometheus) {
+            let url = self.prometheus_url.as_deref().ok_or(LoopError::Flag {
+                flag: "--prometheus-url",
+                reason: "required with --source prometheus".into(),
+            })?;
+            if self.prometheus_window_secs == 0 {
+                return Err(LoopError::Flag {
+                    flag: "--prometheus-window-secs",
+                    reason: "must be > 0".into(),
+                });
+            }
+            let p = PromSource::new(url, &self.prometheus_reporter, prometheus::DEFAULT_TIMEOUT)
+                .map_err(|e| LoopError::Flag {
+                    flag: "--prometheus-url",
+                    reason: e.to_string(),
+                })?;
+            Some((p, self.prometheus_window_secs))
+        } else {
+            if self.prometheus_url.is_some() {
+                return Err(LoopError::Flag {
+                    flag: "--prometheus-url",
+                    reason: "given without --source prometheus".into(),
+                });
+            }
+            None
+        };
+        Ok(Sources {
+            filter: self.feature_sources.contains(&SourceKind::Filter),
+            prometheus,
+        })
+    }
+
     fn envoy(&self) -> EnvoyFileArgs {
         EnvoyFileArgs {
             cds: self.envoy_cds.clone(),
@@ -295,6 +355,7 @@ pub async fn run(
 /// controller and decision loop. Errors name the flag and file.
 pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
     let loop_config = args.loop_config()?;
+    let feature_sources = args.sources()?;
     let filter_module = args.filter_module()?;
     match &filter_module {
         Some(m) => tracing::info!(path = %m.path().display(), sha256 = m.sha256(),
@@ -333,10 +394,70 @@ pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
         recorder,
         loop_config,
     );
+    policy.set_sources(feature_sources);
     Ok(Prepared {
         controller,
         policy,
         sources,
         kube,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    fn sources(argv: &[&str]) -> Result<Sources, LoopError> {
+        let mut full = vec!["meshtune"];
+        full.extend_from_slice(argv);
+        Cli::try_parse_from(full).unwrap().args.sources()
+    }
+
+    #[test]
+    fn source_flags() {
+        let s = sources(&[]).unwrap();
+        assert!(s.filter && s.prometheus.is_none());
+        let s = sources(&[
+            "--source",
+            "prometheus",
+            "--prometheus-url",
+            "http://127.0.0.1:9090",
+        ])
+        .unwrap();
+        assert!(!s.filter);
+        assert_eq!(
+            s.prometheus.as_ref().map(|p| p.1),
+            Some(prometheus::DEFAULT_WINDOW_SECS)
+        );
+        let s = sources(&[
+            "--source",
+            "filter,prometheus",
+            "--prometheus-url",
+            "http://p:9090/",
+        ])
+        .unwrap();
+        assert!(s.filter && s.prometheus.is_some());
+        let e = sources(&["--source", "prometheus"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--prometheus-url"), "{e}");
+        let e = sources(&["--prometheus-url", "http://p:9090"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("without --source prometheus"), "{e}");
+        let e = sources(&["--source", "prometheus", "--prometheus-url", "p:9090"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--prometheus-url") && e.contains("p:9090"),
+            "{e}"
+        );
+    }
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use foldhash::{HashMap, HashMapExt};
 use std::time::Instant;
 
+use meshtune_core::availability::Availability;
 use meshtune_core::knobs::{Knob, Knobs, KNOB_COUNT};
 use meshtune_core::outcomes::{Objective, Outcomes, SloGood};
 use meshtune_core::{Context, Features, WindowStats};
@@ -63,6 +64,38 @@ pub struct Selected {
     pub stats: WindowStats,
     /// Reporting client proxies (the most of any of its clusters).
     pub clients: u32,
+    /// Fields the source measured (complete for the filter; see
+    /// `meshtune_core::availability` for the Prometheus source's gaps and their fallbacks).
+    pub availability: Availability,
+    /// Where the window came from.
+    pub source: FeatureSource,
+}
+
+/// Which feature source a destination's window came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FeatureSource {
+    /// The filters' reports (gRPC).
+    #[default]
+    Filter,
+    /// Prometheus (Istio standard metrics, Envoy cluster statistics).
+    Prometheus,
+}
+
+impl FeatureSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            FeatureSource::Filter => "filter",
+            FeatureSource::Prometheus => "prometheus",
+        }
+    }
+}
+
+impl Selected {
+    /// The policy input's raw features: the window with the documented fallbacks for missing
+    /// fields (`meshtune_core::availability::policy_stats`) and the destination's state.
+    pub fn policy_features(&self, context: &Context) -> meshtune_core::Features {
+        meshtune_core::availability::policy_stats(&self.stats, self.availability).features(context)
+    }
 }
 
 /// Groups the snapshot by destination and keeps those with at least `min_requests` requests,
@@ -103,6 +136,69 @@ pub fn select(
                     clusters: vec![cluster],
                     stats,
                     clients,
+                    availability: Availability::COMPLETE,
+                    source: FeatureSource::Filter,
+                });
+            }
+        }
+    }
+    groups.retain(|s| s.stats.requests >= min_requests.max(1));
+    groups
+}
+
+/// Filter windows and Prometheus windows together: every destination the filters report
+/// (with at least one request) keeps its filter window, whatever Prometheus says about it
+/// (matched by destination, and for Istio names by host); Prometheus adds the destinations
+/// the filters do not report, if their window is decidable
+/// ([`Availability::decidable`]). Then the `min_requests` rule applies to all.
+pub fn select_sources(
+    filter: impl IntoIterator<Item = impl Into<ClusterWindow>>,
+    prometheus: Vec<crate::prometheus::SourcedWindow>,
+    naming: Naming,
+    min_requests: u64,
+) -> Vec<Selected> {
+    let mut groups = select(filter, naming, 1);
+    let hosts: foldhash::HashSet<String> = groups
+        .iter()
+        .flat_map(|g| g.clusters.iter())
+        .filter_map(|c| meshtune_sinks::host_from_cluster_name(c).map(str::to_string))
+        .collect();
+    let mut index: HashMap<String, usize> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (g.destination.clone(), i))
+        .collect();
+    let filter_count = groups.len();
+    for w in prometheus {
+        if !w.availability.decidable() {
+            continue;
+        }
+        let Some((destination, namespace)) = naming.destination(&w.cluster) else {
+            continue;
+        };
+        let host = meshtune_sinks::host_from_cluster_name(&w.cluster);
+        if host.is_some_and(|h| hosts.contains(h)) {
+            continue;
+        }
+        match index.get(&destination) {
+            Some(&i) if i < filter_count => continue,
+            Some(&i) => {
+                let g = &mut groups[i];
+                g.clusters.push(w.cluster);
+                g.stats.merge_concurrent(&w.stats);
+                g.availability = g.availability.merge(w.availability);
+            }
+            None => {
+                index.insert(destination.clone(), groups.len());
+                groups.push(Selected {
+                    destination,
+                    namespace,
+                    clusters: vec![w.cluster],
+                    stats: w.stats,
+                    // Prometheus does not say how many client proxies it aggregates.
+                    clients: 1,
+                    availability: w.availability,
+                    source: FeatureSource::Prometheus,
                 });
             }
         }
@@ -211,7 +307,7 @@ pub fn features(
                     .map(|t| now.saturating_duration_since(*t).as_secs_f64()),
                 slo_target_ms: slo_ms,
             };
-            s.stats.features(&context)
+            s.policy_features(&context)
         })
         .collect()
 }
@@ -624,6 +720,68 @@ mod tests {
         let c = select(snap, Naming::Cluster, 20);
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].destination, "BlackHoleCluster");
+    }
+
+    #[test]
+    fn filter_wins_where_both_report_and_prometheus_fills_the_rest() {
+        use crate::prometheus::SourcedWindow;
+        use meshtune_core::availability::Field;
+        let prom = |cluster: &str, n: u64, a: Availability| SourcedWindow {
+            cluster: cluster.to_string(),
+            stats: window(n, n, 5),
+            availability: a,
+        };
+        let lacking = Availability::COMPLETE.without(Field::Inflight);
+        let filter = vec![(
+            "outbound|9080||a.ns.svc.cluster.local".to_string(),
+            window(30, 30, 5),
+        )];
+        let s = select_sources(
+            filter.clone(),
+            vec![
+                // Same host as the filter's cluster (other port form): the filter wins.
+                prom("outbound|||a.ns.svc.cluster.local", 1000, lacking),
+                prom("outbound|||b.ns.svc.cluster.local", 500, lacking),
+                // No latency: not decidable, skipped.
+                prom(
+                    "outbound|||c.ns.svc.cluster.local",
+                    500,
+                    lacking.without(Field::Latency),
+                ),
+                // Too quiet.
+                prom("outbound|||d.ns.svc.cluster.local", 3, lacking),
+            ],
+            Naming::IstioHost,
+            20,
+        );
+        let names: Vec<_> = s
+            .iter()
+            .map(|x| (x.destination.as_str(), x.source))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("a.ns.svc.cluster.local", FeatureSource::Filter),
+                ("b.ns.svc.cluster.local", FeatureSource::Prometheus)
+            ]
+        );
+        assert_eq!(s[0].stats.requests, 30);
+        assert!(s[0].availability.is_complete());
+        assert_eq!(s[1].availability, lacking);
+        assert_eq!(s[1].namespace, "ns");
+        // The policy input of a Prometheus window uses the fallback, not a zero.
+        let f = s[1].policy_features(&Context::initial(250.0));
+        assert!(f.get("inflight_avg").unwrap() > 0.0);
+        assert_eq!(s[1].stats.inflight_avg, 0.0);
+        // Prometheus alone: every decidable destination.
+        let only = select_sources(
+            Vec::<ClusterWindow>::new(),
+            vec![prom("outbound|||a.ns.svc.cluster.local", 1000, lacking)],
+            Naming::IstioHost,
+            20,
+        );
+        assert_eq!(only.len(), 1);
+        assert_eq!(only[0].source, FeatureSource::Prometheus);
     }
 
     #[test]

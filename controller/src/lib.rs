@@ -12,6 +12,8 @@
 //! - [`policy_loop`]: the closed loop's I/O edge (inference, sinks, hints, status, recorder),
 //!   sink and model set-up, [`policy_loop::serve_closed_loop`].
 //! - [`recorder`]: live dataset CSV rows.
+//! - [`prometheus`]: Prometheus as a feature source (windows from Istio/Envoy metrics) and
+//!   `meshtune record --from prometheus`.
 
 pub mod admin;
 pub mod aggregate;
@@ -22,6 +24,7 @@ pub mod decision;
 pub mod hints;
 pub mod metrics;
 pub mod policy_loop;
+pub mod prometheus;
 pub mod recorder;
 pub mod server;
 pub mod top;

@@ -1,11 +1,28 @@
-//! Prometheus metrics of the controller (prometheus-client, text exposition on `/metrics`).
+//! Prometheus metrics of the controller (prometheus-client, OpenMetrics text on `/metrics`).
+//!
+//! Conventions (checked by `promtool check metrics` in `controller/tests/metrics_promtool.rs`):
+//! base units (seconds; knob gauges in seconds for duration knobs), latency as histograms
+//! (never pre-computed quantile gauges), counters end in `_total`.
+//!
+//! **Per-destination series are bounded**: the traffic series (`meshtune_destination_*`) are
+//! exported for at most [`MAX_METRIC_DESTINATIONS`] destinations, those with the most requests
+//! (the others are counted in `meshtune_metric_destinations_omitted`); per destination that is
+//! 4 status classes + 3 response flags + retries + a latency histogram of
+//! [`LATENCY_BUCKETS_SECONDS`]`.len() + 3` series (20 buckets + sum + count, 31 series). The
+//! knob gauges (`meshtune_knob`, 11 per destination) exist for destinations the policy decided
+//! for, themselves bounded by `--max-destinations`.
 
 use crate::aggregate::DestinationView;
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::Mutex;
+
+use meshtune_core::knobs::{Knob, Knobs};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
@@ -36,7 +53,174 @@ pub struct KnobLabels {
     pub knob: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FeatureLabels {
+    pub feature: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// The two text formats `/metrics` serves, picked from the request's `Accept` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposition {
+    /// OpenMetrics 1.0 (what Prometheus asks for first).
+    OpenMetrics,
+    /// Prometheus text 0.0.4 (no `Accept`, `curl`, `promtool check metrics`).
+    PrometheusText,
+}
+
+impl Exposition {
+    /// OpenMetrics when `accept` names `application/openmetrics-text`, else Prometheus text.
+    pub fn for_accept(accept: Option<&str>) -> Self {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Exposition::OpenMetrics,
+            _ => Exposition::PrometheusText,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Exposition::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Exposition::PrometheusText => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// Most destinations with per-destination traffic series (see the module docs).
+pub const MAX_METRIC_DESTINATIONS: usize = 200;
+
+/// Upper bounds (seconds) of `meshtune_destination_request_duration_seconds`.
+pub const LATENCY_BUCKETS_SECONDS: [f64; 19] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+    10.0, 30.0, 60.0, 300.0,
+];
+
+/// One destination's lifetime totals, as exported.
+#[derive(Debug, Clone, Default)]
+struct DestSeries {
+    name: String,
+    classes: [u64; 4],
+    flags: [u64; 3],
+    retries: u64,
+    /// Per-bucket (not cumulative) counts for [`LATENCY_BUCKETS_SECONDS`] then `+Inf`.
+    buckets: Vec<(f64, u64)>,
+    sum_s: f64,
+    count: u64,
+}
+
+impl DestSeries {
+    fn of(v: &DestinationView) -> Self {
+        let w = &v.lifetime;
+        let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_SECONDS
+            .iter()
+            .map(|b| (*b, 0))
+            .chain(std::iter::once((f64::INFINITY, 0)))
+            .collect();
+        for (i, n) in w.latency.nonzero_buckets() {
+            let (lo, _) = meshtune_core::histogram::bucket_bounds(i as usize);
+            let s = lo as f64 / 1e6;
+            // Bucket lower bounds never exceed the value recorded: `le` holds it when lo ≤ le.
+            let at = buckets.iter().position(|(le, _)| s <= *le).unwrap_or(0);
+            buckets[at].1 += n;
+        }
+        DestSeries {
+            name: v.name.clone(),
+            classes: [w.status_2xx, w.status_4xx, w.status_5xx, w.status_other],
+            flags: [w.flag_uo, w.flag_ut, w.flag_conn_failure],
+            retries: w.retries,
+            buckets,
+            sum_s: w.latency.sum_us() as f64 / 1e6,
+            count: w.latency.count(),
+        }
+    }
+}
+
+/// The per-destination traffic series, refreshed from the aggregator before each scrape.
+#[derive(Debug, Default)]
+struct DestinationCollector {
+    rows: Mutex<Vec<DestSeries>>,
+}
+
+const CODE_CLASSES: [&str; 4] = ["2xx", "4xx", "5xx", "other"];
+const FLAGS: [&str; 3] = ["overflow", "timeout", "connection_failure"];
+
+impl Collector for DestinationCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let mut e = encoder.encode_descriptor(
+                "meshtune_destination_requests",
+                "Requests reported by the filters per destination and status class (lifetime)",
+                None,
+                MetricType::Counter,
+            )?;
+            for r in rows.iter() {
+                for (c, n) in CODE_CLASSES.iter().zip(r.classes) {
+                    let l = [("destination", r.name.as_str()), ("code_class", c)];
+                    prometheus_client::metrics::counter::ConstCounter::new(n)
+                        .encode(e.encode_family(&l)?)?;
+                }
+            }
+        }
+        {
+            let mut e = encoder.encode_descriptor(
+                "meshtune_destination_response_flags",
+                "Requests per destination with an Envoy response flag: overflow (UO), timeout (UT), connection_failure (UF, UC, URX)",
+                None,
+                MetricType::Counter,
+            )?;
+            for r in rows.iter() {
+                for (f, n) in FLAGS.iter().zip(r.flags) {
+                    let l = [("destination", r.name.as_str()), ("flag", f)];
+                    prometheus_client::metrics::counter::ConstCounter::new(n)
+                        .encode(e.encode_family(&l)?)?;
+                }
+            }
+        }
+        {
+            let mut e = encoder.encode_descriptor(
+                "meshtune_destination_retries",
+                "Retries reported by the filters per destination",
+                None,
+                MetricType::Counter,
+            )?;
+            for r in rows.iter() {
+                let l = [("destination", r.name.as_str())];
+                prometheus_client::metrics::counter::ConstCounter::new(r.retries)
+                    .encode(e.encode_family(&l)?)?;
+            }
+        }
+        {
+            let mut e = encoder.encode_descriptor(
+                "meshtune_destination_request_duration_seconds",
+                "Request latency reported by the filters per destination",
+                None,
+                MetricType::Histogram,
+            )?;
+            for r in rows.iter() {
+                let l = [("destination", r.name.as_str())];
+                e.encode_family(&l)?
+                    .encode_histogram::<NoLabelSet>(r.sum_s, r.count, &r.buckets, None)?;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// All controller metrics, registered in one [`Registry`].
 #[derive(Debug)]
@@ -52,9 +236,18 @@ pub struct Metrics {
     pub reporters_tracked: Gauge,
     pub report_ingest_seconds: Histogram,
     pub hints_reloads: Family<ReasonLabels, Counter>,
-    pub destination_rps: Family<DestinationLabels, FloatGauge>,
-    pub destination_p99_ms: Family<DestinationLabels, FloatGauge>,
-    pub destination_error_5xx_rate: Family<DestinationLabels, FloatGauge>,
+    destinations: std::sync::Arc<DestinationCollector>,
+    /// Destinations without per-destination series (beyond [`MAX_METRIC_DESTINATIONS`]).
+    pub metric_destinations_omitted: Gauge,
+    /// Destinations decided for in the last cycle, by feature source (filter, prometheus).
+    pub destinations_selected: Family<SourceLabels, Gauge>,
+    /// Decisions whose policy input used a fallback for this feature (see
+    /// `meshtune_core::availability`).
+    pub policy_input_missing: Family<FeatureLabels, Counter>,
+    /// Prometheus source fetches, by result (ok, error).
+    pub prometheus_fetches: Family<ResultLabels, Counter>,
+    /// Time of one Prometheus source fetch (all queries).
+    pub prometheus_fetch_seconds: Histogram,
     /// Decision cycles that ran inference.
     pub decision_cycles: Counter,
     /// Per-destination decisions that changed knobs (pushed or recommended), by mode.
@@ -90,9 +283,12 @@ impl Metrics {
             reporters_tracked: Gauge::default(),
             report_ingest_seconds: Histogram::new(exponential_buckets(1e-6, 4.0, 10)),
             hints_reloads: Family::default(),
-            destination_rps: Family::default(),
-            destination_p99_ms: Family::default(),
-            destination_error_5xx_rate: Family::default(),
+            destinations: Default::default(),
+            metric_destinations_omitted: Gauge::default(),
+            destinations_selected: Family::default(),
+            policy_input_missing: Family::default(),
+            prometheus_fetches: Family::default(),
+            prometheus_fetch_seconds: Histogram::new(exponential_buckets(0.001, 4.0, 8)),
             decision_cycles: Counter::default(),
             decisions: Family::default(),
             pushes: Family::default(),
@@ -135,7 +331,7 @@ impl Metrics {
         );
         registry.register(
             "meshtune_knob",
-            "Knob in force per destination (knob unit; Istio unlimited = 4294967295)",
+            "Knob in force per destination (base units: seconds for durations; Istio unlimited = 4294967295)",
             m.knob.clone(),
         );
         registry.register(
@@ -189,53 +385,110 @@ impl Metrics {
             m.hints_reloads.clone(),
         );
         registry.register(
-            "meshtune_destination_rps",
-            "Requests per second over the sliding window",
-            m.destination_rps.clone(),
+            "meshtune_metric_destinations_omitted",
+            "Destinations without per-destination series (beyond the export bound)",
+            m.metric_destinations_omitted.clone(),
         );
         registry.register(
-            "meshtune_destination_p99_ms",
-            "99th percentile latency over the sliding window, ms",
-            m.destination_p99_ms.clone(),
+            "meshtune_destinations_selected",
+            "Destinations decided for in the last cycle, by feature source (filter, prometheus)",
+            m.destinations_selected.clone(),
         );
         registry.register(
-            "meshtune_destination_error_5xx_rate",
-            "Share of 5xx responses over the sliding window",
-            m.destination_error_5xx_rate.clone(),
+            "meshtune_policy_input_missing",
+            "Decisions whose policy input used the documented fallback for a missing feature",
+            m.policy_input_missing.clone(),
         );
+        registry.register(
+            "meshtune_prometheus_fetches",
+            "Prometheus feature source fetches, by result (ok, error)",
+            m.prometheus_fetches.clone(),
+        );
+        registry.register(
+            "meshtune_prometheus_fetch_seconds",
+            "Time of one Prometheus feature source fetch (all queries)",
+            m.prometheus_fetch_seconds.clone(),
+        );
+        // A gauge of 1 labelled with the version (the `_info` convention; the OpenMetrics
+        // `info` type is unknown to the Prometheus text parser and `promtool`).
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        registry.register(
+            "meshtune_build_info",
+            "meshtune build information (value 1, labelled with the version)",
+            build,
+        );
+        registry.register_collector(Box::new(m.destinations.clone()));
         Self { registry, ..m }
     }
 
-    /// Sets the per-destination gauges from a fresh view (stale destinations disappear).
+    /// Refreshes the per-destination series from a fresh view (stale destinations disappear;
+    /// at most [`MAX_METRIC_DESTINATIONS`], those with the most requests).
     pub fn set_destinations(&self, views: &[DestinationView], reporters: usize) {
-        self.destination_rps.clear();
-        self.destination_p99_ms.clear();
-        self.destination_error_5xx_rate.clear();
         self.destinations_tracked.set(views.len() as i64);
         self.reporters_tracked.set(reporters as i64);
-        for v in views {
-            let l = DestinationLabels {
-                destination: v.name.clone(),
-            };
-            let w = &v.window;
-            self.destination_rps.get_or_create(&l).set(w.rps());
-            self.destination_p99_ms
-                .get_or_create(&l)
-                .set(w.latency.quantile_us(0.99) / 1000.0);
-            let rate = if w.requests > 0 {
-                w.status_5xx as f64 / w.requests as f64
-            } else {
-                0.0
-            };
-            self.destination_error_5xx_rate.get_or_create(&l).set(rate);
+        let mut ranked: Vec<&DestinationView> = views.iter().collect();
+        if ranked.len() > MAX_METRIC_DESTINATIONS {
+            ranked.sort_by_key(|v| std::cmp::Reverse(v.lifetime.requests));
+        }
+        let omitted = ranked.len().saturating_sub(MAX_METRIC_DESTINATIONS);
+        ranked.truncate(MAX_METRIC_DESTINATIONS);
+        ranked.sort_by(|a, b| a.name.cmp(&b.name));
+        let rows: Vec<DestSeries> = ranked.into_iter().map(DestSeries::of).collect();
+        *self
+            .destinations
+            .rows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = rows;
+        self.metric_destinations_omitted.set(omitted as i64);
+    }
+
+    /// Sets the knob gauges of `destination` (duration knobs in seconds).
+    pub fn set_knobs(&self, destination: &str, knobs: &Knobs) {
+        for k in Knob::ALL {
+            let v = knobs.get(k);
+            let v = if k.spec().unit == "ms" { v / 1000.0 } else { v };
+            self.knob
+                .get_or_create(&KnobLabels {
+                    destination: destination.to_string(),
+                    knob: k.name().to_string(),
+                })
+                .set(v);
         }
     }
 
-    /// Text exposition of all metrics.
+    /// Counts one decision whose input lacked `features`, and sets the per-source gauges.
+    pub fn count_missing(&self, features: &[&str]) {
+        for f in features {
+            self.policy_input_missing
+                .get_or_create(&FeatureLabels {
+                    feature: f.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// OpenMetrics text exposition of all metrics.
     pub fn encode(&self) -> String {
+        self.encode_as(Exposition::OpenMetrics)
+    }
+
+    /// Exposition of all metrics in `format`.
+    pub fn encode_as(&self, format: Exposition) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = match format {
+            Exposition::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            }
+            Exposition::PrometheusText => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            }
+        };
         out
     }
 }

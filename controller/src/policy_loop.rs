@@ -23,7 +23,7 @@ use crate::api::{LastDecisionJson, ModelJson};
 pub use crate::decision::CycleSummary;
 use crate::decision::{self, decide, knobs_by_name, DestAction, DestOutcome, LoopState, Naming};
 use crate::hints::StaticHints;
-use crate::metrics::{KnobLabels, ModeLabels, PushLabels};
+use crate::metrics::{ModeLabels, PushLabels};
 use crate::recorder::{Recorder, RecorderError};
 use crate::server::{Controller, ControllerError, DestinationPolicyStatus};
 
@@ -229,6 +229,17 @@ pub struct PolicyLoop {
     hints: Arc<StaticHints>,
     config: LoopConfig,
     cycles: AtomicU64,
+    /// Feature sources (unset: the filters' reports only).
+    sources: std::sync::OnceLock<Sources>,
+}
+
+/// The decision loop's feature sources (`--source`).
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// Use the filters' reports (they win where both report).
+    pub filter: bool,
+    /// Read windows from Prometheus, of this length.
+    pub prometheus: Option<(crate::prometheus::PromSource, u64)>,
 }
 
 impl std::fmt::Debug for PolicyLoop {
@@ -287,9 +298,77 @@ impl PolicyLoop {
             hints,
             config,
             cycles: AtomicU64::new(0),
+            sources: std::sync::OnceLock::new(),
         });
         me.publish_model();
         me
+    }
+
+    /// Sets the feature sources (once, before the loop runs; later calls are ignored).
+    pub fn set_sources(&self, sources: Sources) {
+        let _ = self.sources.set(sources);
+    }
+
+    /// The select stage: the filters' snapshot and/or Prometheus windows, merged
+    /// ([`decision::select_sources`]). A Prometheus error is logged and counted; the cycle
+    /// goes on with the filter's windows.
+    /// The filters' windows alone, saying why when none qualifies (e.g. a window too short for
+    /// the report interval).
+    fn select_filter(&self, naming: Naming, min: u64) -> Vec<decision::Selected> {
+        let snapshot = self.controller.snapshot_with_clients();
+        let reported = snapshot.len();
+        let busiest = snapshot.iter().map(|c| c.stats.requests).max().unwrap_or(0);
+        let selected = decision::select(snapshot, naming, min);
+        if selected.is_empty() && reported > 0 {
+            tracing::info!(
+                reported,
+                busiest_window_requests = busiest,
+                min_requests = min,
+                "no destination has --min-requests requests in its window (or none maps to a \
+                 destination): nothing to decide this cycle"
+            );
+        }
+        selected
+    }
+
+    async fn select(&self) -> Vec<decision::Selected> {
+        let (naming, min) = (self.config.naming, self.config.min_requests);
+        let Some(sources) = self.sources.get() else {
+            return self.select_filter(naming, min);
+        };
+        let filter = if sources.filter {
+            self.controller.snapshot_with_clients()
+        } else {
+            Vec::new()
+        };
+        let mut prom = Vec::new();
+        if let Some((p, window_secs)) = &sources.prometheus {
+            let metrics = self.controller.metrics();
+            let started = Instant::now();
+            let got = p
+                .windows_at(crate::prometheus::now_unix_secs(), *window_secs)
+                .await;
+            metrics
+                .prometheus_fetch_seconds
+                .observe(started.elapsed().as_secs_f64());
+            let result = match got {
+                Ok(w) => {
+                    prom = w;
+                    "ok"
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "prometheus source failed; this cycle uses the filter's windows only");
+                    "error"
+                }
+            };
+            metrics
+                .prometheus_fetches
+                .get_or_create(&crate::metrics::ResultLabels {
+                    result: result.into(),
+                })
+                .inc();
+        }
+        decision::select_sources(filter, prom, naming, min)
     }
 
     /// The model store (`None` when running without a model).
@@ -323,20 +402,8 @@ impl PolicyLoop {
     /// hints, record. `None` when there is no model.
     pub async fn cycle(&self) -> Option<CycleSummary> {
         let store = self.store.as_ref()?;
-        let snapshot = self.controller.snapshot_with_clients();
-        let reported = snapshot.len();
-        let busiest = snapshot.iter().map(|c| c.stats.requests).max().unwrap_or(0);
-        let selected = decision::select(snapshot, self.config.naming, self.config.min_requests);
-        if selected.is_empty() && reported > 0 {
-            // Say why nothing is decided (e.g. a window too short for the report interval).
-            tracing::info!(
-                reported,
-                busiest_window_requests = busiest,
-                min_requests = self.config.min_requests,
-                "no destination has --min-requests requests in its window (or none maps to a \
-                 destination): nothing to decide this cycle"
-            );
-        }
+        let selected = self.select().await;
+        self.count_sources(&selected);
         let policy = store.current();
         let mut state = self.state.lock().await;
         let now = Instant::now();
@@ -366,6 +433,30 @@ impl PolicyLoop {
             &outcomes,
             policy.model_version(),
         ))
+    }
+
+    /// Per-source gauges and the missing-feature counters of this cycle's selection.
+    fn count_sources(&self, selected: &[decision::Selected]) {
+        let metrics = self.controller.metrics();
+        for src in [
+            decision::FeatureSource::Filter,
+            decision::FeatureSource::Prometheus,
+        ] {
+            let n = selected.iter().filter(|s| s.source == src).count();
+            metrics
+                .destinations_selected
+                .get_or_create(&crate::metrics::SourceLabels {
+                    source: src.name().into(),
+                })
+                .set(n as i64);
+        }
+        for s in selected {
+            if !s.availability.is_complete() {
+                let missing = s.availability.missing_features();
+                tracing::debug!(destination = %s.destination, source = s.source.name(), ?missing, "policy input uses fallbacks for missing features");
+                metrics.count_missing(&missing);
+            }
+        }
     }
 
     /// Infer stage: one batched inference for all selected destinations, denormalised.
@@ -471,15 +562,7 @@ impl PolicyLoop {
             }
             let in_force = state.in_force.get(&item.destination).copied();
             if let Some(k) = &in_force {
-                for (name, v) in knobs_by_name(k) {
-                    metrics
-                        .knob
-                        .get_or_create(&KnobLabels {
-                            destination: item.destination.clone(),
-                            knob: name,
-                        })
-                        .set(v);
-                }
+                metrics.set_knobs(&item.destination, k);
             }
             let status = DestinationPolicyStatus {
                 knobs: in_force.as_ref().map(knobs_by_name),

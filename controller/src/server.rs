@@ -295,15 +295,20 @@ impl Controller {
         }
     }
 
-    /// Metrics text (`/metrics`), with per-destination gauges refreshed.
+    /// Metrics text (`/metrics`, OpenMetrics), with per-destination series refreshed.
     pub fn metrics_text(&self) -> String {
+        self.metrics_text_as(crate::metrics::Exposition::OpenMetrics)
+    }
+
+    /// Metrics in `format`, with per-destination series refreshed.
+    pub fn metrics_text_as(&self, format: crate::metrics::Exposition) -> String {
         let now = self.clock.now_unix_ms();
         let (views, reporters) = {
             let a = self.aggregator();
             (a.destinations(now), a.reporter_count())
         };
         self.metrics.set_destinations(&views, reporters);
-        self.metrics.encode()
+        self.metrics.encode_as(format)
     }
 
     /// Checks the hints file once; logs the outcome.

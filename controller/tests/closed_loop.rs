@@ -239,7 +239,14 @@ async fn reports_drive_decisions_into_cds_hints_status_and_recorder_and_bad_mode
     })
     .await;
 
-    // The next report's response carries hints derived from the same knobs.
+    // The next report's response carries hints derived from the same knobs. The cycle
+    // publishes hints after the sinks wrote their files: wait for the loop's hint set first
+    // (on a loaded machine the report could otherwise overtake the publish stage).
+    eventually(10, "the loop to publish its hints", || async {
+        use meshtune_controller::HintSource;
+        (!r.policy.hints().hints_for(&["svc".to_string()]).is_empty()).then_some(())
+    })
+    .await;
     let resp = client
         .report(report("p", 2, vec![upstream("svc", 100, 0, 20_000)]))
         .await

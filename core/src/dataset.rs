@@ -1,7 +1,8 @@
 //! The dataset row format: (window features, knobs in force, outcomes), one CSV row per
-//! destination-window. Written by `meshtune sim sweep` and by the controller's recorder from
-//! live traffic; read by the supervised trainer. Columns, in order:
-//! `source,scenario,destination,window,` then every feature name, then `knob.<name>` per knob,
+//! destination-window. Written by `meshtune sim sweep`, by the controller's recorder from
+//! live traffic and by `meshtune record --from prometheus`; read by the supervised trainer.
+//! Columns, in order: `source,scenario,destination,window,` then every feature name, then
+//! `knob.<name>` per knob,
 //! then `outcome.<name>` per [`OUTCOME_NAMES`].
 
 use crate::features::{Features, FEATURE_COUNT, FEATURE_NAMES};
@@ -52,7 +53,7 @@ impl Outcomes {
 /// One dataset row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DatasetRow {
-    /// `sim` or `live`.
+    /// `sim`, `live` (controller `--record`) or `prometheus` (`meshtune record`).
     pub source: String,
     pub scenario: String,
     pub destination: String,

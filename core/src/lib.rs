@@ -3,6 +3,8 @@
 //! - [`histogram`]: the mergeable log-linear latency histogram the filter records into.
 //! - [`window`]: one destination's counters over a window, and its feature vector.
 //! - [`features`]: the policy's input schema and normalisation.
+//! - [`availability`]: which window fields a source measured, and the policy input's
+//!   documented fallback for those it did not (Prometheus windows).
 //! - [`knobs`]: the policy's output schema: Istio knobs with units, bounds and defaults.
 //! - [`contract`]: the ONNX policy contract (tensor names, metadata keys, version).
 //! - [`outcomes`]: a window's outcomes (SLO goodput, error/shed/timeout rates) and the
@@ -10,6 +12,7 @@
 //! - [`dataset`]: the (features, knobs, outcomes) row format shared by recorder and trainer.
 //! - [`env`]: the RL environment and policy traits shared by sim, trainer and evaluation.
 
+pub mod availability;
 pub mod contract;
 pub mod dataset;
 pub mod env;

@@ -1,5 +1,5 @@
 //! The `meshtune` binary: parses the command line and hands each subcommand to its library
-//! (`controller` and `top` to meshtune-controller, `model` to meshtune-policy; with the `dev`
+//! (`controller`, `record` and `top` to meshtune-controller, `model` to meshtune-policy; with the `dev`
 //! feature `sim` to meshtune-sim and `train`/`eval` to meshtune-trainer).
 
 use clap::{Parser, Subcommand};
@@ -27,6 +27,9 @@ enum Command {
     /// Run the controller: gRPC ingest, decision loop (policy → guardrails → sinks, hints),
     /// admin HTTP. Log level via RUST_LOG (default info).
     Controller(Box<ControllerArgs>),
+    /// Write dataset rows (the trainer's format) from history: `--from prometheus` range
+    /// queries of Istio/Envoy metrics.
+    Record(meshtune_controller::prometheus::RecordArgs),
     /// Live table of destinations from a controller's admin API.
     Top(top::TopArgs),
     /// Policy models: inspect, validate, push to a ConfigMap.
@@ -78,6 +81,19 @@ fn main() -> anyhow::Result<()> {
                 &mut out,
                 meshtune_controller::shutdown_signal(),
             ))?;
+        }
+        Command::Record(args) => {
+            init_logging();
+            let s = rt.block_on(meshtune_controller::prometheus::record(&args))?;
+            println!(
+                "wrote {} rows ({} destinations, {} windows) to {}; {} undecidable windows skipped; features from fallbacks: {}",
+                s.rows,
+                s.destinations,
+                s.windows,
+                args.out.display(),
+                s.undecidable,
+                if s.missing_features.is_empty() { "none".to_string() } else { s.missing_features.join(", ") }
+            );
         }
         Command::Top(args) => rt.block_on(top::run(&args, &mut std::io::stdout()))?,
         Command::Model { cmd } => {

@@ -192,6 +192,54 @@ fn envoy_file_sink_without_cds_is_a_flag_error() {
     assert!(err.contains("--envoy-cds"), "{err}");
 }
 
+#[test]
+fn prometheus_source_without_url_is_a_flag_error() {
+    let out = controller()
+        .args(["--source", "prometheus"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--prometheus-url"), "{err}");
+}
+
+#[test]
+fn record_from_an_unreachable_prometheus_fails_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "record",
+            "--from",
+            "prometheus",
+            "--prometheus-url",
+            "http://127.0.0.1:9",
+            "--start",
+            "now-5m",
+            "--step",
+            "1m",
+            "--out",
+        ])
+        .arg(dir.path().join("rows.csv"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("prometheus http://127.0.0.1:9"), "{err}");
+    let out = Command::new(BIN)
+        .args([
+            "record",
+            "--from",
+            "prometheus",
+            "--prometheus-url",
+            "http://x",
+        ])
+        .args(["--start", "yesterday", "--out", "/dev/null"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--start"), "{err}");
+}
+
 #[cfg(feature = "dev")]
 #[test]
 fn developer_subcommands_are_wired() {

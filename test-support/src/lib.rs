@@ -14,6 +14,8 @@
 //! - [`prereq`]: `CI` / `MESHTUNE_E2E_REQUIRED` flags; skip-with-a-note or fail.
 //! - [`process`]: run directories, log tails, CPU-pinned commands.
 //! - [`http`]: a minimal blocking HTTP/1.1 client for admin endpoints.
+//! - [`prometheus`]: a real Prometheus (generated config, static scrape targets) and
+//!   `promtool`, with the same skip-or-fail rules.
 //! - [`reports`]: filter reports (`meshtune.v1.ReportRequest`) for controller tests.
 //!
 //! Never a normal dependency of the shipped crates (controller, policy, sinks, core, proto,
@@ -26,6 +28,7 @@ pub mod istio;
 pub mod kube_mock;
 pub mod prereq;
 pub mod process;
+pub mod prometheus;
 pub mod reports;
 
 use std::path::{Path, PathBuf};

@@ -244,6 +244,9 @@ fn setup(ctx: &Ctx) -> Result<()> {
     let version = output_ok(Command::new(&envoy).arg("--version"))
         .ok_or_else(|| format!("{} --version failed", envoy.display()))?;
     eprintln!("  {}", version.trim());
+    // 3. Prometheus and promtool (Debian package): the Prometheus feature source's tests run a
+    // real Prometheus, and `promtool check metrics` checks the controller's /metrics.
+    apt_install(&["prometheus"])?;
     Ok(())
 }
 
