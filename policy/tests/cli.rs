@@ -84,7 +84,7 @@ async fn validate_and_inspect_report_on_real_files() {
         .unwrap();
     let text = String::from_utf8(out).unwrap();
     assert!(text.contains("model version:  cli-good"), "{text}");
-    assert!(text.contains("meshtune.contract_version = 1"), "{text}");
+    assert!(text.contains("meshtune.contract_version = 2"), "{text}");
     assert!(text.contains("smoke test:     passed"), "{text}");
     assert!(text.contains("tcp.maxConnections (connections)"), "{text}");
 

@@ -68,7 +68,25 @@ fn mesh_env_steps_through_an_episode() {
     let sc = train("bursts", 6);
     let mut env = MeshEnv::new(sc, Objective::default());
     let obs = env.reset(1);
-    assert_eq!(obs, [0.0; FEATURE_COUNT]);
+    // No traffic yet; the state: Istio defaults in force (normalised 1 where unlimited),
+    // never changed, the scenario's clients and SLO.
+    let window = meshtune_core::features::WINDOW_FEATURE_COUNT;
+    assert_eq!(
+        obs[..window],
+        [0.0; meshtune_core::features::WINDOW_FEATURE_COUNT]
+    );
+    assert_eq!(obs.len(), FEATURE_COUNT);
+    assert_eq!(
+        obs[meshtune_core::features::KNOB_FEATURE_OFFSET + 2],
+        1.0,
+        "http2MaxRequests unlimited"
+    );
+    assert_eq!(
+        obs[FEATURE_COUNT - 2],
+        1.0,
+        "never changed reads as the cap"
+    );
+    assert!(obs[FEATURE_COUNT - 1] > 0.0, "the SLO target is an input");
     let mut rewards = vec![];
     for i in 0..6 {
         let action = [if i % 2 == 0 { 0.3 } else { 7.0 }; KNOB_COUNT];
@@ -76,6 +94,11 @@ fn mesh_env_steps_through_an_episode() {
         assert_eq!(step.done, i == 5);
         assert!(step.reward.is_finite());
         assert!(step.observation[0] > 0.0, "traffic is observed");
+        assert_eq!(
+            step.features.get("secs_since_change"),
+            Some(1.0),
+            "the action changes the knobs every window"
+        );
         for (v, spec) in step.knobs.0.iter().zip(&KNOB_SPECS) {
             assert!(*v >= spec.min && *v <= spec.max, "{} = {v}", spec.name);
         }
