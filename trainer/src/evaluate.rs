@@ -274,7 +274,11 @@ fn run_policy(sc: &Scenario, policy: &mut dyn Policy, seeds: u64, obj: &Objectiv
                 run.max_attempts = run.max_attempts.max(attempts);
             }
         }
-        let changes = res.steps.windows(2).filter(|w| w[0].knobs != w[1].knobs).count();
+        let changes = res
+            .steps
+            .windows(2)
+            .filter(|w| w[0].knobs != w[1].knobs)
+            .count();
         let minutes = res.steps.len() as f64 * sc.window_s.0 / 60.0;
         run.changes_per_min += changes as f64 / minutes.max(1e-9) / seeds as f64;
         if i == 0 {

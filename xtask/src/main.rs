@@ -628,7 +628,8 @@ fn clippy(ctx: &Ctx) -> Result<()> {
     )?;
     run(
         "clippy (no-op / probe filter)",
-        ctx.cargo().args([
+        // Its own workspace: point it at the shared target dir, not testbed/noop-filter/target.
+        ctx.cargo().env("CARGO_TARGET_DIR", &ctx.target_dir).args([
             "clippy",
             "--manifest-path",
             "testbed/noop-filter/Cargo.toml",
