@@ -197,6 +197,26 @@ pub fn file_xds_bootstrap(base: &EnvoyConfig, cds: &Path, rds: &Path, route_conf
     b
 }
 
+/// `upstream_rq_total` (attempts, retries included) over the requests that went upstream
+/// (attempts minus `upstream_rq_retry`), from Envoy's cluster statistics of the workload.
+pub fn attempts_line(stats: &std::collections::HashMap<String, u64>) -> String {
+    let g = |k: &str| {
+        stats
+            .get(&format!("cluster.{WORKLOAD_CLUSTER}.{k}"))
+            .copied()
+            .unwrap_or(0)
+    };
+    let (attempts, retries) = (g("upstream_rq_total"), g("upstream_rq_retry"));
+    let requests = attempts.saturating_sub(retries);
+    if requests == 0 {
+        return "no upstream requests".into();
+    }
+    format!(
+        "{:.3} ({attempts} attempts, {retries} retries)",
+        attempts as f64 / requests as f64
+    )
+}
+
 /// Circuit-breaker lines of the workload cluster from `/clusters` text.
 pub fn breaker_lines(clusters: &str) -> Vec<String> {
     let p = format!("{WORKLOAD_CLUSTER}::default_priority::");
@@ -365,6 +385,7 @@ pub fn run(paths: &Paths, cfg: &DemoConfig) -> Result<()> {
         Vec::new()
     })?;
     let base_breakers = breaker_lines(&base_envoy.clusters().unwrap_or_default());
+    let base_attempts = attempts_line(&base_envoy.stats().unwrap_or_default());
     drop(base_envoy);
     drop(base_workload);
 
@@ -471,6 +492,7 @@ pub fn run(paths: &Paths, cfg: &DemoConfig) -> Result<()> {
     // Let the last window reach the controller.
     std::thread::sleep(Duration::from_millis(1500));
     let mt_breakers = breaker_lines(&envoy.clusters().unwrap_or_default());
+    let mt_attempts = attempts_line(&envoy.stats().unwrap_or_default());
     if let Ok(text) = controller.admin_get("/api/destinations") {
         if let Ok(d) = serde_json::from_str::<Value>(&text) {
             if let Some((line, _)) = knobs_line(&d, WORKLOAD_CLUSTER) {
@@ -562,6 +584,9 @@ pub fn run(paths: &Paths, cfg: &DemoConfig) -> Result<()> {
     println!("\nEnvoy /clusters circuit breakers of `{WORKLOAD_CLUSTER}`:");
     println!("  Istio defaults: {}", base_breakers.join("  "));
     println!("  meshtune:       {}", mt_breakers.join("  "));
+    println!("Upstream attempts per request sent upstream (retries amplify the load when > 1):");
+    println!("  Istio defaults: {base_attempts}");
+    println!("  meshtune:       {mt_attempts}");
     drop(envoy);
     drop(controller);
     let _ = std::fs::remove_dir_all(&dir);
@@ -667,6 +692,15 @@ mod tests {
         assert_eq!(s.errors, 1);
         assert!((s.goodput() - 0.5).abs() < 1e-9);
         assert!((s.error_rate() - 1.0 / 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn attempts_line_divides_attempts_by_first_attempts() {
+        let mut st = std::collections::HashMap::new();
+        assert_eq!(attempts_line(&st), "no upstream requests");
+        st.insert(format!("cluster.{WORKLOAD_CLUSTER}.upstream_rq_total"), 110);
+        st.insert(format!("cluster.{WORKLOAD_CLUSTER}.upstream_rq_retry"), 10);
+        assert_eq!(attempts_line(&st), "1.100 (110 attempts, 10 retries)");
     }
 
     #[test]
