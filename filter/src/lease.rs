@@ -138,17 +138,12 @@ pub fn step(
 /// A worker id from values that differ between the VMs of one Envoy (configure time in ns,
 /// root context id, VM id): FNV-1a, never 0.
 pub fn worker_id(configure_ns: u64, context_id: u32, vm: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let bytes = configure_ns
         .to_le_bytes()
         .into_iter()
         .chain(context_id.to_le_bytes())
         .chain(vm.bytes());
-    for b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h.max(1)
+    crate::hash::fnv1a(bytes).max(1)
 }
 
 #[cfg(test)]

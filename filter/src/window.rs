@@ -94,11 +94,9 @@ impl EndpointSet {
     }
 }
 
-/// FNV-1a hash of an endpoint address (stable, allocation-free).
+/// Hash of an endpoint address (stable, allocation-free).
 pub fn endpoint_hash(address: &[u8]) -> u64 {
-    address.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    crate::hash::fnv1a(address.iter().copied())
 }
 
 /// `request.protocol` is read for the first request of a cluster in each window and then for
