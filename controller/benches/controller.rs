@@ -147,7 +147,7 @@ fn cycle(
 ) -> (usize, usize) {
     let now_ms = T0_MS + WINDOW_SECS * 1000 - 1;
     let t = Instant::now();
-    let snapshot = a.snapshot_with_clients(now_ms);
+    let snapshot = a.snapshot(now_ms);
     st.snapshot += t.elapsed();
 
     let t = Instant::now();

@@ -575,18 +575,10 @@ impl Aggregator {
         }
     }
 
-    /// The sliding window of every tracked destination at `now_ms`, sorted by name. This is
-    /// the policy's input (`WindowStats::features`).
-    pub fn snapshot(&self, now_ms: u64) -> Vec<(String, WindowStats)> {
-        self.destinations
-            .iter()
-            .map(|(name, d)| (name.clone(), self.window_of(d, now_ms)))
-            .collect()
-    }
-
-    /// [`Self::snapshot`] with the number of reporters in each destination's window (the
-    /// policy's `clients` feature).
-    pub fn snapshot_with_clients(&self, now_ms: u64) -> Vec<ClusterWindow> {
+    /// The sliding window of every tracked destination at `now_ms`, sorted by name, with the
+    /// number of reporters in it: the policy's input (`WindowStats::features`, and the
+    /// `clients` feature).
+    pub fn snapshot(&self, now_ms: u64) -> Vec<ClusterWindow> {
         self.destinations
             .iter()
             .map(|(name, d)| ClusterWindow {
@@ -757,7 +749,7 @@ mod tests {
         assert_eq!(d[1].window.requests, 5);
         let snap = a.snapshot(T0 + 500);
         assert_eq!(snap.len(), 2);
-        assert_eq!(snap[0].1.requests, 40);
+        assert_eq!(snap[0].stats.requests, 40);
     }
 
     #[test]
@@ -799,8 +791,8 @@ mod tests {
     fn rate_decays_when_reports_stop() {
         let mut a = Aggregator::new(Limits::default());
         a.ingest(&report("p", 1, vec![("c", window(100, 0, 10, 0))]), T0);
-        let r1 = a.snapshot(T0)[0].1.rps();
-        let r5 = a.snapshot(T0 + 4000)[0].1.rps();
+        let r1 = a.snapshot(T0)[0].stats.rps();
+        let r5 = a.snapshot(T0 + 4000)[0].stats.rps();
         assert!((r1 - 100.0).abs() < 1e-9, "{r1}");
         assert!((r5 - 20.0).abs() < 1e-9, "{r5}");
     }
@@ -815,16 +807,16 @@ mod tests {
             &report("p", 2, vec![("c", window(30, 0, 2_000, 1))]),
             T0 + 5_000,
         );
-        let both = &a.snapshot(T0 + 5_000)[0].1;
+        let both = &a.snapshot(T0 + 5_000)[0].stats;
         assert_eq!(both.latency.count(), 80);
-        let later = &a.snapshot(T0 + 12_000)[0].1;
+        let later = &a.snapshot(T0 + 12_000)[0].stats;
         assert_eq!(later.requests, 30);
         assert_eq!(later.latency.count(), 30);
         assert_eq!(later.latency.max_us(), 2_000);
         assert!((later.latency.quantile_us(0.99) - 2_000.0).abs() <= 2_000.0 * RELATIVE_ERROR);
         // Once the old bucket is expired for real, the result is the same.
         a.expire(T0 + 12_000);
-        assert_eq!(&a.snapshot(T0 + 12_000)[0].1, later);
+        assert_eq!(&a.snapshot(T0 + 12_000)[0].stats, later);
     }
 
     #[test]
@@ -969,7 +961,7 @@ mod tests {
         let names: Vec<_> = a
             .snapshot(T0 + 61_000)
             .into_iter()
-            .map(|(n, _)| n)
+            .map(|c| c.cluster)
             .collect();
         assert_eq!(names, vec!["c"]);
         // Reporter table is bounded: the oldest is evicted.
@@ -1015,7 +1007,7 @@ mod tests {
             second.merge_concurrent(&w2);
             expected.merge_sequential(&second);
         }
-        let got = &a.snapshot(T0 + 4000)[0].1;
+        let got = &a.snapshot(T0 + 4000)[0].stats;
         assert_eq!(got.latency, expected.latency);
         assert_eq!(got.requests, expected.requests);
         assert_eq!(got.status_5xx, expected.status_5xx);

@@ -315,7 +315,7 @@ impl PolicyLoop {
     /// The filters' windows alone, saying why when none qualifies (e.g. a window too short for
     /// the report interval).
     fn select_filter(&self, naming: Naming, min: u64) -> Vec<decision::Selected> {
-        let snapshot = self.controller.snapshot_with_clients();
+        let snapshot = self.controller.snapshot();
         let reported = snapshot.len();
         let busiest = snapshot.iter().map(|c| c.stats.requests).max().unwrap_or(0);
         let selected = decision::select(snapshot, naming, min);
@@ -337,7 +337,7 @@ impl PolicyLoop {
             return self.select_filter(naming, min);
         };
         let filter = if sources.filter {
-            self.controller.snapshot_with_clients()
+            self.controller.snapshot()
         } else {
             Vec::new()
         };

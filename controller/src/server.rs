@@ -7,7 +7,6 @@ use crate::config::Config;
 use crate::hints::{FileHints, HintSource, HintsError, NoHints, Reload};
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::validate::{validate, Limits as ValidationLimits};
-use meshtune_core::WindowStats;
 use meshtune_proto::v1::feature_service_server::FeatureServiceServer;
 use meshtune_proto::v1::{ReportRequest, ReportResponse};
 use std::collections::BTreeMap;
@@ -188,17 +187,11 @@ impl Controller {
         self.aggregator.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sliding window of every destination now, sorted by name.
-    pub fn snapshot(&self) -> Vec<(String, WindowStats)> {
-        let now = self.clock.now_unix_ms();
-        self.aggregator().snapshot(now)
-    }
-
     /// Sliding window and reporter count of every destination now (the policy's input),
     /// sorted by name.
-    pub fn snapshot_with_clients(&self) -> Vec<crate::aggregate::ClusterWindow> {
+    pub fn snapshot(&self) -> Vec<crate::aggregate::ClusterWindow> {
         let now = self.clock.now_unix_ms();
-        self.aggregator().snapshot_with_clients(now)
+        self.aggregator().snapshot(now)
     }
 
     /// Handles one report: validate, de-duplicate, merge, answer with hints. A rejected
@@ -515,16 +508,16 @@ mod tests {
                 .accepted_sequence,
             1
         );
-        assert_eq!(c.snapshot()[0].1.requests, 5);
+        assert_eq!(c.snapshot()[0].stats.requests, 5);
     }
 
     #[test]
     fn snapshot_slides_with_the_clock_and_hint_source_is_replaceable() {
         let (c, clock) = controller();
         c.handle_report(&report(1, "c", 10)).unwrap();
-        assert_eq!(c.snapshot()[0].1.requests, 10);
+        assert_eq!(c.snapshot()[0].stats.requests, 10);
         clock.0.fetch_add(60_000, Ordering::Relaxed);
-        assert_eq!(c.snapshot()[0].1.requests, 0);
+        assert_eq!(c.snapshot()[0].stats.requests, 0);
         assert_eq!(c.destinations_json().destinations[0].lifetime.requests, 10);
 
         assert!(c
