@@ -44,6 +44,19 @@ pub const CONTEXT_FEATURE_OFFSET: usize = WINDOW_FEATURE_COUNT + KNOB_COUNT;
 /// Time since the last change is capped here (and "never changed" reads as this value).
 pub const MAX_SECS_SINCE_CHANGE: f64 = 600.0;
 
+/// The feature of one knob in force: `knob.<name>`, normalised as the policy's output (so
+/// already in [0, 1]). A test checks the names follow [`crate::knobs::KNOB_SPECS`].
+macro_rules! knob_feature {
+    ($name:literal) => {
+        FeatureSpec {
+            name: concat!("knob.", $name),
+            unit: "normalised",
+            transform: Transform::Rate,
+            help: "knob in force, normalised as the policy output",
+        }
+    };
+}
+
 /// Feature schema, in policy input order. Changing it is a contract version bump.
 pub const FEATURE_SPECS: [FeatureSpec; FEATURE_COUNT] = [
     FeatureSpec {
@@ -130,72 +143,17 @@ pub const FEATURE_SPECS: [FeatureSpec; FEATURE_COUNT] = [
         transform: Transform::Rate,
         help: "HTTP/2 (and 3) requests / requests",
     },
-    FeatureSpec {
-        name: "knob.tcp.maxConnections",
-        unit: "normalised",
-        transform: Transform::Rate,
-        help: "knob in force, normalised as the policy output",
-    },
-    FeatureSpec {
-        name: "knob.http.http1MaxPendingRequests",
-        unit: "normalised",
-        transform: Transform::Rate,
-        help: "knob in force, normalised as the policy output",
-    },
-    FeatureSpec {
-        name: "knob.http.http2MaxRequests",
-        unit: "normalised",
-        transform: Transform::Rate,
-        help: "knob in force, normalised as the policy output",
-    },
-    FeatureSpec {
-        name: "knob.http.maxRequestsPerConnection",
-        unit: "normalised",
-        transform: Transform::Rate,
-        help: "knob in force, normalised as the policy output",
-    },
-    FeatureSpec {
-        name: "knob.http.maxRetries",
-        unit: "normalised",
-        transform: Transform::Rate,
-        help: "knob in force, normalised as the policy output",
-    },
-    FeatureSpec {
-        name: "knob.timeout",
-        unit: "normalised",
-        transform: Transform::Rate,
-        help: "knob in force, normalised as the policy output",
-    },
-    FeatureSpec {
-        name: "knob.retries.attempts",
-        unit: "normalised",
-        transform: Transform::Rate,
-        help: "knob in force, normalised as the policy output",
-    },
-    FeatureSpec {
-        name: "knob.retries.perTryTimeout",
-        unit: "normalised",
-        transform: Transform::Rate,
-        help: "knob in force, normalised as the policy output",
-    },
-    FeatureSpec {
-        name: "knob.outlierDetection.consecutive5xxErrors",
-        unit: "normalised",
-        transform: Transform::Rate,
-        help: "knob in force, normalised as the policy output",
-    },
-    FeatureSpec {
-        name: "knob.outlierDetection.baseEjectionTime",
-        unit: "normalised",
-        transform: Transform::Rate,
-        help: "knob in force, normalised as the policy output",
-    },
-    FeatureSpec {
-        name: "knob.outlierDetection.maxEjectionPercent",
-        unit: "normalised",
-        transform: Transform::Rate,
-        help: "knob in force, normalised as the policy output",
-    },
+    knob_feature!("tcp.maxConnections"),
+    knob_feature!("http.http1MaxPendingRequests"),
+    knob_feature!("http.http2MaxRequests"),
+    knob_feature!("http.maxRequestsPerConnection"),
+    knob_feature!("http.maxRetries"),
+    knob_feature!("timeout"),
+    knob_feature!("retries.attempts"),
+    knob_feature!("retries.perTryTimeout"),
+    knob_feature!("outlierDetection.consecutive5xxErrors"),
+    knob_feature!("outlierDetection.baseEjectionTime"),
+    knob_feature!("outlierDetection.maxEjectionPercent"),
     FeatureSpec {
         name: "clients",
         unit: "proxies",
