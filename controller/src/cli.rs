@@ -102,7 +102,8 @@ pub struct ControllerArgs {
     /// RouteConfiguration name in the RDS file.
     #[arg(long)]
     pub envoy_route_config: Option<String>,
-    /// Envoy destination NAME=HOST:PORT (repeatable); NAME is the cluster name reported.
+    /// Envoy destination NAME=HOST:PORT[,HOST:PORT...] (repeatable); NAME is the cluster name
+    /// reported, the addresses its endpoints.
     #[arg(long = "envoy-destination")]
     pub envoy_destinations: Vec<String>,
     /// Append live dataset rows (features, knobs in force, outcomes) to this CSV.

@@ -120,22 +120,23 @@ pub struct EnvoyFileArgs {
     pub cds: Option<PathBuf>,
     pub rds: Option<PathBuf>,
     pub route_config: Option<String>,
-    /// `NAME=HOST:PORT` (NAME is the Envoy cluster name the filter reports).
+    /// `NAME=HOST:PORT[,HOST:PORT...]` (NAME is the Envoy cluster name the filter reports).
     pub destinations: Vec<String>,
 }
 
-/// Parses `NAME=HOST:PORT`.
-pub fn parse_envoy_destination(s: &str) -> Result<(String, String), String> {
-    let (name, addr) = s
-        .split_once('=')
-        .ok_or_else(|| format!("`{s}`: expected NAME=HOST:PORT"))?;
-    let port_ok = addr
-        .rsplit_once(':')
-        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-    if name.is_empty() || !port_ok {
-        return Err(format!("`{s}`: expected NAME=HOST:PORT"));
+/// Parses `NAME=HOST:PORT[,HOST:PORT...]` (one or more endpoints of the cluster).
+pub fn parse_envoy_destination(s: &str) -> Result<(String, Vec<String>), String> {
+    let bad = || format!("`{s}`: expected NAME=HOST:PORT[,HOST:PORT...]");
+    let (name, addrs) = s.split_once('=').ok_or_else(bad)?;
+    let endpoints: Vec<String> = addrs.split(',').map(str::to_string).collect();
+    let port_ok = |a: &str| {
+        a.rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+    };
+    if name.is_empty() || !endpoints.iter().all(|a| port_ok(a)) {
+        return Err(bad());
     }
-    Ok((name.to_string(), addr.to_string()))
+    Ok((name.to_string(), endpoints))
 }
 
 /// The Envoy file sink's configuration from its flags. Routes (RDS) are written when an RDS
@@ -154,13 +155,13 @@ pub fn envoy_file_config(a: &EnvoyFileArgs) -> Result<EnvoyFileConfig, LoopError
     }
     let mut dests = Vec::new();
     for (i, d) in a.destinations.iter().enumerate() {
-        let (name, addr) = parse_envoy_destination(d).map_err(|reason| LoopError::Flag {
+        let (name, endpoints) = parse_envoy_destination(d).map_err(|reason| LoopError::Flag {
             flag: "--envoy-destination",
             reason,
         })?;
         dests.push(EnvoyDestination {
             destination: name.clone(),
-            cluster: EnvoyCluster::new(name.clone(), vec![addr]),
+            cluster: EnvoyCluster::new(name.clone(), endpoints),
             route: a.rds.as_ref().map(|_| EnvoyRoute {
                 virtual_host: name.clone(),
                 domains: if i == 0 {
@@ -675,6 +676,30 @@ mod tests {
     use meshtune_policy::onnx::{export_mlp, Activation, MlpLayer, ModelMeta};
     use meshtune_sinks::sink::{ApplyFuture, ApplyReport, ItemReport};
     use meshtune_sinks::Decision;
+
+    #[test]
+    fn envoy_destination_takes_one_or_more_endpoints() {
+        assert_eq!(
+            parse_envoy_destination("w=127.0.0.1:80").unwrap(),
+            ("w".to_string(), vec!["127.0.0.1:80".to_string()])
+        );
+        assert_eq!(
+            parse_envoy_destination("w=127.0.0.1:80,127.0.0.1:81")
+                .unwrap()
+                .1,
+            vec!["127.0.0.1:80", "127.0.0.1:81"]
+        );
+        for bad in [
+            "w",
+            "=127.0.0.1:80",
+            "w=127.0.0.1:80,",
+            "w=127.0.0.1:x",
+            "w=:80",
+        ] {
+            let e = parse_envoy_destination(bad).unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
 
     /// A model whose normalised output is `u` for every input.
     fn const_model(u: f32) -> OnnxPolicy {
