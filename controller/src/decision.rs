@@ -233,6 +233,22 @@ pub fn misses_slo(o: &Outcomes, slo_ms: f64) -> bool {
     o.offered_rps > 0.0 && (o.p99_ms > slo_ms || o.error_rate - o.shed_rate > URGENT_ERROR_RATE)
 }
 
+/// Estimated probability that one upstream attempt fails, from the window's attempts per
+/// request and upstream failures (5xx other than local overflow and sheds) under the retries
+/// in force ([`meshtune_core::knobs::attempt_failure_estimate`]).
+pub fn attempt_failure_rate(w: &meshtune_core::WindowStats, in_force: &Knobs) -> f64 {
+    let n = w.requests.max(1) as f64;
+    let failed = w
+        .status_5xx
+        .saturating_sub(w.flag_uo.saturating_add(w.shed)) as f64
+        / n;
+    meshtune_core::knobs::attempt_failure_estimate(
+        in_force.get(Knob::RetryAttempts).round().clamp(0.0, 100.0) as u32,
+        1.0 + w.retries as f64 / n,
+        failed,
+    )
+}
+
 /// The guardrails' objective (a cost; lower is better): `1 - reward`.
 pub fn cost(o: &Outcomes) -> f64 {
     1.0 - o.reward
@@ -494,11 +510,15 @@ pub fn decide(
             cycle.items.push(item);
             continue;
         }
+        // Retries never amplify: at the attempt failure rate this window shows, the proposal
+        // keeps upstream attempts within MAX_RETRY_AMPLIFICATION per request.
+        let mut prop = *prop;
+        prop.cap_retries_for_failures(attempt_failure_rate(&sel.stats, &before));
         let d = state.guardrails.decide_with(
             dest,
             &sel.namespace,
             now,
-            prop,
+            &prop,
             &before,
             misses_slo(&outcomes, slo_ms),
         );
@@ -791,6 +811,31 @@ mod tests {
         assert!((fast.slo_goodput_rps - 9.0).abs() < 1e-9);
         assert_eq!(slow.slo_goodput_rps, 0.0);
         assert!(cost(&slow) > cost(&fast));
+    }
+
+    #[test]
+    fn retries_are_capped_when_attempts_would_amplify() {
+        let mut st = LoopState::new(Guardrails::new(enforce(Duration::ZERO)));
+        // Istio defaults in force (2 retries); 56 % more attempts than requests: each attempt
+        // fails with p = 0.4, so any retry would add more than 20 %.
+        let mut w = window(1000, 940, 5);
+        w.retries = 560;
+        let mut p = proposal();
+        p.set(Knob::RetryAttempts, 3.0);
+        let c = decide(&sel("a", w.clone()), &[p], &mut st, Instant::now(), 250.0);
+        assert_eq!(c.pushes.len(), 1);
+        assert_eq!(c.pushes[0].knobs.get(Knob::RetryAttempts), 0.0);
+        // A healthy window keeps the proposal's retries.
+        let mut st = LoopState::new(Guardrails::new(enforce(Duration::ZERO)));
+        let c = decide(
+            &sel("a", window(1000, 1000, 5)),
+            &[p],
+            &mut st,
+            Instant::now(),
+            250.0,
+        );
+        assert_eq!(c.pushes[0].knobs.get(Knob::RetryAttempts), 3.0);
+        assert!((attempt_failure_rate(&w, &Knobs::istio_defaults()) - 0.4).abs() < 1e-6);
     }
 
     #[test]

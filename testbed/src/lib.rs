@@ -14,10 +14,12 @@
 //!   `meshtune-test-support`).
 //! - [`paths`]: where the Envoy binary, the wasm files and the `meshtune` binary are.
 //! - [`scenarios`]: the filter-overhead benchmark.
+//! - [`bookinfo`]: Istio's BookInfo call graph, every calling service behind its own sidecar.
 //! - [`calibrate`]: the simulator against real Envoy on the same scenarios and settings.
 //! - [`realrun`]: a simulator scenario file run on real Envoy (hosts, clients, faults, load).
 //! - [`tuning`]: the five-arm tuning benchmark on real Envoy.
 
+pub mod bookinfo;
 pub mod calibrate;
 pub mod controller;
 pub mod demo;

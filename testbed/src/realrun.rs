@@ -232,7 +232,7 @@ fn client_base(upstream: SocketAddr) -> EnvoyConfig {
     c
 }
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -489,7 +489,7 @@ fn start_controller(
 
 /// Push times (unix ms) visible in `/api/destinations` now (the last decision of each
 /// destination when it pushed).
-fn push_times(ctl: &Controller) -> Vec<u64> {
+pub(crate) fn push_times(ctl: &Controller) -> Vec<u64> {
     let Ok(text) = ctl.admin_get("/api/destinations") else {
         return Vec::new();
     };

@@ -92,6 +92,16 @@ enum Cmd {
         #[arg(long)]
         out_dir: Option<std::path::PathBuf>,
     },
+    /// BookInfo's call graph (productpage -> details, reviews -> ratings), each caller behind
+    /// its own sidecar; ratings turns slow, then failing; Istio defaults vs meshtune.
+    Bookinfo {
+        #[arg(long, default_value_t = meshtune_testbed::bookinfo::BookinfoConfig::default().rate)]
+        rate: f64,
+        #[arg(long, default_value_t = meshtune_testbed::bookinfo::BookinfoConfig::default().secs)]
+        secs: u64,
+        #[arg(long, default_value_t = meshtune_testbed::bookinfo::BookinfoConfig::default().slo_ms)]
+        slo_ms: u64,
+    },
     /// Serve the workload on an address until Ctrl-C.
     Workload {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -218,6 +228,19 @@ fn main() -> Result<()> {
                     oracle_candidates,
                     models,
                     out_dir,
+                },
+            )
+            .map(|_| ())
+        }
+        Cmd::Bookinfo { rate, secs, slo_ms } => {
+            use meshtune_testbed::bookinfo;
+            bookinfo::compare(
+                &paths,
+                &bookinfo::BookinfoConfig {
+                    rate,
+                    secs,
+                    slo_ms,
+                    ..Default::default()
                 },
             )
             .map(|_| ())
