@@ -47,8 +47,11 @@ pub const DESTINATION_RULE_KNOBS: [Knob; 8] = [
     Knob::MaxEjectionPercent,
 ];
 /// The knobs rendered into a VirtualService (route timeout and retries).
-pub const VIRTUAL_SERVICE_KNOBS: [Knob; 3] =
-    [Knob::RouteTimeoutMs, Knob::RetryAttempts, Knob::PerTryTimeoutMs];
+pub const VIRTUAL_SERVICE_KNOBS: [Knob; 3] = [
+    Knob::RouteTimeoutMs,
+    Knob::RetryAttempts,
+    Knob::PerTryTimeoutMs,
+];
 
 /// The spec fields (JSON pointers) meshtune sets on an object of `kind`: what a co-managed
 /// object's [`PREVIOUS_ANNOTATION`] records and its restore puts back.
@@ -67,7 +70,12 @@ pub fn co_managed_fields(kind: &str) -> &'static [&'static str] {
 pub fn previous_fields(kind: &str, existing: &Value) -> String {
     let map: serde_json::Map<String, Value> = co_managed_fields(kind)
         .iter()
-        .map(|p| (p.to_string(), existing.pointer(p).cloned().unwrap_or(Value::Null)))
+        .map(|p| {
+            (
+                p.to_string(),
+                existing.pointer(p).cloned().unwrap_or(Value::Null),
+            )
+        })
         .collect();
     Value::Object(map).to_string()
 }
@@ -191,7 +199,10 @@ struct HostAnnotation<'a> {
     #[serde(rename = "meshtune.io/applied")]
     applied: String,
     /// [`PREVIOUS_ANNOTATION`] (co-managed objects only).
-    #[serde(rename = "meshtune.io/previous", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "meshtune.io/previous",
+        skip_serializing_if = "Option::is_none"
+    )]
     previous: Option<&'a str>,
 }
 
@@ -456,7 +467,9 @@ pub fn knobs_from_objects(dr: Option<&Value>, vs: Option<&Value>) -> Knobs {
             k.set(Knob::BaseEjectionTimeMs, v);
         }
     }
-    let routes = vs.and_then(|v| v.pointer("/spec/http")).and_then(Value::as_array);
+    let routes = vs
+        .and_then(|v| v.pointer("/spec/http"))
+        .and_then(Value::as_array);
     // meshtune's route is named `meshtune`; a co-managed object may name it otherwise.
     let route = routes.and_then(|r| {
         r.iter()
@@ -468,7 +481,10 @@ pub fn knobs_from_objects(dr: Option<&Value>, vs: Option<&Value>) -> Knobs {
             k.set(Knob::RouteTimeoutMs, v);
         }
         if let Some(retries) = r.get("retries") {
-            k.set(Knob::RetryAttempts, num(retries.get("attempts")).unwrap_or(0.0));
+            k.set(
+                Knob::RetryAttempts,
+                num(retries.get("attempts")).unwrap_or(0.0),
+            );
             if let Some(v) = ms(retries.get("perTryTimeout")) {
                 k.set(Knob::PerTryTimeoutMs, v);
             }
@@ -578,10 +594,7 @@ mod tests {
     }
 
     fn round_trip(t: &IstioTarget, k: &Knobs) -> Knobs {
-        knobs_from_objects(
-            Some(&destination_rule(t, k)),
-            Some(&virtual_service(t, k)),
-        )
+        knobs_from_objects(Some(&destination_rule(t, k)), Some(&virtual_service(t, k)))
     }
 
     #[test]
@@ -616,7 +629,11 @@ mod tests {
             );
             for knob in DESTINATION_RULE_KNOBS {
                 let (a, b) = (k.get(knob), back.get(knob));
-                let tolerance = if knob == Knob::BaseEjectionTimeMs { 0.5 } else { 0.0 };
+                let tolerance = if knob == Knob::BaseEjectionTimeMs {
+                    0.5
+                } else {
+                    0.0
+                };
                 assert!(
                     (a - b).abs() <= tolerance || istio_limit(a).is_none(),
                     "{knob:?}: {a} -> {b}"
@@ -641,23 +658,38 @@ mod tests {
         let bad = json!({"spec": {"http": [{"timeout": "soon", "retries": {}}]}});
         let k = knobs_from_objects(None, Some(&bad));
         assert_eq!(k.get(Knob::RouteTimeoutMs), 0.0);
-        assert_eq!(k.get(Knob::RetryAttempts), 0.0, "retries without attempts disable them");
+        assert_eq!(
+            k.get(Knob::RetryAttempts),
+            0.0,
+            "retries without attempts disable them"
+        );
     }
 
     #[test]
     fn objects_record_what_meshtune_set_and_what_was_there_before() {
         let mut t = IstioTarget::new("reviews", "bookinfo");
         let dr = destination_rule(&t, &tuned());
-        let applied: Value =
-            serde_json::from_str(dr["metadata"]["annotations"][APPLIED_ANNOTATION].as_str().unwrap())
-                .unwrap();
+        let applied: Value = serde_json::from_str(
+            dr["metadata"]["annotations"][APPLIED_ANNOTATION]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(applied["tcp.maxConnections"], 100.0);
-        assert_eq!(applied.as_object().unwrap().len(), DESTINATION_RULE_KNOBS.len());
-        assert!(dr["metadata"]["annotations"].get(PREVIOUS_ANNOTATION).is_none());
+        assert_eq!(
+            applied.as_object().unwrap().len(),
+            DESTINATION_RULE_KNOBS.len()
+        );
+        assert!(dr["metadata"]["annotations"]
+            .get(PREVIOUS_ANNOTATION)
+            .is_none());
         let vs = virtual_service(&t, &tuned());
-        let applied: Value =
-            serde_json::from_str(vs["metadata"]["annotations"][APPLIED_ANNOTATION].as_str().unwrap())
-                .unwrap();
+        let applied: Value = serde_json::from_str(
+            vs["metadata"]["annotations"][APPLIED_ANNOTATION]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(applied["timeout"], 2_000.0);
         let existing = json!({"spec": {"host": "reviews",
             "trafficPolicy": {"outlierDetection": {"consecutive5xxErrors": 7}}}});
@@ -671,7 +703,10 @@ mod tests {
         t.owned = false;
         t.previous = Some(prev.clone());
         let dr = destination_rule(&t, &tuned());
-        assert_eq!(dr["metadata"]["annotations"][PREVIOUS_ANNOTATION], prev.as_str());
+        assert_eq!(
+            dr["metadata"]["annotations"][PREVIOUS_ANNOTATION],
+            prev.as_str()
+        );
     }
 
     #[test]

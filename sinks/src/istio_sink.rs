@@ -320,7 +320,7 @@ impl IstioSink {
             .await
             {
                 Ok(done) => {
-                    if let Some(failed) = done.iter().find_map(|r| r.error()) {
+                    if let Some(failed) = done.iter().find(|r| r.error().is_some()) {
                         return Outcome::Failed {
                             error: failed.to_string(),
                         };

@@ -400,10 +400,17 @@ mod tests {
         let released = json!({"spec": {"host": "r"}});
         assert_eq!(
             restore_patch(&previous, &released),
-            Some(json!({"spec": {"trafficPolicy": {"outlierDetection": {"consecutive5xxErrors": 7}}}}))
+            Some(
+                json!({"spec": {"trafficPolicy": {"outlierDetection": {"consecutive5xxErrors": 7}}}})
+            )
         );
-        let kept = json!({"spec": {"trafficPolicy": {"outlierDetection": {"consecutive5xxErrors": 3}}}});
-        assert_eq!(restore_patch(&previous, &kept), None, "another manager's value stays");
+        let kept =
+            json!({"spec": {"trafficPolicy": {"outlierDetection": {"consecutive5xxErrors": 3}}}});
+        assert_eq!(
+            restore_patch(&previous, &kept),
+            None,
+            "another manager's value stays"
+        );
         assert_eq!(restore_patch("not json", &released), None);
     }
 
@@ -421,6 +428,9 @@ mod tests {
         r.dry_run = false;
         assert_eq!(r.to_string(), "deleted DestinationRule ns/reviews");
         r.failed = Some("409".into());
-        assert_eq!(r.to_string(), "failed to delete DestinationRule ns/reviews: 409");
+        assert_eq!(
+            r.to_string(),
+            "failed to delete DestinationRule ns/reviews: 409"
+        );
     }
 }
