@@ -100,8 +100,9 @@ pub enum LeaseError {
         what: &'static str,
         namespace: String,
         name: String,
+        /// Boxed: `kube::Error` is large and this error is returned on every round.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 }
 
@@ -249,7 +250,7 @@ impl Elector {
             what,
             namespace: self.config.namespace.clone(),
             name: self.config.name.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 

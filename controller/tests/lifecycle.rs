@@ -440,3 +440,55 @@ async fn uninstall_dry_run_prints_the_plan_and_writes_nothing() {
         "would delete DestinationRule bookinfo/reviews\n1 objects would be undone\n"
     );
 }
+
+/// Only the leader is Ready: `/readyz` over real HTTP follows the leadership.
+#[tokio::test]
+async fn only_the_leader_is_ready() {
+    let controller = Arc::new(Controller::new(Config::default()).unwrap());
+    let (tx, leadership) = Leadership::channel();
+    controller.set_leadership(leadership);
+    let g = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = a.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(controller.clone().serve(g, a, async move {
+        let _ = rx.await;
+    }));
+    let readyz = move || async move {
+        tokio::task::spawn_blocking(move || {
+            meshtune_test_support::http::get(admin, "/readyz", &[]).map(|r| r.status)
+        })
+        .await
+        .unwrap()
+    };
+    // Serving (healthz answers) but following: 503.
+    let mut healthy = false;
+    for _ in 0..200 {
+        let h = tokio::task::spawn_blocking(move || {
+            meshtune_test_support::http::get(admin, "/healthz", &[]).map(|r| r.status)
+        })
+        .await
+        .unwrap();
+        if matches!(h, Ok(200)) {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(healthy, "admin server up");
+    assert_eq!(readyz().await.unwrap(), 503, "a follower is not Ready");
+    tx.send_replace(true);
+    assert_eq!(readyz().await.unwrap(), 200, "the leader is Ready");
+    tx.send_replace(false);
+    assert_eq!(
+        readyz().await.unwrap(),
+        503,
+        "a replica that lost the lease is not Ready"
+    );
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
