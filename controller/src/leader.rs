@@ -154,11 +154,24 @@ pub fn plan(
     }
 }
 
-/// The leader gauge and transition counter (`meshtune_leader`, `meshtune_leader_transitions_total`).
+/// `action` (delete, restore) and `result` (ok, failed) of an undone object.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct UndoLabels {
+    pub action: String,
+    pub result: String,
+}
+
+/// Leadership and lifecycle metrics: `meshtune_leader`, `meshtune_leader_transitions_total`,
+/// `meshtune_recovered_destinations`, `meshtune_undone_objects_total{action,result}`.
 #[derive(Debug, Clone, Default)]
 pub struct LeaderMetrics {
     pub leader: Gauge,
     pub transitions: Counter,
+    /// Destinations whose knobs in force were recovered from objects at the last leadership.
+    pub recovered: Gauge,
+    /// Objects undone (observe mode, rollbacks to Istio defaults are counted by the sink's
+    /// push results).
+    pub undone: prometheus_client::metrics::family::Family<UndoLabels, Counter>,
 }
 
 impl LeaderMetrics {
@@ -174,6 +187,16 @@ impl LeaderMetrics {
             "meshtune_leader_transitions",
             "Times this replica became leader or stopped leading",
             m.transitions.clone(),
+        );
+        registry.register(
+            "meshtune_recovered_destinations",
+            "Destinations whose knobs in force were read back from meshtune's objects when this replica last became leader",
+            m.recovered.clone(),
+        );
+        registry.register(
+            "meshtune_undone_objects",
+            "Istio objects meshtune undid on becoming leader in observe mode (delete owned, restore co-managed), by result",
+            m.undone.clone(),
         );
         m
     }

@@ -351,8 +351,18 @@ impl PolicyLoop {
         if state.mode() == Mode::Observe {
             return match lc.remove_all(false).await {
                 Ok(done) => {
+                    let metrics = &self.controller.metrics().leader;
                     for r in &done {
                         tracing::info!(object = %r, "observe mode: undoing what meshtune wrote");
+                        let labels = crate::leader::UndoLabels {
+                            action: match r.action {
+                                meshtune_sinks::istio_undo::UndoAction::Delete => "delete",
+                                meshtune_sinks::istio_undo::UndoAction::Restore => "restore",
+                            }
+                            .into(),
+                            result: if r.error().is_some() { "failed" } else { "ok" }.into(),
+                        };
+                        metrics.undone.get_or_create(&labels).inc();
                     }
                     done.len()
                 }
@@ -374,6 +384,11 @@ impl PolicyLoop {
                     tracing::info!(destination = %r.destination, namespace = %r.namespace,
                         objects = ?r.objects, "recovered the knobs in force");
                 }
+                self.controller
+                    .metrics()
+                    .leader
+                    .recovered
+                    .set(recovered.len() as i64);
                 recovered.len()
             }
             Err(e) => {
@@ -448,6 +463,11 @@ impl PolicyLoop {
     /// The model store (`None` when running without a model).
     pub fn store(&self) -> Option<&Arc<ModelStore>> {
         self.store.as_ref()
+    }
+
+    /// The controller this loop decides for.
+    pub fn controller(&self) -> &Arc<Controller> {
+        &self.controller
     }
 
     /// The hints the loop serves.

@@ -266,6 +266,8 @@ async fn restart_recovery_puts_the_objects_knobs_in_force_so_an_equal_decision_p
     });
     assert_eq!(policy.on_leading().await, 1);
     let mut server = served.await.unwrap();
+    let text = policy.controller().metrics_text();
+    assert!(text.contains("meshtune_recovered_destinations 1"), "{text}");
     let recovered = policy.knobs_in_force(HOST).await.expect("recovered");
     let t = IstioTarget::new(HOST, "bookinfo");
     assert_eq!(
@@ -392,6 +394,11 @@ async fn observe_mode_removes_what_meshtune_wrote() {
     });
     assert_eq!(policy.on_leading().await, 2);
     let mut server = served.await.unwrap();
+    let text = policy.controller().metrics_text();
+    assert!(
+        text.contains(r#"meshtune_undone_objects_total{action="delete",result="ok"} 2"#),
+        "{text}"
+    );
     let summary = policy.cycle().await.unwrap();
     assert_eq!(summary.pushed, 0, "observe mode never pushes: {summary:?}");
     server
