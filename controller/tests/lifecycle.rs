@@ -189,6 +189,62 @@ async fn the_election_loop_publishes_leadership_and_its_loss() {
         .unwrap();
 }
 
+/// A leader that cannot renew (API errors) stops leading once its renew deadline has passed,
+/// before its lease could expire for the others.
+#[tokio::test]
+async fn a_leader_that_cannot_renew_stops_at_its_renew_deadline() {
+    let (client, mut server) = pair();
+    let mut cfg = LeaseConfig::new("meshtune-system", "pod-a");
+    cfg.lease_duration = Duration::from_secs(2);
+    cfg.renew_deadline = Duration::from_millis(400);
+    cfg.retry_period = Duration::from_millis(50);
+    let e = Elector::new(client, cfg);
+    let (tx, mut leadership) = Leadership::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(leader::run(e, tx, LeaderMetrics::default(), async move {
+        let _ = stop_rx.await;
+    }));
+    server
+        .expect_get(LEASE, kube_mock::not_found("meshtune-controller"))
+        .await;
+    server.expect(Method::POST, LEASES, |c| ok(&c.body)).await;
+    tokio::time::timeout(Duration::from_secs(5), leadership.until_leader())
+        .await
+        .unwrap();
+    let led = std::time::Instant::now();
+    let failing = tokio::spawn(async move {
+        let mut errors = 0;
+        while let Some((_, send)) = server.next_request().await {
+            errors += 1;
+            send.send_response(status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "apiserver down",
+            ));
+        }
+        errors
+    });
+    tokio::time::timeout(Duration::from_secs(5), leadership.until_follower())
+        .await
+        .unwrap();
+    let held = led.elapsed();
+    assert!(
+        held >= Duration::from_millis(350),
+        "kept leading through errors until the deadline: {held:?}"
+    );
+    assert!(
+        held < Duration::from_secs(2),
+        "stopped before the lease expired: {held:?}"
+    );
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+    let errors = failing.await.unwrap();
+    assert!(errors >= 3, "it kept trying: {errors}");
+}
+
 /// A controller that has seen traffic to `reviews`, and an enforce loop over the Istio sink
 /// (mocked API server) with the constant model `U`.
 fn setup(client: kube::Client, mode: Mode) -> Arc<PolicyLoop> {
