@@ -261,6 +261,12 @@ fn controller_objects_reference_each_other() {
     ));
     let deploy = find(&docs, "Deployment", "meshtune-controller");
     assert_eq!(deploy["spec"]["replicas"], 2);
+    // Only the leader is Ready: a rollout that waits for new Ready pods before removing old
+    // ones would never finish.
+    assert_eq!(
+        deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        "100%"
+    );
     let container = &deploy["spec"]["template"]["spec"]["containers"][0];
     let args: Vec<&str> = container["args"]
         .as_array()
