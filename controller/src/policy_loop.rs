@@ -339,14 +339,15 @@ impl PolicyLoop {
     /// the Kubernetes lifecycle set, enforce mode then puts the knobs recovered from meshtune's
     /// objects in force (so no default push happens and hints come from them) and observe mode
     /// removes what meshtune wrote. Returns the number of destinations recovered or objects
-    /// undone; a Kubernetes error is logged and the loop goes on (recovery is retried at the
-    /// next leadership).
-    pub async fn on_leading(&self) -> usize {
+    /// undone. On a Kubernetes error (logged) [`Self::run`] decides nothing and calls this
+    /// again every interval until it succeeds: deciding without the knobs in force would push
+    /// from Istio's defaults.
+    pub async fn on_leading(&self) -> Result<usize, meshtune_sinks::istio_undo::UndoError> {
         let mut state = self.state.lock().await;
         *state = LoopState::new(Guardrails::new(self.config.guardrails.clone()))
             .with_settle(self.config.settle);
         let Some(lc) = self.lifecycle.get() else {
-            return 0;
+            return Ok(0);
         };
         if state.mode() == Mode::Observe {
             return match lc.remove_all(false).await {
@@ -364,11 +365,11 @@ impl PolicyLoop {
                         };
                         metrics.undone.get_or_create(&labels).inc();
                     }
-                    done.len()
+                    Ok(done.len())
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "observe mode: removing meshtune's objects failed");
-                    0
+                    tracing::error!(error = %e, "observe mode: removing meshtune's objects failed; retrying next interval");
+                    Err(e)
                 }
             };
         }
@@ -389,11 +390,11 @@ impl PolicyLoop {
                     .leader
                     .recovered
                     .set(recovered.len() as i64);
-                recovered.len()
+                Ok(recovered.len())
             }
             Err(e) => {
-                tracing::error!(error = %e, "recovering the knobs in force failed; starting from Istio defaults");
-                0
+                tracing::error!(error = %e, "recovering the knobs in force failed; no decisions until it succeeds (retried every interval)");
+                Err(e)
             }
         }
     }
@@ -710,7 +711,7 @@ impl PolicyLoop {
                     _ = l.until_leader() => {}
                 }
             }
-            self.on_leading().await;
+            let mut started = self.on_leading().await.is_ok();
             let mut tick =
                 tokio::time::interval(self.config.interval.max(Duration::from_millis(10)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -726,6 +727,12 @@ impl PolicyLoop {
                     self.hints.replace(Vec::new());
                     tracing::info!("stopped leading: the decision loop waits");
                     break;
+                }
+                if !started {
+                    started = self.on_leading().await.is_ok();
+                    if !started {
+                        continue;
+                    }
                 }
                 if let Some(s) = self.cycle().await {
                     tracing::debug!(?s, "decision cycle");

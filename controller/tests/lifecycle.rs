@@ -248,6 +248,10 @@ async fn a_leader_that_cannot_renew_stops_at_its_renew_deadline() {
 /// A controller that has seen traffic to `reviews`, and an enforce loop over the Istio sink
 /// (mocked API server) with the constant model `U`.
 fn setup(client: kube::Client, mode: Mode) -> Arc<PolicyLoop> {
+    setup_every(client, mode, LoopConfig::default().interval)
+}
+
+fn setup_every(client: kube::Client, mode: Mode, interval: Duration) -> Arc<PolicyLoop> {
     let controller = Arc::new(Controller::new(Config::default()).unwrap());
     for seq in 1..=3 {
         let r = controller.handle_report(&report(
@@ -266,6 +270,7 @@ fn setup(client: kube::Client, mode: Mode) -> Arc<PolicyLoop> {
         Arc::new(LogSink::new(Box::new(std::io::sink()))),
         None,
         LoopConfig {
+            interval,
             min_requests: 1,
             naming: Naming::IstioHost,
             guardrails: guardrails::Config {
@@ -320,7 +325,7 @@ async fn restart_recovery_puts_the_objects_knobs_in_force_so_an_equal_decision_p
         answer_recovery(&mut server, &pushed).await;
         server
     });
-    assert_eq!(policy.on_leading().await, 1);
+    assert_eq!(policy.on_leading().await.unwrap(), 1);
     let mut server = served.await.unwrap();
     let text = policy.controller().metrics_text();
     assert!(text.contains("meshtune_recovered_destinations 1"), "{text}");
@@ -351,6 +356,50 @@ async fn restart_recovery_puts_the_objects_knobs_in_force_so_an_equal_decision_p
     );
 }
 
+/// The running loop: a recovery that fails (API error) means no decisions, and is retried
+/// every interval until it succeeds; then the decision equals what is in force: no push.
+#[tokio::test]
+async fn the_loop_decides_nothing_until_recovery_succeeds() {
+    let (client, mut server) = pair();
+    let policy = setup_every(client, Mode::Enforce, Duration::from_millis(100));
+    let pushed = Knobs::from_normalised(&U);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(policy.clone().run(async move {
+        let _ = stop_rx.await;
+    }));
+    for _ in 0..2 {
+        server
+            .expect_get(
+                ALL_DR,
+                status(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "apiserver down",
+                ),
+            )
+            .await;
+    }
+    answer_recovery(&mut server, &pushed).await;
+    server
+        .expect_no_request(
+            Duration::from_millis(600),
+            "no push: the recovered knobs are the decision",
+        )
+        .await;
+    assert!(policy.knobs_in_force(HOST).await.is_some());
+    let text = policy.controller().metrics_text();
+    assert!(text.contains("meshtune_decision_cycles_total"), "{text}");
+    assert!(
+        !text.contains("meshtune_decision_cycles_total 0"),
+        "cycles ran after the recovery: {text}"
+    );
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test]
 async fn without_recovery_the_same_decision_would_push() {
     // The control for the test above: nothing listed, so the decision is a push.
@@ -371,7 +420,7 @@ async fn without_recovery_the_same_decision_would_push() {
             .await;
         server
     });
-    assert_eq!(policy.on_leading().await, 0);
+    assert_eq!(policy.on_leading().await.unwrap(), 0);
     let mut server = served.await.unwrap();
     let served = tokio::spawn(async move {
         // The sink looks the objects up, then applies both.
@@ -448,7 +497,7 @@ async fn observe_mode_removes_what_meshtune_wrote() {
             .await;
         server
     });
-    assert_eq!(policy.on_leading().await, 2);
+    assert_eq!(policy.on_leading().await.unwrap(), 2);
     let mut server = served.await.unwrap();
     let text = policy.controller().metrics_text();
     assert!(
