@@ -1020,6 +1020,10 @@ mod tests {
         assert!(matches!(c.items[0].action, DestAction::Rollback { .. }));
         assert_eq!(c.pushes.len(), 1);
         assert_eq!(c.pushes[0].knobs, Knobs::istio_defaults());
+        assert!(
+            c.pushes[0].is_removal(),
+            "back to before the first push: no object, not default-valued objects"
+        );
         assert_eq!(c.pushes[0].previous, Some(pushed));
         assert_eq!(st.knobs_in_force("a"), Knobs::istio_defaults());
     }

@@ -261,6 +261,8 @@ pub struct Metrics {
     pub knob: Family<KnobLabels, FloatGauge>,
     /// The model store's metrics (refused, info{version}, swaps).
     pub store: meshtune_policy::store::StoreMetrics,
+    /// Leader election (`meshtune_leader`, transitions).
+    pub leader: crate::leader::LeaderMetrics,
 }
 
 impl Default for Metrics {
@@ -297,6 +299,7 @@ impl Metrics {
             inference_seconds: Histogram::new(exponential_buckets(1e-5, 4.0, 10)),
             knob: Family::default(),
             store: meshtune_policy::store::StoreMetrics::register(&mut registry),
+            leader: crate::leader::LeaderMetrics::register(&mut registry),
             registry: Registry::default(),
         };
         registry.register(

@@ -232,6 +232,10 @@ pub struct PolicyLoop {
     cycles: AtomicU64,
     /// Feature sources (unset: the filters' reports only).
     sources: std::sync::OnceLock<Sources>,
+    /// Leader election (unset: this replica always leads).
+    leadership: std::sync::OnceLock<crate::leader::Leadership>,
+    /// Recovery and removal of meshtune's Istio objects (set with the Istio sink).
+    lifecycle: std::sync::OnceLock<crate::lifecycle::Lifecycle>,
 }
 
 /// The decision loop's feature sources (`--source`).
@@ -300,6 +304,8 @@ impl PolicyLoop {
             config,
             cycles: AtomicU64::new(0),
             sources: std::sync::OnceLock::new(),
+            leadership: std::sync::OnceLock::new(),
+            lifecycle: std::sync::OnceLock::new(),
         });
         me.publish_model();
         me
@@ -308,6 +314,90 @@ impl PolicyLoop {
     /// Sets the feature sources (once, before the loop runs; later calls are ignored).
     pub fn set_sources(&self, sources: Sources) {
         let _ = self.sources.set(sources);
+    }
+
+    /// Sets the leader election (once, before the loop runs): the loop decides and writes only
+    /// while this replica leads.
+    pub fn set_leadership(&self, l: crate::leader::Leadership) {
+        let _ = self.leadership.set(l);
+    }
+
+    /// Sets the Kubernetes lifecycle (once, before the loop runs): on becoming leader the loop
+    /// recovers the knobs in force from meshtune's objects (enforce) or removes them (observe).
+    pub fn set_lifecycle(&self, l: crate::lifecycle::Lifecycle) {
+        let _ = self.lifecycle.set(l);
+    }
+
+    /// Whether this replica leads (always, without an election).
+    pub fn is_leader(&self) -> bool {
+        self.leadership
+            .get()
+            .is_none_or(crate::leader::Leadership::is_leader)
+    }
+
+    /// Runs when this replica starts leading, before its first cycle. The decision state
+    /// starts afresh (whatever it knew as a follower or an earlier leader may be stale); with
+    /// the Kubernetes lifecycle set, enforce mode then puts the knobs recovered from meshtune's
+    /// objects in force (so no default push happens and hints come from them) and observe mode
+    /// removes what meshtune wrote. Returns the number of destinations recovered or objects
+    /// undone. On a Kubernetes error (logged) [`Self::run`] decides nothing and calls this
+    /// again every interval until it succeeds: deciding without the knobs in force would push
+    /// from Istio's defaults.
+    pub async fn on_leading(&self) -> Result<usize, meshtune_sinks::istio_undo::UndoError> {
+        let mut state = self.state.lock().await;
+        *state = LoopState::new(Guardrails::new(self.config.guardrails.clone()))
+            .with_settle(self.config.settle);
+        let Some(lc) = self.lifecycle.get() else {
+            return Ok(0);
+        };
+        if state.mode() == Mode::Observe {
+            return match lc.remove_all(false).await {
+                Ok(done) => {
+                    let metrics = &self.controller.metrics().leader;
+                    for r in &done {
+                        tracing::info!(object = %r, "observe mode: undoing what meshtune wrote");
+                        let labels = crate::leader::UndoLabels {
+                            action: match r.action {
+                                meshtune_sinks::istio_undo::UndoAction::Delete => "delete",
+                                meshtune_sinks::istio_undo::UndoAction::Restore => "restore",
+                            }
+                            .into(),
+                            result: if r.error().is_some() { "failed" } else { "ok" }.into(),
+                        };
+                        metrics.undone.get_or_create(&labels).inc();
+                    }
+                    Ok(done.len())
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "observe mode: removing meshtune's objects failed; retrying next interval");
+                    Err(e)
+                }
+            };
+        }
+        match lc.recover().await {
+            Ok(recovered) => {
+                for r in &recovered {
+                    // Keyed by destination like every decision (the namespace is where the
+                    // objects live; `decide` writes there again).
+                    state.in_force.insert(r.destination.clone(), r.knobs);
+                    self.controller
+                        .metrics()
+                        .set_knobs(&r.destination, &r.knobs);
+                    tracing::info!(destination = %r.destination, namespace = %r.namespace,
+                        objects = ?r.objects, "recovered the knobs in force");
+                }
+                self.controller
+                    .metrics()
+                    .leader
+                    .recovered
+                    .set(recovered.len() as i64);
+                Ok(recovered.len())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "recovering the knobs in force failed; no decisions until it succeeds (retried every interval)");
+                Err(e)
+            }
+        }
     }
 
     /// The select stage: the filters' snapshot and/or Prometheus windows, merged
@@ -375,6 +465,11 @@ impl PolicyLoop {
     /// The model store (`None` when running without a model).
     pub fn store(&self) -> Option<&Arc<ModelStore>> {
         self.store.as_ref()
+    }
+
+    /// The controller this loop decides for.
+    pub fn controller(&self) -> &Arc<Controller> {
+        &self.controller
     }
 
     /// The hints the loop serves.
@@ -489,6 +584,15 @@ impl PolicyLoop {
         let metrics = self.controller.metrics();
         // A set: with many pushes failing at once, a Vec lookup per item would be quadratic.
         let mut failed = foldhash::HashSet::default();
+        if !cycle.pushes.is_empty() && !self.is_leader() {
+            // The lease was lost during the cycle: another replica writes now.
+            tracing::warn!(
+                pushes = cycle.pushes.len(),
+                "not the leader any more: nothing written"
+            );
+            failed.extend(cycle.pushes.iter().map(|d| d.destination.clone()));
+            return failed;
+        }
         if !cycle.pushes.is_empty() {
             for sink in &self.sinks {
                 let label = |result: &str| PushLabels {
@@ -600,17 +704,40 @@ impl PolicyLoop {
             shutdown.await;
             return;
         }
-        let mut tick = tokio::time::interval(self.config.interval.max(Duration::from_millis(10)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        tracing::info!(interval = ?self.config.interval, mode = mode_name(self.config.guardrails.mode), sinks = ?self.sinks.iter().map(|s| s.name()).collect::<Vec<_>>(), "decision loop running");
+        let mut leadership = self.leadership.get().cloned();
         loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = tick.tick() => {}
+            if let Some(l) = &mut leadership {
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = l.until_leader() => {}
+                }
             }
-            if let Some(s) = self.cycle().await {
-                tracing::debug!(?s, "decision cycle");
+            let mut started = self.on_leading().await.is_ok();
+            let mut tick =
+                tokio::time::interval(self.config.interval.max(Duration::from_millis(10)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            tracing::info!(interval = ?self.config.interval, mode = mode_name(self.config.guardrails.mode), sinks = ?self.sinks.iter().map(|s| s.name()).collect::<Vec<_>>(), "decision loop running");
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = tick.tick() => {}
+                }
+                if !self.is_leader() {
+                    // A follower decides nothing and serves no hints.
+                    self.hints.replace(Vec::new());
+                    tracing::info!("stopped leading: the decision loop waits");
+                    break;
+                }
+                if !started {
+                    started = self.on_leading().await.is_ok();
+                    if !started {
+                        continue;
+                    }
+                }
+                if let Some(s) = self.cycle().await {
+                    tracing::debug!(?s, "decision cycle");
+                }
             }
         }
     }

@@ -72,6 +72,8 @@ pub struct Controller {
     duplicate: AtomicU64,
     policy_status: RwLock<BTreeMap<String, DestinationPolicyStatus>>,
     model_status: RwLock<ModelJson>,
+    /// Leader election, if any: a follower is not Ready (see [`crate::leader`]).
+    leadership: std::sync::OnceLock<crate::leader::Leadership>,
 }
 
 /// What the decision loop publishes per reported cluster for `/api/destinations`.
@@ -116,6 +118,7 @@ impl Controller {
             duplicate: AtomicU64::new(0),
             policy_status: RwLock::new(BTreeMap::new()),
             model_status: RwLock::new(ModelJson::default()),
+            leadership: std::sync::OnceLock::new(),
         })
     }
 
@@ -179,8 +182,24 @@ impl Controller {
             .clone()
     }
 
+    /// Serving, and the leader when there is an election (followers are not Ready, so the
+    /// report Service sends reports to the leader alone).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+            && self
+                .leadership
+                .get()
+                .is_none_or(crate::leader::Leadership::is_leader)
+    }
+
+    /// Sets the leader election `/readyz` follows (once; later calls are ignored).
+    pub fn set_leadership(&self, l: crate::leader::Leadership) {
+        let _ = self.leadership.set(l);
+    }
+
+    /// The leader election, if set.
+    pub fn leadership(&self) -> Option<crate::leader::Leadership> {
+        self.leadership.get().cloned()
     }
 
     fn aggregator(&self) -> std::sync::MutexGuard<'_, Aggregator> {
