@@ -344,6 +344,8 @@ pub struct BookinfoResult {
     pub attempts: Vec<(String, f64)>,
     /// Controller pushes (all destinations).
     pub pushes: usize,
+    /// Destinations the controller had reports for at the end.
+    pub destinations: Vec<String>,
 }
 
 /// Attempts per request of `cluster` from an Envoy's stats (1 when nothing went up).
@@ -473,6 +475,10 @@ pub fn run(paths: &Paths, cfg: &BookinfoConfig) -> Result<BookinfoResult> {
     std::thread::sleep(Duration::from_millis(1500));
     pushes.extend(crate::realrun::push_times(&controller));
     let pushes = pushes.iter().filter(|p| **p >= t0_unix).count();
+    let destinations = controller
+        .destinations()
+        .map(|d| d.destinations.into_iter().map(|x| x.name).collect())
+        .unwrap_or_default();
     let mut attempts = Vec::new();
     for (svc, e) in &sidecars {
         for d in DESTINATIONS {
@@ -494,6 +500,7 @@ pub fn run(paths: &Paths, cfg: &BookinfoConfig) -> Result<BookinfoResult> {
         full_after: slice(std::slice::from_ref(&fa), after.as_secs_f64(), slo),
         attempts,
         pushes,
+        destinations,
     };
     drop(sidecars);
     drop(controller);

@@ -153,3 +153,42 @@ rps = 300.0
         "the controller never pushed under 150 % overload"
     );
 }
+
+/// BookInfo on real processes: productpage's and reviews' sidecars both report, so the one
+/// controller sees all three destinations; requests flow through both hops before the fault,
+/// and a failing `ratings` shows up only in the requests that need it.
+#[test]
+fn bookinfo_reports_every_hop_and_isolates_ratings_failures() {
+    use meshtune_testbed::bookinfo::{self, BookinfoConfig, RatingsFault};
+    let Some(paths) = prereqs(false) else { return };
+    let _g = serial();
+    let r = bookinfo::run(
+        &paths,
+        &BookinfoConfig {
+            rate: 80.0,
+            secs: 10,
+            fault_at: std::time::Duration::from_secs(4),
+            fault: RatingsFault::Failing(1.0),
+            enforce: false,
+            ..BookinfoConfig::default()
+        },
+    )
+    .expect("bookinfo runs");
+    let mut d = r.destinations.clone();
+    d.sort();
+    assert_eq!(d, vec!["details", "ratings", "reviews"]);
+    for s in [&r.lite_before, &r.full_before, &r.lite_after] {
+        assert!(s.sent > 100 && s.errors * 20 <= s.sent, "{s:?}");
+    }
+    // Every ratings attempt fails: the requests that need ratings fail (after retries).
+    assert!(
+        r.full_after.errors * 10 >= r.full_after.sent * 9,
+        "{:?}",
+        r.full_after
+    );
+    let ratings = r.attempts.iter().find(|(d, _)| d == "ratings").unwrap().1;
+    assert!(
+        ratings > 1.5,
+        "Istio's 2 retries on a failing host: {ratings}"
+    );
+}
