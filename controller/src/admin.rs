@@ -157,10 +157,20 @@ pub fn router(controller: Arc<Controller>) -> Router {
 }
 
 async fn readyz(State(c): State<Arc<Controller>>) -> impl IntoResponse {
+    if let Some(age) = c.loop_stalled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: the decision loop completed no cycle for {:.1}s (more than {} intervals)\n",
+                age.as_secs_f64(),
+                crate::server::STALE_LOOP_INTERVALS
+            ),
+        );
+    }
     if c.is_ready() {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string())
     }
 }
 

@@ -267,6 +267,24 @@ impl LoopState {
         self
     }
 
+    /// Forgets every destination `live` does not hold (knobs in force, change times,
+    /// guardrail phases); returns the destinations forgotten.
+    pub fn prune(&mut self, live: &foldhash::HashSet<String>) -> Vec<String> {
+        let gone: Vec<String> = self
+            .in_force
+            .keys()
+            .chain(self.changed_at.keys())
+            .filter(|d| !live.contains(*d))
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        self.in_force.retain(|d, _| live.contains(d));
+        self.changed_at.retain(|d, _| live.contains(d));
+        self.guardrails.retain(|d| live.contains(d));
+        gone
+    }
+
     /// Whether `destination` changed less than `settle` ago.
     pub fn settling(&self, destination: &str, now: Instant) -> bool {
         self.changed_at
@@ -334,6 +352,7 @@ impl DestAction {
             DestAction::Hold(HoldReason::NoChange) => DestOutcome::NoChange,
             DestAction::Hold(HoldReason::Dwell { .. }) => DestOutcome::HoldDwell,
             DestAction::Hold(HoldReason::Watching) => DestOutcome::HoldWatching,
+            DestAction::Hold(HoldReason::InvalidOutput) => DestOutcome::HoldInvalidOutput,
             DestAction::Rollback { .. } => DestOutcome::RolledBack,
         }
     }
@@ -361,6 +380,8 @@ pub enum DestOutcome {
     HoldDwell,
     /// A change held back while the last push is being watched for regressions.
     HoldWatching,
+    /// The policy's output was NaN or infinite: the knobs in force are held.
+    HoldInvalidOutput,
     /// The last push made the objective worse: the previous knobs were pushed back.
     RolledBack,
     /// A push or rollback some sink did not apply: reverted, the previous knobs stay.
@@ -376,6 +397,7 @@ impl DestOutcome {
             DestOutcome::NoChange => "no_change",
             DestOutcome::HoldDwell => "hold_dwell",
             DestOutcome::HoldWatching => "hold_watching",
+            DestOutcome::HoldInvalidOutput => "hold_invalid_output",
             DestOutcome::RolledBack => "rolled_back",
             DestOutcome::PushFailed => "push_failed",
         }
@@ -476,6 +498,12 @@ pub fn decide(
             objective,
         } = verdict
         {
+            // The target passes through the bounds too (it may predate them, or come from
+            // recovered objects).
+            let restore = state
+                .guardrails
+                .config()
+                .bound_target(&sel.namespace, &restore);
             item.changed = changed(&before, &restore);
             item.knobs = restore;
             item.action = DestAction::Rollback {

@@ -22,6 +22,8 @@ pub mod cli;
 pub mod config;
 pub mod decision;
 pub mod hints;
+pub mod ingest;
+pub mod lru;
 pub mod metrics;
 pub mod policy_loop;
 pub mod prometheus;

@@ -404,6 +404,9 @@ impl PolicyLoop {
         let store = self.store.as_ref()?;
         let selected = self.select().await;
         self.count_sources(&selected);
+        if self.controller.take_removed_destinations() > 0 {
+            self.prune(&selected).await;
+        }
         let policy = store.current();
         let mut state = self.state.lock().await;
         let now = Instant::now();
@@ -433,6 +436,36 @@ impl PolicyLoop {
             &outcomes,
             policy.model_version(),
         ))
+    }
+
+    /// Pruning after destinations left the controller's table (expired or evicted): forgets
+    /// the loop state (knobs in force, change times, guardrail phases), the knob series and
+    /// the policy status of every destination that no tracked cluster maps to and that this
+    /// cycle did not select (a Prometheus-fed destination stays while it is selected).
+    pub async fn prune(&self, selected: &[decision::Selected]) {
+        let clusters = self.controller.destination_names();
+        let live_clusters: foldhash::HashSet<&str> = clusters.iter().map(String::as_str).collect();
+        let pruned_status = self.controller.prune_policy_status(&live_clusters);
+        let mut live: foldhash::HashSet<String> = clusters
+            .iter()
+            .filter_map(|c| self.config.naming.destination(c).map(|(d, _)| d))
+            .collect();
+        live.extend(selected.iter().map(|s| s.destination.clone()));
+        let gone = self.state.lock().await.prune(&live);
+        let metrics = self.controller.metrics();
+        for d in &gone {
+            metrics.remove_knobs(d);
+        }
+        metrics
+            .destinations_pruned
+            .inc_by((gone.len() + pruned_status) as u64);
+        if !gone.is_empty() || pruned_status > 0 {
+            tracing::info!(
+                destinations = gone.len(),
+                clusters = pruned_status,
+                "pruned the state of destinations no longer tracked"
+            );
+        }
     }
 
     /// Per-source gauges and the missing-feature counters of this cycle's selection.
@@ -473,7 +506,21 @@ impl PolicyLoop {
             .inference_seconds
             .observe(started.elapsed().as_secs_f64());
         match out {
-            Ok(rows) => Some(rows.iter().map(Knobs::from_normalised).collect()),
+            // A NaN or infinite output holds that destination's knobs (the guardrails see a
+            // non-finite proposal and hold); counted, never turned into a mid-range knob.
+            Ok(rows) => Some(
+                rows.iter()
+                    .map(|r| {
+                        if r.iter().all(|v| v.is_finite()) {
+                            Knobs::from_normalised(r)
+                        } else {
+                            metrics.nonfinite_outputs.inc();
+                            tracing::warn!(output = ?r, "policy output is not finite: knobs in force held");
+                            Knobs([f64::NAN; meshtune_core::knobs::KNOB_COUNT])
+                        }
+                    })
+                    .collect(),
+            ),
             Err(e) => {
                 metrics.inference_errors.inc();
                 tracing::error!(error = %e, "policy inference failed; no decisions this cycle");
@@ -592,6 +639,32 @@ impl PolicyLoop {
         }
     }
 
+    /// One cycle under supervision: a panic is caught, logged and counted
+    /// (`meshtune_decision_cycle_panics_total`) and the loop goes on; a completed cycle tells
+    /// `/readyz` the loop is alive.
+    pub async fn supervised_cycle(&self) -> Option<CycleSummary> {
+        use futures::FutureExt;
+        match std::panic::AssertUnwindSafe(self.cycle())
+            .catch_unwind()
+            .await
+        {
+            Ok(s) => {
+                self.controller.loop_cycled();
+                s
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic".into());
+                self.controller.metrics().decision_cycle_panics.inc();
+                tracing::error!(panic = %what, "decision cycle panicked; the loop goes on");
+                None
+            }
+        }
+    }
+
     /// Runs cycles every interval until `shutdown` resolves.
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
@@ -599,6 +672,8 @@ impl PolicyLoop {
             shutdown.await;
             return;
         }
+        self.controller
+            .watch_loop(self.config.interval.max(Duration::from_millis(10)));
         let mut tick = tokio::time::interval(self.config.interval.max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -608,7 +683,7 @@ impl PolicyLoop {
                 _ = &mut shutdown => break,
                 _ = tick.tick() => {}
             }
-            if let Some(s) = self.cycle().await {
+            if let Some(s) = self.supervised_cycle().await {
                 tracing::debug!(?s, "decision cycle");
             }
         }
