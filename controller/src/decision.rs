@@ -1008,6 +1008,69 @@ mod tests {
     }
 
     #[test]
+    fn rollback_targets_pass_through_the_hard_bounds() {
+        let cfg = Config {
+            rollback_consecutive: 2,
+            rollback_windows: 5,
+            ..enforce(Duration::ZERO)
+        };
+        let mut st = LoopState::new(Guardrails::new(cfg));
+        // Knobs in force from before the bounds (e.g. recovered from an object someone
+        // edited): ejecting every host.
+        let mut old = Knobs::istio_defaults();
+        old.set(Knob::MaxEjectionPercent, 100.0);
+        old.set(Knob::Consecutive5xxErrors, 1.0);
+        st.in_force.insert("a".into(), old);
+        let t0 = Instant::now();
+        let c = decide(
+            &sel("a", window(100, 100, 5)),
+            &[proposal()],
+            &mut st,
+            t0,
+            250.0,
+        );
+        assert_eq!(c.pushes.len(), 1);
+        assert!(c.pushes[0].knobs.get(Knob::MaxEjectionPercent) <= 50.0);
+        let bad = || sel("a", window(100, 40, 500));
+        decide(&bad(), &[proposal()], &mut st, t0, 250.0);
+        let c = decide(&bad(), &[proposal()], &mut st, t0, 250.0);
+        assert!(matches!(c.items[0].action, DestAction::Rollback { .. }));
+        let restored = c.pushes[0].knobs;
+        assert_eq!(
+            restored.get(Knob::MaxEjectionPercent),
+            50.0,
+            "not back to 100 %"
+        );
+        assert_eq!(restored.get(Knob::Consecutive5xxErrors), 3.0);
+        assert_eq!(st.knobs_in_force("a"), restored);
+    }
+
+    #[test]
+    fn prune_forgets_destinations_no_longer_tracked() {
+        let mut st = LoopState::new(Guardrails::new(enforce(Duration::ZERO)));
+        let t0 = Instant::now();
+        for d in ["a", "b"] {
+            decide(
+                &sel(d, window(100, 100, 5)),
+                &[proposal()],
+                &mut st,
+                t0,
+                250.0,
+            );
+        }
+        assert_eq!((st.in_force.len(), st.guardrails.len()), (2, 2));
+        let live: foldhash::HashSet<String> = ["b".to_string()].into_iter().collect();
+        assert_eq!(st.prune(&live), vec!["a".to_string()]);
+        assert!(st.in_force.contains_key("b") && !st.in_force.contains_key("a"));
+        assert!(!st.changed_at.contains_key("a"));
+        assert_eq!(st.guardrails.len(), 1);
+        assert_eq!(
+            st.guardrails.phase("a"),
+            meshtune_policy::guardrails::Phase::Idle
+        );
+    }
+
+    #[test]
     fn windows_from_before_a_push_do_not_roll_it_back() {
         let cfg = Config {
             rollback_consecutive: 2,

@@ -229,6 +229,9 @@ pub struct PolicyLoop {
     hints: Arc<StaticHints>,
     config: LoopConfig,
     cycles: AtomicU64,
+    /// Pushes and rollbacks of the cycle running now, between decide and settle: a panic in
+    /// between reverts them like failed pushes (the sinks may not have applied them).
+    pushing: std::sync::Mutex<Vec<decision::DestDecision>>,
     /// Feature sources (unset: the filters' reports only).
     sources: std::sync::OnceLock<Sources>,
 }
@@ -298,6 +301,7 @@ impl PolicyLoop {
             hints,
             config,
             cycles: AtomicU64::new(0),
+            pushing: std::sync::Mutex::new(Vec::new()),
             sources: std::sync::OnceLock::new(),
         });
         me.publish_model();
@@ -422,8 +426,18 @@ impl PolicyLoop {
         self.cycles.fetch_add(1, Ordering::Relaxed);
         let now_ms = crate::server::Clock::now_unix_ms(&crate::server::SystemClock);
         let cycle = decide(&selected, &proposed, &mut state, now, self.config.slo_ms);
+        *self.pushing.lock().unwrap_or_else(|e| e.into_inner()) = cycle
+            .items
+            .iter()
+            .filter(|i| matches!(i.action, DestAction::Push | DestAction::Rollback { .. }))
+            .cloned()
+            .collect();
         let failed = self.push(&cycle).await;
         let outcomes = decision::settle(&mut state, &cycle.items, &failed);
+        self.pushing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.publish(&state, &cycle, &outcomes, now_ms);
         // Hints last: once a filter sees them, status and metrics already match.
         self.hints
@@ -659,7 +673,13 @@ impl PolicyLoop {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "non-string panic".into());
                 self.controller.metrics().decision_cycle_panics.inc();
-                tracing::error!(panic = %what, "decision cycle panicked; the loop goes on");
+                let pushing =
+                    std::mem::take(&mut *self.pushing.lock().unwrap_or_else(|e| e.into_inner()));
+                let mut state = self.state.lock().await;
+                for item in &pushing {
+                    decision::revert_push(&mut state, item);
+                }
+                tracing::error!(panic = %what, reverted = pushing.len(), "decision cycle panicked (its pushes count as failed); the loop goes on");
                 None
             }
         }
@@ -683,8 +703,14 @@ impl PolicyLoop {
                 _ = &mut shutdown => break,
                 _ = tick.tick() => {}
             }
-            if let Some(s) = self.supervised_cycle().await {
-                tracing::debug!(?s, "decision cycle");
+            // A cycle stuck in a sink must not hold up shutdown.
+            tokio::select! {
+                _ = &mut shutdown => break,
+                s = self.supervised_cycle() => {
+                    if let Some(s) = s {
+                        tracing::debug!(?s, "decision cycle");
+                    }
+                }
             }
         }
     }
@@ -915,5 +941,60 @@ mod tests {
         assert_eq!(rows.len(), 2, "{text}");
         assert!(rows[0].starts_with("live,,a,7,"), "{}", rows[0]);
         assert!(rows[1].starts_with("live,,b,7,"), "{}", rows[1]);
+    }
+
+    #[tokio::test]
+    async fn evicted_destinations_are_pruned_from_status_state_and_metrics() {
+        use meshtune_test_support::reports::{report, upstream};
+        let controller = Arc::new(
+            Controller::new(Config {
+                max_destinations: 2,
+                ..Config::default()
+            })
+            .unwrap(),
+        );
+        let l = PolicyLoop::new(
+            controller.clone(),
+            Some(const_model(0.5)),
+            Vec::new(),
+            Arc::new(meshtune_sinks::LogSink::new(Box::new(std::io::sink()))),
+            None,
+            LoopConfig {
+                min_requests: 1,
+                guardrails: guardrails::Config {
+                    mode: Mode::Enforce,
+                    ..guardrails::Config::default()
+                },
+                ..LoopConfig::default()
+            },
+        );
+        controller
+            .handle_report(&report("p", 1, vec![upstream("a", 100, 0, 5_000)]))
+            .unwrap();
+        let s = l.cycle().await.unwrap();
+        assert_eq!(s.pushed, 1, "{s:?}");
+        assert!(l.knobs_in_force("a").await.is_some());
+        assert!(controller.policy_status("a").is_some());
+        assert!(controller
+            .metrics_text()
+            .contains(r#"meshtune_knob{destination="a""#));
+        // Two new names from another reporter evict "a" (reported once: probationary).
+        controller
+            .handle_report(&report(
+                "q",
+                1,
+                vec![upstream("x", 1, 0, 5_000), upstream("y", 1, 0, 5_000)],
+            ))
+            .unwrap();
+        assert!(controller.destination_names().iter().all(|n| n != "a"));
+        l.cycle().await.unwrap();
+        assert!(l.knobs_in_force("a").await.is_none());
+        assert!(controller.policy_status("a").is_none());
+        let text = controller.metrics_text();
+        assert!(!text.contains(r#"destination="a""#), "{text}");
+        assert!(
+            text.contains("meshtune_destinations_pruned_total 2"),
+            "loop state and status of a: {text}"
+        );
     }
 }
