@@ -1,4 +1,5 @@
-//! Admin HTTP (axum): `/healthz`, `/readyz`, `/metrics`, `/api/destinations`, `/api/model`,
+//! Admin HTTP (axum): `/healthz`, `/readyz`, `/metrics`, `/api/destinations` (`?name=` for
+//! one), `/api/model`,
 //! and the filter module the controller ships with: `/filter.wasm` and `/api/filter`.
 
 use crate::server::Controller;
@@ -191,8 +192,20 @@ async fn model(State(c): State<Arc<Controller>>) -> impl IntoResponse {
     Json(c.model_json())
 }
 
-async fn destinations(State(c): State<Arc<Controller>>) -> impl IntoResponse {
-    Json(c.destinations_json())
+/// `?name=CLUSTER`: only that destination (cheap with a large table).
+#[derive(Debug, serde::Deserialize)]
+struct DestinationQuery {
+    name: Option<String>,
+}
+
+async fn destinations(
+    State(c): State<Arc<Controller>>,
+    axum::extract::Query(q): axum::extract::Query<DestinationQuery>,
+) -> impl IntoResponse {
+    Json(match q.name {
+        Some(name) => c.destination_json(&name),
+        None => c.destinations_json(),
+    })
 }
 
 /// 404 body when the controller runs without a module.

@@ -696,6 +696,22 @@ impl Aggregator {
             .collect()
     }
 
+    /// Window and lifetime of one destination at `now_ms`.
+    pub fn destination(&self, name: &str, now_ms: u64) -> Option<DestinationView> {
+        let key = name.to_string();
+        let d = self
+            .established
+            .get(&key)
+            .or_else(|| self.probation.get(&key))?;
+        Some(DestinationView {
+            name: key,
+            reporters: self.reporters_in_window(d, now_ms),
+            last_report_unix_ms: d.last_report_ms,
+            window: self.window_of(d, now_ms),
+            lifetime: d.lifetime.clone(),
+        })
+    }
+
     /// Distinct reporters with a report in `d`'s window.
     fn reporters_in_window(&self, d: &Destination, now_ms: u64) -> usize {
         let (w, sec) = (self.limits.window_secs, now_ms / 1000);

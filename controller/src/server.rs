@@ -373,6 +373,37 @@ impl Controller {
         }
     }
 
+    /// `/api/destinations?name=CLUSTER`: the same answer with at most that one destination,
+    /// computed without touching the others.
+    pub fn destination_json(&self, name: &str) -> DestinationsResponse {
+        let now = self.clock.now_unix_ms();
+        let (view, reporters) = {
+            let a = self.aggregator();
+            (a.destination(name, now), a.reporter_count())
+        };
+        let hints = self.hint_source();
+        let destinations = view
+            .iter()
+            .map(|v| {
+                let hint = hints.hints_for(std::slice::from_ref(&v.name)).pop();
+                let mut d = DestinationJson::new(v, hint);
+                if let Some(s) = self.policy_status(&v.name) {
+                    d.knobs = s.knobs;
+                    d.last_decision = s.last_decision;
+                }
+                d
+            })
+            .collect();
+        DestinationsResponse {
+            window_secs: self.config.window_secs.max(1),
+            reports_accepted: self.accepted.load(Ordering::Relaxed),
+            reports_rejected: self.rejected.load(Ordering::Relaxed),
+            reports_duplicate: self.duplicate.load(Ordering::Relaxed),
+            reporters: reporters as u64,
+            destinations,
+        }
+    }
+
     /// Metrics text (`/metrics`, OpenMetrics), with per-destination series refreshed.
     pub fn metrics_text(&self) -> String {
         self.metrics_text_as(crate::metrics::Exposition::OpenMetrics)

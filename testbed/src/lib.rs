@@ -15,6 +15,7 @@
 //! - [`paths`]: where the Envoy binary, the wasm files and the `meshtune` binary are.
 //! - [`scenarios`]: the filter-overhead benchmark.
 
+pub mod abuse;
 pub mod controller;
 pub mod demo;
 pub mod envoy;

@@ -49,6 +49,9 @@ commands:
                          no-op wasm vs meshtune filter
   bench controller       decision cycle for 10,000 destinations, report ingest rate and
                          memory per destination (criterion; figures printed with ratios)
+  bench ingest-abuse     setup + build, then the real controller under hostile ingest
+                         (largest reports, 1,000,000 names, 10x rate) next to a good
+                         reporter: peak RSS, whether the good destination kept being decided
   env                    print the paths and environment the tests use";
 
 type Result<T> = std::result::Result<T, String>;
@@ -747,8 +750,13 @@ fn main() -> ExitCode {
                     ])
                     .args(rest.iter().skip(1)),
             ),
+            Some("ingest-abuse") => {
+                let mut a = vec!["ingest-abuse".to_string()];
+                a.extend(rest.into_iter().skip(1));
+                testbed(&ctx, "bench ingest-abuse", &a)
+            }
             Some(other) => Err(format!(
-                "unknown benchmark {other:?} (known: filter-overhead, controller)"
+                "unknown benchmark {other:?} (known: filter-overhead, controller, ingest-abuse)"
             )),
         },
         Some("env") => {

@@ -1,0 +1,431 @@
+//! `cargo xtask bench ingest-abuse`: the real `meshtune controller` process under hostile
+//! ingest next to one well-behaved reporter.
+//!
+//! Hostile load: `hostile_reporters` identities, each on its own gRPC connection, sending at
+//! `hostile_rate` reports per second (10× a filter's one report a second). Every hostile report
+//! is the largest the controller accepts: `MAX_UPSTREAMS_PER_REPORT` upstream windows, each
+//! with a 512-byte cluster name never sent before (until `names` distinct names went out) and
+//! a full 592-bucket latency histogram. The good reporter sends one ordinary report a second
+//! for the destination `good` (200 requests) from its own identity and connection.
+//!
+//! Measured: the controller's peak RSS (`VmHWM` from `/proc`, [`crate::procstat`]), sampled
+//! RSS, and whether `good` kept being decided: `/api/destinations?name=good` is polled every
+//! second and its `last_decision.unix_ms` must keep advancing (the longest time without an
+//! advance, after the first decision, is reported; "starved" when it exceeds
+//! [`STARVED_AFTER`]) and every good report must be accepted.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use meshtune_core::histogram::{BUCKET_COUNT, MAX_VALUE_US, SUB_BUCKET_BITS};
+use meshtune_proto::v1::feature_service_client::FeatureServiceClient;
+use meshtune_proto::v1::{LatencyHistogram, ReportRequest, Reporter, UpstreamWindow};
+
+use crate::controller::{Controller, ControllerConfig};
+use crate::paths::Paths;
+
+/// The good destination counts as starved when its decision time did not advance for this
+/// long (five 1 s decision intervals: `/readyz`'s three plus polling slack).
+pub const STARVED_AFTER: Duration = Duration::from_secs(5);
+/// Longest cluster name the controller accepts (`--max-name-len` default).
+pub const NAME_LEN: usize = 512;
+
+/// Settings of the benchmark.
+#[derive(Debug, Clone)]
+pub struct AbuseConfig {
+    /// Distinct destination names the hostile reporters send in total.
+    pub names: u64,
+    /// Hostile reporter identities (one connection each).
+    pub hostile_reporters: usize,
+    /// Reports per second each hostile reporter attempts.
+    pub hostile_rate: f64,
+    /// Upper bound on the hostile phase.
+    pub max_secs: u64,
+    /// The good reporter keeps going this long after the hostile phase.
+    pub tail_secs: u64,
+}
+
+impl Default for AbuseConfig {
+    fn default() -> Self {
+        Self {
+            names: 1_000_000,
+            hostile_reporters: 4,
+            hostile_rate: 10.0,
+            max_secs: 240,
+            tail_secs: 10,
+        }
+    }
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Default)]
+pub struct AbuseReport {
+    pub secs: f64,
+    pub names_sent: u64,
+    pub hostile_reports: u64,
+    pub hostile_accepted: u64,
+    pub hostile_rate_limited: u64,
+    pub hostile_other_errors: u64,
+    pub hostile_bytes: u64,
+    pub good_reports: u64,
+    pub good_errors: u64,
+    pub good_decisions: u64,
+    pub longest_gap: Duration,
+    pub peak_rss_bytes: u64,
+    pub max_sampled_rss_bytes: u64,
+    pub final_rss_bytes: u64,
+    pub destinations_tracked: u64,
+}
+
+impl AbuseReport {
+    /// The good destination was decided throughout and all its reports were accepted.
+    pub fn starved(&self) -> bool {
+        self.good_decisions < 2 || self.longest_gap > STARVED_AFTER || self.good_errors > 0
+    }
+
+    pub fn summary(&self) -> String {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        format!(
+            "ingest-abuse: {secs:.0} s, {names} distinct names in {hr} hostile reports \
+             ({gb:.1} GB; {acc} accepted, {rl} rate limited, {oe} other errors)\n\
+             controller peak RSS {peak:.1} MiB (VmHWM), max sampled {samp:.1} MiB, at the end \
+             {fin:.1} MiB, {dests} destinations tracked\n\
+             good destination: {gr} reports ({ge} refused), decided {gd} times, longest time \
+             without a new decision {gap:.1} s -> {verdict}",
+            secs = self.secs,
+            names = self.names_sent,
+            hr = self.hostile_reports,
+            gb = self.hostile_bytes as f64 / 1e9,
+            acc = self.hostile_accepted,
+            rl = self.hostile_rate_limited,
+            oe = self.hostile_other_errors,
+            peak = mib(self.peak_rss_bytes),
+            samp = mib(self.max_sampled_rss_bytes),
+            fin = mib(self.final_rss_bytes),
+            dests = self.destinations_tracked,
+            gr = self.good_reports,
+            ge = self.good_errors,
+            gd = self.good_decisions,
+            gap = self.longest_gap.as_secs_f64(),
+            verdict = if self.starved() {
+                "STARVED"
+            } else {
+                "never starved"
+            },
+        )
+    }
+}
+
+/// A full histogram: every bucket, counts as wide as validation allows.
+fn full_histogram() -> LatencyHistogram {
+    let per = (u64::MAX / 4) / BUCKET_COUNT as u64;
+    LatencyHistogram {
+        sub_bucket_bits: SUB_BUCKET_BITS,
+        bucket_index: (0..BUCKET_COUNT as u32).collect(),
+        bucket_count: vec![per; BUCKET_COUNT],
+        sum_us: u64::MAX,
+        min_us: 0,
+        max_us: MAX_VALUE_US,
+    }
+}
+
+/// The largest valid upstream window for `name`.
+fn hostile_window(name: String, hist: &LatencyHistogram) -> UpstreamWindow {
+    let n = u64::MAX / 2;
+    UpstreamWindow {
+        cluster: name,
+        requests: n,
+        status_2xx: n / 2,
+        status_5xx: n / 4,
+        flag_uo: n / 8,
+        flag_ut: n / 8,
+        retries: u64::MAX,
+        shed: n / 8,
+        inflight_max: u32::MAX,
+        inflight_avg: 1e12,
+        request_bytes: u64::MAX,
+        response_bytes: u64::MAX,
+        http1_requests: n / 2,
+        http2_requests: n / 4,
+        endpoints: u32::MAX,
+        latency: Some(hist.clone()),
+        ..Default::default()
+    }
+}
+
+fn reporter(pod: &str) -> Reporter {
+    Reporter {
+        namespace: "bench".into(),
+        workload: "ingest-abuse".into(),
+        pod: pod.into(),
+        vm_id: "0".into(),
+        filter_version: "bench".into(),
+        node_id: String::new(),
+    }
+}
+
+/// One ordinary window: `n` requests, 5 ms each.
+fn good_window(n: u64) -> UpstreamWindow {
+    let mut h = meshtune_core::histogram::LatencyHistogram::new();
+    h.record_n(5_000, n);
+    let (bucket_index, bucket_count): (Vec<u32>, Vec<u64>) = h.nonzero_buckets().unzip();
+    UpstreamWindow {
+        cluster: "good".into(),
+        requests: n,
+        status_2xx: n,
+        http1_requests: n,
+        inflight_max: 4,
+        inflight_avg: 1.0,
+        latency: Some(LatencyHistogram {
+            sub_bucket_bits: SUB_BUCKET_BITS,
+            bucket_index,
+            bucket_count,
+            sum_us: h.sum_us(),
+            min_us: h.min_us(),
+            max_us: h.max_us(),
+        }),
+        ..Default::default()
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    names: AtomicU64,
+    reports: AtomicU64,
+    accepted: AtomicU64,
+    rate_limited: AtomicU64,
+    other: AtomicU64,
+    bytes: AtomicU64,
+    good_reports: AtomicU64,
+    good_errors: AtomicU64,
+}
+
+/// Hostile reporter `i` until `stop` or the name budget is spent.
+async fn hostile(i: usize, url: String, cfg: AbuseConfig, c: Arc<Counters>, stop: Arc<AtomicBool>) {
+    let Ok(mut client) = FeatureServiceClient::connect(url).await else {
+        c.other.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let hist = full_histogram();
+    let per_report = meshtune_proto::MAX_UPSTREAMS_PER_REPORT as u64;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / cfg.hostile_rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let pod = format!("attacker-{i}");
+    let mut seq = 0;
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let first = c.names.fetch_add(per_report, Ordering::Relaxed);
+        if first >= cfg.names {
+            break;
+        }
+        let upstreams = (first..(first + per_report).min(cfg.names))
+            .map(|k| {
+                let mut name = format!("hostile-{k}-");
+                name.extend(std::iter::repeat_n('x', NAME_LEN - name.len()));
+                hostile_window(name, &hist)
+            })
+            .collect();
+        seq += 1;
+        let req = ReportRequest {
+            reporter: Some(reporter(&pod)),
+            sequence: seq,
+            window_start_unix_ms: 0,
+            window_length_ms: 1000,
+            upstreams,
+            dropped_reports: 0,
+        };
+        c.bytes
+            .fetch_add(prost::Message::encoded_len(&req) as u64, Ordering::Relaxed);
+        c.reports.fetch_add(1, Ordering::Relaxed);
+        match client.report(req).await {
+            Ok(_) => c.accepted.fetch_add(1, Ordering::Relaxed),
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                c.rate_limited.fetch_add(1, Ordering::Relaxed)
+            }
+            Err(s) => {
+                if c.other.fetch_add(1, Ordering::Relaxed) < 3 {
+                    eprintln!("hostile report refused: {s}");
+                }
+                0
+            }
+        };
+    }
+}
+
+/// The good reporter: one report a second until `stop`.
+async fn good(url: String, c: Arc<Counters>, stop: Arc<AtomicBool>) {
+    let Ok(mut client) = FeatureServiceClient::connect(url).await else {
+        c.good_errors.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut seq = 0;
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        seq += 1;
+        let req = ReportRequest {
+            reporter: Some(reporter("good-client")),
+            sequence: seq,
+            window_start_unix_ms: 0,
+            window_length_ms: 1000,
+            upstreams: vec![good_window(200)],
+            dropped_reports: 0,
+        };
+        c.good_reports.fetch_add(1, Ordering::Relaxed);
+        if let Err(s) = client.report(req).await {
+            eprintln!("good report refused: {s}");
+            c.good_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `last_decision.unix_ms` of `good` and the number of tracked destinations.
+fn good_decision(ctl: &Controller) -> (Option<u64>, u64) {
+    let Ok(text) = ctl.admin_get("/api/destinations?name=good") else {
+        return (None, 0);
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let t = v["destinations"][0]["last_decision"]["unix_ms"].as_u64();
+    let n = ctl
+        .admin_get("/metrics")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("meshtune_destinations_tracked "))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    (t, n as u64)
+}
+
+/// Runs the benchmark against `paths.meshtune_bin`.
+pub fn run(paths: &Paths, cfg: &AbuseConfig) -> Result<AbuseReport> {
+    let mut cc = ControllerConfig::new(&paths.meshtune_bin);
+    cc.extra_args = ["--decision-interval-secs", "1", "--min-requests", "10"]
+        .map(String::from)
+        .to_vec();
+    let ctl = Controller::start(cc).context("starting the controller")?;
+    let pid = ctl.pid().context("controller pid")?;
+    let url = format!("http://{}", ctl.grpc());
+    let counters = Arc::new(Counters::default());
+    let stop_hostile = Arc::new(AtomicBool::new(false));
+    let stop_good = Arc::new(AtomicBool::new(false));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let good_task = rt.spawn(good(url.clone(), counters.clone(), stop_good.clone()));
+    let hostile_tasks: Vec<_> = (0..cfg.hostile_reporters)
+        .map(|i| {
+            rt.spawn(hostile(
+                i,
+                url.clone(),
+                cfg.clone(),
+                counters.clone(),
+                stop_hostile.clone(),
+            ))
+        })
+        .collect();
+
+    let t0 = Instant::now();
+    let mut report = AbuseReport::default();
+    let (mut last_decision, mut last_advance) = (None::<u64>, None::<Instant>);
+    let mut hostile_done_at = None::<Instant>;
+    let mut next_print = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let rss = crate::procstat::rss_bytes(pid).unwrap_or(0);
+        report.max_sampled_rss_bytes = report.max_sampled_rss_bytes.max(rss);
+        let (t, tracked) = good_decision(&ctl);
+        report.destinations_tracked = tracked;
+        let now = Instant::now();
+        if t.is_some() && t != last_decision {
+            if let Some(prev) = last_advance {
+                report.longest_gap = report.longest_gap.max(now - prev);
+            }
+            report.good_decisions += 1;
+            last_decision = t;
+            last_advance = Some(now);
+        } else if let Some(prev) = last_advance {
+            report.longest_gap = report.longest_gap.max(now - prev);
+        }
+        let names = counters.names.load(Ordering::Relaxed).min(cfg.names);
+        if now >= next_print {
+            println!(
+                "t={:>4.0}s names {:>8} reports {:>6} (rate limited {:>5}) rss {:>6.1} MiB \
+                 destinations {:>6} good decided {:>3}x",
+                t0.elapsed().as_secs_f64(),
+                names,
+                counters.reports.load(Ordering::Relaxed),
+                counters.rate_limited.load(Ordering::Relaxed),
+                rss as f64 / (1024.0 * 1024.0),
+                tracked,
+                report.good_decisions
+            );
+            next_print = now + Duration::from_secs(5);
+        }
+        let hostile_over = names >= cfg.names || t0.elapsed() >= Duration::from_secs(cfg.max_secs);
+        if hostile_over && hostile_done_at.is_none() {
+            stop_hostile.store(true, Ordering::Relaxed);
+            hostile_done_at = Some(now);
+        }
+        if hostile_done_at.is_some_and(|h| now - h >= Duration::from_secs(cfg.tail_secs)) {
+            break;
+        }
+    }
+    stop_good.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for t in hostile_tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), good_task).await;
+    });
+    report.peak_rss_bytes = crate::procstat::peak_rss_bytes(pid).unwrap_or(0);
+    report.final_rss_bytes = crate::procstat::rss_bytes(pid).unwrap_or(0);
+    report.secs = t0.elapsed().as_secs_f64();
+    let c = &counters;
+    report.names_sent = c.names.load(Ordering::Relaxed).min(cfg.names);
+    report.hostile_reports = c.reports.load(Ordering::Relaxed);
+    report.hostile_accepted = c.accepted.load(Ordering::Relaxed);
+    report.hostile_rate_limited = c.rate_limited.load(Ordering::Relaxed);
+    report.hostile_other_errors = c.other.load(Ordering::Relaxed);
+    report.hostile_bytes = c.bytes.load(Ordering::Relaxed);
+    report.good_reports = c.good_reports.load(Ordering::Relaxed);
+    report.good_errors = c.good_errors.load(Ordering::Relaxed);
+    println!("{}", report.summary());
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_windows_are_the_largest_valid_ones() {
+        let h = full_histogram();
+        let total: u64 = h.bucket_count.iter().sum();
+        assert!(total <= u64::MAX / 2, "fits the window's requests");
+        let w = hostile_window("x".repeat(NAME_LEN), &h);
+        // ~6.5 KB on the wire each (the controller's bound is ~7.9 KB).
+        let size = prost::Message::encoded_len(&w);
+        assert!((6_000..8_000).contains(&size), "{size}");
+        let r = AbuseReport {
+            good_decisions: 10,
+            longest_gap: Duration::from_secs(2),
+            ..AbuseReport::default()
+        };
+        assert!(!r.starved());
+        assert!(AbuseReport {
+            longest_gap: Duration::from_secs(9),
+            ..r.clone()
+        }
+        .starved());
+        assert!(AbuseReport {
+            good_errors: 1,
+            ..r
+        }
+        .starved());
+    }
+}
