@@ -32,6 +32,14 @@
 //! destinations are counted ([`Aggregator::take_removed`]) so the per-destination state
 //! elsewhere (policy status, loop state, metrics) can be pruned with them.
 //!
+//! **Memory budget.** Next to the count, the destinations' approximate heap size (histograms,
+//! buckets, names; [`Aggregator::approx_memory_bytes`]) is kept at most `max_bytes`: a
+//! destination whose reports carry full histograms every second costs ~70 KB, an idle one with
+//! a short histogram ~1 KB, so a count alone cannot bound memory. Over budget, destinations are
+//! evicted in the same order. Reporters are keyed by a 64-bit keyed hash of their identity
+//! (not its up to 4 × `max_name_len` bytes of strings), so the reporter table is ~100 bytes an
+//! entry whatever the names.
+//!
 //! **Overflow.** Every counter sum saturates at `u64::MAX` (a hostile or buggy reporter cannot
 //! make the controller panic in a debug build or wrap in a release build).
 
@@ -49,6 +57,8 @@ pub struct Limits {
     pub max_reporters: usize,
     pub destination_idle_ms: u64,
     pub reporter_idle_ms: u64,
+    /// Budget of the destinations' approximate heap bytes (see the module docs).
+    pub max_bytes: usize,
 }
 
 impl Default for Limits {
@@ -368,6 +378,8 @@ struct Bucket {
 
 #[derive(Debug)]
 struct Destination {
+    /// Approximate bytes held (as last computed), part of [`Aggregator`]'s total.
+    bytes: usize,
     buckets: VecDeque<Bucket>,
     /// Latency counts summed over `buckets`.
     running: RunningCounts,
@@ -385,7 +397,12 @@ pub struct Aggregator {
     probation: LruMap<String, Destination>,
     /// Destinations reported in at least two seconds, least recently reported first.
     established: LruMap<String, Destination>,
-    reporters: LruMap<ReporterKey, ReporterState>,
+    /// Keyed by [`Aggregator::reporter_digest`].
+    reporters: LruMap<u64, ReporterState>,
+    /// Seeds the reporter digests (random per process).
+    hasher: foldhash::fast::RandomState,
+    /// Sum of every destination's `bytes`.
+    bytes: usize,
     next_reporter_id: u32,
     last_expire_ms: u64,
     /// Destinations expired or evicted since the last [`Aggregator::take_removed`].
@@ -402,6 +419,8 @@ impl Aggregator {
             probation: LruMap::new(),
             established: LruMap::new(),
             reporters: LruMap::new(),
+            hasher: foldhash::fast::RandomState::default(),
+            bytes: 0,
             next_reporter_id: 0,
             last_expire_ms: 0,
             removed: 0,
@@ -465,13 +484,14 @@ impl Aggregator {
             self.expire_reporters(now_ms);
         }
         let seq = report.sequence;
-        let (id, restarted, dropped_delta) = match self.reporters.peek_mut(&report.reporter) {
+        let rkey = self.reporter_digest(&report.reporter);
+        let (id, restarted, dropped_delta) = match self.reporters.peek_mut(&rkey) {
             Some(st) => {
                 let restarted = seq < st.last_sequence && seq <= report.dropped_reports + 1;
                 if seq <= st.last_sequence && !restarted {
                     st.last_seen_ms = now_ms;
                     let accepted_sequence = st.last_sequence;
-                    self.reporters.get_mut(&report.reporter);
+                    self.reporters.get_mut(&rkey);
                     return IngestOutcome::Duplicate { accepted_sequence };
                 }
                 let delta = if restarted {
@@ -483,7 +503,7 @@ impl Aggregator {
                 st.last_seen_ms = now_ms;
                 st.dropped_reports = report.dropped_reports;
                 let id = st.id;
-                self.reporters.get_mut(&report.reporter);
+                self.reporters.get_mut(&rkey);
                 (id, restarted, delta)
             }
             None => {
@@ -496,7 +516,7 @@ impl Aggregator {
                 let id = self.next_reporter_id;
                 self.next_reporter_id = self.next_reporter_id.wrapping_add(1);
                 self.reporters.insert(
-                    report.reporter.clone(),
+                    rkey,
                     ReporterState {
                         id,
                         last_sequence: seq,
@@ -522,15 +542,10 @@ impl Aggregator {
                 if self.destination_count() >= self.limits.max_destinations {
                     self.expire_destinations(now_ms);
                 }
-                if self.destination_count() >= self.limits.max_destinations.max(1) {
-                    let evicted = self
-                        .probation
-                        .pop_oldest()
-                        .or_else(|| self.established.pop_oldest());
-                    if evicted.is_some() {
-                        destinations_dropped += 1;
-                        self.removed = self.removed.saturating_add(1);
-                    }
+                if self.destination_count() >= self.limits.max_destinations.max(1)
+                    && self.evict_one()
+                {
+                    destinations_dropped += 1;
                 }
                 if self.limits.max_destinations == 0 {
                     continue;
@@ -538,6 +553,7 @@ impl Aggregator {
                 self.probation.insert(
                     name.clone(),
                     Destination {
+                        bytes: 0,
                         buckets: VecDeque::with_capacity(self.limits.window_secs as usize + 1),
                         running: RunningCounts::default(),
                         lifetime: WindowStats::default(),
@@ -575,6 +591,16 @@ impl Aggregator {
             b.counters.add(w, concurrent);
             b.latency.add(&w.latency);
             d.running.add(&w.latency);
+            let (old, new) = (d.bytes, d.heap_bytes(name));
+            d.bytes = new;
+            self.bytes = self.bytes.saturating_sub(old).saturating_add(new);
+            // Over the memory budget: evict in the same order as for the count (the one just
+            // updated is the newest, so it goes last within its table).
+            while self.bytes > self.limits.max_bytes && self.destination_count() > 1 {
+                if self.evict_one() {
+                    destinations_dropped += 1;
+                }
+            }
         }
         IngestOutcome::Accepted {
             accepted_sequence: seq,
@@ -582,6 +608,32 @@ impl Aggregator {
             dropped_reports_delta: dropped_delta,
             destinations_dropped,
         }
+    }
+
+    /// Evicts the least recently reported probationary destination, else the least recently
+    /// reported established one; false when there is none.
+    fn evict_one(&mut self) -> bool {
+        let Some((_, d)) = self
+            .probation
+            .pop_oldest()
+            .or_else(|| self.established.pop_oldest())
+        else {
+            return false;
+        };
+        self.bytes = self.bytes.saturating_sub(d.bytes);
+        self.removed = self.removed.saturating_add(1);
+        true
+    }
+
+    /// The key of a reporter in the table: a keyed 64-bit hash of its identity.
+    fn reporter_digest(&self, k: &ReporterKey) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(k)
+    }
+
+    /// The destinations' approximate heap bytes as the memory budget counts them.
+    pub fn budget_bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Approximate heap + inline bytes held for destinations and reporters (for memory
@@ -592,32 +644,10 @@ impl Aggregator {
             .probation
             .iter()
             .chain(self.established.iter())
-            .map(|(name, d)| {
-                let buckets: usize = d
-                    .buckets
-                    .iter()
-                    .map(|b| b.latency.heap_bytes() + b.reporters.capacity() * size_of::<u32>())
-                    .sum();
-                2 * name.capacity()
-                    + size_of::<Destination>()
-                    + d.buckets.capacity() * size_of::<Bucket>()
-                    + buckets
-                    + d.running.heap_bytes()
-                    + d.lifetime.latency.heap_bytes()
-            })
+            .map(|(name, d)| d.heap_bytes(name))
             .sum();
-        let reporters: usize = self
-            .reporters
-            .keys()
-            .map(|k| {
-                size_of::<ReporterKey>()
-                    + size_of::<ReporterState>()
-                    + k.namespace.capacity()
-                    + k.workload.capacity()
-                    + k.pod.capacity()
-                    + k.vm_id.capacity()
-            })
-            .sum();
+        let reporters = self.reporters.len()
+            * (2 * size_of::<u64>() + size_of::<ReporterState>() + 4 * size_of::<usize>());
         dests + reporters
     }
 
@@ -630,12 +660,15 @@ impl Aggregator {
         self.expire_reporters(now_ms);
         let sec = now_ms / 1000;
         let w = self.limits.window_secs;
-        for d in self.probation.values_mut() {
-            d.expire_buckets(sec, w);
+        let mut total = 0usize;
+        for table in [&mut self.probation, &mut self.established] {
+            for (name, d) in table.iter_mut() {
+                d.expire_buckets(sec, w);
+                d.bytes = d.heap_bytes(name);
+                total = total.saturating_add(d.bytes);
+            }
         }
-        for d in self.established.values_mut() {
-            d.expire_buckets(sec, w);
-        }
+        self.bytes = total;
     }
 
     /// Drops idle destinations, oldest first (O(expired): the tables are in recency order).
@@ -646,7 +679,9 @@ impl Aggregator {
                 .peek_oldest()
                 .is_some_and(|(_, d)| now_ms.saturating_sub(d.last_report_ms) >= idle)
             {
-                table.pop_oldest();
+                if let Some((_, d)) = table.pop_oldest() {
+                    self.bytes = self.bytes.saturating_sub(d.bytes);
+                }
                 self.removed = self.removed.saturating_add(1);
             }
         }
@@ -770,6 +805,25 @@ fn in_window(bucket_sec: u64, now_sec: u64, window_secs: u64) -> bool {
 }
 
 impl Destination {
+    /// Approximate bytes held: the struct, its name (stored twice by the table), bucket
+    /// storage, sparse bucket histograms, the running counts and the lifetime histogram, plus
+    /// the table's per-entry overhead.
+    fn heap_bytes(&self, name: &str) -> usize {
+        use std::mem::size_of;
+        let buckets: usize = self
+            .buckets
+            .iter()
+            .map(|b| b.latency.heap_bytes() + b.reporters.capacity() * size_of::<u32>())
+            .sum();
+        size_of::<Self>()
+            + 2 * (name.len() + size_of::<String>())
+            + 4 * size_of::<usize>()
+            + self.buckets.capacity() * size_of::<Bucket>()
+            + buckets
+            + self.running.heap_bytes()
+            + self.lifetime.latency.heap_bytes()
+    }
+
     /// Drops buckets that left the window (and their latency counts from the running sum).
     fn expire_buckets(&mut self, now_sec: u64, window_secs: u64) {
         while self
@@ -1141,6 +1195,48 @@ mod tests {
         assert_eq!(b.eviction_order(), ["good", "x"]);
         b.ingest(&report("z", 1, vec![("z", window(1, 0, 10, 1))]), T0 + 9000);
         assert_eq!(b.eviction_order(), ["z", "x"]);
+    }
+
+    #[test]
+    fn the_memory_budget_evicts_like_the_count_and_stays_bounded() {
+        let budget = 200 * 1024;
+        let mut a = Aggregator::new(Limits {
+            max_bytes: budget,
+            ..Limits::default()
+        });
+        // A full histogram in every window: the heaviest destinations there are.
+        let full = || {
+            let mut w = window(1000, 0, 10, 1);
+            w.latency = LatencyHistogram::new();
+            for i in 0..meshtune_core::histogram::BUCKET_COUNT as u64 {
+                w.latency.record(1u64 << (i / 16).min(39) | (i % 16));
+            }
+            w
+        };
+        a.ingest(&report("g", 1, vec![("good", full())]), T0);
+        a.ingest(&report("g", 2, vec![("good", full())]), T0 + 1000);
+        for k in 0..200u64 {
+            let name = format!("junk-{k}");
+            a.ingest(&report("x", k + 1, vec![(name.as_str(), full())]), T0 + 1500);
+            assert!(a.budget_bytes() <= budget, "{} > {budget}", a.budget_bytes());
+        }
+        assert!(a.destination_count() < 100, "{}", a.destination_count());
+        assert_eq!(a.eviction_order().last().map(String::as_str), Some("good"));
+        assert_eq!(
+            a.take_removed(),
+            (1 + 200 - a.destination_count()) as u64,
+            "every eviction counted"
+        );
+        // The running total matches a recount.
+        assert_eq!(a.budget_bytes(), a.approx_memory_bytes() - reporter_bytes(&a));
+        a.expire(T0 + 30_000);
+        assert_eq!(a.budget_bytes(), a.approx_memory_bytes() - reporter_bytes(&a));
+    }
+
+    fn reporter_bytes(a: &Aggregator) -> usize {
+        use std::mem::size_of;
+        a.reporter_count()
+            * (2 * size_of::<u64>() + size_of::<ReporterState>() + 4 * size_of::<usize>())
     }
 
     #[test]

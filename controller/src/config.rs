@@ -22,6 +22,10 @@ pub const DEFAULT_MAX_NAME_LEN: usize = 512;
 pub const DEFAULT_MAX_WINDOW_LENGTH_MS: u32 = 300_000;
 /// Default largest number of tracked destinations.
 pub const DEFAULT_MAX_DESTINATIONS: usize = 10_000;
+/// Default memory budget of the aggregates (approximate heap bytes of all destinations'
+/// windows, histograms and names): with the other bounds it keeps the controller within the
+/// Deployment's 512 MiB limit (README, "Bounded ingest").
+pub const DEFAULT_MAX_AGGREGATE_BYTES: usize = 128 << 20;
 /// Default largest number of tracked reporters (for sequence de-duplication).
 pub const DEFAULT_MAX_REPORTERS: usize = 100_000;
 /// Default idle time after which a destination (window and lifetime totals) is forgotten.
@@ -54,8 +58,11 @@ pub struct Config {
     /// Largest number of destinations tracked at once; upstreams for new destinations beyond
     /// it are dropped (counted in `meshtune_destinations_dropped_total`) until some expire.
     pub max_destinations: usize,
-    /// Largest number of reporters tracked for de-duplication.
+    /// Largest number of reporters tracked for de-duplication (and report rate).
     pub max_reporters: usize,
+    /// Memory budget of the aggregates, bytes; over it the least recently reported
+    /// destinations are evicted (one-time names first).
+    pub max_aggregate_bytes: usize,
     /// A destination without reports for this long is forgotten (lifetime totals included).
     pub destination_idle_secs: u64,
     /// A reporter without reports for this long is forgotten.
@@ -90,6 +97,7 @@ impl Default for Config {
             max_window_length_ms: DEFAULT_MAX_WINDOW_LENGTH_MS,
             max_destinations: DEFAULT_MAX_DESTINATIONS,
             max_reporters: DEFAULT_MAX_REPORTERS,
+            max_aggregate_bytes: DEFAULT_MAX_AGGREGATE_BYTES,
             destination_idle_secs: DEFAULT_DESTINATION_IDLE_SECS,
             reporter_idle_secs: DEFAULT_REPORTER_IDLE_SECS,
             hints_file: None,
@@ -113,6 +121,7 @@ impl Config {
             max_reporters: self.max_reporters,
             destination_idle_ms: self.destination_idle_secs.saturating_mul(1000),
             reporter_idle_ms: self.reporter_idle_secs.saturating_mul(1000),
+            max_bytes: self.max_aggregate_bytes,
         }
     }
 

@@ -377,13 +377,15 @@ where
 }
 
 /// Per-reporter token buckets in a bounded table (least recently seen reporter evicted first,
-/// O(1)). A reporter may send `burst` reports at once and `rate` per second sustained.
+/// O(1)). A reporter may send `burst` reports at once and `rate` per second sustained. Keyed
+/// by a keyed 64-bit hash of the identity, so an entry is ~80 bytes whatever the names.
 #[derive(Debug)]
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
     max_reporters: usize,
-    buckets: LruMap<ReporterKey, Bucket>,
+    buckets: LruMap<u64, Bucket>,
+    hasher: foldhash::fast::RandomState,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -400,6 +402,7 @@ impl RateLimiter {
             burst: burst.max(1.0),
             max_reporters: max_reporters.max(1),
             buckets: LruMap::new(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
@@ -409,7 +412,8 @@ impl RateLimiter {
             return true;
         }
         let (rate, burst) = (self.rate, self.burst);
-        let b = match self.buckets.get_mut(reporter) {
+        let key = std::hash::BuildHasher::hash_one(&self.hasher, reporter);
+        let b = match self.buckets.get_mut(&key) {
             Some(b) => {
                 let dt = now_ms.saturating_sub(b.at_ms) as f64 / 1000.0;
                 b.tokens = (b.tokens + dt * rate).min(burst);
@@ -421,13 +425,13 @@ impl RateLimiter {
                     self.buckets.pop_oldest();
                 }
                 self.buckets.insert(
-                    reporter.clone(),
+                    key,
                     Bucket {
                         tokens: burst,
                         at_ms: now_ms,
                     },
                 );
-                self.buckets.get_mut(reporter).expect("just inserted")
+                self.buckets.get_mut(&key).expect("just inserted")
             }
         };
         if b.tokens >= 1.0 {

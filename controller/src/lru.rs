@@ -145,6 +145,14 @@ impl<K: Hash + Eq + Clone, V> LruMap<K, V> {
         })
     }
 
+    /// Entries in slab order (no particular order), values mutable.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> + '_ {
+        self.slots
+            .iter_mut()
+            .flatten()
+            .map(|n| (&n.key, &mut n.value))
+    }
+
     /// Values in slab order (no particular order), mutable.
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> + '_ {
         self.slots.iter_mut().flatten().map(|n| &mut n.value)

@@ -10,9 +10,11 @@
 //!
 //! Measured: the controller's peak RSS (`VmHWM` from `/proc`, [`crate::procstat`]), sampled
 //! RSS, and whether `good` kept being decided: `/api/destinations?name=good` is polled every
-//! second and its `last_decision.unix_ms` must keep advancing (the longest time without an
-//! advance, after the first decision, is reported; "starved" when it exceeds
-//! [`STARVED_AFTER`]) and every good report must be accepted.
+//! second and its `last_decision.unix_ms` must keep advancing: "starved" when more than
+//! [`STARVED_AFTER_CYCLES`] decision cycles (`meshtune_decision_cycles_total`) completed
+//! without deciding it, or when a good report was refused. The longest wall-clock time without
+//! a new decision is reported too (it also grows when every cycle is slow, e.g. on a loaded
+//! machine).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,9 +28,9 @@ use meshtune_proto::v1::{LatencyHistogram, ReportRequest, Reporter, UpstreamWind
 use crate::controller::{Controller, ControllerConfig};
 use crate::paths::Paths;
 
-/// The good destination counts as starved when its decision time did not advance for this
-/// long (five 1 s decision intervals: `/readyz`'s three plus polling slack).
-pub const STARVED_AFTER: Duration = Duration::from_secs(5);
+/// The good destination counts as starved when this many decision cycles completed without
+/// deciding it (`/readyz`'s three intervals, plus one for polling between the two reads).
+pub const STARVED_AFTER_CYCLES: u64 = 4;
 /// Longest cluster name the controller accepts (`--max-name-len` default).
 pub const NAME_LEN: usize = 512;
 
@@ -73,6 +75,9 @@ pub struct AbuseReport {
     pub good_errors: u64,
     pub good_decisions: u64,
     pub longest_gap: Duration,
+    /// Most decision cycles completed between two decisions for the good destination.
+    pub max_cycles_without_good: u64,
+    pub cycles: u64,
     pub peak_rss_bytes: u64,
     pub max_sampled_rss_bytes: u64,
     pub final_rss_bytes: u64,
@@ -82,7 +87,9 @@ pub struct AbuseReport {
 impl AbuseReport {
     /// The good destination was decided throughout and all its reports were accepted.
     pub fn starved(&self) -> bool {
-        self.good_decisions < 2 || self.longest_gap > STARVED_AFTER || self.good_errors > 0
+        self.good_decisions < 2
+            || self.max_cycles_without_good > STARVED_AFTER_CYCLES
+            || self.good_errors > 0
     }
 
     pub fn summary(&self) -> String {
@@ -92,8 +99,11 @@ impl AbuseReport {
              ({gb:.1} GB; {acc} accepted, {rl} rate limited, {oe} other errors)\n\
              controller peak RSS {peak:.1} MiB (VmHWM), max sampled {samp:.1} MiB, at the end \
              {fin:.1} MiB, {dests} destinations tracked\n\
-             good destination: {gr} reports ({ge} refused), decided {gd} times, longest time \
-             without a new decision {gap:.1} s -> {verdict}",
+             good destination: {gr} reports ({ge} refused), decided {gd} times in {cy} cycles, \
+             at most {mc} cycles between two of its decisions, longest time without a new \
+             decision {gap:.1} s -> {verdict}",
+            cy = self.cycles,
+            mc = self.max_cycles_without_good,
             secs = self.secs,
             names = self.names_sent,
             hr = self.hostile_reports,
@@ -281,23 +291,27 @@ async fn good(url: String, c: Arc<Counters>, stop: Arc<AtomicBool>) {
     }
 }
 
-/// `last_decision.unix_ms` of `good` and the number of tracked destinations.
-fn good_decision(ctl: &Controller) -> (Option<u64>, u64) {
+/// Completed decision cycles (read first), `last_decision.unix_ms` of `good`, and the number
+/// of tracked destinations.
+fn good_decision(ctl: &Controller) -> (u64, Option<u64>, u64) {
+    let metrics = ctl.admin_get("/metrics").unwrap_or_default();
+    let gauge = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    let (cycles, tracked) = (
+        gauge("meshtune_decision_cycles_total "),
+        gauge("meshtune_destinations_tracked "),
+    );
     let Ok(text) = ctl.admin_get("/api/destinations?name=good") else {
-        return (None, 0);
+        return (cycles, None, tracked);
     };
     let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     let t = v["destinations"][0]["last_decision"]["unix_ms"].as_u64();
-    let n = ctl
-        .admin_get("/metrics")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("meshtune_destinations_tracked "))
-                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0);
-    (t, n as u64)
+    (cycles, t, tracked)
 }
 
 /// Runs the benchmark against `paths.meshtune_bin`.
@@ -332,14 +346,16 @@ pub fn run(paths: &Paths, cfg: &AbuseConfig) -> Result<AbuseReport> {
     let t0 = Instant::now();
     let mut report = AbuseReport::default();
     let (mut last_decision, mut last_advance) = (None::<u64>, None::<Instant>);
+    let mut cycles_at_advance = None::<u64>;
     let mut hostile_done_at = None::<Instant>;
     let mut next_print = Instant::now();
     loop {
         std::thread::sleep(Duration::from_secs(1));
         let rss = crate::procstat::rss_bytes(pid).unwrap_or(0);
         report.max_sampled_rss_bytes = report.max_sampled_rss_bytes.max(rss);
-        let (t, tracked) = good_decision(&ctl);
+        let (cycles, t, tracked) = good_decision(&ctl);
         report.destinations_tracked = tracked;
+        report.cycles = cycles;
         let now = Instant::now();
         if t.is_some() && t != last_decision {
             if let Some(prev) = last_advance {
@@ -348,8 +364,14 @@ pub fn run(paths: &Paths, cfg: &AbuseConfig) -> Result<AbuseReport> {
             report.good_decisions += 1;
             last_decision = t;
             last_advance = Some(now);
+            cycles_at_advance = Some(cycles);
         } else if let Some(prev) = last_advance {
             report.longest_gap = report.longest_gap.max(now - prev);
+        }
+        if let Some(c) = cycles_at_advance {
+            report.max_cycles_without_good = report
+                .max_cycles_without_good
+                .max(cycles.saturating_sub(c));
         }
         let names = counters.names.load(Ordering::Relaxed).min(cfg.names);
         if now >= next_print {
@@ -413,12 +435,13 @@ mod tests {
         assert!((6_000..8_000).contains(&size), "{size}");
         let r = AbuseReport {
             good_decisions: 10,
-            longest_gap: Duration::from_secs(2),
+            max_cycles_without_good: 2,
+            longest_gap: Duration::from_secs(9),
             ..AbuseReport::default()
         };
-        assert!(!r.starved());
+        assert!(!r.starved(), "slow cycles alone are not starvation");
         assert!(AbuseReport {
-            longest_gap: Duration::from_secs(9),
+            max_cycles_without_good: 5,
             ..r.clone()
         }
         .starved());
