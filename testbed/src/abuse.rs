@@ -212,13 +212,122 @@ struct Counters {
     good_errors: AtomicU64,
 }
 
+/// Digits of the name counter in a hostile name (`hostile-NNNNNNNNNNNN-xxx…`).
+const NAME_DIGITS: usize = 12;
+const NAME_PREFIX: &str = "hostile-";
+
+fn hostile_name(k: u64) -> String {
+    let mut name = format!("{NAME_PREFIX}{k:0NAME_DIGITS$}-");
+    name.extend(std::iter::repeat_n('x', NAME_LEN - name.len()));
+    name
+}
+
+/// The upstream windows of a largest report, encoded once (repeated field 5 of
+/// `ReportRequest`), with the offsets of each name's counter digits: the hostile senders patch
+/// the names in place instead of building and encoding 2 MB per report, so the controller, not
+/// the sender, is what the benchmark loads.
+struct Template {
+    bytes: Vec<u8>,
+    digits_at: Vec<usize>,
+}
+
+impl Template {
+    fn new() -> Self {
+        let hist = full_histogram();
+        let n = meshtune_proto::MAX_UPSTREAMS_PER_REPORT as u64;
+        let req = ReportRequest {
+            upstreams: (0..n).map(|k| hostile_window(hostile_name(k), &hist)).collect(),
+            ..Default::default()
+        };
+        let bytes = prost::Message::encode_to_vec(&req);
+        let digits_at = (0..n)
+            .map(|k| {
+                let needle = hostile_name(k);
+                bytes
+                    .windows(needle.len())
+                    .position(|w| w == needle.as_bytes())
+                    .expect("each name is in the encoding")
+                    + NAME_PREFIX.len()
+            })
+            .collect();
+        Self { bytes, digits_at }
+    }
+
+    /// One report's bytes: reporter and sequence, then the windows named `first..`.
+    fn report(&self, pod: &str, seq: u64, first: u64) -> Vec<u8> {
+        let head = ReportRequest {
+            reporter: Some(reporter(pod)),
+            sequence: seq,
+            window_length_ms: 1000,
+            ..Default::default()
+        };
+        let mut out = prost::Message::encode_to_vec(&head);
+        let start = out.len();
+        out.extend_from_slice(&self.bytes);
+        for (i, &at) in self.digits_at.iter().enumerate() {
+            let digits = format!("{:0NAME_DIGITS$}", first + i as u64);
+            out[start + at..start + at + NAME_DIGITS].copy_from_slice(digits.as_bytes());
+        }
+        out
+    }
+}
+
+/// Sends pre-encoded `ReportRequest` bytes (a protobuf message may be split into field runs).
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = meshtune_proto::v1::ReportResponse;
+    type Encoder = RawEncoder;
+    type Decoder = tonic_prost::ProstDecoder<meshtune_proto::v1::ReportResponse>;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstCodec::<Vec<u8>, meshtune_proto::v1::ReportResponse>::default().decoder()
+    }
+}
+
 /// Hostile reporter `i` until `stop` or the name budget is spent.
-async fn hostile(i: usize, url: String, cfg: AbuseConfig, c: Arc<Counters>, stop: Arc<AtomicBool>) {
-    let Ok(mut client) = FeatureServiceClient::connect(url).await else {
-        c.other.fetch_add(1, Ordering::Relaxed);
-        return;
+async fn hostile(
+    i: usize,
+    url: String,
+    cfg: AbuseConfig,
+    template: Arc<Template>,
+    c: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+) {
+    let channel = match tonic::transport::Endpoint::from_shared(url) {
+        Ok(e) => match e.connect().await {
+            Ok(ch) => ch,
+            Err(_) => {
+                c.other.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        },
+        Err(_) => return,
     };
-    let hist = full_histogram();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/meshtune.v1.FeatureService/Report",
+    );
     let per_report = meshtune_proto::MAX_UPSTREAMS_PER_REPORT as u64;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / cfg.hostile_rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -230,26 +339,18 @@ async fn hostile(i: usize, url: String, cfg: AbuseConfig, c: Arc<Counters>, stop
         if first >= cfg.names {
             break;
         }
-        let upstreams = (first..(first + per_report).min(cfg.names))
-            .map(|k| {
-                let mut name = format!("hostile-{k}-");
-                name.extend(std::iter::repeat_n('x', NAME_LEN - name.len()));
-                hostile_window(name, &hist)
-            })
-            .collect();
         seq += 1;
-        let req = ReportRequest {
-            reporter: Some(reporter(&pod)),
-            sequence: seq,
-            window_start_unix_ms: 0,
-            window_length_ms: 1000,
-            upstreams,
-            dropped_reports: 0,
-        };
-        c.bytes
-            .fetch_add(prost::Message::encoded_len(&req) as u64, Ordering::Relaxed);
+        let req = template.report(&pod, seq, first);
+        c.bytes.fetch_add(req.len() as u64, Ordering::Relaxed);
         c.reports.fetch_add(1, Ordering::Relaxed);
-        match client.report(req).await {
+        if grpc.ready().await.is_err() {
+            c.other.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let r: Result<tonic::Response<meshtune_proto::v1::ReportResponse>, tonic::Status> = grpc
+            .unary(tonic::Request::new(req), path.clone(), RawCodec)
+            .await;
+        match r {
             Ok(_) => c.accepted.fetch_add(1, Ordering::Relaxed),
             Err(s) if s.code() == tonic::Code::ResourceExhausted => {
                 c.rate_limited.fetch_add(1, Ordering::Relaxed)
@@ -291,27 +392,32 @@ async fn good(url: String, c: Arc<Counters>, stop: Arc<AtomicBool>) {
     }
 }
 
-/// Completed decision cycles (read first), `last_decision.unix_ms` of `good`, and the number
-/// of tracked destinations.
-fn good_decision(ctl: &Controller) -> (u64, Option<u64>, u64) {
-    let metrics = ctl.admin_get("/metrics").unwrap_or_default();
-    let gauge = |name: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0) as u64
+/// Completed decision cycles (`/api/model`, read first) and `last_decision.unix_ms` of `good`
+/// (`/api/destinations?name=good`): both cheap with a full table.
+fn good_decision(ctl: &Controller) -> (u64, Option<u64>) {
+    let json = |path: &str| -> serde_json::Value {
+        ctl.admin_get(path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
     };
-    let (cycles, tracked) = (
-        gauge("meshtune_decision_cycles_total "),
-        gauge("meshtune_destinations_tracked "),
-    );
-    let Ok(text) = ctl.admin_get("/api/destinations?name=good") else {
-        return (cycles, None, tracked);
-    };
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    let t = v["destinations"][0]["last_decision"]["unix_ms"].as_u64();
-    (cycles, t, tracked)
+    let cycles = json("/api/model")["cycles"].as_u64().unwrap_or(0);
+    let t = json("/api/destinations?name=good")["destinations"][0]["last_decision"]["unix_ms"]
+        .as_u64();
+    (cycles, t)
+}
+
+/// Tracked destinations (`meshtune_destinations_tracked` from `/metrics`, which computes every
+/// destination's view: read every 5 s only, like a scraper).
+fn tracked(ctl: &Controller) -> u64 {
+    ctl.admin_get("/metrics")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("meshtune_destinations_tracked "))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0) as u64
 }
 
 /// Runs the benchmark against `paths.meshtune_bin`.
@@ -331,12 +437,14 @@ pub fn run(paths: &Paths, cfg: &AbuseConfig) -> Result<AbuseReport> {
         .enable_all()
         .build()?;
     let good_task = rt.spawn(good(url.clone(), counters.clone(), stop_good.clone()));
+    let template = Arc::new(Template::new());
     let hostile_tasks: Vec<_> = (0..cfg.hostile_reporters)
         .map(|i| {
             rt.spawn(hostile(
                 i,
                 url.clone(),
                 cfg.clone(),
+                template.clone(),
                 counters.clone(),
                 stop_hostile.clone(),
             ))
@@ -353,8 +461,7 @@ pub fn run(paths: &Paths, cfg: &AbuseConfig) -> Result<AbuseReport> {
         std::thread::sleep(Duration::from_secs(1));
         let rss = crate::procstat::rss_bytes(pid).unwrap_or(0);
         report.max_sampled_rss_bytes = report.max_sampled_rss_bytes.max(rss);
-        let (cycles, t, tracked) = good_decision(&ctl);
-        report.destinations_tracked = tracked;
+        let (cycles, t) = good_decision(&ctl);
         report.cycles = cycles;
         let now = Instant::now();
         if t.is_some() && t != last_decision {
@@ -375,6 +482,7 @@ pub fn run(paths: &Paths, cfg: &AbuseConfig) -> Result<AbuseReport> {
         }
         let names = counters.names.load(Ordering::Relaxed).min(cfg.names);
         if now >= next_print {
+            report.destinations_tracked = tracked(&ctl);
             println!(
                 "t={:>4.0}s names {:>8} reports {:>6} (rate limited {:>5}) rss {:>6.1} MiB \
                  destinations {:>6} good decided {:>3}x",
@@ -383,7 +491,7 @@ pub fn run(paths: &Paths, cfg: &AbuseConfig) -> Result<AbuseReport> {
                 counters.reports.load(Ordering::Relaxed),
                 counters.rate_limited.load(Ordering::Relaxed),
                 rss as f64 / (1024.0 * 1024.0),
-                tracked,
+                report.destinations_tracked,
                 report.good_decisions
             );
             next_print = now + Duration::from_secs(5);
@@ -423,6 +531,21 @@ pub fn run(paths: &Paths, cfg: &AbuseConfig) -> Result<AbuseReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_template_gives_valid_largest_reports_with_fresh_names() {
+        use prost::Message;
+        let t = Template::new();
+        let a = ReportRequest::decode(t.report("p", 7, 1000).as_slice()).unwrap();
+        assert_eq!(a.sequence, 7);
+        assert_eq!(a.reporter.as_ref().unwrap().pod, "p");
+        let n = meshtune_proto::MAX_UPSTREAMS_PER_REPORT as usize;
+        assert_eq!(a.upstreams.len(), n);
+        assert_eq!(a.upstreams[0].cluster, hostile_name(1000));
+        assert_eq!(a.upstreams[n - 1].cluster, hostile_name(1000 + n as u64 - 1));
+        assert_eq!(a.upstreams[3].cluster.len(), NAME_LEN);
+        assert_eq!(a.upstreams[3].latency.as_ref().unwrap().bucket_index.len(), BUCKET_COUNT);
+    }
 
     #[test]
     fn hostile_windows_are_the_largest_valid_ones() {
