@@ -13,6 +13,8 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+#[cfg(test)]
+use std::time::Duration;
 use std::task::{Context, Poll};
 
 use meshtune_core::histogram::BUCKET_COUNT;
@@ -654,5 +656,85 @@ mod tests {
         assert_eq!(r.len(), 3);
         assert!(!r.allow(&key("a"), t), "a kept its empty bucket");
         assert!(r.allow(&key("b"), t), "b was evicted: a fresh bucket");
+    }
+
+    /// A gRPC request for the Report method whose body is fed through the returned sender.
+    fn streamed_request() -> (
+        tokio::sync::mpsc::Sender<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>>,
+        http::Request<
+            http_body_util::StreamBody<
+                tokio_stream::wrappers::ReceiverStream<
+                    Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
+                >,
+            >,
+        >,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/meshtune.v1.FeatureService/Report")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(body)
+            .unwrap();
+        (tx, req)
+    }
+
+    fn grpc_frame(msg: &[u8]) -> bytes::Bytes {
+        let mut f = vec![0u8];
+        f.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        f.extend_from_slice(msg);
+        f.into()
+    }
+
+    #[tokio::test]
+    async fn reports_beyond_the_concurrency_limit_wait_for_a_permit() {
+        use tonic::codegen::Service;
+        let controller = Arc::new(
+            crate::server::Controller::new(crate::config::Config::default()).unwrap(),
+        );
+        let mut svc = ReportServer::new(controller, Limits::default(), 2);
+        let report = ReportRequest {
+            reporter: Some(Reporter {
+                pod: "p".into(),
+                ..Default::default()
+            }),
+            sequence: 1,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        // Two reports whose bodies never finish hold both permits.
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let (tx, req) = streamed_request();
+            tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(&[0, 0]))))
+                .await
+                .unwrap();
+            held.push((tx, tokio::spawn(svc.call(req))));
+        }
+        // A complete third report waits for a permit …
+        let (tx, req) = streamed_request();
+        tx.send(Ok(hyper::body::Frame::data(grpc_frame(&report))))
+            .await
+            .unwrap();
+        drop(tx);
+        let mut third = tokio::spawn(svc.call(req));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut third)
+                .await
+                .is_err(),
+            "the third report was handled while two held the permits"
+        );
+        // … and is answered once one of them goes away.
+        let (tx, task) = held.pop().unwrap();
+        task.abort();
+        drop(tx);
+        let resp = tokio::time::timeout(Duration::from_secs(10), third)
+            .await
+            .expect("answered after a permit was released")
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
     }
 }

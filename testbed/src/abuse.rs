@@ -423,9 +423,20 @@ fn tracked(ctl: &Controller) -> u64 {
 /// Runs the benchmark against `paths.meshtune_bin`.
 pub fn run(paths: &Paths, cfg: &AbuseConfig) -> Result<AbuseReport> {
     let mut cc = ControllerConfig::new(&paths.meshtune_bin);
-    cc.extra_args = ["--decision-interval-secs", "1", "--min-requests", "10"]
-        .map(String::from)
-        .to_vec();
+    // Enforce mode with the log sink: every destination is pushed once, then held by the
+    // dwell time (observe mode would log a recommendation for every destination every cycle).
+    cc.extra_args = [
+        "--mode",
+        "enforce",
+        "--sink",
+        "log",
+        "--decision-interval-secs",
+        "1",
+        "--min-requests",
+        "10",
+    ]
+    .map(String::from)
+    .to_vec();
     let ctl = Controller::start(cc).context("starting the controller")?;
     let pid = ctl.pid().context("controller pid")?;
     let url = format!("http://{}", ctl.grpc());
