@@ -1217,8 +1217,15 @@ mod tests {
         a.ingest(&report("g", 2, vec![("good", full())]), T0 + 1000);
         for k in 0..200u64 {
             let name = format!("junk-{k}");
-            a.ingest(&report("x", k + 1, vec![(name.as_str(), full())]), T0 + 1500);
-            assert!(a.budget_bytes() <= budget, "{} > {budget}", a.budget_bytes());
+            a.ingest(
+                &report("x", k + 1, vec![(name.as_str(), full())]),
+                T0 + 1500,
+            );
+            assert!(
+                a.budget_bytes() <= budget,
+                "{} > {budget}",
+                a.budget_bytes()
+            );
         }
         assert!(a.destination_count() < 100, "{}", a.destination_count());
         assert_eq!(a.eviction_order().last().map(String::as_str), Some("good"));
@@ -1228,9 +1235,15 @@ mod tests {
             "every eviction counted"
         );
         // The running total matches a recount.
-        assert_eq!(a.budget_bytes(), a.approx_memory_bytes() - reporter_bytes(&a));
+        assert_eq!(
+            a.budget_bytes(),
+            a.approx_memory_bytes() - reporter_bytes(&a)
+        );
         a.expire(T0 + 30_000);
-        assert_eq!(a.budget_bytes(), a.approx_memory_bytes() - reporter_bytes(&a));
+        assert_eq!(
+            a.budget_bytes(),
+            a.approx_memory_bytes() - reporter_bytes(&a)
+        );
     }
 
     fn reporter_bytes(a: &Aggregator) -> usize {

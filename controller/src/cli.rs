@@ -54,6 +54,10 @@ pub struct ControllerArgs {
     /// reported, names seen only once first).
     #[arg(long, default_value_t = config::DEFAULT_MAX_DESTINATIONS)]
     pub max_destinations: usize,
+    /// Memory budget of the aggregates in MiB (windows, histograms, names of all
+    /// destinations); over it the least recently reported are evicted, one-time names first.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_AGGREGATE_BYTES >> 20)]
+    pub max_aggregate_mib: usize,
     /// Sustained reports per second accepted from one reporter (0: no limit); the excess is
     /// refused with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = crate::ingest::DEFAULT_REPORTS_PER_SEC)]
@@ -159,6 +163,7 @@ impl ControllerArgs {
             window_secs: self.window_secs.max(1),
             max_report_bytes: self.max_report_bytes,
             max_destinations: self.max_destinations,
+            max_aggregate_bytes: self.max_aggregate_mib.saturating_mul(1 << 20),
             reports_per_sec: self.max_reports_per_sec,
             report_burst: self.report_burst,
             max_concurrent_reports: self.max_concurrent_reports.max(1),

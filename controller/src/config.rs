@@ -25,7 +25,7 @@ pub const DEFAULT_MAX_DESTINATIONS: usize = 10_000;
 /// Default memory budget of the aggregates (approximate heap bytes of all destinations'
 /// windows, histograms and names): with the other bounds it keeps the controller within the
 /// Deployment's 512 MiB limit (README, "Bounded ingest").
-pub const DEFAULT_MAX_AGGREGATE_BYTES: usize = 128 << 20;
+pub const DEFAULT_MAX_AGGREGATE_BYTES: usize = 64 << 20;
 /// Default largest number of tracked reporters (for sequence de-duplication).
 pub const DEFAULT_MAX_REPORTERS: usize = 100_000;
 /// Default idle time after which a destination (window and lifetime totals) is forgotten.

@@ -13,9 +13,9 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 #[cfg(test)]
 use std::time::Duration;
-use std::task::{Context, Poll};
 
 use meshtune_core::histogram::BUCKET_COUNT;
 use meshtune_proto::v1::feature_service_server::FeatureService;
@@ -29,7 +29,7 @@ use crate::validate::{Limits, ReporterKey};
 
 /// Reports decoded and handled at once, across all connections; more wait (each decoded
 /// report holds at most [`Limits::max_decoded_report_bytes`]).
-pub const DEFAULT_MAX_CONCURRENT_REPORTS: usize = 16;
+pub const DEFAULT_MAX_CONCURRENT_REPORTS: usize = 8;
 /// Concurrent HTTP/2 streams per connection (one filter sends one report at a time).
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 16;
 /// A report must be received, decoded and answered within this time (the filter's own
@@ -658,16 +658,13 @@ mod tests {
         assert!(r.allow(&key("b"), t), "b was evicted: a fresh bucket");
     }
 
+    type Frame = Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>;
+    type StreamedBody = http_body_util::StreamBody<tokio_stream::wrappers::ReceiverStream<Frame>>;
+
     /// A gRPC request for the Report method whose body is fed through the returned sender.
     fn streamed_request() -> (
-        tokio::sync::mpsc::Sender<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>>,
-        http::Request<
-            http_body_util::StreamBody<
-                tokio_stream::wrappers::ReceiverStream<
-                    Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
-                >,
-            >,
-        >,
+        tokio::sync::mpsc::Sender<Frame>,
+        http::Request<StreamedBody>,
     ) {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
@@ -691,9 +688,8 @@ mod tests {
     #[tokio::test]
     async fn reports_beyond_the_concurrency_limit_wait_for_a_permit() {
         use tonic::codegen::Service;
-        let controller = Arc::new(
-            crate::server::Controller::new(crate::config::Config::default()).unwrap(),
-        );
+        let controller =
+            Arc::new(crate::server::Controller::new(crate::config::Config::default()).unwrap());
         let mut svc = ReportServer::new(controller, Limits::default(), 2);
         let report = ReportRequest {
             reporter: Some(Reporter {
@@ -708,9 +704,11 @@ mod tests {
         let mut held = Vec::new();
         for _ in 0..2 {
             let (tx, req) = streamed_request();
-            tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(&[0, 0]))))
-                .await
-                .unwrap();
+            tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(&[
+                0, 0,
+            ]))))
+            .await
+            .unwrap();
             held.push((tx, tokio::spawn(svc.call(req))));
         }
         // A complete third report waits for a permit …

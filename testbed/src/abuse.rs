@@ -236,7 +236,9 @@ impl Template {
         let hist = full_histogram();
         let n = meshtune_proto::MAX_UPSTREAMS_PER_REPORT as u64;
         let req = ReportRequest {
-            upstreams: (0..n).map(|k| hostile_window(hostile_name(k), &hist)).collect(),
+            upstreams: (0..n)
+                .map(|k| hostile_window(hostile_name(k), &hist))
+                .collect(),
             ..Default::default()
         };
         let bytes = prost::Message::encode_to_vec(&req);
@@ -325,9 +327,8 @@ async fn hostile(
         Err(_) => return,
     };
     let mut grpc = tonic::client::Grpc::new(channel);
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-        "/meshtune.v1.FeatureService/Report",
-    );
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/meshtune.v1.FeatureService/Report");
     let per_report = meshtune_proto::MAX_UPSTREAMS_PER_REPORT as u64;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / cfg.hostile_rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -402,8 +403,8 @@ fn good_decision(ctl: &Controller) -> (u64, Option<u64>) {
             .unwrap_or_default()
     };
     let cycles = json("/api/model")["cycles"].as_u64().unwrap_or(0);
-    let t = json("/api/destinations?name=good")["destinations"][0]["last_decision"]["unix_ms"]
-        .as_u64();
+    let t =
+        json("/api/destinations?name=good")["destinations"][0]["last_decision"]["unix_ms"].as_u64();
     (cycles, t)
 }
 
@@ -437,6 +438,11 @@ pub fn run(paths: &Paths, cfg: &AbuseConfig) -> Result<AbuseReport> {
     ]
     .map(String::from)
     .to_vec();
+    // Warnings only, and the log sink's diffs on stdout read but not kept: every new hostile
+    // destination gets a decision line and a pushed diff (~9 MB/s of log at this load, which
+    // would fill the disk rather than test the controller).
+    cc.env = vec![("RUST_LOG".into(), "warn".into())];
+    cc.log_stdout = false;
     let ctl = Controller::start(cc).context("starting the controller")?;
     let pid = ctl.pid().context("controller pid")?;
     let url = format!("http://{}", ctl.grpc());
@@ -487,9 +493,8 @@ pub fn run(paths: &Paths, cfg: &AbuseConfig) -> Result<AbuseReport> {
             report.longest_gap = report.longest_gap.max(now - prev);
         }
         if let Some(c) = cycles_at_advance {
-            report.max_cycles_without_good = report
-                .max_cycles_without_good
-                .max(cycles.saturating_sub(c));
+            report.max_cycles_without_good =
+                report.max_cycles_without_good.max(cycles.saturating_sub(c));
         }
         let names = counters.names.load(Ordering::Relaxed).min(cfg.names);
         if now >= next_print {
@@ -553,9 +558,15 @@ mod tests {
         let n = meshtune_proto::MAX_UPSTREAMS_PER_REPORT as usize;
         assert_eq!(a.upstreams.len(), n);
         assert_eq!(a.upstreams[0].cluster, hostile_name(1000));
-        assert_eq!(a.upstreams[n - 1].cluster, hostile_name(1000 + n as u64 - 1));
+        assert_eq!(
+            a.upstreams[n - 1].cluster,
+            hostile_name(1000 + n as u64 - 1)
+        );
         assert_eq!(a.upstreams[3].cluster.len(), NAME_LEN);
-        assert_eq!(a.upstreams[3].latency.as_ref().unwrap().bucket_index.len(), BUCKET_COUNT);
+        assert_eq!(
+            a.upstreams[3].latency.as_ref().unwrap().bucket_index.len(),
+            BUCKET_COUNT
+        );
     }
 
     #[test]
