@@ -47,12 +47,34 @@ pub struct ControllerArgs {
     #[arg(long, default_value_t = config::DEFAULT_WINDOW_SECS,
           value_parser = clap::value_parser!(u64).range(config::MIN_WINDOW_SECS..))]
     pub window_secs: u64,
-    /// Largest accepted encoded report, bytes.
+    /// Largest accepted encoded report, bytes (default: the largest legitimate report of
+    /// 256 upstream windows; the gRPC decode limit is that size whatever this says).
     #[arg(long, default_value_t = config::DEFAULT_MAX_REPORT_BYTES)]
     pub max_report_bytes: usize,
-    /// Largest number of tracked destinations.
+    /// Largest number of tracked destinations (a new one beyond it evicts the least recently
+    /// reported, names seen only once first).
     #[arg(long, default_value_t = config::DEFAULT_MAX_DESTINATIONS)]
     pub max_destinations: usize,
+    /// Memory budget of the aggregates in MiB (windows, histograms, names of all
+    /// destinations); over it the least recently reported are evicted, one-time names first.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_AGGREGATE_BYTES >> 20)]
+    pub max_aggregate_mib: usize,
+    /// Sustained reports per second accepted from one reporter (0: no limit); the excess is
+    /// refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = crate::ingest::DEFAULT_REPORTS_PER_SEC)]
+    pub max_reports_per_sec: f64,
+    /// Reports one reporter may send at once above --max-reports-per-sec.
+    #[arg(long, default_value_t = crate::ingest::DEFAULT_REPORT_BURST)]
+    pub report_burst: f64,
+    /// Reports received, decoded and handled at once across all connections.
+    #[arg(long, default_value_t = crate::ingest::DEFAULT_MAX_CONCURRENT_REPORTS)]
+    pub max_concurrent_reports: usize,
+    /// Concurrent HTTP/2 streams per gRPC connection.
+    #[arg(long, default_value_t = crate::ingest::DEFAULT_MAX_STREAMS_PER_CONNECTION)]
+    pub max_streams_per_connection: u32,
+    /// Time limit of one gRPC request, seconds.
+    #[arg(long, default_value_t = crate::ingest::DEFAULT_REQUEST_TIMEOUT.as_secs_f64())]
+    pub request_timeout_secs: f64,
 
     /// Seconds between decision cycles (fractions allowed).
     #[arg(long, default_value_t = policy_loop::DEFAULT_DECISION_INTERVAL.as_secs_f64())]
@@ -166,6 +188,13 @@ impl ControllerArgs {
             window_secs: self.window_secs.max(1),
             max_report_bytes: self.max_report_bytes,
             max_destinations: self.max_destinations,
+            max_aggregate_bytes: self.max_aggregate_mib.saturating_mul(1 << 20),
+            reports_per_sec: self.max_reports_per_sec,
+            report_burst: self.report_burst,
+            max_concurrent_reports: self.max_concurrent_reports.max(1),
+            max_streams_per_connection: self.max_streams_per_connection.max(1),
+            request_timeout: Duration::try_from_secs_f64(self.request_timeout_secs)
+                .unwrap_or(crate::ingest::DEFAULT_REQUEST_TIMEOUT),
             hints_file: self.hints_file.clone(),
             ..Config::default()
         }

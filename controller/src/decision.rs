@@ -283,6 +283,24 @@ impl LoopState {
         self
     }
 
+    /// Forgets every destination `live` does not hold (knobs in force, change times,
+    /// guardrail phases); returns the destinations forgotten.
+    pub fn prune(&mut self, live: &foldhash::HashSet<String>) -> Vec<String> {
+        let gone: Vec<String> = self
+            .in_force
+            .keys()
+            .chain(self.changed_at.keys())
+            .filter(|d| !live.contains(*d))
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        self.in_force.retain(|d, _| live.contains(d));
+        self.changed_at.retain(|d, _| live.contains(d));
+        self.guardrails.retain(|d| live.contains(d));
+        gone
+    }
+
     /// Whether `destination` changed less than `settle` ago.
     pub fn settling(&self, destination: &str, now: Instant) -> bool {
         self.changed_at
@@ -350,6 +368,7 @@ impl DestAction {
             DestAction::Hold(HoldReason::NoChange) => DestOutcome::NoChange,
             DestAction::Hold(HoldReason::Dwell { .. }) => DestOutcome::HoldDwell,
             DestAction::Hold(HoldReason::Watching) => DestOutcome::HoldWatching,
+            DestAction::Hold(HoldReason::InvalidOutput) => DestOutcome::HoldInvalidOutput,
             DestAction::Rollback { .. } => DestOutcome::RolledBack,
         }
     }
@@ -377,6 +396,8 @@ pub enum DestOutcome {
     HoldDwell,
     /// A change held back while the last push is being watched for regressions.
     HoldWatching,
+    /// The policy's output was NaN or infinite: the knobs in force are held.
+    HoldInvalidOutput,
     /// The last push made the objective worse: the previous knobs were pushed back.
     RolledBack,
     /// A push or rollback some sink did not apply: reverted, the previous knobs stay.
@@ -392,6 +413,7 @@ impl DestOutcome {
             DestOutcome::NoChange => "no_change",
             DestOutcome::HoldDwell => "hold_dwell",
             DestOutcome::HoldWatching => "hold_watching",
+            DestOutcome::HoldInvalidOutput => "hold_invalid_output",
             DestOutcome::RolledBack => "rolled_back",
             DestOutcome::PushFailed => "push_failed",
         }
@@ -492,6 +514,12 @@ pub fn decide(
             objective,
         } = verdict
         {
+            // The target passes through the bounds too (it may predate them, or come from
+            // recovered objects).
+            let restore = state
+                .guardrails
+                .config()
+                .bound_target(&sel.namespace, &restore);
             item.changed = changed(&before, &restore);
             item.knobs = restore;
             item.action = DestAction::Rollback {
@@ -1026,6 +1054,69 @@ mod tests {
         );
         assert_eq!(c.pushes[0].previous, Some(pushed));
         assert_eq!(st.knobs_in_force("a"), Knobs::istio_defaults());
+    }
+
+    #[test]
+    fn rollback_targets_pass_through_the_hard_bounds() {
+        let cfg = Config {
+            rollback_consecutive: 2,
+            rollback_windows: 5,
+            ..enforce(Duration::ZERO)
+        };
+        let mut st = LoopState::new(Guardrails::new(cfg));
+        // Knobs in force from before the bounds (e.g. recovered from an object someone
+        // edited): ejecting every host.
+        let mut old = Knobs::istio_defaults();
+        old.set(Knob::MaxEjectionPercent, 100.0);
+        old.set(Knob::Consecutive5xxErrors, 1.0);
+        st.in_force.insert("a".into(), old);
+        let t0 = Instant::now();
+        let c = decide(
+            &sel("a", window(100, 100, 5)),
+            &[proposal()],
+            &mut st,
+            t0,
+            250.0,
+        );
+        assert_eq!(c.pushes.len(), 1);
+        assert!(c.pushes[0].knobs.get(Knob::MaxEjectionPercent) <= 50.0);
+        let bad = || sel("a", window(100, 40, 500));
+        decide(&bad(), &[proposal()], &mut st, t0, 250.0);
+        let c = decide(&bad(), &[proposal()], &mut st, t0, 250.0);
+        assert!(matches!(c.items[0].action, DestAction::Rollback { .. }));
+        let restored = c.pushes[0].knobs;
+        assert_eq!(
+            restored.get(Knob::MaxEjectionPercent),
+            50.0,
+            "not back to 100 %"
+        );
+        assert_eq!(restored.get(Knob::Consecutive5xxErrors), 3.0);
+        assert_eq!(st.knobs_in_force("a"), restored);
+    }
+
+    #[test]
+    fn prune_forgets_destinations_no_longer_tracked() {
+        let mut st = LoopState::new(Guardrails::new(enforce(Duration::ZERO)));
+        let t0 = Instant::now();
+        for d in ["a", "b"] {
+            decide(
+                &sel(d, window(100, 100, 5)),
+                &[proposal()],
+                &mut st,
+                t0,
+                250.0,
+            );
+        }
+        assert_eq!((st.in_force.len(), st.guardrails.len()), (2, 2));
+        let live: foldhash::HashSet<String> = ["b".to_string()].into_iter().collect();
+        assert_eq!(st.prune(&live), vec!["a".to_string()]);
+        assert!(st.in_force.contains_key("b") && !st.in_force.contains_key("a"));
+        assert!(!st.changed_at.contains_key("a"));
+        assert_eq!(st.guardrails.len(), 1);
+        assert_eq!(
+            st.guardrails.phase("a"),
+            meshtune_policy::guardrails::Phase::Idle
+        );
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub mod decision;
 pub mod hints;
 pub mod leader;
 pub mod lifecycle;
+pub mod ingest;
+pub mod lru;
 pub mod metrics;
 pub mod policy_loop;
 pub mod prometheus;

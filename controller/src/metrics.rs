@@ -232,6 +232,14 @@ pub struct Metrics {
     pub reporter_restarts: Counter,
     pub filter_dropped_reports: Counter,
     pub destinations_dropped: Counter,
+    /// Reports refused because their reporter exceeded its report rate.
+    pub reports_rate_limited: Counter,
+    /// Decision cycles that panicked (caught; the loop goes on).
+    pub decision_cycle_panics: Counter,
+    /// Destinations whose policy output had a NaN or infinite value (knobs held).
+    pub nonfinite_outputs: Counter,
+    /// Per-destination entries pruned after their destination expired or was evicted.
+    pub destinations_pruned: Counter,
     pub destinations_tracked: Gauge,
     pub reporters_tracked: Gauge,
     pub report_ingest_seconds: Histogram,
@@ -281,6 +289,10 @@ impl Metrics {
             reporter_restarts: Counter::default(),
             filter_dropped_reports: Counter::default(),
             destinations_dropped: Counter::default(),
+            reports_rate_limited: Counter::default(),
+            decision_cycle_panics: Counter::default(),
+            nonfinite_outputs: Counter::default(),
+            destinations_pruned: Counter::default(),
             destinations_tracked: Gauge::default(),
             reporters_tracked: Gauge::default(),
             report_ingest_seconds: Histogram::new(exponential_buckets(1e-6, 4.0, 10)),
@@ -364,8 +376,28 @@ impl Metrics {
         );
         registry.register(
             "meshtune_destinations_dropped",
-            "Upstream windows not tracked because max_destinations was reached",
+            "Destinations evicted (one-time names first, then least recently reported) because max_destinations was reached",
             m.destinations_dropped.clone(),
+        );
+        registry.register(
+            "meshtune_reports_rate_limited",
+            "Reports refused with RESOURCE_EXHAUSTED because their reporter exceeded its report rate",
+            m.reports_rate_limited.clone(),
+        );
+        registry.register(
+            "meshtune_decision_cycle_panics",
+            "Decision cycles that panicked (caught and logged; the loop goes on)",
+            m.decision_cycle_panics.clone(),
+        );
+        registry.register(
+            "meshtune_policy_nonfinite_outputs",
+            "Destinations whose policy output held a NaN or infinite value (knobs in force held, nothing pushed)",
+            m.nonfinite_outputs.clone(),
+        );
+        registry.register(
+            "meshtune_destinations_pruned",
+            "Per-destination entries (policy status, loop state, knob series) pruned after their destination expired or was evicted",
+            m.destinations_pruned.clone(),
         );
         registry.register(
             "meshtune_destinations_tracked",
@@ -448,6 +480,16 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = rows;
         self.metric_destinations_omitted.set(omitted as i64);
+    }
+
+    /// Removes the knob gauges of `destination`.
+    pub fn remove_knobs(&self, destination: &str) {
+        for k in Knob::ALL {
+            self.knob.remove(&KnobLabels {
+                destination: destination.to_string(),
+                knob: k.name().to_string(),
+            });
+        }
     }
 
     /// Sets the knob gauges of `destination` (duration knobs in seconds).

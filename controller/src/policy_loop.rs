@@ -230,6 +230,9 @@ pub struct PolicyLoop {
     hints: Arc<StaticHints>,
     config: LoopConfig,
     cycles: AtomicU64,
+    /// Pushes and rollbacks of the cycle running now, between decide and settle: a panic in
+    /// between reverts them like failed pushes (the sinks may not have applied them).
+    pushing: std::sync::Mutex<Vec<decision::DestDecision>>,
     /// Feature sources (unset: the filters' reports only).
     sources: std::sync::OnceLock<Sources>,
     /// Leader election (unset: this replica always leads).
@@ -303,6 +306,7 @@ impl PolicyLoop {
             hints,
             config,
             cycles: AtomicU64::new(0),
+            pushing: std::sync::Mutex::new(Vec::new()),
             sources: std::sync::OnceLock::new(),
             leadership: std::sync::OnceLock::new(),
             lifecycle: std::sync::OnceLock::new(),
@@ -500,6 +504,9 @@ impl PolicyLoop {
         let store = self.store.as_ref()?;
         let selected = self.select().await;
         self.count_sources(&selected);
+        if self.controller.take_removed_destinations() > 0 {
+            self.prune(&selected).await;
+        }
         let policy = store.current();
         let mut state = self.state.lock().await;
         let now = Instant::now();
@@ -515,8 +522,18 @@ impl PolicyLoop {
         self.cycles.fetch_add(1, Ordering::Relaxed);
         let now_ms = crate::server::Clock::now_unix_ms(&crate::server::SystemClock);
         let cycle = decide(&selected, &proposed, &mut state, now, self.config.slo_ms);
+        *self.pushing.lock().unwrap_or_else(|e| e.into_inner()) = cycle
+            .items
+            .iter()
+            .filter(|i| matches!(i.action, DestAction::Push | DestAction::Rollback { .. }))
+            .cloned()
+            .collect();
         let failed = self.push(&cycle).await;
         let outcomes = decision::settle(&mut state, &cycle.items, &failed);
+        self.pushing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.publish(&state, &cycle, &outcomes, now_ms);
         // Hints last: once a filter sees them, status and metrics already match.
         self.hints
@@ -529,6 +546,36 @@ impl PolicyLoop {
             &outcomes,
             policy.model_version(),
         ))
+    }
+
+    /// Pruning after destinations left the controller's table (expired or evicted): forgets
+    /// the loop state (knobs in force, change times, guardrail phases), the knob series and
+    /// the policy status of every destination that no tracked cluster maps to and that this
+    /// cycle did not select (a Prometheus-fed destination stays while it is selected).
+    pub async fn prune(&self, selected: &[decision::Selected]) {
+        let clusters = self.controller.destination_names();
+        let live_clusters: foldhash::HashSet<&str> = clusters.iter().map(String::as_str).collect();
+        let pruned_status = self.controller.prune_policy_status(&live_clusters);
+        let mut live: foldhash::HashSet<String> = clusters
+            .iter()
+            .filter_map(|c| self.config.naming.destination(c).map(|(d, _)| d))
+            .collect();
+        live.extend(selected.iter().map(|s| s.destination.clone()));
+        let gone = self.state.lock().await.prune(&live);
+        let metrics = self.controller.metrics();
+        for d in &gone {
+            metrics.remove_knobs(d);
+        }
+        metrics
+            .destinations_pruned
+            .inc_by((gone.len() + pruned_status) as u64);
+        if !gone.is_empty() || pruned_status > 0 {
+            tracing::info!(
+                destinations = gone.len(),
+                clusters = pruned_status,
+                "pruned the state of destinations no longer tracked"
+            );
+        }
     }
 
     /// Per-source gauges and the missing-feature counters of this cycle's selection.
@@ -569,7 +616,21 @@ impl PolicyLoop {
             .inference_seconds
             .observe(started.elapsed().as_secs_f64());
         match out {
-            Ok(rows) => Some(rows.iter().map(Knobs::from_normalised).collect()),
+            // A NaN or infinite output holds that destination's knobs (the guardrails see a
+            // non-finite proposal and hold); counted, never turned into a mid-range knob.
+            Ok(rows) => Some(
+                rows.iter()
+                    .map(|r| {
+                        if r.iter().all(|v| v.is_finite()) {
+                            Knobs::from_normalised(r)
+                        } else {
+                            metrics.nonfinite_outputs.inc();
+                            tracing::warn!(output = ?r, "policy output is not finite: knobs in force held");
+                            Knobs([f64::NAN; meshtune_core::knobs::KNOB_COUNT])
+                        }
+                    })
+                    .collect(),
+            ),
             Err(e) => {
                 metrics.inference_errors.inc();
                 tracing::error!(error = %e, "policy inference failed; no decisions this cycle");
@@ -697,6 +758,38 @@ impl PolicyLoop {
         }
     }
 
+    /// One cycle under supervision: a panic is caught, logged and counted
+    /// (`meshtune_decision_cycle_panics_total`) and the loop goes on; a completed cycle tells
+    /// `/readyz` the loop is alive.
+    pub async fn supervised_cycle(&self) -> Option<CycleSummary> {
+        use futures::FutureExt;
+        match std::panic::AssertUnwindSafe(self.cycle())
+            .catch_unwind()
+            .await
+        {
+            Ok(s) => {
+                self.controller.loop_cycled();
+                s
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic".into());
+                self.controller.metrics().decision_cycle_panics.inc();
+                let pushing =
+                    std::mem::take(&mut *self.pushing.lock().unwrap_or_else(|e| e.into_inner()));
+                let mut state = self.state.lock().await;
+                for item in &pushing {
+                    decision::revert_push(&mut state, item);
+                }
+                tracing::error!(panic = %what, reverted = pushing.len(), "decision cycle panicked (its pushes count as failed); the loop goes on");
+                None
+            }
+        }
+    }
+
     /// Runs cycles every interval until `shutdown` resolves.
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
@@ -704,6 +797,8 @@ impl PolicyLoop {
             shutdown.await;
             return;
         }
+        self.controller
+            .watch_loop(self.config.interval.max(Duration::from_millis(10)));
         let mut leadership = self.leadership.get().cloned();
         loop {
             if let Some(l) = &mut leadership {
@@ -712,6 +807,8 @@ impl PolicyLoop {
                     _ = l.until_leader() => {}
                 }
             }
+            // Leading from now: the loop is alive even before its first cycle.
+            self.controller.loop_cycled();
             let mut started = self.on_leading().await.is_ok();
             let mut tick =
                 tokio::time::interval(self.config.interval.max(Duration::from_millis(10)));
@@ -732,11 +829,19 @@ impl PolicyLoop {
                 if !started {
                     started = self.on_leading().await.is_ok();
                     if !started {
+                        // Retrying recovery is progress, not a stall (/readyz stays up).
+                        self.controller.loop_cycled();
                         continue;
                     }
                 }
-                if let Some(s) = self.cycle().await {
-                    tracing::debug!(?s, "decision cycle");
+                // A cycle stuck in a sink must not hold up shutdown.
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    s = self.supervised_cycle() => {
+                        if let Some(s) = s {
+                            tracing::debug!(?s, "decision cycle");
+                        }
+                    }
                 }
             }
         }
@@ -992,5 +1097,60 @@ mod tests {
         assert_eq!(rows.len(), 2, "{text}");
         assert!(rows[0].starts_with("live,,a,7,"), "{}", rows[0]);
         assert!(rows[1].starts_with("live,,b,7,"), "{}", rows[1]);
+    }
+
+    #[tokio::test]
+    async fn evicted_destinations_are_pruned_from_status_state_and_metrics() {
+        use meshtune_test_support::reports::{report, upstream};
+        let controller = Arc::new(
+            Controller::new(Config {
+                max_destinations: 2,
+                ..Config::default()
+            })
+            .unwrap(),
+        );
+        let l = PolicyLoop::new(
+            controller.clone(),
+            Some(const_model(0.5)),
+            Vec::new(),
+            Arc::new(meshtune_sinks::LogSink::new(Box::new(std::io::sink()))),
+            None,
+            LoopConfig {
+                min_requests: 1,
+                guardrails: guardrails::Config {
+                    mode: Mode::Enforce,
+                    ..guardrails::Config::default()
+                },
+                ..LoopConfig::default()
+            },
+        );
+        controller
+            .handle_report(&report("p", 1, vec![upstream("a", 100, 0, 5_000)]))
+            .unwrap();
+        let s = l.cycle().await.unwrap();
+        assert_eq!(s.pushed, 1, "{s:?}");
+        assert!(l.knobs_in_force("a").await.is_some());
+        assert!(controller.policy_status("a").is_some());
+        assert!(controller
+            .metrics_text()
+            .contains(r#"meshtune_knob{destination="a""#));
+        // Two new names from another reporter evict "a" (reported once: probationary).
+        controller
+            .handle_report(&report(
+                "q",
+                1,
+                vec![upstream("x", 1, 0, 5_000), upstream("y", 1, 0, 5_000)],
+            ))
+            .unwrap();
+        assert!(controller.destination_names().iter().all(|n| n != "a"));
+        l.cycle().await.unwrap();
+        assert!(l.knobs_in_force("a").await.is_none());
+        assert!(controller.policy_status("a").is_none());
+        let text = controller.metrics_text();
+        assert!(!text.contains(r#"destination="a""#), "{text}");
+        assert!(
+            text.contains("meshtune_destinations_pruned_total 2"),
+            "loop state and status of a: {text}"
+        );
     }
 }

@@ -302,7 +302,10 @@ fn upstream_stats(u: &UpstreamWindow, duration_s: f64) -> Result<WindowStats, Fi
         status_2xx: u.status_2xx,
         status_4xx: u.status_4xx,
         status_5xx: u.status_5xx,
-        status_other: u.status_1xx + u.status_3xx + u.status_none,
+        status_other: u
+            .status_1xx
+            .saturating_add(u.status_3xx)
+            .saturating_add(u.status_none),
         flag_uo: u.flag_uo,
         flag_ut: u.flag_ut,
         flag_conn_failure: conn,

@@ -14,8 +14,9 @@ pub const DEFAULT_FLUSH_INTERVAL_MS: u32 = 1000;
 pub const DEFAULT_REPORT_TIMEOUT_MS: u32 = 500;
 /// Default namespace reported when neither config nor node metadata name one.
 pub use meshtune_core::DEFAULT_NAMESPACE;
-/// Default bound on tracked upstream clusters per VM.
-pub const DEFAULT_MAX_UPSTREAMS: u32 = 256;
+/// Default bound on tracked upstream clusters per VM: the controller's per-report limit
+/// ([`meshtune_proto::MAX_UPSTREAMS_PER_REPORT`], one constant for both).
+pub const DEFAULT_MAX_UPSTREAMS: u32 = meshtune_proto::MAX_UPSTREAMS_PER_REPORT;
 /// Default bound on worker windows buffered by the elected reporter between flushes.
 pub const DEFAULT_MAX_QUEUED_WINDOWS: u32 = 64;
 
@@ -23,8 +24,9 @@ pub const DEFAULT_MAX_QUEUED_WINDOWS: u32 = 64;
 pub const FLUSH_INTERVAL_RANGE: (u64, u64) = (100, 60_000);
 /// Allowed range of `report_timeout_ms`.
 pub const REPORT_TIMEOUT_RANGE: (u64, u64) = (10, 60_000);
-/// Allowed range of `max_upstreams`.
-pub const MAX_UPSTREAMS_RANGE: (u64, u64) = (1, 65_535);
+/// Allowed range of `max_upstreams`: above the controller's per-report limit every report
+/// with that many upstreams would be refused.
+pub const MAX_UPSTREAMS_RANGE: (u64, u64) = (1, meshtune_proto::MAX_UPSTREAMS_PER_REPORT as u64);
 /// Allowed range of `max_queued_windows`.
 pub const MAX_QUEUED_WINDOWS_RANGE: (u64, u64) = (1, 100_000);
 
@@ -349,6 +351,11 @@ mod tests {
             ),
             (
                 r#"{"controller_cluster":"c","max_upstreams":-1}"#,
+                "max_upstreams",
+            ),
+            (
+                // Above the controller's per-report limit.
+                r#"{"controller_cluster":"c","max_upstreams":257}"#,
                 "max_upstreams",
             ),
             (

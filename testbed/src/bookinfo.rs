@@ -276,7 +276,7 @@ impl Default for BookinfoConfig {
             rate: 120.0,
             secs: 40,
             fault_at: Duration::from_secs(10),
-            fault: RatingsFault::Slow(10.0),
+            fault: RatingsFault::Slow(20.0),
             slo_ms: 500,
             enforce: true,
             seed: 11,
@@ -346,6 +346,8 @@ pub struct BookinfoResult {
     pub pushes: usize,
     /// Destinations the controller had reports for at the end.
     pub destinations: Vec<String>,
+    /// `meshtune top --once` at the end (knobs in force per destination).
+    pub top: String,
 }
 
 /// Attempts per request of `cluster` from an Envoy's stats (1 when nothing went up).
@@ -475,6 +477,11 @@ pub fn run(paths: &Paths, cfg: &BookinfoConfig) -> Result<BookinfoResult> {
     std::thread::sleep(Duration::from_millis(1500));
     pushes.extend(crate::realrun::push_times(&controller));
     let pushes = pushes.iter().filter(|p| **p >= t0_unix).count();
+    let top = std::process::Command::new(&paths.meshtune_bin)
+        .args(["top", "--admin", &controller.admin_url(), "--once"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim_end().to_string())
+        .unwrap_or_default();
     let destinations = controller
         .destinations()
         .map(|d| d.destinations.into_iter().map(|x| x.name).collect())
@@ -501,6 +508,7 @@ pub fn run(paths: &Paths, cfg: &BookinfoConfig) -> Result<BookinfoResult> {
         attempts,
         pushes,
         destinations,
+        top,
     };
     drop(sidecars);
     drop(controller);
@@ -523,7 +531,7 @@ pub fn row(label: &str, s: &Slice) -> String {
 /// Runs Istio defaults and meshtune with ratings slow, then failing, and prints the table.
 pub fn compare(paths: &Paths, base: &BookinfoConfig) -> Result<Vec<(String, BookinfoResult)>> {
     let mut out = Vec::new();
-    for fault in [RatingsFault::Slow(10.0), RatingsFault::Failing(0.5)] {
+    for fault in [RatingsFault::Slow(20.0), RatingsFault::Failing(0.5)] {
         for enforce in [false, true] {
             let cfg = BookinfoConfig {
                 fault,
@@ -561,6 +569,9 @@ pub fn compare(paths: &Paths, base: &BookinfoConfig) -> Result<Vec<(String, Book
                     .join(", "),
                 r.pushes
             );
+            if enforce {
+                println!("{}", r.top);
+            }
             out.push((name, r));
         }
     }

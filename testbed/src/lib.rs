@@ -19,6 +19,7 @@
 //! - [`realrun`]: a simulator scenario file run on real Envoy (hosts, clients, faults, load).
 //! - [`tuning`]: the five-arm tuning benchmark on real Envoy.
 
+pub mod abuse;
 pub mod bookinfo;
 pub mod calibrate;
 pub mod controller;

@@ -57,6 +57,9 @@ commands:
                          five arms per scenario on real Envoy: Istio defaults, hand-tuned,
                          adaptive concurrency, oracle (best of a sim-ranked grid run on real
                          Envoy), meshtune; table + SVG/PNG plots in target/runs/tuning (~30 min)
+  bench ingest-abuse     setup + build, then the real controller under hostile ingest
+                         (largest reports, 1,000,000 names, 10x rate) next to a good
+                         reporter: peak RSS, whether the good destination kept being decided
   env                    print the paths and environment the tests use";
 
 type Result<T> = std::result::Result<T, String>;
@@ -760,8 +763,13 @@ fn main() -> ExitCode {
                     ])
                     .args(rest.iter().skip(1)),
             ),
+            Some("ingest-abuse") => {
+                let mut a = vec!["ingest-abuse".to_string()];
+                a.extend(rest.into_iter().skip(1));
+                testbed(&ctx, "bench ingest-abuse", &a)
+            }
             Some(other) => Err(format!(
-                "unknown benchmark {other:?} (known: filter-overhead, controller, calibrate, tuning)"
+                "unknown benchmark {other:?} (known: filter-overhead, controller, calibrate, tuning, ingest-abuse)"
             )),
         },
         Some("env") => {

@@ -102,6 +102,20 @@ enum Cmd {
         #[arg(long, default_value_t = meshtune_testbed::bookinfo::BookinfoConfig::default().slo_ms)]
         slo_ms: u64,
     },
+    /// The real controller under hostile ingest (largest reports, 1,000,000 distinct names,
+    /// 10× the report rate) next to one good reporter: peak RSS and whether the good
+    /// destination kept being decided.
+    IngestAbuse {
+        #[arg(long, default_value_t = 1_000_000)]
+        names: u64,
+        #[arg(long, default_value_t = 4)]
+        hostile_reporters: usize,
+        /// Reports per second per hostile reporter (a filter sends 1).
+        #[arg(long, default_value_t = 10.0)]
+        hostile_rate: f64,
+        #[arg(long, default_value_t = 240)]
+        max_secs: u64,
+    },
     /// Serve the workload on an address until Ctrl-C.
     Workload {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -244,6 +258,25 @@ fn main() -> Result<()> {
                 },
             )
             .map(|_| ())
+        }
+        Cmd::IngestAbuse {
+            names,
+            hostile_reporters,
+            hostile_rate,
+            max_secs,
+        } => {
+            let r = meshtune_testbed::abuse::run(
+                &paths,
+                &meshtune_testbed::abuse::AbuseConfig {
+                    names,
+                    hostile_reporters,
+                    hostile_rate,
+                    max_secs,
+                    ..Default::default()
+                },
+            )?;
+            anyhow::ensure!(!r.starved(), "the good destination was starved");
+            Ok(())
         }
         Cmd::Workload {
             listen,
