@@ -14,6 +14,7 @@ use crate::hints::{
 };
 use crate::lease::{self, LeaseCell, LEASE_KEY};
 use crate::report::{encode_worker_window, grpc_service_upstream, Aggregator, ReporterState};
+use crate::sampling::Sampler;
 use crate::window::{Protocol, RequestRecord, SlotId, Tracker};
 use meshtune_proto::v1;
 use meshtune_proto::{FEATURE_SERVICE, REPORT_METHOD};
@@ -166,6 +167,8 @@ impl RootContext for Root {
         Some(Box::new(Http {
             worker: self.worker.as_ref().map(Rc::clone),
             slot: None,
+            weight: 0,
+            unmeasured: false,
             start_ns: 0,
             started: false,
             shed: false,
@@ -224,6 +227,11 @@ fn identity(cfg: &Config) -> v1::Reporter {
 struct Worker {
     cfg: Config,
     tracker: Tracker,
+    /// Which requests are measured (see [`crate::sampling`]).
+    sampler: Sampler,
+    /// Some tracked cluster has a hint: every request reads its cluster (hints apply to
+    /// every request, measured or not).
+    hinted: bool,
     /// Lease holder id of this VM.
     id: u64,
     /// This VM's name in queued windows (`reporter.vm_id` of a worker window).
@@ -264,6 +272,8 @@ impl Worker {
         });
         Worker {
             tracker: Tracker::new(cfg.max_upstreams, now),
+            sampler: Sampler::new(cfg.sample_above_rps, id ^ now, now),
+            hinted: false,
             id,
             window_name,
             vm_id,
@@ -282,7 +292,9 @@ impl Worker {
 
     fn on_tick(&mut self) {
         let now = now_ns();
+        self.sampler.adapt(now);
         self.refresh_hints(now);
+        self.hinted = self.tracker.slots_mut().any(|s| s.hint.is_some());
         if self.cfg.report_mode == ReportMode::Elected {
             self.elect(now / 1_000_000);
         }
@@ -400,7 +412,9 @@ impl Worker {
                 // Errors are counted inside the aggregator.
                 let _ = r.agg.merge_bytes(b);
             }
-            r.report(&self.identity, now_ms);
+            if !r.report(&self.identity, now_ms) {
+                return; // quiet: nothing to report, heartbeat not due
+            }
             let progress = Some((r.state.sequence(), r.state.dropped_reports));
             if self.cfg.report_mode == ReportMode::Elected {
                 // Store the sequence just used, so a successor continues above it.
@@ -480,6 +494,10 @@ impl CasCell for SharedCell<'_> {
 struct Http {
     worker: Option<Rc<RefCell<Worker>>>,
     slot: Option<SlotId>,
+    /// Weight of a measured request (0 = not decided at request start).
+    weight: u32,
+    /// Not measured (sampling): `on_log` only counts it.
+    unmeasured: bool,
     start_ns: u64,
     started: bool,
     shed: bool,
@@ -499,6 +517,17 @@ impl HttpContext for Http {
         let Ok(mut w) = worker.try_borrow_mut() else {
             return Action::Continue;
         };
+        let weight = w.sampler.admit();
+        if let Some(weight) = weight {
+            self.weight = weight;
+        }
+        if weight.is_none() {
+            self.unmeasured = true;
+            if !w.hinted {
+                // Not measured and no hint to apply: no host call at all.
+                return Action::Continue;
+            }
+        }
         let Some(cluster) = prop(vec!["xds", "cluster_name"]) else {
             return Action::Continue;
         };
@@ -557,9 +586,11 @@ impl HttpContext for Http {
         if applied || self.counted {
             w.pending.hints_applied += 1;
         }
-        w.tracker.start(id, now);
-        self.start_ns = now;
-        self.started = true;
+        if let Some(weight) = weight {
+            w.tracker.start_weighted(id, now, weight);
+            self.start_ns = now;
+            self.started = true;
+        }
         Action::Continue
     }
 
@@ -584,22 +615,32 @@ impl HttpContext for Http {
         let Ok(mut w) = worker.try_borrow_mut() else {
             return;
         };
-        let now = now_ns();
         w.pending.observed += 1;
+        if self.unmeasured {
+            w.tracker.unmeasured();
+            if self.counted {
+                self.counted = false;
+                if let Some(slot) = self.slot.and_then(|id| w.tracker.slot(id)) {
+                    release(&mut SharedCell(&slot.limit_key));
+                }
+            }
+            return;
+        }
+        let now = now_ns();
+        // Headers never reached the filter: measured, weight 1.
+        let weight = self.weight.max(1);
         let id = match self.slot {
             Some(id) => id,
             None => {
                 // Not routed at request start (or headers never reached the filter).
-                let Some(name) = prop(vec!["xds", "cluster_name"]) else {
+                let Some(name) = prop(vec!["xds", "cluster_name"])
+                    .and_then(|n| String::from_utf8(n).ok())
+                    .and_then(|n| w.tracker.slot_for(&n, now))
+                else {
+                    w.tracker.measured_untracked(weight);
                     return;
                 };
-                let Ok(name) = std::str::from_utf8(&name) else {
-                    return;
-                };
-                match w.tracker.slot_for(name, now) {
-                    Some(id) => id,
-                    None => return,
-                }
+                name
             }
         };
         let duration_us = if self.started {
@@ -639,9 +680,9 @@ impl HttpContext for Http {
             },
         };
         if self.started {
-            w.tracker.finish(id, now, &rec);
+            w.tracker.finish_weighted(id, now, &rec, weight);
         } else {
-            w.tracker.record_only(id, &rec);
+            w.tracker.record_only_weighted(id, &rec, weight);
         }
         if self.counted {
             self.counted = false;
@@ -665,6 +706,8 @@ struct Reporter {
     /// Shared in-flight counters of clusters that currently have a concurrency limit.
     limit_keys: Vec<String>,
     failures: u64,
+    /// When the last Report was built (unix ms; 0 = never).
+    last_report_ms: u64,
 }
 
 impl Reporter {
@@ -677,6 +720,7 @@ impl Reporter {
             metrics,
             limit_keys: Vec::new(),
             failures: 0,
+            last_report_ms: 0,
             cfg: cfg.clone(),
         }
     }
@@ -695,15 +739,26 @@ impl Reporter {
     }
 
     /// Sends one Report with everything merged since the last one.
-    fn report(&mut self, identity: &v1::Reporter, now_ms: u64) {
+    /// Sends one Report with everything merged since the last one; returns false (and sends
+    /// nothing) when nothing was merged and the heartbeat is not due (quiet when idle).
+    fn report(&mut self, identity: &v1::Reporter, now_ms: u64) -> bool {
         if let Some(q) = self.queue {
             self.drain(q);
         }
         Metrics::add(self.metrics.untracked_clusters, self.agg.take_untracked());
+        if !crate::report::report_due(
+            self.agg.windows(),
+            self.last_report_ms,
+            now_ms,
+            self.cfg.heartbeat_interval_ms,
+        ) {
+            return false;
+        }
+        self.last_report_ms = now_ms;
         let report = self.state.build(identity, &mut self.agg, now_ms);
         if !self.state.may_send() {
             self.failed("previous report still outstanding", false);
-            return;
+            return true;
         }
         let body = report.encode_to_vec();
         match hostcalls::dispatch_grpc_call(
@@ -720,6 +775,7 @@ impl Reporter {
                 self.failed(&format!("dispatch failed: {status:?}"), true);
             }
         }
+        true
     }
 
     fn failed(&mut self, why: &str, call_failed: bool) {
