@@ -132,6 +132,7 @@ struct Counters {
     response_bytes: u64,
     http2_requests: u64,
     endpoints: u32,
+    unmeasured_requests: u64,
 }
 
 impl Counters {
@@ -152,6 +153,7 @@ impl Counters {
         self.response_bytes += w.response_bytes;
         self.http2_requests += w.http2_requests;
         self.endpoints = self.endpoints.max(w.endpoints);
+        self.unmeasured_requests += w.unmeasured_requests;
         if concurrent {
             self.inflight_max += w.inflight_max;
             self.inflight_avg += w.inflight_avg;
@@ -180,6 +182,7 @@ impl Counters {
         w.response_bytes = self.response_bytes;
         w.http2_requests = self.http2_requests;
         w.endpoints = self.endpoints;
+        w.unmeasured_requests = self.unmeasured_requests;
     }
 }
 
