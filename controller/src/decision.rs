@@ -741,7 +741,10 @@ mod tests {
             25,
         );
         assert_eq!(s.len(), 1);
-        assert_eq!((s[0].stats.requests, s[0].stats.measured_requests()), (2000, 25));
+        assert_eq!(
+            (s[0].stats.requests, s[0].stats.measured_requests()),
+            (2000, 25)
+        );
     }
 
     #[test]

@@ -395,7 +395,10 @@ mod tests {
         r.upstreams[0].samples = 4;
         let v = validate(&r, &Limits::default()).unwrap();
         let w = &v.upstreams[0].1;
-        assert_eq!((w.requests, w.unmeasured_requests, w.measured_requests()), (10, 6, 4));
+        assert_eq!(
+            (w.requests, w.unmeasured_requests, w.measured_requests()),
+            (10, 6, 4)
+        );
         // Exact windows measured everything, whatever `samples` says (older filters: 0).
         r.upstreams[0].estimated = false;
         r.upstreams[0].samples = 0;

@@ -36,7 +36,11 @@ impl Sampler {
         Self {
             threshold_rps,
             interval: 1,
-            rng: if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed },
+            rng: if seed == 0 {
+                0x9E37_79B9_7F4A_7C15
+            } else {
+                seed
+            },
             arrivals: 0,
             since_ns: now_ns,
         }
@@ -83,9 +87,11 @@ pub fn interval_for(arrivals: u64, elapsed_ns: u64, threshold_rps: u32) -> u32 {
     if threshold_rps == 0 || elapsed_ns == 0 {
         return 1;
     }
-    let n = u128::from(arrivals) * 1_000_000_000
-        / (u128::from(elapsed_ns) * u128::from(threshold_rps));
-    u32::try_from(n).unwrap_or(MAX_INTERVAL).clamp(1, MAX_INTERVAL)
+    let n =
+        u128::from(arrivals) * 1_000_000_000 / (u128::from(elapsed_ns) * u128::from(threshold_rps));
+    u32::try_from(n)
+        .unwrap_or(MAX_INTERVAL)
+        .clamp(1, MAX_INTERVAL)
 }
 
 /// `round(x × num / den)` in integers (`den > 0`).
@@ -123,7 +129,11 @@ mod tests {
         assert_eq!(interval_for(500, S, 1000), 1, "below the threshold");
         assert_eq!(interval_for(1999, S, 1000), 1);
         assert_eq!(interval_for(2000, S, 1000), 2);
-        assert_eq!(interval_for(4000, S / 4, 1000), 16, "rate from a 250 ms tick");
+        assert_eq!(
+            interval_for(4000, S / 4, 1000),
+            16,
+            "rate from a 250 ms tick"
+        );
         assert_eq!(interval_for(u64::MAX, 1, 1), MAX_INTERVAL);
         assert_eq!(interval_for(1_000_000, S, 0), 1, "0 = never sample");
     }
@@ -177,6 +187,10 @@ mod tests {
         for (x, y) in [1u64, 1, 1].iter().zip(g) {
             assert!(y.abs_diff(scale(*x, 10, 6)) <= 1);
         }
-        assert_eq!(scale_group([5, 0, 3], 1, 1), [5, 0, 3], "factor 1: unchanged");
+        assert_eq!(
+            scale_group([5, 0, 3], 1, 1),
+            [5, 0, 3],
+            "factor 1: unchanged"
+        );
     }
 }

@@ -336,7 +336,11 @@ impl Counters {
             counts
         };
         let [http1, http2, http3] = scale_protocols(self.protocol_samples, requests);
-        let inflight_factor = if den == 0 { 1.0 } else { num as f64 / den as f64 };
+        let inflight_factor = if den == 0 {
+            1.0
+        } else {
+            num as f64 / den as f64
+        };
         v1::UpstreamWindow {
             cluster: cluster.to_string(),
             requests,
@@ -820,7 +824,9 @@ mod tests {
         let mut rng = 12345u64;
         for i in 0..n {
             // a: 70 %, of which every 10th is a 503 with UO; b: 30 %, all 200.
-            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let (id, rec) = if (rng >> 33) % 10 < 7 {
                 if i % 10 == 0 {
                     (
@@ -855,11 +861,16 @@ mod tests {
         let rel = |est: u64, exact: f64| (est as f64 - exact).abs() / exact;
         assert!(rel(ua.requests, 0.7 * n as f64) < 0.03, "a {}", ua.requests);
         // 5xx of a ≈ 7 % of all requests (+1 shed), σ ≈ 2.5 % of it at ~5,000 samples.
-        assert!(rel(ua.status_5xx, 0.07 * n as f64) < 0.10, "5xx {}", ua.status_5xx);
+        assert!(
+            rel(ua.status_5xx, 0.07 * n as f64) < 0.10,
+            "5xx {}",
+            ua.status_5xx
+        );
         assert!(ua.flag_uo.abs_diff(ua.status_5xx - 1) <= 1);
         assert_eq!(ua.shed, 1, "shed exact");
         assert!((ua.samples + ub.samples).abs_diff(n / 8 + 1) < 300);
-        let hist = |u: &v1::UpstreamWindow| u.latency.as_ref().unwrap().bucket_count.iter().sum::<u64>();
+        let hist =
+            |u: &v1::UpstreamWindow| u.latency.as_ref().unwrap().bucket_count.iter().sum::<u64>();
         assert!(hist(ua) <= ua.requests && hist(ub) <= ub.requests);
         assert!(hist(ub).abs_diff(ub.requests) <= 1);
         // In-flight (every request 1 ns long here) scaled with the counts, not by 1/N.
