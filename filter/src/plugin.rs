@@ -33,6 +33,9 @@ const LEASE_FLUSH_INTERVALS: u64 = 2;
 const MAX_DRAIN: usize = 10_000;
 /// Log a failed report on the first failure and then every this many.
 const FAILURE_LOG_EVERY: u64 = 60;
+/// Flushes in a row with nothing to do (no request, no tracked cluster, no hint, nothing
+/// merged) after which a VM ticks only every `heartbeat_interval_ms` (quiet when idle).
+const QUIET_FLUSHES_BEFORE_SLOW_TICKS: u32 = 3;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -157,6 +160,8 @@ impl RootContext for Root {
 
     fn on_queue_ready(&mut self, queue_id: u32) {
         if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
+            // Another worker has traffic: report at the flush interval again.
+            w.wake(now_ns());
             if let Some(r) = w.reporter.as_mut() {
                 r.drain(queue_id);
             }
@@ -251,6 +256,10 @@ struct Worker {
     /// Present while this worker reports: the elected leader, or every worker in
     /// `per_worker` mode.
     reporter: Option<Box<Reporter>>,
+    /// Ticking every `heartbeat_interval_ms` instead of `tick_ms` (idle).
+    slow: bool,
+    /// Flushes in a row with nothing to do.
+    quiet_flushes: u32,
 }
 
 impl Worker {
@@ -286,6 +295,8 @@ impl Worker {
             metrics,
             leader_alive: false,
             reporter,
+            slow: false,
+            quiet_flushes: 0,
             cfg,
         }
     }
@@ -305,8 +316,52 @@ impl Worker {
         }
     }
 
+    /// The lease outlives this many of the holder's ticks: flush intervals, or heartbeat
+    /// intervals while it ticks slowly (idle), so an idle leader keeps its lease.
     fn lease_ttl_ms(&self) -> u64 {
-        LEASE_FLUSH_INTERVALS * u64::from(self.cfg.flush_interval_ms)
+        let period = if self.slow {
+            self.slow_tick_ms()
+        } else {
+            u64::from(self.cfg.flush_interval_ms)
+        };
+        LEASE_FLUSH_INTERVALS * period
+    }
+
+    /// Tick period while idle.
+    fn slow_tick_ms(&self) -> u64 {
+        u64::from(
+            self.cfg
+                .heartbeat_interval_ms
+                .max(self.cfg.flush_interval_ms),
+        )
+    }
+
+    /// Back to ticking every `tick_ms` (a request arrived, or another worker queued a
+    /// window). The idle window restarts now, so the next window covers only the time since.
+    fn wake(&mut self, now: u64) {
+        self.quiet_flushes = 0;
+        if !self.slow {
+            return;
+        }
+        self.slow = false;
+        let _ = hostcalls::set_tick_period(Duration::from_millis(self.tick_ms));
+        if !self.tracker.window_has_requests() {
+            let _ = self.tracker.take_window(now);
+            self.last_flush_ns = now;
+        }
+    }
+
+    /// After a flush: `quiet` = nothing happened; after a few such flushes tick slowly.
+    fn note_quiet(&mut self, quiet: bool) {
+        if !quiet {
+            self.quiet_flushes = 0;
+            return;
+        }
+        self.quiet_flushes = self.quiet_flushes.saturating_add(1);
+        if !self.slow && self.quiet_flushes >= QUIET_FLUSHES_BEFORE_SLOW_TICKS {
+            self.slow = true;
+            let _ = hostcalls::set_tick_period(Duration::from_millis(self.slow_tick_ms()));
+        }
     }
 
     /// One election step (see [`crate::lease`]): becomes or stays the reporter, or follows.
@@ -396,6 +451,7 @@ impl Worker {
     fn flush(&mut self, now: u64) {
         self.last_flush_ns = now;
         let window = self.tracker.take_window(now);
+        let quiet = window.upstreams.is_empty() && self.tracker.tracked() == 0 && !self.hinted;
         let p = std::mem::take(&mut self.pending);
         Metrics::add(self.metrics.requests_observed, p.observed);
         Metrics::add(self.metrics.requests_shed, p.shed);
@@ -412,12 +468,14 @@ impl Worker {
                 // Errors are counted inside the aggregator.
                 let _ = r.agg.merge_bytes(b);
             }
-            if !r.report(&self.identity, now_ms) {
-                return; // quiet: nothing to report, heartbeat not due
-            }
+            // Nothing sent when idle and the heartbeat is not due.
+            let _sent = r.report(&self.identity, now_ms);
+            let merged = r.merged_last > 0;
             let progress = Some((r.state.sequence(), r.state.dropped_reports));
+            self.note_quiet(quiet && !merged);
             if self.cfg.report_mode == ReportMode::Elected {
-                // Store the sequence just used, so a successor continues above it.
+                // Store the sequence just used, so a successor continues above it; the
+                // lease's TTL follows the tick period (longer once idle).
                 let ttl = self.lease_ttl_ms();
                 if !matches!(
                     lease::step(&mut SharedLease, self.id, now_ms, ttl, progress),
@@ -429,6 +487,7 @@ impl Worker {
             }
             return;
         }
+        self.note_quiet(quiet);
         let Some(bytes) = bytes else {
             return;
         };
@@ -517,6 +576,9 @@ impl HttpContext for Http {
         let Ok(mut w) = worker.try_borrow_mut() else {
             return Action::Continue;
         };
+        if w.slow {
+            w.wake(now_ns());
+        }
         let weight = w.sampler.admit();
         if let Some(weight) = weight {
             self.weight = weight;
@@ -708,6 +770,8 @@ struct Reporter {
     failures: u64,
     /// When the last Report was built (unix ms; 0 = never).
     last_report_ms: u64,
+    /// Windows merged for the last flush.
+    merged_last: u32,
 }
 
 impl Reporter {
@@ -721,6 +785,7 @@ impl Reporter {
             limit_keys: Vec::new(),
             failures: 0,
             last_report_ms: 0,
+            merged_last: 0,
             cfg: cfg.clone(),
         }
     }
@@ -746,6 +811,7 @@ impl Reporter {
             self.drain(q);
         }
         Metrics::add(self.metrics.untracked_clusters, self.agg.take_untracked());
+        self.merged_last = self.agg.windows();
         if !crate::report::report_due(
             self.agg.windows(),
             self.last_report_ms,

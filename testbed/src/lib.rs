@@ -13,11 +13,12 @@
 //! - [`http`]: a minimal blocking HTTP/1.1 client for admin endpoints (re-exported from
 //!   `meshtune-test-support`).
 //! - [`paths`]: where the Envoy binary, the wasm files and the `meshtune` binary are.
-//! - [`scenarios`]: the filter-overhead benchmark.
+//! - [`scenarios`]: the filter-overhead benchmark; [`istio_bench`]: its Istio-shaped variants.
 
 pub mod controller;
 pub mod demo;
 pub mod envoy;
+pub mod istio_bench;
 pub mod loadgen;
 pub mod paths;
 pub mod procstat;
