@@ -22,7 +22,7 @@ pub const DEFAULT_MAX_QUEUED_WINDOWS: u32 = 64;
 /// Default per-worker request rate (requests per second) above which the property reads of
 /// a request happen on a sample only (see `crate::sampling`); below it every request is
 /// measured exactly. `0` = never sample.
-pub const DEFAULT_SAMPLE_ABOVE_RPS: u32 = 1000;
+pub const DEFAULT_SAMPLE_ABOVE_RPS: u32 = 500;
 /// Default longest time without a Report while a worker has nothing to report (no windows,
 /// no active hint): the sparse heartbeat of an idle Envoy.
 pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u32 = 10_000;

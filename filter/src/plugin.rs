@@ -33,7 +33,7 @@ const LEASE_FLUSH_INTERVALS: u64 = 2;
 const MAX_DRAIN: usize = 10_000;
 /// Log a failed report on the first failure and then every this many.
 const FAILURE_LOG_EVERY: u64 = 60;
-/// Flushes in a row with nothing to do (no request, no tracked cluster, no hint, nothing
+/// Flushes in a row with nothing to do (no request finished or in flight, no hint, nothing
 /// merged) after which a VM ticks only every `heartbeat_interval_ms` (quiet when idle).
 const QUIET_FLUSHES_BEFORE_SLOW_TICKS: u32 = 3;
 
@@ -451,7 +451,8 @@ impl Worker {
     fn flush(&mut self, now: u64) {
         self.last_flush_ns = now;
         let window = self.tracker.take_window(now);
-        let quiet = window.upstreams.is_empty() && self.tracker.tracked() == 0 && !self.hinted;
+        // Nothing finished or in flight (an open request keeps its cluster in the window).
+        let quiet = window.upstreams.is_empty() && !self.hinted;
         let p = std::mem::take(&mut self.pending);
         Metrics::add(self.metrics.requests_observed, p.observed);
         Metrics::add(self.metrics.requests_shed, p.shed);

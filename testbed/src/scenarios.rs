@@ -37,7 +37,7 @@ pub const DEFAULT_ISTIO_CONCURRENCY: u32 = 2;
 /// Default idle phase per round (all Envoys idle at once), seconds.
 pub const DEFAULT_IDLE_SECS: u64 = 10;
 /// Wait after the last traffic before the idle phase (filters go quiet after one flush).
-const IDLE_SETTLE: Duration = Duration::from_secs(5);
+const IDLE_SETTLE: Duration = Duration::from_secs(6);
 
 fn bar(len: u64, msg: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
