@@ -303,7 +303,6 @@ impl Worker {
 
     fn on_tick(&mut self) {
         let now = now_ns();
-        self.sampler.adapt(now);
         self.refresh_hints(now);
         self.hinted = self.tracker.slots_mut().any(|s| s.hint.is_some());
         if self.cfg.report_mode == ReportMode::Elected {
@@ -450,6 +449,8 @@ impl Worker {
 
     fn flush(&mut self, now: u64) {
         self.last_flush_ns = now;
+        // N for the next window, from this window's arrival rate.
+        self.sampler.adapt(now);
         let window = self.tracker.take_window(now);
         // Nothing finished or in flight (an open request keeps its cluster in the window).
         let quiet = window.upstreams.is_empty() && !self.hinted;

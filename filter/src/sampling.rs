@@ -12,7 +12,8 @@
 //! `finished` is the exact number of requests the worker saw finish (counted on every request,
 //! no host call): the worker's total is then exact, a single cluster's request count is exact,
 //! and every other count is an estimate whose error is stated in `filter/README.md`. `N` is
-//! re-computed on every tick from the arrivals since the previous tick.
+//! re-computed at every window boundary from the window's arrival rate: it is constant within
+//! a window, and a burst shorter than a window is measured in full.
 //!
 //! Pure: time is passed in (unix ns).
 
@@ -69,7 +70,7 @@ impl Sampler {
         (r == 0).then_some(self.interval)
     }
 
-    /// Re-computes the interval from the arrivals since the last call (once per tick).
+    /// Re-computes the interval from the arrivals since the last call (once per window).
     pub fn adapt(&mut self, now_ns: u64) {
         let elapsed = now_ns.saturating_sub(self.since_ns);
         if elapsed == 0 {
