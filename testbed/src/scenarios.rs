@@ -36,6 +36,9 @@ pub const ISTIO_PREFIX: &str = "istio ";
 pub const DEFAULT_ISTIO_CONCURRENCY: u32 = 2;
 /// Default idle phase per round (all Envoys idle at once), seconds.
 pub const DEFAULT_IDLE_SECS: u64 = 10;
+/// Closed loop run (unmeasured) before each saturation phase: one flush interval and a bit,
+/// so the meshtune filter's sampling interval follows the saturation rate.
+const SATURATION_LEAD_IN: Duration = Duration::from_millis(1500);
 /// Wait after the last traffic before the idle phase (filters go quiet after one flush).
 const IDLE_SETTLE: Duration = Duration::from_secs(6);
 
@@ -352,6 +355,15 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
             open_rps[i][round] = r.class_count(2) as f64 / r.elapsed.as_secs_f64().max(1e-9);
             pb.inc(cfg.secs);
             if cfg.saturation_secs > 0 {
+                // Unmeasured lead-in: the filter picks its sampling interval at window
+                // boundaries from the last window's rate, so the first window at the new rate
+                // is measured in full; the phase measures the steady state.
+                let _ = rt.block_on(loadgen::closed_loop(
+                    e.listener(),
+                    "/",
+                    cfg.saturation_concurrency,
+                    SATURATION_LEAD_IN,
+                ));
                 let c0 = clock.read_ns(e.pid())?;
                 let w0 = procstat::sched_ns(e.pid()).map(|x| x.1).unwrap_or(0);
                 let s = rt.block_on(loadgen::closed_loop(
