@@ -224,7 +224,7 @@ fn sampled_counts_and_p99_are_within_the_documented_error() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut load = LoadConfig::constant(envoy.listener(), rate, Duration::from_secs(18));
+    let mut load = LoadConfig::constant(envoy.listener(), rate, Duration::from_secs(21));
     load.fail_every_n = Some(FAIL_EVERY);
     let r = loadgen::run_blocking(&load, None);
     std::thread::sleep(Duration::from_millis(6500)); // last windows flushed and reported
@@ -266,7 +266,9 @@ fn sampled_counts_and_p99_are_within_the_documented_error() {
         r.summary()
     );
 
-    // Steady windows: both clusters present and at least 80 % of the achieved rate.
+    // Windows inside the run: both clusters present and at least half the achieved rate (the
+    // partial first and last windows have too few requests; a stall on a busy machine may
+    // move requests between windows, which does not affect their exact counts).
     let mut checked = 0usize;
     let mut failed = Vec::new();
     let mut merged = LatencyHistogram::new();
@@ -280,7 +282,7 @@ fn sampled_counts_and_p99_are_within_the_documented_error() {
         };
         let n = a.requests + b.requests;
         let len_s = f64::from(rep.window_length_ms) / 1000.0;
-        if (n as f64) < 0.8 * achieved * len_s {
+        if (n as f64) < 0.5 * achieved * len_s {
             continue;
         }
         if !(a.estimated && b.estimated) {
