@@ -303,6 +303,7 @@ impl Worker {
 
     fn on_tick(&mut self) {
         let now = now_ns();
+        self.sampler.tick(now);
         self.refresh_hints(now);
         self.hinted = self.tracker.slots_mut().any(|s| s.hint.is_some());
         if self.cfg.report_mode == ReportMode::Elected {

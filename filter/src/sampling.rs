@@ -12,8 +12,9 @@
 //! `finished` is the exact number of requests the worker saw finish (counted on every request,
 //! no host call): the worker's total is then exact, a single cluster's request count is exact,
 //! and every other count is an estimate whose error is stated in `filter/README.md`. `N` is
-//! re-computed at every window boundary from the window's arrival rate: it is constant within
-//! a window, and a burst shorter than a window is measured in full.
+//! re-computed at every window boundary from the window's arrival rate (so a burst shorter than
+//! a window is measured in full) and lowered at once on a tick whose rate calls for less (so
+//! a window where traffic fell still has samples).
 //!
 //! Pure: time is passed in (unix ns).
 
@@ -28,6 +29,9 @@ pub struct Sampler {
     rng: u64,
     arrivals: u64,
     since_ns: u64,
+    /// Arrivals since the last tick (for lowering `N` at once when the rate falls).
+    tick_arrivals: u64,
+    tick_since_ns: u64,
 }
 
 impl Sampler {
@@ -44,6 +48,8 @@ impl Sampler {
             },
             arrivals: 0,
             since_ns: now_ns,
+            tick_arrivals: 0,
+            tick_since_ns: now_ns,
         }
     }
 
@@ -56,6 +62,7 @@ impl Sampler {
     #[inline]
     pub fn admit(&mut self) -> Option<u32> {
         self.arrivals += 1;
+        self.tick_arrivals += 1;
         if self.interval <= 1 {
             return Some(1);
         }
@@ -68,6 +75,20 @@ impl Sampler {
         // Multiply-shift maps the high 32 bits uniformly onto 0..interval.
         let r = ((x >> 32) * u64::from(self.interval)) >> 32;
         (r == 0).then_some(self.interval)
+    }
+
+    /// Once per tick: lowers the interval at once when the rate since the last tick calls for
+    /// a smaller one (traffic fell: a window must not end with requests but no sample); it is
+    /// only raised at window boundaries ([`Sampler::adapt`]).
+    pub fn tick(&mut self, now_ns: u64) {
+        let elapsed = now_ns.saturating_sub(self.tick_since_ns);
+        if elapsed == 0 {
+            return;
+        }
+        let n = interval_for(self.tick_arrivals, elapsed, self.threshold_rps);
+        self.interval = self.interval.min(n);
+        self.tick_arrivals = 0;
+        self.tick_since_ns = now_ns;
     }
 
     /// Re-computes the interval from the arrivals since the last call (once per window).
@@ -175,6 +196,23 @@ mod tests {
         }
         let frac = fails as f64 / all as f64;
         assert!((frac - 0.125).abs() < 0.01, "fraction {frac}");
+    }
+
+    #[test]
+    fn the_interval_falls_at_once_but_rises_only_per_window() {
+        let mut s = Sampler::new(100, 9, 0);
+        for _ in 0..1600 {
+            s.admit();
+        }
+        s.tick(S / 4); // 6,400 rps over the tick: not raised by a tick
+        assert_eq!(s.interval(), 1);
+        s.adapt(S); // 1,600 rps over the window
+        assert_eq!(s.interval(), 16);
+        for _ in 0..10 {
+            s.admit();
+        }
+        s.tick(S + S / 4); // 40 rps: measured in full again
+        assert_eq!(s.interval(), 1);
     }
 
     #[test]
