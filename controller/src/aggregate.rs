@@ -154,6 +154,7 @@ struct Counters {
     response_bytes: u64,
     http2_requests: u64,
     endpoints: u32,
+    unmeasured_requests: u64,
 }
 
 impl Counters {
@@ -174,6 +175,7 @@ impl Counters {
         self.response_bytes = self.response_bytes.saturating_add(w.response_bytes);
         self.http2_requests = self.http2_requests.saturating_add(w.http2_requests);
         self.endpoints = self.endpoints.max(w.endpoints);
+        self.unmeasured_requests += w.unmeasured_requests;
         if concurrent {
             self.inflight_max = self.inflight_max.saturating_add(w.inflight_max);
             self.inflight_avg += w.inflight_avg;
@@ -202,6 +204,7 @@ impl Counters {
         w.response_bytes = self.response_bytes;
         w.http2_requests = self.http2_requests;
         w.endpoints = self.endpoints;
+        w.unmeasured_requests = self.unmeasured_requests;
     }
 }
 

@@ -98,7 +98,9 @@ impl Selected {
     }
 }
 
-/// Groups the snapshot by destination and keeps those with at least `min_requests` requests,
+/// Groups the snapshot by destination and keeps those with at least `min_requests` measured
+/// requests (a sampled window counts its samples, not its scaled estimate; see
+/// `WindowStats::measured_requests`),
 /// in the order their first cluster appears in the snapshot (which is sorted, so the order is
 /// deterministic). Takes the snapshot by value: each window moves into its destination (the
 /// common case of one cluster per destination copies nothing).
@@ -142,7 +144,7 @@ pub fn select(
             }
         }
     }
-    groups.retain(|s| s.stats.requests >= min_requests.max(1));
+    groups.retain(|s| s.stats.measured_requests() >= min_requests.max(1));
     groups
 }
 
@@ -203,7 +205,7 @@ pub fn select_sources(
             }
         }
     }
-    groups.retain(|s| s.stats.requests >= min_requests.max(1));
+    groups.retain(|s| s.stats.measured_requests() >= min_requests.max(1));
     groups
 }
 
@@ -768,6 +770,29 @@ mod tests {
         let c = select(snap, Naming::Cluster, 20);
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].destination, "BlackHoleCluster");
+    }
+
+    #[test]
+    fn min_requests_counts_measured_requests_not_estimates() {
+        // 1,000 requests estimated from 15 samples: below a minimum of 20 measured requests.
+        let mut sampled = window(1000, 1000, 5);
+        sampled.unmeasured_requests = 985;
+        assert!(sampled.is_estimated());
+        assert_eq!(sampled.measured_requests(), 15);
+        assert!(select([("a".to_string(), sampled.clone())], Naming::Cluster, 20).is_empty());
+        // Two reporters' samples add up to qualify; the policy then sees the estimates.
+        let mut other = sampled.clone();
+        other.unmeasured_requests = 990;
+        let s = select(
+            [("a".to_string(), sampled), ("a".to_string(), other)],
+            Naming::Cluster,
+            25,
+        );
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            (s[0].stats.requests, s[0].stats.measured_requests()),
+            (2000, 25)
+        );
     }
 
     #[test]

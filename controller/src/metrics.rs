@@ -117,6 +117,8 @@ struct DestSeries {
     classes: [u64; 4],
     flags: [u64; 3],
     retries: u64,
+    /// Requests estimated rather than measured (filter sampling).
+    unmeasured: u64,
     /// Per-bucket (not cumulative) counts for [`LATENCY_BUCKETS_SECONDS`] then `+Inf`.
     buckets: Vec<(f64, u64)>,
     sum_s: f64,
@@ -143,6 +145,7 @@ impl DestSeries {
             classes: [w.status_2xx, w.status_4xx, w.status_5xx, w.status_other],
             flags: [w.flag_uo, w.flag_ut, w.flag_conn_failure],
             retries: w.retries,
+            unmeasured: w.unmeasured_requests,
             buckets,
             sum_s: w.latency.sum_us() as f64 / 1e6,
             count: w.latency.count(),
@@ -202,6 +205,19 @@ impl Collector for DestinationCollector {
             for r in rows.iter() {
                 let l = [("destination", r.name.as_str())];
                 prometheus_client::metrics::counter::ConstCounter::new(r.retries)
+                    .encode(e.encode_family(&l)?)?;
+            }
+        }
+        {
+            let mut e = encoder.encode_descriptor(
+                "meshtune_destination_unmeasured_requests",
+                "Requests per destination whose figures are estimates scaled from the filters' samples (not measured one by one; 0 while every request is measured)",
+                None,
+                MetricType::Counter,
+            )?;
+            for r in rows.iter() {
+                let l = [("destination", r.name.as_str())];
+                prometheus_client::metrics::counter::ConstCounter::new(r.unmeasured)
                     .encode(e.encode_family(&l)?)?;
             }
         }

@@ -32,6 +32,13 @@ pub struct WindowStats {
     /// `max`: concurrent clients mostly see the same endpoints.
     #[serde(default)]
     pub endpoints: u32,
+    /// Of `requests`, how many were not measured but estimated: the filter measures a random
+    /// sample of the requests above its per-worker rate threshold and scales the window's
+    /// counts, histogram and in-flight figures to all requests (unbiased; error in
+    /// `filter/README.md`). `requests - unmeasured_requests` were measured. 0 = every
+    /// request measured (also what other sources and older filters give).
+    #[serde(default)]
+    pub unmeasured_requests: u64,
     pub latency: LatencyHistogram,
 }
 
@@ -74,7 +81,19 @@ impl WindowStats {
         self.response_bytes = self.response_bytes.saturating_add(o.response_bytes);
         self.http2_requests = self.http2_requests.saturating_add(o.http2_requests);
         self.endpoints = self.endpoints.max(o.endpoints);
+        self.unmeasured_requests += o.unmeasured_requests;
         self.latency.merge(&o.latency);
+    }
+
+    /// Requests actually measured (the sample the figures come from; all of them when nothing
+    /// was estimated). What `--min-requests` counts.
+    pub fn measured_requests(&self) -> u64 {
+        self.requests.saturating_sub(self.unmeasured_requests)
+    }
+
+    /// Whether the window's figures are (partly) estimates scaled from a sample.
+    pub fn is_estimated(&self) -> bool {
+        self.unmeasured_requests > 0
     }
 
     pub fn rps(&self) -> f64 {

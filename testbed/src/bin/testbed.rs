@@ -32,7 +32,8 @@ enum Cmd {
         #[arg(long, default_value_t = meshtune_testbed::demo::DEFAULT_SLO_MS)]
         slo_ms: u64,
     },
-    /// Envoy CPU/request and throughput: no filter vs no-op wasm vs meshtune.
+    /// Envoy CPU/request, throughput and idle CPU: no filter vs no-op wasm vs meshtune, plain
+    /// and Istio-shaped.
     FilterOverhead {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
@@ -55,6 +56,13 @@ enum Cmd {
         /// comma list of clock, cluster, status, status-header, attempts), to price them.
         #[arg(long = "probe")]
         probes: Vec<String>,
+        /// Workers of the Istio-shaped variants (`istio *`: the sidecar built from
+        /// manifests/, filter via the WasmPlugin); 0 = plain configuration only.
+        #[arg(long, default_value_t = scenarios::DEFAULT_ISTIO_CONCURRENCY)]
+        istio_concurrency: u32,
+        /// Idle phase per round (Envoy CPU per second without traffic); 0 = skip.
+        #[arg(long, default_value_t = scenarios::DEFAULT_IDLE_SECS)]
+        idle_secs: u64,
     },
     /// Run one simulator scenario file on real Envoy with one arm; prints every window.
     Scenario {
@@ -171,6 +179,8 @@ fn main() -> Result<()> {
             no_pin,
             compare_wasm,
             probes,
+            istio_concurrency,
+            idle_secs,
         } => scenarios::filter_overhead(
             &paths,
             &scenarios::BenchConfig {
@@ -182,6 +192,8 @@ fn main() -> Result<()> {
                 pin: !no_pin,
                 compare_wasm,
                 probes,
+                istio_concurrency,
+                idle_secs,
             },
         )
         .map(|_| ()),
