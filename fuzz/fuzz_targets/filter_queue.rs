@@ -8,13 +8,16 @@ use meshtune_filter::report::Aggregator;
 fuzz_target!(|data: &[u8]| {
     // The input is one or more queued windows, separated by the 4-byte marker "\0\0\0\xff"
     // (a byte string no encoded window needs), so merges of different windows are explored.
-    let mut agg = Aggregator::new(8, 16);
+    let mut agg = Aggregator::new(8, 32);
     let mut rest = data;
     loop {
         let (item, next) = match rest.windows(4).position(|w| w == b"\0\0\0\xff") {
             Some(i) => (&rest[..i], Some(&rest[i + 4..])),
             None => (rest, None),
         };
+        // Each window twice: two workers often queue near-identical windows, and it puts the
+        // sums (counters, histogram buckets) under stress with one fuzzed window.
+        let _ = agg.merge_bytes(item);
         let _ = agg.merge_bytes(item);
         match next {
             Some(n) => rest = n,
