@@ -47,7 +47,8 @@ fn worker_window(clusters: &[&str], n: u64, seed: u64) -> Vec<u8> {
                     Protocol::Http1
                 }),
                 duration_us: Some(800 + (i * 137 + seed * 31) % 40_000),
-                endpoint: (i % 4 == 0).then(|| endpoint_hash(format!("10.0.0.{}:8080", i % 3).as_bytes())),
+                endpoint: (i % 4 == 0)
+                    .then(|| endpoint_hash(format!("10.0.0.{}:8080", i % 3).as_bytes())),
             };
             t.finish(id, now + 500_000, &rec);
         }
@@ -64,7 +65,11 @@ fn main() {
     // filter_queue: worker windows as queued; several joined by the target's separator.
     let dir = seeds.join("filter_queue");
     let one = worker_window(&["outbound|8080||reviews.default.svc.cluster.local"], 40, 1);
-    let two = worker_window(&["echo", "outbound|9080||ratings.shop.svc.cluster.local"], 25, 2);
+    let two = worker_window(
+        &["echo", "outbound|9080||ratings.shop.svc.cluster.local"],
+        25,
+        2,
+    );
     write(&dir, "one_window", &one);
     write(&dir, "two_clusters", &two);
     let mut joined = one.clone();
@@ -74,7 +79,10 @@ fn main() {
 
     // report: what the elected reporter sends (merged windows + identity), as the plugin does.
     let dir = seeds.join("report");
-    for (name, windows) in [("one_worker", vec![&one]), ("two_workers", vec![&one, &two])] {
+    for (name, windows) in [
+        ("one_worker", vec![&one]),
+        ("two_workers", vec![&one, &two]),
+    ] {
         let mut agg = Aggregator::new(256, 64);
         for w in windows {
             agg.merge_bytes(w).unwrap();
@@ -87,7 +95,9 @@ fn main() {
                 pod: "productpage-v1-7d9f8c-abcde".into(),
                 vm_id: "default.meshtune".into(),
                 filter_version: meshtune_filter::FILTER_VERSION.into(),
-                node_id: "sidecar~10.0.0.7~productpage-v1-7d9f8c-abcde.default~default.svc.cluster.local".into(),
+                node_id:
+                    "sidecar~10.0.0.7~productpage-v1-7d9f8c-abcde.default~default.svc.cluster.local"
+                        .into(),
             }),
             sequence: 42,
             window_start_unix_ms: start,
@@ -131,7 +141,11 @@ fn main() {
         ],
     };
     write(&dir, "response", &resp.encode_to_vec());
-    write(&dir, "published", &encode_published(1_700_000_001_000, &resp));
+    write(
+        &dir,
+        "published",
+        &encode_published(1_700_000_001_000, &resp),
+    );
     write(
         &dir,
         "empty_response",
@@ -184,9 +198,21 @@ fn main() {
     let dir = seeds.join("guardrails");
     let toml = "mode = \"enforce\"\nhysteresis = 0.05\nmax_step_factor = 2.0\nmax_linear_step = 0.25\nmin_dwell_secs = 30\nurgent_dwell_secs = 10\nrollback_threshold = 0.2\nrollback_min_delta = 0.01\nrollback_consecutive = 2\nrollback_windows = 5\nrollback_max_load_change = 0.25\n[hysteresis_per_knob]\n\"retries.attempts\" = 0.0\n[namespaces.payments]\n\"tcp.maxConnections\" = { min = 10, max = 2000 }\n\"timeout\" = { min = 200 }\n";
     let yaml = "mode: observe\nmin_dwell_secs: 0\nmax_step_factor: 4\nnamespaces:\n  shop:\n    http.http1MaxPendingRequests: {min: 1, max: 64}\n    outlierDetection.maxEjectionPercent: {max: 50}\n";
-    write(&dir, "doc_example.toml", &[b"\0".as_slice(), toml.as_bytes()].concat());
-    write(&dir, "namespaces.yaml", &[b"\x01".as_slice(), yaml.as_bytes()].concat());
-    write(&dir, "enforce_no_dwell.toml", b"\0mode = \"enforce\"\nmin_dwell_secs = 0\n");
+    write(
+        &dir,
+        "doc_example.toml",
+        &[b"\0".as_slice(), toml.as_bytes()].concat(),
+    );
+    write(
+        &dir,
+        "namespaces.yaml",
+        &[b"\x01".as_slice(), yaml.as_bytes()].concat(),
+    );
+    write(
+        &dir,
+        "enforce_no_dwell.toml",
+        b"\0mode = \"enforce\"\nmin_dwell_secs = 0\n",
+    );
 
     // model: the smallest shipped model.
     let dir = seeds.join("model");

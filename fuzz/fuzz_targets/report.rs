@@ -23,7 +23,11 @@ fuzz_target!(|data: &[u8]| {
             let mut names: Vec<&str> = valid.upstreams.iter().map(|(c, _)| c.as_str()).collect();
             names.sort_unstable();
             names.dedup();
-            assert_eq!(names.len(), valid.upstreams.len(), "duplicate clusters accepted");
+            assert_eq!(
+                names.len(),
+                valid.upstreams.len(),
+                "duplicate clusters accepted"
+            );
             for (_, stats) in &valid.upstreams {
                 let _ = stats.features(&meshtune_core::features::Context::initial(250.0));
             }

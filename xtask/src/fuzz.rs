@@ -121,9 +121,7 @@ fn run_target(ctx: &Ctx, target: &str, secs: u64) -> Result<u64> {
         "-print_final_stats=1".to_string(),
     ]);
     eprintln!("  $ {} ...", bin.display());
-    let out = c
-        .output()
-        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let out = c.output().map_err(|e| format!("{}: {e}", bin.display()))?;
     let log = String::from_utf8_lossy(&out.stderr);
     let execs = log
         .lines()
@@ -169,7 +167,9 @@ fn parse(args: &[String]) -> Result<Opts> {
                     .and_then(|v| v.parse().ok())
                     .ok_or("--secs needs a number of seconds")?;
             }
-            "--light" => o.targets.extend(LIGHT_TARGETS.iter().map(|t| t.to_string())),
+            "--light" => o
+                .targets
+                .extend(LIGHT_TARGETS.iter().map(|t| t.to_string())),
             t if LIGHT_TARGETS.contains(&t) || HEAVY_TARGETS.contains(&t) => {
                 o.targets.push(t.to_string())
             }
@@ -193,9 +193,7 @@ fn parse(args: &[String]) -> Result<Opts> {
 }
 
 fn run_all(ctx: &Ctx, targets: &[String], secs: u64) -> Result<()> {
-    let heavy = targets
-        .iter()
-        .any(|t| HEAVY_TARGETS.contains(&t.as_str()));
+    let heavy = targets.iter().any(|t| HEAVY_TARGETS.contains(&t.as_str()));
     let t0 = Instant::now();
     build(ctx, heavy)?;
     eprintln!("  fuzz build: {:.0} s", t0.elapsed().as_secs_f64());
