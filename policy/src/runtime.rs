@@ -183,10 +183,35 @@ fn check_signature(graph: &pb::GraphProto) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs `f`, turning a panic (inside tract) into `Err` with the panic message.
+fn guard_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        format!("tract panicked: {msg}")
+    })
+}
+
 impl OnnxPolicy {
     /// Decodes, checks the contract (metadata, names, widths) and builds an optimised plan with a
     /// symbolic batch dimension. Does not run the smoke test: see [`validate`].
+    ///
+    /// tract panics on some malformed graphs (e.g. a graph output no node produces: found by
+    /// the `model` fuzz target); such a panic is caught and refuses the model as
+    /// [`ModelError::Load`], so a bad file or ConfigMap never ends the task that loads it.
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<OnnxPolicy, ModelError> {
+        guard_panic(|| Self::from_bytes_unguarded(bytes, origin)).unwrap_or_else(|reason| {
+            Err(ModelError::Load {
+                origin: origin.to_string(),
+                reason,
+            })
+        })
+    }
+
+    fn from_bytes_unguarded(bytes: &[u8], origin: &str) -> Result<OnnxPolicy, ModelError> {
         let origin_s = origin.to_string();
         let proto = crate::onnx::decode_model(bytes).map_err(|e| ModelError::Decode {
             origin: origin_s.clone(),
@@ -283,7 +308,12 @@ impl OnnxPolicy {
         };
         let flat: Vec<f32> = batch.iter().flatten().copied().collect();
         let input = Tensor::from_shape(&[batch.len(), FEATURE_COUNT], &flat).map_err(err)?;
-        let outputs = self.plan.run(tvec!(input.into_tvalue())).map_err(err)?;
+        let outputs = guard_panic(|| self.plan.run(tvec!(input.into_tvalue())))
+            .map_err(|reason| ModelError::Inference {
+                origin: self.origin.clone(),
+                reason,
+            })?
+            .map_err(err)?;
         let out = outputs.first().ok_or_else(|| ModelError::Inference {
             origin: self.origin.clone(),
             reason: "model produced no output".into(),

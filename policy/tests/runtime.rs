@@ -175,3 +175,37 @@ fn embedded_default_is_valid_or_clearly_absent() {
         }
     }
 }
+
+/// Fuzzing finding (`model` target): a graph output that no node produces made tract panic
+/// inside `model_for_proto_model` (an index into its outlet map), which ended the loading task.
+/// Now the model is refused with an error naming the origin.
+#[test]
+fn graph_output_no_node_produces_is_refused_not_a_panic() {
+    use prost::Message;
+    let layers = random_mlp(7);
+    let bytes = meshtune_policy::onnx::export_mlp(&layers, &meta("dangling")).unwrap();
+    let mut proto = meshtune_policy::onnx::decode_model(&bytes).unwrap();
+    let graph = proto.graph.as_mut().unwrap();
+    // The node that produced `knobs` now writes another name: `knobs` dangles.
+    for node in &mut graph.node {
+        for out in &mut node.output {
+            if out == "knobs" {
+                *out = "knobs_elsewhere".into();
+            }
+        }
+    }
+    let bad = proto.encode_to_vec();
+    match OnnxPolicy::from_bytes(&bad, "dangling.onnx") {
+        Err(ModelError::Load { origin, reason }) => {
+            assert_eq!(origin, "dangling.onnx");
+            assert!(!reason.is_empty());
+        }
+        Err(other) => panic!("refused, but not as a load error: {other}"),
+        Ok(_) => panic!("a model whose output no node produces was accepted"),
+    }
+    // The store-facing entry point refuses it the same way.
+    assert!(matches!(
+        validate(&bad, "dangling.onnx"),
+        Err(ModelError::Load { .. })
+    ));
+}

