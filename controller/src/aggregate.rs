@@ -1,6 +1,7 @@
 //! Per-destination aggregation of validated reports: pure, clock passed in, no I/O.
 //!
-//! Each destination (upstream cluster name) keeps one bucket per second of controller receive
+//! Each destination — a [`DestKey`]: the reporter's namespace and the upstream cluster name, so
+//! reporters of different namespaces never share (or move) each other's aggregates — keeps one bucket per second of controller receive
 //! time, holding the reports of all reporters that arrived in that second merged with
 //! [`WindowStats::merge_concurrent`] semantics; a bucket's latency histogram is stored sparse
 //! (only non-empty buckets) to keep memory small. A sliding-window view merges the buckets of
@@ -26,7 +27,7 @@
 
 use crate::validate::{ReporterKey, ValidReport};
 use meshtune_core::histogram::LatencyHistogram;
-use meshtune_core::WindowStats;
+use meshtune_core::{DestKey, WindowStats};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// Aggregation bounds (see [`crate::config::Config::aggregate_limits`]).
@@ -76,17 +77,25 @@ impl IngestOutcome {
 /// One reported cluster's sliding window and how many reporters it merges.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterWindow {
-    pub cluster: String,
+    /// Reporter namespace and reported cluster.
+    pub key: DestKey,
     pub stats: WindowStats,
     /// Distinct reporters with a report in the window.
     pub clients: u32,
 }
 
 impl From<(String, WindowStats)> for ClusterWindow {
-    /// One reporter's window (tests, benchmarks).
+    /// One reporter's window in the default namespace (tests, benchmarks).
     fn from((cluster, stats): (String, WindowStats)) -> Self {
+        ClusterWindow::from((DestKey::new("", cluster), stats))
+    }
+}
+
+impl From<(DestKey, WindowStats)> for ClusterWindow {
+    /// One reporter's window (tests, benchmarks).
+    fn from((key, stats): (DestKey, WindowStats)) -> Self {
         ClusterWindow {
-            cluster,
+            key,
             stats,
             clients: 1,
         }
@@ -96,7 +105,8 @@ impl From<(String, WindowStats)> for ClusterWindow {
 /// One destination as seen over the window and its lifetime.
 #[derive(Debug, Clone)]
 pub struct DestinationView {
-    pub name: String,
+    /// Reporter namespace and reported cluster.
+    pub key: DestKey,
     /// Distinct reporters with a report in the window.
     pub reporters: usize,
     pub last_report_unix_ms: u64,
@@ -368,7 +378,7 @@ struct Destination {
 #[derive(Debug)]
 pub struct Aggregator {
     limits: Limits,
-    destinations: BTreeMap<String, Destination>,
+    destinations: BTreeMap<DestKey, Destination>,
     reporters: HashMap<ReporterKey, ReporterState>,
     next_reporter_id: u32,
     last_expire_ms: u64,
@@ -450,7 +460,8 @@ impl Aggregator {
         };
         let sec = now_ms / 1000;
         let mut destinations_dropped = 0;
-        for (name, w) in &report.upstreams {
+        for (cluster, w) in &report.upstreams {
+            let name = &DestKey::new(report.reporter.namespace.as_str(), cluster.as_str());
             if !self.destinations.contains_key(name) {
                 if self.destinations.len() >= self.limits.max_destinations {
                     self.expire_destinations(now_ms);
@@ -518,7 +529,8 @@ impl Aggregator {
                     .iter()
                     .map(|b| b.latency.heap_bytes() + b.reporters.capacity() * size_of::<u32>())
                     .sum();
-                name.capacity()
+                name.namespace.capacity()
+                    + name.cluster.capacity()
                     + size_of::<Destination>()
                     + d.buckets.capacity() * size_of::<Bucket>()
                     + buckets
@@ -582,7 +594,7 @@ impl Aggregator {
         self.destinations
             .iter()
             .map(|(name, d)| ClusterWindow {
-                cluster: name.clone(),
+                key: name.clone(),
                 stats: self.window_of(d, now_ms),
                 clients: u32::try_from(self.reporters_in_window(d, now_ms)).unwrap_or(u32::MAX),
             })
@@ -597,7 +609,7 @@ impl Aggregator {
                 let window = self.window_of(d, now_ms);
                 let reporters = self.reporters_in_window(d, now_ms);
                 DestinationView {
-                    name: name.clone(),
+                    key: name.clone(),
                     reporters,
                     last_report_unix_ms: d.last_report_ms,
                     window,
@@ -735,7 +747,7 @@ mod tests {
         let d = a.destinations(T0 + 500);
         assert_eq!(d.len(), 2);
         let c = &d[0];
-        assert_eq!(c.name, "c");
+        assert_eq!(c.key, DestKey::new("ns", "c"));
         assert_eq!(c.reporters, 2);
         assert_eq!(c.window.requests, 40);
         assert_eq!(c.window.status_5xx, 4);
@@ -961,7 +973,7 @@ mod tests {
         let names: Vec<_> = a
             .snapshot(T0 + 61_000)
             .into_iter()
-            .map(|c| c.cluster)
+            .map(|c| c.key.cluster)
             .collect();
         assert_eq!(names, vec!["c"]);
         // Reporter table is bounded: the oldest is evicted.

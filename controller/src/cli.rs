@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use crate::admin::{FilterModule, FilterModuleError, DEFAULT_FILTER_WASM};
 use crate::config::{self, Config};
 use crate::decision::{self, Naming};
+use crate::gate::StaticGate;
 use crate::policy_loop::{
     self, build_sinks, parse_configmap, EnvoyFileArgs, LoopConfig, LoopError, PolicyLoop, SinkKind,
     Sources,
@@ -105,6 +106,12 @@ pub struct ControllerArgs {
     /// Envoy destination NAME=HOST:PORT (repeatable); NAME is the cluster name reported.
     #[arg(long = "envoy-destination")]
     pub envoy_destinations: Vec<String>,
+    /// Namespaces whose sidecars may be tuned (repeatable or comma-separated; `*` = all).
+    /// Keys (reporter namespace, destination) of other namespaces are not decided for, hinted
+    /// or written, and are counted in `meshtune_tuning_refused_total`. Default: `*` without
+    /// `--sink istio` (local Envoy, testbed), none with it (list the namespaces that opted in).
+    #[arg(long = "tune-namespaces", value_delimiter = ',')]
+    pub tune_namespaces: Option<Vec<String>>,
     /// Append live dataset rows (features, knobs in force, outcomes) to this CSV.
     #[arg(long)]
     pub record: Option<PathBuf>,
@@ -217,7 +224,22 @@ impl ControllerArgs {
             hint_ttl_ms: policy_loop::default_hint_ttl(interval),
             guardrails: g,
             settle: Duration::from_secs(self.window_secs),
+            gate: Arc::new(self.gate()?),
         })
+    }
+
+    /// The namespace gate from `--tune-namespaces` (default: see the flag).
+    pub fn gate(&self) -> Result<StaticGate, LoopError> {
+        match &self.tune_namespaces {
+            Some(list) => StaticGate::parse(list).map_err(|e| LoopError::Flag {
+                flag: "--tune-namespaces",
+                reason: e.to_string(),
+            }),
+            None if self.sinks.contains(&SinkKind::Istio) => {
+                Ok(StaticGate::Only(Default::default()))
+            }
+            None => Ok(StaticGate::All),
+        }
     }
 
     /// Model sources in the order the first model is taken from: `--model` (must be valid),

@@ -21,6 +21,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod decision;
+pub mod gate;
 pub mod hints;
 pub mod metrics;
 pub mod policy_loop;

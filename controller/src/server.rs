@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::hints::{FileHints, HintSource, HintsError, NoHints, Reload};
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::validate::{validate, Limits as ValidationLimits};
+use meshtune_core::DestKey;
 use meshtune_proto::v1::feature_service_server::FeatureServiceServer;
 use meshtune_proto::v1::{ReportRequest, ReportResponse};
 use std::collections::BTreeMap;
@@ -70,7 +71,7 @@ pub struct Controller {
     accepted: AtomicU64,
     rejected: AtomicU64,
     duplicate: AtomicU64,
-    policy_status: RwLock<BTreeMap<String, DestinationPolicyStatus>>,
+    policy_status: RwLock<BTreeMap<DestKey, DestinationPolicyStatus>>,
     model_status: RwLock<ModelJson>,
 }
 
@@ -148,21 +149,20 @@ impl Controller {
         self.file_hints.as_ref()
     }
 
-    /// True once the gRPC server is serving.
-    /// Publishes the decision loop's view of one reported cluster.
-    pub fn set_policy_status(&self, cluster: &str, status: DestinationPolicyStatus) {
+    /// Publishes the decision loop's view of one (reporter namespace, reported cluster).
+    pub fn set_policy_status(&self, key: &DestKey, status: DestinationPolicyStatus) {
         self.policy_status
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(cluster.to_string(), status);
+            .insert(key.clone(), status);
     }
 
-    /// The decision loop's view of one reported cluster.
-    pub fn policy_status(&self, cluster: &str) -> Option<DestinationPolicyStatus> {
+    /// The decision loop's view of one (reporter namespace, reported cluster).
+    pub fn policy_status(&self, key: &DestKey) -> Option<DestinationPolicyStatus> {
         self.policy_status
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(cluster)
+            .get(key)
             .cloned()
     }
 
@@ -247,7 +247,9 @@ impl Controller {
             }
         }
         let clusters: Vec<String> = valid.upstreams.iter().map(|(n, _)| n.clone()).collect();
-        let hints = self.hint_source().hints_for(&clusters);
+        let hints = self
+            .hint_source()
+            .hints_for(&valid.reporter.namespace, &clusters);
         self.metrics
             .report_ingest_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -269,9 +271,11 @@ impl Controller {
         let destinations = views
             .iter()
             .map(|v| {
-                let hint = hints.hints_for(std::slice::from_ref(&v.name)).pop();
+                let hint = hints
+                    .hints_for(&v.key.namespace, std::slice::from_ref(&v.key.cluster))
+                    .pop();
                 let mut d = DestinationJson::new(v, hint);
-                if let Some(s) = self.policy_status(&v.name) {
+                if let Some(s) = self.policy_status(&v.key) {
                     d.knobs = s.knobs;
                     d.last_decision = s.last_decision;
                 }
@@ -525,13 +529,16 @@ mod tests {
             .unwrap()
             .hints
             .is_empty());
-        c.set_hint_source(Arc::new(StaticHints::new(vec![Hint {
-            cluster: "c".into(),
-            timeout_ms: 40,
-            max_retries: None,
-            concurrency_limit: 0,
-            ttl_ms: 1000,
-        }])));
+        c.set_hint_source(Arc::new(StaticHints::new(vec![(
+            DestKey::new("", "c"),
+            Hint {
+                cluster: "c".into(),
+                timeout_ms: 40,
+                max_retries: None,
+                concurrency_limit: 0,
+                ttl_ms: 1000,
+            },
+        )])));
         let resp = c.handle_report(&report(3, "c", 1)).unwrap();
         assert_eq!(resp.hints.len(), 1);
         assert_eq!(resp.hints[0].timeout_ms, 40);

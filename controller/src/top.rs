@@ -232,6 +232,7 @@ mod tests {
 
     fn dest(name: &str, rps: f64, e5: f64, hint: Option<Hint>) -> DestinationJson {
         DestinationJson {
+            namespace: "default".into(),
             name: name.into(),
             reporters: 1,
             last_report_unix_ms: 0,
