@@ -21,8 +21,24 @@ pub struct DestinationsResponse {
     /// Reporters currently tracked.
     #[serde(default)]
     pub reporters: u64,
+    /// How reporters are authenticated: `none`, `client-cert` or `xfcc`.
+    #[serde(default)]
+    pub auth: String,
+    /// Authenticated reporter identities seen (SPIFFE IDs), sorted; empty with `auth: none`.
+    #[serde(default)]
+    pub identities: Vec<IdentityJson>,
     /// Tracked destinations, sorted by (namespace, name).
     pub destinations: Vec<DestinationJson>,
+}
+
+/// An authenticated reporter identity and its accepted-or-checked reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdentityJson {
+    /// `spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`.
+    pub spiffe_id: String,
+    /// Reports from it that passed the identity check.
+    pub reports: u64,
+    pub last_unix_ms: u64,
 }
 
 /// One destination: the reporters' namespace and the upstream cluster name they report

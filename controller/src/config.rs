@@ -61,6 +61,32 @@ pub struct Config {
     /// The filter module served at `/filter.wasm` and described at `/api/filter`; `None`
     /// answers both with 404 (see `--filter-wasm`).
     pub filter_module: Option<crate::admin::FilterModule>,
+    /// How reporters are authenticated ([`crate::identity`]). The library default is
+    /// `None`; the `meshtune controller` command requires choosing a mode explicitly.
+    pub auth: crate::identity::AuthMode,
+    /// TLS for the gRPC port (required with [`crate::identity::AuthMode::ClientCert`]).
+    pub tls: Option<TlsPem>,
+}
+
+/// PEM contents of the gRPC port's TLS files (`--tls-cert`, `--tls-key`, `--client-ca`).
+#[derive(Clone)]
+pub struct TlsPem {
+    /// Server certificate chain.
+    pub cert: Vec<u8>,
+    /// Its private key.
+    pub key: Vec<u8>,
+    /// CA bundle client certificates must chain to.
+    pub client_ca: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsPem {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsPem")
+            .field("cert_bytes", &self.cert.len())
+            .field("client_ca_bytes", &self.client_ca.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Config {
@@ -78,6 +104,8 @@ impl Default for Config {
             hints_file: None,
             hints_poll: DEFAULT_HINTS_POLL,
             filter_module: None,
+            auth: crate::identity::AuthMode::None,
+            tls: None,
         }
     }
 }

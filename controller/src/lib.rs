@@ -23,6 +23,7 @@ pub mod config;
 pub mod decision;
 pub mod gate;
 pub mod hints;
+pub mod identity;
 pub mod metrics;
 pub mod policy_loop;
 pub mod prometheus;

@@ -2,7 +2,9 @@
 //! the gRPC ingest and admin HTTP servers on given listeners until a shutdown future fires.
 
 use crate::aggregate::{Aggregator, IngestOutcome};
-use crate::api::{DestinationJson, DestinationsResponse, LastDecisionJson, ModelJson};
+use crate::api::{DestinationJson, DestinationsResponse, IdentityJson, LastDecisionJson, ModelJson};
+use crate::identity::{identify, AuthMode, IdentityError, SpiffeId, XFCC_HEADER};
+use meshtune_core::key::reporter_namespace;
 use crate::config::Config;
 use crate::hints::{FileHints, HintSource, HintsError, NoHints, Reload};
 use crate::metrics::{Metrics, ReasonLabels};
@@ -18,6 +20,9 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// Most distinct reporter identities listed in `/api/destinations` (`identities`).
+pub const MAX_IDENTITIES: usize = 10_000;
+
 /// How long servers get to finish after shutdown fires before they are dropped.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -30,6 +35,8 @@ pub enum ControllerError {
     Grpc(#[from] tonic::transport::Error),
     #[error("admin server: {0}")]
     Admin(std::io::Error),
+    #[error("gRPC TLS: {0}")]
+    Tls(String),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -72,6 +79,8 @@ pub struct Controller {
     rejected: AtomicU64,
     duplicate: AtomicU64,
     policy_status: RwLock<BTreeMap<DestKey, DestinationPolicyStatus>>,
+    /// Authenticated reporter identities seen (at most [`MAX_IDENTITIES`]).
+    identities: Mutex<BTreeMap<String, IdentityJson>>,
     model_status: RwLock<ModelJson>,
 }
 
@@ -95,6 +104,11 @@ impl Controller {
     /// Builds the state; opens the hints file if configured (an invalid existing file is an
     /// error, a missing one gives no hints until it appears).
     pub fn new(config: Config) -> Result<Self, ControllerError> {
+        if config.auth == AuthMode::ClientCert && config.tls.is_none() {
+            return Err(ControllerError::Tls(
+                "client-certificate authentication needs the TLS files (--tls-cert, --tls-key, --client-ca)".into(),
+            ));
+        }
         let file_hints = match &config.hints_file {
             Some(p) => Some(Arc::new(FileHints::open(p)?)),
             None => None,
@@ -116,6 +130,7 @@ impl Controller {
             rejected: AtomicU64::new(0),
             duplicate: AtomicU64::new(0),
             policy_status: RwLock::new(BTreeMap::new()),
+            identities: Mutex::new(BTreeMap::new()),
             model_status: RwLock::new(ModelJson::default()),
         })
     }
@@ -194,10 +209,52 @@ impl Controller {
         self.aggregator().snapshot(now)
     }
 
-    /// Handles one report: validate, de-duplicate, merge, answer with hints. A rejected
-    /// report gets INVALID_ARGUMENT naming the field and changes nothing.
+    /// Handles one report as the configured mode sees a call without certificate or header:
+    /// in [`AuthMode::None`] the report is trusted as claimed; otherwise it is refused
+    /// (UNAUTHENTICATED). See [`Controller::handle_report_as`].
     pub fn handle_report(&self, req: &ReportRequest) -> ReportResult {
+        self.handle_report_as(req, identify(self.config.auth, None, None))
+    }
+
+    /// Handles one report from a caller with `identity` ([`crate::identity::identify`]):
+    /// without a usable identity when one is required → UNAUTHENTICATED; a claimed
+    /// `reporter.namespace` (empty = the default namespace) other than the identity's →
+    /// PERMISSION_DENIED; both counted in `meshtune_reports_unauthorized_total` and changing
+    /// nothing. Then validate, de-duplicate, merge, answer with the hints of the reporter's
+    /// namespace. A rejected report gets INVALID_ARGUMENT naming the field and changes nothing.
+    pub fn handle_report_as(
+        &self,
+        req: &ReportRequest,
+        identity: Result<Option<SpiffeId>, IdentityError>,
+    ) -> ReportResult {
         let started = Instant::now();
+        let refuse = |reason: &str| {
+            self.metrics
+                .reports_unauthorized
+                .get_or_create(&ReasonLabels {
+                    reason: reason.to_string(),
+                })
+                .inc();
+        };
+        match identity {
+            Err(e) => {
+                refuse(e.reason());
+                tracing::debug!(error = %e, "report refused: no usable identity");
+                return Err(tonic::Status::unauthenticated(e.to_string()));
+            }
+            Ok(Some(id)) => {
+                let claimed = req.reporter.as_ref().map_or("", |r| r.namespace.as_str());
+                if reporter_namespace(claimed) != id.namespace {
+                    refuse("namespace_mismatch");
+                    tracing::warn!(identity = %id, claimed, "report refused: reporter.namespace differs from the caller's identity");
+                    return Err(tonic::Status::permission_denied(format!(
+                        "reporter.namespace {claimed:?} differs from the namespace of the caller's identity {id}"
+                    )));
+                }
+                self.record_identity(&id);
+            }
+            Ok(None) => {}
+        }
         let valid = match validate(req, &self.validation) {
             Ok(v) => v,
             Err(e) => {
@@ -259,6 +316,35 @@ impl Controller {
         })
     }
 
+    fn record_identity(&self, id: &SpiffeId) {
+        let now = self.clock.now_unix_ms();
+        let mut ids = self.identities.lock().unwrap_or_else(|e| e.into_inner());
+        let key = id.to_string();
+        if let Some(e) = ids.get_mut(&key) {
+            e.reports += 1;
+            e.last_unix_ms = now;
+        } else if ids.len() < MAX_IDENTITIES {
+            ids.insert(
+                key.clone(),
+                IdentityJson {
+                    spiffe_id: key,
+                    reports: 1,
+                    last_unix_ms: now,
+                },
+            );
+        }
+    }
+
+    /// Authenticated reporter identities seen, sorted.
+    pub fn identities(&self) -> Vec<IdentityJson> {
+        self.identities
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// The admin view (`/api/destinations`); also refreshes the per-destination gauges.
     pub fn destinations_json(&self) -> DestinationsResponse {
         let now = self.clock.now_unix_ms();
@@ -288,6 +374,8 @@ impl Controller {
             reports_rejected: self.rejected.load(Ordering::Relaxed),
             reports_duplicate: self.duplicate.load(Ordering::Relaxed),
             reporters: reporters as u64,
+            auth: self.config.auth.name().to_string(),
+            identities: self.identities(),
             destinations,
         }
     }
@@ -365,7 +453,18 @@ impl Controller {
 
         let svc = FeatureServiceServer::from_arc(self.clone())
             .max_decoding_message_size(self.config.max_report_bytes.saturating_mul(2));
-        let grpc_server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.config.tls {
+            use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+            builder = builder
+                .tls_config(
+                    ServerTlsConfig::new()
+                        .identity(Identity::from_pem(&tls.cert, &tls.key))
+                        .client_ca_root(Certificate::from_pem(&tls.client_ca)),
+                )
+                .map_err(|e| ControllerError::Tls(e.to_string()))?;
+        }
+        let grpc_server = builder
             .add_service(svc)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc),
@@ -404,7 +503,19 @@ impl meshtune_proto::v1::feature_service_server::FeatureService for Controller {
         &self,
         request: tonic::Request<ReportRequest>,
     ) -> Result<tonic::Response<ReportResponse>, tonic::Status> {
-        self.handle_report(request.get_ref())
+        let identity = match self.config.auth {
+            AuthMode::None => Ok(None),
+            mode => {
+                let certs = request.peer_certs();
+                let leaf = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
+                let xfcc = request
+                    .metadata()
+                    .get(XFCC_HEADER)
+                    .map(|v| v.to_str().unwrap_or(""));
+                identify(mode, leaf, xfcc)
+            }
+        };
+        self.handle_report_as(request.get_ref(), identity)
             .map(tonic::Response::new)
     }
 }

@@ -15,6 +15,7 @@ fn controller() -> Command {
     let mut c = Command::new(BIN);
     c.args([
         "controller",
+        "--insecure-no-auth",
         "--grpc-listen",
         "127.0.0.1:0",
         "--admin-listen",
