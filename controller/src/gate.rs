@@ -17,18 +17,13 @@ pub trait NamespaceGate: Send + Sync + std::fmt::Debug {
 }
 
 /// The namespaces given in configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum StaticGate {
     /// Every namespace (`--tune-namespaces '*'`; the default without the Istio sink).
+    #[default]
     All,
     /// Only these (an empty set: none, the default with the Istio sink).
     Only(BTreeSet<String>),
-}
-
-impl Default for StaticGate {
-    fn default() -> Self {
-        StaticGate::All
-    }
 }
 
 /// Errors parsing `--tune-namespaces`.

@@ -294,6 +294,8 @@ mod tests {
             reports_rejected: 1,
             reports_duplicate: 0,
             reporters: 1,
+            auth: "none".into(),
+            identities: Vec::new(),
             destinations: vec![
                 dest("a-rather-long-cluster-name", 123.45, 0.02, None),
                 dest(
@@ -353,12 +355,14 @@ mod tests {
             reports_rejected: 0,
             reports_duplicate: 0,
             reporters: 0,
+            auth: "none".into(),
+            identities: Vec::new(),
             destinations: vec![d],
         };
         let text = render(&r);
         let row = text.lines().nth(2).unwrap();
         let cols: Vec<&str> = row.split_whitespace().collect();
-        assert_eq!(&cols[8..12], &["64", "inf", "900", "pushed(2)"], "{row}");
+        assert_eq!(&cols[9..13], &["64", "inf", "900", "pushed(2)"], "{row}");
     }
 
     #[test]
@@ -369,6 +373,8 @@ mod tests {
             reports_rejected: 0,
             reports_duplicate: 0,
             reporters: 0,
+            auth: "none".into(),
+            identities: Vec::new(),
             destinations: vec![],
         };
         assert_eq!(render(&r).lines().count(), 2);

@@ -254,13 +254,15 @@ fn behind_its_sidecar_the_controller_trusts_xfcc_and_refuses_forgeries() {
             not_accepted(tls_client(front, &ca.cert, None).await, report("e2e", 5)).await
         );
         let plain = async {
-            let mut p = FeatureServiceClient::connect(format!("http://{front}")).await?;
-            p.report(report("e2e", 6)).await.map_err(|s| s.into())
-        };
-        let r: Result<_, Box<dyn std::error::Error>> =
-            tokio::time::timeout(Duration::from_secs(10), plain)
+            let mut p = FeatureServiceClient::connect(format!("http://{front}"))
                 .await
-                .expect("bounded");
+                .map_err(|e| e.to_string())?;
+            p.report(report("e2e", 6)).await.map_err(|s| s.to_string())
+        };
+        let r = tokio::time::timeout(Duration::from_secs(10), plain)
+            .await
+            .expect("bounded");
+        eprintln!("plaintext: {:?}", r.as_ref().err());
         assert!(r.is_err(), "plaintext to the sidecar was accepted");
         // Directly to the controller, without the sidecar: no header, no identity.
         let mut direct = FeatureServiceClient::connect(format!("http://{}", controller.grpc()))
