@@ -203,7 +203,8 @@ async fn per_destination_series_are_bounded() {
     let destinations: BTreeSet<&str> = text
         .lines()
         .filter(|l| l.starts_with("meshtune_destination_requests_total{"))
-        .filter_map(|l| l.split('"').nth(1))
+        // {namespace="default",destination="svc-…",…}: the destination is the fourth field.
+        .filter_map(|l| l.split('"').nth(3))
         .collect();
     assert_eq!(destinations.len(), MAX_METRIC_DESTINATIONS);
     // The busiest are kept: svc-0000 (1 request) is dropped, the last one kept.
