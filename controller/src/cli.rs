@@ -12,9 +12,9 @@ use tokio::net::TcpListener;
 
 use crate::admin::{FilterModule, FilterModuleError, DEFAULT_FILTER_WASM};
 use crate::config::{self, Config, TlsPem};
-use crate::identity::AuthMode;
 use crate::decision::{self, Naming};
 use crate::gate::StaticGate;
+use crate::identity::AuthMode;
 use crate::policy_loop::{
     self, build_sinks, parse_configmap, EnvoyFileArgs, LoopConfig, LoopError, PolicyLoop, SinkKind,
     Sources,

@@ -99,7 +99,9 @@ pub fn parse_spiffe(uri: &str) -> Result<SpiffeId, IdentityError> {
                 service_account: sa.to_string(),
             })
         }
-        _ => Err(bad("expected spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT")),
+        _ => Err(bad(
+            "expected spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT",
+        )),
     }
 }
 
@@ -196,7 +198,11 @@ mod tests {
     fn spiffe_ids_parse_strictly() {
         let id = parse_spiffe("spiffe://cluster.local/ns/shop/sa/web").unwrap();
         assert_eq!(
-            (id.trust_domain.as_str(), id.namespace.as_str(), id.service_account.as_str()),
+            (
+                id.trust_domain.as_str(),
+                id.namespace.as_str(),
+                id.service_account.as_str()
+            ),
             ("cluster.local", "shop", "web")
         );
         assert_eq!(id.to_string(), "spiffe://cluster.local/ns/shop/sa/web");
@@ -207,7 +213,10 @@ mod tests {
             "spiffe://cluster.local/ns/shop/sa/web/extra",
             "spiffe:///ns/shop/sa/web",
         ] {
-            assert!(matches!(parse_spiffe(bad), Err(IdentityError::Bad(_))), "{bad}");
+            assert!(
+                matches!(parse_spiffe(bad), Err(IdentityError::Bad(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -233,7 +242,10 @@ mod tests {
         let x = "URI=spiffe://td/ns/a/sa/b";
         assert_eq!(identify(AuthMode::None, None, Some(x)).unwrap(), None);
         assert_eq!(
-            identify(AuthMode::Xfcc, None, Some(x)).unwrap().unwrap().namespace,
+            identify(AuthMode::Xfcc, None, Some(x))
+                .unwrap()
+                .unwrap()
+                .namespace,
             "a"
         );
         assert_eq!(
@@ -241,7 +253,9 @@ mod tests {
             "no_identity"
         );
         assert_eq!(
-            identify(AuthMode::ClientCert, None, Some(x)).unwrap_err().reason(),
+            identify(AuthMode::ClientCert, None, Some(x))
+                .unwrap_err()
+                .reason(),
             "no_identity"
         );
         assert_eq!(

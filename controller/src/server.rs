@@ -2,13 +2,15 @@
 //! the gRPC ingest and admin HTTP servers on given listeners until a shutdown future fires.
 
 use crate::aggregate::{Aggregator, IngestOutcome};
-use crate::api::{DestinationJson, DestinationsResponse, IdentityJson, LastDecisionJson, ModelJson};
-use crate::identity::{identify, AuthMode, IdentityError, SpiffeId, XFCC_HEADER};
-use meshtune_core::key::reporter_namespace;
+use crate::api::{
+    DestinationJson, DestinationsResponse, IdentityJson, LastDecisionJson, ModelJson,
+};
 use crate::config::Config;
 use crate::hints::{FileHints, HintSource, HintsError, NoHints, Reload};
+use crate::identity::{identify, AuthMode, IdentityError, SpiffeId, XFCC_HEADER};
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::validate::{validate, Limits as ValidationLimits};
+use meshtune_core::key::reporter_namespace;
 use meshtune_core::DestKey;
 use meshtune_proto::v1::feature_service_server::FeatureServiceServer;
 use meshtune_proto::v1::{ReportRequest, ReportResponse};
@@ -464,12 +466,10 @@ impl Controller {
                 )
                 .map_err(|e| ControllerError::Tls(e.to_string()))?;
         }
-        let grpc_server = builder
-            .add_service(svc)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc),
-                stop(rx.clone()),
-            );
+        let grpc_server = builder.add_service(svc).serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc),
+            stop(rx.clone()),
+        );
         let admin_server = axum::serve(admin, crate::admin::router(self.clone()))
             .with_graceful_shutdown(stop(rx.clone()));
         self.ready.store(true, Ordering::Relaxed);

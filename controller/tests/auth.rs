@@ -83,7 +83,10 @@ async fn tls_client(
 }
 
 /// The call fails (handshake refused or connection closed), whatever the layer says.
-async fn refused(client: Result<FeatureServiceClient<Channel>, tonic::transport::Error>, r: ReportRequest) -> String {
+async fn refused(
+    client: Result<FeatureServiceClient<Channel>, tonic::transport::Error>,
+    r: ReportRequest,
+) -> String {
     match client {
         Err(e) => format!("connect: {e}"),
         Ok(mut c) => match c.report(r).await {
@@ -117,7 +120,9 @@ async fn client_certificates_authenticate_reporters_and_pin_their_namespace() {
     .await;
 
     // The good client: accepted, identity recorded.
-    let mut c = tls_client(s.grpc, &ca.cert, Some(&good)).await.expect("mTLS connects");
+    let mut c = tls_client(s.grpc, &ca.cert, Some(&good))
+        .await
+        .expect("mTLS connects");
     let ok = c.report(report_as("shop", 1)).await.expect("accepted");
     assert_eq!(ok.get_ref().accepted_sequence, 1);
     let j = s.controller.destinations_json();
@@ -129,7 +134,10 @@ async fn client_certificates_authenticate_reporters_and_pin_their_namespace() {
     // Forged namespace from the same authenticated client: PERMISSION_DENIED, nothing merged.
     let e = c.report(report_as("payments", 2)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
-    assert!(e.message().contains("payments") && e.message().contains("ns/shop"), "{e}");
+    assert!(
+        e.message().contains("payments") && e.message().contains("ns/shop"),
+        "{e}"
+    );
     // An empty namespace means `default`: also not the identity's.
     let e = c.report(report_as("", 3)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
@@ -138,26 +146,42 @@ async fn client_certificates_authenticate_reporters_and_pin_their_namespace() {
     let mut r = tonic::Request::new(report_as("payments", 4));
     r.metadata_mut().insert(
         "x-forwarded-client-cert",
-        format!("URI={}", spiffe_id("payments", "x")).parse().unwrap(),
+        format!("URI={}", spiffe_id("payments", "x"))
+            .parse()
+            .unwrap(),
     );
     let e = c.report(r).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
     let mut r = tonic::Request::new(report_as("shop", 5));
     r.metadata_mut().insert(
         "x-forwarded-client-cert",
-        format!("URI={}", spiffe_id("payments", "x")).parse().unwrap(),
+        format!("URI={}", spiffe_id("payments", "x"))
+            .parse()
+            .unwrap(),
     );
-    c.report(r).await.expect("the certificate's namespace is accepted");
+    c.report(r)
+        .await
+        .expect("the certificate's namespace is accepted");
 
     // A certificate without a SPIFFE URI: the handshake succeeds, the call is UNAUTHENTICATED.
-    let mut c2 = tls_client(s.grpc, &ca.cert, Some(&no_spiffe)).await.expect("connects");
+    let mut c2 = tls_client(s.grpc, &ca.cert, Some(&no_spiffe))
+        .await
+        .expect("connects");
     let e = c2.report(report_as("shop", 6)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
 
     // No client certificate, an untrusted one, and plaintext: refused at the TLS layer.
-    let why = refused(tls_client(s.grpc, &ca.cert, None).await, report_as("shop", 7)).await;
+    let why = refused(
+        tls_client(s.grpc, &ca.cert, None).await,
+        report_as("shop", 7),
+    )
+    .await;
     eprintln!("missing certificate: {why}");
-    let why = refused(tls_client(s.grpc, &ca.cert, Some(&untrusted)).await, report_as("shop", 8)).await;
+    let why = refused(
+        tls_client(s.grpc, &ca.cert, Some(&untrusted)).await,
+        report_as("shop", 8),
+    )
+    .await;
     eprintln!("untrusted certificate: {why}");
     let why = match FeatureServiceClient::connect(format!("http://{}", s.grpc)).await {
         Err(e) => format!("connect: {e}"),
@@ -192,7 +216,12 @@ async fn client_certificates_authenticate_reporters_and_pin_their_namespace() {
 
 #[tokio::test]
 async fn xfcc_is_trusted_only_when_configured() {
-    let xfcc = |ns: &str| format!("By=spiffe://cluster.local/ns/meshtune-system/sa/meshtune;URI={}", spiffe_id(ns, "web"));
+    let xfcc = |ns: &str| {
+        format!(
+            "By=spiffe://cluster.local/ns/meshtune-system/sa/meshtune;URI={}",
+            spiffe_id(ns, "web")
+        )
+    };
     let call = |ns: &str, seq: u64, header: Option<String>| {
         let mut r = tonic::Request::new(report_as(ns, seq));
         if let Some(h) = header {
@@ -207,18 +236,34 @@ async fn xfcc_is_trusted_only_when_configured() {
         ..Config::default()
     })
     .await;
-    let mut c = FeatureServiceClient::connect(format!("http://{}", s.grpc)).await.unwrap();
-    c.report(call("shop", 1, Some(xfcc("shop")))).await.expect("accepted");
-    let e = c.report(call("payments", 2, Some(xfcc("shop")))).await.unwrap_err();
+    let mut c = FeatureServiceClient::connect(format!("http://{}", s.grpc))
+        .await
+        .unwrap();
+    c.report(call("shop", 1, Some(xfcc("shop"))))
+        .await
+        .expect("accepted");
+    let e = c
+        .report(call("payments", 2, Some(xfcc("shop"))))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
     let e = c.report(call("shop", 3, None)).await.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unauthenticated, "no header, no identity");
+    assert_eq!(
+        e.code(),
+        tonic::Code::Unauthenticated,
+        "no header, no identity"
+    );
     let m = s.controller.metrics_text();
-    assert!(m.contains(r#"meshtune_reports_unauthorized_total{reason="no_identity"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"meshtune_reports_unauthorized_total{reason="no_identity"} 1"#),
+        "{m}"
+    );
 
     // Not trusted (--insecure-no-auth): the header changes nothing and records no identity.
     let s = serve(Config::default()).await;
-    let mut c = FeatureServiceClient::connect(format!("http://{}", s.grpc)).await.unwrap();
+    let mut c = FeatureServiceClient::connect(format!("http://{}", s.grpc))
+        .await
+        .unwrap();
     c.report(call("payments", 1, Some(xfcc("shop"))))
         .await
         .expect("unauthenticated mode takes the claim");

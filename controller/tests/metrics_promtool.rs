@@ -117,7 +117,11 @@ async fn promtool_accepts_the_metrics_and_units_are_base_units() {
     // Route timeout (a duration knob) is exported in seconds: within the knob's bounds / 1000.
     let timeout = text
         .lines()
-        .find(|l| l.starts_with("meshtune_knob{namespace=\"default\",destination=\"svc-a\",knob=\"timeout\"}"))
+        .find(|l| {
+            l.starts_with(
+                "meshtune_knob{namespace=\"default\",destination=\"svc-a\",knob=\"timeout\"}",
+            )
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap();

@@ -337,7 +337,10 @@ fn controller_runs_with_its_sidecar_strict_mtls_and_report_only_authorization() 
     let dep = find(&docs, "Deployment", "meshtune-controller");
     let pod = &dep["spec"]["template"];
     let pod_labels = labels(&pod["metadata"]["labels"]);
-    assert_eq!(pod["metadata"]["annotations"]["sidecar.istio.io/inject"], "true");
+    assert_eq!(
+        pod["metadata"]["annotations"]["sidecar.istio.io/inject"],
+        "true"
+    );
     let args: Vec<&str> = pod["spec"]["containers"][0]["args"]
         .as_array()
         .unwrap()
@@ -346,7 +349,10 @@ fn controller_runs_with_its_sidecar_strict_mtls_and_report_only_authorization() 
         .collect();
     assert!(args.contains(&"--trust-xfcc"), "{args:?}");
     assert!(!args.contains(&"--insecure-no-auth"), "{args:?}");
-    assert!(args.iter().any(|a| a.starts_with("--tune-namespaces=")), "{args:?}");
+    assert!(
+        args.iter().any(|a| a.starts_with("--tune-namespaces=")),
+        "{args:?}"
+    );
     let selects_controller = |v: &Value| {
         let sel = labels(&v["spec"]["selector"]["matchLabels"]);
         !sel.is_empty() && sel.iter().all(|(k, v)| pod_labels.get(k) == Some(v))

@@ -36,9 +36,10 @@ impl TestCa {
         let key = KeyPair::generate().expect("CA key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("meshtune test CA {name}"));
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("meshtune test CA {name}"),
+        );
         let cert = params.self_signed(&key).expect("CA certificate").pem();
         let cert_path = write(&dir.join(format!("{name}-ca.pem")), &cert);
         Self {

@@ -92,11 +92,19 @@ fn the_filter_reports_over_mtls_and_its_identity_is_recorded() {
             d.destinations.iter().any(|x| x.lifetime.requests >= 20)
         })
         .expect("admin");
-    assert!(ok, "no report arrived over mTLS: {d:?}\n{}", envoy.log_tail(4000));
+    assert!(
+        ok,
+        "no report arrived over mTLS: {d:?}\n{}",
+        envoy.log_tail(4000)
+    );
     let j = destinations(&controller);
     assert_eq!(j["auth"], "client-cert");
     assert_eq!(j["destinations"][0]["namespace"], "e2e", "{j}");
-    assert_eq!(j["identities"][0]["spiffe_id"], spiffe_id("e2e", "client"), "{j}");
+    assert_eq!(
+        j["identities"][0]["spiffe_id"],
+        spiffe_id("e2e", "client"),
+        "{j}"
+    );
     assert!(j["identities"][0]["reports"].as_u64().unwrap() >= 1);
     assert_eq!(j["reports_rejected"], 0);
     drop(envoy);
@@ -233,21 +241,31 @@ fn behind_its_sidecar_the_controller_trusts_xfcc_and_refuses_forgeries() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut c = tls_client(front, &ca.cert, Some(&good)).await.expect("mTLS to the sidecar");
-        c.report(report("e2e", 1)).await.expect("the good client is accepted");
+        let mut c = tls_client(front, &ca.cert, Some(&good))
+            .await
+            .expect("mTLS to the sidecar");
+        c.report(report("e2e", 1))
+            .await
+            .expect("the good client is accepted");
         let e = c.report(report("payments", 2)).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
         // The client's own XFCC claiming `payments` is replaced by the sidecar (SANITIZE_SET).
         let mut r = tonic::Request::new(report("payments", 3));
         r.metadata_mut().insert(
             "x-forwarded-client-cert",
-            format!("URI={}", spiffe_id("payments", "x")).parse().unwrap(),
+            format!("URI={}", spiffe_id("payments", "x"))
+                .parse()
+                .unwrap(),
         );
         let e = c.report(r).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
         eprintln!(
             "untrusted: {}",
-            not_accepted(tls_client(front, &ca.cert, Some(&untrusted)).await, report("e2e", 4)).await
+            not_accepted(
+                tls_client(front, &ca.cert, Some(&untrusted)).await,
+                report("e2e", 4)
+            )
+            .await
         );
         eprintln!(
             "no certificate: {}",
