@@ -76,6 +76,8 @@ fn filled(destinations: usize) -> Aggregator {
     let mut a = Aggregator::new(Limits {
         window_secs: WINDOW_SECS,
         max_destinations: destinations.max(1),
+        // The figure is per destination at any count: no memory budget.
+        max_bytes: usize::MAX,
         ..Limits::default()
     });
     let reporters = REPORTERS.min(destinations.max(1));

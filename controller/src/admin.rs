@@ -1,4 +1,5 @@
-//! Admin HTTP (axum): `/healthz`, `/readyz`, `/metrics`, `/api/destinations`, `/api/model`,
+//! Admin HTTP (axum): `/healthz`, `/readyz`, `/metrics`, `/api/destinations` (`?name=` for
+//! one), `/api/model`,
 //! and the filter module the controller ships with: `/filter.wasm` and `/api/filter`.
 
 use crate::server::Controller;
@@ -157,10 +158,20 @@ pub fn router(controller: Arc<Controller>) -> Router {
 }
 
 async fn readyz(State(c): State<Arc<Controller>>) -> impl IntoResponse {
+    if let Some(age) = c.loop_stalled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: the decision loop completed no cycle for {:.1}s (more than {} intervals)\n",
+                age.as_secs_f64(),
+                crate::server::STALE_LOOP_INTERVALS
+            ),
+        );
+    }
     if c.is_ready() {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string())
     }
 }
 
@@ -181,8 +192,27 @@ async fn model(State(c): State<Arc<Controller>>) -> impl IntoResponse {
     Json(c.model_json())
 }
 
-async fn destinations(State(c): State<Arc<Controller>>) -> impl IntoResponse {
-    Json(c.destinations_json())
+/// `?name=CLUSTER[&namespace=NS]`: only that destination of the reporters of `NS` (default
+/// `default`), cheap with a large table.
+#[derive(Debug, serde::Deserialize)]
+struct DestinationQuery {
+    name: Option<String>,
+    namespace: Option<String>,
+}
+
+async fn destinations(
+    State(c): State<Arc<Controller>>,
+    axum::extract::Query(q): axum::extract::Query<DestinationQuery>,
+) -> impl IntoResponse {
+    Json(match q.name {
+        Some(name) => c.destination_json(&meshtune_core::DestKey::new(
+            q.namespace
+                .as_deref()
+                .unwrap_or(meshtune_core::DEFAULT_NAMESPACE),
+            name,
+        )),
+        None => c.destinations_json(),
+    })
 }
 
 /// 404 body when the controller runs without a module.

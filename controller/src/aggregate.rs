@@ -23,12 +23,32 @@
 //! earlier reports all failed) resets the reporter.
 //!
 //! **Bounds.** At most `max_destinations` destinations and `max_reporters` reporters; idle
-//! ones expire after `destination_idle_ms` / `reporter_idle_ms`.
+//! ones expire after `destination_idle_ms` / `reporter_idle_ms`. Both tables keep recency
+//! order ([`crate::lru::LruMap`]), so expiry and eviction take the oldest entries in O(1) each,
+//! never a scan under the ingest mutex. A new destination when the table is full evicts one:
+//! first the least recently reported *probationary* destination (reported in one second
+//! only, e.g. one of a flood of made-up names), and only when there is none the least recently
+//! reported *established* one (reported in at least two different seconds). A destination that
+//! keeps reporting is therefore never displaced by names seen once. Evicted and expired
+//! destinations are counted ([`Aggregator::take_removed`]) so the per-destination state
+//! elsewhere (policy status, loop state, metrics) can be pruned with them.
+//!
+//! **Memory budget.** Next to the count, the destinations' approximate heap size (histograms,
+//! buckets, names; [`Aggregator::approx_memory_bytes`]) is kept at most `max_bytes`: a
+//! destination whose reports carry full histograms every second costs ~70 KB, an idle one with
+//! a short histogram ~1 KB, so a count alone cannot bound memory. Over budget, destinations are
+//! evicted in the same order. Reporters are keyed by a 64-bit keyed hash of their identity
+//! (not its up to 4 × `max_name_len` bytes of strings), so the reporter table is ~100 bytes an
+//! entry whatever the names.
+//!
+//! **Overflow.** Every counter sum saturates at `u64::MAX` (a hostile or buggy reporter cannot
+//! make the controller panic in a debug build or wrap in a release build).
 
+use crate::lru::LruMap;
 use crate::validate::{ReporterKey, ValidReport};
 use meshtune_core::histogram::LatencyHistogram;
 use meshtune_core::{DestKey, WindowStats};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::VecDeque;
 
 /// Aggregation bounds (see [`crate::config::Config::aggregate_limits`]).
 #[derive(Debug, Clone)]
@@ -38,6 +58,8 @@ pub struct Limits {
     pub max_reporters: usize,
     pub destination_idle_ms: u64,
     pub reporter_idle_ms: u64,
+    /// Budget of the destinations' approximate heap bytes (see the module docs).
+    pub max_bytes: usize,
 }
 
 impl Default for Limits {
@@ -56,7 +78,7 @@ pub enum IngestOutcome {
         restarted: bool,
         /// Increase of the reporter's `dropped_reports` counter since its last report.
         dropped_reports_delta: u64,
-        /// Upstreams not tracked because `max_destinations` was reached.
+        /// Destinations evicted to make room because `max_destinations` was reached.
         destinations_dropped: u64,
     },
     /// Sequence already seen (or older): nothing changed.
@@ -142,28 +164,30 @@ struct Counters {
     response_bytes: u64,
     http2_requests: u64,
     endpoints: u32,
+    unmeasured_requests: u64,
 }
 
 impl Counters {
     /// Adds `w`; `concurrent` (another reporter) sums in-flight, otherwise takes the max.
     fn add(&mut self, w: &WindowStats, concurrent: bool) {
         self.duration_s = self.duration_s.max(w.duration_s);
-        self.requests += w.requests;
-        self.status_2xx += w.status_2xx;
-        self.status_4xx += w.status_4xx;
-        self.status_5xx += w.status_5xx;
-        self.status_other += w.status_other;
-        self.flag_uo += w.flag_uo;
-        self.flag_ut += w.flag_ut;
-        self.flag_conn_failure += w.flag_conn_failure;
-        self.retries += w.retries;
-        self.shed += w.shed;
-        self.request_bytes += w.request_bytes;
-        self.response_bytes += w.response_bytes;
-        self.http2_requests += w.http2_requests;
+        self.requests = self.requests.saturating_add(w.requests);
+        self.status_2xx = self.status_2xx.saturating_add(w.status_2xx);
+        self.status_4xx = self.status_4xx.saturating_add(w.status_4xx);
+        self.status_5xx = self.status_5xx.saturating_add(w.status_5xx);
+        self.status_other = self.status_other.saturating_add(w.status_other);
+        self.flag_uo = self.flag_uo.saturating_add(w.flag_uo);
+        self.flag_ut = self.flag_ut.saturating_add(w.flag_ut);
+        self.flag_conn_failure = self.flag_conn_failure.saturating_add(w.flag_conn_failure);
+        self.retries = self.retries.saturating_add(w.retries);
+        self.shed = self.shed.saturating_add(w.shed);
+        self.request_bytes = self.request_bytes.saturating_add(w.request_bytes);
+        self.response_bytes = self.response_bytes.saturating_add(w.response_bytes);
+        self.http2_requests = self.http2_requests.saturating_add(w.http2_requests);
         self.endpoints = self.endpoints.max(w.endpoints);
+        self.unmeasured_requests += w.unmeasured_requests;
         if concurrent {
-            self.inflight_max += w.inflight_max;
+            self.inflight_max = self.inflight_max.saturating_add(w.inflight_max);
             self.inflight_avg += w.inflight_avg;
         } else {
             self.inflight_max = self.inflight_max.max(w.inflight_max);
@@ -190,6 +214,7 @@ impl Counters {
         w.response_bytes = self.response_bytes;
         w.http2_requests = self.http2_requests;
         w.endpoints = self.endpoints;
+        w.unmeasured_requests = self.unmeasured_requests;
     }
 }
 
@@ -243,7 +268,7 @@ impl SparseHistogram {
             match mine.peek() {
                 Some(&(j, d)) if j == i => {
                     oi.push(i);
-                    oc.push(c + d);
+                    oc.push(c.saturating_add(d));
                     mine.next();
                 }
                 _ => {
@@ -316,7 +341,8 @@ impl RunningCounts {
             }
         }
         for (i, c) in h.nonzero_buckets() {
-            self.counts[i as usize - self.offset] += c;
+            let x = &mut self.counts[i as usize - self.offset];
+            *x = x.saturating_add(c);
         }
     }
 
@@ -365,6 +391,8 @@ struct Bucket {
 
 #[derive(Debug)]
 struct Destination {
+    /// Approximate bytes held (as last computed), part of [`Aggregator`]'s total.
+    bytes: usize,
     buckets: VecDeque<Bucket>,
     /// Latency counts summed over `buckets`.
     running: RunningCounts,
@@ -378,10 +406,20 @@ struct Destination {
 #[derive(Debug)]
 pub struct Aggregator {
     limits: Limits,
-    destinations: BTreeMap<DestKey, Destination>,
-    reporters: HashMap<ReporterKey, ReporterState>,
+    /// Destinations reported in one second only, least recently reported first.
+    probation: LruMap<DestKey, Destination>,
+    /// Destinations reported in at least two seconds, least recently reported first.
+    established: LruMap<DestKey, Destination>,
+    /// Keyed by [`Aggregator::reporter_digest`].
+    reporters: LruMap<u64, ReporterState>,
+    /// Seeds the reporter digests (random per process).
+    hasher: foldhash::fast::RandomState,
+    /// Sum of every destination's `bytes`.
+    bytes: usize,
     next_reporter_id: u32,
     last_expire_ms: u64,
+    /// Destinations expired or evicted since the last [`Aggregator::take_removed`].
+    removed: u64,
 }
 
 impl Aggregator {
@@ -391,10 +429,14 @@ impl Aggregator {
                 window_secs: limits.window_secs.max(1),
                 ..limits
             },
-            destinations: BTreeMap::new(),
-            reporters: HashMap::new(),
+            probation: LruMap::new(),
+            established: LruMap::new(),
+            reporters: LruMap::new(),
+            hasher: foldhash::fast::RandomState::default(),
+            bytes: 0,
             next_reporter_id: 0,
             last_expire_ms: 0,
+            removed: 0,
         }
     }
 
@@ -404,7 +446,42 @@ impl Aggregator {
 
     /// Number of tracked destinations.
     pub fn destination_count(&self) -> usize {
-        self.destinations.len()
+        self.probation.len() + self.established.len()
+    }
+
+    /// Destinations expired or evicted since the last call (the decision loop prunes its
+    /// per-destination state when this is not 0).
+    pub fn take_removed(&mut self) -> u64 {
+        std::mem::take(&mut self.removed)
+    }
+
+    /// Keys of every tracked destination (no particular order).
+    pub fn destination_names(&self) -> Vec<DestKey> {
+        self.probation
+            .keys()
+            .chain(self.established.keys())
+            .cloned()
+            .collect()
+    }
+
+    /// Tracked destinations sorted by name.
+    fn sorted(&self) -> Vec<(&DestKey, &Destination)> {
+        let mut all: Vec<(&DestKey, &Destination)> = self
+            .probation
+            .iter()
+            .chain(self.established.iter())
+            .collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        all
+    }
+
+    /// The names in eviction order: the next destination evicted first (tests).
+    pub fn eviction_order(&self) -> Vec<String> {
+        self.probation
+            .keys()
+            .chain(self.established.keys())
+            .map(|k| k.cluster.clone())
+            .collect()
     }
 
     /// Number of tracked reporters.
@@ -415,17 +492,20 @@ impl Aggregator {
     /// Merges a validated report received at `now_ms` (Unix ms), unless it is a duplicate.
     pub fn ingest(&mut self, report: &ValidReport, now_ms: u64) -> IngestOutcome {
         if now_ms.saturating_sub(self.last_expire_ms) >= 1000 {
-            self.expire(now_ms);
+            self.last_expire_ms = now_ms;
+            self.expire_destinations(now_ms);
+            self.expire_reporters(now_ms);
         }
         let seq = report.sequence;
-        let (id, restarted, dropped_delta) = match self.reporters.get_mut(&report.reporter) {
+        let rkey = self.reporter_digest(&report.reporter);
+        let (id, restarted, dropped_delta) = match self.reporters.peek_mut(&rkey) {
             Some(st) => {
                 let restarted = seq < st.last_sequence && seq <= report.dropped_reports + 1;
                 if seq <= st.last_sequence && !restarted {
                     st.last_seen_ms = now_ms;
-                    return IngestOutcome::Duplicate {
-                        accepted_sequence: st.last_sequence,
-                    };
+                    let accepted_sequence = st.last_sequence;
+                    self.reporters.get_mut(&rkey);
+                    return IngestOutcome::Duplicate { accepted_sequence };
                 }
                 let delta = if restarted {
                     report.dropped_reports
@@ -435,19 +515,21 @@ impl Aggregator {
                 st.last_sequence = seq;
                 st.last_seen_ms = now_ms;
                 st.dropped_reports = report.dropped_reports;
-                (st.id, restarted, delta)
+                let id = st.id;
+                self.reporters.get_mut(&rkey);
+                (id, restarted, delta)
             }
             None => {
                 if self.reporters.len() >= self.limits.max_reporters {
                     self.expire_reporters(now_ms);
                     if self.reporters.len() >= self.limits.max_reporters {
-                        self.evict_oldest_reporter();
+                        self.reporters.pop_oldest();
                     }
                 }
                 let id = self.next_reporter_id;
                 self.next_reporter_id = self.next_reporter_id.wrapping_add(1);
                 self.reporters.insert(
-                    report.reporter.clone(),
+                    rkey,
                     ReporterState {
                         id,
                         last_sequence: seq,
@@ -462,17 +544,30 @@ impl Aggregator {
         let mut destinations_dropped = 0;
         for (cluster, w) in &report.upstreams {
             let name = &DestKey::new(report.reporter.namespace.as_str(), cluster.as_str());
-            if !self.destinations.contains_key(name) {
-                if self.destinations.len() >= self.limits.max_destinations {
+            if let Some(d) = self.probation.peek_mut(name) {
+                // Reported again in a later second: established from now on.
+                if d.last_report_ms / 1000 < sec {
+                    if let Some(d) = self.probation.remove(name) {
+                        self.established.insert(name.clone(), d);
+                    }
+                }
+            }
+            if !self.probation.contains_key(name) && !self.established.contains_key(name) {
+                if self.destination_count() >= self.limits.max_destinations {
                     self.expire_destinations(now_ms);
                 }
-                if self.destinations.len() >= self.limits.max_destinations {
+                if self.destination_count() >= self.limits.max_destinations.max(1)
+                    && self.evict_one()
+                {
                     destinations_dropped += 1;
+                }
+                if self.limits.max_destinations == 0 {
                     continue;
                 }
-                self.destinations.insert(
+                self.probation.insert(
                     name.clone(),
                     Destination {
+                        bytes: 0,
                         buckets: VecDeque::with_capacity(self.limits.window_secs as usize + 1),
                         running: RunningCounts::default(),
                         lifetime: WindowStats::default(),
@@ -482,7 +577,10 @@ impl Aggregator {
                     },
                 );
             }
-            let Some(d) = self.destinations.get_mut(name) else {
+            let Some(d) = (match self.established.get_mut(name) {
+                Some(d) => Some(d),
+                None => self.probation.get_mut(name),
+            }) else {
                 continue;
             };
             d.last_report_ms = d.last_report_ms.max(now_ms);
@@ -507,6 +605,16 @@ impl Aggregator {
             b.counters.add(w, concurrent);
             b.latency.add(&w.latency);
             d.running.add(&w.latency);
+            let (old, new) = (d.bytes, d.heap_bytes(name));
+            d.bytes = new;
+            self.bytes = self.bytes.saturating_sub(old).saturating_add(new);
+            // Over the memory budget: evict in the same order as for the count (the one just
+            // updated is the newest, so it goes last within its table).
+            while self.bytes > self.limits.max_bytes && self.destination_count() > 1 {
+                if self.evict_one() {
+                    destinations_dropped += 1;
+                }
+            }
         }
         IngestOutcome::Accepted {
             accepted_sequence: seq,
@@ -516,74 +624,92 @@ impl Aggregator {
         }
     }
 
+    /// Evicts the least recently reported probationary destination, else the least recently
+    /// reported established one; false when there is none.
+    fn evict_one(&mut self) -> bool {
+        let Some((_, d)) = self
+            .probation
+            .pop_oldest()
+            .or_else(|| self.established.pop_oldest())
+        else {
+            return false;
+        };
+        self.bytes = self.bytes.saturating_sub(d.bytes);
+        self.removed = self.removed.saturating_add(1);
+        true
+    }
+
+    /// The key of a reporter in the table: a keyed 64-bit hash of its identity.
+    fn reporter_digest(&self, k: &ReporterKey) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(k)
+    }
+
+    /// The destinations' approximate heap bytes as the memory budget counts them.
+    pub fn budget_bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Approximate heap + inline bytes held for destinations and reporters (for memory
     /// benchmarks; counts capacities, not allocator overhead).
     pub fn approx_memory_bytes(&self) -> usize {
         use std::mem::size_of;
         let dests: usize = self
-            .destinations
+            .probation
             .iter()
-            .map(|(name, d)| {
-                let buckets: usize = d
-                    .buckets
-                    .iter()
-                    .map(|b| b.latency.heap_bytes() + b.reporters.capacity() * size_of::<u32>())
-                    .sum();
-                name.namespace.capacity()
-                    + name.cluster.capacity()
-                    + size_of::<Destination>()
-                    + d.buckets.capacity() * size_of::<Bucket>()
-                    + buckets
-                    + d.running.heap_bytes()
-                    + d.lifetime.latency.heap_bytes()
-            })
+            .chain(self.established.iter())
+            .map(|(name, d)| d.heap_bytes(name))
             .sum();
-        let reporters: usize = self
-            .reporters
-            .keys()
-            .map(|k| {
-                size_of::<ReporterKey>()
-                    + size_of::<ReporterState>()
-                    + k.namespace.capacity()
-                    + k.workload.capacity()
-                    + k.pod.capacity()
-                    + k.vm_id.capacity()
-            })
-            .sum();
+        let reporters = self.reporters.len()
+            * (2 * size_of::<u64>() + size_of::<ReporterState>() + 4 * size_of::<usize>());
         dests + reporters
     }
 
-    /// Drops buckets older than the window and idle destinations and reporters.
+    /// Drops idle destinations and reporters and every destination's buckets older than the
+    /// window (a sweep over all destinations: ingest itself only expires the idle ones, oldest
+    /// first, and a destination's own buckets when it reports).
     pub fn expire(&mut self, now_ms: u64) {
         self.last_expire_ms = now_ms;
         self.expire_destinations(now_ms);
         self.expire_reporters(now_ms);
         let sec = now_ms / 1000;
-        for d in self.destinations.values_mut() {
-            d.expire_buckets(sec, self.limits.window_secs);
+        let w = self.limits.window_secs;
+        let mut total = 0usize;
+        for table in [&mut self.probation, &mut self.established] {
+            for (name, d) in table.iter_mut() {
+                d.expire_buckets(sec, w);
+                d.bytes = d.heap_bytes(name);
+                total = total.saturating_add(d.bytes);
+            }
+        }
+        self.bytes = total;
+    }
+
+    /// Drops idle destinations, oldest first (O(expired): the tables are in recency order).
+    fn expire_destinations(&mut self, now_ms: u64) {
+        let idle = self.limits.destination_idle_ms;
+        for table in [&mut self.probation, &mut self.established] {
+            while table
+                .peek_oldest()
+                .is_some_and(|(_, d)| now_ms.saturating_sub(d.last_report_ms) >= idle)
+            {
+                if let Some((_, d)) = table.pop_oldest() {
+                    self.bytes = self.bytes.saturating_sub(d.bytes);
+                }
+                self.removed = self.removed.saturating_add(1);
+            }
         }
     }
 
-    fn expire_destinations(&mut self, now_ms: u64) {
-        let idle = self.limits.destination_idle_ms;
-        self.destinations
-            .retain(|_, d| now_ms.saturating_sub(d.last_report_ms) < idle);
-    }
-
+    /// Drops idle reporters, oldest first.
     fn expire_reporters(&mut self, now_ms: u64) {
         let idle = self.limits.reporter_idle_ms;
-        self.reporters
-            .retain(|_, r| now_ms.saturating_sub(r.last_seen_ms) < idle);
-    }
-
-    fn evict_oldest_reporter(&mut self) {
-        if let Some(key) = self
+        while self
             .reporters
-            .iter()
-            .min_by_key(|(_, r)| r.last_seen_ms)
-            .map(|(k, _)| k.clone())
+            .peek_oldest()
+            .is_some_and(|(_, r)| now_ms.saturating_sub(r.last_seen_ms) >= idle)
         {
-            self.reporters.remove(&key);
+            self.reporters.pop_oldest();
         }
     }
 
@@ -591,8 +717,8 @@ impl Aggregator {
     /// number of reporters in it: the policy's input (`WindowStats::features`, and the
     /// `clients` feature).
     pub fn snapshot(&self, now_ms: u64) -> Vec<ClusterWindow> {
-        self.destinations
-            .iter()
+        self.sorted()
+            .into_iter()
             .map(|(name, d)| ClusterWindow {
                 key: name.clone(),
                 stats: self.window_of(d, now_ms),
@@ -603,8 +729,8 @@ impl Aggregator {
 
     /// Window and lifetime of every tracked destination at `now_ms`, sorted by name.
     pub fn destinations(&self, now_ms: u64) -> Vec<DestinationView> {
-        self.destinations
-            .iter()
+        self.sorted()
+            .into_iter()
             .map(|(name, d)| {
                 let window = self.window_of(d, now_ms);
                 let reporters = self.reporters_in_window(d, now_ms);
@@ -617,6 +743,21 @@ impl Aggregator {
                 }
             })
             .collect()
+    }
+
+    /// Window and lifetime of one destination at `now_ms`.
+    pub fn destination(&self, key: &DestKey, now_ms: u64) -> Option<DestinationView> {
+        let d = self
+            .established
+            .get(key)
+            .or_else(|| self.probation.get(key))?;
+        Some(DestinationView {
+            key: key.clone(),
+            reporters: self.reporters_in_window(d, now_ms),
+            last_report_unix_ms: d.last_report_ms,
+            window: self.window_of(d, now_ms),
+            lifetime: d.lifetime.clone(),
+        })
     }
 
     /// Distinct reporters with a report in `d`'s window.
@@ -677,6 +818,25 @@ fn in_window(bucket_sec: u64, now_sec: u64, window_secs: u64) -> bool {
 }
 
 impl Destination {
+    /// Approximate bytes held: the struct, its name (stored twice by the table), bucket
+    /// storage, sparse bucket histograms, the running counts and the lifetime histogram, plus
+    /// the table's per-entry overhead.
+    fn heap_bytes(&self, key: &DestKey) -> usize {
+        use std::mem::size_of;
+        let buckets: usize = self
+            .buckets
+            .iter()
+            .map(|b| b.latency.heap_bytes() + b.reporters.capacity() * size_of::<u32>())
+            .sum();
+        size_of::<Self>()
+            + 2 * (key.namespace.len() + key.cluster.len() + 2 * size_of::<String>())
+            + 4 * size_of::<usize>()
+            + self.buckets.capacity() * size_of::<Bucket>()
+            + buckets
+            + self.running.heap_bytes()
+            + self.lifetime.latency.heap_bytes()
+    }
+
     /// Drops buckets that left the window (and their latency counts from the running sum).
     fn expire_buckets(&mut self, now_sec: u64, window_secs: u64) {
         while self
@@ -965,7 +1125,11 @@ mod tests {
             }
         ));
         assert_eq!(a.destination_count(), 2);
-        // After the idle time, "a" and "b" expire and "c" fits.
+        // "c" evicted the least recently reported one, "a".
+        assert_eq!(a.eviction_order(), ["b", "c"]);
+        assert_eq!(a.take_removed(), 1);
+        assert_eq!(a.take_removed(), 0);
+        // After the idle time, "b" expires; "c" reports again.
         a.ingest(
             &report("p", 2, vec![("c", window(1, 0, 10, 1))]),
             T0 + 61_000,
@@ -976,10 +1140,148 @@ mod tests {
             .map(|c| c.key.cluster)
             .collect();
         assert_eq!(names, vec!["c"]);
+        // "b" and "c" were both idle: both expired ("c" came back at once).
+        assert_eq!(a.take_removed(), 2, "expired ones are counted too");
         // Reporter table is bounded: the oldest is evicted.
         a.ingest(&report("q", 1, vec![]), T0 + 61_001);
         a.ingest(&report("r", 1, vec![]), T0 + 61_002);
         assert_eq!(a.reporter_count(), 2);
+    }
+
+    #[test]
+    fn names_seen_once_are_evicted_before_destinations_that_keep_reporting() {
+        let mut a = Aggregator::new(Limits {
+            max_destinations: 3,
+            ..Limits::default()
+        });
+        // "good" reports in two different seconds: established.
+        a.ingest(&report("g", 1, vec![("good", window(5, 0, 10, 1))]), T0);
+        a.ingest(
+            &report("g", 2, vec![("good", window(5, 0, 10, 1))]),
+            T0 + 1000,
+        );
+        // A flood of names, each seen once, newer than "good"'s last report.
+        let mut seq = 0;
+        for batch in 0..50u64 {
+            let names: Vec<String> = (0..10).map(|i| format!("junk-{batch}-{i}")).collect();
+            seq += 1;
+            a.ingest(
+                &report(
+                    "attacker",
+                    seq,
+                    names
+                        .iter()
+                        .map(|n| (n.as_str(), window(1, 0, 10, 1)))
+                        .collect(),
+                ),
+                T0 + 1500,
+            );
+            assert_eq!(a.destination_count(), 3);
+            assert!(
+                a.eviction_order().last().map(String::as_str) == Some("good"),
+                "the established destination is evicted last: {:?}",
+                a.eviction_order()
+            );
+        }
+        assert_eq!(a.take_removed(), 50 * 10 - 2);
+        assert_eq!(
+            a.snapshot(T0 + 1500)
+                .iter()
+                .filter(|c| c.key.cluster == "good")
+                .count(),
+            1
+        );
+        // With no probationary destination left, the least recently reported established one
+        // goes: "x" and "y" become established after "good" and "good" is evicted first.
+        let mut b = Aggregator::new(Limits {
+            max_destinations: 2,
+            ..Limits::default()
+        });
+        for (i, n) in ["good", "x"].into_iter().enumerate() {
+            let s = 2 * i as u64;
+            b.ingest(&report(n, 1, vec![(n, window(1, 0, 10, 1))]), T0 + s * 1000);
+            b.ingest(
+                &report(n, 2, vec![(n, window(1, 0, 10, 1))]),
+                T0 + (s + 1) * 1000,
+            );
+        }
+        assert_eq!(b.eviction_order(), ["good", "x"]);
+        b.ingest(&report("z", 1, vec![("z", window(1, 0, 10, 1))]), T0 + 9000);
+        assert_eq!(b.eviction_order(), ["z", "x"]);
+    }
+
+    #[test]
+    fn the_memory_budget_evicts_like_the_count_and_stays_bounded() {
+        let budget = 200 * 1024;
+        let mut a = Aggregator::new(Limits {
+            max_bytes: budget,
+            ..Limits::default()
+        });
+        // A full histogram in every window: the heaviest destinations there are.
+        let full = || {
+            let mut w = window(1000, 0, 10, 1);
+            w.latency = LatencyHistogram::new();
+            for i in 0..meshtune_core::histogram::BUCKET_COUNT as u64 {
+                w.latency.record(1u64 << (i / 16).min(39) | (i % 16));
+            }
+            w
+        };
+        a.ingest(&report("g", 1, vec![("good", full())]), T0);
+        a.ingest(&report("g", 2, vec![("good", full())]), T0 + 1000);
+        for k in 0..200u64 {
+            let name = format!("junk-{k}");
+            a.ingest(
+                &report("x", k + 1, vec![(name.as_str(), full())]),
+                T0 + 1500,
+            );
+            assert!(
+                a.budget_bytes() <= budget,
+                "{} > {budget}",
+                a.budget_bytes()
+            );
+        }
+        assert!(a.destination_count() < 100, "{}", a.destination_count());
+        assert_eq!(a.eviction_order().last().map(String::as_str), Some("good"));
+        assert_eq!(
+            a.take_removed(),
+            (1 + 200 - a.destination_count()) as u64,
+            "every eviction counted"
+        );
+        // The running total matches a recount.
+        assert_eq!(
+            a.budget_bytes(),
+            a.approx_memory_bytes() - reporter_bytes(&a)
+        );
+        a.expire(T0 + 30_000);
+        assert_eq!(
+            a.budget_bytes(),
+            a.approx_memory_bytes() - reporter_bytes(&a)
+        );
+    }
+
+    fn reporter_bytes(a: &Aggregator) -> usize {
+        use std::mem::size_of;
+        a.reporter_count()
+            * (2 * size_of::<u64>() + size_of::<ReporterState>() + 4 * size_of::<usize>())
+    }
+
+    #[test]
+    fn counter_sums_saturate_instead_of_overflowing() {
+        let mut a = Aggregator::new(Limits::default());
+        let mut w = window(u64::MAX / 2 + 1, 0, 10, 1);
+        w.retries = u64::MAX;
+        w.request_bytes = u64::MAX;
+        w.inflight_max = u64::MAX;
+        for (pod, seq) in [("p", 1), ("q", 1), ("p", 2)] {
+            a.ingest(&report(pod, seq, vec![("c", w.clone())]), T0 + 10);
+        }
+        let v = &a.destinations(T0 + 20)[0];
+        assert_eq!(v.window.requests, u64::MAX);
+        assert_eq!(v.window.retries, u64::MAX);
+        assert_eq!(v.window.inflight_max, u64::MAX);
+        assert_eq!(v.lifetime.requests, u64::MAX);
+        assert_eq!(v.lifetime.request_bytes, u64::MAX);
+        assert_eq!(a.snapshot(T0 + 20)[0].stats.requests, u64::MAX);
     }
 
     #[test]

@@ -118,9 +118,18 @@ pub struct WindowJson {
     pub retries: u64,
     #[serde(default)]
     pub shed: u64,
+    /// Requests actually measured; less than `requests` when filters sampled (the figures
+    /// above are then estimates scaled from these, see `filter/README.md` *Sampling*).
+    /// What `--min-requests` counts.
+    #[serde(default)]
+    pub measured_requests: u64,
+    /// Whether any figure of the window is an estimate (`measured_requests < requests`).
+    #[serde(default)]
+    pub estimated: bool,
 }
 
-/// Exact totals since the destination was first seen.
+/// Totals since the destination was first seen: exact while every request was measured,
+/// estimates (scaled from samples) for the part that was not (`unmeasured_requests`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LifetimeJson {
     pub requests: u64,
@@ -144,6 +153,9 @@ pub struct LifetimeJson {
     pub response_bytes: u64,
     #[serde(default)]
     pub latency_samples: u64,
+    /// Requests whose figures were estimated, not measured (filter sampling).
+    #[serde(default)]
+    pub unmeasured_requests: u64,
 }
 
 fn rate(n: u64, d: u64) -> f64 {
@@ -175,6 +187,8 @@ impl From<&WindowStats> for WindowJson {
             conn_failure_rate: rate(w.flag_conn_failure, w.requests),
             retries: w.retries,
             shed: w.shed,
+            measured_requests: w.measured_requests(),
+            estimated: w.is_estimated(),
         }
     }
 }
@@ -198,6 +212,7 @@ impl From<&WindowStats> for LifetimeJson {
             request_bytes: w.request_bytes,
             response_bytes: w.response_bytes,
             latency_samples: w.latency.count(),
+            unmeasured_requests: w.unmeasured_requests,
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::config::{self, Config, TlsPem};
 use crate::decision::{self, Naming};
 use crate::gate::StaticGate;
 use crate::identity::AuthMode;
+use crate::leader::{self, Elector, Leadership, LeaseConfig};
 use crate::policy_loop::{
     self, build_sinks, parse_configmap, EnvoyFileArgs, LoopConfig, LoopError, PolicyLoop, SinkKind,
     Sources,
@@ -70,12 +71,34 @@ pub struct ControllerArgs {
     #[arg(long, default_value_t = config::DEFAULT_WINDOW_SECS,
           value_parser = clap::value_parser!(u64).range(config::MIN_WINDOW_SECS..))]
     pub window_secs: u64,
-    /// Largest accepted encoded report, bytes.
+    /// Largest accepted encoded report, bytes (default: the largest legitimate report of
+    /// 256 upstream windows; the gRPC decode limit is that size whatever this says).
     #[arg(long, default_value_t = config::DEFAULT_MAX_REPORT_BYTES)]
     pub max_report_bytes: usize,
-    /// Largest number of tracked destinations.
+    /// Largest number of tracked destinations (a new one beyond it evicts the least recently
+    /// reported, names seen only once first).
     #[arg(long, default_value_t = config::DEFAULT_MAX_DESTINATIONS)]
     pub max_destinations: usize,
+    /// Memory budget of the aggregates in MiB (windows, histograms, names of all
+    /// destinations); over it the least recently reported are evicted, one-time names first.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_AGGREGATE_BYTES >> 20)]
+    pub max_aggregate_mib: usize,
+    /// Sustained reports per second accepted from one reporter (0: no limit); the excess is
+    /// refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = crate::ingest::DEFAULT_REPORTS_PER_SEC)]
+    pub max_reports_per_sec: f64,
+    /// Reports one reporter may send at once above --max-reports-per-sec.
+    #[arg(long, default_value_t = crate::ingest::DEFAULT_REPORT_BURST)]
+    pub report_burst: f64,
+    /// Reports received, decoded and handled at once across all connections.
+    #[arg(long, default_value_t = crate::ingest::DEFAULT_MAX_CONCURRENT_REPORTS)]
+    pub max_concurrent_reports: usize,
+    /// Concurrent HTTP/2 streams per gRPC connection.
+    #[arg(long, default_value_t = crate::ingest::DEFAULT_MAX_STREAMS_PER_CONNECTION)]
+    pub max_streams_per_connection: u32,
+    /// Time limit of one gRPC request, seconds.
+    #[arg(long, default_value_t = crate::ingest::DEFAULT_REQUEST_TIMEOUT.as_secs_f64())]
+    pub request_timeout_secs: f64,
 
     /// Seconds between decision cycles (fractions allowed).
     #[arg(long, default_value_t = policy_loop::DEFAULT_DECISION_INTERVAL.as_secs_f64())]
@@ -126,7 +149,8 @@ pub struct ControllerArgs {
     /// RouteConfiguration name in the RDS file.
     #[arg(long)]
     pub envoy_route_config: Option<String>,
-    /// Envoy destination NAME=HOST:PORT (repeatable); NAME is the cluster name reported.
+    /// Envoy destination NAME=HOST:PORT[,HOST:PORT...] (repeatable); NAME is the cluster name
+    /// reported, the addresses its endpoints.
     #[arg(long = "envoy-destination")]
     pub envoy_destinations: Vec<String>,
     /// Namespaces whose sidecars may be tuned (repeatable or comma-separated; `*` = all).
@@ -153,6 +177,29 @@ pub struct ControllerArgs {
     /// Window of the Prometheus source in seconds (a few scrape intervals).
     #[arg(long, default_value_t = prometheus::DEFAULT_WINDOW_SECS)]
     pub prometheus_window_secs: u64,
+
+    /// Elect a leader among replicas with a coordination.k8s.io Lease: only the leader
+    /// decides, writes and is Ready (/readyz is 503 on followers).
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else meshtune-system).
+    #[arg(long)]
+    pub leader_elect_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(long, default_value = leader::DEFAULT_LEASE_NAME)]
+    pub leader_elect_lease: String,
+    /// This replica's identity in the Lease (default: $POD_NAME, else $HOSTNAME).
+    #[arg(long)]
+    pub leader_elect_identity: Option<String>,
+    /// Lease duration in seconds (a leader that stops renewing is replaced after this long).
+    #[arg(long, default_value_t = leader::DEFAULT_LEASE_DURATION.as_secs_f64())]
+    pub leader_elect_lease_secs: f64,
+    /// Renew deadline in seconds (below the lease duration).
+    #[arg(long, default_value_t = leader::DEFAULT_RENEW_DEADLINE.as_secs_f64())]
+    pub leader_elect_renew_secs: f64,
+    /// Seconds between two rounds of the election (below the renew deadline).
+    #[arg(long, default_value_t = leader::DEFAULT_RETRY_PERIOD.as_secs_f64())]
+    pub leader_elect_retry_secs: f64,
 }
 
 /// A feature source of `--source`.
@@ -172,6 +219,13 @@ impl ControllerArgs {
             window_secs: self.window_secs.max(1),
             max_report_bytes: self.max_report_bytes,
             max_destinations: self.max_destinations,
+            max_aggregate_bytes: self.max_aggregate_mib.saturating_mul(1 << 20),
+            reports_per_sec: self.max_reports_per_sec,
+            report_burst: self.report_burst,
+            max_concurrent_reports: self.max_concurrent_reports.max(1),
+            max_streams_per_connection: self.max_streams_per_connection.max(1),
+            request_timeout: Duration::try_from_secs_f64(self.request_timeout_secs)
+                .unwrap_or(crate::ingest::DEFAULT_REQUEST_TIMEOUT),
             hints_file: self.hints_file.clone(),
             ..Config::default()
         }
@@ -351,6 +405,44 @@ impl ControllerArgs {
         })
     }
 
+    /// The Lease settings from the `--leader-elect-*` flags (`None` without `--leader-elect`).
+    pub fn lease_config(&self) -> Result<Option<LeaseConfig>, LoopError> {
+        if !self.leader_elect {
+            return Ok(None);
+        }
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let namespace = self
+            .leader_elect_namespace
+            .clone()
+            .or_else(|| env("POD_NAMESPACE"))
+            .unwrap_or_else(|| "meshtune-system".into());
+        let identity = self
+            .leader_elect_identity
+            .clone()
+            .or_else(|| env("POD_NAME"))
+            .or_else(|| env("HOSTNAME"))
+            .unwrap_or_default();
+        let secs = |flag: &'static str, v: f64| {
+            Duration::try_from_secs_f64(v).map_err(|e| LoopError::Flag {
+                flag,
+                reason: e.to_string(),
+            })
+        };
+        let c = LeaseConfig {
+            namespace,
+            name: self.leader_elect_lease.clone(),
+            identity,
+            lease_duration: secs("--leader-elect-lease-secs", self.leader_elect_lease_secs)?,
+            renew_deadline: secs("--leader-elect-renew-secs", self.leader_elect_renew_secs)?,
+            retry_period: secs("--leader-elect-retry-secs", self.leader_elect_retry_secs)?,
+        };
+        c.validate().map_err(|e| LoopError::Flag {
+            flag: "--leader-elect",
+            reason: e.to_string(),
+        })?;
+        Ok(Some(c))
+    }
+
     fn envoy(&self) -> EnvoyFileArgs {
         EnvoyFileArgs {
             cds: self.envoy_cds.clone(),
@@ -367,6 +459,8 @@ pub struct Prepared {
     pub policy: Arc<PolicyLoop>,
     pub sources: Vec<ModelSource>,
     pub kube: Option<kube::Client>,
+    /// The leader election to run (`--leader-elect`).
+    pub election: Option<(Elector, tokio::sync::watch::Sender<bool>)>,
 }
 
 impl Prepared {
@@ -377,16 +471,35 @@ impl Prepared {
         admin: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), LoopError> {
-        policy_loop::serve_closed_loop(
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|v| *v).await;
+            }
+        };
+        let election = self.election.map(|(elector, tx)| {
+            let metrics = self.controller.metrics().leader.clone();
+            tokio::spawn(leader::run(elector, tx, metrics, stopped()))
+        });
+        let served = policy_loop::serve_closed_loop(
             self.controller,
             self.policy,
             self.sources,
             self.kube,
             grpc,
             admin,
-            shutdown,
+            async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            },
         )
-        .await?;
+        .await;
+        // The election stops with the loop (and releases the Lease if it held it).
+        if let Some(e) = election {
+            let _ = e.await;
+        }
+        served?;
         Ok(())
     }
 }
@@ -465,6 +578,24 @@ pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
             error: Box::new(error),
         })?;
     let sinks = build_sinks(&args.sinks, &args.envoy()).await?;
+    let lease = args.lease_config()?;
+    let lifecycle_client = if args.sinks.contains(&SinkKind::Istio) {
+        Some(policy_loop::kube_client("--sink istio").await?)
+    } else {
+        None
+    };
+    let election = match &lease {
+        Some(c) => {
+            let client = match &lifecycle_client {
+                Some(c) => c.clone(),
+                None => policy_loop::kube_client("--leader-elect").await?,
+            };
+            let (tx, leadership) = Leadership::channel();
+            controller.set_leadership(leadership);
+            Some((Elector::new(client, c.clone()), tx))
+        }
+        None => None,
+    };
     let recorder = match &args.record {
         Some(p) => Some(Recorder::open(p)?),
         None => None,
@@ -478,11 +609,21 @@ pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
         loop_config,
     );
     policy.set_sources(feature_sources);
+    if let Some(l) = controller.leadership() {
+        policy.set_leadership(l);
+    }
+    if let Some(client) = lifecycle_client {
+        policy.set_lifecycle(crate::lifecycle::Lifecycle {
+            client,
+            sink: meshtune_sinks::IstioSinkConfig::default(),
+        });
+    }
     Ok(Prepared {
         controller,
         policy,
         sources,
         kube,
+        election,
     })
 }
 

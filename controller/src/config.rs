@@ -12,22 +12,30 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:18001";
 pub const MIN_WINDOW_SECS: u64 = 2;
 /// Default sliding window length in seconds.
 pub const DEFAULT_WINDOW_SECS: u64 = 10;
-/// Default largest accepted encoded ReportRequest, in bytes.
-pub const DEFAULT_MAX_REPORT_BYTES: usize = 4 * 1024 * 1024;
-/// Default largest number of upstream windows in one report.
-pub const DEFAULT_MAX_UPSTREAMS_PER_REPORT: usize = 4096;
+/// Default largest number of upstream windows in one report: the filter's `max_upstreams`
+/// bound, one shared constant ([`meshtune_proto::MAX_UPSTREAMS_PER_REPORT`]).
+pub const DEFAULT_MAX_UPSTREAMS_PER_REPORT: usize =
+    meshtune_proto::MAX_UPSTREAMS_PER_REPORT as usize;
 /// Default longest cluster name (bytes) and reporter identity field.
 pub const DEFAULT_MAX_NAME_LEN: usize = 512;
 /// Default longest accepted report window (5 minutes).
 pub const DEFAULT_MAX_WINDOW_LENGTH_MS: u32 = 300_000;
 /// Default largest number of tracked destinations.
 pub const DEFAULT_MAX_DESTINATIONS: usize = 10_000;
+/// Default memory budget of the aggregates (approximate heap bytes of all destinations'
+/// windows, histograms and names): with the other bounds it keeps the controller within the
+/// Deployment's 512 MiB limit (README, "Bounded ingest").
+pub const DEFAULT_MAX_AGGREGATE_BYTES: usize = 64 << 20;
 /// Default largest number of tracked reporters (for sequence de-duplication).
 pub const DEFAULT_MAX_REPORTERS: usize = 100_000;
 /// Default idle time after which a destination (window and lifetime totals) is forgotten.
 pub const DEFAULT_DESTINATION_IDLE_SECS: u64 = 3600;
 /// Default idle time after which a reporter's de-duplication state is forgotten.
 pub const DEFAULT_REPORTER_IDLE_SECS: u64 = 600;
+/// Default largest accepted encoded ReportRequest, in bytes: the largest legitimate report
+/// (`validate::Limits::max_encoded_report_bytes` of the default limits: 256 windows of the
+/// largest valid size, ~1.9 MiB), checked equal by a test.
+pub const DEFAULT_MAX_REPORT_BYTES: usize = 2_026_049;
 /// Default interval at which the hints file's mtime is checked.
 pub const DEFAULT_HINTS_POLL: Duration = Duration::from_millis(500);
 
@@ -36,8 +44,10 @@ pub const DEFAULT_HINTS_POLL: Duration = Duration::from_millis(500);
 pub struct Config {
     /// Sliding window length in seconds (≥ 1) used for `window` stats and the policy snapshot.
     pub window_secs: u64,
-    /// Largest accepted encoded ReportRequest in bytes; larger reports are rejected with
-    /// INVALID_ARGUMENT (tonic refuses anything above twice this with OUT_OF_RANGE).
+    /// Largest accepted encoded ReportRequest in bytes (validation refuses larger ones with
+    /// INVALID_ARGUMENT). The gRPC decode limit is the largest legitimate report for the
+    /// other limits ([`crate::validate::Limits::max_encoded_report_bytes`]); tonic refuses
+    /// anything above it with OUT_OF_RANGE before decoding.
     pub max_report_bytes: usize,
     /// Largest number of upstream windows in one report.
     pub max_upstreams_per_report: usize,
@@ -48,8 +58,11 @@ pub struct Config {
     /// Largest number of destinations tracked at once; upstreams for new destinations beyond
     /// it are dropped (counted in `meshtune_destinations_dropped_total`) until some expire.
     pub max_destinations: usize,
-    /// Largest number of reporters tracked for de-duplication.
+    /// Largest number of reporters tracked for de-duplication (and report rate).
     pub max_reporters: usize,
+    /// Memory budget of the aggregates, bytes; over it the least recently reported
+    /// destinations are evicted (one-time names first).
+    pub max_aggregate_bytes: usize,
     /// A destination without reports for this long is forgotten (lifetime totals included).
     pub destination_idle_secs: u64,
     /// A reporter without reports for this long is forgotten.
@@ -58,6 +71,17 @@ pub struct Config {
     pub hints_file: Option<PathBuf>,
     /// How often the hints file's mtime is checked.
     pub hints_poll: Duration,
+    /// Reports received, decoded and handled at once across all connections.
+    pub max_concurrent_reports: usize,
+    /// Concurrent HTTP/2 streams per gRPC connection.
+    pub max_streams_per_connection: u32,
+    /// Time limit of one gRPC request.
+    pub request_timeout: Duration,
+    /// Sustained reports per second accepted per reporter (≤ 0: no limit); the excess is
+    /// refused with RESOURCE_EXHAUSTED and counted in `meshtune_reports_rate_limited_total`.
+    pub reports_per_sec: f64,
+    /// Reports a reporter may send at once above its rate.
+    pub report_burst: f64,
     /// The filter module served at `/filter.wasm` and described at `/api/filter`; `None`
     /// answers both with 404 (see `--filter-wasm`).
     pub filter_module: Option<crate::admin::FilterModule>,
@@ -99,10 +123,16 @@ impl Default for Config {
             max_window_length_ms: DEFAULT_MAX_WINDOW_LENGTH_MS,
             max_destinations: DEFAULT_MAX_DESTINATIONS,
             max_reporters: DEFAULT_MAX_REPORTERS,
+            max_aggregate_bytes: DEFAULT_MAX_AGGREGATE_BYTES,
             destination_idle_secs: DEFAULT_DESTINATION_IDLE_SECS,
             reporter_idle_secs: DEFAULT_REPORTER_IDLE_SECS,
             hints_file: None,
             hints_poll: DEFAULT_HINTS_POLL,
+            max_concurrent_reports: crate::ingest::DEFAULT_MAX_CONCURRENT_REPORTS,
+            max_streams_per_connection: crate::ingest::DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            request_timeout: crate::ingest::DEFAULT_REQUEST_TIMEOUT,
+            reports_per_sec: crate::ingest::DEFAULT_REPORTS_PER_SEC,
+            report_burst: crate::ingest::DEFAULT_REPORT_BURST,
             filter_module: None,
             auth: crate::identity::AuthMode::None,
             tls: None,
@@ -119,6 +149,7 @@ impl Config {
             max_reporters: self.max_reporters,
             destination_idle_ms: self.destination_idle_secs.saturating_mul(1000),
             reporter_idle_ms: self.reporter_idle_secs.saturating_mul(1000),
+            max_bytes: self.max_aggregate_bytes,
         }
     }
 

@@ -104,7 +104,9 @@ impl Selected {
     }
 }
 
-/// Groups the snapshot by (reporter namespace, destination) and keeps those with at least `min_requests` requests,
+/// Groups the snapshot by (reporter namespace, destination) and keeps those with at least
+/// `min_requests` measured requests (a sampled window counts its samples, not its scaled
+/// estimate; see `WindowStats::measured_requests`),
 /// in the order their first cluster appears in the snapshot (which is sorted, so the order is
 /// deterministic). Takes the snapshot by value: each window moves into its destination (the
 /// common case of one cluster per destination copies nothing).
@@ -152,7 +154,7 @@ pub fn select(
             }
         }
     }
-    groups.retain(|s| s.stats.requests >= min_requests.max(1));
+    groups.retain(|s| s.stats.measured_requests() >= min_requests.max(1));
     groups
 }
 
@@ -217,7 +219,7 @@ pub fn select_sources(
             }
         }
     }
-    groups.retain(|s| s.stats.requests >= min_requests.max(1));
+    groups.retain(|s| s.stats.measured_requests() >= min_requests.max(1));
     groups
 }
 
@@ -245,6 +247,22 @@ pub const URGENT_ERROR_RATE: f64 = 0.1;
 /// it should be, and pushing again would only churn.
 pub fn misses_slo(o: &Outcomes, slo_ms: f64) -> bool {
     o.offered_rps > 0.0 && (o.p99_ms > slo_ms || o.error_rate - o.shed_rate > URGENT_ERROR_RATE)
+}
+
+/// Estimated probability that one upstream attempt fails, from the window's attempts per
+/// request and upstream failures (5xx other than local overflow and sheds) under the retries
+/// in force ([`meshtune_core::knobs::attempt_failure_estimate`]).
+pub fn attempt_failure_rate(w: &meshtune_core::WindowStats, in_force: &Knobs) -> f64 {
+    let n = w.requests.max(1) as f64;
+    let failed = w
+        .status_5xx
+        .saturating_sub(w.flag_uo.saturating_add(w.shed)) as f64
+        / n;
+    meshtune_core::knobs::attempt_failure_estimate(
+        in_force.get(Knob::RetryAttempts).round().clamp(0.0, 100.0) as u32,
+        1.0 + w.retries as f64 / n,
+        failed,
+    )
 }
 
 /// The guardrails' objective (a cost; lower is better): `1 - reward`.
@@ -279,6 +297,25 @@ impl LoopState {
     pub fn with_settle(mut self, settle: std::time::Duration) -> Self {
         self.settle = settle;
         self
+    }
+
+    /// Forgets every destination `live` does not hold (knobs in force, change times,
+    /// guardrail phases); returns the destinations forgotten.
+    pub fn prune(&mut self, live: &foldhash::HashSet<DestKey>) -> Vec<DestKey> {
+        let gone: Vec<DestKey> = self
+            .in_force
+            .keys()
+            .chain(self.changed_at.keys())
+            .filter(|d| !live.contains(*d))
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        self.in_force.retain(|d, _| live.contains(d));
+        self.changed_at.retain(|d, _| live.contains(d));
+        let live_guard: foldhash::HashSet<String> = live.iter().map(DestKey::to_string).collect();
+        self.guardrails.retain(|d| live_guard.contains(d));
+        gone
     }
 
     /// Whether `key` changed less than `settle` ago.
@@ -348,6 +385,7 @@ impl DestAction {
             DestAction::Hold(HoldReason::NoChange) => DestOutcome::NoChange,
             DestAction::Hold(HoldReason::Dwell { .. }) => DestOutcome::HoldDwell,
             DestAction::Hold(HoldReason::Watching) => DestOutcome::HoldWatching,
+            DestAction::Hold(HoldReason::InvalidOutput) => DestOutcome::HoldInvalidOutput,
             DestAction::Rollback { .. } => DestOutcome::RolledBack,
         }
     }
@@ -375,6 +413,8 @@ pub enum DestOutcome {
     HoldDwell,
     /// A change held back while the last push is being watched for regressions.
     HoldWatching,
+    /// The policy's output was NaN or infinite: the knobs in force are held.
+    HoldInvalidOutput,
     /// The last push made the objective worse: the previous knobs were pushed back.
     RolledBack,
     /// A push or rollback some sink did not apply: reverted, the previous knobs stay.
@@ -390,6 +430,7 @@ impl DestOutcome {
             DestOutcome::NoChange => "no_change",
             DestOutcome::HoldDwell => "hold_dwell",
             DestOutcome::HoldWatching => "hold_watching",
+            DestOutcome::HoldInvalidOutput => "hold_invalid_output",
             DestOutcome::RolledBack => "rolled_back",
             DestOutcome::PushFailed => "push_failed",
         }
@@ -504,6 +545,12 @@ pub fn decide(
             objective,
         } = verdict
         {
+            // The target passes through the bounds too (it may predate them, or come from
+            // recovered objects).
+            let restore = state
+                .guardrails
+                .config()
+                .bound_target(&sel.namespace, &restore);
             item.changed = changed(&before, &restore);
             item.knobs = restore;
             item.action = DestAction::Rollback {
@@ -522,11 +569,15 @@ pub fn decide(
             cycle.items.push(item);
             continue;
         }
+        // Retries never amplify: at the attempt failure rate this window shows, the proposal
+        // keeps upstream attempts within MAX_RETRY_AMPLIFICATION per request.
+        let mut prop = *prop;
+        prop.cap_retries_for_failures(attempt_failure_rate(&sel.stats, &before));
         let d = state.guardrails.decide_with(
             dest,
             &sel.namespace,
             now,
-            prop,
+            &prop,
             &before,
             misses_slo(&outcomes, slo_ms),
         );
@@ -769,6 +820,29 @@ mod tests {
     }
 
     #[test]
+    fn min_requests_counts_measured_requests_not_estimates() {
+        // 1,000 requests estimated from 15 samples: below a minimum of 20 measured requests.
+        let mut sampled = window(1000, 1000, 5);
+        sampled.unmeasured_requests = 985;
+        assert!(sampled.is_estimated());
+        assert_eq!(sampled.measured_requests(), 15);
+        assert!(select([("a".to_string(), sampled.clone())], Naming::Cluster, 20).is_empty());
+        // Two reporters' samples add up to qualify; the policy then sees the estimates.
+        let mut other = sampled.clone();
+        other.unmeasured_requests = 990;
+        let s = select(
+            [("a".to_string(), sampled), ("a".to_string(), other)],
+            Naming::Cluster,
+            25,
+        );
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            (s[0].stats.requests, s[0].stats.measured_requests()),
+            (2000, 25)
+        );
+    }
+
+    #[test]
     fn filter_wins_where_both_report_and_prometheus_fills_the_rest() {
         use crate::prometheus::SourcedWindow;
         use meshtune_core::availability::Field;
@@ -837,6 +911,31 @@ mod tests {
         assert!((fast.slo_goodput_rps - 9.0).abs() < 1e-9);
         assert_eq!(slow.slo_goodput_rps, 0.0);
         assert!(cost(&slow) > cost(&fast));
+    }
+
+    #[test]
+    fn retries_are_capped_when_attempts_would_amplify() {
+        let mut st = LoopState::new(Guardrails::new(enforce(Duration::ZERO)));
+        // Istio defaults in force (2 retries); 56 % more attempts than requests: each attempt
+        // fails with p = 0.4, so any retry would add more than 20 %.
+        let mut w = window(1000, 940, 5);
+        w.retries = 560;
+        let mut p = proposal();
+        p.set(Knob::RetryAttempts, 3.0);
+        let c = decide(&sel("a", w.clone()), &[p], &mut st, Instant::now(), 250.0);
+        assert_eq!(c.pushes.len(), 1);
+        assert_eq!(c.pushes[0].knobs.get(Knob::RetryAttempts), 0.0);
+        // A healthy window keeps the proposal's retries.
+        let mut st = LoopState::new(Guardrails::new(enforce(Duration::ZERO)));
+        let c = decide(
+            &sel("a", window(1000, 1000, 5)),
+            &[p],
+            &mut st,
+            Instant::now(),
+            250.0,
+        );
+        assert_eq!(c.pushes[0].knobs.get(Knob::RetryAttempts), 3.0);
+        assert!((attempt_failure_rate(&w, &Knobs::istio_defaults()) - 0.4).abs() < 1e-6);
     }
 
     #[test]
@@ -1021,8 +1120,75 @@ mod tests {
         assert!(matches!(c.items[0].action, DestAction::Rollback { .. }));
         assert_eq!(c.pushes.len(), 1);
         assert_eq!(c.pushes[0].knobs, Knobs::istio_defaults());
+        assert!(
+            c.pushes[0].is_removal(),
+            "back to before the first push: no object, not default-valued objects"
+        );
         assert_eq!(c.pushes[0].previous, Some(pushed));
         assert_eq!(st.knobs_in_force(&dk("a")), Knobs::istio_defaults());
+    }
+
+    #[test]
+    fn rollback_targets_pass_through_the_hard_bounds() {
+        let cfg = Config {
+            rollback_consecutive: 2,
+            rollback_windows: 5,
+            ..enforce(Duration::ZERO)
+        };
+        let mut st = LoopState::new(Guardrails::new(cfg));
+        // Knobs in force from before the bounds (e.g. recovered from an object someone
+        // edited): ejecting every host.
+        let mut old = Knobs::istio_defaults();
+        old.set(Knob::MaxEjectionPercent, 100.0);
+        old.set(Knob::Consecutive5xxErrors, 1.0);
+        st.in_force.insert(dk("a"), old);
+        let t0 = Instant::now();
+        let c = decide(
+            &sel("a", window(100, 100, 5)),
+            &[proposal()],
+            &mut st,
+            t0,
+            250.0,
+        );
+        assert_eq!(c.pushes.len(), 1);
+        assert!(c.pushes[0].knobs.get(Knob::MaxEjectionPercent) <= 50.0);
+        let bad = || sel("a", window(100, 40, 500));
+        decide(&bad(), &[proposal()], &mut st, t0, 250.0);
+        let c = decide(&bad(), &[proposal()], &mut st, t0, 250.0);
+        assert!(matches!(c.items[0].action, DestAction::Rollback { .. }));
+        let restored = c.pushes[0].knobs;
+        assert_eq!(
+            restored.get(Knob::MaxEjectionPercent),
+            50.0,
+            "not back to 100 %"
+        );
+        assert_eq!(restored.get(Knob::Consecutive5xxErrors), 3.0);
+        assert_eq!(st.knobs_in_force(&dk("a")), restored);
+    }
+
+    #[test]
+    fn prune_forgets_destinations_no_longer_tracked() {
+        let mut st = LoopState::new(Guardrails::new(enforce(Duration::ZERO)));
+        let t0 = Instant::now();
+        for d in ["a", "b"] {
+            decide(
+                &sel(d, window(100, 100, 5)),
+                &[proposal()],
+                &mut st,
+                t0,
+                250.0,
+            );
+        }
+        assert_eq!((st.in_force.len(), st.guardrails.len()), (2, 2));
+        let live: foldhash::HashSet<DestKey> = [dk("b")].into_iter().collect();
+        assert_eq!(st.prune(&live), vec![dk("a")]);
+        assert!(st.in_force.contains_key(&dk("b")) && !st.in_force.contains_key(&dk("a")));
+        assert!(!st.changed_at.contains_key(&dk("a")));
+        assert_eq!(st.guardrails.len(), 1);
+        assert_eq!(
+            st.guardrails.phase(&dk("a").to_string()),
+            meshtune_policy::guardrails::Phase::Idle
+        );
     }
 
     #[test]

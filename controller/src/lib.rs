@@ -12,6 +12,9 @@
 //! - [`policy_loop`]: the closed loop's I/O edge (inference, sinks, hints, status, recorder),
 //!   sink and model set-up, [`policy_loop::serve_closed_loop`].
 //! - [`recorder`]: live dataset CSV rows.
+//! - [`leader`]: Lease leader election (only the leader decides, writes and is Ready).
+//! - [`lifecycle`]: restart recovery of the knobs in force from meshtune's objects, removal
+//!   of what meshtune wrote (observe mode, `meshtune uninstall`).
 //! - [`prometheus`]: Prometheus as a feature source (windows from Istio/Envoy metrics) and
 //!   `meshtune record --from prometheus`.
 
@@ -24,6 +27,10 @@ pub mod decision;
 pub mod gate;
 pub mod hints;
 pub mod identity;
+pub mod ingest;
+pub mod leader;
+pub mod lifecycle;
+pub mod lru;
 pub mod metrics;
 pub mod policy_loop;
 pub mod prometheus;

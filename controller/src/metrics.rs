@@ -123,6 +123,8 @@ struct DestSeries {
     classes: [u64; 4],
     flags: [u64; 3],
     retries: u64,
+    /// Requests estimated rather than measured (filter sampling).
+    unmeasured: u64,
     /// Per-bucket (not cumulative) counts for [`LATENCY_BUCKETS_SECONDS`] then `+Inf`.
     buckets: Vec<(f64, u64)>,
     sum_s: f64,
@@ -150,6 +152,7 @@ impl DestSeries {
             classes: [w.status_2xx, w.status_4xx, w.status_5xx, w.status_other],
             flags: [w.flag_uo, w.flag_ut, w.flag_conn_failure],
             retries: w.retries,
+            unmeasured: w.unmeasured_requests,
             buckets,
             sum_s: w.latency.sum_us() as f64 / 1e6,
             count: w.latency.count(),
@@ -225,6 +228,19 @@ impl Collector for DestinationCollector {
         }
         {
             let mut e = encoder.encode_descriptor(
+                "meshtune_destination_unmeasured_requests",
+                "Requests per destination whose figures are estimates scaled from the filters' samples (not measured one by one; 0 while every request is measured)",
+                None,
+                MetricType::Counter,
+            )?;
+            for r in rows.iter() {
+                let l = [("destination", r.name.as_str())];
+                prometheus_client::metrics::counter::ConstCounter::new(r.unmeasured)
+                    .encode(e.encode_family(&l)?)?;
+            }
+        }
+        {
+            let mut e = encoder.encode_descriptor(
                 "meshtune_destination_request_duration_seconds",
                 "Request latency reported by the filters per destination",
                 None,
@@ -258,6 +274,14 @@ pub struct Metrics {
     pub reporter_restarts: Counter,
     pub filter_dropped_reports: Counter,
     pub destinations_dropped: Counter,
+    /// Reports refused because their reporter exceeded its report rate.
+    pub reports_rate_limited: Counter,
+    /// Decision cycles that panicked (caught; the loop goes on).
+    pub decision_cycle_panics: Counter,
+    /// Destinations whose policy output had a NaN or infinite value (knobs held).
+    pub nonfinite_outputs: Counter,
+    /// Per-destination entries pruned after their destination expired or was evicted.
+    pub destinations_pruned: Counter,
     pub destinations_tracked: Gauge,
     pub reporters_tracked: Gauge,
     pub report_ingest_seconds: Histogram,
@@ -287,6 +311,8 @@ pub struct Metrics {
     pub knob: Family<KnobLabels, FloatGauge>,
     /// The model store's metrics (refused, info{version}, swaps).
     pub store: meshtune_policy::store::StoreMetrics,
+    /// Leader election (`meshtune_leader`, transitions).
+    pub leader: crate::leader::LeaderMetrics,
 }
 
 impl Default for Metrics {
@@ -307,6 +333,10 @@ impl Metrics {
             reporter_restarts: Counter::default(),
             filter_dropped_reports: Counter::default(),
             destinations_dropped: Counter::default(),
+            reports_rate_limited: Counter::default(),
+            decision_cycle_panics: Counter::default(),
+            nonfinite_outputs: Counter::default(),
+            destinations_pruned: Counter::default(),
             destinations_tracked: Gauge::default(),
             reporters_tracked: Gauge::default(),
             report_ingest_seconds: Histogram::new(exponential_buckets(1e-6, 4.0, 10)),
@@ -325,6 +355,7 @@ impl Metrics {
             inference_seconds: Histogram::new(exponential_buckets(1e-5, 4.0, 10)),
             knob: Family::default(),
             store: meshtune_policy::store::StoreMetrics::register(&mut registry),
+            leader: crate::leader::LeaderMetrics::register(&mut registry),
             registry: Registry::default(),
         };
         registry.register(
@@ -399,8 +430,28 @@ impl Metrics {
         );
         registry.register(
             "meshtune_destinations_dropped",
-            "Upstream windows not tracked because max_destinations was reached",
+            "Destinations evicted (one-time names first, then least recently reported) because max_destinations was reached",
             m.destinations_dropped.clone(),
+        );
+        registry.register(
+            "meshtune_reports_rate_limited",
+            "Reports refused with RESOURCE_EXHAUSTED because their reporter exceeded its report rate",
+            m.reports_rate_limited.clone(),
+        );
+        registry.register(
+            "meshtune_decision_cycle_panics",
+            "Decision cycles that panicked (caught and logged; the loop goes on)",
+            m.decision_cycle_panics.clone(),
+        );
+        registry.register(
+            "meshtune_policy_nonfinite_outputs",
+            "Destinations whose policy output held a NaN or infinite value (knobs in force held, nothing pushed)",
+            m.nonfinite_outputs.clone(),
+        );
+        registry.register(
+            "meshtune_destinations_pruned",
+            "Per-destination entries (policy status, loop state, knob series) pruned after their destination expired or was evicted",
+            m.destinations_pruned.clone(),
         );
         registry.register(
             "meshtune_destinations_tracked",
@@ -483,6 +534,17 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = rows;
         self.metric_destinations_omitted.set(omitted as i64);
+    }
+
+    /// Removes the knob gauges of `key`.
+    pub fn remove_knobs(&self, key: &DestKey) {
+        for k in Knob::ALL {
+            self.knob.remove(&KnobLabels {
+                namespace: key.namespace.clone(),
+                destination: key.cluster.clone(),
+                knob: k.name().to_string(),
+            });
+        }
     }
 
     /// Sets the knob gauges of `destination` (duration knobs in seconds).

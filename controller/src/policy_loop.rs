@@ -125,22 +125,23 @@ pub struct EnvoyFileArgs {
     pub cds: Option<PathBuf>,
     pub rds: Option<PathBuf>,
     pub route_config: Option<String>,
-    /// `NAME=HOST:PORT` (NAME is the Envoy cluster name the filter reports).
+    /// `NAME=HOST:PORT[,HOST:PORT...]` (NAME is the Envoy cluster name the filter reports).
     pub destinations: Vec<String>,
 }
 
-/// Parses `NAME=HOST:PORT`.
-pub fn parse_envoy_destination(s: &str) -> Result<(String, String), String> {
-    let (name, addr) = s
-        .split_once('=')
-        .ok_or_else(|| format!("`{s}`: expected NAME=HOST:PORT"))?;
-    let port_ok = addr
-        .rsplit_once(':')
-        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-    if name.is_empty() || !port_ok {
-        return Err(format!("`{s}`: expected NAME=HOST:PORT"));
+/// Parses `NAME=HOST:PORT[,HOST:PORT...]` (one or more endpoints of the cluster).
+pub fn parse_envoy_destination(s: &str) -> Result<(String, Vec<String>), String> {
+    let bad = || format!("`{s}`: expected NAME=HOST:PORT[,HOST:PORT...]");
+    let (name, addrs) = s.split_once('=').ok_or_else(bad)?;
+    let endpoints: Vec<String> = addrs.split(',').map(str::to_string).collect();
+    let port_ok = |a: &str| {
+        a.rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+    };
+    if name.is_empty() || !endpoints.iter().all(|a| port_ok(a)) {
+        return Err(bad());
     }
-    Ok((name.to_string(), addr.to_string()))
+    Ok((name.to_string(), endpoints))
 }
 
 /// The Envoy file sink's configuration from its flags. Routes (RDS) are written when an RDS
@@ -159,13 +160,13 @@ pub fn envoy_file_config(a: &EnvoyFileArgs) -> Result<EnvoyFileConfig, LoopError
     }
     let mut dests = Vec::new();
     for (i, d) in a.destinations.iter().enumerate() {
-        let (name, addr) = parse_envoy_destination(d).map_err(|reason| LoopError::Flag {
+        let (name, endpoints) = parse_envoy_destination(d).map_err(|reason| LoopError::Flag {
             flag: "--envoy-destination",
             reason,
         })?;
         dests.push(EnvoyDestination {
             destination: name.clone(),
-            cluster: EnvoyCluster::new(name.clone(), vec![addr]),
+            cluster: EnvoyCluster::new(name.clone(), endpoints),
             route: a.rds.as_ref().map(|_| EnvoyRoute {
                 virtual_host: name.clone(),
                 domains: if i == 0 {
@@ -234,8 +235,15 @@ pub struct PolicyLoop {
     hints: Arc<StaticHints>,
     config: LoopConfig,
     cycles: AtomicU64,
+    /// Pushes and rollbacks of the cycle running now, between decide and settle: a panic in
+    /// between reverts them like failed pushes (the sinks may not have applied them).
+    pushing: std::sync::Mutex<Vec<decision::DestDecision>>,
     /// Feature sources (unset: the filters' reports only).
     sources: std::sync::OnceLock<Sources>,
+    /// Leader election (unset: this replica always leads).
+    leadership: std::sync::OnceLock<crate::leader::Leadership>,
+    /// Recovery and removal of meshtune's Istio objects (set with the Istio sink).
+    lifecycle: std::sync::OnceLock<crate::lifecycle::Lifecycle>,
 }
 
 /// The decision loop's feature sources (`--source`).
@@ -303,7 +311,10 @@ impl PolicyLoop {
             hints,
             config,
             cycles: AtomicU64::new(0),
+            pushing: std::sync::Mutex::new(Vec::new()),
             sources: std::sync::OnceLock::new(),
+            leadership: std::sync::OnceLock::new(),
+            lifecycle: std::sync::OnceLock::new(),
         });
         me.publish_model();
         me
@@ -312,6 +323,89 @@ impl PolicyLoop {
     /// Sets the feature sources (once, before the loop runs; later calls are ignored).
     pub fn set_sources(&self, sources: Sources) {
         let _ = self.sources.set(sources);
+    }
+
+    /// Sets the leader election (once, before the loop runs): the loop decides and writes only
+    /// while this replica leads.
+    pub fn set_leadership(&self, l: crate::leader::Leadership) {
+        let _ = self.leadership.set(l);
+    }
+
+    /// Sets the Kubernetes lifecycle (once, before the loop runs): on becoming leader the loop
+    /// recovers the knobs in force from meshtune's objects (enforce) or removes them (observe).
+    pub fn set_lifecycle(&self, l: crate::lifecycle::Lifecycle) {
+        let _ = self.lifecycle.set(l);
+    }
+
+    /// Whether this replica leads (always, without an election).
+    pub fn is_leader(&self) -> bool {
+        self.leadership
+            .get()
+            .is_none_or(crate::leader::Leadership::is_leader)
+    }
+
+    /// Runs when this replica starts leading, before its first cycle. The decision state
+    /// starts afresh (whatever it knew as a follower or an earlier leader may be stale); with
+    /// the Kubernetes lifecycle set, enforce mode then puts the knobs recovered from meshtune's
+    /// objects in force (so no default push happens and hints come from them) and observe mode
+    /// removes what meshtune wrote. Returns the number of destinations recovered or objects
+    /// undone. On a Kubernetes error (logged) [`Self::run`] decides nothing and calls this
+    /// again every interval until it succeeds: deciding without the knobs in force would push
+    /// from Istio's defaults.
+    pub async fn on_leading(&self) -> Result<usize, meshtune_sinks::istio_undo::UndoError> {
+        let mut state = self.state.lock().await;
+        *state = LoopState::new(Guardrails::new(self.config.guardrails.clone()))
+            .with_settle(self.config.settle);
+        let Some(lc) = self.lifecycle.get() else {
+            return Ok(0);
+        };
+        if state.mode() == Mode::Observe {
+            return match lc.remove_all(false).await {
+                Ok(done) => {
+                    let metrics = &self.controller.metrics().leader;
+                    for r in &done {
+                        tracing::info!(object = %r, "observe mode: undoing what meshtune wrote");
+                        let labels = crate::leader::UndoLabels {
+                            action: match r.action {
+                                meshtune_sinks::istio_undo::UndoAction::Delete => "delete",
+                                meshtune_sinks::istio_undo::UndoAction::Restore => "restore",
+                            }
+                            .into(),
+                            result: if r.error().is_some() { "failed" } else { "ok" }.into(),
+                        };
+                        metrics.undone.get_or_create(&labels).inc();
+                    }
+                    Ok(done.len())
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "observe mode: removing meshtune's objects failed; retrying next interval");
+                    Err(e)
+                }
+            };
+        }
+        match lc.recover().await {
+            Ok(recovered) => {
+                for r in &recovered {
+                    // Objects live in the reporters' namespace (client-side, exportTo "."):
+                    // the object's namespace and destination are the decision key.
+                    let key = DestKey::new(r.namespace.as_str(), r.destination.as_str());
+                    self.controller.metrics().set_knobs(&key, &r.knobs);
+                    state.in_force.insert(key, r.knobs);
+                    tracing::info!(destination = %r.destination, namespace = %r.namespace,
+                        objects = ?r.objects, "recovered the knobs in force");
+                }
+                self.controller
+                    .metrics()
+                    .leader
+                    .recovered
+                    .set(recovered.len() as i64);
+                Ok(recovered.len())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "recovering the knobs in force failed; no decisions until it succeeds (retried every interval)");
+                Err(e)
+            }
+        }
     }
 
     /// The select stage: the filters' snapshot and/or Prometheus windows, merged
@@ -439,6 +533,9 @@ impl PolicyLoop {
         let store = self.store.as_ref()?;
         let selected = self.select().await;
         self.count_sources(&selected);
+        if self.controller.take_removed_destinations() > 0 {
+            self.prune(&selected).await;
+        }
         let policy = store.current();
         let mut state = self.state.lock().await;
         let now = Instant::now();
@@ -454,8 +551,18 @@ impl PolicyLoop {
         self.cycles.fetch_add(1, Ordering::Relaxed);
         let now_ms = crate::server::Clock::now_unix_ms(&crate::server::SystemClock);
         let cycle = decide(&selected, &proposed, &mut state, now, self.config.slo_ms);
+        *self.pushing.lock().unwrap_or_else(|e| e.into_inner()) = cycle
+            .items
+            .iter()
+            .filter(|i| matches!(i.action, DestAction::Push | DestAction::Rollback { .. }))
+            .cloned()
+            .collect();
         let failed = self.push(&cycle).await;
         let outcomes = decision::settle(&mut state, &cycle.items, &failed);
+        self.pushing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.publish(&state, &cycle, &outcomes, now_ms);
         // Hints last: once a filter sees them, status and metrics already match.
         self.hints
@@ -468,6 +575,41 @@ impl PolicyLoop {
             &outcomes,
             policy.model_version(),
         ))
+    }
+
+    /// Pruning after destinations left the controller's table (expired or evicted): forgets
+    /// the loop state (knobs in force, change times, guardrail phases), the knob series and
+    /// the policy status of every destination that no tracked cluster maps to and that this
+    /// cycle did not select (a Prometheus-fed destination stays while it is selected).
+    pub async fn prune(&self, selected: &[decision::Selected]) {
+        let clusters: foldhash::HashSet<DestKey> =
+            self.controller.destination_names().into_iter().collect();
+        let pruned_status = self.controller.prune_policy_status(&clusters);
+        let mut live: foldhash::HashSet<DestKey> = clusters
+            .iter()
+            .filter_map(|k| {
+                self.config
+                    .naming
+                    .destination(&k.cluster)
+                    .map(|(d, _)| k.with_cluster(d))
+            })
+            .collect();
+        live.extend(selected.iter().map(|s| s.key.clone()));
+        let gone = self.state.lock().await.prune(&live);
+        let metrics = self.controller.metrics();
+        for d in &gone {
+            metrics.remove_knobs(d);
+        }
+        metrics
+            .destinations_pruned
+            .inc_by((gone.len() + pruned_status) as u64);
+        if !gone.is_empty() || pruned_status > 0 {
+            tracing::info!(
+                destinations = gone.len(),
+                clusters = pruned_status,
+                "pruned the state of destinations no longer tracked"
+            );
+        }
     }
 
     /// Per-source gauges and the missing-feature counters of this cycle's selection.
@@ -508,7 +650,21 @@ impl PolicyLoop {
             .inference_seconds
             .observe(started.elapsed().as_secs_f64());
         match out {
-            Ok(rows) => Some(rows.iter().map(Knobs::from_normalised).collect()),
+            // A NaN or infinite output holds that destination's knobs (the guardrails see a
+            // non-finite proposal and hold); counted, never turned into a mid-range knob.
+            Ok(rows) => Some(
+                rows.iter()
+                    .map(|r| {
+                        if r.iter().all(|v| v.is_finite()) {
+                            Knobs::from_normalised(r)
+                        } else {
+                            metrics.nonfinite_outputs.inc();
+                            tracing::warn!(output = ?r, "policy output is not finite: knobs in force held");
+                            Knobs([f64::NAN; meshtune_core::knobs::KNOB_COUNT])
+                        }
+                    })
+                    .collect(),
+            ),
             Err(e) => {
                 metrics.inference_errors.inc();
                 tracing::error!(error = %e, "policy inference failed; no decisions this cycle");
@@ -523,6 +679,20 @@ impl PolicyLoop {
         let metrics = self.controller.metrics();
         // A set: with many pushes failing at once, a Vec lookup per item would be quadratic.
         let mut failed = foldhash::HashSet::default();
+        if !cycle.pushes.is_empty() && !self.is_leader() {
+            // The lease was lost during the cycle: another replica writes now.
+            tracing::warn!(
+                pushes = cycle.pushes.len(),
+                "not the leader any more: nothing written"
+            );
+            failed.extend(
+                cycle
+                    .pushes
+                    .iter()
+                    .map(|d| DestKey::new(d.namespace.as_str(), d.destination.as_str())),
+            );
+            return failed;
+        }
         if !cycle.pushes.is_empty() {
             for sink in &self.sinks {
                 let label = |result: &str| PushLabels {
@@ -638,6 +808,38 @@ impl PolicyLoop {
         }
     }
 
+    /// One cycle under supervision: a panic is caught, logged and counted
+    /// (`meshtune_decision_cycle_panics_total`) and the loop goes on; a completed cycle tells
+    /// `/readyz` the loop is alive.
+    pub async fn supervised_cycle(&self) -> Option<CycleSummary> {
+        use futures::FutureExt;
+        match std::panic::AssertUnwindSafe(self.cycle())
+            .catch_unwind()
+            .await
+        {
+            Ok(s) => {
+                self.controller.loop_cycled();
+                s
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic".into());
+                self.controller.metrics().decision_cycle_panics.inc();
+                let pushing =
+                    std::mem::take(&mut *self.pushing.lock().unwrap_or_else(|e| e.into_inner()));
+                let mut state = self.state.lock().await;
+                for item in &pushing {
+                    decision::revert_push(&mut state, item);
+                }
+                tracing::error!(panic = %what, reverted = pushing.len(), "decision cycle panicked (its pushes count as failed); the loop goes on");
+                None
+            }
+        }
+    }
+
     /// Runs cycles every interval until `shutdown` resolves.
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
@@ -645,17 +847,52 @@ impl PolicyLoop {
             shutdown.await;
             return;
         }
-        let mut tick = tokio::time::interval(self.config.interval.max(Duration::from_millis(10)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        tracing::info!(interval = ?self.config.interval, mode = mode_name(self.config.guardrails.mode), sinks = ?self.sinks.iter().map(|s| s.name()).collect::<Vec<_>>(), "decision loop running");
+        self.controller
+            .watch_loop(self.config.interval.max(Duration::from_millis(10)));
+        let mut leadership = self.leadership.get().cloned();
         loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = tick.tick() => {}
+            if let Some(l) = &mut leadership {
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = l.until_leader() => {}
+                }
             }
-            if let Some(s) = self.cycle().await {
-                tracing::debug!(?s, "decision cycle");
+            // Leading from now: the loop is alive even before its first cycle.
+            self.controller.loop_cycled();
+            let mut started = self.on_leading().await.is_ok();
+            let mut tick =
+                tokio::time::interval(self.config.interval.max(Duration::from_millis(10)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            tracing::info!(interval = ?self.config.interval, mode = mode_name(self.config.guardrails.mode), sinks = ?self.sinks.iter().map(|s| s.name()).collect::<Vec<_>>(), "decision loop running");
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = tick.tick() => {}
+                }
+                if !self.is_leader() {
+                    // A follower decides nothing and serves no hints.
+                    self.hints.replace(Vec::new());
+                    tracing::info!("stopped leading: the decision loop waits");
+                    break;
+                }
+                if !started {
+                    started = self.on_leading().await.is_ok();
+                    if !started {
+                        // Retrying recovery is progress, not a stall (/readyz stays up).
+                        self.controller.loop_cycled();
+                        continue;
+                    }
+                }
+                // A cycle stuck in a sink must not hold up shutdown.
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    s = self.supervised_cycle() => {
+                        if let Some(s) = s {
+                            tracing::debug!(?s, "decision cycle");
+                        }
+                    }
+                }
             }
         }
     }
@@ -721,6 +958,30 @@ mod tests {
     use meshtune_policy::onnx::{export_mlp, Activation, MlpLayer, ModelMeta};
     use meshtune_sinks::sink::{ApplyFuture, ApplyReport, ItemReport};
     use meshtune_sinks::Decision;
+
+    #[test]
+    fn envoy_destination_takes_one_or_more_endpoints() {
+        assert_eq!(
+            parse_envoy_destination("w=127.0.0.1:80").unwrap(),
+            ("w".to_string(), vec!["127.0.0.1:80".to_string()])
+        );
+        assert_eq!(
+            parse_envoy_destination("w=127.0.0.1:80,127.0.0.1:81")
+                .unwrap()
+                .1,
+            vec!["127.0.0.1:80", "127.0.0.1:81"]
+        );
+        for bad in [
+            "w",
+            "=127.0.0.1:80",
+            "w=127.0.0.1:80,",
+            "w=127.0.0.1:x",
+            "w=:80",
+        ] {
+            let e = parse_envoy_destination(bad).unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
 
     /// A model whose normalised output is `u` for every input.
     fn const_model(u: f32) -> OnnxPolicy {
@@ -886,5 +1147,63 @@ mod tests {
         assert_eq!(rows.len(), 2, "{text}");
         assert!(rows[0].starts_with("live,,a,7,"), "{}", rows[0]);
         assert!(rows[1].starts_with("live,,b,7,"), "{}", rows[1]);
+    }
+
+    #[tokio::test]
+    async fn evicted_destinations_are_pruned_from_status_state_and_metrics() {
+        use meshtune_test_support::reports::{report, upstream};
+        let controller = Arc::new(
+            Controller::new(Config {
+                max_destinations: 2,
+                ..Config::default()
+            })
+            .unwrap(),
+        );
+        let l = PolicyLoop::new(
+            controller.clone(),
+            Some(const_model(0.5)),
+            Vec::new(),
+            Arc::new(meshtune_sinks::LogSink::new(Box::new(std::io::sink()))),
+            None,
+            LoopConfig {
+                min_requests: 1,
+                guardrails: guardrails::Config {
+                    mode: Mode::Enforce,
+                    ..guardrails::Config::default()
+                },
+                ..LoopConfig::default()
+            },
+        );
+        controller
+            .handle_report(&report("p", 1, vec![upstream("a", 100, 0, 5_000)]))
+            .unwrap();
+        let s = l.cycle().await.unwrap();
+        assert_eq!(s.pushed, 1, "{s:?}");
+        assert!(l.knobs_in_force(&DestKey::new("", "a")).await.is_some());
+        assert!(controller.policy_status(&DestKey::new("", "a")).is_some());
+        assert!(controller
+            .metrics_text()
+            .contains(r#"meshtune_knob{namespace="default",destination="a""#));
+        // Two new names from another reporter evict "a" (reported once: probationary).
+        controller
+            .handle_report(&report(
+                "q",
+                1,
+                vec![upstream("x", 1, 0, 5_000), upstream("y", 1, 0, 5_000)],
+            ))
+            .unwrap();
+        assert!(controller
+            .destination_names()
+            .iter()
+            .all(|n| n.cluster != "a"));
+        l.cycle().await.unwrap();
+        assert!(l.knobs_in_force(&DestKey::new("", "a")).await.is_none());
+        assert!(controller.policy_status(&DestKey::new("", "a")).is_none());
+        let text = controller.metrics_text();
+        assert!(!text.contains(r#"destination="a""#), "{text}");
+        assert!(
+            text.contains("meshtune_destinations_pruned_total 2"),
+            "loop state and status of a: {text}"
+        );
     }
 }

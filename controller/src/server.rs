@@ -12,7 +12,6 @@ use crate::metrics::{Metrics, ReasonLabels};
 use crate::validate::{validate, Limits as ValidationLimits};
 use meshtune_core::key::reporter_namespace;
 use meshtune_core::DestKey;
-use meshtune_proto::v1::feature_service_server::FeatureServiceServer;
 use meshtune_proto::v1::{ReportRequest, ReportResponse};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -84,7 +83,24 @@ pub struct Controller {
     /// Authenticated reporter identities seen (at most [`MAX_IDENTITIES`]).
     identities: Mutex<BTreeMap<String, IdentityJson>>,
     model_status: RwLock<ModelJson>,
+    /// Leader election, if any: a follower is not Ready (see [`crate::leader`]).
+    leadership: std::sync::OnceLock<crate::leader::Leadership>,
+    rate: Mutex<crate::ingest::RateLimiter>,
+    /// When the decision loop last completed a cycle (`None`: no loop runs, or none yet).
+    loop_health: RwLock<Option<LoopHealth>>,
 }
+
+/// What `/readyz` knows about the decision loop.
+#[derive(Debug, Clone, Copy)]
+struct LoopHealth {
+    interval: Duration,
+    started: Instant,
+    last_cycle: Option<Instant>,
+}
+
+/// `/readyz` fails when the decision loop's last completed cycle (or its start, before the
+/// first) is older than this many decision intervals.
+pub const STALE_LOOP_INTERVALS: u32 = 3;
 
 /// What the decision loop publishes per reported cluster for `/api/destinations`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -122,7 +138,6 @@ impl Controller {
         Ok(Self {
             validation: config.validation_limits(),
             aggregator: Mutex::new(Aggregator::new(config.aggregate_limits())),
-            config,
             hints: RwLock::new(hints),
             file_hints,
             metrics: Metrics::new(),
@@ -134,6 +149,14 @@ impl Controller {
             policy_status: RwLock::new(BTreeMap::new()),
             identities: Mutex::new(BTreeMap::new()),
             model_status: RwLock::new(ModelJson::default()),
+            leadership: std::sync::OnceLock::new(),
+            rate: Mutex::new(crate::ingest::RateLimiter::new(
+                config.reports_per_sec,
+                config.report_burst,
+                config.max_reporters,
+            )),
+            loop_health: RwLock::new(None),
+            config,
         })
     }
 
@@ -196,8 +219,76 @@ impl Controller {
             .clone()
     }
 
+    /// Serving, the leader when there is an election (followers are not Ready, so the report
+    /// Service sends reports to the leader alone), and the decision loop (if one runs)
+    /// completed a cycle within [`STALE_LOOP_INTERVALS`] intervals.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+            && self
+                .leadership
+                .get()
+                .is_none_or(crate::leader::Leadership::is_leader)
+            && self.loop_stalled().is_none()
+    }
+
+    /// Sets the leader election `/readyz` follows (once; later calls are ignored).
+    pub fn set_leadership(&self, l: crate::leader::Leadership) {
+        let _ = self.leadership.set(l);
+    }
+
+    /// The leader election, if set.
+    pub fn leadership(&self) -> Option<crate::leader::Leadership> {
+        self.leadership.get().cloned()
+    }
+
+    /// The decision loop announces itself: from now on `/readyz` watches its cycles.
+    pub fn watch_loop(&self, interval: Duration) {
+        *self.loop_health.write().unwrap_or_else(|e| e.into_inner()) = Some(LoopHealth {
+            interval,
+            started: Instant::now(),
+            last_cycle: None,
+        });
+    }
+
+    /// The decision loop completed a cycle now.
+    pub fn loop_cycled(&self) {
+        if let Some(h) = self
+            .loop_health
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            h.last_cycle = Some(Instant::now());
+        }
+    }
+
+    /// How long ago the loop last completed a cycle, when that is more than
+    /// [`STALE_LOOP_INTERVALS`] intervals (`None`: healthy, or no loop).
+    pub fn loop_stalled(&self) -> Option<Duration> {
+        let h = (*self.loop_health.read().unwrap_or_else(|e| e.into_inner()))?;
+        let age = h.last_cycle.unwrap_or(h.started).elapsed();
+        (age > h.interval * STALE_LOOP_INTERVALS).then_some(age)
+    }
+
+    /// Destinations expired or evicted from the aggregates since the last call.
+    pub fn take_removed_destinations(&self) -> u64 {
+        self.aggregator().take_removed()
+    }
+
+    /// Names of every tracked destination (reported cluster), no particular order.
+    pub fn destination_names(&self) -> Vec<DestKey> {
+        self.aggregator().destination_names()
+    }
+
+    /// Forgets the policy status of clusters no longer tracked (`live`: those still tracked).
+    pub fn prune_policy_status(&self, live: &foldhash::HashSet<DestKey>) -> usize {
+        let mut m = self
+            .policy_status
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let before = m.len();
+        m.retain(|k, _| live.contains(k));
+        before - m.len()
     }
 
     fn aggregator(&self) -> std::sync::MutexGuard<'_, Aggregator> {
@@ -272,6 +363,19 @@ impl Controller {
             }
         };
         let now = self.clock.now_unix_ms();
+        let allowed = self
+            .rate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow(&valid.reporter, now);
+        if !allowed {
+            self.metrics.reports_rate_limited.inc();
+            tracing::debug!(reporter = ?valid.reporter, "report over the reporter's rate: refused");
+            return Err(tonic::Status::resource_exhausted(format!(
+                "reporter sends more than {} reports/s (burst {}): report refused",
+                self.config.reports_per_sec, self.config.report_burst
+            )));
+        }
         let outcome = self.aggregator().ingest(&valid, now);
         match &outcome {
             IngestOutcome::Accepted {
@@ -293,10 +397,10 @@ impl Controller {
                     self.metrics
                         .destinations_dropped
                         .inc_by(*destinations_dropped);
-                    tracing::warn!(
-                        dropped = destinations_dropped,
+                    tracing::debug!(
+                        evicted = destinations_dropped,
                         max = self.config.max_destinations,
-                        "destination limit reached"
+                        "destination limit reached: least recently reported evicted"
                     );
                 }
             }
@@ -357,6 +461,41 @@ impl Controller {
         self.metrics.set_destinations(&views, reporters);
         let hints = self.hint_source();
         let destinations = views
+            .iter()
+            .map(|v| {
+                let hint = hints
+                    .hints_for(&v.key.namespace, std::slice::from_ref(&v.key.cluster))
+                    .pop();
+                let mut d = DestinationJson::new(v, hint);
+                if let Some(s) = self.policy_status(&v.key) {
+                    d.knobs = s.knobs;
+                    d.last_decision = s.last_decision;
+                }
+                d
+            })
+            .collect();
+        DestinationsResponse {
+            window_secs: self.config.window_secs.max(1),
+            reports_accepted: self.accepted.load(Ordering::Relaxed),
+            reports_rejected: self.rejected.load(Ordering::Relaxed),
+            reports_duplicate: self.duplicate.load(Ordering::Relaxed),
+            reporters: reporters as u64,
+            auth: self.config.auth.name().to_string(),
+            identities: self.identities(),
+            destinations,
+        }
+    }
+
+    /// `/api/destinations?name=CLUSTER&namespace=NS`: the same answer with at most that one
+    /// destination, computed without touching the others.
+    pub fn destination_json(&self, key: &DestKey) -> DestinationsResponse {
+        let now = self.clock.now_unix_ms();
+        let (view, reporters) = {
+            let a = self.aggregator();
+            (a.destination(key, now), a.reporter_count())
+        };
+        let hints = self.hint_source();
+        let destinations = view
             .iter()
             .map(|v| {
                 let hint = hints
@@ -453,8 +592,11 @@ impl Controller {
             });
         }
 
-        let svc = FeatureServiceServer::from_arc(self.clone())
-            .max_decoding_message_size(self.config.max_report_bytes.saturating_mul(2));
+        let svc = crate::ingest::ReportServer::new(
+            self.clone(),
+            self.validation.clone(),
+            self.config.max_concurrent_reports,
+        );
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &self.config.tls {
             use tonic::transport::{Certificate, Identity, ServerTlsConfig};
@@ -466,10 +608,21 @@ impl Controller {
                 )
                 .map_err(|e| ControllerError::Tls(e.to_string()))?;
         }
-        let grpc_server = builder.add_service(svc).serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc),
-            stop(rx.clone()),
-        );
+        let grpc_server = builder
+            .max_concurrent_streams(self.config.max_streams_per_connection)
+            .concurrency_limit_per_connection(self.config.max_streams_per_connection as usize)
+            .timeout(self.config.request_timeout)
+            // Small flow-control windows: a stream waiting for a report permit holds at most
+            // this much of its body in the connection's buffers.
+            .initial_stream_window_size(64 * 1024)
+            .initial_connection_window_size(1024 * 1024)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(svc)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                stop(rx.clone()),
+            );
         let admin_server = axum::serve(admin, crate::admin::router(self.clone()))
             .with_graceful_shutdown(stop(rx.clone()));
         self.ready.store(true, Ordering::Relaxed);

@@ -261,6 +261,8 @@ mod tests {
                 conn_failure_rate: 0.0,
                 retries: 0,
                 shed: 0,
+                measured_requests: 10,
+                estimated: false,
             },
             lifetime: LifetimeJson {
                 requests: 10,
@@ -279,6 +281,7 @@ mod tests {
                 request_bytes: 0,
                 response_bytes: 0,
                 latency_samples: 0,
+                unmeasured_requests: 0,
             },
             hint,
             knobs: None,

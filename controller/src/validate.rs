@@ -257,6 +257,14 @@ fn upstream_stats(u: &UpstreamWindow, duration_s: f64) -> Result<WindowStats, Fi
         &[u.http1_requests, u.http2_requests, u.http3_requests],
     )?;
     at_most("http*_requests", protocols, "requests", n)?;
+    // Sampled windows (see the proto): how many requests were measured. An exact window
+    // (`estimated` false) measured all; `samples` is then ignored (0 from older filters).
+    let unmeasured_requests = if u.estimated {
+        at_most("samples", u.samples, "requests", n)?;
+        n - u.samples
+    } else {
+        0
+    };
     if !u.inflight_avg.is_finite() || u.inflight_avg < 0.0 {
         return Err((
             "inflight_avg",
@@ -302,7 +310,10 @@ fn upstream_stats(u: &UpstreamWindow, duration_s: f64) -> Result<WindowStats, Fi
         status_2xx: u.status_2xx,
         status_4xx: u.status_4xx,
         status_5xx: u.status_5xx,
-        status_other: u.status_1xx + u.status_3xx + u.status_none,
+        status_other: u
+            .status_1xx
+            .saturating_add(u.status_3xx)
+            .saturating_add(u.status_none),
         flag_uo: u.flag_uo,
         flag_ut: u.flag_ut,
         flag_conn_failure: conn,
@@ -314,6 +325,7 @@ fn upstream_stats(u: &UpstreamWindow, duration_s: f64) -> Result<WindowStats, Fi
         response_bytes: u.response_bytes,
         http2_requests: u.http2_requests,
         endpoints: u.endpoints,
+        unmeasured_requests,
         latency,
     })
 }
@@ -377,6 +389,28 @@ mod tests {
         assert_eq!(w.latency.count(), 10);
         assert_eq!(w.duration_s, 1.0);
         assert_eq!(v.reporter.pod, "p");
+    }
+
+    #[test]
+    fn sampled_windows_carry_their_sample_count() {
+        let mut r = good();
+        r.upstreams[0].estimated = true;
+        r.upstreams[0].samples = 4;
+        let v = validate(&r, &Limits::default()).unwrap();
+        let w = &v.upstreams[0].1;
+        assert_eq!(
+            (w.requests, w.unmeasured_requests, w.measured_requests()),
+            (10, 6, 4)
+        );
+        // Exact windows measured everything, whatever `samples` says (older filters: 0).
+        r.upstreams[0].estimated = false;
+        r.upstreams[0].samples = 0;
+        let v = validate(&r, &Limits::default()).unwrap();
+        assert_eq!(v.upstreams[0].1.measured_requests(), 10);
+        // More samples than requests is refused, naming the field.
+        r.upstreams[0].estimated = true;
+        r.upstreams[0].samples = 11;
+        assert_eq!(field_of(&r), "upstreams[0].samples");
     }
 
     #[test]

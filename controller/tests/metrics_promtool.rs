@@ -222,8 +222,12 @@ async fn per_destination_series_are_bounded() {
         .lines()
         .filter(|l| l.contains(&format!("destination=\"svc-{:04}\"", n - 1)))
         .count();
-    // 4 status classes + 3 flags + retries + buckets (+Inf included) + sum + count.
-    assert_eq!(per_dest, 4 + 3 + 1 + LATENCY_BUCKETS_SECONDS.len() + 1 + 2);
+    // 4 status classes + 3 flags + retries + unmeasured requests + buckets (+Inf included)
+    // + sum + count.
+    assert_eq!(
+        per_dest,
+        4 + 3 + 1 + 1 + LATENCY_BUCKETS_SECONDS.len() + 1 + 2
+    );
 }
 
 /// Istio's standard metrics (https://istio.io/latest/docs/reference/config/metrics/), as

@@ -234,3 +234,65 @@ async fn oversized_reports_are_invalid_argument() {
     );
     run.shutdown().await;
 }
+
+#[tokio::test]
+async fn hostile_reports_are_refused_before_decoding_and_rate_limited() {
+    let run = start(Config {
+        // One report per 100 s sustained, two at once: the third from one reporter is refused.
+        reports_per_sec: 0.01,
+        report_burst: 2.0,
+        ..Config::default()
+    })
+    .await;
+    let mut client = FeatureServiceClient::connect(run.grpc.clone())
+        .await
+        .unwrap();
+
+    // More upstream windows than the shared per-report limit: refused by the pre-scan,
+    // before decoding, naming the field.
+    let limit = meshtune_proto::MAX_UPSTREAMS_PER_REPORT as usize;
+    let ups = (0..=limit)
+        .map(|i| upstream(&format!("c{i}"), 1, 0, 100))
+        .collect();
+    let e = client.report(report("many", 1, ups)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("upstreams:"), "{}", e.message());
+
+    // Larger than the largest legitimate report: tonic refuses it before decoding.
+    let mut huge = report("huge", 1, vec![upstream("c", 1, 0, 100)]);
+    huge.upstreams[0].cluster = "x".repeat(Config::default().max_report_bytes + 1);
+    let e = client.report(huge).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+
+    // Rate: two reports pass, the excess is RESOURCE_EXHAUSTED and counted.
+    let mut codes = Vec::new();
+    for seq in 1..=5 {
+        let r = client
+            .report(report("chatty", seq, vec![upstream("svc", 5, 0, 100)]))
+            .await;
+        codes.push(r.map(|_| tonic::Code::Ok).unwrap_or_else(|e| e.code()));
+    }
+    assert_eq!(
+        codes,
+        [
+            tonic::Code::Ok,
+            tonic::Code::Ok,
+            tonic::Code::ResourceExhausted,
+            tonic::Code::ResourceExhausted,
+            tonic::Code::ResourceExhausted
+        ]
+    );
+    // Another reporter is not affected.
+    client
+        .report(report("quiet", 1, vec![upstream("svc", 5, 0, 100)]))
+        .await
+        .unwrap();
+    let d = destinations(&run.admin).await;
+    assert_eq!(d["destinations"][0]["lifetime"]["requests"], 15);
+    let (_, metrics) = http_get(&run.admin, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("meshtune_reports_rate_limited_total 3"),
+        "{metrics}"
+    );
+    run.shutdown().await;
+}

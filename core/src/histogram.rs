@@ -171,8 +171,9 @@ impl LatencyHistogram {
         if i < self.offset || i >= self.offset + self.counts.len() {
             self.cover(i, i + 1);
         }
-        self.counts[i - self.offset] += n;
-        self.total += n;
+        let c = &mut self.counts[i - self.offset];
+        *c = c.saturating_add(n);
+        self.total = self.total.saturating_add(n);
         self.sum_us = self.sum_us.saturating_add(v.saturating_mul(n));
         self.min_us = self.min_us.min(v);
         self.max_us = self.max_us.max(v);
@@ -185,10 +186,11 @@ impl LatencyHistogram {
         }
         self.cover(other.offset, other.offset + other.counts.len());
         let at = other.offset - self.offset;
+        // Saturating: counts come from reports, which a buggy or hostile reporter controls.
         for (a, b) in self.counts[at..].iter_mut().zip(&other.counts) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
-        self.total += other.total;
+        self.total = self.total.saturating_add(other.total);
         self.sum_us = self.sum_us.saturating_add(other.sum_us);
         self.min_us = self.min_us.min(other.min_us);
         self.max_us = self.max_us.max(other.max_us);

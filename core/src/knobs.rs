@@ -344,9 +344,110 @@ pub fn denormalise(spec: &KnobSpec, u: f64) -> f64 {
     clamp(spec, x)
 }
 
+/// Upstream attempts per client request meshtune allows (Linkerd's default retry budget: 20 %
+/// extra load). The concurrency budget above bounds outstanding retries; this bounds the ratio.
+pub const MAX_RETRY_AMPLIFICATION: f64 = 1.2;
+
+/// Estimated probability that one upstream attempt fails, from a window: with no retries in
+/// force it is the share of requests that failed upstream (`upstream_failures`); with `retries`
+/// in force it solves `e + e² + … + e^retries = attempts_per_request − 1` (independent
+/// attempts), so retries that hide failures still reveal them. Clamped to [0, 1].
+pub fn attempt_failure_estimate(
+    retries: u32,
+    attempts_per_request: f64,
+    upstream_failures: f64,
+) -> f64 {
+    if retries == 0 || !attempts_per_request.is_finite() {
+        return upstream_failures.clamp(0.0, 1.0);
+    }
+    let extra = (attempts_per_request - 1.0).max(0.0);
+    if extra == 0.0 {
+        return 0.0;
+    }
+    let sum = |e: f64| (1..=retries).map(|i| e.powi(i as i32)).sum::<f64>();
+    if extra >= sum(1.0) {
+        return 1.0;
+    }
+    // sum(e) is increasing on [0, 1]: bisect.
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    for _ in 0..40 {
+        let mid = (lo + hi) / 2.0;
+        if sum(mid) < extra {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    (lo + hi) / 2.0
+}
+
+/// The most retries per request that keep the expected attempts per request within
+/// `max_amplification` when each attempt fails with probability `e` (`1 + e + … + e^r`);
+/// `None` when any number of retries does (`e ≤ 1 − 1/max_amplification`).
+pub fn max_retries_within(e: f64, max_amplification: f64) -> Option<u32> {
+    let e = e.clamp(0.0, 1.0);
+    if e <= 1.0 - 1.0 / max_amplification {
+        return None;
+    }
+    let (mut r, mut attempts, mut term) = (0u32, 1.0f64, 1.0f64);
+    loop {
+        term *= e;
+        if attempts + term > max_amplification + 1e-12 {
+            return Some(r);
+        }
+        attempts += term;
+        r += 1;
+    }
+}
+
+impl Knobs {
+    /// Lowers `retries.attempts` so that, at per-attempt failure probability `e`, the expected
+    /// upstream attempts per request stay within [`MAX_RETRY_AMPLIFICATION`]. Returns the value
+    /// it replaced, if it lowered it.
+    pub fn cap_retries_for_failures(&mut self, e: f64) -> Option<f64> {
+        let cap = f64::from(max_retries_within(e, MAX_RETRY_AMPLIFICATION)?);
+        let r = self.get(Knob::RetryAttempts);
+        (r > cap).then(|| {
+            self.set(Knob::RetryAttempts, cap);
+            r
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_are_capped_so_attempts_stay_within_the_amplification() {
+        // Below 1 - 1/1.2 = 16.7 % failing attempts even endless retries add ≤ 20 %.
+        assert_eq!(max_retries_within(0.1, 1.2), None);
+        assert_eq!(max_retries_within(0.0, 1.2), None);
+        // 18 %: one retry (1.18), not two (1.2124).
+        assert_eq!(max_retries_within(0.18, 1.2), Some(1));
+        // Half the attempts failing: no retry at all (1.5 > 1.2).
+        assert_eq!(max_retries_within(0.5, 1.2), Some(0));
+        assert_eq!(max_retries_within(1.0, 1.2), Some(0));
+        let mut k = Knobs::istio_defaults();
+        k.set(Knob::RetryAttempts, 2.0);
+        assert_eq!(k.cap_retries_for_failures(0.5), Some(2.0));
+        assert_eq!(k.get(Knob::RetryAttempts), 0.0);
+        assert_eq!(k.cap_retries_for_failures(0.5), None, "already within");
+        k.set(Knob::RetryAttempts, 3.0);
+        assert_eq!(k.cap_retries_for_failures(0.05), None);
+    }
+
+    #[test]
+    fn attempt_failures_are_recovered_from_attempts_per_request() {
+        // No retries: the failed share is the estimate.
+        assert_eq!(attempt_failure_estimate(0, 1.0, 0.3), 0.3);
+        // Two retries at e = 0.4: 1 + 0.4 + 0.16 = 1.56 attempts per request.
+        let e = attempt_failure_estimate(2, 1.56, 0.064);
+        assert!((e - 0.4).abs() < 1e-6, "{e}");
+        assert_eq!(attempt_failure_estimate(2, 1.0, 0.0), 0.0);
+        assert_eq!(attempt_failure_estimate(1, 3.0, 1.0), 1.0);
+        assert_eq!(attempt_failure_estimate(1, f64::NAN, 0.2), 0.2);
+    }
 
     #[test]
     fn specs_are_indexed_by_knob() {

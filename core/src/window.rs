@@ -32,6 +32,13 @@ pub struct WindowStats {
     /// `max`: concurrent clients mostly see the same endpoints.
     #[serde(default)]
     pub endpoints: u32,
+    /// Of `requests`, how many were not measured but estimated: the filter measures a random
+    /// sample of the requests above its per-worker rate threshold and scales the window's
+    /// counts, histogram and in-flight figures to all requests (unbiased; error in
+    /// `filter/README.md`). `requests - unmeasured_requests` were measured. 0 = every
+    /// request measured (also what other sources and older filters give).
+    #[serde(default)]
+    pub unmeasured_requests: u64,
     pub latency: LatencyHistogram,
 }
 
@@ -42,7 +49,7 @@ impl WindowStats {
     pub fn merge_concurrent(&mut self, o: &WindowStats) {
         self.duration_s = self.duration_s.max(o.duration_s);
         self.add_counts(o);
-        self.inflight_max += o.inflight_max;
+        self.inflight_max = self.inflight_max.saturating_add(o.inflight_max);
         self.inflight_avg += o.inflight_avg;
     }
 
@@ -58,22 +65,35 @@ impl WindowStats {
         self.inflight_max = self.inflight_max.max(o.inflight_max);
     }
 
+    /// Saturating sums: the counts come from reports (a reporter cannot make this panic).
     fn add_counts(&mut self, o: &WindowStats) {
-        self.requests += o.requests;
-        self.status_2xx += o.status_2xx;
-        self.status_4xx += o.status_4xx;
-        self.status_5xx += o.status_5xx;
-        self.status_other += o.status_other;
-        self.flag_uo += o.flag_uo;
-        self.flag_ut += o.flag_ut;
-        self.flag_conn_failure += o.flag_conn_failure;
-        self.retries += o.retries;
-        self.shed += o.shed;
-        self.request_bytes += o.request_bytes;
-        self.response_bytes += o.response_bytes;
-        self.http2_requests += o.http2_requests;
+        self.requests = self.requests.saturating_add(o.requests);
+        self.status_2xx = self.status_2xx.saturating_add(o.status_2xx);
+        self.status_4xx = self.status_4xx.saturating_add(o.status_4xx);
+        self.status_5xx = self.status_5xx.saturating_add(o.status_5xx);
+        self.status_other = self.status_other.saturating_add(o.status_other);
+        self.flag_uo = self.flag_uo.saturating_add(o.flag_uo);
+        self.flag_ut = self.flag_ut.saturating_add(o.flag_ut);
+        self.flag_conn_failure = self.flag_conn_failure.saturating_add(o.flag_conn_failure);
+        self.retries = self.retries.saturating_add(o.retries);
+        self.shed = self.shed.saturating_add(o.shed);
+        self.request_bytes = self.request_bytes.saturating_add(o.request_bytes);
+        self.response_bytes = self.response_bytes.saturating_add(o.response_bytes);
+        self.http2_requests = self.http2_requests.saturating_add(o.http2_requests);
         self.endpoints = self.endpoints.max(o.endpoints);
+        self.unmeasured_requests += o.unmeasured_requests;
         self.latency.merge(&o.latency);
+    }
+
+    /// Requests actually measured (the sample the figures come from; all of them when nothing
+    /// was estimated). What `--min-requests` counts.
+    pub fn measured_requests(&self) -> u64 {
+        self.requests.saturating_sub(self.unmeasured_requests)
+    }
+
+    /// Whether the window's figures are (partly) estimates scaled from a sample.
+    pub fn is_estimated(&self) -> bool {
+        self.unmeasured_requests > 0
     }
 
     pub fn rps(&self) -> f64 {
@@ -116,6 +136,26 @@ impl WindowStats {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn merges_saturate_instead_of_overflowing() {
+        use super::WindowStats;
+        let mut w = WindowStats {
+            duration_s: 1.0,
+            requests: u64::MAX - 1,
+            retries: u64::MAX,
+            inflight_max: u64::MAX,
+            ..WindowStats::default()
+        };
+        w.latency.record_n(1000, u64::MAX - 1);
+        let o = w.clone();
+        w.merge_concurrent(&o);
+        w.merge_sequential(&o);
+        assert_eq!(w.requests, u64::MAX);
+        assert_eq!(w.retries, u64::MAX);
+        assert_eq!(w.inflight_max, u64::MAX);
+        assert_eq!(w.latency.count(), u64::MAX);
+    }
+
     use super::*;
     use crate::features::FEATURE_NAMES;
 

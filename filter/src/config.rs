@@ -14,22 +14,37 @@ pub const DEFAULT_FLUSH_INTERVAL_MS: u32 = 1000;
 pub const DEFAULT_REPORT_TIMEOUT_MS: u32 = 500;
 /// Default namespace reported when neither config nor node metadata name one.
 pub use meshtune_core::DEFAULT_NAMESPACE;
-/// Default bound on tracked upstream clusters per VM.
-pub const DEFAULT_MAX_UPSTREAMS: u32 = 256;
+/// Default bound on tracked upstream clusters per VM: the controller's per-report limit
+/// ([`meshtune_proto::MAX_UPSTREAMS_PER_REPORT`], one constant for both).
+pub const DEFAULT_MAX_UPSTREAMS: u32 = meshtune_proto::MAX_UPSTREAMS_PER_REPORT;
 /// Default bound on worker windows buffered by the elected reporter between flushes.
 pub const DEFAULT_MAX_QUEUED_WINDOWS: u32 = 64;
+
+/// Default per-worker request rate (requests per second) above which the property reads of
+/// a request happen on a sample only (see `crate::sampling`); below it every request is
+/// measured exactly. `0` = never sample.
+pub const DEFAULT_SAMPLE_ABOVE_RPS: u32 = 500;
+/// Default longest time without a Report while a worker has nothing to report (no windows,
+/// no active hint): the sparse heartbeat of an idle Envoy.
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u32 = 10_000;
 
 /// Allowed range of `flush_interval_ms`.
 pub const FLUSH_INTERVAL_RANGE: (u64, u64) = (100, 60_000);
 /// Allowed range of `report_timeout_ms`.
 pub const REPORT_TIMEOUT_RANGE: (u64, u64) = (10, 60_000);
-/// Allowed range of `max_upstreams`.
-pub const MAX_UPSTREAMS_RANGE: (u64, u64) = (1, 65_535);
+/// Allowed range of `max_upstreams`: above the controller's per-report limit every report
+/// with that many upstreams would be refused.
+pub const MAX_UPSTREAMS_RANGE: (u64, u64) = (1, meshtune_proto::MAX_UPSTREAMS_PER_REPORT as u64);
 /// Allowed range of `max_queued_windows`.
 pub const MAX_QUEUED_WINDOWS_RANGE: (u64, u64) = (1, 100_000);
 
+/// Allowed range of `sample_above_rps`.
+pub const SAMPLE_ABOVE_RPS_RANGE: (u64, u64) = (0, 10_000_000);
+/// Allowed range of `heartbeat_interval_ms`.
+pub const HEARTBEAT_INTERVAL_RANGE: (u64, u64) = (100, 600_000);
+
 /// Field names accepted in the configuration object.
-pub const FIELDS: [&str; 10] = [
+pub const FIELDS: [&str; 12] = [
     "controller_cluster",
     "controller_authority",
     "flush_interval_ms",
@@ -40,6 +55,8 @@ pub const FIELDS: [&str; 10] = [
     "max_upstreams",
     "max_queued_windows",
     "report_mode",
+    "sample_above_rps",
+    "heartbeat_interval_ms",
 ];
 
 /// How the worker VMs of one Envoy report (field `report_mode`).
@@ -89,6 +106,11 @@ pub struct Config {
     pub max_queued_windows: u32,
     /// Elected reporter (default) or every worker reporting.
     pub report_mode: ReportMode,
+    /// Per-worker request rate above which requests are measured on a sample (0 = never).
+    pub sample_above_rps: u32,
+    /// Longest time without a Report when there is nothing to report (heartbeat), in ms;
+    /// never shorter than `flush_interval_ms` in effect.
+    pub heartbeat_interval_ms: u32,
 }
 
 impl Default for Config {
@@ -104,6 +126,8 @@ impl Default for Config {
             max_upstreams: DEFAULT_MAX_UPSTREAMS,
             max_queued_windows: DEFAULT_MAX_QUEUED_WINDOWS,
             report_mode: ReportMode::Elected,
+            sample_above_rps: DEFAULT_SAMPLE_ABOVE_RPS,
+            heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
         }
     }
 }
@@ -252,6 +276,18 @@ impl Config {
                     })
                 }
             },
+            sample_above_rps: int_field(
+                obj,
+                "sample_above_rps",
+                d.sample_above_rps,
+                SAMPLE_ABOVE_RPS_RANGE,
+            )?,
+            heartbeat_interval_ms: int_field(
+                obj,
+                "heartbeat_interval_ms",
+                d.heartbeat_interval_ms,
+                HEARTBEAT_INTERVAL_RANGE,
+            )?,
         })
     }
 
@@ -290,6 +326,8 @@ mod tests {
         assert_eq!(c.report_timeout_ms, DEFAULT_REPORT_TIMEOUT_MS);
         assert_eq!(c.max_upstreams, DEFAULT_MAX_UPSTREAMS);
         assert_eq!(c.max_queued_windows, DEFAULT_MAX_QUEUED_WINDOWS);
+        assert_eq!(c.sample_above_rps, DEFAULT_SAMPLE_ABOVE_RPS);
+        assert_eq!(c.heartbeat_interval_ms, DEFAULT_HEARTBEAT_INTERVAL_MS);
         assert_eq!(
             c.namespace, "",
             "empty namespace is resolved later from node metadata"
@@ -301,7 +339,8 @@ mod tests {
         let c = parse(
             r#"{"controller_cluster":"c","controller_authority":"a","flush_interval_ms":250,
                 "report_timeout_ms":100,"namespace":"ns","workload":"w","pod":"p",
-                "max_upstreams":3,"max_queued_windows":5,"report_mode":"per_worker"}"#,
+                "max_upstreams":3,"max_queued_windows":5,"report_mode":"per_worker",
+                "sample_above_rps":0,"heartbeat_interval_ms":3000}"#,
         )
         .unwrap();
         assert_eq!(
@@ -317,6 +356,8 @@ mod tests {
                 max_upstreams: 3,
                 max_queued_windows: 5,
                 report_mode: ReportMode::PerWorker,
+                sample_above_rps: 0,
+                heartbeat_interval_ms: 3000,
             }
         );
         assert_eq!(c.authority(), "a");
@@ -352,10 +393,18 @@ mod tests {
                 "max_upstreams",
             ),
             (
+                // Above the controller's per-report limit.
+                r#"{"controller_cluster":"c","max_upstreams":257}"#,
+                "max_upstreams",
+            ),
+            (
                 r#"{"controller_cluster":"c","max_queued_windows":0}"#,
                 "max_queued_windows",
             ),
             (r#"{"controller_cluster":"c","pod":1}"#, "pod"),
+            (r#"{"sample_above_rps":-5}"#, "sample_above_rps"),
+            (r#"{"sample_above_rps":10000001}"#, "sample_above_rps"),
+            (r#"{"heartbeat_interval_ms":99}"#, "heartbeat_interval_ms"),
             (r#"{"report_mode":"singleton"}"#, "report_mode"),
             (
                 r#"{"controller_cluster":"c","flush_interval":1000}"#,

@@ -1,7 +1,7 @@
 //! proxy-wasm HTTP filter: records per-upstream request windows, reports them, applies hints.
 //!
 //! Pure, host-testable logic lives in [`config`], [`flags`], [`hash`], [`window`], [`hints`],
-//! [`lease`] and [`report`]; the proxy-wasm glue (only compiled for `wasm32`) is in `plugin`.
+//! [`lease`], [`report`] and [`sampling`]; the proxy-wasm glue (only compiled for `wasm32`) is in `plugin`.
 //! See `filter/README.md` for the Envoy wiring, the configuration schema and the metrics.
 
 pub mod config;
@@ -10,6 +10,7 @@ pub mod hash;
 pub mod hints;
 pub mod lease;
 pub mod report;
+pub mod sampling;
 pub mod window;
 
 #[cfg(target_arch = "wasm32")]

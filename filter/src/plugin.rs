@@ -14,6 +14,7 @@ use crate::hints::{
 };
 use crate::lease::{self, LeaseCell, LEASE_KEY};
 use crate::report::{encode_worker_window, grpc_service_upstream, Aggregator, ReporterState};
+use crate::sampling::Sampler;
 use crate::window::{Protocol, RequestRecord, SlotId, Tracker};
 use meshtune_proto::v1;
 use meshtune_proto::{FEATURE_SERVICE, REPORT_METHOD};
@@ -32,6 +33,9 @@ const LEASE_FLUSH_INTERVALS: u64 = 2;
 const MAX_DRAIN: usize = 10_000;
 /// Log a failed report on the first failure and then every this many.
 const FAILURE_LOG_EVERY: u64 = 60;
+/// Flushes in a row with nothing to do (no request finished or in flight, no hint, nothing
+/// merged) after which a VM ticks only every `heartbeat_interval_ms` (quiet when idle).
+const QUIET_FLUSHES_BEFORE_SLOW_TICKS: u32 = 3;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -156,6 +160,8 @@ impl RootContext for Root {
 
     fn on_queue_ready(&mut self, queue_id: u32) {
         if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
+            // Another worker has traffic: report at the flush interval again.
+            w.wake(now_ns());
             if let Some(r) = w.reporter.as_mut() {
                 r.drain(queue_id);
             }
@@ -166,6 +172,8 @@ impl RootContext for Root {
         Some(Box::new(Http {
             worker: self.worker.as_ref().map(Rc::clone),
             slot: None,
+            weight: 0,
+            unmeasured: false,
             start_ns: 0,
             started: false,
             shed: false,
@@ -224,6 +232,11 @@ fn identity(cfg: &Config) -> v1::Reporter {
 struct Worker {
     cfg: Config,
     tracker: Tracker,
+    /// Which requests are measured (see [`crate::sampling`]).
+    sampler: Sampler,
+    /// Some tracked cluster has a hint: every request reads its cluster (hints apply to
+    /// every request, measured or not).
+    hinted: bool,
     /// Lease holder id of this VM.
     id: u64,
     /// This VM's name in queued windows (`reporter.vm_id` of a worker window).
@@ -243,6 +256,10 @@ struct Worker {
     /// Present while this worker reports: the elected leader, or every worker in
     /// `per_worker` mode.
     reporter: Option<Box<Reporter>>,
+    /// Ticking every `heartbeat_interval_ms` instead of `tick_ms` (idle).
+    slow: bool,
+    /// Flushes in a row with nothing to do.
+    quiet_flushes: u32,
 }
 
 impl Worker {
@@ -264,6 +281,8 @@ impl Worker {
         });
         Worker {
             tracker: Tracker::new(cfg.max_upstreams, now),
+            sampler: Sampler::new(cfg.sample_above_rps, id ^ now, now),
+            hinted: false,
             id,
             window_name,
             vm_id,
@@ -276,13 +295,17 @@ impl Worker {
             metrics,
             leader_alive: false,
             reporter,
+            slow: false,
+            quiet_flushes: 0,
             cfg,
         }
     }
 
     fn on_tick(&mut self) {
         let now = now_ns();
+        self.sampler.tick(now);
         self.refresh_hints(now);
+        self.hinted = self.tracker.slots_mut().any(|s| s.hint.is_some());
         if self.cfg.report_mode == ReportMode::Elected {
             self.elect(now / 1_000_000);
         }
@@ -293,8 +316,52 @@ impl Worker {
         }
     }
 
+    /// The lease outlives this many of the holder's ticks: flush intervals, or heartbeat
+    /// intervals while it ticks slowly (idle), so an idle leader keeps its lease.
     fn lease_ttl_ms(&self) -> u64 {
-        LEASE_FLUSH_INTERVALS * u64::from(self.cfg.flush_interval_ms)
+        let period = if self.slow {
+            self.slow_tick_ms()
+        } else {
+            u64::from(self.cfg.flush_interval_ms)
+        };
+        LEASE_FLUSH_INTERVALS * period
+    }
+
+    /// Tick period while idle.
+    fn slow_tick_ms(&self) -> u64 {
+        u64::from(
+            self.cfg
+                .heartbeat_interval_ms
+                .max(self.cfg.flush_interval_ms),
+        )
+    }
+
+    /// Back to ticking every `tick_ms` (a request arrived, or another worker queued a
+    /// window). The idle window restarts now, so the next window covers only the time since.
+    fn wake(&mut self, now: u64) {
+        self.quiet_flushes = 0;
+        if !self.slow {
+            return;
+        }
+        self.slow = false;
+        let _ = hostcalls::set_tick_period(Duration::from_millis(self.tick_ms));
+        if !self.tracker.window_has_requests() {
+            let _ = self.tracker.take_window(now);
+            self.last_flush_ns = now;
+        }
+    }
+
+    /// After a flush: `quiet` = nothing happened; after a few such flushes tick slowly.
+    fn note_quiet(&mut self, quiet: bool) {
+        if !quiet {
+            self.quiet_flushes = 0;
+            return;
+        }
+        self.quiet_flushes = self.quiet_flushes.saturating_add(1);
+        if !self.slow && self.quiet_flushes >= QUIET_FLUSHES_BEFORE_SLOW_TICKS {
+            self.slow = true;
+            let _ = hostcalls::set_tick_period(Duration::from_millis(self.slow_tick_ms()));
+        }
     }
 
     /// One election step (see [`crate::lease`]): becomes or stays the reporter, or follows.
@@ -383,7 +450,11 @@ impl Worker {
 
     fn flush(&mut self, now: u64) {
         self.last_flush_ns = now;
+        // N for the next window, from this window's arrival rate.
+        self.sampler.adapt(now);
         let window = self.tracker.take_window(now);
+        // Nothing finished or in flight (an open request keeps its cluster in the window).
+        let quiet = window.upstreams.is_empty() && !self.hinted;
         let p = std::mem::take(&mut self.pending);
         Metrics::add(self.metrics.requests_observed, p.observed);
         Metrics::add(self.metrics.requests_shed, p.shed);
@@ -400,10 +471,14 @@ impl Worker {
                 // Errors are counted inside the aggregator.
                 let _ = r.agg.merge_bytes(b);
             }
-            r.report(&self.identity, now_ms);
+            // Nothing sent when idle and the heartbeat is not due.
+            let _sent = r.report(&self.identity, now_ms);
+            let merged = r.merged_last > 0;
             let progress = Some((r.state.sequence(), r.state.dropped_reports));
+            self.note_quiet(quiet && !merged);
             if self.cfg.report_mode == ReportMode::Elected {
-                // Store the sequence just used, so a successor continues above it.
+                // Store the sequence just used, so a successor continues above it; the
+                // lease's TTL follows the tick period (longer once idle).
                 let ttl = self.lease_ttl_ms();
                 if !matches!(
                     lease::step(&mut SharedLease, self.id, now_ms, ttl, progress),
@@ -415,6 +490,7 @@ impl Worker {
             }
             return;
         }
+        self.note_quiet(quiet);
         let Some(bytes) = bytes else {
             return;
         };
@@ -480,6 +556,10 @@ impl CasCell for SharedCell<'_> {
 struct Http {
     worker: Option<Rc<RefCell<Worker>>>,
     slot: Option<SlotId>,
+    /// Weight of a measured request (0 = not decided at request start).
+    weight: u32,
+    /// Not measured (sampling): `on_log` only counts it.
+    unmeasured: bool,
     start_ns: u64,
     started: bool,
     shed: bool,
@@ -499,6 +579,20 @@ impl HttpContext for Http {
         let Ok(mut w) = worker.try_borrow_mut() else {
             return Action::Continue;
         };
+        if w.slow {
+            w.wake(now_ns());
+        }
+        let weight = w.sampler.admit();
+        if let Some(weight) = weight {
+            self.weight = weight;
+        }
+        if weight.is_none() {
+            self.unmeasured = true;
+            if !w.hinted {
+                // Not measured and no hint to apply: no host call at all.
+                return Action::Continue;
+            }
+        }
         let Some(cluster) = prop(vec!["xds", "cluster_name"]) else {
             return Action::Continue;
         };
@@ -557,9 +651,11 @@ impl HttpContext for Http {
         if applied || self.counted {
             w.pending.hints_applied += 1;
         }
-        w.tracker.start(id, now);
-        self.start_ns = now;
-        self.started = true;
+        if let Some(weight) = weight {
+            w.tracker.start_weighted(id, now, weight);
+            self.start_ns = now;
+            self.started = true;
+        }
         Action::Continue
     }
 
@@ -584,22 +680,32 @@ impl HttpContext for Http {
         let Ok(mut w) = worker.try_borrow_mut() else {
             return;
         };
-        let now = now_ns();
         w.pending.observed += 1;
+        if self.unmeasured {
+            w.tracker.unmeasured();
+            if self.counted {
+                self.counted = false;
+                if let Some(slot) = self.slot.and_then(|id| w.tracker.slot(id)) {
+                    release(&mut SharedCell(&slot.limit_key));
+                }
+            }
+            return;
+        }
+        let now = now_ns();
+        // Headers never reached the filter: measured, weight 1.
+        let weight = self.weight.max(1);
         let id = match self.slot {
             Some(id) => id,
             None => {
                 // Not routed at request start (or headers never reached the filter).
-                let Some(name) = prop(vec!["xds", "cluster_name"]) else {
+                let Some(name) = prop(vec!["xds", "cluster_name"])
+                    .and_then(|n| String::from_utf8(n).ok())
+                    .and_then(|n| w.tracker.slot_for(&n, now))
+                else {
+                    w.tracker.measured_untracked(weight);
                     return;
                 };
-                let Ok(name) = std::str::from_utf8(&name) else {
-                    return;
-                };
-                match w.tracker.slot_for(name, now) {
-                    Some(id) => id,
-                    None => return,
-                }
+                name
             }
         };
         let duration_us = if self.started {
@@ -639,9 +745,9 @@ impl HttpContext for Http {
             },
         };
         if self.started {
-            w.tracker.finish(id, now, &rec);
+            w.tracker.finish_weighted(id, now, &rec, weight);
         } else {
-            w.tracker.record_only(id, &rec);
+            w.tracker.record_only_weighted(id, &rec, weight);
         }
         if self.counted {
             self.counted = false;
@@ -665,6 +771,10 @@ struct Reporter {
     /// Shared in-flight counters of clusters that currently have a concurrency limit.
     limit_keys: Vec<String>,
     failures: u64,
+    /// When the last Report was built (unix ms; 0 = never).
+    last_report_ms: u64,
+    /// Windows merged for the last flush.
+    merged_last: u32,
 }
 
 impl Reporter {
@@ -677,6 +787,8 @@ impl Reporter {
             metrics,
             limit_keys: Vec::new(),
             failures: 0,
+            last_report_ms: 0,
+            merged_last: 0,
             cfg: cfg.clone(),
         }
     }
@@ -695,15 +807,27 @@ impl Reporter {
     }
 
     /// Sends one Report with everything merged since the last one.
-    fn report(&mut self, identity: &v1::Reporter, now_ms: u64) {
+    /// Sends one Report with everything merged since the last one; returns false (and sends
+    /// nothing) when nothing was merged and the heartbeat is not due (quiet when idle).
+    fn report(&mut self, identity: &v1::Reporter, now_ms: u64) -> bool {
         if let Some(q) = self.queue {
             self.drain(q);
         }
         Metrics::add(self.metrics.untracked_clusters, self.agg.take_untracked());
+        self.merged_last = self.agg.windows();
+        if !crate::report::report_due(
+            self.agg.windows(),
+            self.last_report_ms,
+            now_ms,
+            self.cfg.heartbeat_interval_ms,
+        ) {
+            return false;
+        }
+        self.last_report_ms = now_ms;
         let report = self.state.build(identity, &mut self.agg, now_ms);
         if !self.state.may_send() {
             self.failed("previous report still outstanding", false);
-            return;
+            return true;
         }
         let body = report.encode_to_vec();
         match hostcalls::dispatch_grpc_call(
@@ -720,6 +844,7 @@ impl Reporter {
                 self.failed(&format!("dispatch failed: {status:?}"), true);
             }
         }
+        true
     }
 
     fn failed(&mut self, why: &str, call_failed: bool) {

@@ -304,6 +304,16 @@ fn add_counts(a: &mut v1::UpstreamWindow, u: &v1::UpstreamWindow) {
     a.endpoints = a.endpoints.max(u.endpoints);
     a.http3_requests += u.http3_requests;
     a.shed += u.shed;
+    a.estimated |= u.estimated;
+    a.samples += u.samples;
+}
+
+/// Whether the reporter sends a Report at this flush: always when it merged any window
+/// (traffic), else only as a heartbeat, once `heartbeat_ms` (at least one flush) has passed
+/// since the last one (`last_ms` 0 = never sent: the first report goes out at once, so the
+/// controller learns the reporter and hints are fetched).
+pub fn report_due(windows: u32, last_ms: u64, now_ms: u64, heartbeat_ms: u32) -> bool {
+    windows > 0 || last_ms == 0 || now_ms.saturating_sub(last_ms) >= u64::from(heartbeat_ms)
 }
 
 /// Sequence numbers and delivery accounting of one reporter.
@@ -426,6 +436,15 @@ mod tests {
             );
         }
         t.take_window((start_ms + 1000) * MS)
+    }
+
+    #[test]
+    fn idle_reporters_only_send_heartbeats() {
+        assert!(report_due(0, 0, 5_000, 10_000), "first report at once");
+        assert!(!report_due(0, 5_000, 6_000, 10_000), "idle: quiet");
+        assert!(!report_due(0, 5_000, 14_999, 10_000));
+        assert!(report_due(0, 5_000, 15_000, 10_000), "heartbeat due");
+        assert!(report_due(1, 5_000, 6_000, 10_000), "traffic: every flush");
     }
 
     #[test]

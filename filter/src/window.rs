@@ -6,6 +6,7 @@
 
 use crate::flags::FlagClasses;
 use crate::hints::ActiveHint;
+use crate::sampling;
 use meshtune_core::LatencyHistogram;
 use meshtune_proto::v1;
 use std::collections::HashMap;
@@ -157,16 +158,28 @@ impl InflightGauge {
     /// A request started.
     #[inline]
     pub fn inc(&mut self, now_ns: u64) {
-        self.advance(now_ns);
-        self.current = self.current.saturating_add(1);
-        self.max = self.max.max(self.current);
+        self.inc_by(now_ns, 1);
     }
 
     /// A request finished.
     #[inline]
     pub fn dec(&mut self, now_ns: u64) {
+        self.dec_by(now_ns, 1);
+    }
+
+    /// A measured request of weight `w` (see [`crate::sampling`]) started.
+    #[inline]
+    pub fn inc_by(&mut self, now_ns: u64, w: u32) {
         self.advance(now_ns);
-        self.current = self.current.saturating_sub(1);
+        self.current = self.current.saturating_add(w);
+        self.max = self.max.max(self.current);
+    }
+
+    /// A measured request of weight `w` finished.
+    #[inline]
+    pub fn dec_by(&mut self, now_ns: u64, w: u32) {
+        self.advance(now_ns);
+        self.current = self.current.saturating_sub(w);
     }
 
     pub fn current(&self) -> u32 {
@@ -191,10 +204,14 @@ impl InflightGauge {
     }
 }
 
-/// One cluster's counters over the current window.
+/// One cluster's counters over the current window. Measured requests add their weight (1
+/// unless sampling, see [`crate::sampling`]); shed requests are exact and kept apart.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Counters {
+    /// Weighted measured requests (shed not included).
     pub requests: u64,
+    /// Requests measured (unweighted; shed not included).
+    pub samples: u64,
     /// Status classes 1xx..5xx at index 0..5, no response code at index 5.
     pub status: [u64; 6],
     pub flag_uo: u64,
@@ -226,19 +243,31 @@ impl Counters {
     /// Adds one finished request.
     #[inline]
     pub fn record(&mut self, r: &RequestRecord) {
-        self.requests += 1;
-        self.status[status_class(r.status)] += 1;
+        self.record_weighted(r, 1);
+    }
+
+    /// Adds one measured request standing for `w` requests.
+    #[inline]
+    pub fn record_weighted(&mut self, r: &RequestRecord, w: u32) {
+        let w = u64::from(w);
+        self.requests += w;
+        self.samples += 1;
+        self.status[status_class(r.status)] += w;
         if r.flags != 0 {
             let f = FlagClasses::from_bits(r.flags);
-            self.flag_uo += u64::from(f.uo);
-            self.flag_ut += u64::from(f.ut);
-            self.flag_uf += u64::from(f.uf);
-            self.flag_uc += u64::from(f.uc);
-            self.flag_urx += u64::from(f.urx);
+            self.flag_uo += w * u64::from(f.uo);
+            self.flag_ut += w * u64::from(f.ut);
+            self.flag_uf += w * u64::from(f.uf);
+            self.flag_uc += w * u64::from(f.uc);
+            self.flag_urx += w * u64::from(f.urx);
         }
-        self.retries += r.attempts.saturating_sub(1);
-        self.request_bytes = self.request_bytes.saturating_add(r.request_bytes);
-        self.response_bytes = self.response_bytes.saturating_add(r.response_bytes);
+        self.retries += w * r.attempts.saturating_sub(1);
+        self.request_bytes = self
+            .request_bytes
+            .saturating_add(w.saturating_mul(r.request_bytes));
+        self.response_bytes = self
+            .response_bytes
+            .saturating_add(w.saturating_mul(r.response_bytes));
         if let Some(p) = r.protocol {
             self.protocol_samples[p as usize] += 1;
         }
@@ -246,15 +275,19 @@ impl Counters {
             self.endpoints.insert(e);
         }
         if let Some(us) = r.duration_us {
-            self.latency.record(us);
+            self.latency.record_n(us, w);
         }
     }
 
     /// Adds one request shed locally (a 503 that never went upstream; no latency sample).
+    /// Exact: shed requests are never sampled.
     pub fn record_shed(&mut self) {
-        self.requests += 1;
-        self.status[4] += 1;
         self.shed += 1;
+    }
+
+    /// Whether anything was recorded in this window.
+    pub fn is_empty(&self) -> bool {
+        self.requests == 0 && self.shed == 0
     }
 
     fn reset(&mut self) {
@@ -266,34 +299,71 @@ impl Counters {
         };
     }
 
-    /// Wire form of this window (histogram sparse), with in-flight figures.
+    /// Wire form of this window (histogram sparse), with in-flight figures. `scale` is the
+    /// worker's `(finished, Σ weights)` when the window was sampled (see [`crate::sampling`]):
+    /// the weighted counts are multiplied by `finished / Σ weights` and the window says it
+    /// is an estimate (`estimated`, `samples`); `None` = every request was measured.
     pub fn to_proto(
         &self,
         cluster: &str,
         inflight_avg: f64,
         inflight_max: u32,
+        scale: Option<(u64, u64)>,
     ) -> v1::UpstreamWindow {
-        let (bucket_index, bucket_count) = self.latency.nonzero_buckets().unzip();
-        let [http1, http2, http3] = scale_protocols(self.protocol_samples, self.requests);
+        let (num, den) = scale.unwrap_or((1, 1));
+        let sc = |x: u64| sampling::scale(x, num, den);
+        let status = sampling::scale_group(self.status, num, den);
+        let [flag_uf, flag_uc, flag_urx] =
+            sampling::scale_group([self.flag_uf, self.flag_uc, self.flag_urx], num, den);
+        let measured = sc(self.requests);
+        let requests = measured + self.shed;
+        let (bucket_index, counts): (Vec<u32>, Vec<u64>) = self.latency.nonzero_buckets().unzip();
+        let bucket_count = if scale.is_some() {
+            // Cumulative rounding keeps every quantile's rank.
+            let mut cum = 0u64;
+            let mut prev = 0u64;
+            counts
+                .iter()
+                .map(|&c| {
+                    cum += c;
+                    let v = sc(cum);
+                    let d = v - prev;
+                    prev = v;
+                    d
+                })
+                .collect()
+        } else {
+            counts
+        };
+        let [http1, http2, http3] = scale_protocols(self.protocol_samples, requests);
+        let inflight_factor = if den == 0 {
+            1.0
+        } else {
+            num as f64 / den as f64
+        };
         v1::UpstreamWindow {
             cluster: cluster.to_string(),
-            requests: self.requests,
-            status_1xx: self.status[0],
-            status_2xx: self.status[1],
-            status_3xx: self.status[2],
-            status_4xx: self.status[3],
-            status_5xx: self.status[4],
-            status_none: self.status[5],
-            flag_uo: self.flag_uo,
-            flag_ut: self.flag_ut,
-            flag_uf: self.flag_uf,
-            flag_uc: self.flag_uc,
-            flag_urx: self.flag_urx,
-            retries: self.retries,
-            inflight_max,
-            inflight_avg,
-            request_bytes: self.request_bytes,
-            response_bytes: self.response_bytes,
+            requests,
+            status_1xx: status[0],
+            status_2xx: status[1],
+            status_3xx: status[2],
+            status_4xx: status[3],
+            status_5xx: status[4] + self.shed,
+            status_none: status[5],
+            flag_uo: sc(self.flag_uo),
+            flag_ut: sc(self.flag_ut),
+            flag_uf,
+            flag_uc,
+            flag_urx,
+            retries: sc(self.retries),
+            inflight_max: if scale.is_some() {
+                (f64::from(inflight_max) * inflight_factor).round() as u32
+            } else {
+                inflight_max
+            },
+            inflight_avg: inflight_avg * inflight_factor,
+            request_bytes: sc(self.request_bytes),
+            response_bytes: sc(self.response_bytes),
             http1_requests: http1,
             http2_requests: http2,
             http3_requests: http3,
@@ -303,10 +373,12 @@ impl Counters {
                 sub_bucket_bits: meshtune_core::histogram::SUB_BUCKET_BITS,
                 bucket_index,
                 bucket_count,
-                sum_us: self.latency.sum_us(),
+                sum_us: sc(self.latency.sum_us()),
                 min_us: self.latency.min_us(),
                 max_us: self.latency.max_us(),
             }),
+            estimated: scale.is_some(),
+            samples: self.samples + self.shed,
         }
     }
 }
@@ -348,6 +420,12 @@ pub struct Tracker {
     /// Requests not tracked because `max_upstreams` clusters were tracked already
     /// (since the last [`Tracker::take_untracked`]).
     untracked: u64,
+    /// Requests finished in this window, measured or not (shed not included): exact.
+    finished: u64,
+    /// Of those, requests not measured (sampling).
+    unmeasured: u64,
+    /// Σ weights of the measured ones (including those without a tracked cluster).
+    weight_sum: u64,
 }
 
 impl Tracker {
@@ -360,6 +438,9 @@ impl Tracker {
             max_upstreams: (max_upstreams as usize).clamp(1, usize::from(SlotId::MAX)),
             window_start_ns: now_ns,
             untracked: 0,
+            finished: 0,
+            unmeasured: 0,
+            weight_sum: 0,
         }
     }
 
@@ -412,9 +493,9 @@ impl Tracker {
         Some(id)
     }
 
-    /// Requests recorded for `id` in the current window so far (for protocol sampling).
+    /// Requests measured for `id` in the current window so far (for protocol sampling).
     pub fn finished_in_window(&self, id: SlotId) -> u64 {
-        self.slot(id).map_or(0, |s| s.counters.requests)
+        self.slot(id).map_or(0, |s| s.counters.samples)
     }
 
     #[inline]
@@ -430,26 +511,68 @@ impl Tracker {
     /// A request towards the slot's cluster started.
     #[inline]
     pub fn start(&mut self, id: SlotId, now_ns: u64) {
+        self.start_weighted(id, now_ns, 1);
+    }
+
+    /// A measured request of weight `w` towards the slot's cluster started.
+    #[inline]
+    pub fn start_weighted(&mut self, id: SlotId, now_ns: u64, w: u32) {
         if let Some(s) = self.slot_mut(id) {
-            s.inflight.inc(now_ns);
+            s.inflight.inc_by(now_ns, w);
         }
     }
 
     /// A started request finished.
     #[inline]
     pub fn finish(&mut self, id: SlotId, now_ns: u64, rec: &RequestRecord) {
+        self.finish_weighted(id, now_ns, rec, 1);
+    }
+
+    /// A started measured request of weight `w` finished.
+    #[inline]
+    pub fn finish_weighted(&mut self, id: SlotId, now_ns: u64, rec: &RequestRecord, w: u32) {
+        self.finished += 1;
+        self.weight_sum += u64::from(w);
         if let Some(s) = self.slot_mut(id) {
-            s.inflight.dec(now_ns);
-            s.counters.record(rec);
+            s.inflight.dec_by(now_ns, w);
+            s.counters.record_weighted(rec, w);
         }
     }
 
     /// A request finished that was never counted as started (no slot at start time).
     #[inline]
     pub fn record_only(&mut self, id: SlotId, rec: &RequestRecord) {
+        self.record_only_weighted(id, rec, 1);
+    }
+
+    /// [`Tracker::record_only`] for a measured request of weight `w`.
+    #[inline]
+    pub fn record_only_weighted(&mut self, id: SlotId, rec: &RequestRecord, w: u32) {
+        self.finished += 1;
+        self.weight_sum += u64::from(w);
         if let Some(s) = self.slot_mut(id) {
-            s.counters.record(rec);
+            s.counters.record_weighted(rec, w);
         }
+    }
+
+    /// A measured request of weight `w` finished without a tracked cluster: it still counts
+    /// in the worker's totals (so the other clusters are not scaled up by its absence).
+    #[inline]
+    pub fn measured_untracked(&mut self, w: u32) {
+        self.finished += 1;
+        self.weight_sum += u64::from(w);
+    }
+
+    /// A request finished that was not measured (sampling): counted, nothing read.
+    #[inline]
+    pub fn unmeasured(&mut self) {
+        self.finished += 1;
+        self.unmeasured += 1;
+    }
+
+    /// Whether anything finished in the current window so far.
+    pub fn window_has_requests(&self) -> bool {
+        self.finished > 0
     }
 
     /// A request was shed locally.
@@ -479,17 +602,23 @@ impl Tracker {
 
     /// Ends the current window at `now_ns`: returns the active clusters' counters, resets
     /// them, and frees slots idle for [`IDLE_WINDOWS_BEFORE_EVICTION`] windows.
+    /// Windows in which some requests were not measured are scaled (see
+    /// [`crate::sampling`]) and marked `estimated`.
     pub fn take_window(&mut self, now_ns: u64) -> WindowOut {
         let start_ns = self.window_start_ns;
         let mut upstreams = Vec::new();
+        let scale = (self.unmeasured > 0).then_some((self.finished, self.weight_sum));
+        self.finished = 0;
+        self.unmeasured = 0;
+        self.weight_sum = 0;
         for (i, s) in self.slots.iter_mut().enumerate() {
             if !s.in_use {
                 continue;
             }
             let (avg, max) = s.inflight.take(start_ns, now_ns);
-            let active = s.counters.requests > 0 || max > 0;
+            let active = !s.counters.is_empty() || max > 0;
             if active {
-                upstreams.push(s.counters.to_proto(&s.name, avg, max));
+                upstreams.push(s.counters.to_proto(&s.name, avg, max, scale));
                 s.counters.reset();
                 s.idle_windows = 0;
             } else {
@@ -676,6 +805,82 @@ mod tests {
         let w2 = t.take_window(2000 * MS);
         assert!(w2.upstreams.is_empty());
         assert_eq!(w2.start_ns, 1000 * MS);
+    }
+
+    /// Sampled windows: the worker total is exact, per-cluster counts are scaled estimates,
+    /// the window says so; shed requests stay exact.
+    #[test]
+    fn sampled_windows_are_scaled_and_marked() {
+        let mut t = Tracker::new(8, 0);
+        let a = t.slot_for("a", 0).unwrap();
+        let b = t.slot_for("b", 0).unwrap();
+        let mut sampler = crate::sampling::Sampler::new(1000, 3, 0);
+        for _ in 0..8000 {
+            sampler.admit();
+        }
+        sampler.adapt(1000 * MS);
+        assert_eq!(sampler.interval(), 8);
+        let n = 40_000u64;
+        let mut rng = 12345u64;
+        for i in 0..n {
+            // a: 70 %, of which every 10th is a 503 with UO; b: 30 %, all 200.
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let (id, rec) = if (rng >> 33) % 10 < 7 {
+                if i % 10 == 0 {
+                    (
+                        a,
+                        RequestRecord {
+                            status: 503,
+                            flags: flags::UPSTREAM_OVERFLOW,
+                            duration_us: Some(100),
+                            ..Default::default()
+                        },
+                    )
+                } else {
+                    (a, ok(200, 1000))
+                }
+            } else {
+                (b, ok(200, 2000))
+            };
+            match sampler.admit() {
+                Some(w) => {
+                    t.start_weighted(id, 0, w);
+                    t.finish_weighted(id, 1, &rec, w);
+                }
+                None => t.unmeasured(),
+            }
+        }
+        t.record_shed(a);
+        let w = t.take_window(1000 * MS);
+        let (ua, ub) = (&w.upstreams[0], &w.upstreams[1]);
+        assert!(ua.estimated && ub.estimated);
+        let total = ua.requests + ub.requests;
+        assert!(total.abs_diff(n + 1) <= 2, "worker total exact: {total}");
+        let rel = |est: u64, exact: f64| (est as f64 - exact).abs() / exact;
+        assert!(rel(ua.requests, 0.7 * n as f64) < 0.03, "a {}", ua.requests);
+        // 5xx of a ≈ 7 % of all requests (+1 shed), σ ≈ 2.5 % of it at ~5,000 samples.
+        assert!(
+            rel(ua.status_5xx, 0.07 * n as f64) < 0.10,
+            "5xx {}",
+            ua.status_5xx
+        );
+        assert!(ua.flag_uo.abs_diff(ua.status_5xx - 1) <= 1);
+        assert_eq!(ua.shed, 1, "shed exact");
+        assert!((ua.samples + ub.samples).abs_diff(n / 8 + 1) < 300);
+        let hist =
+            |u: &v1::UpstreamWindow| u.latency.as_ref().unwrap().bucket_count.iter().sum::<u64>();
+        assert!(hist(ua) <= ua.requests && hist(ub) <= ub.requests);
+        assert!(hist(ub).abs_diff(ub.requests) <= 1);
+        // In-flight (every request 1 ns long here) scaled with the counts, not by 1/N.
+        assert!(ua.inflight_avg > 0.0);
+        // Below the threshold nothing is estimated and samples equal requests.
+        t.start(a, 1000 * MS);
+        t.finish(a, 1001 * MS, &ok(200, 10));
+        let w = t.take_window(2000 * MS);
+        assert!(!w.upstreams[0].estimated);
+        assert_eq!((w.upstreams[0].requests, w.upstreams[0].samples), (1, 1));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The `meshtune` binary: parses the command line and hands each subcommand to its library
-//! (`controller`, `record` and `top` to meshtune-controller, `model` to meshtune-policy; with the `dev`
+//! (`controller`, `record`, `top` and `uninstall` to meshtune-controller, `model` to meshtune-policy; with the `dev`
 //! feature `sim` to meshtune-sim and `train`/`eval` to meshtune-trainer).
 
 use clap::{Parser, Subcommand};
@@ -32,6 +32,9 @@ enum Command {
     Record(meshtune_controller::prometheus::RecordArgs),
     /// Live table of destinations from a controller's admin API.
     Top(top::TopArgs),
+    /// Remove what meshtune wrote to the mesh: delete the DestinationRules/VirtualServices it
+    /// created, restore the fields of objects it co-managed (`--dry-run` prints the plan).
+    Uninstall(meshtune_controller::lifecycle::UninstallArgs),
     /// Policy models: inspect, validate, push to a ConfigMap.
     Model {
         #[command(subcommand)]
@@ -96,6 +99,13 @@ fn main() -> anyhow::Result<()> {
             );
         }
         Command::Top(args) => rt.block_on(top::run(&args, &mut std::io::stdout()))?,
+        Command::Uninstall(args) => {
+            init_logging();
+            rt.block_on(meshtune_controller::lifecycle::uninstall(
+                &args,
+                &mut std::io::stdout(),
+            ))?;
+        }
         Command::Model { cmd } => {
             init_logging();
             rt.block_on(meshtune_policy::cli::run(cmd, &mut std::io::stdout(), None))?;

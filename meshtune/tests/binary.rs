@@ -277,3 +277,39 @@ fn model_subcommand_runs_the_policy_validation() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.onnx"), "{err}");
 }
+
+#[test]
+fn leader_election_timings_are_checked_at_start() {
+    let out = controller()
+        .args([
+            "--leader-elect",
+            "--leader-elect-identity",
+            "pod-a",
+            "--leader-elect-renew-secs",
+            "20",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--leader-elect") && err.contains("renew deadline"),
+        "{err}"
+    );
+}
+
+#[test]
+fn uninstall_without_a_cluster_fails_naming_the_client() {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["uninstall", "--dry-run"])
+        .env("HOME", home.path())
+        .env("KUBECONFIG", home.path().join("no-such-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kubernetes client"), "{err}");
+}

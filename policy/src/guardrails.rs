@@ -24,6 +24,8 @@
 //!                             # baseline window's: then the push cannot be judged (watch ends)
 //! [hysteresis_per_knob]
 //! "retries.attempts" = 0.0
+//! [hard_bounds]               # replace the default hard bounds (within the knob schema)
+//! "outlierDetection.maxEjectionPercent" = { max = 30 }
 //! [namespaces.payments]
 //! "tcp.maxConnections" = { min = 10, max = 2000 }
 //! "timeout" = { min = 200 }
@@ -52,6 +54,36 @@ pub const DEFAULT_ROLLBACK_WINDOWS: u32 = 5;
 /// A watched window whose offered load differs from the baseline's by more than this share
 /// says nothing about the push (a load step, not the change, moved the objective).
 pub const DEFAULT_ROLLBACK_MAX_LOAD_CHANGE: f64 = 0.25;
+
+/// Default hard bounds beyond the knob schema's ranges (which stay the model's
+/// normalisation): settings whose extreme can take a healthy destination out of service are
+/// excluded. Every decision, every rollback target and every namespace bound is kept inside
+/// them; a guardrails file may replace them (`[hard_bounds]`, still within the schema).
+///
+/// | knob | bound | why |
+/// | --- | --- | --- |
+/// | `outlierDetection.maxEjectionPercent` | ≤ 50 | 100 % lets outlier detection eject every host: one bad deploy or a shared dependency failing makes the whole destination unavailable. At most half the hosts leave at once. |
+/// | `outlierDetection.consecutive5xxErrors` | ≥ 3 | 1 or 2 errors eject healthy hosts on a single bad request (a client's malformed request answered 5xx), shrinking capacity under load. |
+/// | `timeout` | ≥ 100 ms | a route timeout below the destination's normal latency fails every request (504). |
+/// | `retries.perTryTimeout` | ≥ 50 ms | same per attempt: every attempt times out, and retries multiply the load. |
+///
+/// The load-shedding limits (`tcp.maxConnections`, `http.http1MaxPendingRequests`,
+/// `http.http2MaxRequests`, `http.maxRetries`) keep the schema's floor of 1: limiting is their
+/// purpose, each is per client Envoy, and the rollback watch undoes a limit that lowers
+/// goodput. `http.maxRequestsPerConnection` = 1 only disables connection reuse, `retries.attempts`
+/// = 0 only disables retries, and `outlierDetection.baseEjectionTime` ≤ 300 s (schema) with
+/// at most half the hosts ejected cannot empty a destination.
+pub const DEFAULT_HARD_BOUNDS: [Bound; KNOB_COUNT] = {
+    let mut b = [Bound {
+        min: None,
+        max: None,
+    }; KNOB_COUNT];
+    b[Knob::MaxEjectionPercent as usize].max = Some(50.0);
+    b[Knob::Consecutive5xxErrors as usize].min = Some(3.0);
+    b[Knob::RouteTimeoutMs as usize].min = Some(100.0);
+    b[Knob::PerTryTimeoutMs as usize].min = Some(50.0);
+    b
+};
 
 /// Whether decisions are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -113,6 +145,8 @@ pub struct Config {
     pub rollback_max_load_change: f64,
     /// Per-namespace bounds (intersected with the hard bounds).
     pub namespaces: BTreeMap<String, [Bound; KNOB_COUNT]>,
+    /// Hard bounds within the knob schema, for every namespace ([`DEFAULT_HARD_BOUNDS`]).
+    pub hard_bounds: [Bound; KNOB_COUNT],
 }
 
 impl Default for Config {
@@ -130,6 +164,7 @@ impl Default for Config {
             rollback_windows: DEFAULT_ROLLBACK_WINDOWS,
             rollback_max_load_change: DEFAULT_ROLLBACK_MAX_LOAD_CHANGE,
             namespaces: BTreeMap::new(),
+            hard_bounds: DEFAULT_HARD_BOUNDS,
         }
     }
 }
@@ -174,6 +209,7 @@ struct File {
     rollback_max_load_change: Option<f64>,
     #[serde(default)]
     namespaces: BTreeMap<String, BTreeMap<String, Bound>>,
+    hard_bounds: Option<BTreeMap<String, Bound>>,
 }
 
 fn knob_map<V: Copy>(
@@ -300,10 +336,9 @@ impl Config {
         if let Some(v) = f.rollback_windows {
             c.rollback_windows = v;
         }
-        for (ns, knobs) in &f.namespaces {
-            let section = format!("namespaces.{ns}");
+        let check = |section: &str, knobs: &BTreeMap<String, Bound>| {
             let mut bounds = [Bound::default(); KNOB_COUNT];
-            for (knob, b) in knob_map(origin, &section, knobs)? {
+            for (knob, b) in knob_map(origin, section, knobs)? {
                 let field = format!("{section}.\"{}\"", knob.name());
                 for v in [b.min, b.max].into_iter().flatten() {
                     if !v.is_finite() {
@@ -317,25 +352,64 @@ impl Config {
                 }
                 bounds[knob as usize] = b;
             }
-            c.namespaces.insert(ns.clone(), bounds);
+            Ok::<_, GuardrailError>(bounds)
+        };
+        if let Some(hard) = &f.hard_bounds {
+            // Replaces the defaults: knobs not named get the schema's range only.
+            c.hard_bounds = check("hard_bounds", hard)?;
+        }
+        for (ns, knobs) in &f.namespaces {
+            c.namespaces
+                .insert(ns.clone(), check(&format!("namespaces.{ns}"), knobs)?);
         }
         Ok(c)
+    }
+
+    /// Hard `[min, max]` of a knob: the schema's range narrowed by [`Self::hard_bounds`].
+    pub fn hard(&self, knob: Knob) -> (f64, f64) {
+        let spec = knob.spec();
+        let b = self.hard_bounds[knob as usize];
+        let lo = b.min.map_or(spec.min, |m| m.clamp(spec.min, spec.max));
+        let hi = b.max.map_or(spec.max, |m| m.clamp(spec.min, spec.max));
+        (lo, hi.max(lo))
     }
 
     /// Effective `[min, max]` for a knob in a namespace: the namespace bounds intersected with
     /// the hard bounds (a namespace bound outside the hard bounds is pinned to them).
     pub fn bounds(&self, namespace: &str, knob: Knob) -> (f64, f64) {
-        let spec = knob.spec();
-        let (mut lo, mut hi) = (spec.min, spec.max);
+        let (hard_lo, hard_hi) = self.hard(knob);
+        let (mut lo, mut hi) = (hard_lo, hard_hi);
         if let Some(b) = self.namespaces.get(namespace).map(|b| b[knob as usize]) {
             if let Some(m) = b.min {
-                lo = m.clamp(spec.min, spec.max);
+                lo = m.clamp(hard_lo, hard_hi);
             }
             if let Some(m) = b.max {
-                hi = m.clamp(spec.min, spec.max);
+                hi = m.clamp(hard_lo, hard_hi);
             }
         }
         (lo, hi.max(lo))
+    }
+
+    /// A rollback target passed through the bounds of `namespace`: each knob clamped into
+    /// [`Self::bounds`], except a knob at Istio's default (restoring it means unsetting the
+    /// field, which is what the mesh runs without meshtune). Knobs recovered or remembered from
+    /// before the bounds narrowed can thus never be pushed back outside them.
+    pub fn bound_target(&self, namespace: &str, target: &Knobs) -> Knobs {
+        let mut out = *target;
+        for spec in &KNOB_SPECS {
+            let i = spec.knob as usize;
+            let v = target.0[i];
+            if v == spec.istio_default {
+                continue;
+            }
+            let (lo, hi) = self.bounds(namespace, spec.knob);
+            out.0[i] = if v.is_nan() {
+                spec.istio_default
+            } else {
+                round(spec, v.clamp(lo, hi)).clamp(lo, hi)
+            };
+        }
+        out
     }
 }
 
@@ -436,10 +510,11 @@ pub fn guard_with(
             }
         };
         let raw = proposed.0[i];
+        let (hard_lo, hard_hi) = config.hard(k);
         let mut x = if raw.is_nan() {
-            in_force.0[i].clamp(spec.min, spec.max)
+            in_force.0[i].clamp(hard_lo, hard_hi)
         } else {
-            round(spec, raw.clamp(spec.min, spec.max))
+            round(spec, raw.clamp(hard_lo, hard_hi)).clamp(hard_lo, hard_hi)
         };
         note(AdjustKind::HardBound, raw, x);
         let (lo, hi) = config.bounds(namespace, k);
@@ -513,6 +588,8 @@ pub enum HoldReason {
     Dwell { remaining: Duration },
     /// The last push is still being watched for a regression.
     Watching,
+    /// The policy's output had a NaN or infinite value: the knobs in force are held.
+    InvalidOutput,
 }
 
 /// What to do with a decision.
@@ -637,6 +714,14 @@ impl Guardrails {
         in_force: &Knobs,
         urgent: bool,
     ) -> Decision {
+        if proposed.0.iter().any(|v| !v.is_finite()) {
+            return Decision {
+                knobs: *in_force,
+                action: Action::Hold(HoldReason::InvalidOutput),
+                adjustments: Vec::new(),
+                changed: Vec::new(),
+            };
+        }
         let (knobs, adjustments) = guard_with(&self.config, namespace, proposed, in_force, urgent);
         let changed: Vec<Knob> = Knob::ALL
             .into_iter()
@@ -784,6 +869,20 @@ impl Guardrails {
     /// Forgets a destination (e.g. it disappeared from the mesh).
     pub fn forget(&mut self, dest: &str) {
         self.dests.remove(dest);
+    }
+
+    /// Keeps only the destinations `keep` accepts (pruning after destinations expired).
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.dests.retain(|d, _| keep(d));
+    }
+
+    /// Destinations with state.
+    pub fn len(&self) -> usize {
+        self.dests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dests.is_empty()
     }
 }
 
@@ -943,7 +1042,7 @@ mod tests {
         in_force.set(Knob::MaxEjectionPercent, 10.0);
         let mut proposed = in_force;
         proposed.set(Knob::MaxConnections, 10_000.0);
-        proposed.set(Knob::MaxEjectionPercent, 90.0);
+        proposed.set(Knob::MaxEjectionPercent, 45.0); // within the hard bound of 50
         let (k, adj) = guard(&cfg, "default", &proposed, &in_force);
         assert_eq!(k.get(Knob::MaxConnections), 200.0); // ×2
         assert_eq!(k.get(Knob::MaxEjectionPercent), 35.0); // +25 % of 0..100
@@ -1208,5 +1307,99 @@ mod tests {
         // +0.005 on a zero baseline is infinite relative change but below rollback_min_delta.
         assert_eq!(g.observe("a", 0.005), Verdict::Watching { seen: 1 });
         assert!(matches!(g.observe("a", 0.5), Verdict::Rollback { .. }));
+    }
+
+    #[test]
+    fn default_hard_bounds_exclude_destructive_settings() {
+        let cfg = Config {
+            max_step_factor: 1e9,
+            max_linear_step: 1.0,
+            ..enforce()
+        };
+        let mut destructive = mid();
+        destructive.set(Knob::MaxEjectionPercent, 100.0);
+        destructive.set(Knob::Consecutive5xxErrors, 1.0);
+        destructive.set(Knob::RouteTimeoutMs, 10.0);
+        destructive.set(Knob::PerTryTimeoutMs, 5.0);
+        let (k, adj) = guard(&cfg, "default", &destructive, &Knobs::istio_defaults());
+        assert_eq!(k.get(Knob::MaxEjectionPercent), 50.0);
+        assert_eq!(k.get(Knob::Consecutive5xxErrors), 3.0);
+        assert_eq!(k.get(Knob::RouteTimeoutMs), 100.0);
+        assert_eq!(k.get(Knob::PerTryTimeoutMs), 50.0);
+        for knob in [
+            Knob::MaxEjectionPercent,
+            Knob::Consecutive5xxErrors,
+            Knob::RouteTimeoutMs,
+            Knob::PerTryTimeoutMs,
+        ] {
+            assert!(
+                adj.iter()
+                    .any(|a| a.knob == knob && a.kind == AdjustKind::HardBound),
+                "{knob:?}: {adj:?}"
+            );
+        }
+        // A namespace bound cannot widen them.
+        let text = r#"
+            [namespaces.payments]
+            "outlierDetection.maxEjectionPercent" = { max = 100 }
+        "#;
+        let c = Config::from_toml_str(text, "t").unwrap();
+        assert_eq!(c.bounds("payments", Knob::MaxEjectionPercent), (0.0, 50.0));
+        // A guardrails file may replace them (within the schema).
+        let text = r#"
+            [hard_bounds]
+            "outlierDetection.maxEjectionPercent" = { max = 100 }
+            "timeout" = { min = 20 }
+        "#;
+        let c = Config::from_toml_str(text, "t").unwrap();
+        assert_eq!(c.bounds("x", Knob::MaxEjectionPercent), (0.0, 100.0));
+        assert_eq!(c.bounds("x", Knob::RouteTimeoutMs), (20.0, 60_000.0));
+        assert_eq!(
+            c.bounds("x", Knob::Consecutive5xxErrors),
+            (1.0, 100.0),
+            "replaced, not merged"
+        );
+        let e = Config::from_toml_str("[hard_bounds]\nnope = { max = 1 }", "t").unwrap_err();
+        assert!(matches!(e, GuardrailError::UnknownKnob { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_non_finite_proposal_holds_the_knobs_in_force() {
+        let g = Guardrails::new(enforce());
+        let in_force = mid();
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut p = mid();
+            p.set(
+                Knob::MaxConnections,
+                in_force.get(Knob::MaxConnections) * 4.0,
+            );
+            p.set(Knob::RouteTimeoutMs, bad);
+            let d = g.decide("svc", "default", Instant::now(), &p, &in_force);
+            assert_eq!(d.action, Action::Hold(HoldReason::InvalidOutput), "{bad}");
+            assert_eq!(d.knobs, in_force);
+            assert!(d.changed.is_empty());
+        }
+    }
+
+    #[test]
+    fn rollback_targets_pass_through_the_bounds() {
+        let text = r#"
+            [namespaces.payments]
+            "tcp.maxConnections" = { max = 500 }
+        "#;
+        let c = Config::from_toml_str(text, "t").unwrap();
+        let mut target = mid();
+        target.set(Knob::MaxEjectionPercent, 100.0);
+        target.set(Knob::MaxConnections, 5_000.0);
+        target.set(Knob::RouteTimeoutMs, 0.0); // Istio's "no timeout": unset, kept
+        let b = c.bound_target("payments", &target);
+        assert_eq!(b.get(Knob::MaxEjectionPercent), 50.0);
+        assert_eq!(b.get(Knob::MaxConnections), 500.0);
+        assert_eq!(b.get(Knob::RouteTimeoutMs), 0.0);
+        // Istio's defaults (no object) stay Istio's defaults.
+        assert_eq!(
+            c.bound_target("payments", &Knobs::istio_defaults()),
+            Knobs::istio_defaults()
+        );
     }
 }

@@ -20,6 +20,11 @@ fn default_hint_ttl_ms() -> u32 {
     DEFAULT_HINT_TTL_MS
 }
 
+/// Most upstream windows one report may carry: the filter's `max_upstreams` default and upper
+/// bound, and the controller's per-report limit (its decode limit is derived from it), so a
+/// report the filter builds is never refused for its size.
+pub const MAX_UPSTREAMS_PER_REPORT: u32 = 256;
+
 /// gRPC path of the Report method, as the filter dispatches it.
 pub const FEATURE_SERVICE: &str = "meshtune.v1.FeatureService";
 /// Method name of Report within [`FEATURE_SERVICE`].

@@ -467,6 +467,7 @@ impl Engine {
             response_bytes: 0,
             http2_requests: 0,
             endpoints: u32::try_from(self.hosts.len()).unwrap_or(u32::MAX),
+            unmeasured_requests: 0,
             latency: self.hist.clone(),
         };
         WindowResult {

@@ -45,7 +45,8 @@ pub enum SimError {
     Usage(String),
 }
 
-/// The scenarios shipped with the crate: `<crate>/scenarios` with `train/` and `heldout/`.
+/// The scenarios shipped with the crate: `<crate>/scenarios` with `train/`, `heldout/` and
+/// `calibration/`.
 pub fn scenarios_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios")
 }
@@ -53,6 +54,12 @@ pub fn scenarios_dir() -> PathBuf {
 /// Training scenarios folder.
 pub fn train_dir() -> PathBuf {
     scenarios_dir().join("train")
+}
+
+/// Calibration scenarios folder: sized to run on real Envoy on a small machine, used to
+/// compare the simulator with real Envoy (never used for training).
+pub fn calibration_dir() -> PathBuf {
+    scenarios_dir().join("calibration")
 }
 
 /// Held-out scenarios folder (never used for training).

@@ -18,6 +18,11 @@ use crate::duration::format_ms;
 pub const ENVOY_UNLIMITED: u64 = u32::MAX as u64;
 /// Default `retry_on` for route retry policies.
 pub const DEFAULT_RETRY_ON: &str = "5xx,reset,connect-failure";
+/// Type URL of Envoy's `previous_hosts` retry host predicate.
+pub const PREVIOUS_HOSTS_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
+/// Host selection attempts per retry in Istio's default retry policy.
+pub const ISTIO_HOST_SELECTION_RETRY_MAX_ATTEMPTS: u32 = 5;
 /// Default cluster connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// Default outlier-detection analysis interval (Istio's default).
@@ -148,6 +153,8 @@ pub fn cluster(cluster: &EnvoyCluster, knobs: &Knobs) -> Result<Value, RenderErr
         "@type": CLUSTER_TYPE_URL,
         "name": cluster.name,
         "type": if all_ips { "STATIC" } else { "STRICT_DNS" },
+        // Istio's default load balancer (Envoy's own default is ROUND_ROBIN).
+        "lb_policy": "LEAST_REQUEST",
         "connect_timeout": format_ms(cluster.connect_timeout_ms as f64),
         "load_assignment": {
             "cluster_name": cluster.name,
@@ -179,7 +186,16 @@ pub fn route_action(cluster: &str, knobs: &Knobs, retry_on: &str) -> Value {
     });
     let attempts = whole(knobs.get(Knob::RetryAttempts));
     if attempts > 0 {
-        let mut policy = json!({"retry_on": retry_on, "num_retries": attempts});
+        // As Istio renders retries: a retry avoids the hosts already tried (up to 5 picks).
+        let mut policy = json!({
+            "retry_on": retry_on,
+            "num_retries": attempts,
+            "retry_host_predicate": [{
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {"@type": PREVIOUS_HOSTS_TYPE_URL},
+            }],
+            "host_selection_retry_max_attempts": ISTIO_HOST_SELECTION_RETRY_MAX_ATTEMPTS,
+        });
         let per_try = whole(knobs.get(Knob::PerTryTimeoutMs));
         if per_try > 0 {
             policy["per_try_timeout"] = json!(format_ms(per_try as f64));
@@ -388,6 +404,11 @@ mod tests {
         assert_eq!(r["retry_policy"]["num_retries"], 2);
         assert_eq!(r["retry_policy"]["per_try_timeout"], "0.500s");
         assert_eq!(r["retry_policy"]["retry_on"], "5xx,reset,connect-failure");
+        assert_eq!(
+            r["retry_policy"]["retry_host_predicate"][0]["name"],
+            "envoy.retry_host_predicates.previous_hosts"
+        );
+        assert_eq!(r["retry_policy"]["host_selection_retry_max_attempts"], 5);
         let mut none = knobs();
         none.set(Knob::RetryAttempts, 0.0);
         assert!(route_action("reviews", &none, DEFAULT_RETRY_ON)

@@ -14,12 +14,18 @@
 //! omitted, a route timeout of 0 is omitted (Istio: no timeout; the CRD refuses `0s`) and so is
 //! a per-try timeout of 0. `retries.attempts` 0 is written as `attempts: 0` (disables retries;
 //! omitting it would mean Istio's default of 2).
+//!
+//! Every rendered object records what meshtune set ([`APPLIED_ANNOTATION`]: the knobs it
+//! renders, by name) and, for co-managed objects, what was there before
+//! ([`PREVIOUS_ANNOTATION`]), so that everything meshtune writes can be undone
+//! (`crate::istio_undo`). [`knobs_from_objects`] is the inverse of the rendering: it reads
+//! the knobs in force back from the objects (restart recovery).
 
 use meshtune_core::{Knob, Knobs};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::duration::format_ms;
+use crate::duration::{format_ms, parse_go_ms};
 use crate::envoy::DEFAULT_RETRY_ON;
 
 /// API version meshtune writes.
@@ -31,6 +37,68 @@ pub const MANAGED_BY_VALUE: &str = "meshtune";
 pub const EXPORT_TO: [&str; 1] = ["."];
 /// Annotation naming the destination host an object was rendered for.
 pub const HOST_ANNOTATION: &str = "meshtune.io/host";
+/// Annotation recording what meshtune set on an object: a JSON object of the knobs it rendered
+/// into it, by knob name (`{"timeout":2000.0,...}`).
+pub const APPLIED_ANNOTATION: &str = "meshtune.io/applied";
+/// Annotation on a co-managed object (one meshtune did not create) recording the values of
+/// the fields meshtune sets as they were before meshtune first wrote it: a JSON object
+/// `{"<field path>": value or null}` (null = the field was absent); see [`co_managed_fields`].
+pub const PREVIOUS_ANNOTATION: &str = "meshtune.io/previous";
+
+/// The knobs rendered into a DestinationRule (connection pool and outlier detection).
+pub const DESTINATION_RULE_KNOBS: [Knob; 8] = [
+    Knob::MaxConnections,
+    Knob::Http1MaxPendingRequests,
+    Knob::Http2MaxRequests,
+    Knob::MaxRequestsPerConnection,
+    Knob::MaxRetries,
+    Knob::Consecutive5xxErrors,
+    Knob::BaseEjectionTimeMs,
+    Knob::MaxEjectionPercent,
+];
+/// The knobs rendered into a VirtualService (route timeout and retries).
+pub const VIRTUAL_SERVICE_KNOBS: [Knob; 3] = [
+    Knob::RouteTimeoutMs,
+    Knob::RetryAttempts,
+    Knob::PerTryTimeoutMs,
+];
+
+/// The spec fields (JSON pointers) meshtune sets on an object of `kind`: what a co-managed
+/// object's [`PREVIOUS_ANNOTATION`] records and its restore puts back.
+pub fn co_managed_fields(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "DestinationRule" => &[
+            "/spec/trafficPolicy/connectionPool",
+            "/spec/trafficPolicy/outlierDetection",
+        ],
+        _ => &["/spec/http"],
+    }
+}
+
+/// The [`PREVIOUS_ANNOTATION`] value for `existing` (an object of `kind` meshtune is about to
+/// co-manage): each of [`co_managed_fields`] with its current value or null.
+pub fn previous_fields(kind: &str, existing: &Value) -> String {
+    let map: serde_json::Map<String, Value> = co_managed_fields(kind)
+        .iter()
+        .map(|p| {
+            (
+                p.to_string(),
+                existing.pointer(p).cloned().unwrap_or(Value::Null),
+            )
+        })
+        .collect();
+    Value::Object(map).to_string()
+}
+
+/// The [`APPLIED_ANNOTATION`] value: `knobs` of `k` by name, as written (every rendered knob
+/// is a whole number: counts, percentages, milliseconds).
+fn applied_json(k: &Knobs, knobs: &[Knob]) -> String {
+    let map: serde_json::Map<String, Value> = knobs
+        .iter()
+        .map(|&n| (n.name().to_string(), serde_json::json!(k.get(n).round())))
+        .collect();
+    Value::Object(map).to_string()
+}
 
 /// Which object to render and how.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +113,9 @@ pub struct IstioTarget {
     /// Add the `app.kubernetes.io/managed-by: meshtune` label (objects meshtune owns). False
     /// for objects meshtune only co-manages (allow-listed hosts it did not create).
     pub owned: bool,
+    /// [`PREVIOUS_ANNOTATION`] of a co-managed object ([`previous_fields`]); `None` for owned
+    /// objects.
+    pub previous: Option<String>,
 }
 
 impl IstioTarget {
@@ -56,6 +127,7 @@ impl IstioTarget {
             name: object_name(host, namespace),
             retry_on: DEFAULT_RETRY_ON.to_string(),
             owned: true,
+            previous: None,
         }
     }
 }
@@ -133,6 +205,15 @@ struct HostAnnotation<'a> {
     /// [`HOST_ANNOTATION`] (serde needs the literal; a test ties them together).
     #[serde(rename = "meshtune.io/host")]
     host: &'a str,
+    /// [`APPLIED_ANNOTATION`].
+    #[serde(rename = "meshtune.io/applied")]
+    applied: String,
+    /// [`PREVIOUS_ANNOTATION`] (co-managed objects only).
+    #[serde(
+        rename = "meshtune.io/previous",
+        skip_serializing_if = "Option::is_none"
+    )]
+    previous: Option<&'a str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -143,11 +224,15 @@ struct ManagedByLabel {
 }
 
 impl<'a> Metadata<'a> {
-    fn of(t: &'a IstioTarget) -> Self {
+    fn of(t: &'a IstioTarget, applied: String) -> Self {
         Self {
             name: &t.name,
             namespace: &t.namespace,
-            annotations: HostAnnotation { host: &t.host },
+            annotations: HostAnnotation {
+                host: &t.host,
+                applied,
+                previous: t.previous.as_deref(),
+            },
             labels: t.owned.then_some(ManagedByLabel {
                 managed_by: MANAGED_BY_VALUE,
             }),
@@ -246,7 +331,7 @@ impl<'a> IstioObject<'a, DestinationRuleSpec<'a>> {
         Self {
             api_version: API_VERSION,
             kind: "DestinationRule",
-            metadata: Metadata::of(t),
+            metadata: Metadata::of(t, applied_json(k, &DESTINATION_RULE_KNOBS)),
             spec: DestinationRuleSpec {
                 host: &t.host,
                 export_to: EXPORT_TO,
@@ -314,7 +399,7 @@ impl<'a> IstioObject<'a, VirtualServiceSpec<'a>> {
         Self {
             api_version: API_VERSION,
             kind: "VirtualService",
-            metadata: Metadata::of(t),
+            metadata: Metadata::of(t, applied_json(k, &VIRTUAL_SERVICE_KNOBS)),
             spec: VirtualServiceSpec {
                 hosts: [&t.host],
                 export_to: EXPORT_TO,
@@ -350,6 +435,77 @@ pub fn destination_rule(t: &IstioTarget, k: &Knobs) -> Value {
 /// Renders the VirtualService: one HTTP route to the host with timeout and retries.
 pub fn virtual_service(t: &IstioTarget, k: &Knobs) -> Value {
     to_value(&VirtualServiceObject::new(t, k))
+}
+
+/// The knobs in force described by a DestinationRule and a VirtualService (either may be
+/// absent): the inverse of [`destination_rule`] and [`virtual_service`]. A field the objects
+/// leave unset reads as Istio's default for its knob (an unset limit is unlimited, an unset
+/// route timeout is none, absent `retries` is Istio's 2 attempts); a duration Go would refuse
+/// also reads as the default. For knobs the rendering can express (whole limits below 2^31-1,
+/// whole milliseconds, a per-try timeout only with retries) `knobs_from_objects(render(k)) ==
+/// k`.
+pub fn knobs_from_objects(dr: Option<&Value>, vs: Option<&Value>) -> Knobs {
+    let mut k = Knobs::istio_defaults();
+    let num = |v: Option<&Value>| v.and_then(Value::as_f64);
+    let ms = |v: Option<&Value>| v.and_then(Value::as_str).and_then(parse_go_ms);
+    if let Some(p) = dr.and_then(|d| d.pointer("/spec/trafficPolicy")) {
+        let fields = [
+            (Knob::MaxConnections, "/connectionPool/tcp/maxConnections"),
+            (
+                Knob::Http1MaxPendingRequests,
+                "/connectionPool/http/http1MaxPendingRequests",
+            ),
+            (
+                Knob::Http2MaxRequests,
+                "/connectionPool/http/http2MaxRequests",
+            ),
+            (
+                Knob::MaxRequestsPerConnection,
+                "/connectionPool/http/maxRequestsPerConnection",
+            ),
+            (Knob::MaxRetries, "/connectionPool/http/maxRetries"),
+            (
+                Knob::Consecutive5xxErrors,
+                "/outlierDetection/consecutive5xxErrors",
+            ),
+            (
+                Knob::MaxEjectionPercent,
+                "/outlierDetection/maxEjectionPercent",
+            ),
+        ];
+        for (knob, path) in fields {
+            if let Some(v) = num(p.pointer(path)) {
+                k.set(knob, v);
+            }
+        }
+        if let Some(v) = ms(p.pointer("/outlierDetection/baseEjectionTime")) {
+            k.set(Knob::BaseEjectionTimeMs, v);
+        }
+    }
+    let routes = vs
+        .and_then(|v| v.pointer("/spec/http"))
+        .and_then(Value::as_array);
+    // meshtune's route is named `meshtune`; a co-managed object may name it otherwise.
+    let route = routes.and_then(|r| {
+        r.iter()
+            .find(|h| h["name"] == "meshtune")
+            .or_else(|| r.first())
+    });
+    if let Some(r) = route {
+        if let Some(v) = ms(r.get("timeout")) {
+            k.set(Knob::RouteTimeoutMs, v);
+        }
+        if let Some(retries) = r.get("retries") {
+            k.set(
+                Knob::RetryAttempts,
+                num(retries.get("attempts")).unwrap_or(0.0),
+            );
+            if let Some(v) = ms(retries.get("perTryTimeout")) {
+                k.set(Knob::PerTryTimeoutMs, v);
+            }
+        }
+    }
+    k
 }
 
 #[cfg(test)]
@@ -452,6 +608,122 @@ mod tests {
         // The typed object serialises to the same JSON as its value.
         let bytes = serde_json::to_vec(&DestinationRuleObject::new(&t, &tuned())).unwrap();
         assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap(), dr);
+    }
+
+    fn round_trip(t: &IstioTarget, k: &Knobs) -> Knobs {
+        knobs_from_objects(Some(&destination_rule(t, k)), Some(&virtual_service(t, k)))
+    }
+
+    #[test]
+    fn objects_parse_back_into_the_knobs_they_render() {
+        let t = IstioTarget::new("reviews", "bookinfo");
+        assert_eq!(round_trip(&t, &tuned()), tuned());
+        assert_eq!(
+            round_trip(&t, &Knobs::istio_defaults()),
+            Knobs::istio_defaults()
+        );
+        assert_eq!(knobs_from_objects(None, None), Knobs::istio_defaults());
+        // Policy outputs over the whole normalised range: whole-ms durations are exact, and
+        // rendering the parsed knobs gives the same objects (the mapping is idempotent).
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..500 {
+            let mut u = [0f32; meshtune_core::KNOB_COUNT];
+            for x in &mut u {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *x = (seed % 1001) as f32 / 1000.0;
+            }
+            let k = Knobs::from_normalised(&u);
+            let back = round_trip(&t, &k);
+            assert_eq!(
+                destination_rule(&t, &back)["spec"],
+                destination_rule(&t, &k)["spec"]
+            );
+            assert_eq!(
+                virtual_service(&t, &back)["spec"],
+                virtual_service(&t, &k)["spec"]
+            );
+            for knob in DESTINATION_RULE_KNOBS {
+                let (a, b) = (k.get(knob), back.get(knob));
+                let tolerance = if knob == Knob::BaseEjectionTimeMs {
+                    0.5
+                } else {
+                    0.0
+                };
+                assert!(
+                    (a - b).abs() <= tolerance || istio_limit(a).is_none(),
+                    "{knob:?}: {a} -> {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unset_fields_read_as_istio_defaults_and_foreign_routes_are_read() {
+        let dr = json!({"spec": {"host": "r", "trafficPolicy": {"connectionPool": {
+            "http": {"http2MaxRequests": 64}}}}});
+        let vs = json!({"spec": {"hosts": ["r"], "http": [
+            {"name": "canary", "timeout": "1.5s", "retries": {"attempts": 4, "perTryTimeout": "300ms"}}]}});
+        let k = knobs_from_objects(Some(&dr), Some(&vs));
+        let mut want = Knobs::istio_defaults();
+        want.set(Knob::Http2MaxRequests, 64.0);
+        want.set(Knob::RouteTimeoutMs, 1_500.0);
+        want.set(Knob::RetryAttempts, 4.0);
+        want.set(Knob::PerTryTimeoutMs, 300.0);
+        assert_eq!(k, want);
+        let bad = json!({"spec": {"http": [{"timeout": "soon", "retries": {}}]}});
+        let k = knobs_from_objects(None, Some(&bad));
+        assert_eq!(k.get(Knob::RouteTimeoutMs), 0.0);
+        assert_eq!(
+            k.get(Knob::RetryAttempts),
+            0.0,
+            "retries without attempts disable them"
+        );
+    }
+
+    #[test]
+    fn objects_record_what_meshtune_set_and_what_was_there_before() {
+        let mut t = IstioTarget::new("reviews", "bookinfo");
+        let dr = destination_rule(&t, &tuned());
+        let applied: Value = serde_json::from_str(
+            dr["metadata"]["annotations"][APPLIED_ANNOTATION]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(applied["tcp.maxConnections"], 100.0);
+        assert_eq!(
+            applied.as_object().unwrap().len(),
+            DESTINATION_RULE_KNOBS.len()
+        );
+        assert!(dr["metadata"]["annotations"]
+            .get(PREVIOUS_ANNOTATION)
+            .is_none());
+        let vs = virtual_service(&t, &tuned());
+        let applied: Value = serde_json::from_str(
+            vs["metadata"]["annotations"][APPLIED_ANNOTATION]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(applied["timeout"], 2_000.0);
+        let existing = json!({"spec": {"host": "reviews",
+            "trafficPolicy": {"outlierDetection": {"consecutive5xxErrors": 7}}}});
+        let prev = previous_fields("DestinationRule", &existing);
+        let parsed: Value = serde_json::from_str(&prev).unwrap();
+        assert_eq!(parsed["/spec/trafficPolicy/connectionPool"], Value::Null);
+        assert_eq!(
+            parsed["/spec/trafficPolicy/outlierDetection"]["consecutive5xxErrors"],
+            7
+        );
+        t.owned = false;
+        t.previous = Some(prev.clone());
+        let dr = destination_rule(&t, &tuned());
+        assert_eq!(
+            dr["metadata"]["annotations"][PREVIOUS_ANNOTATION],
+            prev.as_str()
+        );
     }
 
     #[test]

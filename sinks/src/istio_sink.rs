@@ -14,6 +14,12 @@
 //! - another object of the same kind in the namespace (any name, any owner) that already
 //!   configures the host → refused: two DestinationRules or VirtualServices for one host make
 //!   Istio's behaviour depend on merge order, so meshtune leaves that host alone.
+//!
+//! Every applied object records what meshtune set and, when co-managed, what was there before
+//! (annotations, see [`crate::istio`]). A decision whose knobs are Istio's defaults
+//! ([`Decision::is_removal`]: e.g. a rollback to "no object") is not rendered: it removes what
+//! meshtune wrote for the destination ([`crate::istio_undo`]: owned objects are deleted,
+//! co-managed fields restored).
 
 use std::sync::Arc;
 
@@ -25,8 +31,8 @@ use serde_json::Value;
 
 use crate::envoy::DEFAULT_RETRY_ON;
 use crate::istio::{
-    destination_rule, object_name, virtual_service, IstioTarget, HOST_ANNOTATION, MANAGED_BY_LABEL,
-    MANAGED_BY_VALUE,
+    destination_rule, object_name, previous_fields, virtual_service, IstioTarget, HOST_ANNOTATION,
+    MANAGED_BY_LABEL, MANAGED_BY_VALUE, PREVIOUS_ANNOTATION,
 };
 use crate::schema::CrdSchemas;
 use crate::sink::{ApplyFuture, ApplyReport, Decision, Outcome, Sink};
@@ -236,6 +242,20 @@ impl IstioSink {
                 Ownership::CoManaged => false,
                 Ownership::Refused(reason) => return Err(Outcome::Refused { reason }),
             };
+            if !t.owned {
+                // What was there before meshtune first wrote this object: recorded once, then
+                // carried over (meshtune owns the annotation; leaving it out would remove it).
+                t.previous = existing.as_ref().map(|o| {
+                    o.metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(PREVIOUS_ANNOTATION))
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            previous_fields(&ar.kind, &serde_json::json!({"spec": o.data["spec"]}))
+                        })
+                });
+            }
             let all = api
                 .list(&ListParams::default())
                 .await
@@ -278,7 +298,42 @@ impl IstioSink {
         Ok(planned)
     }
 
+    /// The client this sink writes with (for [`crate::istio_undo`]).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// This sink's configuration.
+    pub fn config(&self) -> &IstioSinkConfig {
+        &self.config
+    }
+
     async fn apply_one(&self, d: &Decision) -> Outcome {
+        if d.is_removal() {
+            return match crate::istio_undo::remove_destination(
+                &self.client,
+                &self.config,
+                &d.namespace,
+                &d.destination,
+                false,
+            )
+            .await
+            {
+                Ok(done) => {
+                    if let Some(failed) = done.iter().find(|r| r.error().is_some()) {
+                        return Outcome::Failed {
+                            error: failed.to_string(),
+                        };
+                    }
+                    Outcome::Applied {
+                        objects: done.iter().map(|r| r.to_string()).collect(),
+                    }
+                }
+                Err(e) => Outcome::Failed {
+                    error: e.to_string(),
+                },
+            };
+        }
         let planned = match self.plan(d).await {
             Ok(p) => p,
             Err(outcome) => return outcome,

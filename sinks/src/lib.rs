@@ -5,6 +5,8 @@
 //! - Validation: [`schema`] checks objects against Istio's real CRD schemas.
 //! - Sinks implementing [`Sink`]: [`envoy_file::EnvoyFileSink`], [`istio_sink::IstioSink`],
 //!   [`log_sink::LogSink`].
+//! - Undo and recovery of what the Istio sink wrote: [`istio_undo`] (delete owned objects,
+//!   restore co-managed fields, per namespace or everywhere; read the knobs in force back).
 
 pub mod duration;
 pub mod envoy;
@@ -12,6 +14,7 @@ pub mod envoy_file;
 pub mod hint;
 pub mod istio;
 pub mod istio_sink;
+pub mod istio_undo;
 pub mod log_sink;
 pub mod schema;
 pub mod sink;

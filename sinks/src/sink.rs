@@ -22,6 +22,15 @@ pub struct Decision {
     pub previous: Option<Knobs>,
 }
 
+impl Decision {
+    /// Whether this decision puts Istio's defaults in force, i.e. asks for no object at all
+    /// (a rollback to before meshtune's first push): sinks remove what they wrote for the
+    /// destination instead of writing default-valued config.
+    pub fn is_removal(&self) -> bool {
+        self.knobs == Knobs::istio_defaults()
+    }
+}
+
 /// What happened to one decision.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]

@@ -229,10 +229,21 @@ fn controller_objects_reference_each_other() {
                 &cr["rules"],
                 "networking.istio.io",
                 res,
-                &["get", "list", "watch", "patch", "create"]
+                &["get", "list", "watch", "patch", "create", "delete"]
             ),
             "ClusterRole lacks {res}"
         );
+    }
+    // `delete` only where undo needs it: the two Istio kinds.
+    for rule in cr["rules"].as_array().unwrap() {
+        let verbs = rule["verbs"].as_array().unwrap();
+        if verbs.iter().any(|v| v == "delete" || v == "*") {
+            assert_eq!(
+                rule["resources"],
+                json!(["destinationrules", "virtualservices"]),
+                "delete granted beyond the Istio kinds: {rule}"
+            );
+        }
     }
     let role = find(&docs, "Role", "meshtune-controller");
     assert!(has(
@@ -241,6 +252,42 @@ fn controller_objects_reference_each_other() {
         "configmaps",
         &["get", "list", "watch", "patch"]
     ));
+    // Leader election: the Lease in the controller's namespace, and two replicas using it.
+    assert!(has(
+        &role["rules"],
+        "coordination.k8s.io",
+        "leases",
+        &["get", "create", "update"]
+    ));
+    let deploy = find(&docs, "Deployment", "meshtune-controller");
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    // Only the leader is Ready: a rollout that waits for new Ready pods before removing old
+    // ones would never finish.
+    assert_eq!(
+        deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        "100%"
+    );
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--leader-elect"), "{args:?}");
+    let env_from_field = |name: &str| {
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].clone())
+    };
+    assert_eq!(env_from_field("POD_NAME"), Some(json!("metadata.name")));
+    assert_eq!(
+        env_from_field("POD_NAMESPACE"),
+        Some(json!("metadata.namespace"))
+    );
     for (kind, role_kind) in [
         ("ClusterRoleBinding", "ClusterRole"),
         ("RoleBinding", "Role"),

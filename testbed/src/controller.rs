@@ -57,6 +57,11 @@ pub struct ControllerConfig {
     pub window_secs: Option<u32>,
     /// Extra arguments after `controller`.
     pub extra_args: Vec<String>,
+    /// Extra environment variables (e.g. `RUST_LOG`).
+    pub env: Vec<(String, String)>,
+    /// Copy the controller's stdout (the log sink's diffs) into its log file; false reads and
+    /// drops it (benchmarks that push thousands of destinations a second).
+    pub log_stdout: bool,
 }
 
 impl ControllerConfig {
@@ -66,6 +71,8 @@ impl ControllerConfig {
             hints_file: None,
             window_secs: None,
             extra_args: Vec::new(),
+            env: Vec::new(),
+            log_stdout: true,
         }
     }
 }
@@ -204,6 +211,7 @@ impl Controller {
         if let Some(w) = self.cfg.window_secs {
             cmd.arg("--window-secs").arg(w.to_string());
         }
+        cmd.envs(self.cfg.env.iter().map(|(k, v)| (k, v)));
         cmd.args(&self.cfg.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -216,10 +224,13 @@ impl Controller {
         self.child = Some(child);
         let (tx, rx) = mpsc::channel::<(bool, SocketAddr)>();
         let mut log = log;
+        let log_stdout = self.cfg.log_stdout;
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let _ = writeln!(log, "{line}");
+                if log_stdout || line.contains(" listening on ") {
+                    let _ = writeln!(log, "{line}");
+                }
                 for (prefix, grpc) in [("grpc listening on ", true), ("admin listening on ", false)]
                 {
                     if let Some(rest) = line.find(prefix).map(|i| &line[i + prefix.len()..]) {

@@ -13,15 +13,26 @@
 //! - [`http`]: a minimal blocking HTTP/1.1 client for admin endpoints (re-exported from
 //!   `meshtune-test-support`).
 //! - [`paths`]: where the Envoy binary, the wasm files and the `meshtune` binary are.
-//! - [`scenarios`]: the filter-overhead benchmark.
+//! - [`scenarios`]: the filter-overhead benchmark; [`istio_bench`]: its Istio-shaped variants.
+//! - [`bookinfo`]: Istio's BookInfo call graph, every calling service behind its own sidecar.
+//! - [`calibrate`]: the simulator against real Envoy on the same scenarios and settings.
+//! - [`realrun`]: a simulator scenario file run on real Envoy (hosts, clients, faults, load).
+//! - [`tuning`]: the five-arm tuning benchmark on real Envoy.
 
+pub mod abuse;
+pub mod bookinfo;
+pub mod calibrate;
 pub mod controller;
 pub mod demo;
 pub mod envoy;
+pub mod istio_bench;
 pub mod loadgen;
 pub mod paths;
 pub mod procstat;
+pub mod progress;
+pub mod realrun;
 pub mod scenarios;
+pub mod tuning;
 pub mod workload;
 
 pub use meshtune_test_support::http;

@@ -25,6 +25,16 @@ pub const DEFAULT_MAX_OUTSTANDING: usize = 20_000;
 /// Header the meshtune filter sets on locally shed responses.
 pub const SHED_HEADER: &str = "x-meshtune-shed";
 
+/// When requests are sent within a phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Arrivals {
+    /// Evenly spaced (default).
+    #[default]
+    Uniform,
+    /// A Poisson process (exponential gaps) from this seed, as the simulator's default.
+    Poisson { seed: u64 },
+}
+
 /// One constant-rate phase of a load profile.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Phase {
@@ -48,6 +58,7 @@ pub struct LoadConfig {
     pub fail_every_n: Option<u64>,
     pub request_timeout: Duration,
     pub max_outstanding: usize,
+    pub arrivals: Arrivals,
 }
 
 impl LoadConfig {
@@ -61,6 +72,7 @@ impl LoadConfig {
             fail_every_n: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_outstanding: DEFAULT_MAX_OUTSTANDING,
+            arrivals: Arrivals::Uniform,
         }
     }
 
@@ -234,6 +246,31 @@ async fn one(client: HttpClient, uri: hyper::Uri, timeout: Duration) -> Outcome 
     }
 }
 
+/// Send offsets of `rate` rps evenly spaced over `duration`.
+fn uniform_offsets(rate: f64, duration: Duration) -> Vec<Duration> {
+    let n = (rate * duration.as_secs_f64()).round() as u64;
+    let interval = 1.0 / rate.max(1e-9);
+    (0..n)
+        .map(|k| Duration::from_secs_f64(interval * k as f64))
+        .collect()
+}
+
+/// Send offsets of a Poisson process of `rate` rps within `duration`.
+fn poisson_offsets(rng: &mut impl rand::Rng, rate: f64, duration: Duration) -> Vec<Duration> {
+    let mut out = Vec::new();
+    if rate <= 0.0 || !rate.is_finite() {
+        return out;
+    }
+    let exp = rand_distr::Exp::new(rate).expect("positive rate");
+    let end = duration.as_secs_f64();
+    let mut t = rand_distr::Distribution::sample(&exp, rng);
+    while t < end {
+        out.push(Duration::from_secs_f64(t));
+        t += rand_distr::Distribution::sample(&exp, rng);
+    }
+    out
+}
+
 /// Runs the load profile on the current tokio runtime.
 pub async fn run(cfg: &LoadConfig, live: Option<Arc<Live>>) -> LoadReport {
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -257,14 +294,22 @@ pub async fn run(cfg: &LoadConfig, live: Option<Arc<Live>>) -> LoadReport {
     let mut skipped = 0u64;
     let mut injected = 0u64;
     let mut set = tokio::task::JoinSet::new();
+    let mut rng = match cfg.arrivals {
+        Arrivals::Poisson { seed } => Some(
+            <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed),
+        ),
+        Arrivals::Uniform => None,
+    };
     'phases: for phase in &cfg.phases {
-        let n = (phase.rate * phase.duration.as_secs_f64()).round() as u64;
-        let interval = 1.0 / phase.rate.max(1e-9);
-        for k in 0..n {
+        let offsets = match rng.as_mut() {
+            Some(r) => poisson_offsets(r, phase.rate, phase.duration),
+            None => uniform_offsets(phase.rate, phase.duration),
+        };
+        for offset in offsets {
             if cfg.max_requests.is_some_and(|m| i >= m) {
                 break 'phases;
             }
-            let intended = phase_start + Duration::from_secs_f64(interval * k as f64);
+            let intended = phase_start + offset;
             tokio::time::sleep_until(intended).await;
             max_lag = max_lag.max(Instant::now().saturating_duration_since(intended));
             i += 1;
@@ -422,6 +467,36 @@ pub fn spawn(cfg: LoadConfig, live: Option<Arc<Live>>) -> std::thread::JoinHandl
 mod tests {
     use super::*;
     use crate::workload::{ServiceTime, WorkloadConfig, WorkloadServer};
+
+    #[test]
+    fn poisson_offsets_have_the_rate_and_are_seeded() {
+        use rand::SeedableRng;
+        let gen = |seed| {
+            poisson_offsets(
+                &mut rand::rngs::StdRng::seed_from_u64(seed),
+                500.0,
+                Duration::from_secs(20),
+            )
+        };
+        let a = gen(7);
+        assert_eq!(a, gen(7));
+        assert_ne!(a, gen(8));
+        // 10,000 expected; Poisson sd 100.
+        assert!((9_600..10_400).contains(&a.len()), "{}", a.len());
+        assert!(a.windows(2).all(|w| w[0] <= w[1]));
+        assert!(a.last().unwrap() < &Duration::from_secs(20));
+        // Exponential gaps: about 37 % exceed the mean gap (evenly spaced: none or all).
+        let over = a
+            .windows(2)
+            .filter(|w| w[1] - w[0] > Duration::from_millis(2))
+            .count() as f64
+            / a.len() as f64;
+        assert!((0.33..0.41).contains(&over), "{over}");
+        assert_eq!(
+            uniform_offsets(500.0, Duration::from_secs(20)).len(),
+            10_000
+        );
+    }
 
     #[test]
     fn planned_counts() {

@@ -4,6 +4,8 @@
 //!   first field of `/proc/<pid>/task/<tid>/schedstat` (time on CPU, ns resolution). Threads
 //!   that exited earlier are not included (Envoy's threads live as long as the process).
 //!   [`cpu_ticks`] (`/proc/<pid>/stat` utime + stime, 10 ms ticks) is the coarse fallback.
+//! - [`rss_bytes`] / [`peak_rss_bytes`]: resident memory now and its high-water mark
+//!   (`VmRSS` / `VmHWM` of `/proc/<pid>/status`).
 //! - [`allowed_cpus`] / [`pin`]: the CPUs this process may run on, and pinning a process (all
 //!   its threads) to a CPU list with `taskset` from util-linux (the workspace forbids `unsafe`,
 //!   so no direct `sched_setaffinity`). Threads and children created later inherit the mask.
@@ -38,6 +40,31 @@ pub enum AffinityError {
         status: String,
         stderr: String,
     },
+}
+
+/// A `kB` field of `/proc/<pid>/status` text (e.g. `VmHWM`), in bytes.
+pub fn parse_status_kb(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|l| {
+        let rest = l.strip_prefix(field)?.strip_prefix(':')?;
+        let kb: u64 = rest.trim().strip_suffix("kB")?.trim().parse().ok()?;
+        Some(kb * 1024)
+    })
+}
+
+fn status_field(pid: u32, field: &str) -> Result<u64, ProcError> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(path).map_err(|source| ProcError::Io { pid, source })?;
+    parse_status_kb(&text, field).ok_or(ProcError::Parse { pid, text })
+}
+
+/// Resident set size of `pid` now, bytes (`VmRSS`).
+pub fn rss_bytes(pid: u32) -> Result<u64, ProcError> {
+    status_field(pid, "VmRSS")
+}
+
+/// Peak resident set size of `pid` since it started, bytes (`VmHWM`).
+pub fn peak_rss_bytes(pid: u32) -> Result<u64, ProcError> {
+    status_field(pid, "VmHWM")
 }
 
 /// Parses utime + stime (ticks) from the text of `/proc/<pid>/stat`.
@@ -213,6 +240,19 @@ pub use meshtune_test_support::process::pinned_command;
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn status_fields_parse_in_bytes_and_this_process_has_a_peak() {
+        let text = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t1024 kB\n";
+        assert_eq!(parse_status_kb(text, "VmHWM"), Some(2 << 20));
+        assert_eq!(parse_status_kb(text, "VmRSS"), Some(1 << 20));
+        assert_eq!(parse_status_kb(text, "VmSwap"), None);
+        let me = std::process::id();
+        let rss = rss_bytes(me).unwrap();
+        assert!(rss > 0);
+        assert!(peak_rss_bytes(me).unwrap() >= rss, "the peak read later");
+    }
+
     use super::*;
     use std::path::Path;
 

@@ -1,10 +1,14 @@
 //! The filter-overhead benchmark (driven by `cargo xtask bench filter-overhead`; the demo is
 //! [`crate::demo`]).
 //!
-//! [`filter_overhead`]: three Envoys (no filter, no-op wasm filter, meshtune filter) in front
-//! of the same workload, measured in alternating rounds: Envoy CPU per request under the same
-//! open-loop load, and saturation throughput with Envoy pinned to its own CPU; reported as
-//! ratios to no filter.
+//! [`filter_overhead`]: Envoys with no filter, the no-op wasm filter and the meshtune filter in
+//! front of the same workload, in two configurations side by side — the plain testbed
+//! bootstrap (`--concurrency 1`) and the Istio-shaped sidecar of
+//! [`meshtune_test_support::istio`] (filters inserted as `manifests/wasmplugin.yaml` makes
+//! istiod do, 2 workers) — measured in alternating rounds: Envoy CPU per request under the
+//! same open-loop load, saturation throughput with Envoy pinned to its own CPU, and Envoy CPU
+//! per second while idle; reported as ratios to no filter and to the no-op filter of the same
+//! configuration.
 
 use std::time::Duration;
 
@@ -18,10 +22,25 @@ use crate::paths::Paths;
 use crate::procstat;
 use crate::workload::{ServiceTime, WorkloadConfig, WorkloadServer};
 
-/// Target: meshtune filter CPU per request ≤ this × no filter.
-pub const TARGET_CPU_RATIO: f64 = 1.25;
-/// Target: meshtune filter throughput ≥ this × no filter.
-pub const TARGET_THROUGHPUT_RATIO: f64 = 0.85;
+/// Target (issue 12): meshtune CPU per request at the open-loop rate ≤ this × the no-op
+/// wasm filter of the same configuration.
+pub const TARGET_CPU_RATIO_NOOP: f64 = 1.10;
+/// Target (issue 12): meshtune saturation requests per Envoy core ≥ this × the no-op wasm
+/// filter of the same configuration.
+pub const TARGET_PER_CORE_RATIO_NOOP: f64 = 0.95;
+/// Target (issue 12): idle Envoy CPU per second with meshtune ≤ this × the no-op filter.
+pub const TARGET_IDLE_RATIO_NOOP: f64 = 1.10;
+/// Prefix of the Istio-shaped variants' names.
+pub const ISTIO_PREFIX: &str = "istio ";
+/// Default worker threads of the Istio-shaped variants.
+pub const DEFAULT_ISTIO_CONCURRENCY: u32 = 2;
+/// Default idle phase per round (all Envoys idle at once), seconds.
+pub const DEFAULT_IDLE_SECS: u64 = 10;
+/// Closed loop run (unmeasured) before each saturation phase: one flush interval and a bit,
+/// so the meshtune filter's sampling interval follows the saturation rate.
+const SATURATION_LEAD_IN: Duration = Duration::from_millis(1500);
+/// Wait after the last traffic before the idle phase (filters go quiet after one flush).
+const IDLE_SETTLE: Duration = Duration::from_secs(6);
 
 fn bar(len: u64, msg: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
@@ -73,6 +92,11 @@ pub struct BenchConfig {
     /// Probe variants: the no-op filter configured to make these host calls per request
     /// (e.g. `status`, `cluster,status`; see `testbed/noop-filter`), to price them.
     pub probes: Vec<String>,
+    /// Also run the Istio-shaped configuration (no filter, no-op, meshtune) with this many
+    /// workers; 0 = plain configuration only.
+    pub istio_concurrency: u32,
+    /// Idle phase per round (Envoy CPU per second with no traffic); 0 = skip.
+    pub idle_secs: u64,
 }
 
 impl Default for BenchConfig {
@@ -86,6 +110,8 @@ impl Default for BenchConfig {
             pin: true,
             compare_wasm: None,
             probes: Vec::new(),
+            istio_concurrency: DEFAULT_ISTIO_CONCURRENCY,
+            idle_secs: DEFAULT_IDLE_SECS,
         }
     }
 }
@@ -114,6 +140,12 @@ pub struct VariantResult {
     pub round_ratios: Vec<(f64, f64)>,
     /// Per-round ratio of `per_core` to no filter.
     pub round_per_core_ratios: Vec<f64>,
+    /// Envoy CPU while idle, ms per second (NaN when not measured).
+    pub idle_ms_per_s: f64,
+    /// Per-round ratio of the idle CPU to no filter.
+    pub round_idle_ratios: Vec<f64>,
+    /// Index (in the results) of the no-filter variant of the same configuration.
+    pub base: usize,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -209,9 +241,11 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
     let mut base = EnvoyConfig::new(workload.addr());
     base.concurrency = 1;
     base.log_level = "warn".into();
-    if let Placement::Pinned { envoy, .. } = &placement {
-        base.cpu_affinity = Some(envoy.clone());
-    }
+    let affinity = match &placement {
+        Placement::Pinned { envoy, .. } => Some(envoy.clone()),
+        Placement::Unpinned(_) => None,
+    };
+    base.cpu_affinity = affinity.clone();
     configs.push(("no filter".into(), base.clone()));
     let mut noop = base.clone();
     noop.filter = Some(WasmFilter::noop(&paths.noop_wasm));
@@ -239,21 +273,38 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
         p.filter = Some(WasmFilter::probe(&paths.noop_wasm, spec));
         configs.push((format!("probe {spec}"), p));
     }
-    let envoys: Vec<(String, EnvoyProcess)> = configs
+    let mut envoys: Vec<(String, EnvoyProcess, usize)> = configs
         .into_iter()
         .map(|(n, c)| {
             c.start(&paths.envoy)
                 .with_context(|| n.clone())
-                .map(|e| (n, e))
+                .map(|e| (n, e, 0))
         })
         .collect::<Result<_>>()?;
+    let _istio_dir = if cfg.istio_concurrency > 0 {
+        let dir = crate::istio_bench::BenchDir::new()?;
+        let base_index = envoys.len();
+        for (name, e) in crate::istio_bench::start_variants(
+            paths,
+            &dir,
+            workload.addr(),
+            controller.grpc(),
+            cfg.istio_concurrency,
+            affinity.clone(),
+        )? {
+            envoys.push((format!("{ISTIO_PREFIX}{name}"), e, base_index));
+        }
+        Some(dir)
+    } else {
+        None
+    };
     let clock = procstat::CpuClock::detect(envoys[0].1.pid());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     // Warm-up (connections, wasm VMs, and a short saturation burst).
-    for (_, e) in &envoys {
+    for (_, e, _) in &envoys {
         let _ = rt.block_on(loadgen::run(
             &LoadConfig::constant(e.listener(), 200.0, Duration::from_secs(1)),
             None,
@@ -268,7 +319,12 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
         }
     }
     let n = envoys.len();
-    let per_round = (cfg.secs + cfg.saturation_secs) * n as u64;
+    let idle_round = if cfg.idle_secs > 0 {
+        cfg.idle_secs + IDLE_SETTLE.as_secs()
+    } else {
+        0
+    };
+    let per_round = (cfg.secs + cfg.saturation_secs) * n as u64 + idle_round;
     let pb = bar(per_round * cfg.rounds as u64, "filter-overhead");
     let rounds = cfg.rounds as usize;
     // [variant][round]
@@ -279,10 +335,11 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
     let mut per_core = vec![vec![f64::NAN; rounds]; n];
     let mut p99 = vec![vec![f64::NAN; rounds]; n];
     let mut open_rps = vec![vec![f64::NAN; rounds]; n];
+    let mut idle = vec![vec![f64::NAN; rounds]; n];
     for round in 0..rounds {
         for k in 0..n {
             let i = (k + round) % n; // rotate the order each round
-            let (name, e) = &envoys[i];
+            let (name, e, _) = &envoys[i];
             pb.set_message(format!("round {} {name}", round + 1));
             let c0 = clock.read_ns(e.pid())?;
             let r = rt.block_on(loadgen::run(
@@ -298,6 +355,15 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
             open_rps[i][round] = r.class_count(2) as f64 / r.elapsed.as_secs_f64().max(1e-9);
             pb.inc(cfg.secs);
             if cfg.saturation_secs > 0 {
+                // Unmeasured lead-in: the filter picks its sampling interval at window
+                // boundaries from the last window's rate, so the first window at the new rate
+                // is measured in full; the phase measures the steady state.
+                let _ = rt.block_on(loadgen::closed_loop(
+                    e.listener(),
+                    "/",
+                    cfg.saturation_concurrency,
+                    SATURATION_LEAD_IN,
+                ));
                 let c0 = clock.read_ns(e.pid())?;
                 let w0 = procstat::sched_ns(e.pid()).map(|x| x.1).unwrap_or(0);
                 let s = rt.block_on(loadgen::closed_loop(
@@ -323,24 +389,47 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
                 pb.inc(cfg.saturation_secs);
             }
         }
+        if cfg.idle_secs > 0 {
+            // Every Envoy idle at once: CPU over the same seconds for all of them.
+            pb.set_message(format!("round {} idle", round + 1));
+            std::thread::sleep(IDLE_SETTLE);
+            let t0 = std::time::Instant::now();
+            let c0: Vec<u64> = envoys
+                .iter()
+                .map(|(_, e, _)| clock.read_ns(e.pid()))
+                .collect::<Result<_, _>>()?;
+            std::thread::sleep(Duration::from_secs(cfg.idle_secs));
+            let secs = t0.elapsed().as_secs_f64();
+            for (i, (_, e, _)) in envoys.iter().enumerate() {
+                let c1 = clock.read_ns(e.pid())?;
+                idle[i][round] = c1.saturating_sub(c0[i]) as f64 / 1e6 / secs;
+            }
+            pb.inc(idle_round);
+        }
     }
     pb.finish_and_clear();
     let results: Vec<VariantResult> = (0..n)
-        .map(|i| VariantResult {
-            name: envoys[i].0.clone(),
-            cpu_us_per_req: median(&cpu[i]),
-            open_loop_rps: median(&open_rps[i]),
-            throughput: median(&thr[i]),
-            saturation_cores: median(&cores[i]),
-            saturation_wait: median(&waits[i]),
-            per_core: median(&per_core[i]),
-            round_per_core_ratios: (0..rounds)
-                .map(|r| per_core[i][r] / per_core[0][r])
-                .collect(),
-            p99_ms: median(&p99[i]),
-            round_ratios: (0..rounds)
-                .map(|r| (cpu[i][r] / cpu[0][r], thr[i][r] / thr[0][r]))
-                .collect(),
+        .map(|i| {
+            let b = envoys[i].2;
+            VariantResult {
+                name: envoys[i].0.clone(),
+                cpu_us_per_req: median(&cpu[i]),
+                open_loop_rps: median(&open_rps[i]),
+                throughput: median(&thr[i]),
+                saturation_cores: median(&cores[i]),
+                saturation_wait: median(&waits[i]),
+                per_core: median(&per_core[i]),
+                round_per_core_ratios: (0..rounds)
+                    .map(|r| per_core[i][r] / per_core[b][r])
+                    .collect(),
+                p99_ms: median(&p99[i]),
+                round_ratios: (0..rounds)
+                    .map(|r| (cpu[i][r] / cpu[b][r], thr[i][r] / thr[b][r]))
+                    .collect(),
+                idle_ms_per_s: median(&idle[i]),
+                round_idle_ratios: (0..rounds).map(|r| idle[i][r] / idle[b][r]).collect(),
+                base: b,
+            }
         })
         .collect();
     print_report(cfg, &placement, clock, &results);
@@ -354,6 +443,22 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
     Ok(results)
 }
 
+/// Paired per-round ratios of `a` to `z` (median [min–max]) for CPU/request, rps/core and
+/// idle CPU.
+fn paired(a: &VariantResult, z: &VariantResult) -> [(f64, f64, f64); 3] {
+    let per_round = |x: &[f64], y: &[f64]| -> (f64, f64, f64) {
+        let v: Vec<f64> = x.iter().zip(y).map(|(p, q)| p / q).collect();
+        let (lo, hi) = spread(v.iter().copied());
+        (median(&v), lo, hi)
+    };
+    let cpu = |r: &VariantResult| r.round_ratios.iter().map(|x| x.0).collect::<Vec<_>>();
+    [
+        per_round(&cpu(a), &cpu(z)),
+        per_round(&a.round_per_core_ratios, &z.round_per_core_ratios),
+        per_round(&a.round_idle_ratios, &z.round_idle_ratios),
+    ]
+}
+
 fn print_report(
     cfg: &BenchConfig,
     placement: &Placement,
@@ -361,8 +466,18 @@ fn print_report(
     results: &[VariantResult],
 ) {
     println!(
-        "filter-overhead: {} rounds (variants alternate, order rotated), Envoy --concurrency 1",
-        cfg.rounds
+        "filter-overhead: {} rounds (variants alternate, order rotated); plain bootstrap with \
+         Envoy --concurrency 1{}",
+        cfg.rounds,
+        if cfg.istio_concurrency > 0 {
+            format!(
+                ", and the Istio-shaped sidecar (`{ISTIO_PREFIX}*`: WasmPlugin via ECDS as istiod \
+                 renders manifests/wasmplugin.yaml) with --concurrency {}",
+                cfg.istio_concurrency
+            )
+        } else {
+            String::new()
+        }
     );
     println!(
         "  CPU/request: open loop {:.0} rps × {} s per variant; Envoy CPU from {}",
@@ -380,7 +495,14 @@ fn print_report(
             cfg.saturation_concurrency, cfg.saturation_secs
         ),
     }
-    println!("  ratios are to no filter: median of the variant / median of no filter [per-round min–max]");
+    if cfg.idle_secs > 0 {
+        println!(
+            "  idle: every Envoy without traffic for {} s per round (from {} s after the last request), Envoy CPU ms per second",
+            cfg.idle_secs,
+            IDLE_SETTLE.as_secs()
+        );
+    }
+    println!("  ratios are to no filter of the same configuration: median of the variant / median of no filter [per-round min–max]");
     println!("  sat. rps = achieved closed-loop throughput; rps/core = the same requests per Envoy CPU-second");
     println!("  (capacity of a dedicated core: insensitive to CPU time other processes take from Envoy's core);");
     println!("  Envoy cores = on-CPU (+ runnable-waiting) during saturation: on+wait ≈ 1 means Envoy was the bottleneck");
@@ -391,7 +513,7 @@ fn print_report(
         .unwrap_or(0)
         .max(11);
     println!(
-        "{:<name_w$} {:>9} {:>20} {:>8} {:>20} {:>8} {:>20} {:>12} {:>7}",
+        "{:<name_w$} {:>9} {:>20} {:>8} {:>20} {:>8} {:>20} {:>12} {:>7} {:>8} {:>7}",
         "variant",
         "CPU µs/rq",
         "ratio [spread]",
@@ -400,15 +522,17 @@ fn print_report(
         "rps/core",
         "ratio [spread]",
         "Envoy cores",
-        "p99 ms"
+        "p99 ms",
+        "idle ms/s",
+        "ratio"
     );
-    let b = &results[0];
     for r in results {
+        let b = &results[r.base];
         let (clo, chi) = spread(r.round_ratios.iter().map(|x| x.0));
         let (tlo, thi) = spread(r.round_ratios.iter().map(|x| x.1));
         let (plo, phi) = spread(r.round_per_core_ratios.iter().copied());
         println!(
-            "{:<name_w$} {:>9.1} {:>6.2}x [{:.2}–{:.2}] {:>8.0} {:>6.2}x [{:.2}–{:.2}] {:>8.0} {:>6.2}x [{:.2}–{:.2}] {:>5.2}+{:<6.2} {:>7.2}",
+            "{:<name_w$} {:>9.1} {:>6.2}x [{:.2}–{:.2}] {:>8.0} {:>6.2}x [{:.2}–{:.2}] {:>8.0} {:>6.2}x [{:.2}–{:.2}] {:>5.2}+{:<6.2} {:>7.2} {:>9.2} {:>6.2}x",
             r.name,
             r.cpu_us_per_req,
             r.cpu_us_per_req / b.cpu_us_per_req,
@@ -424,45 +548,53 @@ fn print_report(
             phi,
             r.saturation_cores,
             r.saturation_wait,
-            r.p99_ms
+            r.p99_ms,
+            r.idle_ms_per_s,
+            r.idle_ms_per_s / b.idle_ms_per_s,
         );
     }
     println!("paired per-round ratios (median [min–max]), robust to drift between rounds:");
-    let pairs = |a: &VariantResult, z: &VariantResult| {
-        let cpu: Vec<f64> = (0..a.round_ratios.len())
-            .map(|k| a.round_ratios[k].0 / z.round_ratios[k].0)
-            .collect();
-        let core: Vec<f64> = (0..a.round_per_core_ratios.len())
-            .map(|k| a.round_per_core_ratios[k] / z.round_per_core_ratios[k])
-            .collect();
-        let (c0, c1) = spread(cpu.iter().copied());
-        let (p0, p1) = spread(core.iter().copied());
+    let fmt = |p: [(f64, f64, f64); 3]| {
+        let [c, k, i] = p;
         format!(
-            "CPU/request {:.2}x [{c0:.2}–{c1:.2}], rps/core {:.2}x [{p0:.2}–{p1:.2}]",
-            median(&cpu),
-            median(&core)
+            "CPU/request {:.2}x [{:.2}–{:.2}], rps/core {:.2}x [{:.2}–{:.2}], idle CPU {:.2}x [{:.2}–{:.2}]",
+            c.0, c.1, c.2, k.0, k.1, k.2, i.0, i.1, i.2
         )
     };
-    for r in &results[1..] {
+    let find = |name: &str| results.iter().find(|r| r.name == name);
+    for r in results.iter().filter(|r| results[r.base].name != r.name) {
+        let b = &results[r.base];
         println!(
-            "  {:<24} {}",
-            format!("{} / no filter:", r.name),
-            pairs(r, b)
+            "  {:<36} {}",
+            format!("{} / {}:", r.name, b.name),
+            fmt(paired(r, b))
         );
     }
-    let noop = results.iter().find(|r| r.name == "no-op wasm");
-    if let (Some(noop), Some(mt)) = (noop, results.iter().find(|r| r.name == "meshtune")) {
-        println!("  {:<24} {}", "meshtune / no-op wasm:", pairs(mt, noop));
-        if let Some(mb) = results.iter().find(|r| r.name == "meshtune B") {
-            println!("  {:<24} {}", "meshtune B / meshtune:", pairs(mb, mt));
-        }
-    }
-    if let Some(noop) = noop {
-        for p in results.iter().filter(|r| r.name.starts_with("probe ")) {
+    for prefix in ["", ISTIO_PREFIX] {
+        let noop = find(&format!("{prefix}no-op wasm"));
+        let (Some(noop), Some(mt)) = (noop, find(&format!("{prefix}meshtune"))) else {
+            continue;
+        };
+        println!(
+            "  {:<36} {}",
+            format!("{} / {}:", mt.name, noop.name),
+            fmt(paired(mt, noop))
+        );
+        if let Some(mb) = find(&format!("{prefix}meshtune B")) {
             println!(
-                "  {:<24} {}",
-                format!("{} / no-op wasm:", p.name),
-                pairs(p, noop)
+                "  {:<36} {}",
+                format!("{} / {}:", mb.name, mt.name),
+                fmt(paired(mb, mt))
+            );
+        }
+        for p in results
+            .iter()
+            .filter(|r| r.name.starts_with(&format!("{prefix}probe ")))
+        {
+            println!(
+                "  {:<36} {}",
+                format!("{} / {}:", p.name, noop.name),
+                fmt(paired(p, noop))
             );
         }
     }
@@ -479,37 +611,54 @@ fn print_report(
             );
         }
     }
-    let Some(m) = results.iter().find(|r| r.name == "meshtune") else {
-        return;
-    };
-    let cpu_ratio = m.cpu_us_per_req / b.cpu_us_per_req;
-    let open_ratio = m.open_loop_rps / b.open_loop_rps;
-    let thr_ratio = m.throughput / b.throughput;
-    let core_ratio = m.per_core / b.per_core;
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
-    println!(
-        "meshtune vs no filter (targets: CPU/request ≤ {TARGET_CPU_RATIO}x, throughput ≥ {TARGET_THROUGHPUT_RATIO}x):"
-    );
-    println!(
-        "  CPU/request at {:.0} rps: {cpu_ratio:.2}x ({})",
-        cfg.rate,
-        verdict(cpu_ratio <= TARGET_CPU_RATIO)
-    );
-    println!(
-        "  throughput under the open-loop load: {open_ratio:.2}x, {:.0} vs {:.0} 2xx/s ({})",
-        m.open_loop_rps,
-        b.open_loop_rps,
-        verdict(open_ratio >= TARGET_THROUGHPUT_RATIO)
-    );
-    if cfg.saturation_secs == 0 {
-        println!("  saturation throughput: not measured");
-    } else {
+    for prefix in ["", ISTIO_PREFIX] {
+        let (Some(noop), Some(m)) = (
+            find(&format!("{prefix}no-op wasm")),
+            find(&format!("{prefix}meshtune")),
+        ) else {
+            continue;
+        };
+        let b = &results[m.base];
+        let [c, k, i] = paired(m, noop);
         println!(
-            "  saturation throughput: {thr_ratio:.2}x achieved, {core_ratio:.2}x per Envoy core ({} / {}; no-op wasm alone: {:.2}x per core)",
-            verdict(thr_ratio >= TARGET_THROUGHPUT_RATIO),
-            verdict(core_ratio >= TARGET_THROUGHPUT_RATIO),
-            noop.map_or(f64::NAN, |r| r.per_core / b.per_core),
+            "{} vs {} (targets: CPU/request ≤ {TARGET_CPU_RATIO_NOOP}x, rps/core ≥ {TARGET_PER_CORE_RATIO_NOOP}x, idle CPU ≤ {TARGET_IDLE_RATIO_NOOP}x; paired medians):",
+            m.name, noop.name
         );
+        println!(
+            "  CPU/request at {:.0} rps: {:.2}x ({}); vs no filter {:.2}x",
+            cfg.rate,
+            c.0,
+            verdict(c.0 <= TARGET_CPU_RATIO_NOOP),
+            m.cpu_us_per_req / b.cpu_us_per_req
+        );
+        println!(
+            "  throughput under the open-loop load: {:.0} vs {:.0} 2xx/s (no filter {:.0})",
+            m.open_loop_rps, noop.open_loop_rps, b.open_loop_rps
+        );
+        if cfg.saturation_secs == 0 {
+            println!("  saturation throughput: not measured");
+        } else {
+            println!(
+                "  saturation: {:.2}x per Envoy core ({}); vs no filter {:.2}x (no-op alone {:.2}x)",
+                k.0,
+                verdict(k.0 >= TARGET_PER_CORE_RATIO_NOOP),
+                m.per_core / b.per_core,
+                noop.per_core / b.per_core
+            );
+        }
+        if cfg.idle_secs == 0 {
+            println!("  idle CPU: not measured");
+        } else {
+            println!(
+                "  idle CPU: {:.2} vs {:.2} ms/s, {:.2}x ({}); no filter {:.2} ms/s",
+                m.idle_ms_per_s,
+                noop.idle_ms_per_s,
+                i.0,
+                verdict(i.0 <= TARGET_IDLE_RATIO_NOOP),
+                b.idle_ms_per_s
+            );
+        }
     }
 }
 

@@ -6,6 +6,10 @@
 //! - `fail_every_n = N` → every N-th request served on `/` is a 503 (deterministic);
 //! - `GET /slow?ms=300` → sleeps `ms` (no capacity slot) then 200;
 //! - `GET /counters` → JSON [`Counters`] (not counted as traffic).
+//!
+//! [`Behaviour`] adds what a simulator scenario's host does (see `meshtune-sim`): a base 503
+//! probability and timed faults (slower service, more errors, or the host down: connections
+//! refused), measured from the server's epoch ([`WorkloadServer::reset_epoch`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +51,12 @@ pub enum ServiceTime {
     Exponential { mean: Duration },
     /// Log-normal with this median and shape sigma (of the underlying normal).
     LogNormal { median: Duration, sigma: f64 },
+    /// Two exponentials: `slow_fraction` of requests have mean `slow`, the rest mean `fast`.
+    Bimodal {
+        fast: Duration,
+        slow: Duration,
+        slow_fraction: f64,
+    },
 }
 
 impl ServiceTime {
@@ -55,13 +65,14 @@ impl ServiceTime {
         let mut rng = rand::rng();
         match *self {
             ServiceTime::Constant(d) => d,
-            ServiceTime::Exponential { mean } => {
-                let m = mean.as_secs_f64();
-                if m <= 0.0 {
-                    return Duration::ZERO;
-                }
-                let e = Exp::new(1.0 / m).expect("positive rate");
-                Duration::from_secs_f64(e.sample(&mut rng).min(60.0))
+            ServiceTime::Exponential { mean } => exponential(&mut rng, mean),
+            ServiceTime::Bimodal {
+                fast,
+                slow,
+                slow_fraction,
+            } => {
+                let slow_one = rand::Rng::random_bool(&mut rng, slow_fraction.clamp(0.0, 1.0));
+                exponential(&mut rng, if slow_one { slow } else { fast })
             }
             ServiceTime::LogNormal { median, sigma } => {
                 let mu = median.as_secs_f64().max(1e-9).ln();
@@ -86,6 +97,15 @@ impl ServiceTime {
             _ => Err(bad()),
         }
     }
+}
+
+fn exponential(rng: &mut impl rand::Rng, mean: Duration) -> Duration {
+    let m = mean.as_secs_f64();
+    if m <= 0.0 {
+        return Duration::ZERO;
+    }
+    let e = Exp::new(1.0 / m).expect("positive rate");
+    Duration::from_secs_f64(e.sample(rng).min(60.0))
 }
 
 /// Parses `250ms`, `10us`, `2s`.
@@ -120,6 +140,96 @@ impl Default for WorkloadConfig {
             capacity: DEFAULT_CAPACITY,
             service_time: ServiceTime::Constant(Duration::from_millis(1)),
             fail_every_n: None,
+        }
+    }
+}
+
+/// One timed fault of a host, from `from` until `until` (None: to the end), measured from the
+/// server's epoch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fault {
+    pub from: Duration,
+    pub until: Option<Duration>,
+    pub kind: FaultKind,
+}
+
+/// What goes wrong during a [`Fault`] (the simulator's `hosts.failures` kinds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FaultKind {
+    /// Service times multiplied by `factor`.
+    Slow { factor: f64 },
+    /// 503 with probability `rate` (replaces the base error rate).
+    Errors { rate: f64 },
+    /// Connections refused: the listener is closed and open connections are reset.
+    Down,
+}
+
+/// A host's behaviour beyond its capacity and service time: a base 503 probability and timed
+/// faults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Behaviour {
+    /// Probability that a response on `/` is a 503 (after its service time).
+    pub error_rate: f64,
+    pub faults: Vec<Fault>,
+    /// Serve a request to the end even when its client went away (a reset while queued or in
+    /// service), as a server that does not notice resets; false: the request is dropped with
+    /// its connection.
+    pub finish_abandoned: bool,
+}
+
+impl Behaviour {
+    fn active(&self, at: Duration) -> impl Iterator<Item = FaultKind> + '_ {
+        self.faults
+            .iter()
+            .filter(move |f| at >= f.from && f.until.is_none_or(|u| at < u))
+            .map(|f| f.kind)
+    }
+
+    /// Service-time multiplier at `at` (product of the active slow faults).
+    pub fn service_factor(&self, at: Duration) -> f64 {
+        self.active(at)
+            .map(|k| match k {
+                FaultKind::Slow { factor } => factor,
+                _ => 1.0,
+            })
+            .product()
+    }
+
+    /// 503 probability at `at` (an active error fault replaces the base rate).
+    pub fn error_rate_at(&self, at: Duration) -> f64 {
+        self.active(at)
+            .filter_map(|k| match k {
+                FaultKind::Errors { rate } => Some(rate),
+                _ => None,
+            })
+            .last()
+            .unwrap_or(self.error_rate)
+    }
+
+    /// Whether the host is down at `at`.
+    pub fn down_at(&self, at: Duration) -> bool {
+        self.active(at).any(|k| k == FaultKind::Down)
+    }
+
+    fn has_down(&self) -> bool {
+        self.faults.iter().any(|f| f.kind == FaultKind::Down)
+    }
+}
+
+/// The instant faults are measured from (shared by the server and its gate).
+#[derive(Debug, Clone)]
+struct Epoch(Arc<std::sync::Mutex<std::time::Instant>>);
+
+impl Epoch {
+    fn now() -> Self {
+        Self(Arc::new(std::sync::Mutex::new(std::time::Instant::now())))
+    }
+    fn elapsed(&self) -> Duration {
+        self.0.lock().map(|t| t.elapsed()).unwrap_or_default()
+    }
+    fn reset(&self) {
+        if let Ok(mut t) = self.0.lock() {
+            *t = std::time::Instant::now();
         }
     }
 }
@@ -180,8 +290,22 @@ impl Drop for Inflight<'_> {
 #[derive(Clone)]
 struct AppState {
     cfg: Arc<WorkloadConfig>,
+    behaviour: Arc<Behaviour>,
+    epoch: Epoch,
     slots: Arc<Semaphore>,
     shared: Arc<Shared>,
+}
+
+impl AppState {
+    fn new(cfg: WorkloadConfig, behaviour: Behaviour, epoch: Epoch, shared: Arc<Shared>) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(cfg.capacity.max(1))),
+            cfg: Arc::new(cfg),
+            behaviour: Arc::new(behaviour),
+            epoch,
+            shared,
+        }
+    }
 }
 
 /// Builds the router (exposed for in-process use).
@@ -213,13 +337,21 @@ async fn slow(State(s): State<AppState>, Query(q): Query<SlowQuery>) -> impl Int
 
 async fn serve_one(s: &AppState, fail: bool) -> (StatusCode, &'static str) {
     let _g = Inflight::enter(&s.shared);
-    let fail = fail
-        || s.cfg.fail_every_n.is_some_and(|n| {
+    let at = s.epoch.elapsed();
+    let fail =
+        fail || s.cfg.fail_every_n.is_some_and(|n| {
             n > 0 && (s.shared.nth.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(n)
-        });
+        }) || {
+            let p = s.behaviour.error_rate_at(at);
+            p > 0.0 && rand::Rng::random_bool(&mut rand::rng(), p.min(1.0))
+        };
     {
         let _permit = s.slots.acquire().await.expect("semaphore never closed");
-        let t = s.cfg.service_time.sample();
+        let t = s
+            .cfg
+            .service_time
+            .sample()
+            .mul_f64(s.behaviour.service_factor(at).max(0.0));
         if !t.is_zero() {
             tokio::time::sleep(t).await;
         }
@@ -233,19 +365,30 @@ async fn serve_one(s: &AppState, fail: bool) -> (StatusCode, &'static str) {
     }
 }
 
+/// Serves one request, detached from the connection when abandoned requests are finished.
+async fn serve(s: AppState, fail: bool) -> (StatusCode, &'static str) {
+    if !s.behaviour.finish_abandoned {
+        return serve_one(&s, fail).await;
+    }
+    tokio::spawn(async move { serve_one(&s, fail).await })
+        .await
+        .unwrap_or((StatusCode::INTERNAL_SERVER_ERROR, "serving task failed\n"))
+}
+
 async fn fail(State(s): State<AppState>) -> impl IntoResponse {
-    serve_one(&s, true).await
+    serve(s, true).await
 }
 
 async fn normal(State(s): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
     let fail = headers.get("x-fail").is_some_and(|v| v.as_bytes() == b"1");
-    serve_one(&s, fail).await
+    serve(s, fail).await
 }
 
 /// A running workload server on its own runtime thread; stops on drop.
 pub struct WorkloadServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    epoch: Epoch,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -261,6 +404,13 @@ impl std::fmt::Debug for WorkloadServer {
 impl WorkloadServer {
     /// Binds 127.0.0.1:0 and serves on a dedicated runtime thread.
     pub fn start(cfg: WorkloadConfig) -> Result<Self, WorkloadError> {
+        Self::start_with(cfg, Behaviour::default())
+    }
+
+    /// [`WorkloadServer::start`] with a [`Behaviour`]; faults are timed from now (see
+    /// [`WorkloadServer::reset_epoch`]). With a down fault the address is a gate in front of
+    /// the server that closes its listener and resets connections while the host is down.
+    pub fn start_with(cfg: WorkloadConfig, behaviour: Behaviour) -> Result<Self, WorkloadError> {
         let addr: SocketAddr = "127.0.0.1:0".parse().expect("valid addr");
         let std_listener = std::net::TcpListener::bind(addr)
             .map_err(|source| WorkloadError::Bind { addr, source })?;
@@ -277,11 +427,26 @@ impl WorkloadServer {
             .build()
             .map_err(WorkloadError::Runtime)?;
         let shared = Arc::new(Shared::default());
-        let state = AppState {
-            slots: Arc::new(Semaphore::new(cfg.capacity.max(1))),
-            cfg: Arc::new(cfg),
-            shared: shared.clone(),
+        let epoch = Epoch::now();
+        // A down fault needs a listener that can close: the server listens on its own port
+        // and the gate owns the public one.
+        let gate = if behaviour.has_down() {
+            let a: SocketAddr = "127.0.0.1:0".parse().expect("valid addr");
+            let g = std::net::TcpListener::bind(a)
+                .and_then(|l| l.set_nonblocking(true).map(|_| l))
+                .map_err(|source| WorkloadError::Bind { addr: a, source })?;
+            Some((g, behaviour.clone()))
+        } else {
+            None
         };
+        let public = match &gate {
+            Some((g, _)) => g
+                .local_addr()
+                .map_err(|source| WorkloadError::Bind { addr, source })?,
+            None => local,
+        };
+        let state = AppState::new(cfg, behaviour, epoch.clone(), shared.clone());
+        let server_epoch = epoch.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             rt.block_on(async move {
@@ -292,21 +457,32 @@ impl WorkloadServer {
                         return;
                     }
                 };
+                let (stop_gate, gate_stopped) = tokio::sync::watch::channel(false);
+                if let Some((g, b)) = gate {
+                    tokio::spawn(run_gate(g, local, b, epoch, gate_stopped));
+                }
                 let shutdown = async move {
                     let _ = rx.await;
+                    let _ = stop_gate.send(true);
                 };
-                if let Err(e) = serve(listener, state, shutdown).await {
+                if let Err(e) = serve_on(listener, state, shutdown).await {
                     tracing::error!("workload server: {e}");
                 }
             });
             rt.shutdown_timeout(Duration::from_millis(200));
         });
         Ok(Self {
-            addr: local,
+            addr: public,
             shared,
+            epoch: server_epoch,
             stop: Some(tx),
             thread: Some(thread),
         })
+    }
+
+    /// Restarts the fault clock (faults are timed from the last reset, or from the start).
+    pub fn reset_epoch(&self) {
+        self.epoch.reset();
     }
 
     /// Listening address.
@@ -331,7 +507,7 @@ impl Drop for WorkloadServer {
     }
 }
 
-async fn serve(
+async fn serve_on(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -347,12 +523,62 @@ pub async fn run(
     cfg: WorkloadConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let state = AppState {
-        slots: Arc::new(Semaphore::new(cfg.capacity.max(1))),
-        cfg: Arc::new(cfg),
-        shared: Arc::new(Shared::default()),
+    let state = AppState::new(
+        cfg,
+        Behaviour::default(),
+        Epoch::now(),
+        Arc::new(Shared::default()),
+    );
+    serve_on(listener, state, shutdown).await
+}
+
+/// How often the gate checks whether the host went down or came back.
+const GATE_TICK: Duration = Duration::from_millis(5);
+
+/// The public side of a host with down faults: while up, accepts and forwards each connection
+/// to the server at `inner`; while down, closes its listener (connections refused) and resets
+/// the connections it forwards; rebinds the same port when the host comes back.
+async fn run_gate(
+    listener: std::net::TcpListener,
+    inner: SocketAddr,
+    behaviour: Behaviour,
+    epoch: Epoch,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let Ok(public) = listener.local_addr() else {
+        return;
     };
-    serve(listener, state, shutdown).await
+    let mut listener = tokio::net::TcpListener::from_std(listener).ok();
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let down = behaviour.down_at(epoch.elapsed());
+        if down && listener.is_some() {
+            listener = None;
+            conns.abort_all();
+        } else if !down && listener.is_none() {
+            // SO_REUSEADDR (set by tokio on Unix) lets the port be bound again at once.
+            listener = tokio::net::TcpListener::bind(public).await.ok();
+        }
+        tokio::select! {
+            _ = stopped.changed() => return,
+            _ = tokio::time::sleep(GATE_TICK) => {}
+            Ok((mut down_stream, _)) = async {
+                match &listener {
+                    Some(l) => l.accept().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                conns.spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(inner).await {
+                        let _ = up.set_nodelay(true);
+                        let _ = down_stream.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut down_stream, &mut up).await;
+                    }
+                });
+            }
+        }
+        while conns.try_join_next().is_some() {}
+    }
 }
 
 #[cfg(test)]
@@ -399,6 +625,100 @@ mod tests {
         };
         let mean: f64 = (0..20000).map(|_| st.sample().as_secs_f64()).sum::<f64>() / 20000.0;
         assert!((0.0037..0.0043).contains(&mean), "mean {mean}");
+    }
+
+    fn fault(from_ms: u64, until_ms: Option<u64>, kind: FaultKind) -> Fault {
+        Fault {
+            from: Duration::from_millis(from_ms),
+            until: until_ms.map(Duration::from_millis),
+            kind,
+        }
+    }
+
+    #[test]
+    fn behaviour_applies_faults_only_while_active() {
+        let b = Behaviour {
+            error_rate: 0.01,
+            faults: vec![
+                fault(1000, Some(2000), FaultKind::Errors { rate: 0.8 }),
+                fault(1500, None, FaultKind::Slow { factor: 4.0 }),
+                fault(3000, Some(4000), FaultKind::Down),
+            ],
+            finish_abandoned: false,
+        };
+        let at = Duration::from_millis;
+        assert_eq!(b.error_rate_at(at(999)), 0.01);
+        assert_eq!(b.error_rate_at(at(1000)), 0.8);
+        assert_eq!(b.error_rate_at(at(2000)), 0.01, "until is exclusive");
+        assert_eq!(b.service_factor(at(1499)), 1.0);
+        assert_eq!(b.service_factor(at(60_000)), 4.0, "no end: to the end");
+        assert!(!b.down_at(at(2999)) && b.down_at(at(3000)) && !b.down_at(at(4000)));
+    }
+
+    #[test]
+    fn bimodal_mixes_two_means() {
+        let st = ServiceTime::Bimodal {
+            fast: Duration::from_millis(1),
+            slow: Duration::from_millis(100),
+            slow_fraction: 0.1,
+        };
+        let n = 20_000;
+        let mean: f64 = (0..n).map(|_| st.sample().as_secs_f64()).sum::<f64>() / n as f64;
+        // 0.9 x 1 ms + 0.1 x 100 ms = 10.9 ms.
+        assert!((0.0095..0.0123).contains(&mean), "mean {mean}");
+    }
+
+    #[test]
+    fn error_rate_and_slow_fault_reach_the_responses() {
+        let srv = WorkloadServer::start_with(
+            WorkloadConfig {
+                capacity: 64,
+                service_time: ServiceTime::Constant(Duration::from_millis(2)),
+                fail_every_n: None,
+            },
+            Behaviour {
+                error_rate: 0.5,
+                faults: vec![fault(0, None, FaultKind::Slow { factor: 25.0 })],
+                finish_abandoned: true,
+            },
+        )
+        .unwrap();
+        let t0 = std::time::Instant::now();
+        let codes: Vec<u16> = (0..40)
+            .map(|_| crate::http::get(srv.addr(), "/", &[]).unwrap().status)
+            .collect();
+        let errors = codes.iter().filter(|c| **c == 503).count();
+        assert!((8..=32).contains(&errors), "{errors} of 40 at p = 0.5");
+        assert_eq!(srv.counters().injected_503, errors as u64);
+        // 40 sequential requests of 2 ms x 25.
+        assert!(
+            t0.elapsed() >= Duration::from_millis(40 * 50),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_down_host_refuses_connections_then_comes_back_on_the_same_port() {
+        let srv = WorkloadServer::start_with(
+            WorkloadConfig::default(),
+            Behaviour {
+                faults: vec![fault(300, Some(900), FaultKind::Down)],
+                ..Behaviour::default()
+            },
+        )
+        .unwrap();
+        let a = srv.addr();
+        assert_eq!(crate::http::get(a, "/", &[]).unwrap().status, 200);
+        std::thread::sleep(Duration::from_millis(450));
+        let e = std::net::TcpStream::connect_timeout(&a, Duration::from_millis(200));
+        assert!(e.is_err(), "connected while down");
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(crate::http::get(a, "/", &[]).unwrap().status, 200);
+        // The clock restarts: down again 300 ms after the reset.
+        srv.reset_epoch();
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(std::net::TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_err());
     }
 
     #[test]

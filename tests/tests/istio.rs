@@ -571,9 +571,11 @@ fn report_modes_elected_and_per_worker_compared() {
                 assert!(per_sec < 1.5, "{line}");
             }
             _ => {
-                // Every worker VM (and Envoy's main-thread VM) reports on its own.
+                // Every worker VM (and Envoy's main-thread VM) reports on its own: each is a
+                // reporter; those with traffic report every flush, the others only a heartbeat
+                // (quiet when idle), so well over one Report per second either way.
                 assert!(after.reporters >= u64::from(WORKERS), "{line}");
-                assert!(per_sec > f64::from(WORKERS) - 0.5, "{line}");
+                assert!(per_sec > 1.5, "{line}");
             }
         }
         lines.push(line);

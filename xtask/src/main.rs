@@ -49,6 +49,17 @@ commands:
                          no-op wasm vs meshtune filter
   bench controller       decision cycle for 10,000 destinations, report ingest rate and
                          memory per destination (criterion; figures printed with ratios)
+  bench calibrate [--scenarios DIR]
+                         the simulator vs real Envoy: each scenario (default
+                         sim/scenarios/calibration) x 3 static settings, p50/p99/SLO
+                         goodput/overflow side by side with the relative error (~12 min)
+  bench tuning [--scenarios DIR] [--model M.onnx]
+                         five arms per scenario on real Envoy: Istio defaults, hand-tuned,
+                         adaptive concurrency, oracle (best of a sim-ranked grid run on real
+                         Envoy), meshtune; table + SVG/PNG plots in target/runs/tuning (~30 min)
+  bench ingest-abuse     setup + build, then the real controller under hostile ingest
+                         (largest reports, 1,000,000 names, 10x rate) next to a good
+                         reporter: peak RSS, whether the good destination kept being decided
   env                    print the paths and environment the tests use";
 
 type Result<T> = std::result::Result<T, String>;
@@ -734,6 +745,11 @@ fn main() -> ExitCode {
                 a.extend(rest.into_iter().skip(1));
                 testbed(&ctx, "bench filter-overhead", &a)
             }
+            Some(b @ ("calibrate" | "tuning")) => {
+                let mut a = vec![b.to_string()];
+                a.extend(rest.iter().skip(1).cloned());
+                testbed(&ctx, &format!("bench {b}"), &a)
+            }
             Some("controller") => run(
                 "bench controller",
                 ctx.cargo()
@@ -747,8 +763,13 @@ fn main() -> ExitCode {
                     ])
                     .args(rest.iter().skip(1)),
             ),
+            Some("ingest-abuse") => {
+                let mut a = vec!["ingest-abuse".to_string()];
+                a.extend(rest.into_iter().skip(1));
+                testbed(&ctx, "bench ingest-abuse", &a)
+            }
             Some(other) => Err(format!(
-                "unknown benchmark {other:?} (known: filter-overhead, controller)"
+                "unknown benchmark {other:?} (known: filter-overhead, controller, calibrate, tuning, ingest-abuse)"
             )),
         },
         Some("env") => {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use meshtune_testbed::{loadgen, paths::Paths, scenarios, workload};
+use meshtune_testbed::{loadgen, paths::Paths, realrun, scenarios, workload};
 
 #[derive(Parser)]
 #[command(name = "testbed", about = "meshtune real-process testbed")]
@@ -32,7 +32,8 @@ enum Cmd {
         #[arg(long, default_value_t = meshtune_testbed::demo::DEFAULT_SLO_MS)]
         slo_ms: u64,
     },
-    /// Envoy CPU/request and throughput: no filter vs no-op wasm vs meshtune.
+    /// Envoy CPU/request, throughput and idle CPU: no filter vs no-op wasm vs meshtune, plain
+    /// and Istio-shaped.
     FilterOverhead {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
@@ -55,6 +56,73 @@ enum Cmd {
         /// comma list of clock, cluster, status, status-header, attempts), to price them.
         #[arg(long = "probe")]
         probes: Vec<String>,
+        /// Workers of the Istio-shaped variants (`istio *`: the sidecar built from
+        /// manifests/, filter via the WasmPlugin); 0 = plain configuration only.
+        #[arg(long, default_value_t = scenarios::DEFAULT_ISTIO_CONCURRENCY)]
+        istio_concurrency: u32,
+        /// Idle phase per round (Envoy CPU per second without traffic); 0 = skip.
+        #[arg(long, default_value_t = scenarios::DEFAULT_IDLE_SECS)]
+        idle_secs: u64,
+    },
+    /// Run one simulator scenario file on real Envoy with one arm; prints every window.
+    Scenario {
+        /// Scenario TOML (the simulator's format).
+        file: std::path::PathBuf,
+        /// istio-defaults | hand-tuned | adaptive | meshtune | sim-oracle
+        #[arg(long, default_value = "meshtune")]
+        arm: String,
+        /// Model for the meshtune arm (default: the embedded default model).
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
+    },
+    /// The simulator against real Envoy: scenarios x 3 static settings, side by side.
+    Calibrate {
+        /// Scenario file or directory (default: the simulator's calibration scenarios).
+        #[arg(long)]
+        scenarios: Option<std::path::PathBuf>,
+        /// Also write the markdown table here.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Five arms on real Envoy per scenario: Istio defaults, hand-tuned, adaptive concurrency,
+    /// the oracle (best of a grid on real Envoy) and meshtune; table and plots.
+    Tuning {
+        /// Scenario file or directory (default: the simulator's calibration scenarios).
+        #[arg(long)]
+        scenarios: Option<std::path::PathBuf>,
+        /// Simulator-ranked grid configurations run on real Envoy for the oracle.
+        #[arg(long, default_value_t = meshtune_testbed::tuning::DEFAULT_ORACLE_CANDIDATES)]
+        oracle_candidates: usize,
+        /// Also run meshtune with this model (repeatable).
+        #[arg(long = "model")]
+        models: Vec<std::path::PathBuf>,
+        /// Output directory (default: target/runs/tuning).
+        #[arg(long)]
+        out_dir: Option<std::path::PathBuf>,
+    },
+    /// BookInfo's call graph (productpage -> details, reviews -> ratings), each caller behind
+    /// its own sidecar; ratings turns slow, then failing; Istio defaults vs meshtune.
+    Bookinfo {
+        #[arg(long, default_value_t = meshtune_testbed::bookinfo::BookinfoConfig::default().rate)]
+        rate: f64,
+        #[arg(long, default_value_t = meshtune_testbed::bookinfo::BookinfoConfig::default().secs)]
+        secs: u64,
+        #[arg(long, default_value_t = meshtune_testbed::bookinfo::BookinfoConfig::default().slo_ms)]
+        slo_ms: u64,
+    },
+    /// The real controller under hostile ingest (largest reports, 1,000,000 distinct names,
+    /// 10× the report rate) next to one good reporter: peak RSS and whether the good
+    /// destination kept being decided.
+    IngestAbuse {
+        #[arg(long, default_value_t = 1_000_000)]
+        names: u64,
+        #[arg(long, default_value_t = 4)]
+        hostile_reporters: usize,
+        /// Reports per second per hostile reporter (a filter sends 1).
+        #[arg(long, default_value_t = 10.0)]
+        hostile_rate: f64,
+        #[arg(long, default_value_t = 240)]
+        max_secs: u64,
     },
     /// Serve the workload on an address until Ctrl-C.
     Workload {
@@ -111,6 +179,8 @@ fn main() -> Result<()> {
             no_pin,
             compare_wasm,
             probes,
+            istio_concurrency,
+            idle_secs,
         } => scenarios::filter_overhead(
             &paths,
             &scenarios::BenchConfig {
@@ -122,9 +192,104 @@ fn main() -> Result<()> {
                 pin: !no_pin,
                 compare_wasm,
                 probes,
+                istio_concurrency,
+                idle_secs,
             },
         )
         .map(|_| ()),
+        Cmd::Scenario { file, arm, model } => {
+            let sc = realrun::load(&file)?;
+            let arm = if arm == "sim-oracle" {
+                let (name, knobs) = meshtune_testbed::calibrate::settings(&sc).remove(2);
+                println!("{name}: {knobs:?}");
+                realrun::Arm::Static { name, knobs }
+            } else {
+                realrun::parse_arm(&arm, model)?
+            };
+            let r = realrun::run(&paths, &sc, &arm, sc.seed, |w| {
+                eprint!("\rwindow {}/{}", w + 1, sc.windows.0)
+            })?;
+            eprintln!();
+            for (i, w) in r.windows.iter().enumerate() {
+                println!(
+                    "t={i:>3}s sent {:>5} 2xx {:>5} good {:>5} errors {:>5} shed {:>4} p99 {:>8.1} ms attempts {:.3}",
+                    w.sent, w.ok, w.good, w.errors, w.shed, w.p99_ms, r.attempts.get(i).copied().unwrap_or(1.0)
+                );
+            }
+            println!(
+                "{}: SLO goodput {:.1}% of offered ({:.1}/s), p50 {:.1} ms, p99 {:.1} ms, errors {:.2}%, shed {}, overflow {:.2}%, max attempts/request {:.3}, pushes {}",
+                r.arm,
+                100.0 * r.slo_goodput_fraction(),
+                r.total.goodput(),
+                r.p50_ms,
+                r.total.p99_ms,
+                100.0 * r.total.error_rate(),
+                r.total.shed,
+                100.0 * r.overflow_fraction(),
+                r.max_attempts(),
+                r.pushes
+            );
+            Ok(())
+        }
+        Cmd::Calibrate { scenarios, out } => meshtune_testbed::calibrate::run(
+            &paths,
+            &meshtune_testbed::calibrate::CalibrateConfig {
+                scenarios: scenarios.unwrap_or_else(meshtune_sim::calibration_dir),
+                out,
+            },
+        )
+        .map(|_| ()),
+        Cmd::Tuning {
+            scenarios,
+            oracle_candidates,
+            models,
+            out_dir,
+        } => {
+            use meshtune_testbed::tuning;
+            let out_dir = out_dir.unwrap_or_else(|| tuning::default_out_dir(&paths));
+            tuning::run(
+                &paths,
+                &tuning::TuningConfig {
+                    scenarios: scenarios.unwrap_or_else(meshtune_sim::calibration_dir),
+                    oracle_candidates,
+                    models,
+                    out_dir,
+                },
+            )
+            .map(|_| ())
+        }
+        Cmd::Bookinfo { rate, secs, slo_ms } => {
+            use meshtune_testbed::bookinfo;
+            bookinfo::compare(
+                &paths,
+                &bookinfo::BookinfoConfig {
+                    rate,
+                    secs,
+                    slo_ms,
+                    ..Default::default()
+                },
+            )
+            .map(|_| ())
+        }
+        Cmd::IngestAbuse {
+            names,
+            hostile_reporters,
+            hostile_rate,
+            max_secs,
+        } => {
+            let r = meshtune_testbed::abuse::run(
+                &paths,
+                &meshtune_testbed::abuse::AbuseConfig {
+                    names,
+                    hostile_reporters,
+                    hostile_rate,
+                    max_secs,
+                    ..Default::default()
+                },
+            )?;
+            anyhow::ensure!(!r.starved(), "the good destination was starved");
+            Ok(())
+        }
         Cmd::Workload {
             listen,
             capacity,
