@@ -192,10 +192,12 @@ async fn model(State(c): State<Arc<Controller>>) -> impl IntoResponse {
     Json(c.model_json())
 }
 
-/// `?name=CLUSTER`: only that destination (cheap with a large table).
+/// `?name=CLUSTER[&namespace=NS]`: only that destination of the reporters of `NS` (default
+/// `default`), cheap with a large table.
 #[derive(Debug, serde::Deserialize)]
 struct DestinationQuery {
     name: Option<String>,
+    namespace: Option<String>,
 }
 
 async fn destinations(
@@ -203,7 +205,12 @@ async fn destinations(
     axum::extract::Query(q): axum::extract::Query<DestinationQuery>,
 ) -> impl IntoResponse {
     Json(match q.name {
-        Some(name) => c.destination_json(&name),
+        Some(name) => c.destination_json(&meshtune_core::DestKey::new(
+            q.namespace
+                .as_deref()
+                .unwrap_or(meshtune_core::DEFAULT_NAMESPACE),
+            name,
+        )),
         None => c.destinations_json(),
     })
 }

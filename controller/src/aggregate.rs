@@ -1,6 +1,7 @@
 //! Per-destination aggregation of validated reports: pure, clock passed in, no I/O.
 //!
-//! Each destination (upstream cluster name) keeps one bucket per second of controller receive
+//! Each destination — a [`DestKey`]: the reporter's namespace and the upstream cluster name, so
+//! reporters of different namespaces never share (or move) each other's aggregates — keeps one bucket per second of controller receive
 //! time, holding the reports of all reporters that arrived in that second merged with
 //! [`WindowStats::merge_concurrent`] semantics; a bucket's latency histogram is stored sparse
 //! (only non-empty buckets) to keep memory small. A sliding-window view merges the buckets of
@@ -46,7 +47,7 @@
 use crate::lru::LruMap;
 use crate::validate::{ReporterKey, ValidReport};
 use meshtune_core::histogram::LatencyHistogram;
-use meshtune_core::WindowStats;
+use meshtune_core::{DestKey, WindowStats};
 use std::collections::VecDeque;
 
 /// Aggregation bounds (see [`crate::config::Config::aggregate_limits`]).
@@ -98,17 +99,25 @@ impl IngestOutcome {
 /// One reported cluster's sliding window and how many reporters it merges.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterWindow {
-    pub cluster: String,
+    /// Reporter namespace and reported cluster.
+    pub key: DestKey,
     pub stats: WindowStats,
     /// Distinct reporters with a report in the window.
     pub clients: u32,
 }
 
 impl From<(String, WindowStats)> for ClusterWindow {
-    /// One reporter's window (tests, benchmarks).
+    /// One reporter's window in the default namespace (tests, benchmarks).
     fn from((cluster, stats): (String, WindowStats)) -> Self {
+        ClusterWindow::from((DestKey::new("", cluster), stats))
+    }
+}
+
+impl From<(DestKey, WindowStats)> for ClusterWindow {
+    /// One reporter's window (tests, benchmarks).
+    fn from((key, stats): (DestKey, WindowStats)) -> Self {
         ClusterWindow {
-            cluster,
+            key,
             stats,
             clients: 1,
         }
@@ -118,7 +127,8 @@ impl From<(String, WindowStats)> for ClusterWindow {
 /// One destination as seen over the window and its lifetime.
 #[derive(Debug, Clone)]
 pub struct DestinationView {
-    pub name: String,
+    /// Reporter namespace and reported cluster.
+    pub key: DestKey,
     /// Distinct reporters with a report in the window.
     pub reporters: usize,
     pub last_report_unix_ms: u64,
@@ -397,9 +407,9 @@ struct Destination {
 pub struct Aggregator {
     limits: Limits,
     /// Destinations reported in one second only, least recently reported first.
-    probation: LruMap<String, Destination>,
+    probation: LruMap<DestKey, Destination>,
     /// Destinations reported in at least two seconds, least recently reported first.
-    established: LruMap<String, Destination>,
+    established: LruMap<DestKey, Destination>,
     /// Keyed by [`Aggregator::reporter_digest`].
     reporters: LruMap<u64, ReporterState>,
     /// Seeds the reporter digests (random per process).
@@ -445,8 +455,8 @@ impl Aggregator {
         std::mem::take(&mut self.removed)
     }
 
-    /// Names of every tracked destination (no particular order).
-    pub fn destination_names(&self) -> Vec<String> {
+    /// Keys of every tracked destination (no particular order).
+    pub fn destination_names(&self) -> Vec<DestKey> {
         self.probation
             .keys()
             .chain(self.established.keys())
@@ -455,8 +465,8 @@ impl Aggregator {
     }
 
     /// Tracked destinations sorted by name.
-    fn sorted(&self) -> Vec<(&String, &Destination)> {
-        let mut all: Vec<(&String, &Destination)> = self
+    fn sorted(&self) -> Vec<(&DestKey, &Destination)> {
+        let mut all: Vec<(&DestKey, &Destination)> = self
             .probation
             .iter()
             .chain(self.established.iter())
@@ -470,7 +480,7 @@ impl Aggregator {
         self.probation
             .keys()
             .chain(self.established.keys())
-            .cloned()
+            .map(|k| k.cluster.clone())
             .collect()
     }
 
@@ -532,7 +542,8 @@ impl Aggregator {
         };
         let sec = now_ms / 1000;
         let mut destinations_dropped = 0;
-        for (name, w) in &report.upstreams {
+        for (cluster, w) in &report.upstreams {
+            let name = &DestKey::new(report.reporter.namespace.as_str(), cluster.as_str());
             if let Some(d) = self.probation.peek_mut(name) {
                 // Reported again in a later second: established from now on.
                 if d.last_report_ms / 1000 < sec {
@@ -709,7 +720,7 @@ impl Aggregator {
         self.sorted()
             .into_iter()
             .map(|(name, d)| ClusterWindow {
-                cluster: name.clone(),
+                key: name.clone(),
                 stats: self.window_of(d, now_ms),
                 clients: u32::try_from(self.reporters_in_window(d, now_ms)).unwrap_or(u32::MAX),
             })
@@ -724,7 +735,7 @@ impl Aggregator {
                 let window = self.window_of(d, now_ms);
                 let reporters = self.reporters_in_window(d, now_ms);
                 DestinationView {
-                    name: name.clone(),
+                    key: name.clone(),
                     reporters,
                     last_report_unix_ms: d.last_report_ms,
                     window,
@@ -735,14 +746,13 @@ impl Aggregator {
     }
 
     /// Window and lifetime of one destination at `now_ms`.
-    pub fn destination(&self, name: &str, now_ms: u64) -> Option<DestinationView> {
-        let key = name.to_string();
+    pub fn destination(&self, key: &DestKey, now_ms: u64) -> Option<DestinationView> {
         let d = self
             .established
-            .get(&key)
-            .or_else(|| self.probation.get(&key))?;
+            .get(key)
+            .or_else(|| self.probation.get(key))?;
         Some(DestinationView {
-            name: key,
+            key: key.clone(),
             reporters: self.reporters_in_window(d, now_ms),
             last_report_unix_ms: d.last_report_ms,
             window: self.window_of(d, now_ms),
@@ -811,7 +821,7 @@ impl Destination {
     /// Approximate bytes held: the struct, its name (stored twice by the table), bucket
     /// storage, sparse bucket histograms, the running counts and the lifetime histogram, plus
     /// the table's per-entry overhead.
-    fn heap_bytes(&self, name: &str) -> usize {
+    fn heap_bytes(&self, key: &DestKey) -> usize {
         use std::mem::size_of;
         let buckets: usize = self
             .buckets
@@ -819,7 +829,7 @@ impl Destination {
             .map(|b| b.latency.heap_bytes() + b.reporters.capacity() * size_of::<u32>())
             .sum();
         size_of::<Self>()
-            + 2 * (name.len() + size_of::<String>())
+            + 2 * (key.namespace.len() + key.cluster.len() + 2 * size_of::<String>())
             + 4 * size_of::<usize>()
             + self.buckets.capacity() * size_of::<Bucket>()
             + buckets
@@ -897,7 +907,7 @@ mod tests {
         let d = a.destinations(T0 + 500);
         assert_eq!(d.len(), 2);
         let c = &d[0];
-        assert_eq!(c.name, "c");
+        assert_eq!(c.key, DestKey::new("ns", "c"));
         assert_eq!(c.reporters, 2);
         assert_eq!(c.window.requests, 40);
         assert_eq!(c.window.status_5xx, 4);
@@ -1127,7 +1137,7 @@ mod tests {
         let names: Vec<_> = a
             .snapshot(T0 + 61_000)
             .into_iter()
-            .map(|c| c.cluster)
+            .map(|c| c.key.cluster)
             .collect();
         assert_eq!(names, vec!["c"]);
         // "b" and "c" were both idle: both expired ("c" came back at once).
@@ -1177,7 +1187,7 @@ mod tests {
         assert_eq!(
             a.snapshot(T0 + 1500)
                 .iter()
-                .filter(|c| c.cluster == "good")
+                .filter(|c| c.key.cluster == "good")
                 .count(),
             1
         );

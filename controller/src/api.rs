@@ -21,13 +21,34 @@ pub struct DestinationsResponse {
     /// Reporters currently tracked.
     #[serde(default)]
     pub reporters: u64,
-    /// Tracked destinations, sorted by name.
+    /// How reporters are authenticated: `none`, `client-cert` or `xfcc`.
+    #[serde(default)]
+    pub auth: String,
+    /// Authenticated reporter identities seen (SPIFFE IDs), sorted; empty with `auth: none`.
+    #[serde(default)]
+    pub identities: Vec<IdentityJson>,
+    /// Tracked destinations, sorted by (namespace, name).
     pub destinations: Vec<DestinationJson>,
 }
 
-/// One destination (upstream cluster name).
+/// An authenticated reporter identity and its accepted-or-checked reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdentityJson {
+    /// `spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`.
+    pub spiffe_id: String,
+    /// Reports from it that passed the identity check.
+    pub reports: u64,
+    pub last_unix_ms: u64,
+}
+
+/// One destination: the reporters' namespace and the upstream cluster name they report
+/// ([`meshtune_core::DestKey`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DestinationJson {
+    /// Namespace of the reporting (client) sidecars.
+    #[serde(default)]
+    pub namespace: String,
+    /// Upstream cluster name as reported.
     pub name: String,
     /// Distinct reporters with a report in the window.
     pub reporters: u64,
@@ -200,7 +221,8 @@ impl DestinationJson {
     /// Builds the JSON of one destination view with its hint.
     pub fn new(v: &DestinationView, hint: Option<Hint>) -> Self {
         Self {
-            name: v.name.clone(),
+            namespace: v.key.namespace.clone(),
+            name: v.key.cluster.clone(),
             reporters: v.reporters as u64,
             last_report_unix_ms: v.last_report_unix_ms,
             window: WindowJson::from(&v.window),

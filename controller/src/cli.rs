@@ -11,8 +11,10 @@ use meshtune_policy::guardrails::{self, Mode};
 use tokio::net::TcpListener;
 
 use crate::admin::{FilterModule, FilterModuleError, DEFAULT_FILTER_WASM};
-use crate::config::{self, Config};
+use crate::config::{self, Config, TlsPem};
 use crate::decision::{self, Naming};
+use crate::gate::StaticGate;
+use crate::identity::AuthMode;
 use crate::leader::{self, Elector, Leadership, LeaseConfig};
 use crate::policy_loop::{
     self, build_sinks, parse_configmap, EnvoyFileArgs, LoopConfig, LoopError, PolicyLoop, SinkKind,
@@ -42,6 +44,28 @@ pub struct ControllerArgs {
     /// JSON hints file, reloaded when it changes (replaces the policy's hints).
     #[arg(long)]
     pub hints_file: Option<PathBuf>,
+    /// Server certificate chain (PEM) of the gRPC port. With --tls-key and --client-ca the port
+    /// serves TLS and requires a client certificate signed by --client-ca; the reporter's
+    /// identity is its spiffe:// URI SAN (spiffe://TD/ns/NS/sa/SA), and a report claiming
+    /// another namespace than NS is refused (PERMISSION_DENIED).
+    #[arg(long, requires_all = ["tls_key", "client_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, requires_all = ["tls_cert", "client_ca"])]
+    pub tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) that reporters' client certificates must chain to.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    pub client_ca: Option<PathBuf>,
+    /// Take the reporter's identity from the x-forwarded-client-cert header (the URI of its
+    /// last element). ONLY behind the controller's own sidecar with STRICT mTLS: whoever can
+    /// reach the gRPC port directly can write that header.
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub trust_xfcc: bool,
+    /// Accept reports without any authentication (reporter namespace self-asserted; XFCC
+    /// ignored). For the local testbed and demo only. One of --tls-cert/--tls-key/--client-ca,
+    /// --trust-xfcc or this flag is required.
+    #[arg(long, conflicts_with_all = ["tls_cert", "trust_xfcc"])]
+    pub insecure_no_auth: bool,
     /// Sliding window length in seconds; at least 2 (filters report once a second, so a 1 s
     /// window is empty about half the time and no destination reaches --min-requests).
     #[arg(long, default_value_t = config::DEFAULT_WINDOW_SECS,
@@ -129,6 +153,12 @@ pub struct ControllerArgs {
     /// reported, the addresses its endpoints.
     #[arg(long = "envoy-destination")]
     pub envoy_destinations: Vec<String>,
+    /// Namespaces whose sidecars may be tuned (repeatable or comma-separated; `*` = all).
+    /// Keys (reporter namespace, destination) of other namespaces are not decided for, hinted
+    /// or written, and are counted in `meshtune_tuning_refused_total`. Default: `*` without
+    /// `--sink istio` (local Envoy, testbed), none with it (list the namespaces that opted in).
+    #[arg(long = "tune-namespaces", value_delimiter = ',')]
+    pub tune_namespaces: Option<Vec<String>>,
     /// Append live dataset rows (features, knobs in force, outcomes) to this CSV.
     #[arg(long)]
     pub record: Option<PathBuf>,
@@ -182,7 +212,8 @@ pub enum SourceKind {
 }
 
 impl ControllerArgs {
-    /// The ingest/aggregation config, without the filter module (see [`Self::filter_module`]).
+    /// The ingest/aggregation config, without the filter module (see [`Self::filter_module`])
+    /// and authentication (see [`Self::auth`]).
     pub fn config(&self) -> Config {
         Config {
             window_secs: self.window_secs.max(1),
@@ -197,6 +228,36 @@ impl ControllerArgs {
                 .unwrap_or(crate::ingest::DEFAULT_REQUEST_TIMEOUT),
             hints_file: self.hints_file.clone(),
             ..Config::default()
+        }
+    }
+
+    /// The authentication mode and TLS files: exactly one of the TLS flags, `--trust-xfcc`
+    /// and `--insecure-no-auth` (clap refuses combinations). Errors name the flag and file.
+    pub fn auth(&self) -> Result<(AuthMode, Option<TlsPem>), LoopError> {
+        let read = |flag: &'static str, p: &Path| {
+            std::fs::read(p).map_err(|e| LoopError::Flag {
+                flag,
+                reason: format!("{}: {e}", p.display()),
+            })
+        };
+        match (&self.tls_cert, &self.tls_key, &self.client_ca) {
+            (Some(c), Some(k), Some(ca)) => Ok((
+                AuthMode::ClientCert,
+                Some(TlsPem {
+                    cert: read("--tls-cert", c)?,
+                    key: read("--tls-key", k)?,
+                    client_ca: read("--client-ca", ca)?,
+                }),
+            )),
+            _ if self.trust_xfcc => Ok((AuthMode::Xfcc, None)),
+            _ if self.insecure_no_auth => Ok((AuthMode::None, None)),
+            _ => Err(LoopError::Flag {
+                flag: "--tls-cert/--tls-key/--client-ca, --trust-xfcc or --insecure-no-auth",
+                reason: "choose how reporters are authenticated (README, Security): mTLS on \
+                         the gRPC port, the identity from the controller's own sidecar, or \
+                         none (local testbed only)"
+                    .into(),
+            }),
         }
     }
 
@@ -271,7 +332,22 @@ impl ControllerArgs {
             hint_ttl_ms: policy_loop::default_hint_ttl(interval),
             guardrails: g,
             settle: Duration::from_secs(self.window_secs),
+            gate: Arc::new(self.gate()?),
         })
+    }
+
+    /// The namespace gate from `--tune-namespaces` (default: see the flag).
+    pub fn gate(&self) -> Result<StaticGate, LoopError> {
+        match &self.tune_namespaces {
+            Some(list) => StaticGate::parse(list).map_err(|e| LoopError::Flag {
+                flag: "--tune-namespaces",
+                reason: e.to_string(),
+            }),
+            None if self.sinks.contains(&SinkKind::Istio) => {
+                Ok(StaticGate::Only(Default::default()))
+            }
+            None => Ok(StaticGate::All),
+        }
     }
 
     /// Model sources in the order the first model is taken from: `--model` (must be valid),
@@ -470,6 +546,11 @@ pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
     let loop_config = args.loop_config()?;
     let feature_sources = args.sources()?;
     let filter_module = args.filter_module()?;
+    let (auth, tls) = args.auth()?;
+    tracing::info!(auth = auth.name(), tune_namespaces = %args.gate()?.describe(), "reporter authentication and namespace gate");
+    if auth == AuthMode::None {
+        tracing::warn!("--insecure-no-auth: reports are not authenticated; anyone who reaches the gRPC port can report for any namespace");
+    }
     match &filter_module {
         Some(m) => tracing::info!(path = %m.path().display(), sha256 = m.sha256(),
             size = m.bytes().len(), "serving the filter module at /filter.wasm"),
@@ -477,6 +558,8 @@ pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
     }
     let controller = Arc::new(Controller::new(Config {
         filter_module,
+        auth,
+        tls,
         ..args.config()
     })?);
     let sources = args.model_sources();

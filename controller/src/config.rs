@@ -85,6 +85,32 @@ pub struct Config {
     /// The filter module served at `/filter.wasm` and described at `/api/filter`; `None`
     /// answers both with 404 (see `--filter-wasm`).
     pub filter_module: Option<crate::admin::FilterModule>,
+    /// How reporters are authenticated ([`crate::identity`]). The library default is
+    /// `None`; the `meshtune controller` command requires choosing a mode explicitly.
+    pub auth: crate::identity::AuthMode,
+    /// TLS for the gRPC port (required with [`crate::identity::AuthMode::ClientCert`]).
+    pub tls: Option<TlsPem>,
+}
+
+/// PEM contents of the gRPC port's TLS files (`--tls-cert`, `--tls-key`, `--client-ca`).
+#[derive(Clone)]
+pub struct TlsPem {
+    /// Server certificate chain.
+    pub cert: Vec<u8>,
+    /// Its private key.
+    pub key: Vec<u8>,
+    /// CA bundle client certificates must chain to.
+    pub client_ca: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsPem {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsPem")
+            .field("cert_bytes", &self.cert.len())
+            .field("client_ca_bytes", &self.client_ca.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Config {
@@ -108,6 +134,8 @@ impl Default for Config {
             reports_per_sec: crate::ingest::DEFAULT_REPORTS_PER_SEC,
             report_burst: crate::ingest::DEFAULT_REPORT_BURST,
             filter_module: None,
+            auth: crate::identity::AuthMode::None,
+            tls: None,
         }
     }
 }

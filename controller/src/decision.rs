@@ -11,7 +11,7 @@ use std::time::Instant;
 use meshtune_core::availability::Availability;
 use meshtune_core::knobs::{Knob, Knobs, KNOB_COUNT};
 use meshtune_core::outcomes::{Objective, Outcomes, SloGood};
-use meshtune_core::{Context, Features, WindowStats};
+use meshtune_core::{Context, DestKey, Features, WindowStats};
 
 use crate::aggregate::ClusterWindow;
 use meshtune_policy::guardrails::{Action, Guardrails, HoldReason, Mode, Verdict};
@@ -53,10 +53,16 @@ impl Naming {
     }
 }
 
-/// One destination the policy decides for this cycle.
+/// One destination the policy decides for this cycle: one [`DestKey`] (reporter namespace,
+/// destination).
 #[derive(Debug, Clone)]
 pub struct Selected {
+    /// (reporter namespace, destination): the key of the loop state, the guardrails and hints.
+    pub key: DestKey,
+    /// The destination (Istio host, or the plain Envoy cluster name); `key.cluster`.
     pub destination: String,
+    /// The reporters' namespace (`key.namespace`): the namespace the Istio sink writes the
+    /// client-side objects to.
     pub namespace: String,
     /// Reported clusters that map to it (each gets the hint).
     pub clusters: Vec<String>,
@@ -98,9 +104,9 @@ impl Selected {
     }
 }
 
-/// Groups the snapshot by destination and keeps those with at least `min_requests` measured
-/// requests (a sampled window counts its samples, not its scaled estimate; see
-/// `WindowStats::measured_requests`),
+/// Groups the snapshot by (reporter namespace, destination) and keeps those with at least
+/// `min_requests` measured requests (a sampled window counts its samples, not its scaled
+/// estimate; see `WindowStats::measured_requests`),
 /// in the order their first cluster appears in the snapshot (which is sorted, so the order is
 /// deterministic). Takes the snapshot by value: each window moves into its destination (the
 /// common case of one cluster per destination copies nothing).
@@ -112,17 +118,20 @@ pub fn select(
     let snapshot = snapshot.into_iter();
     let n = snapshot.size_hint().0;
     let mut groups: Vec<Selected> = Vec::with_capacity(n);
-    let mut index: HashMap<String, usize> = HashMap::with_capacity(n);
+    let mut index: HashMap<DestKey, usize> = HashMap::with_capacity(n);
     for entry in snapshot {
         let ClusterWindow {
-            cluster,
+            key: DestKey { namespace, cluster },
             stats,
             clients,
         } = entry.into();
-        let Some((destination, namespace)) = naming.destination(&cluster) else {
+        let Some((destination, _)) = naming.destination(&cluster) else {
             continue;
         };
-        match index.entry(destination) {
+        match index.entry(DestKey {
+            namespace,
+            cluster: destination,
+        }) {
             Entry::Occupied(e) => {
                 let s = &mut groups[*e.get()];
                 s.clusters.push(cluster);
@@ -130,11 +139,12 @@ pub fn select(
                 s.clients = s.clients.max(clients);
             }
             Entry::Vacant(e) => {
-                let destination = e.key().clone();
+                let key = e.key().clone();
                 e.insert(groups.len());
                 groups.push(Selected {
-                    destination,
-                    namespace,
+                    destination: key.cluster.clone(),
+                    namespace: key.namespace.clone(),
+                    key,
                     clusters: vec![cluster],
                     stats,
                     clients,
@@ -152,7 +162,9 @@ pub fn select(
 /// (with at least one request) keeps its filter window, whatever Prometheus says about it
 /// (matched by destination, and for Istio names by host); Prometheus adds the destinations
 /// the filters do not report, if their window is decidable
-/// ([`Availability::decidable`]). Then the `min_requests` rule applies to all.
+/// ([`Availability::decidable`]). Then the `min_requests` rule applies to all. Prometheus
+/// windows merge all clients of a destination, so their key's namespace is the destination's
+/// own (the operator's Prometheus is trusted; no reporter can choose it).
 pub fn select_sources(
     filter: impl IntoIterator<Item = impl Into<ClusterWindow>>,
     prometheus: Vec<crate::prometheus::SourcedWindow>,
@@ -170,6 +182,7 @@ pub fn select_sources(
         .enumerate()
         .map(|(i, g)| (g.destination.clone(), i))
         .collect();
+    // A destination any namespace's filters report keeps the filter windows only.
     let filter_count = groups.len();
     for w in prometheus {
         if !w.availability.decidable() {
@@ -193,6 +206,7 @@ pub fn select_sources(
             None => {
                 index.insert(destination.clone(), groups.len());
                 groups.push(Selected {
+                    key: DestKey::new(namespace.as_str(), destination.as_str()),
                     destination,
                     namespace,
                     clusters: vec![w.cluster],
@@ -260,10 +274,10 @@ pub fn cost(o: &Outcomes) -> f64 {
 #[derive(Debug, Clone)]
 pub struct LoopState {
     pub guardrails: Guardrails,
-    /// Knobs in force (pushed) per destination; absent = Istio defaults, nothing pushed yet.
-    pub in_force: HashMap<String, Knobs>,
-    /// When each destination's knobs last changed (push or rollback applied).
-    pub changed_at: HashMap<String, Instant>,
+    /// Knobs in force (pushed) per key; absent = Istio defaults, nothing pushed yet.
+    pub in_force: HashMap<DestKey, Knobs>,
+    /// When each key's knobs last changed (push or rollback applied).
+    pub changed_at: HashMap<DestKey, Instant>,
     /// For this long after a change a window still holds traffic from before it: the rollback
     /// watch skips such windows (it would blame the push for what it has not yet acted on).
     pub settle: std::time::Duration,
@@ -287,8 +301,8 @@ impl LoopState {
 
     /// Forgets every destination `live` does not hold (knobs in force, change times,
     /// guardrail phases); returns the destinations forgotten.
-    pub fn prune(&mut self, live: &foldhash::HashSet<String>) -> Vec<String> {
-        let gone: Vec<String> = self
+    pub fn prune(&mut self, live: &foldhash::HashSet<DestKey>) -> Vec<DestKey> {
+        let gone: Vec<DestKey> = self
             .in_force
             .keys()
             .chain(self.changed_at.keys())
@@ -299,14 +313,15 @@ impl LoopState {
             .collect();
         self.in_force.retain(|d, _| live.contains(d));
         self.changed_at.retain(|d, _| live.contains(d));
-        self.guardrails.retain(|d| live.contains(d));
+        let live_guard: foldhash::HashSet<String> = live.iter().map(DestKey::to_string).collect();
+        self.guardrails.retain(|d| live_guard.contains(d));
         gone
     }
 
-    /// Whether `destination` changed less than `settle` ago.
-    pub fn settling(&self, destination: &str, now: Instant) -> bool {
+    /// Whether `key` changed less than `settle` ago.
+    pub fn settling(&self, key: &DestKey, now: Instant) -> bool {
         self.changed_at
-            .get(destination)
+            .get(key)
             .is_some_and(|t| now.saturating_duration_since(*t) < self.settle)
     }
 
@@ -314,10 +329,10 @@ impl LoopState {
         self.guardrails.config().mode
     }
 
-    /// Knobs in force for `destination` (Istio defaults when nothing was pushed).
-    pub fn knobs_in_force(&self, destination: &str) -> Knobs {
+    /// Knobs in force for `key` (Istio defaults when nothing was pushed).
+    pub fn knobs_in_force(&self, key: &DestKey) -> Knobs {
         self.in_force
-            .get(destination)
+            .get(key)
             .copied()
             .unwrap_or_else(Knobs::istio_defaults)
     }
@@ -335,11 +350,11 @@ pub fn features(
         .iter()
         .map(|s| {
             let context = Context {
-                knobs: state.knobs_in_force(&s.destination),
+                knobs: state.knobs_in_force(&s.key),
                 clients: s.clients,
                 secs_since_change: state
                     .changed_at
-                    .get(&s.destination)
+                    .get(&s.key)
                     .map(|t| now.saturating_duration_since(*t).as_secs_f64()),
                 slo_target_ms: slo_ms,
             };
@@ -425,7 +440,10 @@ impl DestOutcome {
 /// One destination's decision in a cycle.
 #[derive(Debug, Clone)]
 pub struct DestDecision {
+    /// (reporter namespace, destination).
+    pub key: DestKey,
     pub destination: String,
+    /// The reporters' namespace (written to by the Istio sink).
     pub namespace: String,
     pub clusters: Vec<String>,
     /// Knobs in force when the window was measured (recorded with its outcomes).
@@ -450,19 +468,27 @@ pub struct Cycle {
 }
 
 impl Cycle {
-    /// Hints for the filters: for every selected cluster whose destination has knobs in force
-    /// (enforce mode only; observe mode changes nothing in the mesh).
-    pub fn hints(&self, state: &LoopState, ttl_ms: u32) -> Vec<meshtune_proto::v1::Hint> {
+    /// Hints for the filters: for every selected (reporter namespace, cluster) whose key has
+    /// knobs in force (enforce mode only; observe mode changes nothing in the mesh). Served
+    /// only to reporters of that namespace.
+    pub fn hints(
+        &self,
+        state: &LoopState,
+        ttl_ms: u32,
+    ) -> Vec<(DestKey, meshtune_proto::v1::Hint)> {
         if state.mode() != Mode::Enforce {
             return Vec::new();
         }
         self.items
             .iter()
-            .filter_map(|d| state.in_force.get(&d.destination).map(|k| (d, k)))
+            .filter_map(|d| state.in_force.get(&d.key).map(|k| (d, k)))
             .flat_map(|(d, k)| {
-                d.clusters
-                    .iter()
-                    .map(move |c| meshtune_sinks::hint::hint(c, k, ttl_ms))
+                d.clusters.iter().map(move |c| {
+                    (
+                        d.key.with_cluster(c.as_str()),
+                        meshtune_sinks::hint::hint(c, k, ttl_ms),
+                    )
+                })
             })
             .collect()
     }
@@ -489,9 +515,12 @@ pub fn decide(
     for (sel, prop) in selected.iter().zip(proposed) {
         let outcomes = outcomes(&sel.stats, slo_ms);
         let objective = cost(&outcomes);
-        let before = state.knobs_in_force(&sel.destination);
-        let dest = sel.destination.as_str();
+        let before = state.knobs_in_force(&sel.key);
+        // The guardrails key their per-destination state by `namespace/destination`.
+        let guard_key = sel.key.to_string();
+        let dest = guard_key.as_str();
         let mut item = DestDecision {
+            key: sel.key.clone(),
             destination: sel.destination.clone(),
             namespace: sel.namespace.clone(),
             clusters: sel.clusters.clone(),
@@ -500,10 +529,10 @@ pub fn decide(
             changed: Vec::new(),
             action: DestAction::Hold(HoldReason::NoChange),
             outcomes,
-            changed_before: state.changed_at.get(&sel.destination).copied(),
+            changed_before: state.changed_at.get(&sel.key).copied(),
         };
         // Windows still mixing traffic from before the last change are not evidence about it.
-        let verdict = if state.settling(dest, now) {
+        let verdict = if state.settling(&sel.key, now) {
             Verdict::Idle
         } else {
             state
@@ -535,8 +564,8 @@ pub fn decide(
                 previous: Some(before),
             });
             state.guardrails.record_rollback(dest, now, restore);
-            state.in_force.insert(sel.destination.clone(), restore);
-            state.changed_at.insert(sel.destination.clone(), now);
+            state.in_force.insert(sel.key.clone(), restore);
+            state.changed_at.insert(sel.key.clone(), now);
             cycle.items.push(item);
             continue;
         }
@@ -572,8 +601,8 @@ pub fn decide(
                     objective,
                     outcomes.offered_rps,
                 );
-                state.in_force.insert(sel.destination.clone(), d.knobs);
-                state.changed_at.insert(sel.destination.clone(), now);
+                state.in_force.insert(sel.key.clone(), d.knobs);
+                state.changed_at.insert(sel.key.clone(), now);
             }
             Action::Recommend => {
                 item.knobs = d.knobs;
@@ -595,34 +624,32 @@ pub fn decide(
 /// Undoes a push a sink did not apply: the previous knobs are in force again and the
 /// destination's guardrail state is forgotten (no watching of a push that did not happen).
 pub fn revert_push(state: &mut LoopState, item: &DestDecision) {
-    if state.in_force.get(&item.destination) == Some(&item.knobs) {
+    if state.in_force.get(&item.key) == Some(&item.knobs) {
         if item.before == Knobs::istio_defaults() {
-            state.in_force.remove(&item.destination);
+            state.in_force.remove(&item.key);
         } else {
-            state.in_force.insert(item.destination.clone(), item.before);
+            state.in_force.insert(item.key.clone(), item.before);
         }
-        state.guardrails.forget(&item.destination);
+        state.guardrails.forget(&item.key.to_string());
         match item.changed_before {
-            Some(t) => state.changed_at.insert(item.destination.clone(), t),
-            None => state.changed_at.remove(&item.destination),
+            Some(t) => state.changed_at.insert(item.key.clone(), t),
+            None => state.changed_at.remove(&item.key),
         };
     }
 }
 
 /// The "revert failed pushes" stage: every push or rollback that a sink did not apply
-/// (`failed` names its destination) is reverted in `state`; returns each item's outcome, in
+/// (`failed` names its key) is reverted in `state`; returns each item's outcome, in
 /// order.
 pub fn settle(
     state: &mut LoopState,
     items: &[DestDecision],
-    failed: &foldhash::HashSet<String>,
+    failed: &foldhash::HashSet<DestKey>,
 ) -> Vec<DestOutcome> {
     items
         .iter()
         .map(|item| match item.action {
-            DestAction::Push | DestAction::Rollback { .. }
-                if failed.contains(&item.destination) =>
-            {
+            DestAction::Push | DestAction::Rollback { .. } if failed.contains(&item.key) => {
                 revert_push(state, item);
                 DestOutcome::PushFailed
             }
@@ -705,6 +732,10 @@ pub fn knobs_by_name(k: &Knobs) -> BTreeMap<String, f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn dk(destination: &str) -> DestKey {
+        DestKey::new("", destination)
+    }
     use meshtune_policy::guardrails::Config;
     use std::time::Duration;
 
@@ -763,9 +794,25 @@ mod tests {
         let s = select(snap.clone(), Naming::IstioHost, 20);
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].destination, "a.ns1.svc.cluster.local");
-        assert_eq!(s[0].namespace, "ns1");
+        // The key's namespace is the reporters' (here the default), not the host's.
+        assert_eq!(s[0].namespace, "default");
+        assert_eq!(s[0].key, dk("a.ns1.svc.cluster.local"));
         assert_eq!(s[0].clusters.len(), 2);
         assert_eq!(s[0].stats.requests, 25);
+        // The same clusters reported from another namespace are another key: never merged.
+        let mut two: Vec<ClusterWindow> = snap.iter().cloned().map(Into::into).collect();
+        two.push(ClusterWindow::from((
+            DestKey::new("other", "outbound|80|v1|a.ns1.svc.cluster.local"),
+            window(30, 30, 5),
+        )));
+        let s2 = select(two, Naming::IstioHost, 20);
+        assert_eq!(s2.len(), 2);
+        assert_eq!(s2[0].stats.requests, 25);
+        assert_eq!(s2[1].key, DestKey::new("other", "a.ns1.svc.cluster.local"));
+        assert_eq!(
+            (s2[1].namespace.as_str(), s2[1].stats.requests),
+            ("other", 30)
+        );
         // By cluster name each cluster stands alone: only the busy one qualifies.
         let c = select(snap, Naming::Cluster, 20);
         assert_eq!(c.len(), 1);
@@ -917,11 +964,11 @@ mod tests {
         );
         assert!(k.get(Knob::MaxConnections) <= Knob::MaxConnections.spec().max);
         assert_eq!(c.pushes[0].previous, Some(Knobs::istio_defaults()));
-        assert_eq!(st.knobs_in_force("a"), k);
+        assert_eq!(st.knobs_in_force(&dk("a")), k);
         let hints = c.hints(&st, 5000);
         assert_eq!(hints.len(), 1);
-        assert_eq!(hints[0].cluster, "a");
-        assert_eq!(hints[0].timeout_ms, 900);
+        assert_eq!(hints[0].1.cluster, "a");
+        assert_eq!(hints[0].1.timeout_ms, 900);
     }
 
     #[test]
@@ -945,12 +992,12 @@ mod tests {
         let mut p = proposal();
         p.set(Knob::Http1MaxPendingRequests, 4.0);
         let later = now + meshtune_policy::guardrails::DEFAULT_MIN_DWELL * 10;
-        st.guardrails.forget("a");
+        st.guardrails.forget("default/a");
         let c = decide(&sel("a", window(100, 100, 5)), &[p], &mut st, later, 250.0);
         assert_eq!(c.items[0].action, DestAction::Push, "{:?}", c.items[0]);
         assert_eq!(c.pushes[0].knobs.get(Knob::Http1MaxPendingRequests), 32.0);
         assert_eq!(
-            st.changed_at.get("a"),
+            st.changed_at.get(&dk("a")),
             Some(&later),
             "the change time is kept"
         );
@@ -1048,7 +1095,7 @@ mod tests {
         let c = decide(&w(), &[p3], &mut st, t0 + Duration::from_secs(200), 250.0);
         assert!(c.pushes.is_empty());
         assert_eq!(c.items[0].action, DestAction::Hold(HoldReason::NoChange));
-        assert_eq!(st.knobs_in_force("a").get(Knob::RouteTimeoutMs), 900.0);
+        assert_eq!(st.knobs_in_force(&dk("a")).get(Knob::RouteTimeoutMs), 900.0);
     }
 
     #[test]
@@ -1078,7 +1125,7 @@ mod tests {
             "back to before the first push: no object, not default-valued objects"
         );
         assert_eq!(c.pushes[0].previous, Some(pushed));
-        assert_eq!(st.knobs_in_force("a"), Knobs::istio_defaults());
+        assert_eq!(st.knobs_in_force(&dk("a")), Knobs::istio_defaults());
     }
 
     #[test]
@@ -1094,7 +1141,7 @@ mod tests {
         let mut old = Knobs::istio_defaults();
         old.set(Knob::MaxEjectionPercent, 100.0);
         old.set(Knob::Consecutive5xxErrors, 1.0);
-        st.in_force.insert("a".into(), old);
+        st.in_force.insert(dk("a"), old);
         let t0 = Instant::now();
         let c = decide(
             &sel("a", window(100, 100, 5)),
@@ -1116,7 +1163,7 @@ mod tests {
             "not back to 100 %"
         );
         assert_eq!(restored.get(Knob::Consecutive5xxErrors), 3.0);
-        assert_eq!(st.knobs_in_force("a"), restored);
+        assert_eq!(st.knobs_in_force(&dk("a")), restored);
     }
 
     #[test]
@@ -1133,13 +1180,13 @@ mod tests {
             );
         }
         assert_eq!((st.in_force.len(), st.guardrails.len()), (2, 2));
-        let live: foldhash::HashSet<String> = ["b".to_string()].into_iter().collect();
-        assert_eq!(st.prune(&live), vec!["a".to_string()]);
-        assert!(st.in_force.contains_key("b") && !st.in_force.contains_key("a"));
-        assert!(!st.changed_at.contains_key("a"));
+        let live: foldhash::HashSet<DestKey> = [dk("b")].into_iter().collect();
+        assert_eq!(st.prune(&live), vec![dk("a")]);
+        assert!(st.in_force.contains_key(&dk("b")) && !st.in_force.contains_key(&dk("a")));
+        assert!(!st.changed_at.contains_key(&dk("a")));
         assert_eq!(st.guardrails.len(), 1);
         assert_eq!(
-            st.guardrails.phase("a"),
+            st.guardrails.phase(&dk("a").to_string()),
             meshtune_policy::guardrails::Phase::Idle
         );
     }
@@ -1194,11 +1241,11 @@ mod tests {
             250.0,
         );
         assert_eq!(c.pushes.len(), 2);
-        let failed: foldhash::HashSet<String> = ["b".to_string()].into_iter().collect();
+        let failed: foldhash::HashSet<DestKey> = [dk("b")].into_iter().collect();
         let outcomes = settle(&mut st, &c.items, &failed);
         assert_eq!(outcomes, vec![DestOutcome::Pushed, DestOutcome::PushFailed]);
-        assert_eq!(st.knobs_in_force("a"), c.items[0].knobs);
-        assert!(!st.in_force.contains_key("b"), "failed push reverted");
+        assert_eq!(st.knobs_in_force(&dk("a")), c.items[0].knobs);
+        assert!(!st.in_force.contains_key(&dk("b")), "failed push reverted");
         let summary = CycleSummary::of(&c.items, &outcomes, "v7");
         assert_eq!(
             summary,

@@ -3,7 +3,9 @@
 //! File format (unknown fields are refused; `ttl_ms` defaults to [`DEFAULT_HINT_TTL_MS`]):
 //! `{"hints":[{"cluster":"x","timeout_ms":50,"max_retries":0,"concurrency_limit":10,"ttl_ms":5000}]}`.
 //! [`FileHints`] reloads the file when its mtime (or length) changes; a bad file is logged with
-//! its error and the previous hints are kept.
+//! its error and the previous hints are kept. The file is the operator's configuration: its
+//! hints apply to the cluster in every reporter namespace. The policy loop's hints
+//! ([`StaticHints`]) are per [`DestKey`] and reach only reporters of the key's namespace.
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
@@ -17,12 +19,17 @@ pub use meshtune_proto::v1::Hint;
 /// TTL given to a hint whose file entry has none.
 pub use meshtune_proto::DEFAULT_HINT_TTL_MS;
 
+use meshtune_core::key::reporter_namespace;
+use meshtune_core::DestKey;
+
 /// Where the controller gets hints from. The file source is the first implementation; the
 /// policy loop replaces it.
 pub trait HintSource: Send + Sync {
-    /// Hints for these clusters (those a reporter just reported). Clusters without a hint are
-    /// left out; order follows `clusters`.
-    fn hints_for(&self, clusters: &[String]) -> Vec<Hint>;
+    /// Hints for these clusters as reported by a reporter of `namespace` (the clusters it just
+    /// reported). A source keyed by [`DestKey`] answers only with the hints of
+    /// `(namespace, cluster)`: a reporter never receives another namespace's hints. Clusters
+    /// without a hint are left out; order follows `clusters`.
+    fn hints_for(&self, namespace: &str, clusters: &[String]) -> Vec<Hint>;
 }
 
 /// No hints at all.
@@ -30,43 +37,61 @@ pub trait HintSource: Send + Sync {
 pub struct NoHints;
 
 impl HintSource for NoHints {
-    fn hints_for(&self, _clusters: &[String]) -> Vec<Hint> {
+    fn hints_for(&self, _namespace: &str, _clusters: &[String]) -> Vec<Hint> {
         Vec::new()
     }
 }
 
-/// A fixed, in-memory set of hints that can be replaced at run time.
+/// Hints by [`DestKey`] (reporter namespace, cluster).
+pub type KeyedHints = BTreeMap<String, BTreeMap<String, Hint>>;
+
+/// A fixed, in-memory set of hints per [`DestKey`] that can be replaced at run time (the
+/// policy loop's hints).
 #[derive(Debug, Default)]
 pub struct StaticHints {
-    hints: RwLock<Arc<BTreeMap<String, Hint>>>,
+    /// namespace → cluster → hint (nested so a lookup allocates nothing).
+    hints: RwLock<Arc<KeyedHints>>,
 }
 
 impl StaticHints {
-    pub fn new(hints: Vec<Hint>) -> Self {
+    pub fn new(hints: Vec<(DestKey, Hint)>) -> Self {
         let s = Self::default();
         s.replace(hints);
         s
     }
 
-    /// Replaces all hints (a later entry for the same cluster wins).
-    pub fn replace(&self, hints: Vec<Hint>) {
-        let map = hints.into_iter().map(|h| (h.cluster.clone(), h)).collect();
+    /// Replaces all hints (a later entry for the same key wins). The hint's `cluster` is set to
+    /// the key's cluster.
+    pub fn replace(&self, hints: Vec<(DestKey, Hint)>) {
+        let mut map = KeyedHints::new();
+        for (k, mut h) in hints {
+            h.cluster.clone_from(&k.cluster);
+            map.entry(k.namespace).or_default().insert(k.cluster, h);
+        }
         *self.hints.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
     }
 
-    /// All current hints, by cluster.
-    pub fn all(&self) -> Arc<BTreeMap<String, Hint>> {
+    /// All current hints: namespace → cluster → hint.
+    pub fn all(&self) -> Arc<KeyedHints> {
         self.hints.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The hint of one key.
+    pub fn get(&self, key: &DestKey) -> Option<Hint> {
+        self.all()
+            .get(&key.namespace)
+            .and_then(|m| m.get(&key.cluster))
+            .cloned()
     }
 }
 
 impl HintSource for StaticHints {
-    fn hints_for(&self, clusters: &[String]) -> Vec<Hint> {
+    fn hints_for(&self, namespace: &str, clusters: &[String]) -> Vec<Hint> {
         let map = self.all();
-        clusters
-            .iter()
-            .filter_map(|c| map.get(c).cloned())
-            .collect()
+        let Some(ns) = map.get(reporter_namespace(namespace)) else {
+            return Vec::new();
+        };
+        clusters.iter().filter_map(|c| ns.get(c).cloned()).collect()
     }
 }
 
@@ -133,7 +158,7 @@ pub fn parse_hints(text: &str, path: &Path) -> Result<Vec<Hint>, HintsError> {
 #[derive(Debug)]
 pub struct FileHints {
     path: PathBuf,
-    current: StaticHints,
+    current: RwLock<Arc<BTreeMap<String, Hint>>>,
     stamp: RwLock<Option<(SystemTime, u64)>>,
 }
 
@@ -152,7 +177,7 @@ impl FileHints {
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, HintsError> {
         let s = Self {
             path: path.into(),
-            current: StaticHints::default(),
+            current: RwLock::default(),
             stamp: RwLock::new(None),
         };
         s.reload_if_changed()?;
@@ -165,7 +190,10 @@ impl FileHints {
 
     /// All hints in force, by cluster.
     pub fn all(&self) -> Arc<BTreeMap<String, Hint>> {
-        self.current.all()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Re-reads the file if its mtime or length changed. On error the previous hints stay.
@@ -188,14 +216,20 @@ impl FileHints {
         let text = std::fs::read_to_string(&self.path).map_err(io)?;
         let hints = parse_hints(&text, &self.path)?;
         let n = hints.len();
-        self.current.replace(hints);
+        let map = hints.into_iter().map(|h| (h.cluster.clone(), h)).collect();
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
         Ok(Reload::Loaded(n))
     }
 }
 
 impl HintSource for FileHints {
-    fn hints_for(&self, clusters: &[String]) -> Vec<Hint> {
-        self.current.hints_for(clusters)
+    /// The file's hints for `clusters`, whatever the namespace (operator configuration).
+    fn hints_for(&self, _namespace: &str, clusters: &[String]) -> Vec<Hint> {
+        let map = self.all();
+        clusters
+            .iter()
+            .filter_map(|c| map.get(c).cloned())
+            .collect()
     }
 }
 
@@ -241,22 +275,48 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hints.json");
         let src = FileHints::open(&path).unwrap();
-        assert!(src.hints_for(&["x".into()]).is_empty());
+        assert!(src.hints_for("ns", &["x".into()]).is_empty());
         std::fs::write(&path, GOOD).unwrap();
         assert_eq!(src.reload_if_changed().unwrap(), Reload::Loaded(2));
         assert_eq!(src.reload_if_changed().unwrap(), Reload::Unchanged);
-        let got = src.hints_for(&["z".into(), "x".into()]);
+        let got = src.hints_for("ns", &["z".into(), "x".into()]);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].timeout_ms, 50);
         // A broken file: error reported, old hints kept.
         std::fs::write(&path, "{not json").unwrap();
         assert!(src.reload_if_changed().is_err());
-        assert_eq!(src.hints_for(&["x".into()])[0].timeout_ms, 50);
+        assert_eq!(src.hints_for("ns", &["x".into()])[0].timeout_ms, 50);
         // Fixed again: new content in force.
         std::fs::write(&path, r#"{"hints":[{"cluster":"x","timeout_ms":70}]}"#).unwrap();
         assert_eq!(src.reload_if_changed().unwrap(), Reload::Loaded(1));
-        assert_eq!(src.hints_for(&["x".into()])[0].timeout_ms, 70);
-        assert!(src.hints_for(&["y".into()]).is_empty());
+        assert_eq!(src.hints_for("ns", &["x".into()])[0].timeout_ms, 70);
+        assert!(src.hints_for("ns", &["y".into()]).is_empty());
+    }
+
+    #[test]
+    fn keyed_hints_reach_only_reporters_of_their_namespace() {
+        let h = |t| Hint {
+            cluster: String::new(),
+            timeout_ms: t,
+            max_retries: None,
+            concurrency_limit: 0,
+            ttl_ms: 1000,
+        };
+        let s = StaticHints::new(vec![
+            (DestKey::new("x", "c"), h(10)),
+            (DestKey::new("", "c"), h(30)),
+        ]);
+        let got = s.hints_for("x", &["c".into()]);
+        assert_eq!((got.len(), got[0].timeout_ms), (1, 10));
+        assert_eq!(got[0].cluster, "c");
+        assert!(s.hints_for("y", &["c".into()]).is_empty());
+        // An empty reporter namespace is the default namespace, as in the aggregates.
+        assert_eq!(s.hints_for("", &["c".into()])[0].timeout_ms, 30);
+        assert_eq!(
+            s.get(&DestKey::new("x", "c")).map(|h| h.timeout_ms),
+            Some(10)
+        );
+        assert_eq!(s.get(&DestKey::new("y", "c")), None);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::aggregate::DestinationView;
 use std::sync::Mutex;
 
 use meshtune_core::knobs::{Knob, Knobs};
+use meshtune_core::DestKey;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -49,6 +50,8 @@ pub struct PushLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KnobLabels {
+    /// Reporter (client) namespace whose sidecars the knobs apply to.
+    pub namespace: String,
     pub destination: String,
     pub knob: String,
 }
@@ -113,6 +116,9 @@ pub const LATENCY_BUCKETS_SECONDS: [f64; 19] = [
 /// One destination's lifetime totals, as exported.
 #[derive(Debug, Clone, Default)]
 struct DestSeries {
+    /// Reporter (client) namespace: the `namespace` label.
+    namespace: String,
+    /// Reported cluster: the `destination` label.
     name: String,
     classes: [u64; 4],
     flags: [u64; 3],
@@ -141,7 +147,8 @@ impl DestSeries {
             buckets[at].1 += n;
         }
         DestSeries {
-            name: v.name.clone(),
+            namespace: v.key.namespace.clone(),
+            name: v.key.cluster.clone(),
             classes: [w.status_2xx, w.status_4xx, w.status_5xx, w.status_other],
             flags: [w.flag_uo, w.flag_ut, w.flag_conn_failure],
             retries: w.retries,
@@ -174,7 +181,11 @@ impl Collector for DestinationCollector {
             )?;
             for r in rows.iter() {
                 for (c, n) in CODE_CLASSES.iter().zip(r.classes) {
-                    let l = [("destination", r.name.as_str()), ("code_class", c)];
+                    let l = [
+                        ("namespace", r.namespace.as_str()),
+                        ("destination", r.name.as_str()),
+                        ("code_class", c),
+                    ];
                     prometheus_client::metrics::counter::ConstCounter::new(n)
                         .encode(e.encode_family(&l)?)?;
                 }
@@ -189,7 +200,11 @@ impl Collector for DestinationCollector {
             )?;
             for r in rows.iter() {
                 for (f, n) in FLAGS.iter().zip(r.flags) {
-                    let l = [("destination", r.name.as_str()), ("flag", f)];
+                    let l = [
+                        ("namespace", r.namespace.as_str()),
+                        ("destination", r.name.as_str()),
+                        ("flag", f),
+                    ];
                     prometheus_client::metrics::counter::ConstCounter::new(n)
                         .encode(e.encode_family(&l)?)?;
                 }
@@ -203,7 +218,10 @@ impl Collector for DestinationCollector {
                 MetricType::Counter,
             )?;
             for r in rows.iter() {
-                let l = [("destination", r.name.as_str())];
+                let l = [
+                    ("namespace", r.namespace.as_str()),
+                    ("destination", r.name.as_str()),
+                ];
                 prometheus_client::metrics::counter::ConstCounter::new(r.retries)
                     .encode(e.encode_family(&l)?)?;
             }
@@ -229,7 +247,10 @@ impl Collector for DestinationCollector {
                 MetricType::Histogram,
             )?;
             for r in rows.iter() {
-                let l = [("destination", r.name.as_str())];
+                let l = [
+                    ("namespace", r.namespace.as_str()),
+                    ("destination", r.name.as_str()),
+                ];
                 e.encode_family(&l)?
                     .encode_histogram::<NoLabelSet>(r.sum_s, r.count, &r.buckets, None)?;
             }
@@ -245,6 +266,11 @@ pub struct Metrics {
     pub reports_accepted: Counter,
     pub reports_rejected: Family<ReasonLabels, Counter>,
     pub reports_duplicate: Counter,
+    /// Reports refused for their reporter's identity (PERMISSION_DENIED or UNAUTHENTICATED),
+    /// by reason (`namespace_mismatch`, `no_identity`, `bad_identity`).
+    pub reports_unauthorized: Family<ReasonLabels, Counter>,
+    /// Keys not decided for, by reason (`namespace_not_enabled`: the namespace gate).
+    pub tuning_refused: Family<ReasonLabels, Counter>,
     pub reporter_restarts: Counter,
     pub filter_dropped_reports: Counter,
     pub destinations_dropped: Counter,
@@ -302,6 +328,8 @@ impl Metrics {
             reports_accepted: Counter::default(),
             reports_rejected: Family::default(),
             reports_duplicate: Counter::default(),
+            reports_unauthorized: Family::default(),
+            tuning_refused: Family::default(),
             reporter_restarts: Counter::default(),
             filter_dropped_reports: Counter::default(),
             destinations_dropped: Counter::default(),
@@ -374,6 +402,16 @@ impl Metrics {
             "meshtune_reports_rejected",
             "Reports refused with INVALID_ARGUMENT, by reason",
             m.reports_rejected.clone(),
+        );
+        registry.register(
+            "meshtune_reports_unauthorized",
+            "Reports refused for their reporter's identity (no identity, bad identity, namespace differs from the identity's), by reason",
+            m.reports_unauthorized.clone(),
+        );
+        registry.register(
+            "meshtune_tuning_refused",
+            "Destinations (reporter namespace, cluster) not decided for, by reason (namespace_not_enabled)",
+            m.tuning_refused.clone(),
         );
         registry.register(
             "meshtune_reports_duplicate",
@@ -488,7 +526,7 @@ impl Metrics {
         }
         let omitted = ranked.len().saturating_sub(MAX_METRIC_DESTINATIONS);
         ranked.truncate(MAX_METRIC_DESTINATIONS);
-        ranked.sort_by(|a, b| a.name.cmp(&b.name));
+        ranked.sort_by(|a, b| a.key.cmp(&b.key));
         let rows: Vec<DestSeries> = ranked.into_iter().map(DestSeries::of).collect();
         *self
             .destinations
@@ -498,24 +536,26 @@ impl Metrics {
         self.metric_destinations_omitted.set(omitted as i64);
     }
 
-    /// Removes the knob gauges of `destination`.
-    pub fn remove_knobs(&self, destination: &str) {
+    /// Removes the knob gauges of `key`.
+    pub fn remove_knobs(&self, key: &DestKey) {
         for k in Knob::ALL {
             self.knob.remove(&KnobLabels {
-                destination: destination.to_string(),
+                namespace: key.namespace.clone(),
+                destination: key.cluster.clone(),
                 knob: k.name().to_string(),
             });
         }
     }
 
     /// Sets the knob gauges of `destination` (duration knobs in seconds).
-    pub fn set_knobs(&self, destination: &str, knobs: &Knobs) {
+    pub fn set_knobs(&self, key: &DestKey, knobs: &Knobs) {
         for k in Knob::ALL {
             let v = knobs.get(k);
             let v = if k.spec().unit == "ms" { v / 1000.0 } else { v };
             self.knob
                 .get_or_create(&KnobLabels {
-                    destination: destination.to_string(),
+                    namespace: key.namespace.clone(),
+                    destination: key.cluster.clone(),
                     knob: k.name().to_string(),
                 })
                 .set(v);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshtune_core::knobs::Knobs;
-use meshtune_core::Features;
+use meshtune_core::{DestKey, Features};
 use meshtune_policy::guardrails::{self, Guardrails, Mode};
 use meshtune_policy::source::{ModelSource, SourceError};
 use meshtune_policy::{ModelStore, OnnxPolicy};
@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use crate::api::{LastDecisionJson, ModelJson};
 pub use crate::decision::CycleSummary;
 use crate::decision::{self, decide, knobs_by_name, DestAction, DestOutcome, LoopState, Naming};
+use crate::gate::{NamespaceGate, StaticGate};
 use crate::hints::StaticHints;
 use crate::metrics::{ModeLabels, PushLabels};
 use crate::recorder::{Recorder, RecorderError};
@@ -50,6 +51,9 @@ pub struct LoopConfig {
     /// How long after a change windows still hold traffic from before it (the sliding
     /// window's length): the rollback watch ignores them.
     pub settle: Duration,
+    /// Which reporter namespaces may be tuned ([`crate::gate`]); others are dropped before
+    /// inference and counted.
+    pub gate: Arc<dyn NamespaceGate>,
 }
 
 impl Default for LoopConfig {
@@ -62,6 +66,7 @@ impl Default for LoopConfig {
             hint_ttl_ms: default_hint_ttl(DEFAULT_DECISION_INTERVAL),
             guardrails: guardrails::Config::default(),
             settle: Duration::from_secs(crate::config::DEFAULT_WINDOW_SECS),
+            gate: Arc::new(StaticGate::All),
         }
     }
 }
@@ -381,12 +386,11 @@ impl PolicyLoop {
         match lc.recover().await {
             Ok(recovered) => {
                 for r in &recovered {
-                    // Keyed by destination like every decision (the namespace is where the
-                    // objects live; `decide` writes there again).
-                    state.in_force.insert(r.destination.clone(), r.knobs);
-                    self.controller
-                        .metrics()
-                        .set_knobs(&r.destination, &r.knobs);
+                    // Objects live in the reporters' namespace (client-side, exportTo "."):
+                    // the object's namespace and destination are the decision key.
+                    let key = DestKey::new(r.namespace.as_str(), r.destination.as_str());
+                    self.controller.metrics().set_knobs(&key, &r.knobs);
+                    state.in_force.insert(key, r.knobs);
                     tracing::info!(destination = %r.destination, namespace = %r.namespace,
                         objects = ?r.objects, "recovered the knobs in force");
                 }
@@ -426,7 +430,32 @@ impl PolicyLoop {
         selected
     }
 
+    /// The select stage followed by the namespace gate: keys whose reporter namespace the gate
+    /// refuses are dropped (counted, logged at debug).
     async fn select(&self) -> Vec<decision::Selected> {
+        let mut selected = self.select_sources().await;
+        let before = selected.len();
+        selected.retain(|s| {
+            let ok = self.config.gate.allows(&s.key.namespace);
+            if !ok {
+                tracing::debug!(key = %s.key, "namespace not enabled for tuning (--tune-namespaces): not decided");
+            }
+            ok
+        });
+        let refused = (before - selected.len()) as u64;
+        if refused > 0 {
+            self.controller
+                .metrics()
+                .tuning_refused
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: "namespace_not_enabled".into(),
+                })
+                .inc_by(refused);
+        }
+        selected
+    }
+
+    async fn select_sources(&self) -> Vec<decision::Selected> {
         let (naming, min) = (self.config.naming, self.config.min_requests);
         let Some(sources) = self.sources.get() else {
             return self.select_filter(naming, min);
@@ -471,7 +500,7 @@ impl PolicyLoop {
         self.store.as_ref()
     }
 
-    /// The controller this loop decides for.
+    /// The controller the loop decides for.
     pub fn controller(&self) -> &Arc<Controller> {
         &self.controller
     }
@@ -481,9 +510,9 @@ impl PolicyLoop {
         &self.hints
     }
 
-    /// Knobs in force for `destination`, if pushed.
-    pub async fn knobs_in_force(&self, destination: &str) -> Option<Knobs> {
-        self.state.lock().await.in_force.get(destination).copied()
+    /// Knobs in force for `key`, if pushed.
+    pub async fn knobs_in_force(&self, key: &DestKey) -> Option<Knobs> {
+        self.state.lock().await.in_force.get(key).copied()
     }
 
     fn publish_model(&self) {
@@ -553,14 +582,19 @@ impl PolicyLoop {
     /// the policy status of every destination that no tracked cluster maps to and that this
     /// cycle did not select (a Prometheus-fed destination stays while it is selected).
     pub async fn prune(&self, selected: &[decision::Selected]) {
-        let clusters = self.controller.destination_names();
-        let live_clusters: foldhash::HashSet<&str> = clusters.iter().map(String::as_str).collect();
-        let pruned_status = self.controller.prune_policy_status(&live_clusters);
-        let mut live: foldhash::HashSet<String> = clusters
+        let clusters: foldhash::HashSet<DestKey> =
+            self.controller.destination_names().into_iter().collect();
+        let pruned_status = self.controller.prune_policy_status(&clusters);
+        let mut live: foldhash::HashSet<DestKey> = clusters
             .iter()
-            .filter_map(|c| self.config.naming.destination(c).map(|(d, _)| d))
+            .filter_map(|k| {
+                self.config
+                    .naming
+                    .destination(&k.cluster)
+                    .map(|(d, _)| k.with_cluster(d))
+            })
             .collect();
-        live.extend(selected.iter().map(|s| s.destination.clone()));
+        live.extend(selected.iter().map(|s| s.key.clone()));
         let gone = self.state.lock().await.prune(&live);
         let metrics = self.controller.metrics();
         for d in &gone {
@@ -640,8 +674,8 @@ impl PolicyLoop {
     }
 
     /// Push stage: enforce-mode pushes to every configured sink, recommendations to the log
-    /// sink. Returns the destinations that some sink did not apply.
-    async fn push(&self, cycle: &decision::Cycle) -> foldhash::HashSet<String> {
+    /// sink. Returns the keys that some sink did not apply.
+    async fn push(&self, cycle: &decision::Cycle) -> foldhash::HashSet<DestKey> {
         let metrics = self.controller.metrics();
         // A set: with many pushes failing at once, a Vec lookup per item would be quadratic.
         let mut failed = foldhash::HashSet::default();
@@ -651,7 +685,12 @@ impl PolicyLoop {
                 pushes = cycle.pushes.len(),
                 "not the leader any more: nothing written"
             );
-            failed.extend(cycle.pushes.iter().map(|d| d.destination.clone()));
+            failed.extend(
+                cycle
+                    .pushes
+                    .iter()
+                    .map(|d| DestKey::new(d.namespace.as_str(), d.destination.as_str())),
+            );
             return failed;
         }
         if !cycle.pushes.is_empty() {
@@ -667,12 +706,18 @@ impl PolicyLoop {
                                 Outcome::Applied { .. } | Outcome::Logged { .. } => "ok",
                                 Outcome::Refused { reason } => {
                                     tracing::warn!(sink = sink.name(), destination = %item.destination, %reason, "push refused");
-                                    failed.insert(item.destination.clone());
+                                    failed.insert(DestKey::new(
+                                        item.namespace.as_str(),
+                                        item.destination.as_str(),
+                                    ));
                                     "refused"
                                 }
                                 Outcome::Failed { error } => {
                                     tracing::warn!(sink = sink.name(), destination = %item.destination, %error, "push failed");
-                                    failed.insert(item.destination.clone());
+                                    failed.insert(DestKey::new(
+                                        item.namespace.as_str(),
+                                        item.destination.as_str(),
+                                    ));
                                     "failed"
                                 }
                             };
@@ -685,7 +730,11 @@ impl PolicyLoop {
                             .pushes
                             .get_or_create(&label("error"))
                             .inc_by(cycle.pushes.len() as u64);
-                        failed.extend(cycle.pushes.iter().map(|d| d.destination.clone()));
+                        failed.extend(
+                            cycle.pushes.iter().map(|d| {
+                                DestKey::new(d.namespace.as_str(), d.destination.as_str())
+                            }),
+                        );
                     }
                 }
             }
@@ -716,7 +765,7 @@ impl PolicyLoop {
             } = item.action
             {
                 metrics.rollbacks.inc();
-                tracing::warn!(destination = %item.destination, baseline, objective, "objective worsened after a push: rolled back");
+                tracing::warn!(key = %item.key, baseline, objective, "objective worsened after a push: rolled back");
             }
             if item.action.is_decision() {
                 metrics
@@ -726,9 +775,9 @@ impl PolicyLoop {
                     })
                     .inc();
             }
-            let in_force = state.in_force.get(&item.destination).copied();
+            let in_force = state.in_force.get(&item.key).copied();
             if let Some(k) = &in_force {
-                metrics.set_knobs(&item.destination, k);
+                metrics.set_knobs(&item.key, k);
             }
             let status = DestinationPolicyStatus {
                 knobs: in_force.as_ref().map(knobs_by_name),
@@ -740,10 +789,11 @@ impl PolicyLoop {
                 }),
             };
             for c in &item.clusters {
-                self.controller.set_policy_status(c, status.clone());
+                self.controller
+                    .set_policy_status(&item.key.with_cluster(c.as_str()), status.clone());
             }
             if *outcome != DestOutcome::NoChange {
-                tracing::info!(destination = %item.destination, outcome = outcome.label(), changed = item.changed.len(), mode, "decision");
+                tracing::info!(key = %item.key, outcome = outcome.label(), changed = item.changed.len(), mode, "decision");
             }
         }
     }
@@ -1068,7 +1118,7 @@ mod tests {
         assert_eq!(c.pushes.len(), 2);
         let failed = l.push(&c).await;
         assert_eq!(failed.len(), 1);
-        assert!(failed.contains("b"));
+        assert!(failed.contains(&DestKey::new("", "b")));
 
         let broken: Arc<dyn Sink> = Arc::new(FakeSink {
             refuse: vec![],
@@ -1129,11 +1179,11 @@ mod tests {
             .unwrap();
         let s = l.cycle().await.unwrap();
         assert_eq!(s.pushed, 1, "{s:?}");
-        assert!(l.knobs_in_force("a").await.is_some());
-        assert!(controller.policy_status("a").is_some());
+        assert!(l.knobs_in_force(&DestKey::new("", "a")).await.is_some());
+        assert!(controller.policy_status(&DestKey::new("", "a")).is_some());
         assert!(controller
             .metrics_text()
-            .contains(r#"meshtune_knob{destination="a""#));
+            .contains(r#"meshtune_knob{namespace="default",destination="a""#));
         // Two new names from another reporter evict "a" (reported once: probationary).
         controller
             .handle_report(&report(
@@ -1142,10 +1192,13 @@ mod tests {
                 vec![upstream("x", 1, 0, 5_000), upstream("y", 1, 0, 5_000)],
             ))
             .unwrap();
-        assert!(controller.destination_names().iter().all(|n| n != "a"));
+        assert!(controller
+            .destination_names()
+            .iter()
+            .all(|n| n.cluster != "a"));
         l.cycle().await.unwrap();
-        assert!(l.knobs_in_force("a").await.is_none());
-        assert!(controller.policy_status("a").is_none());
+        assert!(l.knobs_in_force(&DestKey::new("", "a")).await.is_none());
+        assert!(controller.policy_status(&DestKey::new("", "a")).is_none());
         let text = controller.metrics_text();
         assert!(!text.contains(r#"destination="a""#), "{text}");
         assert!(

@@ -2,11 +2,16 @@
 //! the gRPC ingest and admin HTTP servers on given listeners until a shutdown future fires.
 
 use crate::aggregate::{Aggregator, IngestOutcome};
-use crate::api::{DestinationJson, DestinationsResponse, LastDecisionJson, ModelJson};
+use crate::api::{
+    DestinationJson, DestinationsResponse, IdentityJson, LastDecisionJson, ModelJson,
+};
 use crate::config::Config;
 use crate::hints::{FileHints, HintSource, HintsError, NoHints, Reload};
+use crate::identity::{identify, AuthMode, IdentityError, SpiffeId, XFCC_HEADER};
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::validate::{validate, Limits as ValidationLimits};
+use meshtune_core::key::reporter_namespace;
+use meshtune_core::DestKey;
 use meshtune_proto::v1::{ReportRequest, ReportResponse};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -15,6 +20,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+/// Most distinct reporter identities listed in `/api/destinations` (`identities`).
+pub const MAX_IDENTITIES: usize = 10_000;
 
 /// How long servers get to finish after shutdown fires before they are dropped.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -28,6 +36,8 @@ pub enum ControllerError {
     Grpc(#[from] tonic::transport::Error),
     #[error("admin server: {0}")]
     Admin(std::io::Error),
+    #[error("gRPC TLS: {0}")]
+    Tls(String),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -69,7 +79,9 @@ pub struct Controller {
     accepted: AtomicU64,
     rejected: AtomicU64,
     duplicate: AtomicU64,
-    policy_status: RwLock<BTreeMap<String, DestinationPolicyStatus>>,
+    policy_status: RwLock<BTreeMap<DestKey, DestinationPolicyStatus>>,
+    /// Authenticated reporter identities seen (at most [`MAX_IDENTITIES`]).
+    identities: Mutex<BTreeMap<String, IdentityJson>>,
     model_status: RwLock<ModelJson>,
     /// Leader election, if any: a follower is not Ready (see [`crate::leader`]).
     leadership: std::sync::OnceLock<crate::leader::Leadership>,
@@ -110,6 +122,11 @@ impl Controller {
     /// Builds the state; opens the hints file if configured (an invalid existing file is an
     /// error, a missing one gives no hints until it appears).
     pub fn new(config: Config) -> Result<Self, ControllerError> {
+        if config.auth == AuthMode::ClientCert && config.tls.is_none() {
+            return Err(ControllerError::Tls(
+                "client-certificate authentication needs the TLS files (--tls-cert, --tls-key, --client-ca)".into(),
+            ));
+        }
         let file_hints = match &config.hints_file {
             Some(p) => Some(Arc::new(FileHints::open(p)?)),
             None => None,
@@ -130,6 +147,7 @@ impl Controller {
             rejected: AtomicU64::new(0),
             duplicate: AtomicU64::new(0),
             policy_status: RwLock::new(BTreeMap::new()),
+            identities: Mutex::new(BTreeMap::new()),
             model_status: RwLock::new(ModelJson::default()),
             leadership: std::sync::OnceLock::new(),
             rate: Mutex::new(crate::ingest::RateLimiter::new(
@@ -171,21 +189,20 @@ impl Controller {
         self.file_hints.as_ref()
     }
 
-    /// True once the gRPC server is serving.
-    /// Publishes the decision loop's view of one reported cluster.
-    pub fn set_policy_status(&self, cluster: &str, status: DestinationPolicyStatus) {
+    /// Publishes the decision loop's view of one (reporter namespace, reported cluster).
+    pub fn set_policy_status(&self, key: &DestKey, status: DestinationPolicyStatus) {
         self.policy_status
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(cluster.to_string(), status);
+            .insert(key.clone(), status);
     }
 
-    /// The decision loop's view of one reported cluster.
-    pub fn policy_status(&self, cluster: &str) -> Option<DestinationPolicyStatus> {
+    /// The decision loop's view of one (reporter namespace, reported cluster).
+    pub fn policy_status(&self, key: &DestKey) -> Option<DestinationPolicyStatus> {
         self.policy_status
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(cluster)
+            .get(key)
             .cloned()
     }
 
@@ -259,18 +276,18 @@ impl Controller {
     }
 
     /// Names of every tracked destination (reported cluster), no particular order.
-    pub fn destination_names(&self) -> Vec<String> {
+    pub fn destination_names(&self) -> Vec<DestKey> {
         self.aggregator().destination_names()
     }
 
     /// Forgets the policy status of clusters no longer tracked (`live`: those still tracked).
-    pub fn prune_policy_status(&self, live: &foldhash::HashSet<&str>) -> usize {
+    pub fn prune_policy_status(&self, live: &foldhash::HashSet<DestKey>) -> usize {
         let mut m = self
             .policy_status
             .write()
             .unwrap_or_else(|e| e.into_inner());
         let before = m.len();
-        m.retain(|c, _| live.contains(c.as_str()));
+        m.retain(|k, _| live.contains(k));
         before - m.len()
     }
 
@@ -285,10 +302,52 @@ impl Controller {
         self.aggregator().snapshot(now)
     }
 
-    /// Handles one report: validate, de-duplicate, merge, answer with hints. A rejected
-    /// report gets INVALID_ARGUMENT naming the field and changes nothing.
+    /// Handles one report as the configured mode sees a call without certificate or header:
+    /// in [`AuthMode::None`] the report is trusted as claimed; otherwise it is refused
+    /// (UNAUTHENTICATED). See [`Controller::handle_report_as`].
     pub fn handle_report(&self, req: &ReportRequest) -> ReportResult {
+        self.handle_report_as(req, identify(self.config.auth, None, None))
+    }
+
+    /// Handles one report from a caller with `identity` ([`crate::identity::identify`]):
+    /// without a usable identity when one is required → UNAUTHENTICATED; a claimed
+    /// `reporter.namespace` (empty = the default namespace) other than the identity's →
+    /// PERMISSION_DENIED; both counted in `meshtune_reports_unauthorized_total` and changing
+    /// nothing. Then validate, de-duplicate, merge, answer with the hints of the reporter's
+    /// namespace. A rejected report gets INVALID_ARGUMENT naming the field and changes nothing.
+    pub fn handle_report_as(
+        &self,
+        req: &ReportRequest,
+        identity: Result<Option<SpiffeId>, IdentityError>,
+    ) -> ReportResult {
         let started = Instant::now();
+        let refuse = |reason: &str| {
+            self.metrics
+                .reports_unauthorized
+                .get_or_create(&ReasonLabels {
+                    reason: reason.to_string(),
+                })
+                .inc();
+        };
+        match identity {
+            Err(e) => {
+                refuse(e.reason());
+                tracing::debug!(error = %e, "report refused: no usable identity");
+                return Err(tonic::Status::unauthenticated(e.to_string()));
+            }
+            Ok(Some(id)) => {
+                let claimed = req.reporter.as_ref().map_or("", |r| r.namespace.as_str());
+                if reporter_namespace(claimed) != id.namespace {
+                    refuse("namespace_mismatch");
+                    tracing::warn!(identity = %id, claimed, "report refused: reporter.namespace differs from the caller's identity");
+                    return Err(tonic::Status::permission_denied(format!(
+                        "reporter.namespace {claimed:?} differs from the namespace of the caller's identity {id}"
+                    )));
+                }
+                self.record_identity(&id);
+            }
+            Ok(None) => {}
+        }
         let valid = match validate(req, &self.validation) {
             Ok(v) => v,
             Err(e) => {
@@ -351,7 +410,9 @@ impl Controller {
             }
         }
         let clusters: Vec<String> = valid.upstreams.iter().map(|(n, _)| n.clone()).collect();
-        let hints = self.hint_source().hints_for(&clusters);
+        let hints = self
+            .hint_source()
+            .hints_for(&valid.reporter.namespace, &clusters);
         self.metrics
             .report_ingest_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -359,6 +420,35 @@ impl Controller {
             hints,
             accepted_sequence: outcome.accepted_sequence(),
         })
+    }
+
+    fn record_identity(&self, id: &SpiffeId) {
+        let now = self.clock.now_unix_ms();
+        let mut ids = self.identities.lock().unwrap_or_else(|e| e.into_inner());
+        let key = id.to_string();
+        if let Some(e) = ids.get_mut(&key) {
+            e.reports += 1;
+            e.last_unix_ms = now;
+        } else if ids.len() < MAX_IDENTITIES {
+            ids.insert(
+                key.clone(),
+                IdentityJson {
+                    spiffe_id: key,
+                    reports: 1,
+                    last_unix_ms: now,
+                },
+            );
+        }
+    }
+
+    /// Authenticated reporter identities seen, sorted.
+    pub fn identities(&self) -> Vec<IdentityJson> {
+        self.identities
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The admin view (`/api/destinations`); also refreshes the per-destination gauges.
@@ -373,9 +463,11 @@ impl Controller {
         let destinations = views
             .iter()
             .map(|v| {
-                let hint = hints.hints_for(std::slice::from_ref(&v.name)).pop();
+                let hint = hints
+                    .hints_for(&v.key.namespace, std::slice::from_ref(&v.key.cluster))
+                    .pop();
                 let mut d = DestinationJson::new(v, hint);
-                if let Some(s) = self.policy_status(&v.name) {
+                if let Some(s) = self.policy_status(&v.key) {
                     d.knobs = s.knobs;
                     d.last_decision = s.last_decision;
                 }
@@ -388,25 +480,29 @@ impl Controller {
             reports_rejected: self.rejected.load(Ordering::Relaxed),
             reports_duplicate: self.duplicate.load(Ordering::Relaxed),
             reporters: reporters as u64,
+            auth: self.config.auth.name().to_string(),
+            identities: self.identities(),
             destinations,
         }
     }
 
-    /// `/api/destinations?name=CLUSTER`: the same answer with at most that one destination,
-    /// computed without touching the others.
-    pub fn destination_json(&self, name: &str) -> DestinationsResponse {
+    /// `/api/destinations?name=CLUSTER&namespace=NS`: the same answer with at most that one
+    /// destination, computed without touching the others.
+    pub fn destination_json(&self, key: &DestKey) -> DestinationsResponse {
         let now = self.clock.now_unix_ms();
         let (view, reporters) = {
             let a = self.aggregator();
-            (a.destination(name, now), a.reporter_count())
+            (a.destination(key, now), a.reporter_count())
         };
         let hints = self.hint_source();
         let destinations = view
             .iter()
             .map(|v| {
-                let hint = hints.hints_for(std::slice::from_ref(&v.name)).pop();
+                let hint = hints
+                    .hints_for(&v.key.namespace, std::slice::from_ref(&v.key.cluster))
+                    .pop();
                 let mut d = DestinationJson::new(v, hint);
-                if let Some(s) = self.policy_status(&v.name) {
+                if let Some(s) = self.policy_status(&v.key) {
                     d.knobs = s.knobs;
                     d.last_decision = s.last_decision;
                 }
@@ -419,6 +515,8 @@ impl Controller {
             reports_rejected: self.rejected.load(Ordering::Relaxed),
             reports_duplicate: self.duplicate.load(Ordering::Relaxed),
             reporters: reporters as u64,
+            auth: self.config.auth.name().to_string(),
+            identities: self.identities(),
             destinations,
         }
     }
@@ -499,7 +597,18 @@ impl Controller {
             self.validation.clone(),
             self.config.max_concurrent_reports,
         );
-        let grpc_server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.config.tls {
+            use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+            builder = builder
+                .tls_config(
+                    ServerTlsConfig::new()
+                        .identity(Identity::from_pem(&tls.cert, &tls.key))
+                        .client_ca_root(Certificate::from_pem(&tls.client_ca)),
+                )
+                .map_err(|e| ControllerError::Tls(e.to_string()))?;
+        }
+        let grpc_server = builder
             .max_concurrent_streams(self.config.max_streams_per_connection)
             .concurrency_limit_per_connection(self.config.max_streams_per_connection as usize)
             .timeout(self.config.request_timeout)
@@ -547,7 +656,19 @@ impl meshtune_proto::v1::feature_service_server::FeatureService for Controller {
         &self,
         request: tonic::Request<ReportRequest>,
     ) -> Result<tonic::Response<ReportResponse>, tonic::Status> {
-        self.handle_report(request.get_ref())
+        let identity = match self.config.auth {
+            AuthMode::None => Ok(None),
+            mode => {
+                let certs = request.peer_certs();
+                let leaf = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
+                let xfcc = request
+                    .metadata()
+                    .get(XFCC_HEADER)
+                    .map(|v| v.to_str().unwrap_or(""));
+                identify(mode, leaf, xfcc)
+            }
+        };
+        self.handle_report_as(request.get_ref(), identity)
             .map(tonic::Response::new)
     }
 }
@@ -672,13 +793,16 @@ mod tests {
             .unwrap()
             .hints
             .is_empty());
-        c.set_hint_source(Arc::new(StaticHints::new(vec![Hint {
-            cluster: "c".into(),
-            timeout_ms: 40,
-            max_retries: None,
-            concurrency_limit: 0,
-            ttl_ms: 1000,
-        }])));
+        c.set_hint_source(Arc::new(StaticHints::new(vec![(
+            DestKey::new("", "c"),
+            Hint {
+                cluster: "c".into(),
+                timeout_ms: 40,
+                max_retries: None,
+                concurrency_limit: 0,
+                ttl_ms: 1000,
+            },
+        )])));
         let resp = c.handle_report(&report(3, "c", 1)).unwrap();
         assert_eq!(resp.hints.len(), 1);
         assert_eq!(resp.hints[0].timeout_ms, 40);

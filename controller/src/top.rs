@@ -168,8 +168,16 @@ fn last_text(d: &crate::api::DestinationJson) -> String {
     }
 }
 
-/// Renders the destinations table (one header line, one line per destination).
+/// Renders the destinations table (one header line, one line per destination: the reporters'
+/// NAMESPACE and the DESTINATION cluster they report).
 pub fn render(r: &DestinationsResponse) -> String {
+    let ns_w = r
+        .destinations
+        .iter()
+        .map(|d| d.namespace.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("NAMESPACE".len());
     let name_w = r
         .destinations
         .iter()
@@ -188,7 +196,8 @@ pub fn render(r: &DestinationsResponse) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<name_w$} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>8} {:>7} {:>7} {:>7}  {:<16}  HINT",
+        "{:<ns_w$} {:<name_w$} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>8} {:>7} {:>7} {:>7}  {:<16}  HINT",
+        "NAMESPACE",
         "DESTINATION",
         "RPS",
         "P50_MS",
@@ -206,7 +215,8 @@ pub fn render(r: &DestinationsResponse) -> String {
         let w = &d.window;
         let _ = writeln!(
             out,
-            "{:<name_w$} {:>9.1} {:>9.2} {:>9.2} {:>6.1} {:>6.1} {:>6.1} {:>8.1} {:>7} {:>7} {:>7}  {:<16}  {}",
+            "{:<ns_w$} {:<name_w$} {:>9.1} {:>9.2} {:>9.2} {:>6.1} {:>6.1} {:>6.1} {:>8.1} {:>7} {:>7} {:>7}  {:<16}  {}",
+            d.namespace,
             d.name,
             w.rps,
             w.p50_ms,
@@ -232,6 +242,7 @@ mod tests {
 
     fn dest(name: &str, rps: f64, e5: f64, hint: Option<Hint>) -> DestinationJson {
         DestinationJson {
+            namespace: "default".into(),
             name: name.into(),
             reporters: 1,
             last_report_unix_ms: 0,
@@ -286,6 +297,8 @@ mod tests {
             reports_rejected: 1,
             reports_duplicate: 0,
             reporters: 1,
+            auth: "none".into(),
+            identities: Vec::new(),
             destinations: vec![
                 dest("a-rather-long-cluster-name", 123.45, 0.02, None),
                 dest(
@@ -306,20 +319,20 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");
         assert!(lines[0].contains("accepted 7") && lines[0].contains("rejected 1"));
-        assert!(lines[1].starts_with("DESTINATION "));
-        assert!(lines[2].starts_with("a-rather-long-cluster-name "));
+        assert!(lines[1].starts_with("NAMESPACE DESTINATION "));
+        assert!(lines[2].starts_with("default   a-rather-long-cluster-name "));
         assert!(
             lines[2].contains("123.5") && lines[2].contains("2.0") && lines[2].contains("50.0")
         );
         assert!(lines[2].ends_with(" -"));
-        assert!(lines[3].starts_with("b "));
+        assert!(lines[3].starts_with("default   b "));
         assert!(
             lines[3].ends_with("timeout=50ms retries=0 limit=10"),
             "{}",
             lines[3]
         );
         // Columns line up: the RPS column ends at the same offset in every row.
-        let col = "a-rather-long-cluster-name".len() + 1 + 9;
+        let col = "NAMESPACE".len() + 1 + "a-rather-long-cluster-name".len() + 1 + 9;
         for l in &lines[1..] {
             assert_eq!(l.as_bytes()[col], b' ', "{l}");
             assert_ne!(l.as_bytes()[col - 1], b' ', "{l}");
@@ -345,12 +358,14 @@ mod tests {
             reports_rejected: 0,
             reports_duplicate: 0,
             reporters: 0,
+            auth: "none".into(),
+            identities: Vec::new(),
             destinations: vec![d],
         };
         let text = render(&r);
         let row = text.lines().nth(2).unwrap();
         let cols: Vec<&str> = row.split_whitespace().collect();
-        assert_eq!(&cols[8..12], &["64", "inf", "900", "pushed(2)"], "{row}");
+        assert_eq!(&cols[9..13], &["64", "inf", "900", "pushed(2)"], "{row}");
     }
 
     #[test]
@@ -361,6 +376,8 @@ mod tests {
             reports_rejected: 0,
             reports_duplicate: 0,
             reporters: 0,
+            auth: "none".into(),
+            identities: Vec::new(),
             destinations: vec![],
         };
         assert_eq!(render(&r).lines().count(), 2);

@@ -244,7 +244,11 @@ async fn reports_drive_decisions_into_cds_hints_status_and_recorder_and_bad_mode
     // (on a loaded machine the report could otherwise overtake the publish stage).
     eventually(10, "the loop to publish its hints", || async {
         use meshtune_controller::HintSource;
-        (!r.policy.hints().hints_for(&["svc".to_string()]).is_empty()).then_some(())
+        (!r.policy
+            .hints()
+            .hints_for("", &["svc".to_string()])
+            .is_empty())
+        .then_some(())
     })
     .await;
     let resp = client
@@ -363,7 +367,7 @@ async fn reports_drive_decisions_into_cds_hints_status_and_recorder_and_bad_mode
     );
     assert!(metric(&text, "meshtune_decisions_total{mode=\"enforce\"") >= 2.0);
     assert!(
-        text.contains("meshtune_knob{destination=\"svc\",knob=\"http.http1MaxPendingRequests\"}"),
+        text.contains("meshtune_knob{namespace=\"default\",destination=\"svc\",knob=\"http.http1MaxPendingRequests\"}"),
         "{text}"
     );
     assert!(text.contains("meshtune_inference_seconds_count"));

@@ -20,7 +20,7 @@ struct Cli {
 }
 
 fn args(extra: &[&str]) -> ControllerArgs {
-    let mut argv = vec!["controller"];
+    let mut argv = vec!["controller", "--insecure-no-auth"];
     argv.extend_from_slice(extra);
     Cli::try_parse_from(argv).unwrap().args
 }

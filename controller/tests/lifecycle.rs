@@ -27,6 +27,12 @@ use meshtune_test_support::kube_mock::{self, ok, pair, status, ApiServer};
 use serde_json::{json, Value};
 
 const HOST: &str = "reviews.bookinfo.svc.cluster.local";
+/// The reporters' (and so the objects') namespace.
+const NAMESPACE: &str = "bookinfo";
+
+fn key(dest: &str) -> meshtune_core::DestKey {
+    meshtune_core::DestKey::new(NAMESPACE, dest)
+}
 const CLUSTER: &str = "outbound|9080||reviews.bookinfo.svc.cluster.local";
 const ISTIO_API: &str = "networking.istio.io/v1";
 const ALL_DR: &str = "/apis/networking.istio.io/v1/destinationrules";
@@ -254,11 +260,13 @@ fn setup(client: kube::Client, mode: Mode) -> Arc<PolicyLoop> {
 fn setup_every(client: kube::Client, mode: Mode, interval: Duration) -> Arc<PolicyLoop> {
     let controller = Arc::new(Controller::new(Config::default()).unwrap());
     for seq in 1..=3 {
-        let r = controller.handle_report(&report(
-            "client-0",
-            seq,
-            vec![upstream(CLUSTER, 200, 10, 40_000)],
-        ));
+        // A client in the service's own namespace: its client-side objects are the
+        // service's `reviews` objects in `bookinfo`.
+        let mut rep = report("client-0", seq, vec![upstream(CLUSTER, 200, 10, 40_000)]);
+        if let Some(r) = rep.reporter.as_mut() {
+            r.namespace = NAMESPACE.into();
+        }
+        let r = controller.handle_report(&rep);
         assert!(r.is_ok(), "report {seq}: {r:?}");
     }
     let model = OnnxPolicy::from_bytes(&const_model(U, "const"), "test").unwrap();
@@ -329,7 +337,7 @@ async fn restart_recovery_puts_the_objects_knobs_in_force_so_an_equal_decision_p
     let mut server = served.await.unwrap();
     let text = policy.controller().metrics_text();
     assert!(text.contains("meshtune_recovered_destinations 1"), "{text}");
-    let recovered = policy.knobs_in_force(HOST).await.expect("recovered");
+    let recovered = policy.knobs_in_force(&key(HOST)).await.expect("recovered");
     let t = IstioTarget::new(HOST, "bookinfo");
     assert_eq!(
         destination_rule(&t, &recovered)["spec"],
@@ -346,9 +354,9 @@ async fn restart_recovery_puts_the_objects_knobs_in_force_so_an_equal_decision_p
         .expect_no_request(SILENCE, "no default push after a restart")
         .await;
     // Hints are served from the recovered knobs.
-    let hints = policy.hints().all();
-    let hint = hints
-        .get(CLUSTER)
+    let hint = policy
+        .hints()
+        .get(&key(CLUSTER))
         .expect("a hint for the reporting cluster");
     assert_eq!(
         hint.timeout_ms,
@@ -386,7 +394,7 @@ async fn the_loop_decides_nothing_until_recovery_succeeds() {
             "no push: the recovered knobs are the decision",
         )
         .await;
-    assert!(policy.knobs_in_force(HOST).await.is_some());
+    assert!(policy.knobs_in_force(&key(HOST)).await.is_some());
     let text = policy.controller().metrics_text();
     assert!(text.contains("meshtune_decision_cycles_total"), "{text}");
     assert!(
@@ -455,7 +463,11 @@ async fn a_lost_lease_stops_writes() {
     server
         .expect_no_request(SILENCE, "a replica that lost the lease wrote")
         .await;
-    assert_eq!(policy.knobs_in_force(HOST).await, None, "nothing in force");
+    assert_eq!(
+        policy.knobs_in_force(&key(HOST)).await,
+        None,
+        "nothing in force"
+    );
 }
 
 #[tokio::test]

@@ -97,12 +97,12 @@ async fn promtool_accepts_the_metrics_and_units_are_base_units() {
     let text = controller.metrics_text();
     for line in [
         "meshtune_build_info{version=\"",
-        "meshtune_destination_request_duration_seconds_bucket{le=\"0.05\",destination=\"svc-a\"} 100",
-        "meshtune_destination_request_duration_seconds_bucket{le=\"0.025\",destination=\"svc-a\"} 0",
+        "meshtune_destination_request_duration_seconds_bucket{le=\"0.05\",namespace=\"default\",destination=\"svc-a\"} 100",
+        "meshtune_destination_request_duration_seconds_bucket{le=\"0.025\",namespace=\"default\",destination=\"svc-a\"} 0",
         "meshtune_prometheus_fetches_total{result=\"error\"} 1",
         "meshtune_pushes_total{sink=\"log\",result=\"ok\"} 2",
-        "meshtune_destination_requests_total{destination=\"svc-a\",code_class=\"5xx\"} 5",
-        "meshtune_knob{destination=\"svc-a\",knob=\"timeout\"}",
+        "meshtune_destination_requests_total{namespace=\"default\",destination=\"svc-a\",code_class=\"5xx\"} 5",
+        "meshtune_knob{namespace=\"default\",destination=\"svc-a\",knob=\"timeout\"}",
         "meshtune_destinations_selected{source=\"filter\"} 2",
     ] {
         assert!(text.contains(line), "missing `{line}` in\n{text}");
@@ -117,7 +117,11 @@ async fn promtool_accepts_the_metrics_and_units_are_base_units() {
     // Route timeout (a duration knob) is exported in seconds: within the knob's bounds / 1000.
     let timeout = text
         .lines()
-        .find(|l| l.starts_with("meshtune_knob{destination=\"svc-a\",knob=\"timeout\"}"))
+        .find(|l| {
+            l.starts_with(
+                "meshtune_knob{namespace=\"default\",destination=\"svc-a\",knob=\"timeout\"}",
+            )
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap();
@@ -203,7 +207,8 @@ async fn per_destination_series_are_bounded() {
     let destinations: BTreeSet<&str> = text
         .lines()
         .filter(|l| l.starts_with("meshtune_destination_requests_total{"))
-        .filter_map(|l| l.split('"').nth(1))
+        // {namespace="default",destination="svc-…",…}: the destination is the fourth field.
+        .filter_map(|l| l.split('"').nth(3))
         .collect();
     assert_eq!(destinations.len(), MAX_METRIC_DESTINATIONS);
     // The busiest are kept: svc-0000 (1 request) is dropped, the last one kept.

@@ -174,9 +174,9 @@ async fn reports_are_aggregated_and_visible_over_http() {
         "meshtune_reports_rejected_total{reason=\"reporter\"} 1",
         "meshtune_reports_rejected_total{reason=\"latency\"} 1",
         "meshtune_destinations_tracked 2",
-        "meshtune_destination_requests_total{destination=\"svc-a\",code_class=\"2xx\"}",
-        "meshtune_destination_request_duration_seconds_count{destination=\"svc-b\"} 4",
-        "meshtune_destination_requests_total{destination=\"svc-a\",code_class=\"5xx\"}",
+        "meshtune_destination_requests_total{namespace=\"default\",destination=\"svc-a\",code_class=\"2xx\"}",
+        "meshtune_destination_request_duration_seconds_count{namespace=\"default\",destination=\"svc-b\"} 4",
+        "meshtune_destination_requests_total{namespace=\"default\",destination=\"svc-a\",code_class=\"5xx\"}",
         "meshtune_report_ingest_seconds_count 3",
     ] {
         assert!(metrics.contains(needle), "{needle} not in\n{metrics}");

@@ -1,5 +1,7 @@
 //! meshtune's shared vocabulary: wasm-safe, no I/O.
 //!
+//! - [`key`]: [`DestKey`], (reporter namespace, destination cluster), the key of aggregates,
+//!   decisions and hints.
 //! - [`histogram`]: the mergeable log-linear latency histogram the filter records into.
 //! - [`window`]: one destination's counters over a window, and its feature vector.
 //! - [`features`]: the policy's input schema and normalisation.
@@ -18,6 +20,7 @@ pub mod dataset;
 pub mod env;
 pub mod features;
 pub mod histogram;
+pub mod key;
 pub mod knobs;
 pub mod outcomes;
 pub mod window;
@@ -29,6 +32,7 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 
 pub use features::{Context, Features, FEATURE_COUNT, FEATURE_NAMES};
 pub use histogram::LatencyHistogram;
+pub use key::DestKey;
 pub use knobs::{Knob, Knobs, KNOB_COUNT};
 pub use outcomes::{Objective, Outcomes, SloGood};
 pub use window::WindowStats;

@@ -15,6 +15,7 @@ fn controller() -> Command {
     let mut c = Command::new(BIN);
     c.args([
         "controller",
+        "--insecure-no-auth",
         "--grpc-listen",
         "127.0.0.1:0",
         "--admin-listen",
@@ -107,7 +108,11 @@ async fn binary_prints_ports_serves_and_stops_on_sigterm() {
         .unwrap();
     assert!(top.status.success(), "{top:?}");
     let text = String::from_utf8(top.stdout).unwrap();
-    let row = text.lines().find(|l| l.starts_with("svc-x ")).expect(&text);
+    // NAMESPACE (the reporter's, `default`) then DESTINATION.
+    let row = text
+        .lines()
+        .find(|l| l.split_whitespace().take(2).eq(["default", "svc-x"]))
+        .expect(&text);
     assert!(row.contains("timeout=30ms"), "{row}");
 
     // SIGTERM with the gRPC client's HTTP/2 connection still open (as Envoy keeps it): the

@@ -259,6 +259,7 @@ fn controller_image_runs_from_its_root_file_system() {
             &[
                 BINARY,
                 "controller",
+                "--insecure-no-auth",
                 "--grpc-listen",
                 "127.0.0.1:0",
                 "--admin-listen",

@@ -1,6 +1,14 @@
 //! Renders `Knobs` to Istio `networking.istio.io/v1` DestinationRule and VirtualService
 //! objects (as JSON values ready for server-side apply).
 //!
+//! The objects are client-side: written into the namespace of the reporting sidecars (the
+//! key's namespace, [`meshtune_core::DestKey`]) with `exportTo: ["."]` ([`EXPORT_TO`]), so they
+//! apply only to sidecars of that namespace. Istio looks a DestinationRule up in the client's
+//! namespace first, then the service's, then the root namespace (see docs/ARCHITECTURE.md,
+//! *Reach of a reporter*), so a client-side object takes precedence for that namespace's
+//! sidecars and nobody else's. Hosts are the fully qualified names from the outbound cluster
+//! (a short name would resolve against the object's namespace).
+//!
 //! Istio's "unset" defaults stay unset: a limit at or above 2^31-1 (the CRD fields are int32;
 //! Istio's own default is 2^32-1 = unlimited) is omitted, `maxRequestsPerConnection` 0 is
 //! omitted, a route timeout of 0 is omitted (Istio: no timeout; the CRD refuses `0s`) and so is
@@ -25,6 +33,8 @@ pub const API_VERSION: &str = "networking.istio.io/v1";
 /// Label key/value on every object meshtune creates and owns.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "meshtune";
+/// `exportTo` of every rendered object: visible only in its own namespace.
+pub const EXPORT_TO: [&str; 1] = ["."];
 /// Annotation naming the destination host an object was rendered for.
 pub const HOST_ANNOTATION: &str = "meshtune.io/host";
 /// Annotation recording what meshtune set on an object: a JSON object of the knobs it rendered
@@ -250,6 +260,7 @@ pub type DestinationRuleObject<'a> = IstioObject<'a, DestinationRuleSpec<'a>>;
 #[serde(rename_all = "camelCase")]
 pub struct DestinationRuleSpec<'a> {
     host: &'a str,
+    export_to: [&'static str; 1],
     traffic_policy: TrafficPolicy,
 }
 
@@ -323,6 +334,7 @@ impl<'a> IstioObject<'a, DestinationRuleSpec<'a>> {
             metadata: Metadata::of(t, applied_json(k, &DESTINATION_RULE_KNOBS)),
             spec: DestinationRuleSpec {
                 host: &t.host,
+                export_to: EXPORT_TO,
                 traffic_policy: TrafficPolicy {
                     connection_pool: pool_set.then_some(pool),
                     outlier_detection: OutlierDetection {
@@ -342,8 +354,10 @@ pub type VirtualServiceObject<'a> = IstioObject<'a, VirtualServiceSpec<'a>>;
 
 /// `spec` of a VirtualService.
 #[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct VirtualServiceSpec<'a> {
     hosts: [&'a str; 1],
+    export_to: [&'static str; 1],
     http: [HttpRoute<'a>; 1],
 }
 
@@ -388,6 +402,7 @@ impl<'a> IstioObject<'a, VirtualServiceSpec<'a>> {
             metadata: Metadata::of(t, applied_json(k, &VIRTUAL_SERVICE_KNOBS)),
             spec: VirtualServiceSpec {
                 hosts: [&t.host],
+                export_to: EXPORT_TO,
                 http: [HttpRoute {
                     name: "meshtune",
                     route: [RouteDestination {
@@ -527,6 +542,7 @@ mod tests {
         );
         let p = &dr["spec"]["trafficPolicy"];
         assert_eq!(dr["spec"]["host"], "reviews.bookinfo.svc.cluster.local");
+        assert_eq!(dr["spec"]["exportTo"], json!(["."]));
         assert_eq!(p["connectionPool"]["tcp"]["maxConnections"], 100);
         let h = &p["connectionPool"]["http"];
         assert_eq!(h["http1MaxPendingRequests"], 50);
@@ -545,6 +561,7 @@ mod tests {
         let vs = virtual_service(&t, &tuned());
         let r = &vs["spec"]["http"][0];
         assert_eq!(vs["spec"]["hosts"][0], "reviews");
+        assert_eq!(vs["spec"]["exportTo"], json!(["."]));
         assert_eq!(r["route"][0]["destination"]["host"], "reviews");
         assert_eq!(r["timeout"], "2s");
         assert_eq!(r["retries"]["attempts"], 3);

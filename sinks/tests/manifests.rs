@@ -373,3 +373,75 @@ fn wasmplugin_configuration_reports_to_the_istio_service() {
     let cfg = filter_config(&spec["pluginConfig"].to_string(), "wasmplugin.yaml");
     assert_eq!(cfg.controller_cluster, controller_outbound_cluster(&docs));
 }
+
+/// Reporter authentication in the mesh: the controller runs with its sidecar and trusts its
+/// XFCC; STRICT mTLS for its pods except the admin port Prometheus scrapes; the
+/// AuthorizationPolicy allows only the report method from mesh identities on the gRPC port and
+/// read-only GETs on the admin port. (Schema validity: `istio_manifests_match_the_crd_schemas`.)
+#[test]
+fn controller_runs_with_its_sidecar_strict_mtls_and_report_only_authorization() {
+    let docs = load_all();
+    let dep = find(&docs, "Deployment", "meshtune-controller");
+    let pod = &dep["spec"]["template"];
+    let pod_labels = labels(&pod["metadata"]["labels"]);
+    assert_eq!(
+        pod["metadata"]["annotations"]["sidecar.istio.io/inject"],
+        "true"
+    );
+    let args: Vec<&str> = pod["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(args.contains(&"--trust-xfcc"), "{args:?}");
+    assert!(!args.contains(&"--insecure-no-auth"), "{args:?}");
+    assert!(
+        args.iter().any(|a| a.starts_with("--tune-namespaces=")),
+        "{args:?}"
+    );
+    let selects_controller = |v: &Value| {
+        let sel = labels(&v["spec"]["selector"]["matchLabels"]);
+        !sel.is_empty() && sel.iter().all(|(k, v)| pod_labels.get(k) == Some(v))
+    };
+    let metrics_port = pod["metadata"]["annotations"]["prometheus.io/port"]
+        .as_str()
+        .unwrap();
+
+    let pa = find(&docs, "PeerAuthentication", "meshtune-controller");
+    assert_eq!(pa["metadata"]["namespace"], "meshtune-system");
+    assert!(selects_controller(pa));
+    assert_eq!(pa["spec"]["mtls"]["mode"], "STRICT");
+    let levels = pa["spec"]["portLevelMtls"].as_object().unwrap();
+    assert_eq!(levels.len(), 1, "only the admin port is not STRICT");
+    assert_eq!(levels[metrics_port]["mode"], "PERMISSIVE");
+
+    let ap = find(&docs, "AuthorizationPolicy", "meshtune-controller");
+    assert!(selects_controller(ap));
+    assert_eq!(ap["spec"]["action"], "ALLOW");
+    let svc = find(&docs, "Service", "meshtune-controller");
+    let grpc_port = svc["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["appProtocol"] == "grpc")
+        .unwrap()["port"]
+        .to_string();
+    for rule in ap["spec"]["rules"].as_array().unwrap() {
+        let op = &rule["to"][0]["operation"];
+        let ports: Vec<String> = op["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .collect();
+        if ports == [grpc_port.clone()] {
+            assert_eq!(op["paths"], json!(["/meshtune.v1.FeatureService/Report"]));
+            assert_eq!(rule["from"][0]["source"]["principals"], json!(["*"]));
+        } else {
+            assert_eq!(ports, [metrics_port.to_string()], "{rule}");
+            let methods = op["methods"].as_array().unwrap();
+            assert!(methods.iter().all(|m| m == "GET" || m == "HEAD"), "{rule}");
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! a real Envoy, mocking the Kubernetes API server and deciding whether a missing prerequisite
 //! skips or fails a test.
 //!
+//! - [`certs`]: a test CA, server and SPIFFE client certificates (rcgen), as PEM files.
 //! - [`envoy`]: finds the Envoy binary (`ENVOY_BIN`, else the project-local `.envoy/`), checks
 //!   a bootstrap with `--mode validate`, starts Envoy on a bootstrap written to a fresh run
 //!   directory (unique `--base-id`, output captured in a log), waits for `/ready`, reads
@@ -21,6 +22,7 @@
 //! Never a normal dependency of the shipped crates (controller, policy, sinks, core, proto,
 //! filter): they take it as a dev-dependency only.
 
+pub mod certs;
 pub mod envoy;
 pub mod http;
 pub mod istio;

@@ -198,6 +198,13 @@ impl Controller {
             .arg(self.grpc.to_string())
             .arg("--admin-listen")
             .arg(self.admin.to_string());
+        // Local runs are plaintext and unauthenticated unless the caller chose a mode.
+        let chose_auth = self.cfg.extra_args.iter().any(|a| {
+            a.starts_with("--tls-cert") || a == "--trust-xfcc" || a == "--insecure-no-auth"
+        });
+        if !chose_auth {
+            cmd.arg("--insecure-no-auth");
+        }
         if let Some(h) = &self.cfg.hints_file {
             cmd.arg("--hints-file").arg(h);
         }

@@ -143,6 +143,48 @@ pub struct EnvoyConfig {
     pub max_requests: u32,
     /// Run Envoy pinned to these CPUs (a `taskset -c` list such as `0`); None = unpinned.
     pub cpu_affinity: Option<String>,
+    /// mTLS to the controller (a controller started with `--tls-cert/--tls-key/--client-ca`);
+    /// None = plaintext.
+    pub controller_tls: Option<ControllerTls>,
+}
+
+/// The client side of mTLS to the controller: Envoy's certificate (with the reporter's SPIFFE
+/// URI SAN), its key, and the CA that signed the controller's certificate (PEM files).
+#[derive(Debug, Clone)]
+pub struct ControllerTls {
+    pub cert_chain: PathBuf,
+    pub private_key: PathBuf,
+    pub trusted_ca: PathBuf,
+    /// SNI and the name the controller's certificate must carry (e.g. `localhost`).
+    pub server_name: String,
+}
+
+impl ControllerTls {
+    /// The `transport_socket` of the controller cluster (HTTP/2 over TLS, ALPN `h2`).
+    pub fn transport_socket(&self) -> Value {
+        let file = |p: &Path| json!({"filename": p.display().to_string()});
+        json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": self.server_name,
+                "common_tls_context": {
+                    "alpn_protocols": ["h2"],
+                    "tls_certificates": [{
+                        "certificate_chain": file(&self.cert_chain),
+                        "private_key": file(&self.private_key)
+                    }],
+                    "validation_context": {
+                        "trusted_ca": file(&self.trusted_ca),
+                        "match_typed_subject_alt_names": [{
+                            "san_type": "DNS",
+                            "matcher": {"exact": self.server_name}
+                        }]
+                    }
+                }
+            }
+        })
+    }
 }
 
 impl EnvoyConfig {
@@ -157,6 +199,7 @@ impl EnvoyConfig {
             log_level: "info".into(),
             max_requests: 100_000,
             cpu_affinity: None,
+            controller_tls: None,
         }
     }
 
@@ -230,7 +273,7 @@ pub fn render_bootstrap(cfg: &EnvoyConfig) -> Value {
         }
     })];
     if let Some(c) = cfg.controller {
-        clusters.push(json!({
+        let mut cluster = json!({
             "name": CONTROLLER_CLUSTER,
             "type": "STATIC",
             "connect_timeout": "1s",
@@ -244,7 +287,11 @@ pub fn render_bootstrap(cfg: &EnvoyConfig) -> Value {
                 "cluster_name": CONTROLLER_CLUSTER,
                 "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket(c)}}]}]
             }
-        }));
+        });
+        if let Some(tls) = &cfg.controller_tls {
+            cluster["transport_socket"] = tls.transport_socket();
+        }
+        clusters.push(cluster);
     }
     json!({
         "node": {"id": "testbed", "cluster": "testbed"},
