@@ -358,13 +358,8 @@ fn hop_attempts(e: &EnvoyProcess, cluster: &str) -> f64 {
             .copied()
             .unwrap_or(0)
     };
-    let (attempts, retries) = (g("upstream_rq_total"), g("upstream_rq_retry"));
-    let first = attempts.saturating_sub(retries);
-    if first == 0 {
-        1.0
-    } else {
-        attempts as f64 / first as f64
-    }
+    crate::envoy::attempts_per_request(g("upstream_rq_total"), g("upstream_rq_retry"))
+        .unwrap_or(1.0)
 }
 
 /// Runs BookInfo once.

@@ -207,14 +207,10 @@ pub fn attempts_line(stats: &std::collections::HashMap<String, u64>) -> String {
             .unwrap_or(0)
     };
     let (attempts, retries) = (g("upstream_rq_total"), g("upstream_rq_retry"));
-    let requests = attempts.saturating_sub(retries);
-    if requests == 0 {
-        return "no upstream requests".into();
+    match crate::envoy::attempts_per_request(attempts, retries) {
+        Some(r) => format!("{r:.3} ({attempts} attempts, {retries} retries)"),
+        None => "no upstream requests".into(),
     }
-    format!(
-        "{:.3} ({attempts} attempts, {retries} retries)",
-        attempts as f64 / requests as f64
-    )
 }
 
 /// Circuit-breaker lines of the workload cluster from `/clusters` text.

@@ -124,6 +124,13 @@ impl WasmFilter {
     }
 }
 
+/// Upstream attempts per request that went upstream, from a cluster's `upstream_rq_total`
+/// (attempts, retries included) and `upstream_rq_retry`; `None` when nothing went upstream.
+pub fn attempts_per_request(attempts: u64, retries: u64) -> Option<f64> {
+    let first = attempts.saturating_sub(retries);
+    (first > 0).then(|| attempts as f64 / first as f64)
+}
+
 /// What Envoy runs.
 #[derive(Debug, Clone)]
 pub struct EnvoyConfig {

@@ -267,13 +267,8 @@ pub fn attempts_ratio(before: &HashMap<&str, u64>, after: &HashMap<&str, u64>) -
             .unwrap_or(0)
             .saturating_sub(before.get(k).copied().unwrap_or(0))
     };
-    let (attempts, retries) = (d("upstream_rq_total"), d("upstream_rq_retry"));
-    let first = attempts.saturating_sub(retries);
-    if first == 0 {
-        1.0
-    } else {
-        attempts as f64 / first as f64
-    }
+    crate::envoy::attempts_per_request(d("upstream_rq_total"), d("upstream_rq_retry"))
+        .unwrap_or(1.0)
 }
 
 /// Runs `sc` once with `arm`; `progress` is called after every window with its index.

@@ -13,13 +13,13 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::controller::{Controller, ControllerConfig};
 use crate::envoy::{EnvoyConfig, EnvoyProcess, PluginConfig, WasmFilter};
 use crate::loadgen::{self, LoadConfig};
 use crate::paths::Paths;
 use crate::procstat;
+use crate::progress::{bar, say};
 use crate::workload::{ServiceTime, WorkloadConfig, WorkloadServer};
 
 /// Target (issue 12): meshtune CPU per request at the open-loop rate ≤ this × the no-op
@@ -41,26 +41,6 @@ pub const DEFAULT_IDLE_SECS: u64 = 10;
 const SATURATION_LEAD_IN: Duration = Duration::from_millis(1500);
 /// Wait after the last traffic before the idle phase (filters go quiet after one flush).
 const IDLE_SETTLE: Duration = Duration::from_secs(6);
-
-fn bar(len: u64, msg: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} ({elapsed})")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    pb.set_message(msg.to_string());
-    pb
-}
-
-/// Prints above the bar, or plainly when the bar is hidden (not a terminal).
-fn say(pb: &ProgressBar, msg: impl AsRef<str>) {
-    if pb.is_hidden() {
-        println!("{}", msg.as_ref());
-    } else {
-        pb.println(msg);
-    }
-}
 
 fn require(paths: &Paths, need_noop: bool) -> Result<()> {
     let missing = paths.missing(need_noop);
@@ -325,7 +305,8 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
         0
     };
     let per_round = (cfg.secs + cfg.saturation_secs) * n as u64 + idle_round;
-    let pb = bar(per_round * cfg.rounds as u64, "filter-overhead");
+    let pb = bar(per_round * cfg.rounds as u64, "measurements");
+    pb.set_message("filter-overhead");
     let rounds = cfg.rounds as usize;
     // [variant][round]
     let mut cpu = vec![vec![f64::NAN; rounds]; n];
