@@ -459,31 +459,7 @@ impl Controller {
             (a.destinations(now), a.reporter_count())
         };
         self.metrics.set_destinations(&views, reporters);
-        let hints = self.hint_source();
-        let destinations = views
-            .iter()
-            .map(|v| {
-                let hint = hints
-                    .hints_for(&v.key.namespace, std::slice::from_ref(&v.key.cluster))
-                    .pop();
-                let mut d = DestinationJson::new(v, hint);
-                if let Some(s) = self.policy_status(&v.key) {
-                    d.knobs = s.knobs;
-                    d.last_decision = s.last_decision;
-                }
-                d
-            })
-            .collect();
-        DestinationsResponse {
-            window_secs: self.config.window_secs.max(1),
-            reports_accepted: self.accepted.load(Ordering::Relaxed),
-            reports_rejected: self.rejected.load(Ordering::Relaxed),
-            reports_duplicate: self.duplicate.load(Ordering::Relaxed),
-            reporters: reporters as u64,
-            auth: self.config.auth.name().to_string(),
-            identities: self.identities(),
-            destinations,
-        }
+        self.destinations_response(&views, reporters)
     }
 
     /// `/api/destinations?name=CLUSTER&namespace=NS`: the same answer with at most that one
@@ -494,8 +470,17 @@ impl Controller {
             let a = self.aggregator();
             (a.destination(key, now), a.reporter_count())
         };
+        self.destinations_response(view.as_slice(), reporters)
+    }
+
+    /// The `/api/destinations` answer for `views` (hints and policy status joined in).
+    fn destinations_response(
+        &self,
+        views: &[crate::aggregate::DestinationView],
+        reporters: usize,
+    ) -> DestinationsResponse {
         let hints = self.hint_source();
-        let destinations = view
+        let destinations = views
             .iter()
             .map(|v| {
                 let hint = hints
