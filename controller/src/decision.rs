@@ -236,17 +236,15 @@ pub fn outcomes(w: &WindowStats, slo_ms: f64) -> Outcomes {
     )
 }
 
-/// Share of a window's requests failing for reasons other than shedding above which the
-/// destination counts as missing its SLO.
-pub const URGENT_ERROR_RATE: f64 = 0.1;
-
-/// Whether a window misses its SLO, so a change is urgent (the guardrails' short dwell and
-/// unstepped braking): the requests it served were too slow (p99 above the SLO) or failed
-/// (more than [`URGENT_ERROR_RATE`] errors that are not sheds). Shedding alone is not: under
-/// overload a destination that sheds the excess and serves the rest within the SLO is where
-/// it should be, and pushing again would only churn.
+/// [`meshtune_policy::guardrails::misses_slo`] for a window's outcomes.
 pub fn misses_slo(o: &Outcomes, slo_ms: f64) -> bool {
-    o.offered_rps > 0.0 && (o.p99_ms > slo_ms || o.error_rate - o.shed_rate > URGENT_ERROR_RATE)
+    meshtune_policy::guardrails::misses_slo(
+        o.offered_rps,
+        o.p99_ms,
+        o.error_rate,
+        o.shed_rate,
+        slo_ms,
+    )
 }
 
 /// Estimated probability that one upstream attempt fails, from the window's attempts per

@@ -483,6 +483,25 @@ pub fn guard(
     guard_with(config, namespace, proposed, in_force, false)
 }
 
+/// Share of a window's requests failing for reasons other than shedding above which the
+/// destination counts as missing its SLO.
+pub const URGENT_ERROR_RATE: f64 = 0.1;
+
+/// Whether a window misses its SLO, so a change is urgent (the guardrails' short dwell and
+/// unstepped braking): the requests it served were too slow (p99 above the SLO) or failed
+/// (more than [`URGENT_ERROR_RATE`] errors that are not sheds). Shedding alone is not: under
+/// overload a destination that sheds the excess and serves the rest within the SLO is where
+/// it should be, and pushing again would only churn. An idle window misses nothing.
+pub fn misses_slo(
+    offered_rps: f64,
+    p99_ms: f64,
+    error_rate: f64,
+    shed_rate: f64,
+    slo_ms: f64,
+) -> bool {
+    offered_rps > 0.0 && (p99_ms > slo_ms || error_rate - shed_rate > URGENT_ERROR_RATE)
+}
+
 /// [`guard`] for a destination that meets its SLO (`urgent = false`) or misses it (`urgent`).
 /// Missing it, moves that shed load ([`lowering_sheds_load`] knobs going down) are not step
 /// limited: like TCP's multiplicative decrease, the brakes act at once while loosening stays

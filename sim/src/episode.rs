@@ -102,6 +102,22 @@ pub fn run_episode(
     seed: u64,
     objective: &Objective,
 ) -> EpisodeResult {
+    run_episode_with(scenario, policy, seed, objective, 1)
+}
+
+/// [`run_episode`] where the policy decides, after every window, from the features of the
+/// last `decision_windows` windows merged (the live controller's sliding window: it decides
+/// every second on the last 10 s). The steps keep each window's own features.
+pub fn run_episode_with(
+    scenario: &Scenario,
+    policy: &mut dyn Policy,
+    seed: u64,
+    objective: &Objective,
+    decision_windows: usize,
+) -> EpisodeResult {
+    let decision_windows = decision_windows.max(1);
+    let mut recent: std::collections::VecDeque<meshtune_core::WindowStats> =
+        std::collections::VecDeque::with_capacity(decision_windows);
     let mut knobs = policy.decide(&initial_features(scenario), &Knobs::istio_defaults());
     let mut engine = Engine::new(scenario, seed, &knobs);
     let mut clock = ChangeClock::default();
@@ -124,7 +140,21 @@ pub fn run_episode(
         latency.merge(&res.stats.latency);
         clock.tick(&in_force, &knobs);
         in_force = knobs;
-        let features = res.stats.features(&context(scenario, &knobs, &clock));
+        let ctx = context(scenario, &knobs, &clock);
+        let features = res.stats.features(&ctx);
+        let decision_features = if decision_windows > 1 {
+            if recent.len() == decision_windows {
+                recent.pop_front();
+            }
+            recent.push_back(res.stats.clone());
+            let mut merged = recent[0].clone();
+            for r in recent.iter().skip(1) {
+                merged.merge_sequential(r);
+            }
+            merged.features(&ctx)
+        } else {
+            features
+        };
         steps.push(Step {
             observation: features.normalised(),
             features,
@@ -134,7 +164,7 @@ pub fn run_episode(
             done: w + 1 == windows,
         });
         if w + 1 < windows {
-            knobs = policy.decide(&features, &knobs);
+            knobs = policy.decide(&decision_features, &knobs);
         }
     }
     let t = engine.totals();

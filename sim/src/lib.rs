@@ -22,7 +22,7 @@ pub use baselines::{
     hand_tuned, oracle_grid_search, GradientController, IstioDefaults, KnobGrid, StaticPolicy,
 };
 pub use engine::{Engine, Limits, Totals, WindowResult};
-pub use episode::{run_episode, EpisodeResult, MeshEnv, Objective, Summary};
+pub use episode::{run_episode, run_episode_with, EpisodeResult, MeshEnv, Objective, Summary};
 pub use scenario::{load_dir, Scenario, ScenarioError};
 pub use sweep::{sweep, sweep_with_progress, SweepStats};
 

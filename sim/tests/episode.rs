@@ -220,3 +220,46 @@ fn tuned_static_config_beats_istio_defaults_under_overload() {
     assert!(oracle.total_reward >= hand.total_reward && oracle.total_reward > istio.total_reward);
     assert!(grad.slo_goodput_fraction > istio.slo_goodput_fraction);
 }
+
+/// Records the request rate of every window it is asked to decide on.
+struct RateRecorder(Vec<f64>);
+
+impl Policy for RateRecorder {
+    fn name(&self) -> &str {
+        "rate-recorder"
+    }
+    fn decide(&mut self, features: &Features, in_force: &Knobs) -> Knobs {
+        self.0.push(features.get("rps").unwrap_or(0.0));
+        *in_force
+    }
+}
+
+/// The live loop's sliding window: deciding on the last 3 windows sees the mean rate of
+/// those windows (a step shows up gradually), while the steps keep each window's own figures.
+#[test]
+fn decisions_on_a_sliding_window_see_the_merged_windows() {
+    let sc = train("step_overload", 30);
+    let obj = Objective::default();
+    let mut one = RateRecorder(Vec::new());
+    let per_window = run_episode_with(&sc, &mut one, 5, &obj, 1);
+    let mut three = RateRecorder(Vec::new());
+    let sliding = run_episode_with(&sc, &mut three, 5, &obj, 3);
+    // Same knobs (the recorder never changes them), so the same traffic and steps.
+    assert_eq!(per_window.steps, sliding.steps);
+    let rate: Vec<f64> = per_window
+        .steps
+        .iter()
+        .map(|s| s.features.get("rps").unwrap())
+        .collect();
+    // Decision i (after window i-1; decision 0 is before any window).
+    assert_eq!(one.0[1..], rate[..rate.len() - 1]);
+    for w in 2..rate.len() - 1 {
+        let mean = (rate[w - 2] + rate[w - 1] + rate[w]) / 3.0;
+        assert!(
+            (three.0[w + 1] - mean).abs() < 1e-6 * mean.max(1.0),
+            "window {w}"
+        );
+    }
+    // The step is visible: the sliding rate lags the per-window rate somewhere.
+    assert!((2..rate.len() - 1).any(|w| (three.0[w + 1] - rate[w]).abs() > 0.05 * rate[w]));
+}

@@ -101,6 +101,14 @@ pub enum TrainCommand {
         /// The oracle's static grid.
         #[arg(long, value_enum, default_value_t = crate::evaluate::OracleGrid::Default)]
         oracle_grid: crate::evaluate::OracleGrid,
+        /// Also run every model as the live controller does: behind the shipped guardrails
+        /// (dwell, hysteresis, step limits), deciding on a sliding window of
+        /// `--decision-window-secs`; rows named `<model>+guardrails`.
+        #[arg(long)]
+        guardrails: bool,
+        /// The live controller's sliding window (`meshtune controller --window-secs`).
+        #[arg(long, default_value_t = 10.0)]
+        decision_window_secs: f64,
     },
     /// Export a PPO checkpoint (safetensors) to ONNX.
     Export {
@@ -237,6 +245,8 @@ pub fn run(cmd: TrainCommand) -> Result<(), CliError> {
             ppo_run,
             seeds,
             oracle_grid,
+            guardrails,
+            decision_window_secs,
         } => {
             let mut named = Vec::new();
             for m in models {
@@ -251,6 +261,8 @@ pub fn run(cmd: TrainCommand) -> Result<(), CliError> {
                 oracle_grid,
                 out_dir,
                 ppo_run,
+                guardrails,
+                decision_window_s: decision_window_secs,
                 progress: true,
             };
             let report = crate::evaluate::evaluate(&set, &named, &opts)?;
@@ -333,6 +345,8 @@ mod tests {
             ppo_run: None,
             seeds: 1,
             oracle_grid: crate::evaluate::OracleGrid::Small,
+            guardrails: false,
+            decision_window_secs: 10.0,
         })
         .unwrap_err();
         assert!(err.to_string().contains("NAME=PATH"), "{err}");

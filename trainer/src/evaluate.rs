@@ -2,6 +2,7 @@
 //! hand-tuned, gradient controller) and ONNX models on the train and held-out scenarios.
 //! One table (per scenario + mean, splits reported separately) and plots.
 
+use crate::guarded::GuardedPolicy;
 use crate::plots::{latency_cdf, write_chart, Chart, PlotError, Series};
 use crate::ppo::NamedEnv;
 use crate::trace::{read_updates, TraceError};
@@ -9,10 +10,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use meshtune_core::env::Policy;
 use meshtune_core::knobs::{Knob, KNOB_NAMES};
 use meshtune_core::{Features, Knobs, LatencyHistogram, KNOB_COUNT};
+use meshtune_policy::guardrails::{misses_slo, Config as GuardrailConfig};
 use meshtune_policy::{ModelError, OnnxPolicy};
 use meshtune_sim::scenario::{load_dir, Scenario, ScenarioError};
 use meshtune_sim::{
-    oracle_grid_search, run_episode, scenarios_dir, EpisodeResult, GradientController,
+    oracle_grid_search, run_episode_with, scenarios_dir, EpisodeResult, GradientController,
     IstioDefaults, KnobGrid, MeshEnv, Objective, StaticPolicy,
 };
 use std::path::{Path, PathBuf};
@@ -138,6 +140,12 @@ pub struct EvalOptions {
     pub out_dir: PathBuf,
     /// PPO run folder with `updates.csv`.
     pub ppo_run: Option<PathBuf>,
+    /// Also run every model as the live controller runs it (`<name>+guardrails` rows): behind
+    /// the shipped guardrails, deciding after every window on the last
+    /// `decision_window_s` seconds.
+    pub guardrails: bool,
+    /// The live controller's sliding window (its `--window-secs`, default 10 s).
+    pub decision_window_s: f64,
     pub progress: bool,
 }
 
@@ -162,6 +170,9 @@ pub struct EvalRow {
     pub max_attempts_per_request: f64,
     /// Knob changes per minute of simulated time.
     pub changes_per_min: f64,
+    /// Longest run of consecutive windows missing the SLO (p99 above it or > 10 % errors
+    /// other than sheds, `guardrails::misses_slo`), the worst seed.
+    pub longest_slo_miss_windows: f64,
 }
 
 /// All rows plus per-split means.
@@ -183,11 +194,13 @@ impl EvalReport {
                 continue;
             }
             s.push_str(&format!("\n### {split} scenarios\n\n"));
-            s.push_str("| scenario | policy | SLO goodput | % of oracle | p99 ms | error | shed | reward | max attempts/req | changes/min |\n");
-            s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+            s.push_str("| scenario | policy | SLO goodput | % of oracle | p99 ms | error | shed | reward | max attempts/req | changes/min | longest SLO miss |\n");
+            s.push_str(
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+            );
             let fmt = |r: &EvalRow, label: &str| {
                 format!(
-                    "| {label} | {} | {:.3} | {:.1} | {:.1} | {:.3} | {:.3} | {:.2} | {:.2} | {:.1} |\n",
+                    "| {label} | {} | {:.3} | {:.1} | {:.1} | {:.3} | {:.3} | {:.2} | {:.2} | {:.1} | {:.0} |\n",
                     r.policy,
                     r.slo_goodput_fraction,
                     r.pct_of_oracle,
@@ -196,7 +209,8 @@ impl EvalReport {
                     r.shed_rate,
                     r.total_reward,
                     r.max_attempts_per_request,
-                    r.changes_per_min
+                    r.changes_per_min,
+                    r.longest_slo_miss_windows
                 )
             };
             for r in &rows {
@@ -228,6 +242,10 @@ fn mean_row(split: &str, scenario: &str, policy: &str, rs: &[&EvalRow]) -> EvalR
             .map(|r| r.max_attempts_per_request)
             .fold(0.0, f64::max),
         changes_per_min: avg(|r| r.changes_per_min),
+        longest_slo_miss_windows: rs
+            .iter()
+            .map(|r| r.longest_slo_miss_windows)
+            .fold(0.0, f64::max),
     }
 }
 
@@ -240,12 +258,26 @@ struct PolicyRun {
     reward: f64,
     max_attempts: f64,
     changes_per_min: f64,
+    longest_slo_miss: f64,
     latency: LatencyHistogram,
     /// Normalised knobs per window (first seed).
     knobs: Vec<[f32; KNOB_COUNT]>,
 }
 
-fn run_policy(sc: &Scenario, policy: &mut dyn Policy, seeds: u64, obj: &Objective) -> PolicyRun {
+fn run_policy<P: Policy>(sc: &Scenario, policy: &mut P, seeds: u64, obj: &Objective) -> PolicyRun {
+    run_policy_with(sc, policy, seeds, obj, 1, |_| {})
+}
+
+/// [`run_policy`] deciding on the last `decision_windows` windows, calling `before_episode`
+/// before each seed's episode (to reset state).
+fn run_policy_with<P: Policy>(
+    sc: &Scenario,
+    policy: &mut P,
+    seeds: u64,
+    obj: &Objective,
+    decision_windows: usize,
+    mut before_episode: impl FnMut(&mut P),
+) -> PolicyRun {
     let mut run = PolicyRun {
         name: policy.name().to_string(),
         goodput: 0.0,
@@ -255,11 +287,14 @@ fn run_policy(sc: &Scenario, policy: &mut dyn Policy, seeds: u64, obj: &Objectiv
         reward: 0.0,
         max_attempts: 0.0,
         changes_per_min: 0.0,
+        longest_slo_miss: 0.0,
         latency: LatencyHistogram::new(),
         knobs: vec![],
     };
     for i in 0..seeds {
-        let res: EpisodeResult = run_episode(sc, policy, EVAL_SEED_BASE + i, obj);
+        before_episode(policy);
+        let res: EpisodeResult =
+            run_episode_with(sc, policy, EVAL_SEED_BASE + i, obj, decision_windows);
         let s = &res.summary;
         run.goodput += s.slo_goodput_fraction / seeds as f64;
         run.p99 += s.p99_ms / seeds as f64;
@@ -272,6 +307,22 @@ fn run_policy(sc: &Scenario, policy: &mut dyn Policy, seeds: u64, obj: &Objectiv
             if requests >= 10.0 {
                 let attempts = 1.0 + st.features.get("retry_rate").unwrap_or(0.0);
                 run.max_attempts = run.max_attempts.max(attempts);
+            }
+        }
+        let mut streak = 0u32;
+        for st in &res.steps {
+            let f = |name: &str| st.features.get(name).unwrap_or(0.0);
+            if misses_slo(
+                f("rps"),
+                f("latency_p99_ms"),
+                f("error_5xx_rate"),
+                f("overflow_rate"),
+                sc.slo_ms.0,
+            ) {
+                streak += 1;
+                run.longest_slo_miss = run.longest_slo_miss.max(f64::from(streak));
+            } else {
+                streak = 0;
             }
         }
         let changes = res
@@ -352,6 +403,22 @@ pub fn evaluate(
             for m in loaded.iter_mut() {
                 runs.push(run_policy(sc, m, opts.seeds, &obj));
             }
+            if opts.guardrails {
+                for m in loaded.iter_mut() {
+                    let mut guarded =
+                        GuardedPolicy::new(m, GuardrailConfig::default(), sc.window_s.0);
+                    let windows =
+                        (opts.decision_window_s / sc.window_s.0).round().max(1.0) as usize;
+                    runs.push(run_policy_with(
+                        sc,
+                        &mut guarded,
+                        opts.seeds,
+                        &obj,
+                        windows,
+                        |g| g.reset(),
+                    ));
+                }
+            }
             let oracle_g = runs[0].goodput.max(1e-9);
             for r in &runs {
                 if !policies.contains(&r.name) {
@@ -369,6 +436,7 @@ pub fn evaluate(
                     total_reward: r.reward,
                     max_attempts_per_request: r.max_attempts,
                     changes_per_min: r.changes_per_min,
+                    longest_slo_miss_windows: r.longest_slo_miss,
                 });
             }
             let plots = opts.out_dir.join("plots");

@@ -10,6 +10,8 @@
 //! - [`export`]: model files through `meshtune_policy`'s exporter, validated by its runtime;
 //!   PPO checkpoints back to layers.
 //! - [`trace`]: CSV reward logs (per step and per update).
+//! - [`guarded`]: the live loop's guardrails (bounds, hysteresis, step limits, dwell) around a
+//!   policy in simulated time.
 //! - [`evaluate`]: baselines and models on train / held-out scenarios: table and plots.
 //! - [`plots`]: plotters charts (SVG + PNG).
 //! - [`pipeline`]: training runs with file outputs (model written only on success).
@@ -18,6 +20,7 @@
 pub mod cli;
 pub mod evaluate;
 pub mod export;
+pub mod guarded;
 pub mod mlp;
 pub mod pipeline;
 pub mod plots;

@@ -73,19 +73,32 @@ fn ppo_on_sim_then_eval_writes_table_and_plots() {
             oracle_grid: OracleGrid::Small,
             out_dir: out.clone(),
             ppo_run: Some(run),
+            guardrails: true,
+            decision_window_s: 10.0,
             progress: false,
         },
     )
     .unwrap();
-    for p in ["oracle", "istio-defaults", "hand-tuned", "ppo"] {
+    for p in [
+        "oracle",
+        "istio-defaults",
+        "hand-tuned",
+        "ppo",
+        "ppo+guardrails",
+    ] {
         assert!(
             report.policies.iter().any(|x| x == p),
             "{p} missing: {:?}",
             report.policies
         );
     }
-    // 2 splits x 1 scenario x (4 baselines + 1 model)
-    assert_eq!(report.rows.len(), 10);
+    // 2 splits x 1 scenario x (4 baselines + 1 model + the model behind guardrails)
+    assert_eq!(report.rows.len(), 12);
+    // Behind the guardrails the knobs change at most once in these 4 s episodes (the first
+    // push, then at least the 10 s urgent dwell); changes/min counts per simulated minute.
+    for g in report.rows.iter().filter(|r| r.policy == "ppo+guardrails") {
+        assert!(g.changes_per_min * 4.0 / 60.0 <= 1.0 + 1e-9, "{g:?}");
+    }
     let oracle = report.rows.iter().find(|r| r.policy == "oracle").unwrap();
     assert!((oracle.pct_of_oracle - 100.0).abs() < 1e-9);
     assert!(report

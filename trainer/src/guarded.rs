@@ -1,0 +1,169 @@
+//! The live controller's guardrails around a policy, in simulated time, so the simulator
+//! evaluates what a destination would see in a cluster, not the raw model output.
+//!
+//! Each window the wrapped policy proposes knobs; [`meshtune_policy::guardrails::guard_with`]
+//! applies bounds, hysteresis and step limits (unstepped braking while the window misses its
+//! SLO), and the dwell holds a change until `min_dwell` (`urgent_dwell` while missing the
+//! SLO) has passed since the last push, as `Guardrails::decide_with` does live. A window with
+//! no traffic decides nothing (the live controller has no report to decide from). Not
+//! modelled: the rollback watch (a push that regresses is not undone here).
+
+use meshtune_core::env::Policy;
+use meshtune_core::{Features, Knobs};
+use meshtune_policy::guardrails::{guard_with, misses_slo, Config};
+
+/// Namespace whose bounds apply (the simulator has one; only the global bounds are used).
+const NAMESPACE: &str = "default";
+
+/// A policy behind the guardrails (shipped defaults unless given a config).
+pub struct GuardedPolicy<'a> {
+    inner: &'a mut dyn Policy,
+    name: String,
+    config: Config,
+    window_s: f64,
+    /// Simulated seconds since the last push; `None` = never pushed.
+    since_push_s: Option<f64>,
+    decided_once: bool,
+}
+
+impl<'a> GuardedPolicy<'a> {
+    /// `inner` deciding every `window_s` seconds behind `config`; named `<inner>+guardrails`.
+    pub fn new(inner: &'a mut dyn Policy, config: Config, window_s: f64) -> Self {
+        let name = format!("{}+guardrails", inner.name());
+        GuardedPolicy {
+            inner,
+            name,
+            config,
+            window_s,
+            since_push_s: None,
+            decided_once: false,
+        }
+    }
+
+    /// Starts a new episode (no push yet).
+    pub fn reset(&mut self) {
+        self.since_push_s = None;
+        self.decided_once = false;
+    }
+}
+
+impl Policy for GuardedPolicy<'_> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn decide(&mut self, features: &Features, in_force: &Knobs) -> Knobs {
+        // The episode's first call comes before any window; every later one after a window.
+        if self.decided_once {
+            if let Some(s) = self.since_push_s.as_mut() {
+                *s += self.window_s;
+            }
+        } else {
+            self.decided_once = true;
+        }
+        let get = |name: &str| features.get(name).unwrap_or(0.0);
+        let offered = get("rps");
+        let proposed = self.inner.decide(features, in_force);
+        if offered <= 0.0 {
+            return *in_force;
+        }
+        let urgent = misses_slo(
+            offered,
+            get("latency_p99_ms"),
+            get("error_5xx_rate"),
+            get("overflow_rate"),
+            get("slo_target_ms"),
+        );
+        let (knobs, _) = guard_with(&self.config, NAMESPACE, &proposed, in_force, urgent);
+        if knobs == *in_force {
+            return *in_force;
+        }
+        let dwell = if urgent {
+            self.config.urgent_dwell.min(self.config.min_dwell)
+        } else {
+            self.config.min_dwell
+        }
+        .as_secs_f64();
+        match self.since_push_s {
+            Some(s) if s + 1e-9 < dwell => *in_force,
+            _ => {
+                self.since_push_s = Some(0.0);
+                knobs
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshtune_core::features::Context;
+    use meshtune_core::knobs::Knob;
+    use meshtune_core::FEATURE_COUNT;
+
+    /// Always proposes an `http2MaxRequests` other than the one in force.
+    struct Wobbly;
+
+    impl Policy for Wobbly {
+        fn name(&self) -> &str {
+            "wobbly"
+        }
+        fn decide(&mut self, _: &Features, in_force: &Knobs) -> Knobs {
+            let mut k = *in_force;
+            let next = if in_force.get(Knob::Http2MaxRequests) == 100.0 {
+                400.0
+            } else {
+                100.0
+            };
+            k.set(Knob::Http2MaxRequests, next);
+            k
+        }
+    }
+
+    fn window(rps: f64, p99_ms: f64) -> Features {
+        let mut f = [0.0; FEATURE_COUNT];
+        let mut set = |name: &str, v: f64| {
+            let i = meshtune_core::FEATURE_NAMES
+                .iter()
+                .position(|n| *n == name)
+                .unwrap();
+            f[i] = v;
+        };
+        set("rps", rps);
+        set("latency_p99_ms", p99_ms);
+        set("slo_target_ms", Context::initial(250.0).slo_target_ms);
+        Features(f)
+    }
+
+    fn pushes(p: &mut GuardedPolicy<'_>, windows: usize, f: &Features) -> usize {
+        let mut in_force = Knobs::istio_defaults();
+        let mut n = 0;
+        for _ in 0..windows {
+            let k = p.decide(f, &in_force);
+            if k != in_force {
+                n += 1;
+                in_force = k;
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn dwell_limits_pushes_in_simulated_time() {
+        let cfg = Config {
+            max_step_factor: 1e9,
+            ..Config::default()
+        };
+        let mut w = Wobbly;
+        // 120 one-second windows within the SLO: first push at once, then one per 30 s dwell.
+        let mut p = GuardedPolicy::new(&mut w, cfg.clone(), 1.0);
+        assert_eq!(pushes(&mut p, 120, &window(100.0, 50.0)), 4);
+        // Missing the SLO: the 10 s urgent dwell.
+        p.reset();
+        assert_eq!(pushes(&mut p, 120, &window(100.0, 900.0)), 12);
+        // No traffic: nothing decided.
+        let mut p = GuardedPolicy::new(&mut w, cfg, 1.0);
+        assert_eq!(pushes(&mut p, 120, &window(0.0, 0.0)), 0);
+        assert_eq!(p.name(), "wobbly+guardrails");
+    }
+}
