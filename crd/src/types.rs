@@ -41,8 +41,8 @@ impl Mode {
     }
 }
 
-/// `spec` of a `MeshtunePolicy`: how meshtune tunes the destinations called from this
-/// namespace. Every field is optional; `resolve` fills in the documented defaults.
+/// How meshtune tunes the destinations called from this namespace. Every field is optional;
+/// unset ones take the documented defaults.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "meshtune.io",
@@ -55,7 +55,7 @@ impl Mode {
     status = "MeshtunePolicyStatus",
     doc = "How meshtune tunes the destinations called from this namespace (one policy per namespace, conventionally named `default`).",
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
-    printcolumn = r#"{"name":"Recommendations","type":"integer","jsonPath":".status.recommendations[*].host","priority":1}"#,
+    printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"Valid\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -82,7 +82,7 @@ pub struct MeshtunePolicySpec {
     /// Seconds between decisions (1..=3600; default: the controller's
     /// `--decision-interval-secs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = MAX_DECISION_INTERVAL_SECS))]
+    #[schemars(range(min = 1, max = MAX_DECISION_INTERVAL_SECS), extend("format" = "int32"))]
     pub decision_interval_secs: Option<u32>,
     /// recommend mode: the recommendation a person approved, per host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -274,7 +274,7 @@ pub struct MeshtunePolicyStatus {
     /// The `metadata.generation` of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Kubernetes-style conditions (types in [`condition`]).
+    /// Kubernetes-style conditions: `Valid`, `Applied`, `Refused`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -317,7 +317,7 @@ pub struct Condition {
 pub struct Recommendation {
     /// Destination host (cluster/service name).
     pub host: String,
-    /// Stable short hash of the knobs ([`recommendation_id`]); approve it with this.
+    /// Stable short hash of the knobs (12 hex digits); approve the recommendation with it.
     pub id: String,
     /// The recommended knobs, named as in the knob schema.
     pub knobs: PerKnob<f64>,
