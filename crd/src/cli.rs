@@ -250,6 +250,9 @@ fn knob_value(knob: Knob, v: f64) -> String {
     } else {
         format!("{v:.3}")
     };
+    if v >= meshtune_core::knobs::ISTIO_UNLIMITED {
+        return "unlimited".to_string();
+    }
     match (s.zero_is_unlimited && v == 0.0, s.unit) {
         (true, _) => "0 (none)".to_string(),
         (false, "ms") => format!("{n}ms"),
@@ -264,10 +267,23 @@ fn knobs_line(k: &PerKnob<f64>) -> String {
         .map(|(knob, v)| format!("{}={}", knob.name(), knob_value(knob, *v)))
         .collect();
     if parts.is_empty() {
-        "-".into()
-    } else {
-        parts.join(" ")
+        return "-".into();
     }
+    // Wrapped at ~100 columns, continuation lines aligned under the first knob.
+    let mut out = String::new();
+    let mut line = 0;
+    for p in parts {
+        if line > 0 && line + 1 + p.len() > 84 {
+            out.push_str("\n               ");
+            line = 0;
+        } else if line > 0 {
+            out.push(' ');
+            line += 1;
+        }
+        line += p.len();
+        out.push_str(&p);
+    }
+    out
 }
 
 fn time(t: &Time) -> String {

@@ -95,6 +95,7 @@ async fn status_lists_the_namespace_policies_and_prints_them() {
         "bounds:     timeout 200ms..*",
         &format!("{REVIEWS}  id {id}  approved, applied 2026-11-30T09:06:00Z"),
         "http.http2MaxRequests=64",
+        "tcp.maxConnections=unlimited",
         "timeout=800ms",
         "expected:  p99 1200 -> 180 ms; p99Ms=180",
         "features:  p99_ms=1200 rps=120.5",

@@ -265,6 +265,13 @@ fn setup(ctx: &Ctx) -> Result<()> {
     // 3. Prometheus and promtool (Debian package): the Prometheus feature source's tests run a
     // real Prometheus, and `promtool check metrics` checks the controller's /metrics.
     apt_install(&["prometheus"])?;
+    // kubectl: the manifest tests render the kustomize overlays (`kubectl kustomize`, offline).
+    // Debian's package is `kubernetes-client`; a kubectl already on PATH (any source) is kept.
+    if output_ok(Command::new("kubectl").args(["version", "--client"])).is_some() {
+        eprintln!("  kubectl: installed");
+    } else {
+        apt_install(&["kubernetes-client"])?;
+    }
     // 4. cargo-fuzz (and a C++ compiler for libFuzzer, which libfuzzer-sys compiles).
     apt_install(&["g++"])?;
     fuzz::setup(ctx)?;
