@@ -190,3 +190,46 @@ fn rendered_overlays_install_the_generated_crd() {
         );
     }
 }
+
+/// RFC 7386 JSON merge patch (what `kubectl patch --type merge` sends).
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+#[test]
+fn readme_patch_bodies_keep_the_example_policy_valid() {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let example = workspace_root().join("manifests/examples/meshtunepolicy.yaml");
+    let base = yaml_documents(&std::fs::read_to_string(&example).unwrap(), "example")
+        .unwrap()
+        .remove(0);
+    let schemas = schemas();
+    let mut n = 0;
+    for line in readme.lines().filter(|l| l.contains("patch mtp") && l.contains("--type merge")) {
+        let body = line
+            .split("-p '")
+            .nth(1)
+            .and_then(|b| b.split('\'').next())
+            .unwrap_or_else(|| panic!("no -p '...' in {line}"));
+        let patch: Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{line}: {e}"));
+        let mut p = base.clone();
+        merge_patch(&mut p, &patch);
+        schemas.validate(&p).unwrap_or_else(|e| panic!("{line}: {e}"));
+        let policy: MeshtunePolicy = serde_json::from_value(p).unwrap();
+        resolve(&policy.spec).unwrap_or_else(|e| panic!("{line}: {e}"));
+        n += 1;
+    }
+    assert!(n >= 2, "expected the approval and the mode patches in the README, found {n}");
+}
