@@ -24,8 +24,16 @@ pub type Access = (&'static str, &'static str, &'static [&'static str]);
 /// calls should keep this list next to it.
 pub const NAMESPACE_SWITCH_ACCESS: &[Access] = &[
     ("", "namespaces", &["get", "list", "watch"]),
-    ("networking.istio.io", "envoyfilters", &["get", "list", "watch", "patch", "create", "delete"]),
-    ("extensions.istio.io", "wasmplugins", &["get", "list", "watch", "patch", "create", "delete"]),
+    (
+        "networking.istio.io",
+        "envoyfilters",
+        &["get", "list", "watch", "patch", "create", "delete"],
+    ),
+    (
+        "extensions.istio.io",
+        "wasmplugins",
+        &["get", "list", "watch", "patch", "create", "delete"],
+    ),
     ("meshtune.io", "meshtunepolicies", &["get", "list", "watch"]),
     ("meshtune.io", "meshtunepolicies/status", &["get", "patch"]),
     ("events.k8s.io", "events", &["create", "patch"]),
@@ -34,15 +42,31 @@ pub const NAMESPACE_SWITCH_ACCESS: &[Access] = &[
 /// Every list with its scope.
 pub fn sources() -> Vec<(Scope, &'static str, &'static [Access])> {
     vec![
-        (Scope::Cluster, "meshtune_sinks::istio_sink", meshtune_sinks::istio_sink::KUBE_ACCESS),
-        (Scope::Cluster, "meshtune_sinks::istio_undo", meshtune_sinks::istio_undo::KUBE_ACCESS),
-        (Scope::Cluster, "meshtune_controller::rbac", NAMESPACE_SWITCH_ACCESS),
+        (
+            Scope::Cluster,
+            "meshtune_sinks::istio_sink",
+            meshtune_sinks::istio_sink::KUBE_ACCESS,
+        ),
+        (
+            Scope::Cluster,
+            "meshtune_sinks::istio_undo",
+            meshtune_sinks::istio_undo::KUBE_ACCESS,
+        ),
+        (
+            Scope::Cluster,
+            "meshtune_controller::rbac",
+            NAMESPACE_SWITCH_ACCESS,
+        ),
         (
             Scope::ControllerNamespace,
             "meshtune_policy::configmap",
             meshtune_policy::configmap::CONTROLLER_KUBE_ACCESS,
         ),
-        (Scope::ControllerNamespace, "meshtune_controller::leader", crate::leader::KUBE_ACCESS),
+        (
+            Scope::ControllerNamespace,
+            "meshtune_controller::leader",
+            crate::leader::KUBE_ACCESS,
+        ),
     ]
 }
 
@@ -75,6 +99,8 @@ mod tests {
             .map(String::from)
             .into();
         assert_eq!(dr, &want);
-        assert!(!r.keys().any(|(s, _, res)| *s == Scope::Cluster && res == "configmaps"));
+        assert!(!r
+            .keys()
+            .any(|(s, _, res)| *s == Scope::Cluster && res == "configmaps"));
     }
 }

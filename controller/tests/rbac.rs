@@ -14,7 +14,11 @@ type Grants = BTreeMap<(Scope, String, String), BTreeSet<String>>;
 
 fn strs(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -49,12 +53,22 @@ fn grants(overlay: &str, docs: &[Value]) -> Grants {
         let bname = b["metadata"]["name"].as_str().unwrap_or_default();
         let role_kind = b["roleRef"]["kind"].as_str().unwrap_or_default();
         let role_name = b["roleRef"]["name"].as_str().unwrap_or_default();
-        assert_eq!(b["roleRef"]["apiGroup"], "rbac.authorization.k8s.io", "{overlay}: {bname}");
+        assert_eq!(
+            b["roleRef"]["apiGroup"], "rbac.authorization.k8s.io",
+            "{overlay}: {bname}"
+        );
         let binding_ns = b["metadata"]["namespace"].as_str();
         // A RoleBinding may reference a Role in its namespace (or a ClusterRole, scoped to it).
-        let role_ns = if role_kind == "Role" { binding_ns } else { None };
+        let role_ns = if role_kind == "Role" {
+            binding_ns
+        } else {
+            None
+        };
         let role = find(docs, role_kind, role_name, role_ns).unwrap_or_else(|| {
-            panic!("{overlay}: {} {bname} refers to missing {role_kind} {role_name}", b["kind"])
+            panic!(
+                "{overlay}: {} {bname} refers to missing {role_kind} {role_name}",
+                b["kind"]
+            )
         });
         bound.insert((
             role_kind.to_string(),
@@ -109,10 +123,19 @@ fn grants(overlay: &str, docs: &[Value]) -> Grants {
     {
         let key = (
             role["kind"].as_str().unwrap().to_string(),
-            role["metadata"]["name"].as_str().unwrap_or_default().to_string(),
-            role["metadata"]["namespace"].as_str().unwrap_or_default().to_string(),
+            role["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            role["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
         );
-        assert!(bound.contains(&key), "{overlay}: {key:?} is bound by nothing");
+        assert!(
+            bound.contains(&key),
+            "{overlay}: {key:?} is bound by nothing"
+        );
     }
     out
 }
@@ -163,7 +186,10 @@ fn rendered_rbac_grants_exactly_what_the_code_uses() {
             show(&got),
             show(&want)
         );
-        println!("overlay {overlay} grants meshtune-system/meshtune-controller:\n{}", show(&got));
+        println!(
+            "overlay {overlay} grants meshtune-system/meshtune-controller:\n{}",
+            show(&got)
+        );
     }
 }
 

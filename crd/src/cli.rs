@@ -224,16 +224,12 @@ pub async fn approve_with(
         "metadata": {"resourceVersion": policy.resource_version()},
         "spec": {"approvals": approvals},
     });
-    api.patch(
-        &args.name,
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(|source| CliError::Api {
-        what: format!("patch MeshtunePolicy {}/{}", args.namespace, args.name),
-        source,
-    })?;
+    api.patch(&args.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|source| CliError::Api {
+            what: format!("patch MeshtunePolicy {}/{}", args.namespace, args.name),
+            source,
+        })?;
     writeln!(
         out,
         "approved recommendation {} for {} in {}/{}",
@@ -311,7 +307,10 @@ fn review_state(p: &MeshtunePolicy, r: &Recommendation) -> String {
     let mut parts = Vec::new();
     match p.spec.approvals.iter().find(|a| a.host == r.host) {
         Some(a) if a.recommendation == r.id => parts.push("approved".to_string()),
-        Some(a) => parts.push(format!("not approved (approval names {})", a.recommendation)),
+        Some(a) => parts.push(format!(
+            "not approved (approval names {})",
+            a.recommendation
+        )),
         None => parts.push("not approved".to_string()),
     }
     let applied = p
@@ -334,7 +333,10 @@ pub fn render(p: &MeshtunePolicy) -> String {
     let mut s = String::new();
     let ns = p.namespace().unwrap_or_default();
     let status = p.status.clone().unwrap_or_default();
-    let generation = p.metadata.generation.map_or("-".to_string(), |g| g.to_string());
+    let generation = p
+        .metadata
+        .generation
+        .map_or("-".to_string(), |g| g.to_string());
     let observed = status
         .observed_generation
         .map_or("never".to_string(), |g| g.to_string());
@@ -356,8 +358,18 @@ pub fn render(p: &MeshtunePolicy) -> String {
                     format!("{} {lo}..{hi}", k.name())
                 })
                 .collect();
-            let list = |v: Vec<&str>| if v.is_empty() { "-".to_string() } else { v.join(", ") };
-            let _ = writeln!(s, "  bounds:     {}", list(bounds.iter().map(String::as_str).collect()));
+            let list = |v: Vec<&str>| {
+                if v.is_empty() {
+                    "-".to_string()
+                } else {
+                    v.join(", ")
+                }
+            };
+            let _ = writeln!(
+                s,
+                "  bounds:     {}",
+                list(bounds.iter().map(String::as_str).collect())
+            );
             let _ = writeln!(
                 s,
                 "  excluded:   {}",
@@ -366,20 +378,34 @@ pub fn render(p: &MeshtunePolicy) -> String {
             let _ = writeln!(
                 s,
                 "  co-manage:  DestinationRules {}; VirtualServices {}",
-                list(e.co_manage_destination_rules.iter().map(String::as_str).collect()),
-                list(e.co_manage_virtual_services.iter().map(String::as_str).collect())
+                list(
+                    e.co_manage_destination_rules
+                        .iter()
+                        .map(String::as_str)
+                        .collect()
+                ),
+                list(
+                    e.co_manage_virtual_services
+                        .iter()
+                        .map(String::as_str)
+                        .collect()
+                )
             );
             let _ = writeln!(
                 s,
                 "  interval:   {}",
-                e.decision_interval.map_or("the controller's (--decision-interval-secs)".to_string(), |d| {
-                    format!("{} s", d.as_secs())
-                })
+                e.decision_interval.map_or(
+                    "the controller's (--decision-interval-secs)".to_string(),
+                    |d| { format!("{} s", d.as_secs()) }
+                )
             );
         }
         Err(err) => {
             let _ = writeln!(s, "  INVALID SPEC: {err}");
-            let _ = writeln!(s, "  (the controller does not act on this policy until it is fixed)");
+            let _ = writeln!(
+                s,
+                "  (the controller does not act on this policy until it is fixed)"
+            );
         }
     }
     let _ = writeln!(s);
@@ -399,11 +425,19 @@ pub fn render(p: &MeshtunePolicy) -> String {
                 }
                 effect.push_str(&map_line(&r.expected_effect.values));
             }
-            let _ = writeln!(s, "    expected:  {}", if effect.is_empty() { "-" } else { &effect });
+            let _ = writeln!(
+                s,
+                "    expected:  {}",
+                if effect.is_empty() { "-" } else { &effect }
+            );
             if !r.features.is_empty() {
                 let _ = writeln!(s, "    features:  {}", map_line(&r.features));
             }
-            let model = if r.model_version.is_empty() { "-" } else { &r.model_version };
+            let model = if r.model_version.is_empty() {
+                "-"
+            } else {
+                &r.model_version
+            };
             let _ = writeln!(s, "    model:     {model}, made {}", time(&r.created_at));
         }
     }
@@ -412,8 +446,18 @@ pub fn render(p: &MeshtunePolicy) -> String {
         let _ = writeln!(s, "conditions: none");
     } else {
         let _ = writeln!(s, "conditions:");
-        let w = status.conditions.iter().map(|c| c.type_.len()).max().unwrap_or(0);
-        let r = status.conditions.iter().map(|c| c.reason.len()).max().unwrap_or(0);
+        let w = status
+            .conditions
+            .iter()
+            .map(|c| c.type_.len())
+            .max()
+            .unwrap_or(0);
+        let r = status
+            .conditions
+            .iter()
+            .map(|c| c.reason.len())
+            .max()
+            .unwrap_or(0);
         for c in &status.conditions {
             let _ = writeln!(
                 s,

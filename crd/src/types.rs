@@ -126,30 +126,70 @@ pub struct Bound {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PerKnob<T> {
-    #[serde(rename = "tcp.maxConnections", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "tcp.maxConnections",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_connections: Option<T>,
-    #[serde(rename = "http.http1MaxPendingRequests", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "http.http1MaxPendingRequests",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub http1_max_pending_requests: Option<T>,
-    #[serde(rename = "http.http2MaxRequests", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "http.http2MaxRequests",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub http2_max_requests: Option<T>,
-    #[serde(rename = "http.maxRequestsPerConnection", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "http.maxRequestsPerConnection",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_requests_per_connection: Option<T>,
-    #[serde(rename = "http.maxRetries", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "http.maxRetries",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_retries: Option<T>,
     /// Route timeout, ms.
     #[serde(rename = "timeout", default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<T>,
-    #[serde(rename = "retries.attempts", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "retries.attempts",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub retry_attempts: Option<T>,
     /// Per-try timeout, ms.
-    #[serde(rename = "retries.perTryTimeout", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "retries.perTryTimeout",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub per_try_timeout: Option<T>,
-    #[serde(rename = "outlierDetection.consecutive5xxErrors", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "outlierDetection.consecutive5xxErrors",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub consecutive_5xx_errors: Option<T>,
     /// Base ejection time, ms.
-    #[serde(rename = "outlierDetection.baseEjectionTime", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "outlierDetection.baseEjectionTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub base_ejection_time: Option<T>,
-    #[serde(rename = "outlierDetection.maxEjectionPercent", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "outlierDetection.maxEjectionPercent",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_ejection_percent: Option<T>,
 }
 
@@ -208,7 +248,9 @@ impl<T> PerKnob<T> {
 
     /// The knobs that are set, in policy output order.
     pub fn iter(&self) -> impl Iterator<Item = (Knob, &T)> + '_ {
-        Knob::ALL.into_iter().filter_map(|k| self.get(k).map(|v| (k, v)))
+        Knob::ALL
+            .into_iter()
+            .filter_map(|k| self.get(k).map(|v| (k, v)))
     }
 }
 
@@ -420,11 +462,17 @@ mod tests {
         for k in Knob::ALL {
             let mut p = base.clone();
             *p.slot(k) = Some(p.get(k).unwrap() + 1.0);
-            assert!(seen.insert(recommendation_id(&p)), "{} changes the id", k.name());
+            assert!(
+                seen.insert(recommendation_id(&p)),
+                "{} changes the id",
+                k.name()
+            );
         }
         // A known value pins the algorithm: changing it breaks approvals written before.
-        let mut one = PerKnob::default();
-        one.timeout = Some(250.0);
+        let one = PerKnob {
+            timeout: Some(250.0),
+            ..PerKnob::default()
+        };
         // FNV-1a 64 of "timeout=250;" (computed independently), top 48 bits.
         assert_eq!(recommendation_id(&one), "e542c3bc0acf");
     }

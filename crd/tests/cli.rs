@@ -22,8 +22,10 @@ fn knobs() -> PerKnob<f64> {
 
 fn policy(approvals: Value) -> Value {
     let id = recommendation_id(&knobs());
-    let mut other = PerKnob::default();
-    other.timeout = Some(1500.0);
+    let other = PerKnob {
+        timeout: Some(1500.0),
+        ..PerKnob::default()
+    };
     json!({
         "apiVersion": "meshtune.io/v1alpha1", "kind": "MeshtunePolicy",
         "metadata": {"name": "default", "namespace": "demo", "generation": 4,
@@ -151,26 +153,41 @@ async fn status_errors_name_what_is_missing() {
     .await
     .unwrap_err();
     assert!(matches!(e, CliError::CrdMissing), "{e}");
-    assert!(e.to_string().contains("kubectl apply -k manifests/overlays/observe"));
+    assert!(e
+        .to_string()
+        .contains("kubectl apply -k manifests/overlays/observe"));
 
     let e = run_status(status_args(Some("strict")), async |s| {
-        s.expect_get(&format!("{POLICIES}/strict"), kube_mock::not_found("strict"))
-            .await;
-    })
-    .await
-    .unwrap_err();
-    assert_eq!(e.to_string(), "no MeshtunePolicy \"strict\" in namespace demo");
-
-    let e = run_status(status_args(None), async |s| {
         s.expect_get(
-            POLICIES,
-            status(StatusCode::FORBIDDEN, "Forbidden", "cannot list meshtunepolicies"),
+            &format!("{POLICIES}/strict"),
+            kube_mock::not_found("strict"),
         )
         .await;
     })
     .await
     .unwrap_err();
-    assert!(e.to_string().starts_with("list MeshtunePolicies in demo: "), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "no MeshtunePolicy \"strict\" in namespace demo"
+    );
+
+    let e = run_status(status_args(None), async |s| {
+        s.expect_get(
+            POLICIES,
+            status(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "cannot list meshtunepolicies",
+            ),
+        )
+        .await;
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        e.to_string().starts_with("list MeshtunePolicies in demo: "),
+        "{e}"
+    );
 }
 
 fn approve_args(host: &str, id: Option<String>) -> ApproveArgs {
@@ -234,8 +251,10 @@ async fn approve_patches_the_hosts_entry_with_a_precondition() {
 #[tokio::test]
 async fn approve_keeps_other_hosts_and_replaces_this_hosts_approval() {
     let ratings_id = {
-        let mut other = PerKnob::default();
-        other.timeout = Some(1500.0);
+        let other = PerKnob {
+            timeout: Some(1500.0),
+            ..PerKnob::default()
+        };
         recommendation_id(&other)
     };
     let existing = json!([
@@ -243,8 +262,11 @@ async fn approve_keeps_other_hosts_and_replaces_this_hosts_approval() {
         {"host": "details.demo.svc.cluster.local", "recommendation": "111111111111"}
     ]);
     run_approve(approve_args(RATINGS, None), async |s| {
-        s.expect_get(&format!("{POLICIES}/default"), ok(&policy(existing.clone())))
-            .await;
+        s.expect_get(
+            &format!("{POLICIES}/default"),
+            ok(&policy(existing.clone())),
+        )
+        .await;
         s.expect(Method::PATCH, &format!("{POLICIES}/default"), |c| {
             assert_eq!(
                 c.body["spec"]["approvals"],
@@ -263,8 +285,11 @@ async fn approve_keeps_other_hosts_and_replaces_this_hosts_approval() {
     // Re-approving a host replaces its entry.
     let id = recommendation_id(&knobs());
     run_approve(approve_args(REVIEWS, None), async |s| {
-        s.expect_get(&format!("{POLICIES}/default"), ok(&policy(existing.clone())))
-            .await;
+        s.expect_get(
+            &format!("{POLICIES}/default"),
+            ok(&policy(existing.clone())),
+        )
+        .await;
         s.expect(Method::PATCH, &format!("{POLICIES}/default"), |c| {
             let approvals = c.body["spec"]["approvals"].as_array().unwrap().clone();
             assert_eq!(approvals.len(), 2, "{approvals:?}");
@@ -291,10 +316,13 @@ async fn approve_refuses_a_stale_id_an_unknown_host_and_reports_a_conflict() {
     assert!(matches!(e, CliError::StaleId { .. }), "{e}");
     assert!(e.to_string().contains("not abcdefabcdef"), "{e}");
 
-    let e = run_approve(approve_args("nope.demo.svc.cluster.local", None), async |s| {
-        s.expect_get(&format!("{POLICIES}/default"), ok(&policy(json!([]))))
-            .await;
-    })
+    let e = run_approve(
+        approve_args("nope.demo.svc.cluster.local", None),
+        async |s| {
+            s.expect_get(&format!("{POLICIES}/default"), ok(&policy(json!([]))))
+                .await;
+        },
+    )
     .await
     .unwrap_err();
     assert_eq!(
@@ -309,22 +337,33 @@ async fn approve_refuses_a_stale_id_an_unknown_host_and_reports_a_conflict() {
         s.expect_get(&format!("{POLICIES}/default"), ok(&policy(json!([]))))
             .await;
         s.expect(Method::PATCH, &format!("{POLICIES}/default"), |_| {
-            status(StatusCode::CONFLICT, "Conflict", "the object has been modified")
+            status(
+                StatusCode::CONFLICT,
+                "Conflict",
+                "the object has been modified",
+            )
         })
         .await;
     })
     .await
     .unwrap_err();
     assert!(
-        e.to_string().starts_with("patch MeshtunePolicy demo/default: "),
+        e.to_string()
+            .starts_with("patch MeshtunePolicy demo/default: "),
         "{e}"
     );
 
     let e = run_approve(approve_args(REVIEWS, None), async |s| {
-        s.expect_get(&format!("{POLICIES}/default"), kube_mock::not_found("default"))
-            .await;
+        s.expect_get(
+            &format!("{POLICIES}/default"),
+            kube_mock::not_found("default"),
+        )
+        .await;
     })
     .await
     .unwrap_err();
-    assert_eq!(e.to_string(), "no MeshtunePolicy \"default\" in namespace demo");
+    assert_eq!(
+        e.to_string(),
+        "no MeshtunePolicy \"default\" in namespace demo"
+    );
 }

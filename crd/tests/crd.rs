@@ -37,8 +37,8 @@ fn policy(spec: Value) -> Value {
 #[test]
 fn committed_crd_is_the_generated_one() {
     let path = committed_path();
-    let committed = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let committed =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert!(
         committed == crd_yaml(),
         "{} differs from the CRD generated from crd/src/types.rs; regenerate it with\n  \
@@ -63,7 +63,10 @@ fn crd_names_group_scope_and_status_subresource() {
     let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"];
     assert_eq!(spec["properties"]["mode"]["default"], "observe");
     // Approvals merge per host under server-side apply, and a host cannot appear twice.
-    assert_eq!(spec["properties"]["approvals"]["x-kubernetes-list-type"], "map");
+    assert_eq!(
+        spec["properties"]["approvals"]["x-kubernetes-list-type"],
+        "map"
+    );
     assert_eq!(
         spec["properties"]["approvals"]["x-kubernetes-list-map-keys"],
         json!(["host"])
@@ -80,7 +83,10 @@ fn crd_names_group_scope_and_status_subresource() {
             assert!(s["items"]["type"].is_string(), "{path}[] has no type");
             typed(&format!("{path}[]"), &s["items"]);
         }
-        assert!(s.get("anyOf").is_none() && s.get("oneOf").is_none(), "{path}: {s}");
+        assert!(
+            s.get("anyOf").is_none() && s.get("oneOf").is_none(),
+            "{path}: {s}"
+        );
     }
     typed("", &v["schema"]["openAPIV3Schema"]);
 }
@@ -149,12 +155,27 @@ fn schema_refuses_typical_mistakes_naming_the_path() {
     for (spec, needle) in [
         (json!({"mode": "auto"}), "/spec/mode"),
         (json!({"mod": "enforce"}), "mod"),
-        (json!({"decisionIntervalSecs": 0}), "/spec/decisionIntervalSecs"),
-        (json!({"decisionIntervalSecs": 3601}), "/spec/decisionIntervalSecs"),
+        (
+            json!({"decisionIntervalSecs": 0}),
+            "/spec/decisionIntervalSecs",
+        ),
+        (
+            json!({"decisionIntervalSecs": 3601}),
+            "/spec/decisionIntervalSecs",
+        ),
         (json!({"slo": {"latencyMs": 0}}), "/spec/slo/latencyMs"),
-        (json!({"slo": {"availability": 1.5}}), "/spec/slo/availability"),
-        (json!({"bounds": {"tcp.maxconnections": {"max": 5}}}), "tcp.maxconnections"),
-        (json!({"bounds": {"timeout": {"max": "2s"}}}), "/spec/bounds/timeout/max"),
+        (
+            json!({"slo": {"availability": 1.5}}),
+            "/spec/slo/availability",
+        ),
+        (
+            json!({"bounds": {"tcp.maxconnections": {"max": 5}}}),
+            "tcp.maxconnections",
+        ),
+        (
+            json!({"bounds": {"timeout": {"max": "2s"}}}),
+            "/spec/bounds/timeout/max",
+        ),
         (json!({"approvals": [{"host": "a"}]}), "recommendation"),
         (json!({"excludeHosts": "a.demo"}), "/spec/excludeHosts"),
     ] {
@@ -216,20 +237,27 @@ fn readme_patch_bodies_keep_the_example_policy_valid() {
         .remove(0);
     let schemas = schemas();
     let mut n = 0;
-    for line in readme.lines().filter(|l| l.contains("patch mtp") && l.contains("--type merge")) {
+    for line in readme
+        .lines()
+        .filter(|l| l.contains("patch mtp") && l.contains("--type merge"))
+    {
         let body = line
             .split("-p '")
             .nth(1)
             .and_then(|b| b.split('\'').next())
             .unwrap_or_else(|| panic!("no -p '...' in {line}"));
-        let patch: Value =
-            serde_json::from_str(body).unwrap_or_else(|e| panic!("{line}: {e}"));
+        let patch: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{line}: {e}"));
         let mut p = base.clone();
         merge_patch(&mut p, &patch);
-        schemas.validate(&p).unwrap_or_else(|e| panic!("{line}: {e}"));
+        schemas
+            .validate(&p)
+            .unwrap_or_else(|e| panic!("{line}: {e}"));
         let policy: MeshtunePolicy = serde_json::from_value(p).unwrap();
         resolve(&policy.spec).unwrap_or_else(|e| panic!("{line}: {e}"));
         n += 1;
     }
-    assert!(n >= 2, "expected the approval and the mode patches in the README, found {n}");
+    assert!(
+        n >= 2,
+        "expected the approval and the mode patches in the README, found {n}"
+    );
 }

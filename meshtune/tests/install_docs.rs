@@ -62,7 +62,11 @@ fn every_install_command_exists() {
         match w[0].as_str() {
             "meshtune" => {
                 meshtune += 1;
-                let out = Command::new(BIN).args(&w[1..]).arg("--help").output().unwrap();
+                let out = Command::new(BIN)
+                    .args(&w[1..])
+                    .arg("--help")
+                    .output()
+                    .unwrap();
                 assert!(
                     out.status.success(),
                     "`{line}` does not parse:\n{}",

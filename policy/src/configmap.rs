@@ -22,7 +22,8 @@ use crate::watch::WatchEvent;
 /// (API group, resource, verbs): `get` of the first model (`source`), `list` + `watch` of
 /// [`watch_configmap`]. `meshtune model push` (server-side apply, `patch`) runs with the
 /// operator's credentials and is not part of it. Collected by `meshtune_controller::rbac`.
-pub const CONTROLLER_KUBE_ACCESS: &[(&str, &str, &[&str])] = &[("", "configmaps", &["get", "list", "watch"])];
+pub const CONTROLLER_KUBE_ACCESS: &[(&str, &str, &[&str])] =
+    &[("", "configmaps", &["get", "list", "watch"])];
 
 /// `binaryData` key holding the ONNX model.
 pub const MODEL_KEY: &str = "model.onnx";

@@ -44,8 +44,16 @@ use crate::sink::{ApplyFuture, ApplyReport, Decision, Outcome, Sink};
 /// that makes the calls; `meshtune_controller::rbac` collects it and `controller/tests/rbac.rs`
 /// compares it with the rendered RBAC of `manifests/`.
 pub const KUBE_ACCESS: &[(&str, &str, &[&str])] = &[
-    ("networking.istio.io", "destinationrules", &["get", "list", "patch", "create"]),
-    ("networking.istio.io", "virtualservices", &["get", "list", "patch", "create"]),
+    (
+        "networking.istio.io",
+        "destinationrules",
+        &["get", "list", "patch", "create"],
+    ),
+    (
+        "networking.istio.io",
+        "virtualservices",
+        &["get", "list", "patch", "create"],
+    ),
 ];
 
 pub const DEFAULT_FIELD_MANAGER: &str = "meshtune";

@@ -36,8 +36,16 @@ use crate::istio_sink::{destination_rule_resource, virtual_service_resource, Ist
 /// `get_opt` to find meshtune's objects, `delete` of owned ones, `patch` (server-side apply
 /// release and merge-patch restore) of co-managed ones. See [`crate::istio_sink::KUBE_ACCESS`].
 pub const KUBE_ACCESS: &[(&str, &str, &[&str])] = &[
-    ("networking.istio.io", "destinationrules", &["get", "list", "patch", "delete"]),
-    ("networking.istio.io", "virtualservices", &["get", "list", "patch", "delete"]),
+    (
+        "networking.istio.io",
+        "destinationrules",
+        &["get", "list", "patch", "delete"],
+    ),
+    (
+        "networking.istio.io",
+        "virtualservices",
+        &["get", "list", "patch", "delete"],
+    ),
 ];
 
 pub const RESTORE_FIELD_MANAGER: &str = "meshtune-restore";

@@ -119,7 +119,10 @@ fn rendered_overlays_are_valid_objects() {
     };
     for (overlay, docs) in &overlays {
         // The install: cluster-level objects only (the data plane is per namespace).
-        let kinds: BTreeSet<&str> = docs.iter().filter_map(|d| d.value["kind"].as_str()).collect();
+        let kinds: BTreeSet<&str> = docs
+            .iter()
+            .filter_map(|d| d.value["kind"].as_str())
+            .collect();
         for kind in [
             "Namespace",
             "CustomResourceDefinition",
@@ -140,7 +143,11 @@ fn rendered_overlays_are_valid_objects() {
             !kinds.contains("WasmPlugin") && !kinds.contains("EnvoyFilter"),
             "overlay {overlay} installs a per-namespace data-plane object"
         );
-        assert_eq!(check_istio(docs), 2, "overlay {overlay}: PeerAuthentication + AuthorizationPolicy");
+        assert_eq!(
+            check_istio(docs),
+            2,
+            "overlay {overlay}: PeerAuthentication + AuthorizationPolicy"
+        );
         check_named(docs);
         check_controller_objects(docs);
         let mode: Vec<String> = controller_args(docs)
@@ -206,8 +213,8 @@ fn every_document_is_a_named_kubernetes_object() {
 fn check_named(docs: &[Doc]) {
     for d in docs {
         let v = &d.value;
-        assert!(v["apiVersion"].is_string(), "{}: apiVersion", id(&d));
-        assert!(v["kind"].is_string(), "{}: kind", id(&d));
+        assert!(v["apiVersion"].is_string(), "{}: apiVersion", id(d));
+        assert!(v["kind"].is_string(), "{}: kind", id(d));
         let name = v["metadata"]["name"].as_str().unwrap_or_default();
         if v["kind"] == "CustomResourceDefinition" {
             // `<plural>.<group>`, a DNS subdomain.
@@ -222,7 +229,11 @@ fn check_named(docs: &[Doc]) {
                 "{}: CRD name",
                 id(d)
             );
-            assert!(v["metadata"]["namespace"].is_null(), "{}: CRDs are cluster-scoped", id(d));
+            assert!(
+                v["metadata"]["namespace"].is_null(),
+                "{}: CRDs are cluster-scoped",
+                id(d)
+            );
             continue;
         }
         assert!(
@@ -232,7 +243,7 @@ fn check_named(docs: &[Doc]) {
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
             "{}: metadata.name must be a DNS-1123 label",
-            id(&d)
+            id(d)
         );
         let cluster_scoped = matches!(
             v["kind"].as_str(),
@@ -242,7 +253,7 @@ fn check_named(docs: &[Doc]) {
             v["metadata"]["namespace"].is_string(),
             !cluster_scoped,
             "{}: namespace set iff namespaced",
-            id(&d)
+            id(d)
         );
     }
 }
@@ -258,8 +269,8 @@ fn controller_objects_reference_each_other() {
 
 fn check_controller_objects(docs: &[Doc]) {
     let ns = "meshtune-system";
-    find(&docs, "Namespace", ns);
-    let dep = find(&docs, "Deployment", "meshtune-controller");
+    find(docs, "Namespace", ns);
+    let dep = find(docs, "Deployment", "meshtune-controller");
     let pod = &dep["spec"]["template"];
     let pod_labels = labels(&pod["metadata"]["labels"]);
     for (k, v) in labels(&dep["spec"]["selector"]["matchLabels"]) {
@@ -271,7 +282,7 @@ fn check_controller_objects(docs: &[Doc]) {
     }
     let sa = pod["spec"]["serviceAccountName"].as_str().unwrap();
     assert_eq!(
-        find(&docs, "ServiceAccount", sa)["metadata"]["namespace"],
+        find(docs, "ServiceAccount", sa)["metadata"]["namespace"],
         ns
     );
     let ann = &pod["metadata"]["annotations"];
@@ -298,7 +309,7 @@ fn check_controller_objects(docs: &[Doc]) {
         "scrape port {metrics_port} is not a container port"
     );
 
-    let svc = find(&docs, "Service", "meshtune-controller");
+    let svc = find(docs, "Service", "meshtune-controller");
     for (k, v) in labels(&svc["spec"]["selector"]) {
         assert_eq!(
             pod_labels.get(&k),
@@ -317,7 +328,7 @@ fn check_controller_objects(docs: &[Doc]) {
     // RBAC: the exact verbs per resource are compared with the code's access lists in
     // controller/tests/rbac.rs; here, that the bindings name the roles and the ServiceAccount.
     // Two replicas use the leader Lease.
-    let deploy = find(&docs, "Deployment", "meshtune-controller");
+    let deploy = find(docs, "Deployment", "meshtune-controller");
     assert_eq!(deploy["spec"]["replicas"], 2);
     // Only the leader is Ready: a rollout that waits for new Ready pods before removing old
     // ones would never finish.
@@ -350,14 +361,14 @@ fn check_controller_objects(docs: &[Doc]) {
         ("ClusterRoleBinding", "ClusterRole"),
         ("RoleBinding", "Role"),
     ] {
-        let b = find(&docs, kind, "meshtune-controller");
+        let b = find(docs, kind, "meshtune-controller");
         assert_eq!(b["roleRef"]["kind"], role_kind);
-        find(&docs, role_kind, b["roleRef"]["name"].as_str().unwrap());
+        find(docs, role_kind, b["roleRef"]["name"].as_str().unwrap());
         assert_eq!(b["subjects"][0]["name"], sa);
         assert_eq!(b["subjects"][0]["namespace"], ns);
     }
 
-    let cm = find(&docs, "ConfigMap", "meshtune-model");
+    let cm = find(docs, "ConfigMap", "meshtune-model");
     assert_eq!(cm["metadata"]["namespace"], ns);
 }
 

@@ -13,7 +13,9 @@ pub const OVERLAYS: [&str; 2] = ["observe", "enforce"];
 
 /// `manifests/overlays/NAME` of the workspace.
 pub fn overlay_dir(name: &str) -> PathBuf {
-    crate::workspace_root().join("manifests/overlays").join(name)
+    crate::workspace_root()
+        .join("manifests/overlays")
+        .join(name)
 }
 
 /// Oldest kustomize (embedded in kubectl) that renders the overlays: `resources:` naming a
@@ -59,17 +61,6 @@ pub fn require_kubectl() -> bool {
     false
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn kustomize_version_is_read_from_kubectl_output() {
-        let out = "Client Version: v1.32.4\nKustomize Version: v5.5.0\n";
-        assert_eq!(super::kustomize_major_of(out), Some(5));
-        assert_eq!(super::kustomize_major_of("Client Version: v1.20.2\n"), None);
-        assert_eq!(super::kustomize_major_of("Kustomize Version: v2.0.3"), Some(2));
-    }
-}
-
 /// `kubectl kustomize DIR`, parsed: every rendered object, in kustomize's order. Panics with
 /// kubectl's error output naming the directory when rendering fails.
 pub fn render(dir: &Path) -> Vec<Value> {
@@ -91,4 +82,18 @@ pub fn render(dir: &Path) -> Vec<Value> {
 /// [`render`] of `manifests/overlays/NAME`.
 pub fn render_overlay(name: &str) -> Vec<Value> {
     render(&overlay_dir(name))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kustomize_version_is_read_from_kubectl_output() {
+        let out = "Client Version: v1.32.4\nKustomize Version: v5.5.0\n";
+        assert_eq!(super::kustomize_major_of(out), Some(5));
+        assert_eq!(super::kustomize_major_of("Client Version: v1.20.2\n"), None);
+        assert_eq!(
+            super::kustomize_major_of("Kustomize Version: v2.0.3"),
+            Some(2)
+        );
+    }
 }

@@ -28,9 +28,9 @@ pub mod certs;
 pub mod envoy;
 pub mod http;
 pub mod istio;
-pub mod kustomize;
 #[cfg(feature = "kube")]
 pub mod kube_mock;
+pub mod kustomize;
 pub mod prereq;
 pub mod process;
 pub mod prometheus;
