@@ -15,6 +15,8 @@
 //! - [`leader`]: Lease leader election (only the leader decides, writes and is Ready).
 //! - [`lifecycle`]: restart recovery of the knobs in force from meshtune's objects, removal
 //!   of what meshtune wrote (observe mode, `meshtune uninstall`).
+//! - [`rbac`]: the Kubernetes API access the controller needs, collected from the lists next
+//!   to the code (checked against `manifests/` by `controller/tests/rbac.rs`).
 //! - [`prometheus`]: Prometheus as a feature source (windows from Istio/Envoy metrics) and
 //!   `meshtune record --from prometheus`.
 
@@ -34,6 +36,7 @@ pub mod lru;
 pub mod metrics;
 pub mod policy_loop;
 pub mod prometheus;
+pub mod rbac;
 pub mod recorder;
 pub mod server;
 pub mod top;
