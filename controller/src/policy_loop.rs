@@ -395,8 +395,7 @@ impl PolicyLoop {
                     let key = DestKey::new(r.namespace.as_str(), r.destination.as_str());
                     self.controller.metrics().set_knobs(&key, &r.knobs);
                     // The dwell continues from the last push recorded on the objects.
-                    if let Some(at) = decision::recovered_last_push(&r.applied_at, now_wall, now)
-                    {
+                    if let Some(at) = decision::recovered_last_push(&r.applied_at, now_wall, now) {
                         state.guardrails.record_recovered(&key.to_string(), at);
                         state.changed_at.insert(key.clone(), at);
                     }

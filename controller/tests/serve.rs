@@ -331,7 +331,9 @@ mod raw_h2 {
         /// PING whose answer proves the server has applied its settings.
         pub async fn open(addr: &str) -> (Self, Option<u32>) {
             let mut c = Conn(TcpStream::connect(addr).await.unwrap());
-            c.0.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+            c.0.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                .await
+                .unwrap();
             c.send(SETTINGS, 0, 0, &[]).await;
             let mut max_streams = None;
             loop {
@@ -481,9 +483,8 @@ async fn streams_beyond_the_per_connection_limit_are_refused_while_other_connect
         .expect("a second connection is served");
 
     // Completing stream 1 frees a slot: stream 7 is accepted and answered.
-    let body = |seq| {
-        prost::Message::encode_to_vec(&report("raw", seq, vec![upstream("svc", 1, 0, 100)]))
-    };
+    let body =
+        |seq| prost::Message::encode_to_vec(&report("raw", seq, vec![upstream("svc", 1, 0, 100)]));
     conn.finish_report_stream(1, &body(1)).await;
     let mut seen = Vec::new();
     conn.read_until(&mut seen, |f| {
@@ -544,11 +545,13 @@ async fn a_stalled_report_ends_at_the_request_timeout_and_the_server_keeps_servi
     };
     // Half a gRPC frame header, then nothing (the sender stays alive: the body never ends).
     let (tx, rx) = tokio::sync::mpsc::channel::<Frame>(1);
-    tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(&[0, 0]))))
-        .await
-        .unwrap();
-    let stalled = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .boxed();
+    tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(&[
+        0, 0,
+    ]))))
+    .await
+    .unwrap();
+    let stalled =
+        http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
     let t0 = std::time::Instant::now();
     let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(request(stalled)))
         .await
@@ -558,7 +561,9 @@ async fn a_stalled_report_ends_at_the_request_timeout_and_the_server_keeps_servi
     assert!(took >= timeout, "ended after {took:?}, before the timeout");
     assert_eq!(resp.status(), 200);
     assert_eq!(
-        resp.headers().get("grpc-status").map(|v| v.to_str().unwrap()),
+        resp.headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap()),
         Some("4"),
         "DEADLINE_EXCEEDED: {:?}",
         resp.headers()

@@ -775,7 +775,10 @@ mod tests {
             "rendering alone records no time"
         );
         t.applied_at = Some(value.clone());
-        for obj in [destination_rule(&t, &tuned()), virtual_service(&t, &tuned())] {
+        for obj in [
+            destination_rule(&t, &tuned()),
+            virtual_service(&t, &tuned()),
+        ] {
             assert_eq!(obj["metadata"]["annotations"][APPLIED_AT_ANNOTATION], value);
         }
         // Other writers' RFC 3339 forms read back too; anything else is an error naming it.

@@ -485,8 +485,14 @@ mod tests {
         let t = |s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s);
         let at = AppliedAt::of_object("DestinationRule ns/r", Some("1970-01-01T00:01:40Z"));
         assert_eq!(at, AppliedAt::At(t(100)));
-        assert_eq!(at.clone().combine(AppliedAt::At(t(50))), AppliedAt::At(t(100)));
-        assert_eq!(AppliedAt::At(t(50)).combine(at.clone()), AppliedAt::At(t(100)));
+        assert_eq!(
+            at.clone().combine(AppliedAt::At(t(50))),
+            AppliedAt::At(t(100))
+        );
+        assert_eq!(
+            AppliedAt::At(t(50)).combine(at.clone()),
+            AppliedAt::At(t(100))
+        );
         let missing = AppliedAt::of_object("VirtualService ns/r", None);
         assert_eq!(
             missing.to_string(),

@@ -81,9 +81,8 @@ async fn new_objects_are_created_by_forced_server_side_apply() {
             .as_str()
             .expect("applied-at annotation");
         let at = meshtune_sinks::istio::parse_applied_at(at).unwrap();
-        let ms = |t: std::time::SystemTime| {
-            t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
-        };
+        let ms =
+            |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
         assert!(ms(before) <= ms(at) && ms(at) <= ms(after), "{obj}");
     }
     assert_eq!(
