@@ -336,6 +336,24 @@ impl LoopState {
     }
 }
 
+/// The last push of a destination recovered after a restart, as an `Instant` of this process
+/// (`now` is the recovery, `now_wall` the same moment on the wall clock): the time its objects
+/// record. An unknown time (annotation missing or garbled) counts as the recovery itself, so
+/// the dwell starts now; a recorded time in the future (clock skew) also counts as now; a time
+/// further back than the monotonic clock can express is `None` (long ago: no dwell).
+pub fn recovered_last_push(
+    applied_at: &meshtune_sinks::istio_undo::AppliedAt,
+    now_wall: std::time::SystemTime,
+    now: Instant,
+) -> Option<Instant> {
+    match applied_at {
+        meshtune_sinks::istio_undo::AppliedAt::At(t) => {
+            now.checked_sub(now_wall.duration_since(*t).unwrap_or_default())
+        }
+        _ => Some(now),
+    }
+}
+
 /// The policy's input for each selected destination: its window and its state (knobs in force,
 /// reporting clients, time since the knobs last changed, the SLO target).
 pub fn features(
@@ -736,6 +754,38 @@ mod tests {
     }
     use meshtune_policy::guardrails::Config;
     use std::time::Duration;
+
+    #[test]
+    fn recovered_push_times_map_to_this_process_clock() {
+        use meshtune_sinks::istio_undo::AppliedAt;
+        let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+        let secs = Duration::from_secs;
+        assert_eq!(
+            recovered_last_push(&AppliedAt::At(wall - secs(5)), wall, now),
+            Some(now - secs(5))
+        );
+        assert_eq!(
+            recovered_last_push(&AppliedAt::At(wall + secs(60)), wall, now),
+            Some(now),
+            "a time in the future counts as now"
+        );
+        for unknown in [
+            AppliedAt::Missing { object: "x".into() },
+            AppliedAt::Garbled {
+                object: "x".into(),
+                error: "e".into(),
+            },
+        ] {
+            assert_eq!(recovered_last_push(&unknown, wall, now), Some(now));
+        }
+        // Long ago (before this machine booted): that long ago, or not representable (`None`);
+        // either way no dwell holds.
+        let epoch = recovered_last_push(&AppliedAt::At(std::time::UNIX_EPOCH), wall, now);
+        assert!(
+            epoch.is_none_or(|t| now.duration_since(t) > secs(50 * 365 * 86_400)),
+            "{epoch:?}"
+        );
+    }
 
     fn window(requests: u64, ok: u64, latency_ms: u64) -> WindowStats {
         let mut w = WindowStats {

@@ -33,7 +33,8 @@ pub const DEFAULT_MAX_CONCURRENT_REPORTS: usize = 8;
 /// Concurrent HTTP/2 streams per connection (one filter sends one report at a time).
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 16;
 /// A report must be received, decoded and answered within this time (the filter's own
-/// timeout is 500 ms by default); slower requests are cancelled with DEADLINE_EXCEEDED.
+/// timeout is 500 ms by default); slower requests are ended with DEADLINE_EXCEEDED
+/// ([`ReportServer::with_request_timeout`]), which frees their stream and report permit.
 pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Sustained reports per second accepted from one reporter: the filter flushes once a second
 /// (`flush_interval_ms` ≥ 100 ms would be 10/s; raise `--max-reports-per-sec` for that).
@@ -294,11 +295,14 @@ impl Codec for BoundedCodec {
 
 /// `meshtune.v1.FeatureService` served with [`BoundedCodec`], the decode limit, and at most
 /// `max_concurrent` reports received/decoded/handled at once (others wait for a permit
-/// before their body is read).
+/// before their body is read); optionally a time limit per request
+/// ([`Self::with_request_timeout`]).
 pub struct ReportServer<T> {
     inner: Arc<T>,
     limits: Arc<Limits>,
     permits: Arc<tokio::sync::Semaphore>,
+    timeout: Option<std::time::Duration>,
+    timed_out: prometheus_client::metrics::counter::Counter,
 }
 
 impl<T> Clone for ReportServer<T> {
@@ -307,6 +311,8 @@ impl<T> Clone for ReportServer<T> {
             inner: self.inner.clone(),
             limits: self.limits.clone(),
             permits: self.permits.clone(),
+            timeout: self.timeout,
+            timed_out: self.timed_out.clone(),
         }
     }
 }
@@ -317,7 +323,23 @@ impl<T> ReportServer<T> {
             inner,
             limits: Arc::new(limits),
             permits: Arc::new(tokio::sync::Semaphore::new(max_concurrent.max(1))),
+            timeout: None,
+            timed_out: Default::default(),
         }
+    }
+
+    /// A request not received, decoded and answered within `timeout` (waiting for a report
+    /// permit included) is ended with DEADLINE_EXCEEDED and counted in `timed_out`; its
+    /// stream and permit are released. (tonic's `Server::timeout` would end it with
+    /// CANCELLED, which a client reads as "the caller gave up".)
+    pub fn with_request_timeout(
+        mut self,
+        timeout: std::time::Duration,
+        timed_out: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        self.timeout = Some(timeout);
+        self.timed_out = timed_out;
+        self
     }
 }
 
@@ -364,16 +386,32 @@ where
         }
         let me = self.clone();
         Box::pin(async move {
-            let Ok(_permit) = me.permits.acquire().await else {
-                return Ok(tonic::Status::unavailable("shutting down").into_http());
+            let handle = async {
+                let Ok(_permit) = me.permits.acquire().await else {
+                    return tonic::Status::unavailable("shutting down").into_http();
+                };
+                let codec = BoundedCodec {
+                    limits: me.limits.clone(),
+                };
+                let limit = me.limits.max_encoded_report_bytes();
+                let mut grpc = tonic::server::Grpc::new(codec)
+                    .apply_max_message_size_config(Some(limit), None);
+                grpc.unary(ReportMethod(me.inner.clone()), req).await
             };
-            let codec = BoundedCodec {
-                limits: me.limits.clone(),
+            let Some(timeout) = me.timeout else {
+                return Ok(handle.await);
             };
-            let limit = me.limits.max_encoded_report_bytes();
-            let mut grpc =
-                tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(limit), None);
-            Ok(grpc.unary(ReportMethod(me.inner.clone()), req).await)
+            match tokio::time::timeout(timeout, handle).await {
+                Ok(resp) => Ok(resp),
+                Err(_) => {
+                    me.timed_out.inc();
+                    tracing::debug!(?timeout, "report request timed out");
+                    Ok(tonic::Status::deadline_exceeded(format!(
+                        "the report was not received and answered within {timeout:?} (the server's request timeout)"
+                    ))
+                    .into_http())
+                }
+            }
         })
     }
 }

@@ -276,6 +276,8 @@ pub struct Metrics {
     pub destinations_dropped: Counter,
     /// Reports refused because their reporter exceeded its report rate.
     pub reports_rate_limited: Counter,
+    /// Report requests ended with DEADLINE_EXCEEDED at the request timeout.
+    pub reports_timed_out: Counter,
     /// Decision cycles that panicked (caught; the loop goes on).
     pub decision_cycle_panics: Counter,
     /// Destinations whose policy output had a NaN or infinite value (knobs held).
@@ -334,6 +336,7 @@ impl Metrics {
             filter_dropped_reports: Counter::default(),
             destinations_dropped: Counter::default(),
             reports_rate_limited: Counter::default(),
+            reports_timed_out: Counter::default(),
             decision_cycle_panics: Counter::default(),
             nonfinite_outputs: Counter::default(),
             destinations_pruned: Counter::default(),
@@ -437,6 +440,11 @@ impl Metrics {
             "meshtune_reports_rate_limited",
             "Reports refused with RESOURCE_EXHAUSTED because their reporter exceeded its report rate",
             m.reports_rate_limited.clone(),
+        );
+        registry.register(
+            "meshtune_reports_timed_out",
+            "Report requests ended with DEADLINE_EXCEEDED because they were not received and answered within --request-timeout-secs (a stalled or very slow client)",
+            m.reports_timed_out.clone(),
         );
         registry.register(
             "meshtune_decision_cycle_panics",

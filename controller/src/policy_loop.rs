@@ -347,7 +347,10 @@ impl PolicyLoop {
     /// Runs when this replica starts leading, before its first cycle. The decision state
     /// starts afresh (whatever it knew as a follower or an earlier leader may be stale); with
     /// the Kubernetes lifecycle set, enforce mode then puts the knobs recovered from meshtune's
-    /// objects in force (so no default push happens and hints come from them) and observe mode
+    /// objects in force (so no default push happens and hints come from them), with the time
+    /// they were applied as each destination's last push (so the guardrails' dwell holds
+    /// across the restart; an unknown time counts as now, [`decision::recovered_last_push`]),
+    /// and observe mode
     /// removes what meshtune wrote. Returns the number of destinations recovered or objects
     /// undone. On a Kubernetes error (logged) [`Self::run`] decides nothing and calls this
     /// again every interval until it succeeds: deciding without the knobs in force would push
@@ -385,14 +388,28 @@ impl PolicyLoop {
         }
         match lc.recover().await {
             Ok(recovered) => {
+                let (now, now_wall) = (Instant::now(), std::time::SystemTime::now());
                 for r in &recovered {
                     // Objects live in the reporters' namespace (client-side, exportTo "."):
                     // the object's namespace and destination are the decision key.
                     let key = DestKey::new(r.namespace.as_str(), r.destination.as_str());
                     self.controller.metrics().set_knobs(&key, &r.knobs);
+                    // The dwell continues from the last push recorded on the objects.
+                    if let Some(at) = decision::recovered_last_push(&r.applied_at, now_wall, now) {
+                        state.guardrails.record_recovered(&key.to_string(), at);
+                        state.changed_at.insert(key.clone(), at);
+                    }
                     state.in_force.insert(key, r.knobs);
-                    tracing::info!(destination = %r.destination, namespace = %r.namespace,
-                        objects = ?r.objects, "recovered the knobs in force");
+                    if matches!(r.applied_at, meshtune_sinks::istio_undo::AppliedAt::At(_)) {
+                        tracing::info!(destination = %r.destination, namespace = %r.namespace,
+                            objects = ?r.objects, applied_at = %r.applied_at,
+                            "recovered the knobs in force");
+                    } else {
+                        tracing::warn!(destination = %r.destination, namespace = %r.namespace,
+                            objects = ?r.objects, problem = %r.applied_at,
+                            "recovered the knobs in force, but not when they were applied: \
+                             counting this recovery as the last push (the dwell starts now)");
+                    }
                 }
                 self.controller
                     .metrics()

@@ -581,6 +581,10 @@ impl Controller {
             self.clone(),
             self.validation.clone(),
             self.config.max_concurrent_reports,
+        )
+        .with_request_timeout(
+            self.config.request_timeout,
+            self.metrics.reports_timed_out.clone(),
         );
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &self.config.tls {
@@ -596,7 +600,7 @@ impl Controller {
         let grpc_server = builder
             .max_concurrent_streams(self.config.max_streams_per_connection)
             .concurrency_limit_per_connection(self.config.max_streams_per_connection as usize)
-            .timeout(self.config.request_timeout)
+            // The request timeout is the Report service's own (DEADLINE_EXCEEDED, counted).
             // Small flow-control windows: a stream waiting for a report permit holds at most
             // this much of its body in the connection's buffers.
             .initial_stream_window_size(64 * 1024)

@@ -8,7 +8,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use common::{const_model, report, upstream};
 use http::{Method, StatusCode};
@@ -21,7 +21,10 @@ use meshtune_controller::{Config, Controller};
 use meshtune_core::knobs::{Knobs, KNOB_COUNT};
 use meshtune_policy::guardrails::{self, Mode};
 use meshtune_policy::OnnxPolicy;
-use meshtune_sinks::istio::{destination_rule, virtual_service, IstioTarget};
+use meshtune_sinks::istio::{
+    applied_at_value, destination_rule, parse_applied_at, virtual_service, IstioTarget,
+    APPLIED_AT_ANNOTATION,
+};
 use meshtune_sinks::{IstioSink, IstioSinkConfig, LogSink};
 use meshtune_test_support::kube_mock::{self, ok, pair, status, ApiServer};
 use serde_json::{json, Value};
@@ -258,6 +261,25 @@ fn setup(client: kube::Client, mode: Mode) -> Arc<PolicyLoop> {
 }
 
 fn setup_every(client: kube::Client, mode: Mode, interval: Duration) -> Arc<PolicyLoop> {
+    setup_with(
+        client,
+        interval,
+        guardrails::Config {
+            mode,
+            min_dwell: Duration::ZERO,
+            max_step_factor: 1e9,
+            max_linear_step: 1.0,
+            rollback_windows: 0,
+            ..guardrails::Config::default()
+        },
+    )
+}
+
+fn setup_with(
+    client: kube::Client,
+    interval: Duration,
+    guardrails: guardrails::Config,
+) -> Arc<PolicyLoop> {
     let controller = Arc::new(Controller::new(Config::default()).unwrap());
     for seq in 1..=3 {
         // A client in the service's own namespace: its client-side objects are the
@@ -281,14 +303,7 @@ fn setup_every(client: kube::Client, mode: Mode, interval: Duration) -> Arc<Poli
             interval,
             min_requests: 1,
             naming: Naming::IstioHost,
-            guardrails: guardrails::Config {
-                mode,
-                min_dwell: Duration::ZERO,
-                max_step_factor: 1e9,
-                max_linear_step: 1.0,
-                rollback_windows: 0,
-                ..guardrails::Config::default()
-            },
+            guardrails,
             ..LoopConfig::default()
         },
     );
@@ -306,7 +321,13 @@ fn stored(mut v: Value, rv: &str) -> Value {
 
 /// Answers the recovery's two cluster-wide LISTs with meshtune's objects for `knobs`.
 async fn answer_recovery(server: &mut ApiServer, knobs: &Knobs) {
-    let t = IstioTarget::new(HOST, "bookinfo");
+    answer_recovery_applied(server, knobs, None).await
+}
+
+/// [`answer_recovery`] with objects whose `meshtune.io/applied-at` annotation is `applied_at`.
+async fn answer_recovery_applied(server: &mut ApiServer, knobs: &Knobs, applied_at: Option<&str>) {
+    let mut t = IstioTarget::new(HOST, "bookinfo");
+    t.applied_at = applied_at.map(str::to_string);
     let drs = kube_mock::list(
         ISTIO_API,
         "DestinationRule",
@@ -406,6 +427,111 @@ async fn the_loop_decides_nothing_until_recovery_succeeds() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// An enforce loop with a 30 s dwell (also while missing the SLO) that has just recovered, after
+/// a restart, knobs other than the model's decision from objects whose applied-at annotation
+/// is `applied_at` (`None`: no such annotation).
+async fn recovered_with_dwell(applied_at: Option<&str>) -> (Arc<PolicyLoop>, ApiServer) {
+    let (client, mut server) = pair();
+    let policy = setup_with(
+        client,
+        LoopConfig::default().interval,
+        guardrails::Config {
+            mode: Mode::Enforce,
+            min_dwell: Duration::from_secs(30),
+            urgent_dwell: Duration::from_secs(30),
+            max_step_factor: 1e9,
+            max_linear_step: 1.0,
+            rollback_windows: 0,
+            ..guardrails::Config::default()
+        },
+    );
+    // Knobs an earlier controller pushed, other than what the model decides now.
+    let pushed = Knobs::from_normalised(&[0.6; KNOB_COUNT]);
+    assert_ne!(pushed, Knobs::from_normalised(&U));
+    let raw = applied_at.map(str::to_string);
+    let served = tokio::spawn(async move {
+        answer_recovery_applied(&mut server, &pushed, raw.as_deref()).await;
+        server
+    });
+    assert_eq!(policy.on_leading().await.unwrap(), 1);
+    let server = served.await.unwrap();
+    assert_eq!(policy.knobs_in_force(&key(HOST)).await, Some(pushed));
+    (policy, server)
+}
+
+fn last_outcome(policy: &PolicyLoop) -> String {
+    policy
+        .controller()
+        .policy_status(&key(HOST).with_cluster(CLUSTER))
+        .and_then(|s| s.last_decision)
+        .map(|d| d.outcome)
+        .unwrap_or_default()
+}
+
+/// The dwell holds across a restart: objects applied 5 s before it, with a 30 s dwell, mean
+/// no push on the first cycle (a controller restarting in a loop cannot push at every start).
+#[tokio::test]
+async fn a_push_recovered_from_5_s_ago_holds_the_first_decision_for_the_dwell() {
+    let five_s_ago = SystemTime::now() - Duration::from_secs(5);
+    let (policy, mut server) = recovered_with_dwell(Some(&applied_at_value(five_s_ago))).await;
+    let summary = policy.cycle().await.expect("a model is loaded");
+    assert_eq!(summary.destinations, 1, "{summary:?}");
+    assert_eq!(summary.pushed, 0, "held by the dwell: {summary:?}");
+    assert_eq!(last_outcome(&policy), "hold_dwell");
+    server
+        .expect_no_request(SILENCE, "a push within the dwell after a restart")
+        .await;
+}
+
+/// A missing or garbled applied-at annotation: the recovery counts as the last push.
+#[tokio::test]
+async fn an_unknown_recovered_push_time_counts_as_the_recovery() {
+    for raw in [None, Some("soon after lunch")] {
+        let (policy, mut server) = recovered_with_dwell(raw).await;
+        let summary = policy.cycle().await.expect("a model is loaded");
+        assert_eq!(summary.destinations, 1, "{raw:?}: {summary:?}");
+        assert_eq!(summary.pushed, 0, "{raw:?}: {summary:?}");
+        assert_eq!(last_outcome(&policy), "hold_dwell", "{raw:?}");
+        server
+            .expect_no_request(SILENCE, "a push right after a restart")
+            .await;
+    }
+}
+
+/// The control: objects applied long before the restart do not hold the decision.
+#[tokio::test]
+async fn a_push_recovered_from_long_ago_allows_a_push() {
+    let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    let (policy, mut server) = recovered_with_dwell(Some(&applied_at_value(hour_ago))).await;
+    let served = tokio::spawn(async move {
+        // The sink looks the objects up, then applies both.
+        let dr = "/apis/networking.istio.io/v1/namespaces/bookinfo/destinationrules";
+        let vs = "/apis/networking.istio.io/v1/namespaces/bookinfo/virtualservices";
+        server
+            .expect_absent(dr, "reviews", ISTIO_API, "DestinationRule")
+            .await;
+        server
+            .expect_absent(vs, "reviews", ISTIO_API, "VirtualService")
+            .await;
+        let applied = server.expect_apply(&format!("{dr}/reviews")).await;
+        server.expect_apply(&format!("{vs}/reviews")).await;
+        applied
+    });
+    let summary = policy.cycle().await.expect("a model is loaded");
+    let applied = served.await.unwrap();
+    assert_eq!(summary.pushed, 1, "{summary:?}");
+    assert_eq!(last_outcome(&policy), "pushed");
+    // The new push records its own time, which the next restart would recover.
+    let at = applied.body["metadata"]["annotations"][APPLIED_AT_ANNOTATION]
+        .as_str()
+        .expect("applied-at annotation");
+    let at = parse_applied_at(at).unwrap();
+    assert!(
+        SystemTime::now().duration_since(at).unwrap() < Duration::from_secs(60),
+        "{at:?}"
+    );
 }
 
 #[tokio::test]

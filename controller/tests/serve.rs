@@ -296,3 +296,318 @@ async fn hostile_reports_are_refused_before_decoding_and_rate_limited() {
     );
     run.shutdown().await;
 }
+
+/// A minimal HTTP/2 client speaking raw frames, so a test can do what a well-behaved client
+/// (h2, hyper, tonic) never does: open more concurrent streams than the server allows.
+mod raw_h2 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub const DATA: u8 = 0;
+    pub const HEADERS: u8 = 1;
+    pub const RST_STREAM: u8 = 3;
+    pub const SETTINGS: u8 = 4;
+    pub const PING: u8 = 6;
+    pub const GOAWAY: u8 = 7;
+    pub const END_STREAM: u8 = 0x1;
+    pub const ACK: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+    pub const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    pub const REFUSED_STREAM: u32 = 0x7;
+
+    #[derive(Debug, Clone)]
+    pub struct Frame {
+        pub kind: u8,
+        pub flags: u8,
+        pub stream: u32,
+        pub payload: Vec<u8>,
+    }
+
+    pub struct Conn(pub TcpStream);
+
+    impl Conn {
+        /// Connects, sends the preface and empty SETTINGS, and returns the server's
+        /// SETTINGS_MAX_CONCURRENT_STREAMS. Our ACK of the server's SETTINGS is followed by a
+        /// PING whose answer proves the server has applied its settings.
+        pub async fn open(addr: &str) -> (Self, Option<u32>) {
+            let mut c = Conn(TcpStream::connect(addr).await.unwrap());
+            c.0.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                .await
+                .unwrap();
+            c.send(SETTINGS, 0, 0, &[]).await;
+            let mut max_streams = None;
+            loop {
+                let f = c.read().await;
+                if f.kind == SETTINGS && f.flags & ACK == 0 {
+                    for s in f.payload.chunks_exact(6) {
+                        if u16::from_be_bytes([s[0], s[1]]) == SETTINGS_MAX_CONCURRENT_STREAMS {
+                            max_streams = Some(u32::from_be_bytes([s[2], s[3], s[4], s[5]]));
+                        }
+                    }
+                    break;
+                }
+            }
+            c.send(SETTINGS, ACK, 0, &[]).await;
+            c.send(PING, 0, 0, b"applied?").await;
+            loop {
+                let f = c.read().await;
+                if f.kind == PING && f.flags & ACK != 0 {
+                    break;
+                }
+            }
+            (c, max_streams)
+        }
+
+        pub async fn send(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+            let len = (payload.len() as u32).to_be_bytes();
+            let mut f = vec![len[1], len[2], len[3], kind, flags];
+            f.extend_from_slice(&stream.to_be_bytes());
+            f.extend_from_slice(payload);
+            self.0.write_all(&f).await.unwrap();
+        }
+
+        pub async fn read(&mut self) -> Frame {
+            let mut h = [0u8; 9];
+            self.0.read_exact(&mut h).await.expect("connection open");
+            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            self.0.read_exact(&mut payload).await.unwrap();
+            Frame {
+                kind: h[3],
+                flags: h[4],
+                stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
+                payload,
+            }
+        }
+
+        /// Opens stream `id` with the request headers of the Report method (no END_STREAM:
+        /// the body is still to come, so the server's handler waits for it).
+        pub async fn open_report_stream(&mut self, id: u32) {
+            let mut block = Vec::new();
+            for (name, value) in [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", "/meshtune.v1.FeatureService/Report"),
+                (":authority", "127.0.0.1"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ] {
+                // HPACK literal header field without indexing, new name, no Huffman coding.
+                block.push(0);
+                block.push(name.len() as u8);
+                block.extend_from_slice(name.as_bytes());
+                block.push(value.len() as u8);
+                block.extend_from_slice(value.as_bytes());
+            }
+            self.send(HEADERS, END_HEADERS, id, &block).await;
+        }
+
+        /// Sends `msg` as the gRPC body of stream `id` and ends the stream.
+        pub async fn finish_report_stream(&mut self, id: u32, msg: &[u8]) {
+            let mut body = vec![0u8];
+            body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+            body.extend_from_slice(msg);
+            self.send(DATA, END_STREAM, id, &body).await;
+        }
+
+        /// Reads frames until `pred` matches one (PINGs answered, others kept), within 10 s.
+        pub async fn read_until(
+            &mut self,
+            seen: &mut Vec<Frame>,
+            pred: impl Fn(&Frame) -> bool,
+        ) -> Frame {
+            tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                loop {
+                    let f = self.read().await;
+                    if f.kind == PING && f.flags & ACK == 0 {
+                        let p = f.payload.clone();
+                        self.send(PING, ACK, 0, &p).await;
+                        continue;
+                    }
+                    seen.push(f.clone());
+                    if pred(&f) {
+                        return f;
+                    }
+                }
+            })
+            .await
+            .expect("the expected frame within 10 s")
+        }
+    }
+}
+
+/// `max_streams_per_connection` is what the server advertises and enforces: on one HTTP/2
+/// connection whose Report streams are held open (bodies not yet sent), a stream beyond the
+/// limit is refused with RST_STREAM(REFUSED_STREAM), the held streams are unaffected, another
+/// connection is served meanwhile, and once a held stream completes a new one is accepted.
+#[tokio::test]
+async fn streams_beyond_the_per_connection_limit_are_refused_while_other_connections_work() {
+    use raw_h2::*;
+    let run = start(Config {
+        max_streams_per_connection: 2,
+        ..Config::default()
+    })
+    .await;
+    let addr = run.grpc.trim_start_matches("http://").to_string();
+    let (mut conn, advertised) = Conn::open(&addr).await;
+    assert_eq!(advertised, Some(2), "SETTINGS_MAX_CONCURRENT_STREAMS");
+
+    conn.open_report_stream(1).await;
+    conn.open_report_stream(3).await;
+    conn.open_report_stream(5).await;
+    let mut seen = Vec::new();
+    let refused = conn
+        .read_until(&mut seen, |f| f.kind == RST_STREAM || f.kind == GOAWAY)
+        .await;
+    assert_eq!(
+        (refused.kind, refused.stream),
+        (RST_STREAM, 5),
+        "the third stream is reset, not the connection: {seen:?}"
+    );
+    assert_eq!(
+        u32::from_be_bytes(refused.payload[..4].try_into().unwrap()),
+        REFUSED_STREAM
+    );
+    assert!(
+        !seen.iter().any(|f| f.stream == 1 || f.stream == 3),
+        "held streams untouched: {seen:?}"
+    );
+
+    // A second connection is served while the first holds its two streams.
+    let mut client = FeatureServiceClient::connect(run.grpc.clone())
+        .await
+        .unwrap();
+    client
+        .report(report("other-conn", 1, vec![upstream("svc", 4, 0, 100)]))
+        .await
+        .expect("a second connection is served");
+
+    // Completing stream 1 frees a slot: stream 7 is accepted and answered.
+    let body =
+        |seq| prost::Message::encode_to_vec(&report("raw", seq, vec![upstream("svc", 1, 0, 100)]));
+    conn.finish_report_stream(1, &body(1)).await;
+    let mut seen = Vec::new();
+    conn.read_until(&mut seen, |f| {
+        f.stream == 1 && (f.kind == RST_STREAM || f.flags & END_STREAM != 0)
+    })
+    .await;
+    assert!(
+        !seen.iter().any(|f| f.kind == RST_STREAM),
+        "stream 1 answered, not reset: {seen:?}"
+    );
+    conn.open_report_stream(7).await;
+    conn.finish_report_stream(7, &body(2)).await;
+    let mut seen = Vec::new();
+    conn.read_until(&mut seen, |f| {
+        f.stream == 7 && (f.kind == RST_STREAM || f.flags & END_STREAM != 0)
+    })
+    .await;
+    assert!(
+        !seen.iter().any(|f| f.kind == RST_STREAM),
+        "stream 7 answered, not reset: {seen:?}"
+    );
+    // All three complete reports were accepted (4 + 1 + 1 requests).
+    let d = destinations(&run.admin).await;
+    assert_eq!(d["destinations"][0]["lifetime"]["requests"], 6, "{d}");
+    drop(conn);
+    run.shutdown().await;
+}
+
+/// A Report whose body never arrives is ended at the request timeout with DEADLINE_EXCEEDED
+/// (and counted); the connection and the server keep serving.
+#[tokio::test]
+async fn a_stalled_report_ends_at_the_request_timeout_and_the_server_keeps_serving() {
+    use http_body_util::BodyExt;
+    type Frame = Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>;
+    let timeout = Duration::from_millis(300);
+    let run = start(Config {
+        request_timeout: timeout,
+        ..Config::default()
+    })
+    .await;
+    let addr = run.grpc.trim_start_matches("http://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let request = |body| {
+        http::Request::builder()
+            .method("POST")
+            .uri(format!("{}/meshtune.v1.FeatureService/Report", run.grpc))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(body)
+            .unwrap()
+    };
+    // Half a gRPC frame header, then nothing (the sender stays alive: the body never ends).
+    let (tx, rx) = tokio::sync::mpsc::channel::<Frame>(1);
+    tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(&[
+        0, 0,
+    ]))))
+    .await
+    .unwrap();
+    let stalled =
+        http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
+    let t0 = std::time::Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(request(stalled)))
+        .await
+        .expect("answered within 10 s")
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(took >= timeout, "ended after {took:?}, before the timeout");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap()),
+        Some("4"),
+        "DEADLINE_EXCEEDED: {:?}",
+        resp.headers()
+    );
+    let (_, metrics) = http_get(&run.admin, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("meshtune_reports_timed_out_total 1"),
+        "{metrics}"
+    );
+
+    // The same connection still serves a complete report.
+    let msg = prost::Message::encode_to_vec(&report("after", 1, vec![upstream("svc", 3, 0, 100)]));
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    body.extend_from_slice(&msg);
+    let full = http_body_util::Full::new(bytes::Bytes::from(body)).boxed();
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(request(full)))
+        .await
+        .expect("answered within 10 s")
+        .unwrap();
+    let trailers = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .trailers()
+        .cloned()
+        .expect("gRPC trailers");
+    assert_eq!(
+        trailers.get("grpc-status").map(|v| v.to_str().unwrap()),
+        Some("0")
+    );
+    drop(tx);
+    drop(send);
+    conn.abort();
+    // So does a new one.
+    let mut client = FeatureServiceClient::connect(run.grpc.clone())
+        .await
+        .unwrap();
+    client
+        .report(report("after", 2, vec![upstream("svc", 2, 0, 100)]))
+        .await
+        .unwrap();
+    let d = destinations(&run.admin).await;
+    assert_eq!(d["destinations"][0]["lifetime"]["requests"], 5, "{d}");
+    run.shutdown().await;
+}

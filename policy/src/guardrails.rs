@@ -819,6 +819,19 @@ impl Guardrails {
         );
     }
 
+    /// Records a push made before this process took over (restart recovery): the knobs in
+    /// force were applied at `at`. The dwell runs from `at`; nothing is watched (the window
+    /// before that push is unknown).
+    pub fn record_recovered(&mut self, dest: &str, at: Instant) {
+        self.dests.insert(
+            dest.to_string(),
+            DestState {
+                last_push: Some(at),
+                phase: Phase::Idle,
+            },
+        );
+    }
+
     /// Records that a rollback to `restored` was applied at `now` (restarts the dwell time).
     pub fn record_rollback(&mut self, dest: &str, now: Instant, restored: Knobs) {
         self.dests.insert(
@@ -1213,6 +1226,33 @@ mod tests {
         let t2 = t0 + DEFAULT_MIN_DWELL;
         assert_eq!(
             g.decide("a", "ns", t2, &proposed, &in_force).action,
+            Action::Push
+        );
+    }
+
+    #[test]
+    fn a_recovered_push_time_starts_the_dwell_without_a_watch() {
+        let mut g = Guardrails::new(enforce());
+        let t0 = Instant::now();
+        let in_force = mid();
+        let mut proposed = in_force;
+        proposed.set(
+            Knob::RouteTimeoutMs,
+            in_force.get(Knob::RouteTimeoutMs) * 1.5,
+        );
+        // Applied 5 s before the restart (t0): held for the rest of the dwell.
+        g.record_recovered("a", t0 - Duration::from_secs(5));
+        assert_eq!(g.phase("a"), Phase::Idle, "nothing to watch");
+        assert_eq!(
+            g.decide("a", "ns", t0, &proposed, &in_force).action,
+            Action::Hold(HoldReason::Dwell {
+                remaining: DEFAULT_MIN_DWELL - Duration::from_secs(5)
+            })
+        );
+        // Applied a dwell or more before: a push is allowed (not held as "watching").
+        g.record_recovered("a", t0 - DEFAULT_MIN_DWELL);
+        assert_eq!(
+            g.decide("a", "ns", t0, &proposed, &in_force).action,
             Action::Push
         );
     }

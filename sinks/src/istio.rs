@@ -44,6 +44,29 @@ pub const APPLIED_ANNOTATION: &str = "meshtune.io/applied";
 /// the fields meshtune sets as they were before meshtune first wrote it: a JSON object
 /// `{"<field path>": value or null}` (null = the field was absent); see [`co_managed_fields`].
 pub const PREVIOUS_ANNOTATION: &str = "meshtune.io/previous";
+/// Annotation recording when meshtune last applied the object: an RFC 3339 UTC time
+/// (`2026-11-30T09:20:00.5Z`, [`applied_at_value`]). Restart recovery reads it back as the
+/// destination's last push ([`parse_applied_at`]), so the guardrails' dwell holds across a
+/// restart and a controller restarting in a loop cannot push at every start.
+pub const APPLIED_AT_ANNOTATION: &str = "meshtune.io/applied-at";
+
+/// The [`APPLIED_AT_ANNOTATION`] value for `t`: RFC 3339 in UTC, millisecond precision.
+pub fn applied_at_value(t: std::time::SystemTime) -> String {
+    match k8s_openapi::jiff::Timestamp::try_from(t) {
+        Ok(ts) => format!("{ts:.3}"),
+        // Outside jiff's range (years -9999..=9999): not a time this code runs at.
+        Err(_) => k8s_openapi::jiff::Timestamp::UNIX_EPOCH.to_string(),
+    }
+}
+
+/// Reads an [`APPLIED_AT_ANNOTATION`] value back; an error names what is wrong with it.
+pub fn parse_applied_at(value: &str) -> Result<std::time::SystemTime, String> {
+    value
+        .trim()
+        .parse::<k8s_openapi::jiff::Timestamp>()
+        .map(std::time::SystemTime::from)
+        .map_err(|e| format!("{APPLIED_AT_ANNOTATION} {value:?} is not an RFC 3339 time: {e}"))
+}
 
 /// The knobs rendered into a DestinationRule (connection pool and outlier detection).
 pub const DESTINATION_RULE_KNOBS: [Knob; 8] = [
@@ -116,6 +139,9 @@ pub struct IstioTarget {
     /// [`PREVIOUS_ANNOTATION`] of a co-managed object ([`previous_fields`]); `None` for owned
     /// objects.
     pub previous: Option<String>,
+    /// [`APPLIED_AT_ANNOTATION`] ([`applied_at_value`]): set by the Istio sink when it applies
+    /// the object; `None` leaves the annotation out (rendering for display or validation).
+    pub applied_at: Option<String>,
 }
 
 impl IstioTarget {
@@ -128,6 +154,7 @@ impl IstioTarget {
             retry_on: DEFAULT_RETRY_ON.to_string(),
             owned: true,
             previous: None,
+            applied_at: None,
         }
     }
 }
@@ -214,6 +241,12 @@ struct HostAnnotation<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     previous: Option<&'a str>,
+    /// [`APPLIED_AT_ANNOTATION`] (objects the sink applies).
+    #[serde(
+        rename = "meshtune.io/applied-at",
+        skip_serializing_if = "Option::is_none"
+    )]
+    applied_at: Option<&'a str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -232,6 +265,7 @@ impl<'a> Metadata<'a> {
                 host: &t.host,
                 applied,
                 previous: t.previous.as_deref(),
+                applied_at: t.applied_at.as_deref(),
             },
             labels: t.owned.then_some(ManagedByLabel {
                 managed_by: MANAGED_BY_VALUE,
@@ -724,6 +758,38 @@ mod tests {
             dr["metadata"]["annotations"][PREVIOUS_ANNOTATION],
             prev.as_str()
         );
+    }
+
+    #[test]
+    fn the_applied_time_is_recorded_and_read_back() {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_796_030_400_250);
+        let value = applied_at_value(at);
+        assert_eq!(value, "2026-11-30T09:20:00.250Z");
+        assert_eq!(parse_applied_at(&value), Ok(at));
+        let mut t = IstioTarget::new("reviews", "bookinfo");
+        let dr = destination_rule(&t, &tuned());
+        assert!(
+            dr["metadata"]["annotations"]
+                .get(APPLIED_AT_ANNOTATION)
+                .is_none(),
+            "rendering alone records no time"
+        );
+        t.applied_at = Some(value.clone());
+        for obj in [
+            destination_rule(&t, &tuned()),
+            virtual_service(&t, &tuned()),
+        ] {
+            assert_eq!(obj["metadata"]["annotations"][APPLIED_AT_ANNOTATION], value);
+        }
+        // Other writers' RFC 3339 forms read back too; anything else is an error naming it.
+        assert_eq!(
+            parse_applied_at("2026-11-30T10:20:00+01:00"),
+            Ok(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_030_400))
+        );
+        for bad in ["", "yesterday", "2026-11-30", "1796030400"] {
+            let e = parse_applied_at(bad).unwrap_err();
+            assert!(e.contains(APPLIED_AT_ANNOTATION), "{e}");
+        }
     }
 
     #[test]

@@ -15,8 +15,9 @@
 //!   configures the host → refused: two DestinationRules or VirtualServices for one host make
 //!   Istio's behaviour depend on merge order, so meshtune leaves that host alone.
 //!
-//! Every applied object records what meshtune set and, when co-managed, what was there before
-//! (annotations, see [`crate::istio`]). A decision whose knobs are Istio's defaults
+//! Every applied object records what meshtune set, when it applied it (RFC 3339,
+//! [`crate::istio::APPLIED_AT_ANNOTATION`], read back by restart recovery as the last push) and,
+//! when co-managed, what was there before (annotations, see [`crate::istio`]). A decision whose knobs are Istio's defaults
 //! ([`Decision::is_removal`]: e.g. a rollback to "no object") is not rendered: it removes what
 //! meshtune wrote for the destination ([`crate::istio_undo`]: owned objects are deleted,
 //! co-managed fields restored).
@@ -233,6 +234,8 @@ impl IstioSink {
     async fn plan(&self, d: &Decision) -> Result<Vec<Planned>, Outcome> {
         let mut target = IstioTarget::new(&d.destination, &d.namespace);
         target.retry_on = self.config.retry_on.clone();
+        // When this push happened: restart recovery reads it back as the last push (dwell).
+        target.applied_at = Some(crate::istio::applied_at_value(std::time::SystemTime::now()));
         let kinds: [(ApiResource, Renderer); 2] = [
             (destination_rule_resource(), destination_rule),
             (virtual_service_resource(), virtual_service),

@@ -14,9 +14,12 @@
 //!   "no object"), per namespace ([`remove_namespace`], a namespace opting out) or everywhere
 //!   ([`remove_all`], observe mode and `meshtune uninstall`); each can be a dry run (reads only).
 //! - Recovery: [`recover`] lists meshtune's objects and parses them back into the knobs in
-//!   force per (object namespace, destination host) ([`crate::istio::knobs_from_objects`]).
+//!   force per (object namespace, destination host) ([`crate::istio::knobs_from_objects`]) and
+//!   when they were last applied ([`AppliedAt`], from [`APPLIED_AT_ANNOTATION`]), so the
+//!   guardrails' dwell continues across a restart.
 
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions,
@@ -26,8 +29,9 @@ use meshtune_core::Knobs;
 use serde_json::{json, Value};
 
 use crate::istio::{
-    knobs_from_objects, object_name, API_VERSION, APPLIED_ANNOTATION, HOST_ANNOTATION,
-    MANAGED_BY_LABEL, MANAGED_BY_VALUE, PREVIOUS_ANNOTATION,
+    knobs_from_objects, object_name, parse_applied_at, API_VERSION, APPLIED_ANNOTATION,
+    APPLIED_AT_ANNOTATION, HOST_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+    PREVIOUS_ANNOTATION,
 };
 use crate::istio_sink::{destination_rule_resource, virtual_service_resource, IstioSinkConfig};
 
@@ -360,6 +364,58 @@ pub struct Recovered {
     pub knobs: Knobs,
     /// The objects read (`DestinationRule ns/name`, ...).
     pub objects: Vec<String>,
+    /// When meshtune last applied them.
+    pub applied_at: AppliedAt,
+}
+
+/// When meshtune last applied a destination's objects, from their [`APPLIED_AT_ANNOTATION`]s.
+/// The sink writes both objects of a destination in one push with the same time; an object
+/// without a readable time makes the whole destination's time unknown (the caller then takes
+/// the recovery time, which errs on the side of waiting).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppliedAt {
+    /// Every object recorded a time: the latest.
+    At(SystemTime),
+    /// This object has no annotation (written by an older meshtune, or edited by hand).
+    Missing { object: String },
+    /// This object's annotation is not an RFC 3339 time.
+    Garbled { object: String, error: String },
+}
+
+impl AppliedAt {
+    /// The time recorded on `object` (its [`APPLIED_AT_ANNOTATION`] value, if any).
+    pub fn of_object(object: &str, annotation: Option<&str>) -> Self {
+        match annotation.map(parse_applied_at) {
+            None => AppliedAt::Missing {
+                object: object.to_string(),
+            },
+            Some(Ok(t)) => AppliedAt::At(t),
+            Some(Err(error)) => AppliedAt::Garbled {
+                object: object.to_string(),
+                error,
+            },
+        }
+    }
+
+    /// Both objects' times as one: the latest time when both have one, else the first problem.
+    pub fn combine(self, other: AppliedAt) -> AppliedAt {
+        match (self, other) {
+            (AppliedAt::At(a), AppliedAt::At(b)) => AppliedAt::At(a.max(b)),
+            (AppliedAt::At(_), problem) | (problem, _) => problem,
+        }
+    }
+}
+
+impl std::fmt::Display for AppliedAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppliedAt::At(t) => f.write_str(&crate::istio::applied_at_value(*t)),
+            AppliedAt::Missing { object } => {
+                write!(f, "{object} has no {APPLIED_AT_ANNOTATION} annotation")
+            }
+            AppliedAt::Garbled { object, error } => write!(f, "{object}: {error}"),
+        }
+    }
 }
 
 /// Reads the knobs in force back from every object meshtune owns or co-manages (in
@@ -368,8 +424,8 @@ pub async fn recover(
     client: &Client,
     namespace: Option<&str>,
 ) -> Result<Vec<Recovered>, UndoError> {
-    type Pair = (Option<Value>, Option<Value>, Vec<String>);
-    let mut by_dest: BTreeMap<(String, String), Pair> = BTreeMap::new();
+    type Found = (Option<Value>, Option<Value>, Vec<String>, Option<AppliedAt>);
+    let mut by_dest: BTreeMap<(String, String), Found> = BTreeMap::new();
     for (i, ar) in kinds().into_iter().enumerate() {
         for obj in list(client, &ar, namespace).await? {
             let Some(host) = destination_of(&obj) else {
@@ -382,6 +438,11 @@ pub async fn recover(
                 obj.metadata.name.as_deref().unwrap_or("?")
             );
             let entry = by_dest.entry((ns, host)).or_default();
+            let at = AppliedAt::of_object(&id, annotation(&obj, APPLIED_AT_ANNOTATION));
+            entry.3 = Some(match entry.3.take() {
+                Some(before) => before.combine(at),
+                None => at,
+            });
             let spec = json!({"spec": obj.data["spec"]});
             if i == 0 {
                 entry.0 = Some(spec);
@@ -393,12 +454,17 @@ pub async fn recover(
     }
     Ok(by_dest
         .into_iter()
-        .map(|((namespace, destination), (dr, vs, objects))| Recovered {
-            knobs: knobs_from_objects(dr.as_ref(), vs.as_ref()),
-            namespace,
-            destination,
-            objects,
-        })
+        .map(
+            |((namespace, destination), (dr, vs, objects, applied_at))| Recovered {
+                knobs: knobs_from_objects(dr.as_ref(), vs.as_ref()),
+                applied_at: applied_at.unwrap_or_else(|| AppliedAt::Missing {
+                    object: objects.join(", "),
+                }),
+                namespace,
+                destination,
+                objects,
+            },
+        )
         .collect())
 }
 
@@ -428,6 +494,35 @@ mod tests {
             "another manager's value stays"
         );
         assert_eq!(restore_patch("not json", &released), None);
+    }
+
+    #[test]
+    fn applied_times_combine_to_the_latest_or_the_first_problem() {
+        let t = |s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        let at = AppliedAt::of_object("DestinationRule ns/r", Some("1970-01-01T00:01:40Z"));
+        assert_eq!(at, AppliedAt::At(t(100)));
+        assert_eq!(
+            at.clone().combine(AppliedAt::At(t(50))),
+            AppliedAt::At(t(100))
+        );
+        assert_eq!(
+            AppliedAt::At(t(50)).combine(at.clone()),
+            AppliedAt::At(t(100))
+        );
+        let missing = AppliedAt::of_object("VirtualService ns/r", None);
+        assert_eq!(
+            missing.to_string(),
+            "VirtualService ns/r has no meshtune.io/applied-at annotation"
+        );
+        assert_eq!(at.clone().combine(missing.clone()), missing);
+        assert_eq!(missing.clone().combine(at.clone()), missing);
+        let garbled = AppliedAt::of_object("VirtualService ns/r", Some("last tuesday"));
+        assert!(
+            matches!(&garbled, AppliedAt::Garbled { object, error }
+                if object == "VirtualService ns/r" && error.contains("last tuesday")),
+            "{garbled:?}"
+        );
+        assert_eq!(at.combine(garbled.clone()), garbled);
     }
 
     #[test]

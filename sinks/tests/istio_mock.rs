@@ -71,8 +71,20 @@ async fn new_objects_are_created_by_forced_server_side_apply() {
         assert_eq!(vs.params(), dr.params());
         (dr.body, vs.body)
     });
+    let before = std::time::SystemTime::now();
     let report = sink.apply(&[decision()]).await.unwrap();
+    let after = std::time::SystemTime::now();
     let (dr, vs) = served.await.unwrap();
+    // Both objects record when they were applied (read back by restart recovery).
+    for obj in [&dr, &vs] {
+        let at = obj["metadata"]["annotations"][meshtune_sinks::istio::APPLIED_AT_ANNOTATION]
+            .as_str()
+            .expect("applied-at annotation");
+        let at = meshtune_sinks::istio::parse_applied_at(at).unwrap();
+        let ms =
+            |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+        assert!(ms(before) <= ms(at) && ms(at) <= ms(after), "{obj}");
+    }
     assert_eq!(
         report.items[0].outcome,
         Outcome::Applied {

@@ -11,9 +11,9 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use meshtune_core::{Knob, Knobs};
 use meshtune_sinks::istio::{
-    destination_rule, virtual_service, IstioTarget, APPLIED_ANNOTATION, PREVIOUS_ANNOTATION,
+    self, destination_rule, virtual_service, IstioTarget, APPLIED_ANNOTATION, PREVIOUS_ANNOTATION,
 };
-use meshtune_sinks::istio_undo::{self, UndoAction, RESTORE_FIELD_MANAGER};
+use meshtune_sinks::istio_undo::{self, AppliedAt, UndoAction, RESTORE_FIELD_MANAGER};
 use meshtune_sinks::{Decision, IstioSink, IstioSinkConfig, Outcome, Sink};
 use meshtune_test_support::kube_mock::{self, ok, pair, status};
 use serde_json::{json, Value};
@@ -340,7 +340,9 @@ async fn recovery_reads_the_knobs_in_force_back_from_listed_objects() {
     let (client, mut server) = pair();
     let mut other = common::tuned();
     other.set(Knob::Http2MaxRequests, 12.0);
-    let ratings = IstioTarget::new("ratings.shop.svc.cluster.local", "shop");
+    let mut ratings = IstioTarget::new("ratings.shop.svc.cluster.local", "shop");
+    let applied = std::time::UNIX_EPOCH + Duration::from_millis(1_796_030_400_250);
+    ratings.applied_at = Some(istio::applied_at_value(applied));
     let served = tokio::spawn(async move {
         let drs = kube_mock::list(
             ISTIO_API,
@@ -374,7 +376,15 @@ async fn recovery_reads_the_knobs_in_force_back_from_listed_objects() {
     );
     assert_eq!(got[0].knobs, common::tuned());
     assert_eq!(got[0].objects.len(), 2);
+    // Objects without the applied-at annotation: the time is unknown (named).
+    assert_eq!(
+        got[0].applied_at,
+        AppliedAt::Missing {
+            object: "DestinationRule bookinfo/reviews".into()
+        }
+    );
     assert_eq!(got[1].destination, "ratings.shop.svc.cluster.local");
+    assert_eq!(got[1].applied_at, AppliedAt::At(applied));
     // Only a DestinationRule: the route knobs are Istio's defaults.
     let mut want = other;
     for k in [

@@ -4,6 +4,10 @@
 //! `unsafe`, so what the fuzzer looks for is panics, hangs and huge allocations, which
 //! libFuzzer catches without a sanitizer; see README.md "Fuzzing" for the measurements).
 //!
+//! Two builds ([`Build`]): CI's (`cargo xtask test`) is the unoptimised `--dev` build of all
+//! seven targets, the cheapest cold build; `cargo xtask fuzz` defaults to cargo-fuzz's
+//! optimised build for long local runs (`--dev` picks the CI build).
+//!
 //! Build output, working corpora and crash artifacts live under `<target dir>/fuzz/`.
 
 use std::path::{Path, PathBuf};
@@ -16,7 +20,8 @@ use crate::{output_ok, run, Ctx, Result};
 pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Seconds per target for `cargo xtask fuzz` without `--secs`.
 pub const DEFAULT_FUZZ_SECS: u64 = 60;
-/// Seconds per target in `cargo xtask test` (CI).
+/// Seconds per target in `cargo xtask test` (CI), after the [`Build::Dev`] build of all
+/// seven targets (see README.md "Fuzzing" for the build and run times measured).
 pub const CI_FUZZ_SECS: u64 = 15;
 /// Per-input time limit: an input running longer is a hang (a finding).
 const INPUT_TIMEOUT_SECS: u64 = 10;
@@ -72,45 +77,64 @@ fn host_triple() -> Result<String> {
         .ok_or_else(|| "rustc -vV printed no host".into())
 }
 
-fn binary(ctx: &Ctx, target: &str) -> Result<PathBuf> {
+/// How the fuzz targets are built (both with debug assertions and overflow checks, the
+/// panics the fuzzer looks for, and libFuzzer's coverage instrumentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// `cargo fuzz build --dev`: unoptimised, no debuginfo (`[profile.dev]` of
+    /// `fuzz/Cargo.toml`). The cheapest cold build of all seven targets; fewer inputs per
+    /// second. What CI runs.
+    Dev,
+    /// cargo-fuzz's default: the release profile with one codegen unit. The fastest fuzzing
+    /// and the longest cold build; for long local runs.
+    Release,
+}
+
+impl Build {
+    fn profile_dir(self) -> &'static str {
+        match self {
+            Build::Dev => "debug",
+            Build::Release => "release",
+        }
+    }
+}
+
+fn binary(ctx: &Ctx, build: Build, target: &str) -> Result<PathBuf> {
     Ok(fuzz_dir(ctx)
         .join(host_triple()?)
-        .join("release")
+        .join(build.profile_dir())
         .join(target))
 }
 
-fn build(ctx: &Ctx, heavy: bool) -> Result<()> {
+/// One `cargo fuzz build` of every target (`heavy`: with the tract / controller ones).
+fn build(ctx: &Ctx, kind: Build, heavy: bool) -> Result<()> {
     let mut c = ctx.cargo();
-    c.current_dir(ctx.root.join("fuzz")).args([
-        "fuzz",
-        "build",
-        "--sanitizer",
-        "none",
-        "--target-dir",
-    ]);
-    c.arg(fuzz_dir(ctx));
+    c.current_dir(ctx.root.join("fuzz"))
+        .args(["fuzz", "build", "--sanitizer", "none"]);
+    if kind == Build::Dev {
+        c.arg("--dev");
+    }
+    c.arg("--target-dir").arg(fuzz_dir(ctx));
     if heavy {
         c.args(["--features", HEAVY_FEATURES]);
     }
-    run(
-        if heavy {
-            "cargo fuzz build (all targets)"
-        } else {
-            "cargo fuzz build (light targets)"
-        },
-        &mut c,
-    )
+    let what = format!(
+        "cargo fuzz build{} ({} targets)",
+        if kind == Build::Dev { " --dev" } else { "" },
+        if heavy { "all" } else { "light" }
+    );
+    run(&what, &mut c)
 }
 
 /// Runs one target for `secs`; returns the number of executions, or the finding.
-fn run_target(ctx: &Ctx, target: &str, secs: u64) -> Result<u64> {
+fn run_target(ctx: &Ctx, kind: Build, target: &str, secs: u64) -> Result<u64> {
     let corpus = fuzz_dir(ctx).join("corpus").join(target);
     let artifacts = fuzz_dir(ctx).join("artifacts").join(target);
     let seeds = ctx.root.join("fuzz/seeds").join(target);
     for d in [&corpus, &artifacts] {
         std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
     }
-    let bin = binary(ctx, target)?;
+    let bin = binary(ctx, kind, target)?;
     let mut c = Command::new(&bin);
     c.arg(&corpus).arg(&seeds).args([
         format!("-max_total_time={secs}"),
@@ -140,22 +164,17 @@ fn run_target(ctx: &Ctx, target: &str, secs: u64) -> Result<u64> {
     Ok(execs)
 }
 
-/// Whether the heavy targets are built already (then a rebuild only recompiles what changed).
-fn heavy_cached(ctx: &Ctx) -> bool {
-    HEAVY_TARGETS
-        .iter()
-        .all(|t| binary(ctx, t).is_ok_and(|b| b.is_file()))
-}
-
 /// Options of `cargo xtask fuzz`.
 struct Opts {
     secs: u64,
+    build: Build,
     targets: Vec<String>,
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
     let mut o = Opts {
         secs: DEFAULT_FUZZ_SECS,
+        build: Build::Release,
         targets: Vec::new(),
     };
     let mut it = args.iter();
@@ -170,6 +189,7 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--light" => o
                 .targets
                 .extend(LIGHT_TARGETS.iter().map(|t| t.to_string())),
+            "--dev" => o.build = Build::Dev,
             t if LIGHT_TARGETS.contains(&t) || HEAVY_TARGETS.contains(&t) => {
                 o.targets.push(t.to_string())
             }
@@ -192,50 +212,51 @@ fn parse(args: &[String]) -> Result<Opts> {
     Ok(o)
 }
 
-fn run_all(ctx: &Ctx, targets: &[String], secs: u64) -> Result<()> {
+fn run_all(ctx: &Ctx, kind: Build, targets: &[String], secs: u64) -> Result<()> {
     let heavy = targets.iter().any(|t| HEAVY_TARGETS.contains(&t.as_str()));
     let t0 = Instant::now();
-    build(ctx, heavy)?;
-    eprintln!("  fuzz build: {:.0} s", t0.elapsed().as_secs_f64());
+    build(ctx, kind, heavy)?;
+    let build_secs = t0.elapsed().as_secs_f64();
+    eprintln!("  fuzz build: {build_secs:.0} s");
     let mut lines = Vec::new();
     for t in targets {
         let start = Instant::now();
-        let execs = run_target(ctx, t, secs)?;
+        let execs = run_target(ctx, kind, t, secs)?;
         let s = start.elapsed().as_secs_f64();
         lines.push(format!(
             "  {t:<14} {s:>6.0} s {execs:>12} inputs {:>9.0}/s  no finding",
             execs as f64 / s.max(1e-9)
         ));
     }
-    eprintln!("fuzzing ({secs} s per target):");
+    eprintln!(
+        "fuzzing ({secs} s per target, {} build; build {:.0} s, all {:.0} s):",
+        if kind == Build::Dev { "dev" } else { "release" },
+        build_secs,
+        t0.elapsed().as_secs_f64()
+    );
     for l in lines {
         eprintln!("{l}");
     }
     Ok(())
 }
 
-/// `cargo xtask fuzz [--secs N] [--light] [TARGET...]`.
+/// `cargo xtask fuzz [--secs N] [--light] [--dev] [TARGET...]`.
 pub fn fuzz(ctx: &Ctx, args: &[String]) -> Result<()> {
     let o = parse(args)?;
     setup(ctx)?;
-    run_all(ctx, &o.targets, o.secs)
+    run_all(ctx, o.build, &o.targets, o.secs)
 }
 
-/// The bounded run of `cargo xtask test`: the light targets always; the heavy ones (tract's
-/// cold release build alone exceeds the CI budget) only when their build is cached in the
-/// target dir.
+/// The bounded run of `cargo xtask test`: every target, [`CI_FUZZ_SECS`] each, from one
+/// [`Build::Dev`] build (the optimised build of tract, tonic and kube alone would exceed the
+/// CI budget).
 pub fn ci(ctx: &Ctx) -> Result<()> {
-    let mut targets: Vec<String> = LIGHT_TARGETS.iter().map(|t| t.to_string()).collect();
-    if heavy_cached(ctx) {
-        targets.extend(HEAVY_TARGETS.iter().map(|t| t.to_string()));
-    } else {
-        eprintln!(
-            "  fuzz: {} not built in {}; skipped here (run `cargo xtask fuzz`)",
-            HEAVY_TARGETS.join(", "),
-            fuzz_dir(ctx).display()
-        );
-    }
-    run_all(ctx, &targets, CI_FUZZ_SECS)
+    let targets: Vec<String> = LIGHT_TARGETS
+        .iter()
+        .chain(HEAVY_TARGETS.iter())
+        .map(|t| t.to_string())
+        .collect();
+    run_all(ctx, Build::Dev, &targets, CI_FUZZ_SECS)
 }
 
 /// The seed corpora: `cargo run --example seeds` in the fuzz crate (no instrumentation).

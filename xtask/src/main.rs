@@ -62,10 +62,11 @@ commands:
   bench ingest-abuse     setup + build, then the real controller under hostile ingest
                          (largest reports, 1,000,000 names, 10x rate) next to a good
                          reporter: peak RSS, whether the good destination kept being decided
-  fuzz [--secs N] [--light] [TARGET...]
+  fuzz [--secs N] [--light] [--dev] [TARGET...]
                          build the cargo-fuzz targets (fuzz/) and run each for N s
                          (default 60) with the seed corpora in fuzz/seeds/; --light: only
-                         the targets that build without tract (see README.md \"Fuzzing\")
+                         the targets that build without tract; --dev: CI's unoptimised
+                         build (see README.md \"Fuzzing\")
   fuzz-seeds             regenerate fuzz/seeds/ from real inputs
   env                    print the paths and environment the tests use";
 
