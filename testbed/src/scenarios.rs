@@ -241,7 +241,7 @@ pub fn plan_placement(allowed: Option<&[u32]>, taskset: bool) -> Placement {
 /// Order of the variants in saturation round `round`: forward in even rounds, backward in odd
 /// ones (no-op, meshtune, meshtune, no-op, …), so no variant always follows the same one.
 pub fn saturation_order(n: usize, round: usize) -> Vec<usize> {
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         (0..n).collect()
     } else {
         (0..n).rev().collect()
