@@ -81,7 +81,8 @@ pub struct BenchConfig {
     /// comparisons of filter changes; the target verdict stays on `meshtune`.
     pub compare_wasm: Option<std::path::PathBuf>,
     /// Plugin configuration fields (a JSON object) of `meshtune B` over the defaults, e.g.
-    /// `{"sample_above_rps": 1}`; alone, `meshtune B` is the committed filter with them.
+    /// `{"sample_above_rps": 1}`; alone, `meshtune B` is the committed filter with them. Also
+    /// adds `istio meshtune B` (the manifest's configuration with these fields).
     pub compare_config: Option<String>,
     /// Probe variants: the no-op filter configured to make these host calls per request
     /// (e.g. `status`, `cluster,status`; see `testbed/noop-filter`), to price them.
@@ -364,6 +365,7 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
             controller.grpc(),
             cfg.istio_concurrency,
             affinity.clone(),
+            cfg.compare_config.as_deref(),
         )? {
             envoys.push((format!("{ISTIO_PREFIX}{name}"), e, base_index));
         }
