@@ -348,6 +348,9 @@ impl Worker {
         if !self.tracker.window_has_requests() {
             let _ = self.tracker.take_window(now);
             self.last_flush_ns = now;
+            // The sampler's rate too: else the first window after idle under-estimates it
+            // by the idle time and the window after that is measured almost in full.
+            self.sampler.restart(now);
         }
     }
 

@@ -91,6 +91,17 @@ impl Sampler {
         self.tick_since_ns = now_ns;
     }
 
+    /// Traffic resumes after an idle stretch (the VM ticked slowly, its window restarted):
+    /// the rates restart now. Without this the first window boundary after idle would divide
+    /// the window's arrivals by the idle time too, under-estimate the rate (up to
+    /// `heartbeat / flush` times) and measure most requests of the next window as well.
+    pub fn restart(&mut self, now_ns: u64) {
+        self.arrivals = 0;
+        self.since_ns = now_ns;
+        self.tick_arrivals = 0;
+        self.tick_since_ns = now_ns;
+    }
+
     /// Re-computes the interval from the arrivals since the last call (once per window).
     pub fn adapt(&mut self, now_ns: u64) {
         let elapsed = now_ns.saturating_sub(self.since_ns);
@@ -213,6 +224,25 @@ mod tests {
         }
         s.tick(S + S / 4); // 40 rps: measured in full again
         assert_eq!(s.interval(), 1);
+    }
+
+    #[test]
+    fn after_idle_the_rate_counts_from_the_restart() {
+        // 10 s idle (slow ticks), then 6,000 rps for one window from the wake-up.
+        let run = |restart: bool| {
+            let mut s = Sampler::new(500, 3, 0);
+            s.adapt(S); // a quiet window before the idle stretch
+            if restart {
+                s.restart(11 * S);
+            }
+            for _ in 0..6000 {
+                s.admit();
+            }
+            s.adapt(12 * S);
+            s.interval()
+        };
+        assert_eq!(run(true), 12, "6,000 rps / 500");
+        assert_eq!(run(false), 1, "6,000 requests over 11 s look like 545 rps");
     }
 
     #[test]

@@ -39,7 +39,8 @@ impl Drop for BenchDir {
 }
 
 /// Starts the three Istio-shaped Envoys (`no filter`, `no-op wasm`, `meshtune`), each with
-/// `concurrency` workers, pinned to `affinity` when given.
+/// `concurrency` workers, pinned to `affinity` when given; with `compare_config` (plugin
+/// configuration fields over the manifest's, a JSON object) also `meshtune B`.
 pub fn start_variants(
     paths: &Paths,
     dir: &BenchDir,
@@ -47,6 +48,7 @@ pub fn start_variants(
     controller: SocketAddr,
     concurrency: u32,
     affinity: Option<String>,
+    compare_config: Option<&str>,
 ) -> Result<Vec<(String, EnvoyProcess)>> {
     let manifests = Manifests::project().context("manifests/")?;
     let controller = istio::controller_service(&manifests, controller)?;
@@ -54,7 +56,7 @@ pub fn start_variants(
         cpu_affinity: affinity,
         ..Launch::new(&paths.envoy).concurrency(concurrency)
     };
-    let variants = [
+    let mut variants = vec![
         ("no filter", &paths.filter_wasm, None, true),
         (
             "no-op wasm",
@@ -64,6 +66,21 @@ pub fn start_variants(
         ),
         ("meshtune", &paths.filter_wasm, None, false),
     ];
+    if let Some(o) = compare_config {
+        let mut v = manifests.only("WasmPlugin")?["spec"]["pluginConfig"].clone();
+        if v.is_null() {
+            v = serde_json::json!({});
+        }
+        let o: serde_json::Value =
+            serde_json::from_str(o).with_context(|| format!("--compare-config {o:?}"))?;
+        let (Some(dst), Some(src)) = (v.as_object_mut(), o.as_object()) else {
+            anyhow::bail!("--compare-config must be a JSON object, got {o}");
+        };
+        for (k, x) in src {
+            dst.insert(k.clone(), x.clone());
+        }
+        variants.push(("meshtune B", &paths.filter_wasm, Some(v), false));
+    }
     let mut out = Vec::new();
     for (i, (name, wasm, plugin_config, strip)) in variants.into_iter().enumerate() {
         let sidecar = Sidecar {

@@ -8,7 +8,8 @@
 //! istiod do, 2 workers) — measured in alternating rounds: Envoy CPU per request under the
 //! same open-loop load, saturation throughput with Envoy pinned to its own CPU, and Envoy CPU
 //! per second while idle; reported as ratios to no filter and to the no-op filter of the same
-//! configuration.
+//! configuration. The saturation phase is driven by [`meshtune_blast`] (an optimised
+//! closed-loop client and fixed-response upstream) from the CPU Envoy is not pinned to.
 
 use std::time::Duration;
 
@@ -20,7 +21,6 @@ use crate::loadgen::{self, LoadConfig};
 use crate::paths::Paths;
 use crate::procstat;
 use crate::progress::{bar, say};
-use crate::workload::{ServiceTime, WorkloadConfig, WorkloadServer};
 
 /// Target (issue 12): meshtune CPU per request at the open-loop rate ≤ this × the no-op
 /// wasm filter of the same configuration.
@@ -34,6 +34,14 @@ pub const TARGET_IDLE_RATIO_NOOP: f64 = 1.10;
 pub const ISTIO_PREFIX: &str = "istio ";
 /// Default worker threads of the Istio-shaped variants.
 pub const DEFAULT_ISTIO_CONCURRENCY: u32 = 2;
+/// Default saturation phase per variant and round, seconds.
+pub const DEFAULT_SATURATION_SECS: u64 = 3;
+/// Default saturation rounds: with ~±5 % per-round noise on a shared 2-core machine, 15
+/// paired ratios put the median's own uncertainty near ±1.5 %.
+pub const DEFAULT_SATURATION_ROUNDS: u32 = 15;
+/// Driver (load generator + upstream) on-CPU cores during saturation above which the run
+/// warns that the driver may have limited the closed loop.
+const DRIVER_BUSY_WARN: f64 = 0.8;
 /// Default idle phase per round (all Envoys idle at once), seconds.
 pub const DEFAULT_IDLE_SECS: u64 = 10;
 /// Closed loop run (unmeasured) before each saturation phase: one flush interval and a bit,
@@ -59,8 +67,11 @@ pub struct BenchConfig {
     pub secs: u64,
     /// Open-loop arrival rate.
     pub rate: f64,
-    /// Closed-loop saturation phase length per variant and round (0 = skip).
+    /// Closed-loop saturation phase length per variant and saturation round (0 = skip).
     pub saturation_secs: u64,
+    /// Saturation rounds (each measures every variant once, in alternating order); more
+    /// rounds than the open-loop ones because the per-round ratio is the noisier figure.
+    pub saturation_rounds: u32,
     /// Closed-loop connections.
     pub saturation_concurrency: usize,
     /// Pin Envoy to one CPU and this process (load generator, workload, controller) to the
@@ -69,6 +80,10 @@ pub struct BenchConfig {
     /// A second meshtune filter build measured as a fourth variant (`meshtune B`), for A/B
     /// comparisons of filter changes; the target verdict stays on `meshtune`.
     pub compare_wasm: Option<std::path::PathBuf>,
+    /// Plugin configuration fields (a JSON object) of `meshtune B` over the defaults, e.g.
+    /// `{"sample_above_rps": 1}`; alone, `meshtune B` is the committed filter with them. Also
+    /// adds `istio meshtune B` (the manifest's configuration with these fields).
+    pub compare_config: Option<String>,
     /// Probe variants: the no-op filter configured to make these host calls per request
     /// (e.g. `status`, `cluster,status`; see `testbed/noop-filter`), to price them.
     pub probes: Vec<String>,
@@ -85,10 +100,12 @@ impl Default for BenchConfig {
             rounds: 3,
             secs: 6,
             rate: 800.0,
-            saturation_secs: 4,
+            saturation_secs: DEFAULT_SATURATION_SECS,
+            saturation_rounds: DEFAULT_SATURATION_ROUNDS,
             saturation_concurrency: 32,
             pin: true,
             compare_wasm: None,
+            compare_config: None,
             probes: Vec::new(),
             istio_concurrency: DEFAULT_ISTIO_CONCURRENCY,
             idle_secs: DEFAULT_IDLE_SECS,
@@ -112,13 +129,18 @@ pub struct VariantResult {
     /// Envoy threads runnable but waiting for a CPU during saturation, in cores (time taken
     /// by other processes on Envoy's CPU; 0 when unknown).
     pub saturation_wait: f64,
+    /// The driver's (load generator + upstream, this process) CPU use during saturation, in
+    /// cores: well below 1 means it had headroom and Envoy set the rate.
+    pub driver_cores: f64,
     /// Saturation requests per Envoy CPU-second (capacity of one dedicated core).
     pub per_core: f64,
     /// Open-loop p99 (ms).
     pub p99_ms: f64,
-    /// Per-round ratios to the no-filter variant of the same round: (CPU, throughput).
-    pub round_ratios: Vec<(f64, f64)>,
-    /// Per-round ratio of `per_core` to no filter.
+    /// Per open-loop round: CPU/request ratio to the no-filter variant of the same round.
+    pub round_cpu_ratios: Vec<f64>,
+    /// Per saturation round: throughput ratio to no filter.
+    pub round_throughput_ratios: Vec<f64>,
+    /// Per saturation round: ratio of `per_core` to no filter.
     pub round_per_core_ratios: Vec<f64>,
     /// Envoy CPU while idle, ms per second (NaN when not measured).
     pub idle_ms_per_s: f64,
@@ -129,22 +151,64 @@ pub struct VariantResult {
 }
 
 fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
+    quantile(v, 0.5)
+}
+
+/// Linear-interpolated quantile `q` of `v` (NaN values ignored; NaN when none is left).
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
         return f64::NAN;
     }
-    if v.len() % 2 == 1 {
-        v[v.len() / 2]
-    } else {
-        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-    }
+    let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
 }
 
 fn spread(v: impl Iterator<Item = f64>) -> (f64, f64) {
-    v.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
-        (lo.min(x), hi.max(x))
-    })
+    v.filter(|x| !x.is_nan())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
+/// Median, quartiles and range of per-round ratios.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Summary {
+    pub median: f64,
+    pub q1: f64,
+    pub q3: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+impl Summary {
+    pub fn of(v: &[f64]) -> Self {
+        let (min, max) = spread(v.iter().copied());
+        Self {
+            median: median(v),
+            q1: quantile(v, 0.25),
+            q3: quantile(v, 0.75),
+            min,
+            max,
+            n: v.iter().filter(|x| !x.is_nan()).count(),
+        }
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.n == 0 {
+            return write!(f, "not measured");
+        }
+        write!(
+            f,
+            "{:.2}x [IQR {:.2}–{:.2}, min–max {:.2}–{:.2}, n={}]",
+            self.median, self.q1, self.q3, self.min, self.max, self.n
+        )
+    }
 }
 
 /// Where Envoy and the driver run.
@@ -175,18 +239,50 @@ pub fn plan_placement(allowed: Option<&[u32]>, taskset: bool) -> Placement {
     }
 }
 
+/// Order of the variants in saturation round `round`: forward in even rounds, backward in odd
+/// ones (no-op, meshtune, meshtune, no-op, …), so no variant always follows the same one.
+pub fn saturation_order(n: usize, round: usize) -> Vec<usize> {
+    if round.is_multiple_of(2) {
+        (0..n).collect()
+    } else {
+        (0..n).rev().collect()
+    }
+}
+
+/// The plugin configuration of the `meshtune B` variant: the default one with `overrides`
+/// (a JSON object, e.g. `{"sample_above_rps": 1}`) merged in.
+pub fn compare_configuration(base: &PluginConfig, overrides: Option<&str>) -> Result<String> {
+    let mut v = serde_json::to_value(base)?;
+    if let Some(o) = overrides {
+        let o: serde_json::Value =
+            serde_json::from_str(o).with_context(|| format!("--compare-config {o:?}"))?;
+        let (Some(dst), Some(src)) = (v.as_object_mut(), o.as_object()) else {
+            bail!("--compare-config must be a JSON object, got {o}");
+        };
+        for (k, x) in src {
+            dst.insert(k.clone(), x.clone());
+        }
+    }
+    Ok(v.to_string())
+}
+
 /// Runs the filter-overhead benchmark and prints ratios; Ok(results).
 ///
-/// Method: three Envoys (`--concurrency 1`; no filter, no-op wasm filter, meshtune filter)
-/// run side by side in front of one zero-latency workload server and are measured in
-/// alternating rounds (order rotated each round).
+/// Method: Envoys (plain `--concurrency 1`, and the Istio-shaped sidecar with
+/// `istio_concurrency` workers; each with no filter, the no-op wasm filter and the meshtune
+/// filter) run side by side in front of one fixed-response upstream ([`meshtune_blast`]).
 /// - CPU per request: the same open-loop load (fixed arrival rate, so every variant serves the
-///   same requests) is sent to each Envoy; Envoy's CPU time over the phase (ns, summed over its
-///   threads from schedstat) divided by completed requests.
-/// - Throughput: a closed-loop phase (`saturation_concurrency` connections, each sending the
-///   next request when the previous one completed). Envoy is pinned to one CPU and the load
-///   generator, workload and controller to the others, so Envoy's core is the bottleneck;
-///   Envoy's CPU use during the phase is printed to show it (≈ 1 core = saturated).
+///   same requests) is sent to each Envoy in `rounds` rounds (order rotated); Envoy's CPU time
+///   over the phase (ns, summed over its threads from schedstat) divided by completed
+///   requests.
+/// - Saturation: `saturation_rounds` rounds, each a closed loop (`saturation_concurrency`
+///   keep-alive connections, each sending the next request when the previous one completed)
+///   per variant, the order alternating forward and backward. Every Envoy (all its workers)
+///   is pinned to one CPU and this process — the optimised closed-loop client and upstream of
+///   [`meshtune_blast`], one thread each — and the controller to the other(s), so Envoy's
+///   core is the bottleneck; Envoy's and the driver's CPU use are printed to show it. The
+///   figure is requests per Envoy CPU-second; the statistic the paired per-round ratio.
+/// - Idle: once per open-loop round, every Envoy idle at once.
 pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantResult>> {
     require(paths, true)?;
     let me = std::process::id();
@@ -207,18 +303,14 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
     if let Placement::Unpinned(why) = &placement {
         println!(
             "warning: not pinning ({why}): Envoy shares the CPUs with the load generator and \
-             workload, so the throughput phase measures the machine rather than Envoy alone"
+             upstream, so the throughput phase measures the machine rather than Envoy alone"
         );
     }
-    // Started after pinning: the workload's threads and the controller inherit the driver CPUs.
-    let workload = WorkloadServer::start(WorkloadConfig {
-        capacity: 4096,
-        service_time: ServiceTime::Constant(Duration::ZERO),
-        fail_every_n: None,
-    })?;
+    // Started after pinning: the upstream's thread and the controller inherit the driver CPUs.
+    let upstream = meshtune_blast::Upstream::start()?;
     let controller = Controller::start(ControllerConfig::new(&paths.meshtune_bin))?;
     let mut configs: Vec<(String, EnvoyConfig)> = Vec::new();
-    let mut base = EnvoyConfig::new(workload.addr());
+    let mut base = EnvoyConfig::new(upstream.addr());
     base.concurrency = 1;
     base.log_level = "warn".into();
     let affinity = match &placement {
@@ -236,17 +328,19 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
         &paths.filter_wasm,
         &PluginConfig::default(),
     ));
-    if let Some(b) = &cfg.compare_wasm {
-        let mut mb = mt.clone();
+    configs.push(("meshtune".into(), mt.clone()));
+    if cfg.compare_wasm.is_some() || cfg.compare_config.is_some() {
+        let mut mb = mt;
         let plugin = PluginConfig {
             pod: "client-b".into(),
             ..Default::default()
         };
-        mb.filter = Some(WasmFilter::meshtune(b, &plugin));
-        configs.push(("meshtune".into(), mt));
+        let wasm = cfg.compare_wasm.as_ref().unwrap_or(&paths.filter_wasm);
+        mb.filter = Some(WasmFilter::meshtune_raw(
+            wasm,
+            compare_configuration(&plugin, cfg.compare_config.as_deref())?,
+        ));
         configs.push(("meshtune B".into(), mb));
-    } else {
-        configs.push(("meshtune".into(), mt));
     }
     for spec in &cfg.probes {
         let mut p = base.clone();
@@ -267,10 +361,11 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
         for (name, e) in crate::istio_bench::start_variants(
             paths,
             &dir,
-            workload.addr(),
+            upstream.addr(),
             controller.grpc(),
             cfg.istio_concurrency,
             affinity.clone(),
+            cfg.compare_config.as_deref(),
         )? {
             envoys.push((format!("{ISTIO_PREFIX}{name}"), e, base_index));
         }
@@ -283,6 +378,10 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let saturate = |e: &EnvoyProcess, d: Duration| {
+        let a = e.listener();
+        meshtune_blast::closed_loop(a, &a.to_string(), "/", cfg.saturation_concurrency, d)
+    };
     // Warm-up (connections, wasm VMs, and a short saturation burst).
     for (_, e, _) in &envoys {
         let _ = rt.block_on(loadgen::run(
@@ -290,12 +389,7 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
             None,
         ));
         if cfg.saturation_secs > 0 {
-            let _ = rt.block_on(loadgen::closed_loop(
-                e.listener(),
-                "/",
-                cfg.saturation_concurrency,
-                Duration::from_millis(500),
-            ));
+            saturate(e, Duration::from_millis(500))?;
         }
     }
     let n = envoys.len();
@@ -304,16 +398,19 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
     } else {
         0
     };
-    let per_round = (cfg.secs + cfg.saturation_secs) * n as u64 + idle_round;
-    let pb = bar(per_round * cfg.rounds as u64, "measurements");
+    let sat_rounds = if cfg.saturation_secs > 0 {
+        cfg.saturation_rounds as usize
+    } else {
+        0
+    };
+    let per_sat = cfg.saturation_secs + SATURATION_LEAD_IN.as_secs_f64().ceil() as u64;
+    let total = (cfg.secs * n as u64 + idle_round) * cfg.rounds as u64
+        + per_sat * n as u64 * sat_rounds as u64;
+    let pb = bar(total, "measurements");
     pb.set_message("filter-overhead");
     let rounds = cfg.rounds as usize;
     // [variant][round]
     let mut cpu = vec![vec![f64::NAN; rounds]; n];
-    let mut thr = vec![vec![f64::NAN; rounds]; n];
-    let mut cores = vec![vec![f64::NAN; rounds]; n];
-    let mut waits = vec![vec![f64::NAN; rounds]; n];
-    let mut per_core = vec![vec![f64::NAN; rounds]; n];
     let mut p99 = vec![vec![f64::NAN; rounds]; n];
     let mut open_rps = vec![vec![f64::NAN; rounds]; n];
     let mut idle = vec![vec![f64::NAN; rounds]; n];
@@ -321,7 +418,7 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
         for k in 0..n {
             let i = (k + round) % n; // rotate the order each round
             let (name, e, _) = &envoys[i];
-            pb.set_message(format!("round {} {name}", round + 1));
+            pb.set_message(format!("open-loop round {} {name}", round + 1));
             let c0 = clock.read_ns(e.pid())?;
             let r = rt.block_on(loadgen::run(
                 &LoadConfig::constant(e.listener(), cfg.rate, Duration::from_secs(cfg.secs)),
@@ -335,40 +432,6 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
             p99[i][round] = r.quantile_ms(0.99);
             open_rps[i][round] = r.class_count(2) as f64 / r.elapsed.as_secs_f64().max(1e-9);
             pb.inc(cfg.secs);
-            if cfg.saturation_secs > 0 {
-                // Unmeasured lead-in: the filter picks its sampling interval at window
-                // boundaries from the last window's rate, so the first window at the new rate
-                // is measured in full; the phase measures the steady state.
-                let _ = rt.block_on(loadgen::closed_loop(
-                    e.listener(),
-                    "/",
-                    cfg.saturation_concurrency,
-                    SATURATION_LEAD_IN,
-                ));
-                let c0 = clock.read_ns(e.pid())?;
-                let w0 = procstat::sched_ns(e.pid()).map(|x| x.1).unwrap_or(0);
-                let s = rt.block_on(loadgen::closed_loop(
-                    e.listener(),
-                    "/",
-                    cfg.saturation_concurrency,
-                    Duration::from_secs(cfg.saturation_secs),
-                ));
-                let c1 = clock.read_ns(e.pid())?;
-                let w1 = procstat::sched_ns(e.pid()).map(|x| x.1).unwrap_or(0);
-                if s.errors > 0 {
-                    say(
-                        &pb,
-                        format!("warning: {name}: {} saturation errors", s.errors),
-                    );
-                }
-                thr[i][round] = s.throughput();
-                let secs = s.elapsed.as_secs_f64().max(1e-9);
-                let busy = c1.saturating_sub(c0) as f64 / 1e9;
-                cores[i][round] = busy / secs;
-                waits[i][round] = w1.saturating_sub(w0) as f64 / 1e9 / secs;
-                per_core[i][round] = s.completed as f64 / busy.max(1e-9);
-                pb.inc(cfg.saturation_secs);
-            }
         }
         if cfg.idle_secs > 0 {
             // Every Envoy idle at once: CPU over the same seconds for all of them.
@@ -388,7 +451,49 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
             pb.inc(idle_round);
         }
     }
+    // [variant][saturation round]
+    let mut thr = vec![vec![f64::NAN; sat_rounds]; n];
+    let mut cores = vec![vec![f64::NAN; sat_rounds]; n];
+    let mut waits = vec![vec![f64::NAN; sat_rounds]; n];
+    let mut driver = vec![vec![f64::NAN; sat_rounds]; n];
+    let mut per_core = vec![vec![f64::NAN; sat_rounds]; n];
+    for round in 0..sat_rounds {
+        for i in saturation_order(n, round) {
+            let (name, e, _) = &envoys[i];
+            pb.set_message(format!("saturation round {} {name}", round + 1));
+            // Unmeasured lead-in: the filter picks its sampling interval at window
+            // boundaries from the last window's rate, so the first window at the new rate
+            // is measured in full; the phase measures the steady state.
+            saturate(e, SATURATION_LEAD_IN)?;
+            let c0 = clock.read_ns(e.pid())?;
+            let w0 = procstat::sched_ns(e.pid()).map(|x| x.1).unwrap_or(0);
+            let d0 = clock.read_ns(me)?;
+            let s = saturate(e, Duration::from_secs(cfg.saturation_secs))?;
+            let c1 = clock.read_ns(e.pid())?;
+            let w1 = procstat::sched_ns(e.pid()).map(|x| x.1).unwrap_or(0);
+            let d1 = clock.read_ns(me)?;
+            if s.errors > 0 || s.non_2xx > 0 {
+                say(
+                    &pb,
+                    format!(
+                        "warning: {name}: saturation {} errors, {} non-2xx",
+                        s.errors, s.non_2xx
+                    ),
+                );
+            }
+            thr[i][round] = s.throughput();
+            let secs = s.elapsed.as_secs_f64().max(1e-9);
+            let busy = c1.saturating_sub(c0) as f64 / 1e9;
+            cores[i][round] = busy / secs;
+            waits[i][round] = w1.saturating_sub(w0) as f64 / 1e9 / secs;
+            driver[i][round] = d1.saturating_sub(d0) as f64 / 1e9 / secs;
+            per_core[i][round] = s.ok as f64 / busy.max(1e-9);
+            pb.inc(per_sat);
+        }
+    }
     pb.finish_and_clear();
+    let ratio =
+        |x: &[f64], y: &[f64]| -> Vec<f64> { x.iter().zip(y).map(|(a, b)| a / b).collect() };
     let results: Vec<VariantResult> = (0..n)
         .map(|i| {
             let b = envoys[i].2;
@@ -399,21 +504,20 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
                 throughput: median(&thr[i]),
                 saturation_cores: median(&cores[i]),
                 saturation_wait: median(&waits[i]),
+                driver_cores: median(&driver[i]),
                 per_core: median(&per_core[i]),
-                round_per_core_ratios: (0..rounds)
-                    .map(|r| per_core[i][r] / per_core[b][r])
-                    .collect(),
+                round_per_core_ratios: ratio(&per_core[i], &per_core[b]),
+                round_throughput_ratios: ratio(&thr[i], &thr[b]),
                 p99_ms: median(&p99[i]),
-                round_ratios: (0..rounds)
-                    .map(|r| (cpu[i][r] / cpu[b][r], thr[i][r] / thr[b][r]))
-                    .collect(),
+                round_cpu_ratios: ratio(&cpu[i], &cpu[b]),
                 idle_ms_per_s: median(&idle[i]),
-                round_idle_ratios: (0..rounds).map(|r| idle[i][r] / idle[b][r]).collect(),
+                round_idle_ratios: ratio(&idle[i], &idle[b]),
                 base: b,
             }
         })
         .collect();
-    print_report(cfg, &placement, clock, &results);
+    let max_driver = driver.iter().flatten().copied().fold(f64::NAN, f64::max);
+    print_report(cfg, &placement, clock, &results, max_driver);
     let d = controller.destinations().ok();
     if let Some(d) = d {
         println!(
@@ -424,17 +528,14 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
     Ok(results)
 }
 
-/// Paired per-round ratios of `a` to `z` (median [min–max]) for CPU/request, rps/core and
-/// idle CPU.
-fn paired(a: &VariantResult, z: &VariantResult) -> [(f64, f64, f64); 3] {
-    let per_round = |x: &[f64], y: &[f64]| -> (f64, f64, f64) {
+/// Paired per-round ratios of `a` to `z` for CPU/request, rps/core and idle CPU.
+fn paired(a: &VariantResult, z: &VariantResult) -> [Summary; 3] {
+    let per_round = |x: &[f64], y: &[f64]| -> Summary {
         let v: Vec<f64> = x.iter().zip(y).map(|(p, q)| p / q).collect();
-        let (lo, hi) = spread(v.iter().copied());
-        (median(&v), lo, hi)
+        Summary::of(&v)
     };
-    let cpu = |r: &VariantResult| r.round_ratios.iter().map(|x| x.0).collect::<Vec<_>>();
     [
-        per_round(&cpu(a), &cpu(z)),
+        per_round(&a.round_cpu_ratios, &z.round_cpu_ratios),
         per_round(&a.round_per_core_ratios, &z.round_per_core_ratios),
         per_round(&a.round_idle_ratios, &z.round_idle_ratios),
     ]
@@ -445,11 +546,10 @@ fn print_report(
     placement: &Placement,
     clock: procstat::CpuClock,
     results: &[VariantResult],
+    max_driver: f64,
 ) {
     println!(
-        "filter-overhead: {} rounds (variants alternate, order rotated); plain bootstrap with \
-         Envoy --concurrency 1{}",
-        cfg.rounds,
+        "filter-overhead: plain bootstrap with Envoy --concurrency 1{}; upstream: fixed 200 response (meshtune-blast)",
         if cfg.istio_concurrency > 0 {
             format!(
                 ", and the Istio-shaped sidecar (`{ISTIO_PREFIX}*`: WasmPlugin via ECDS as istiod \
@@ -461,19 +561,25 @@ fn print_report(
         }
     );
     println!(
-        "  CPU/request: open loop {:.0} rps × {} s per variant; Envoy CPU from {}",
+        "  CPU/request: {} rounds (order rotated), open loop {:.0} rps × {} s per variant; Envoy CPU from {}",
+        cfg.rounds,
         cfg.rate,
         cfg.secs,
         clock.describe()
     );
+    let how = format!(
+        "{} rounds (order forward, backward, …), closed loop {} keep-alive connections × {} s per variant after a {:.1} s lead-in (meshtune-blast: one optimised client thread)",
+        cfg.saturation_rounds,
+        cfg.saturation_concurrency,
+        cfg.saturation_secs,
+        SATURATION_LEAD_IN.as_secs_f64()
+    );
     match placement {
         Placement::Pinned { envoy, driver } => println!(
-            "  throughput: closed loop {} connections × {} s; Envoy pinned to CPU {envoy}, load generator + workload + controller to CPU {driver}",
-            cfg.saturation_concurrency, cfg.saturation_secs
+            "  saturation: {how}; every Envoy (all its workers) pinned to CPU {envoy}, load generator + upstream + controller to CPU {driver}"
         ),
         Placement::Unpinned(why) => println!(
-            "  throughput: closed loop {} connections × {} s; UNPINNED ({why}): shares CPUs with the load generator",
-            cfg.saturation_concurrency, cfg.saturation_secs
+            "  saturation: {how}; UNPINNED ({why}): shares CPUs with the load generator"
         ),
     }
     if cfg.idle_secs > 0 {
@@ -486,7 +592,7 @@ fn print_report(
     println!("  ratios are to no filter of the same configuration: median of the variant / median of no filter [per-round min–max]");
     println!("  sat. rps = achieved closed-loop throughput; rps/core = the same requests per Envoy CPU-second");
     println!("  (capacity of a dedicated core: insensitive to CPU time other processes take from Envoy's core);");
-    println!("  Envoy cores = on-CPU (+ runnable-waiting) during saturation: on+wait ≈ 1 means Envoy was the bottleneck");
+    println!("  Envoy cores = on-CPU + runnable-waiting during saturation (≈ 1: Envoy was the bottleneck); driver = load generator + upstream on-CPU cores (< 1: headroom)");
     let name_w = results
         .iter()
         .map(|r| r.name.chars().count())
@@ -494,7 +600,7 @@ fn print_report(
         .unwrap_or(0)
         .max(11);
     println!(
-        "{:<name_w$} {:>9} {:>20} {:>8} {:>20} {:>8} {:>20} {:>12} {:>7} {:>8} {:>7}",
+        "{:<name_w$} {:>9} {:>20} {:>8} {:>20} {:>8} {:>20} {:>12} {:>6} {:>7} {:>8} {:>7}",
         "variant",
         "CPU µs/rq",
         "ratio [spread]",
@@ -503,17 +609,18 @@ fn print_report(
         "rps/core",
         "ratio [spread]",
         "Envoy cores",
+        "driver",
         "p99 ms",
         "idle ms/s",
         "ratio"
     );
     for r in results {
         let b = &results[r.base];
-        let (clo, chi) = spread(r.round_ratios.iter().map(|x| x.0));
-        let (tlo, thi) = spread(r.round_ratios.iter().map(|x| x.1));
+        let (clo, chi) = spread(r.round_cpu_ratios.iter().copied());
+        let (tlo, thi) = spread(r.round_throughput_ratios.iter().copied());
         let (plo, phi) = spread(r.round_per_core_ratios.iter().copied());
         println!(
-            "{:<name_w$} {:>9.1} {:>6.2}x [{:.2}–{:.2}] {:>8.0} {:>6.2}x [{:.2}–{:.2}] {:>8.0} {:>6.2}x [{:.2}–{:.2}] {:>5.2}+{:<6.2} {:>7.2} {:>9.2} {:>6.2}x",
+            "{:<name_w$} {:>9.1} {:>6.2}x [{:.2}–{:.2}] {:>8.0} {:>6.2}x [{:.2}–{:.2}] {:>8.0} {:>6.2}x [{:.2}–{:.2}] {:>5.2}+{:<6.2} {:>6.2} {:>7.2} {:>9.2} {:>6.2}x",
             r.name,
             r.cpu_us_per_req,
             r.cpu_us_per_req / b.cpu_us_per_req,
@@ -529,17 +636,20 @@ fn print_report(
             phi,
             r.saturation_cores,
             r.saturation_wait,
+            r.driver_cores,
             r.p99_ms,
             r.idle_ms_per_s,
             r.idle_ms_per_s / b.idle_ms_per_s,
         );
     }
-    println!("paired per-round ratios (median [min–max]), robust to drift between rounds:");
-    let fmt = |p: [(f64, f64, f64); 3]| {
+    println!(
+        "paired per-round ratios (median [IQR, min–max, rounds]), robust to drift between rounds:"
+    );
+    let fmt = |p: [Summary; 3]| {
         let [c, k, i] = p;
         format!(
-            "CPU/request {:.2}x [{:.2}–{:.2}], rps/core {:.2}x [{:.2}–{:.2}], idle CPU {:.2}x [{:.2}–{:.2}]",
-            c.0, c.1, c.2, k.0, k.1, k.2, i.0, i.1, i.2
+            "CPU/request {c}\n  {:<36} rps/core {k}\n  {:<36} idle CPU {i}",
+            "", ""
         )
     };
     let find = |name: &str| results.iter().find(|r| r.name == name);
@@ -586,9 +696,19 @@ fn print_report(
         {
             println!(
                 "warning: Envoy ({}) was on or waiting for a CPU only {:.2} cores' worth during saturation: \
-                 the load generator, not Envoy, limited the closed loop",
+                 something other than Envoy's core limited the closed loop",
                 low.name,
                 low.saturation_cores + low.saturation_wait
+            );
+        }
+        if max_driver > DRIVER_BUSY_WARN {
+            println!(
+                "warning: the driver (load generator + upstream) was on-CPU {max_driver:.2} cores in some phase: \
+                 it may have limited the closed loop"
+            );
+        } else {
+            println!(
+                "driver headroom: load generator + upstream on-CPU at most {max_driver:.2} cores in any saturation phase"
             );
         }
     }
@@ -607,10 +727,9 @@ fn print_report(
             m.name, noop.name
         );
         println!(
-            "  CPU/request at {:.0} rps: {:.2}x ({}); vs no filter {:.2}x",
+            "  CPU/request at {:.0} rps: {c} ({}); vs no filter {:.2}x",
             cfg.rate,
-            c.0,
-            verdict(c.0 <= TARGET_CPU_RATIO_NOOP),
+            verdict(c.median <= TARGET_CPU_RATIO_NOOP),
             m.cpu_us_per_req / b.cpu_us_per_req
         );
         println!(
@@ -621,9 +740,8 @@ fn print_report(
             println!("  saturation throughput: not measured");
         } else {
             println!(
-                "  saturation: {:.2}x per Envoy core ({}); vs no filter {:.2}x (no-op alone {:.2}x)",
-                k.0,
-                verdict(k.0 >= TARGET_PER_CORE_RATIO_NOOP),
+                "  saturation: {k} per Envoy core ({}); vs no filter {:.2}x (no-op alone {:.2}x)",
+                verdict(k.median >= TARGET_PER_CORE_RATIO_NOOP),
                 m.per_core / b.per_core,
                 noop.per_core / b.per_core
             );
@@ -632,11 +750,10 @@ fn print_report(
             println!("  idle CPU: not measured");
         } else {
             println!(
-                "  idle CPU: {:.2} vs {:.2} ms/s, {:.2}x ({}); no filter {:.2} ms/s",
+                "  idle CPU: {:.2} vs {:.2} ms/s, {i} ({}); no filter {:.2} ms/s",
                 m.idle_ms_per_s,
                 noop.idle_ms_per_s,
-                i.0,
-                verdict(i.0 <= TARGET_IDLE_RATIO_NOOP),
+                verdict(i.median <= TARGET_IDLE_RATIO_NOOP),
                 b.idle_ms_per_s
             );
         }
@@ -679,6 +796,34 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(&[]).is_nan());
+        assert_eq!(median(&[f64::NAN, 1.0]), 1.0);
         assert_eq!(spread([1.2, 0.9, 1.1].into_iter()), (0.9, 1.2));
+        let s = Summary::of(&[1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(
+            (s.median, s.q1, s.q3, s.min, s.max, s.n),
+            (3.0, 2.0, 4.0, 1.0, 5.0, 5)
+        );
+        assert_eq!(quantile(&[1.0, 2.0], 0.25), 1.25);
+    }
+
+    #[test]
+    fn saturation_order_alternates() {
+        assert_eq!(saturation_order(3, 0), vec![0, 1, 2]);
+        assert_eq!(saturation_order(3, 1), vec![2, 1, 0]);
+        assert_eq!(saturation_order(3, 2), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn compare_configuration_merges_overrides() {
+        let base = PluginConfig::default();
+        let v: serde_json::Value = serde_json::from_str(
+            &compare_configuration(&base, Some(r#"{"sample_above_rps": 1}"#)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v["sample_above_rps"], 1);
+        assert_eq!(v["pod"], "client-0");
+        assert!(compare_configuration(&base, Some("[1]")).is_err());
+        let e = compare_configuration(&base, Some("{")).unwrap_err();
+        assert!(format!("{e:#}").contains("--compare-config"), "{e:#}");
     }
 }

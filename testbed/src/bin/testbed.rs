@@ -41,8 +41,13 @@ enum Cmd {
         secs: u64,
         #[arg(long, default_value_t = 800.0)]
         rate: f64,
-        #[arg(long, default_value_t = 4)]
+        /// Saturation phase per variant and round (0 = skip).
+        #[arg(long, default_value_t = scenarios::DEFAULT_SATURATION_SECS)]
         saturation_secs: u64,
+        /// Saturation rounds (variants in alternating order; the paired per-round ratio's
+        /// median, quartiles and range are printed).
+        #[arg(long, default_value_t = scenarios::DEFAULT_SATURATION_ROUNDS)]
+        saturation_rounds: u32,
         /// Closed-loop connections in the saturation phase.
         #[arg(long, default_value_t = 32)]
         saturation_concurrency: usize,
@@ -52,6 +57,10 @@ enum Cmd {
         /// Also measure this meshtune filter build (`meshtune B`), for A/B comparisons.
         #[arg(long)]
         compare_wasm: Option<std::path::PathBuf>,
+        /// Plugin configuration fields of `meshtune B` over the defaults (JSON object, e.g.
+        /// '{"sample_above_rps":1}'); without --compare-wasm, B is the same filter build.
+        #[arg(long)]
+        compare_config: Option<String>,
         /// Also measure the no-op filter making these host calls per request (repeatable;
         /// comma list of clock, cluster, status, status-header, attempts), to price them.
         #[arg(long = "probe")]
@@ -175,9 +184,11 @@ fn main() -> Result<()> {
             secs,
             rate,
             saturation_secs,
+            saturation_rounds,
             saturation_concurrency,
             no_pin,
             compare_wasm,
+            compare_config,
             probes,
             istio_concurrency,
             idle_secs,
@@ -188,9 +199,11 @@ fn main() -> Result<()> {
                 secs,
                 rate,
                 saturation_secs,
+                saturation_rounds,
                 saturation_concurrency,
                 pin: !no_pin,
                 compare_wasm,
+                compare_config,
                 probes,
                 istio_concurrency,
                 idle_secs,
