@@ -15,6 +15,8 @@
 //! - [`leader`]: Lease leader election (only the leader decides, writes and is Ready).
 //! - [`lifecycle`]: restart recovery of the knobs in force from meshtune's objects, removal
 //!   of what meshtune wrote (observe mode, `meshtune uninstall`).
+//! - [`namespaces`]: the namespace switch (label `meshtune.io/enabled=true` → data-plane
+//!   object applied, gate for tuning; removed when the label goes).
 //! - [`prometheus`]: Prometheus as a feature source (windows from Istio/Envoy metrics) and
 //!   `meshtune record --from prometheus`.
 
@@ -32,6 +34,7 @@ pub mod leader;
 pub mod lifecycle;
 pub mod lru;
 pub mod metrics;
+pub mod namespaces;
 pub mod policy_loop;
 pub mod prometheus;
 pub mod recorder;
