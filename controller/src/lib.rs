@@ -17,6 +17,9 @@
 //!   of what meshtune wrote (observe mode, `meshtune uninstall`).
 //! - [`namespaces`]: the namespace switch (label `meshtune.io/enabled=true` → data-plane
 //!   object applied, gate for tuning; removed when the label goes).
+//! - [`policies`]: the `MeshtunePolicy` watch: each namespace's mode, SLO, bounds,
+//!   exclusions, co-manage list, interval and approvals.
+//! - [`review`]: recommendations a person can review (policy status, Events, approvals).
 //! - [`prometheus`]: Prometheus as a feature source (windows from Istio/Envoy metrics) and
 //!   `meshtune record --from prometheus`.
 
@@ -35,9 +38,11 @@ pub mod lifecycle;
 pub mod lru;
 pub mod metrics;
 pub mod namespaces;
+pub mod policies;
 pub mod policy_loop;
 pub mod prometheus;
 pub mod recorder;
+pub mod review;
 pub mod server;
 pub mod top;
 pub mod validate;
