@@ -663,7 +663,9 @@ pub fn decide_with(
             previous: Some(before),
         };
         let action = match d.action {
-            Action::Push if mode == NsMode::Observe || (mode == NsMode::Recommend && !approving) => {
+            Action::Push
+                if mode == NsMode::Observe || (mode == NsMode::Recommend && !approving) =>
+            {
                 Action::Recommend
             }
             a => a,

@@ -21,8 +21,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
-    PatchParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
 };
 use kube::runtime::watcher;
 use meshtune_sinks::istio::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
@@ -67,10 +66,18 @@ impl DataPlane {
     /// The kind's API resource (`None` for [`DataPlane::None`]).
     pub fn resource(self) -> Option<ApiResource> {
         let (group, version, kind, plural) = match self {
-            DataPlane::Wasmplugin => ("extensions.istio.io", "v1alpha1", "WasmPlugin", "wasmplugins"),
-            DataPlane::Envoyfilter => {
-                ("networking.istio.io", "v1alpha3", "EnvoyFilter", "envoyfilters")
-            }
+            DataPlane::Wasmplugin => (
+                "extensions.istio.io",
+                "v1alpha1",
+                "WasmPlugin",
+                "wasmplugins",
+            ),
+            DataPlane::Envoyfilter => (
+                "networking.istio.io",
+                "v1alpha3",
+                "EnvoyFilter",
+                "envoyfilters",
+            ),
             DataPlane::None => return None,
         };
         Some(ApiResource::from_gvk_with_plural(
@@ -198,7 +205,10 @@ pub struct LabelGate {
 impl LabelGate {
     /// The enabled namespaces now.
     pub fn enabled(&self) -> BTreeSet<String> {
-        self.enabled.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.enabled
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether the first list of namespaces completed.
@@ -412,7 +422,9 @@ impl NamespaceController {
         if full {
             match self.list_data_plane().await {
                 Ok(p) => present = p,
-                Err(e) => tracing::warn!(error = %e, "listing meshtune's data-plane objects failed; strays are removed at the next resync"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing meshtune's data-plane objects failed; strays are removed at the next resync")
+                }
             }
         }
         for action in plan(&self.gate.enabled(), &applied, &present, full) {
@@ -421,13 +433,17 @@ impl NamespaceController {
                     Ok(()) => {
                         applied.insert(ns);
                     }
-                    Err(e) => tracing::warn!(error = %e, "applying the data-plane object failed; retried at the next resync"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "applying the data-plane object failed; retried at the next resync")
+                    }
                 },
                 NsAction::Remove(ns) => match self.remove(&ns).await {
                     Ok(()) => {
                         applied.remove(&ns);
                     }
-                    Err(e) => tracing::warn!(error = %e, "removing meshtune from a namespace failed; retried at the next resync"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "removing meshtune from a namespace failed; retried at the next resync")
+                    }
                 },
             }
         }
@@ -463,8 +479,7 @@ impl NamespaceController {
     /// wrote there (DestinationRules/VirtualServices).
     pub async fn remove(&self, namespace: &str) -> Result<(), NamespaceError> {
         if let Some(ar) = self.config.data_plane.resource() {
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(self.client.clone(), namespace, &ar);
+            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &ar);
             match api.delete(DATA_PLANE_NAME, &DeleteParams::default()).await {
                 Ok(_) => {
                     self.metrics.count("delete", true);
@@ -603,10 +618,19 @@ mod tests {
             }
             serde_json::from_value(v).unwrap()
         };
-        assert!(is_enabled(&ns(serde_json::json!({ENABLED_LABEL: "true"}), false)));
-        assert!(!is_enabled(&ns(serde_json::json!({ENABLED_LABEL: "false"}), false)));
+        assert!(is_enabled(&ns(
+            serde_json::json!({ENABLED_LABEL: "true"}),
+            false
+        )));
+        assert!(!is_enabled(&ns(
+            serde_json::json!({ENABLED_LABEL: "false"}),
+            false
+        )));
         assert!(!is_enabled(&ns(serde_json::json!({}), false)));
-        assert!(!is_enabled(&ns(serde_json::json!({ENABLED_LABEL: "true"}), true)));
+        assert!(!is_enabled(&ns(
+            serde_json::json!({ENABLED_LABEL: "true"}),
+            true
+        )));
     }
 
     #[test]
@@ -619,8 +643,13 @@ mod tests {
         assert_eq!(wp["metadata"]["name"], DATA_PLANE_NAME);
         assert_eq!(wp["metadata"]["labels"][MANAGED_BY_LABEL], MANAGED_BY_VALUE);
         assert_eq!(wp["spec"]["sha256"], "ab12");
-        let pinned = render(DataPlane::Wasmplugin, "shop", None).unwrap().unwrap();
-        assert_ne!(pinned["spec"]["sha256"], "ab12", "the manifest's pin without a module");
+        let pinned = render(DataPlane::Wasmplugin, "shop", None)
+            .unwrap()
+            .unwrap();
+        assert_ne!(
+            pinned["spec"]["sha256"], "ab12",
+            "the manifest's pin without a module"
+        );
         let ef = render(DataPlane::Envoyfilter, "shop", Some("ab12"))
             .unwrap()
             .unwrap();

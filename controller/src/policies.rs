@@ -358,14 +358,30 @@ mod tests {
         )));
         let pay = s.policy("pay").unwrap();
         assert_eq!(pay.effective.mode, Mode::Observe, "invalid spec: observe");
-        assert!(pay.error.unwrap().to_string().contains("spec.slo.latencyMs"));
+        assert!(pay
+            .error
+            .unwrap()
+            .to_string()
+            .contains("spec.slo.latencyMs"));
 
-        s.handle(watcher::Event::Delete(policy("shop", "default", serde_json::json!({}))));
+        s.handle(watcher::Event::Delete(policy(
+            "shop",
+            "default",
+            serde_json::json!({}),
+        )));
         assert_eq!(s.effective("shop").mode, Mode::Observe, "falls to `other`");
-        s.handle(watcher::Event::Delete(policy("shop", "other", serde_json::json!({}))));
+        s.handle(watcher::Event::Delete(policy(
+            "shop",
+            "other",
+            serde_json::json!({}),
+        )));
         assert!(s.policy("shop").is_none());
         let enforcing = PolicyStore::new(Mode::Enforce);
-        assert_eq!(enforcing.effective("any").mode, Mode::Enforce, "--mode is the default");
+        assert_eq!(
+            enforcing.effective("any").mode,
+            Mode::Enforce,
+            "--mode is the default"
+        );
     }
 
     #[test]
@@ -403,7 +419,10 @@ mod tests {
                 max: Some(200.0)
             }
         );
-        assert_eq!(b[Knob::RouteTimeoutMs as usize], file[Knob::RouteTimeoutMs as usize]);
+        assert_eq!(
+            b[Knob::RouteTimeoutMs as usize],
+            file[Knob::RouteTimeoutMs as usize]
+        );
         assert_eq!(conflicts, vec![Knob::RouteTimeoutMs]);
         let (b, c) = intersect_bounds(None, &policy);
         assert_eq!(b[Knob::RouteTimeoutMs as usize].max, Some(300.0));

@@ -191,6 +191,7 @@ pub fn envoy_file_config(a: &EnvoyFileArgs) -> Result<EnvoyFileConfig, LoopError
 pub async fn build_sinks(
     kinds: &[SinkKind],
     envoy: &EnvoyFileArgs,
+    co_manage: Option<Arc<dyn meshtune_sinks::istio_sink::CoManageAllowlist>>,
 ) -> Result<Vec<Arc<dyn Sink>>, LoopError> {
     let mut out: Vec<Arc<dyn Sink>> = Vec::new();
     for k in kinds {
@@ -204,10 +205,14 @@ pub async fn build_sinks(
             }
             SinkKind::Istio => {
                 let client = kube_client("--sink istio").await?;
-                out.push(Arc::new(meshtune_sinks::IstioSink::new(
+                let mut sink = meshtune_sinks::IstioSink::new(
                     client,
                     meshtune_sinks::IstioSinkConfig::default(),
-                )));
+                );
+                if let Some(allow) = &co_manage {
+                    sink = sink.with_co_manage(allow.clone());
+                }
+                out.push(Arc::new(sink));
             }
         }
     }
@@ -583,7 +588,9 @@ impl PolicyLoop {
     pub async fn cycle(&self) -> Option<CycleSummary> {
         let store = self.store.as_ref()?;
         if self.policies.get().is_some_and(|p| !p.synced()) {
-            tracing::info!("waiting for the first list of MeshtunePolicy objects: nothing decided yet");
+            tracing::info!(
+                "waiting for the first list of MeshtunePolicy objects: nothing decided yet"
+            );
             return Some(CycleSummary::default());
         }
         let selected = self.select().await;
@@ -604,8 +611,7 @@ impl PolicyLoop {
                 .map(|i| params[i].clone())
                 .unwrap_or_else(|| self.default_params())
         };
-        let features =
-            decision::features_with(&selected, &state, now, &|s| param_of(s).slo_ms);
+        let features = decision::features_with(&selected, &state, now, &|s| param_of(s).slo_ms);
         let Some(proposed) = self.infer(&policy, &features) else {
             return Some(CycleSummary {
                 destinations: selected.len(),
@@ -647,8 +653,15 @@ impl PolicyLoop {
         }
         self.hints.replace(hints);
         drop(state);
-        self.review(&cycle, &outcomes, &features, &params, policy.model_version(), now_ms)
-            .await;
+        self.review(
+            &cycle,
+            &outcomes,
+            &features,
+            &params,
+            policy.model_version(),
+            now_ms,
+        )
+        .await;
         self.record(&features, &cycle, now_ms);
         self.publish_model();
         Some(CycleSummary::of(
@@ -843,11 +856,15 @@ impl PolicyLoop {
         let Some(policies) = self.policies.get() else {
             return;
         };
-        let errors = std::mem::take(&mut *self.push_errors.lock().unwrap_or_else(|e| e.into_inner()));
+        let errors =
+            std::mem::take(&mut *self.push_errors.lock().unwrap_or_else(|e| e.into_inner()));
         let mut reviews = self.reviews.lock().await;
         for (i, (item, outcome)) in cycle.items.iter().zip(outcomes).enumerate() {
             let (ns, host) = (item.namespace.as_str(), item.destination.as_str());
-            let p = params.get(i).cloned().unwrap_or_else(|| self.default_params());
+            let p = params
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| self.default_params());
             match outcome {
                 DestOutcome::Recommended => {
                     let rec = crate::review::Rec {
@@ -1041,10 +1058,16 @@ impl PolicyLoop {
                                 Outcome::Applied { .. } | Outcome::Logged { .. } => "ok",
                                 Outcome::Refused { reason } => {
                                     tracing::warn!(sink = sink.name(), destination = %item.destination, %reason, "push refused");
-                                    self.push_errors.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                                        DestKey::new(item.namespace.as_str(), item.destination.as_str()),
-                                        format!("{}: {reason}", sink.name()),
-                                    );
+                                    self.push_errors
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .insert(
+                                            DestKey::new(
+                                                item.namespace.as_str(),
+                                                item.destination.as_str(),
+                                            ),
+                                            format!("{}: {reason}", sink.name()),
+                                        );
                                     failed.insert(DestKey::new(
                                         item.namespace.as_str(),
                                         item.destination.as_str(),
@@ -1053,10 +1076,16 @@ impl PolicyLoop {
                                 }
                                 Outcome::Failed { error } => {
                                     tracing::warn!(sink = sink.name(), destination = %item.destination, %error, "push failed");
-                                    self.push_errors.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                                        DestKey::new(item.namespace.as_str(), item.destination.as_str()),
-                                        format!("{}: {error}", sink.name()),
-                                    );
+                                    self.push_errors
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .insert(
+                                            DestKey::new(
+                                                item.namespace.as_str(),
+                                                item.destination.as_str(),
+                                            ),
+                                            format!("{}: {error}", sink.name()),
+                                        );
                                     failed.insert(DestKey::new(
                                         item.namespace.as_str(),
                                         item.destination.as_str(),

@@ -98,7 +98,14 @@ struct NsReview {
 }
 
 impl NsReview {
-    fn set(&mut self, kind: &'static str, status: bool, reason: &str, message: String, now_ms: u64) {
+    fn set(
+        &mut self,
+        kind: &'static str,
+        status: bool,
+        reason: &str,
+        message: String,
+        now_ms: u64,
+    ) {
         let since_ms = match self.conditions.get(kind) {
             Some(c) if c.status == status => c.since_ms,
             _ => now_ms,
@@ -123,7 +130,10 @@ pub enum Approval {
     /// The current recommendation is approved and not yet applied: apply these knobs.
     Apply { id: String, knobs: Knobs },
     /// The approval names an id that is neither current nor applied: refused.
-    Stale { approved: String, current: Option<String> },
+    Stale {
+        approved: String,
+        current: Option<String>,
+    },
 }
 
 /// Expected effect of a recommendation: the knobs that change and the window that motivated
@@ -132,7 +142,14 @@ pub fn expected_effect(before: &Knobs, after: &Knobs, o: &Outcomes, slo_ms: f64)
     let changed: Vec<String> = Knob::ALL
         .into_iter()
         .filter(|k| before.get(*k).round() != after.get(*k).round())
-        .map(|k| format!("{} {} -> {}", k.name(), before.get(k).round(), after.get(k).round()))
+        .map(|k| {
+            format!(
+                "{} {} -> {}",
+                k.name(),
+                before.get(k).round(),
+                after.get(k).round()
+            )
+        })
         .collect();
     let verdict = if o.p99_ms > slo_ms {
         "misses its SLO"
@@ -254,7 +271,13 @@ impl Reviews {
 
     /// What `approved` (the policy's approval for `host`, if any) means now. A stale approval
     /// sets the `Refused` condition and queues a Warning Event (once per approved id).
-    pub fn approval(&mut self, ns: &str, host: &str, approved: Option<&str>, now_ms: u64) -> Approval {
+    pub fn approval(
+        &mut self,
+        ns: &str,
+        host: &str,
+        approved: Option<&str>,
+        now_ms: u64,
+    ) -> Approval {
         let Some(approved) = approved else {
             return Approval::None;
         };
@@ -271,9 +294,16 @@ impl Reviews {
                     "approval of {approved} for {host} refused: it is not the current recommendation ({})",
                     current.as_deref().map_or("none".to_string(), |c| format!("current: {c}"))
                 );
-                r.set(condition::REFUSED, true, REASON_STALE_APPROVAL, message.clone(), now_ms);
+                r.set(
+                    condition::REFUSED,
+                    true,
+                    REASON_STALE_APPROVAL,
+                    message.clone(),
+                    now_ms,
+                );
                 if r.stale_reported.get(host).map(String::as_str) != Some(approved) {
-                    r.stale_reported.insert(host.to_string(), approved.to_string());
+                    r.stale_reported
+                        .insert(host.to_string(), approved.to_string());
                     r.events.push(PendingEvent {
                         warning: true,
                         reason: REASON_STALE_APPROVAL.into(),
@@ -291,7 +321,14 @@ impl Reviews {
 
     /// Records that `knobs` were applied to `host` (an approved recommendation or an
     /// enforce-mode push): `status.applied`, the `Applied` condition and an Event.
-    pub fn applied(&mut self, ns: &str, host: &str, knobs: &Knobs, approved: bool, now_ms: u64) -> String {
+    pub fn applied(
+        &mut self,
+        ns: &str,
+        host: &str,
+        knobs: &Knobs,
+        approved: bool,
+        now_ms: u64,
+    ) -> String {
         let id = id_of(knobs);
         let r = self.ns(ns);
         r.applied.insert(host.to_string(), (id.clone(), now_ms));
@@ -301,8 +338,17 @@ impl Reviews {
             "decision"
         };
         let message = format!("{what} {id} applied to {host}");
-        r.set(condition::APPLIED, true, REASON_APPLIED, message.clone(), now_ms);
-        if r.conditions.get(condition::REFUSED).is_some_and(|c| c.status) {
+        r.set(
+            condition::APPLIED,
+            true,
+            REASON_APPLIED,
+            message.clone(),
+            now_ms,
+        );
+        if r.conditions
+            .get(condition::REFUSED)
+            .is_some_and(|c| c.status)
+        {
             r.set(condition::REFUSED, false, "None", String::new(), now_ms);
         }
         r.events.push(PendingEvent {
@@ -318,7 +364,13 @@ impl Reviews {
     pub fn refused(&mut self, ns: &str, host: &str, why: &str, now_ms: u64) {
         let r = self.ns(ns);
         let message = format!("applying to {host} refused: {why}");
-        r.set(condition::REFUSED, true, REASON_PUSH_REFUSED, message.clone(), now_ms);
+        r.set(
+            condition::REFUSED,
+            true,
+            REASON_PUSH_REFUSED,
+            message.clone(),
+            now_ms,
+        );
         r.events.push(PendingEvent {
             warning: true,
             reason: REASON_PUSH_REFUSED.into(),
@@ -346,7 +398,8 @@ impl Reviews {
     pub fn status(&self, ns: &str, policy: &NsPolicy) -> MeshtunePolicyStatus {
         let empty = NsReview::default();
         let r = self.by_ns.get(ns).unwrap_or(&empty);
-        let time = |ms: u64| Time(Timestamp::from_millisecond(ms as i64).unwrap_or(Timestamp::UNIX_EPOCH));
+        let time =
+            |ms: u64| Time(Timestamp::from_millisecond(ms as i64).unwrap_or(Timestamp::UNIX_EPOCH));
         let gen = policy.generation;
         let mut conditions = Vec::new();
         let (valid, reason, message) = match &policy.error {
@@ -354,9 +407,16 @@ impl Reviews {
             None => (
                 true,
                 "Resolved",
-                format!("other policies in this namespace are ignored: {}", policy.ignored.join(", ")),
+                format!(
+                    "other policies in this namespace are ignored: {}",
+                    policy.ignored.join(", ")
+                ),
             ),
-            Some(e) => (false, "InvalidSpec", format!("{e}; the namespace is observed only")),
+            Some(e) => (
+                false,
+                "InvalidSpec",
+                format!("{e}; the namespace is observed only"),
+            ),
         };
         conditions.push(Condition {
             type_: condition::VALID.into(),
@@ -371,7 +431,12 @@ impl Reviews {
             let c = r.conditions.get(kind);
             conditions.push(Condition {
                 type_: kind.into(),
-                status: if c.is_some_and(|c| c.status) { "True" } else { "False" }.into(),
+                status: if c.is_some_and(|c| c.status) {
+                    "True"
+                } else {
+                    "False"
+                }
+                .into(),
                 reason: c.map_or("None", |c| c.reason.as_str()).into(),
                 message: c.map(|c| c.message.clone()).unwrap_or_default(),
                 last_transition_time: time(c.map_or(0, |c| c.since_ms)),
@@ -439,7 +504,12 @@ impl std::fmt::Debug for StatusWriter {
 
 impl StatusWriter {
     /// `instance`: this replica (pod name) as the Events' reporting instance.
-    pub fn new(client: kube::Client, field_manager: &str, min_interval: Duration, instance: Option<String>) -> Self {
+    pub fn new(
+        client: kube::Client,
+        field_manager: &str,
+        min_interval: Duration,
+        instance: Option<String>,
+    ) -> Self {
         let reporter = Reporter {
             controller: "meshtune".into(),
             instance,
@@ -497,9 +567,15 @@ impl StatusWriter {
                 return false;
             }
         }
-        let api: Api<MeshtunePolicy> = Api::namespaced(self.client.clone(), ns);
+        // Untyped: the answer is not decoded as a MeshtunePolicy, so a spec this controller
+        // cannot read does not make a successful write look failed.
+        let ar = kube::api::ApiResource::erase::<MeshtunePolicy>(&());
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &ar);
         let params = PatchParams::apply(&self.field_manager).force();
-        match api.patch_status(&policy.name, &params, &Patch::Apply(&body)).await {
+        match api
+            .patch_status(&policy.name, &params, &Patch::Apply(&body))
+            .await
+        {
             Ok(_) => {
                 last.insert(key, (body, now));
                 true
@@ -578,20 +654,42 @@ mod tests {
         );
         r.approval("ns", "h", Some("0123456789ab"), 7);
         let events = r.take_events("ns");
-        assert_eq!(events.iter().filter(|e| e.reason == REASON_STALE_APPROVAL).count(), 1, "once");
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e.reason == REASON_STALE_APPROVAL)
+                .count(),
+            1,
+            "once"
+        );
         let st = r.status("ns", &policy());
-        let refused = st.conditions.iter().find(|c| c.type_ == condition::REFUSED).unwrap();
+        let refused = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition::REFUSED)
+            .unwrap();
         assert_eq!(refused.status, "True");
         assert_eq!(refused.reason, REASON_STALE_APPROVAL);
         assert!(refused.message.contains(&id), "{}", refused.message);
 
         let applied = r.applied("ns", "h", &rec(100.0).knobs, true, 9);
         assert_eq!(applied, id);
-        assert_eq!(r.approval("ns", "h", Some(&id), 10), Approval::None, "already applied");
+        assert_eq!(
+            r.approval("ns", "h", Some(&id), 10),
+            Approval::None,
+            "already applied"
+        );
         let st = r.status("ns", &policy());
         assert_eq!(st.applied.len(), 1);
         assert_eq!(st.applied[0].id, id);
-        let c = |t: &str| st.conditions.iter().find(|c| c.type_ == t).unwrap().status.clone();
+        let c = |t: &str| {
+            st.conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .unwrap()
+                .status
+                .clone()
+        };
         assert_eq!(c(condition::APPLIED), "True");
         assert_eq!(c(condition::REFUSED), "False");
         assert_eq!(st.observed_generation, Some(2));

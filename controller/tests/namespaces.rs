@@ -93,8 +93,10 @@ async fn expect_nothing_to_undo(server: &mut ApiServer, ns: &str) {
 }
 
 fn deleted(name: &str) -> http::Response<kube::client::Body> {
-    ok(&json!({"kind": "Status", "apiVersion": "v1", "status": "Success",
-        "details": {"name": name}}))
+    ok(
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Success",
+        "details": {"name": name}}),
+    )
 }
 
 #[tokio::test]
@@ -196,13 +198,19 @@ async fn envoyfilter_data_plane_and_followers_write_nothing() {
     nc.handle(Event::InitDone).await;
     nc.handle(Event::Apply(namespace("more", Some("true"))))
         .await;
-    assert!(nc.gate().enabled().contains("more"), "the gate follows on followers");
+    assert!(
+        nc.gate().enabled().contains("more"),
+        "the gate follows on followers"
+    );
     let mut server = served.await.unwrap();
     tx.send(true).unwrap();
     let served = tokio::spawn(async move {
         let empty = kube_mock::list("networking.istio.io/v1alpha3", "EnvoyFilter", "1", vec![]);
         server
-            .expect_get("/apis/networking.istio.io/v1alpha3/envoyfilters", ok(&empty))
+            .expect_get(
+                "/apis/networking.istio.io/v1alpha3/envoyfilters",
+                ok(&empty),
+            )
             .await;
         let a = server.expect_apply(&envoyfilter("more")).await;
         let b = server.expect_apply(&envoyfilter("shop")).await;
@@ -247,9 +255,11 @@ impl Sink for Recording {
 }
 
 fn policy_object(ns: &str, spec: Value) -> MeshtunePolicy {
-    serde_json::from_value(json!({"apiVersion": "meshtune.io/v1alpha1", "kind": "MeshtunePolicy",
+    serde_json::from_value(
+        json!({"apiVersion": "meshtune.io/v1alpha1", "kind": "MeshtunePolicy",
         "metadata": {"name": "default", "namespace": ns, "generation": 1, "uid": "u-1"},
-        "spec": spec}))
+        "spec": spec}),
+    )
     .unwrap()
 }
 
@@ -263,25 +273,16 @@ struct Loop {
 /// A loop over the label gate `enabled`, policies watched, status written through `client`.
 fn policy_loop(client: kube::Client, enabled: &[&str], u: f32) -> Loop {
     let controller = Arc::new(Controller::new(Config::default()).unwrap());
-    let gate = Arc::new(meshtune_controller::namespaces::LabelGate::default());
-    let nc_events: Vec<Event<Namespace>> = std::iter::once(Event::Init)
-        .chain(
-            enabled
-                .iter()
-                .map(|n| Event::InitApply(namespace(n, Some("true")))),
-        )
-        .chain(std::iter::once(Event::InitDone))
-        .collect();
-    // The gate is filled the way the watch fills it (a follower controller: no writes).
+    // The gate is filled the way the namespace watch fills it (a follower: it writes nothing).
     let (_tx, follower) = Leadership::channel();
     let nc = controller_for_gate(follower);
-    let rt = tokio::runtime::Handle::current();
-    let _ = (&gate, &rt);
     let gate = nc.gate();
     futures::executor::block_on(async {
-        for e in nc_events {
-            nc.handle(e).await;
+        nc.handle(Event::Init).await;
+        for n in enabled {
+            nc.handle(Event::InitApply(namespace(n, Some("true")))).await;
         }
+        nc.handle(Event::InitDone).await;
     });
     let sink = Arc::new(Recording::default());
     let policy = PolicyLoop::new(
@@ -380,10 +381,16 @@ async fn reports_of_namespaces_not_enabled_are_counted_and_ignored() {
             "outbound|9080||reviews.other.svc.cluster.local",
         ))
         .unwrap();
-    let s = l.policy.cycle().await.unwrap();
+    let s = cycle(&l).await;
     assert_eq!(s.destinations, 1, "{s:?}");
-    assert_eq!(s.recommended, 1, "shop has no policy: --mode observe recommends");
-    assert!(l.sink.0.lock().unwrap().is_empty(), "observe: nothing pushed");
+    assert_eq!(
+        s.recommended, 1,
+        "shop has no policy: --mode observe recommends"
+    );
+    assert!(
+        l.sink.0.lock().unwrap().is_empty(),
+        "observe: nothing pushed"
+    );
     let text = l.controller.metrics_text();
     assert!(
         text.contains(r#"meshtune_tuning_refused_total{reason="namespace_not_enabled"} 1"#),
@@ -398,7 +405,10 @@ async fn policy_modes_per_namespace_exclusions_and_slo() {
     set_policies(
         &l.store,
         vec![
-            policy_object("shop", json!({"mode": "enforce", "slo": {"latencyMs": 100}})),
+            policy_object(
+                "shop",
+                json!({"mode": "enforce", "slo": {"latencyMs": 100}}),
+            ),
             policy_object(
                 "pay",
                 json!({"mode": "observe", "excludeHosts": ["reviews.pay.svc.cluster.local"]}),
@@ -422,12 +432,13 @@ async fn policy_modes_per_namespace_exclusions_and_slo() {
     let served = tokio::spawn(async move {
         // shop: pushed → Applied Event and status; pay: excluded, nothing to say but its
         // status (Valid).
-        let ev = expect_event(&mut server, "shop").await;
+        // Namespaces in order; each one's Events before its status.
         let pay = expect_status(&mut server, "pay").await;
+        let ev = expect_event(&mut server, "shop").await;
         let shop = expect_status(&mut server, "shop").await;
         (ev, pay, shop)
     });
-    let s = l.policy.cycle().await.unwrap();
+    let s = cycle(&l).await;
     assert_eq!(s.destinations, 1, "pay's host is excluded: {s:?}");
     assert_eq!(s.pushed, 1, "{s:?}");
     let pushed = l.sink.0.lock().unwrap().clone();
@@ -475,7 +486,7 @@ async fn recommend_mode_applies_exactly_the_approved_recommendation() {
         let st = expect_status(&mut server, "shop").await;
         (server, ev, st)
     });
-    let s = l.policy.cycle().await.unwrap();
+    let s = cycle(&l).await;
     assert_eq!(s.recommended, 1, "{s:?}");
     assert!(l.sink.0.lock().unwrap().is_empty());
     let (mut server, ev, st) = served.await.unwrap();
@@ -487,16 +498,23 @@ async fn recommend_mode_applies_exactly_the_approved_recommendation() {
     let id = rec["id"].as_str().unwrap().to_string();
     assert_eq!(id.len(), 12);
     assert!(rec["features"]["rps"].as_f64().unwrap() > 0.0, "{rec}");
-    assert!(!rec["expectedEffect"]["summary"].as_str().unwrap().is_empty());
+    assert!(!rec["expectedEffect"]["summary"]
+        .as_str()
+        .unwrap()
+        .is_empty());
     let knobs: meshtune_crd::PerKnob<f64> = serde_json::from_value(rec["knobs"].clone()).unwrap();
     let recommended: Knobs = knobs.to_knobs();
 
     // Cycle 2: same recommendation (same id), status unchanged: nothing written.
-    let s = l.policy.cycle().await.unwrap();
+    let quiet = tokio::spawn(async move {
+        server
+            .expect_no_request(SILENCE, "status unchanged, no new recommendation")
+            .await;
+        server
+    });
+    let s = cycle(&l).await;
     assert_eq!(s.pushed, 0);
-    server
-        .expect_no_request(SILENCE, "status unchanged, no new recommendation")
-        .await;
+    let mut server = quiet.await.unwrap();
 
     // A stale approval: refused with a condition and a Warning Event; nothing pushed.
     l.store.handle(Event::Apply(policy_object(
@@ -508,7 +526,7 @@ async fn recommend_mode_applies_exactly_the_approved_recommendation() {
         let st = expect_status(&mut server, "shop").await;
         (server, ev, st)
     });
-    let s = l.policy.cycle().await.unwrap();
+    let s = cycle(&l).await;
     assert_eq!(s.pushed, 0, "{s:?}");
     assert!(l.sink.0.lock().unwrap().is_empty());
     let (mut server, ev, st) = served.await.unwrap();
@@ -538,11 +556,14 @@ async fn recommend_mode_applies_exactly_the_approved_recommendation() {
         let st = expect_status(&mut server, "shop").await;
         (server, ev, st)
     });
-    let s = l.policy.cycle().await.unwrap();
+    let s = cycle(&l).await;
     assert_eq!(s.pushed, 1, "{s:?}");
     let pushed = l.sink.0.lock().unwrap().clone();
     assert_eq!(pushed.len(), 1);
-    assert_eq!(pushed[0].knobs, recommended, "the approved knobs, nothing else");
+    assert_eq!(
+        pushed[0].knobs, recommended,
+        "the approved knobs, nothing else"
+    );
     let (mut server, ev, st) = served.await.unwrap();
     assert_eq!(ev["reason"], "Applied");
     let status = &st.body["status"];
@@ -566,11 +587,24 @@ async fn recommend_mode_applies_exactly_the_approved_recommendation() {
     );
 
     // Applied once: the same approval applies nothing again.
-    l.policy.cycle().await.unwrap();
+    let quiet = tokio::spawn(async move {
+        server
+            .expect_no_request(SILENCE, "nothing new after the apply")
+            .await;
+    });
+    cycle(&l).await;
     assert_eq!(l.sink.0.lock().unwrap().len(), 1);
-    server
-        .expect_no_request(SILENCE, "nothing new after the apply")
-        .await;
+    quiet.await.unwrap();
+}
+
+/// One cycle, bounded (a write nobody answers would otherwise hang the test).
+async fn cycle(l: &Loop) -> meshtune_controller::policy_loop::CycleSummary {
+    // The namespace's decision interval (the loop's, 10 ms) has passed since the last cycle.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::time::timeout(Duration::from_secs(10), l.policy.cycle())
+        .await
+        .expect("a cycle within 10 s")
+        .unwrap()
 }
 
 #[tokio::test]
@@ -583,8 +617,14 @@ async fn status_and_event_bodies_are_what_kubectl_shows() {
     let body = meshtune_controller::review::status_patch("shop", "default", &st);
     assert_eq!(body["apiVersion"], "meshtune.io/v1alpha1");
     assert_eq!(body["kind"], "MeshtunePolicy");
-    assert_eq!(body["metadata"], json!({"name": "default", "namespace": "shop"}));
+    assert_eq!(
+        body["metadata"],
+        json!({"name": "default", "namespace": "shop"})
+    );
     assert_eq!(body["status"]["observedGeneration"], 4);
-    assert!(body.get("spec").is_none(), "status only: the spec is the user's");
+    assert!(
+        body.get("spec").is_none(),
+        "status only: the spec is the user's"
+    );
     let _ = StatusCode::OK;
 }
