@@ -33,6 +33,15 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 /// Default Lease name (in the controller's namespace).
+/// Kubernetes API access of leader election (in the controller's namespace), as (API group,
+/// resource, verbs): `get_opt`, `create` and `replace` (HTTP PUT, verb `update`) of the Lease.
+/// Collected by [`crate::rbac`].
+pub const KUBE_ACCESS: &[(&str, &str, &[&str])] = &[(
+    "coordination.k8s.io",
+    "leases",
+    &["get", "create", "update"],
+)];
+
 pub const DEFAULT_LEASE_NAME: &str = "meshtune-controller";
 /// Default lease duration: how long after its last renewal a holder counts as alive.
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);

@@ -20,6 +20,8 @@
 //! - [`policies`]: the `MeshtunePolicy` watch: each namespace's mode, SLO, bounds,
 //!   exclusions, co-manage list, interval and approvals.
 //! - [`review`]: recommendations a person can review (policy status, Events, approvals).
+//! - [`rbac`]: the Kubernetes API access the controller needs, collected from the lists next
+//!   to the code (checked against `manifests/` by `controller/tests/rbac.rs`).
 //! - [`prometheus`]: Prometheus as a feature source (windows from Istio/Envoy metrics) and
 //!   `meshtune record --from prometheus`.
 
@@ -41,6 +43,7 @@ pub mod namespaces;
 pub mod policies;
 pub mod policy_loop;
 pub mod prometheus;
+pub mod rbac;
 pub mod recorder;
 pub mod review;
 pub mod server;

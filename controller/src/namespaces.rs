@@ -45,10 +45,10 @@ pub const DEFAULT_RESYNC: Duration = Duration::from_secs(60);
 /// Default field manager of the data-plane objects.
 pub const DEFAULT_FIELD_MANAGER: &str = meshtune_sinks::istio_sink::DEFAULT_FIELD_MANAGER;
 
-/// `manifests/envoyfilter.yaml`: the EnvoyFilter template (namespace replaced).
-pub const ENVOYFILTER_MANIFEST: &str = include_str!("../../manifests/envoyfilter.yaml");
-/// `manifests/wasmplugin.yaml`: the WasmPlugin template (namespace replaced).
-pub const WASMPLUGIN_MANIFEST: &str = include_str!("../../manifests/wasmplugin.yaml");
+/// `manifests/base/envoyfilter.yaml`: the EnvoyFilter template (namespace replaced).
+pub const ENVOYFILTER_MANIFEST: &str = include_str!("../../manifests/base/envoyfilter.yaml");
+/// `manifests/base/wasmplugin.yaml`: the WasmPlugin template (namespace replaced).
+pub const WASMPLUGIN_MANIFEST: &str = include_str!("../../manifests/base/wasmplugin.yaml");
 
 /// Which data-plane object the controller keeps in enabled namespaces (`--data-plane`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -134,8 +134,8 @@ pub fn render(
         return Ok(None);
     };
     let what = match kind {
-        DataPlane::Envoyfilter => "manifests/envoyfilter.yaml",
-        _ => "manifests/wasmplugin.yaml",
+        DataPlane::Envoyfilter => "manifests/base/envoyfilter.yaml",
+        _ => "manifests/base/wasmplugin.yaml",
     };
     let mut obj: Value = serde_yaml::from_str(text).map_err(|e| NamespaceError::Template {
         what,

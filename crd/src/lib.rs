@@ -6,8 +6,10 @@
 //!   and [`recommendation_id`].
 //! - [`resolve`]: defaults (`DEFAULT_*`) and validation ([`PolicyError`] names the field).
 //! - [`crd_yaml`]: the CRD as committed in `manifests/base/meshtunepolicy-crd.yaml`.
+//! - [`cli`]: `meshtune status -n NS` and `meshtune approve` through the Kubernetes API.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod resolve;
 pub mod types;
 

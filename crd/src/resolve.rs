@@ -134,7 +134,10 @@ fn resolve_slo(slo: Option<&Slo>) -> Result<SloTarget, PolicyError> {
     let Some(slo) = slo else {
         return Ok(SloTarget::default());
     };
-    match (slo.availability, slo.latency_ms.is_some() || slo.percentile.is_some()) {
+    match (
+        slo.availability,
+        slo.latency_ms.is_some() || slo.percentile.is_some(),
+    ) {
         (Some(_), true) => Err(PolicyError::SloConflict {
             field: "spec.slo".into(),
         }),
@@ -175,7 +178,9 @@ fn names(field: &str, list: &[String]) -> Result<BTreeSet<String>, PolicyError> 
 }
 
 fn is_recommendation_id(s: &str) -> bool {
-    s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 12
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Resolves `spec` (defaults filled in, validated). A namespace without a policy uses
@@ -248,7 +253,10 @@ pub fn resolve(spec: &MeshtunePolicySpec) -> Result<EffectivePolicy, PolicyError
         slo,
         bounds,
         exclude_hosts: names("spec.excludeHosts", &spec.exclude_hosts)?,
-        co_manage_destination_rules: names("spec.coManage.destinationRules", &co.destination_rules)?,
+        co_manage_destination_rules: names(
+            "spec.coManage.destinationRules",
+            &co.destination_rules,
+        )?,
         co_manage_virtual_services: names("spec.coManage.virtualServices", &co.virtual_services)?,
         decision_interval,
         approvals,
@@ -308,22 +316,41 @@ mod tests {
 
     #[test]
     fn both_slo_kinds_are_refused() {
-        let e = resolve(&spec(serde_json::json!({"slo": {"availability": 0.99, "latencyMs": 100}})))
-            .unwrap_err();
+        let e = resolve(&spec(
+            serde_json::json!({"slo": {"availability": 0.99, "latencyMs": 100}}),
+        ))
+        .unwrap_err();
         assert_eq!(e.field(), "spec.slo");
-        let e = resolve(&spec(serde_json::json!({"slo": {"availability": 0.99, "percentile": 90}})))
-            .unwrap_err();
+        let e = resolve(&spec(
+            serde_json::json!({"slo": {"availability": 0.99, "percentile": 90}}),
+        ))
+        .unwrap_err();
         assert!(matches!(e, PolicyError::SloConflict { .. }), "{e}");
     }
 
     #[test]
     fn out_of_range_values_name_the_field() {
         for (v, field) in [
-            (serde_json::json!({"slo": {"availability": 1.0}}), "spec.slo.availability"),
-            (serde_json::json!({"slo": {"percentile": 100}}), "spec.slo.percentile"),
-            (serde_json::json!({"slo": {"latencyMs": 0}}), "spec.slo.latencyMs"),
-            (serde_json::json!({"decisionIntervalSecs": 0}), "spec.decisionIntervalSecs"),
-            (serde_json::json!({"decisionIntervalSecs": 3601}), "spec.decisionIntervalSecs"),
+            (
+                serde_json::json!({"slo": {"availability": 1.0}}),
+                "spec.slo.availability",
+            ),
+            (
+                serde_json::json!({"slo": {"percentile": 100}}),
+                "spec.slo.percentile",
+            ),
+            (
+                serde_json::json!({"slo": {"latencyMs": 0}}),
+                "spec.slo.latencyMs",
+            ),
+            (
+                serde_json::json!({"decisionIntervalSecs": 0}),
+                "spec.decisionIntervalSecs",
+            ),
+            (
+                serde_json::json!({"decisionIntervalSecs": 3601}),
+                "spec.decisionIntervalSecs",
+            ),
             (
                 serde_json::json!({"bounds": {"timeout": {"max": 600000}}}),
                 "spec.bounds.timeout.max",
@@ -337,11 +364,13 @@ mod tests {
             assert_eq!(e.field(), field, "{v}: {e}");
             assert!(e.to_string().starts_with(field), "{e}");
         }
-        let mut s = MeshtunePolicySpec::default();
-        s.slo = Some(Slo {
-            latency_ms: Some(f64::NAN),
-            ..Slo::default()
-        });
+        let s = MeshtunePolicySpec {
+            slo: Some(Slo {
+                latency_ms: Some(f64::NAN),
+                ..Slo::default()
+            }),
+            ..MeshtunePolicySpec::default()
+        };
         assert_eq!(resolve(&s).unwrap_err().field(), "spec.slo.latencyMs");
     }
 
@@ -362,8 +391,10 @@ mod tests {
             }
         );
         assert_eq!(p.bounds[&Knob::RouteTimeoutMs].max, None);
-        let e = resolve(&spec(serde_json::json!({"bounds": {"timeout": {"min": 300, "max": 200}}})))
-            .unwrap_err();
+        let e = resolve(&spec(
+            serde_json::json!({"bounds": {"timeout": {"min": 300, "max": 200}}}),
+        ))
+        .unwrap_err();
         assert_eq!(
             e,
             PolicyError::InvertedBound {
@@ -397,7 +428,10 @@ mod tests {
         assert!(!p.excludes("reviews.bookinfo.svc.cluster.local"));
         assert_eq!(p.co_manage_virtual_services.len(), 2);
         assert!(p.co_manage_destination_rules.contains("reviews"));
-        assert_eq!(p.approved("reviews.bookinfo.svc.cluster.local"), Some(id.as_str()));
+        assert_eq!(
+            p.approved("reviews.bookinfo.svc.cluster.local"),
+            Some(id.as_str())
+        );
         assert_eq!(p.decision_interval, Some(Duration::from_secs(30)));
 
         let mut dup = s.clone();

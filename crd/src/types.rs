@@ -41,8 +41,8 @@ impl Mode {
     }
 }
 
-/// `spec` of a `MeshtunePolicy`: how meshtune tunes the destinations called from this
-/// namespace. Every field is optional; `resolve` fills in the documented defaults.
+/// How meshtune tunes the destinations called from this namespace. Every field is optional;
+/// unset ones take the documented defaults.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "meshtune.io",
@@ -55,7 +55,7 @@ impl Mode {
     status = "MeshtunePolicyStatus",
     doc = "How meshtune tunes the destinations called from this namespace (one policy per namespace, conventionally named `default`).",
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
-    printcolumn = r#"{"name":"Recommendations","type":"integer","jsonPath":".status.recommendations[*].host","priority":1}"#,
+    printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"Valid\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -82,7 +82,7 @@ pub struct MeshtunePolicySpec {
     /// Seconds between decisions (1..=3600; default: the controller's
     /// `--decision-interval-secs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = MAX_DECISION_INTERVAL_SECS))]
+    #[schemars(range(min = 1, max = MAX_DECISION_INTERVAL_SECS), extend("format" = "int32"))]
     pub decision_interval_secs: Option<u32>,
     /// recommend mode: the recommendation a person approved, per host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -126,30 +126,70 @@ pub struct Bound {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PerKnob<T> {
-    #[serde(rename = "tcp.maxConnections", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "tcp.maxConnections",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_connections: Option<T>,
-    #[serde(rename = "http.http1MaxPendingRequests", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "http.http1MaxPendingRequests",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub http1_max_pending_requests: Option<T>,
-    #[serde(rename = "http.http2MaxRequests", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "http.http2MaxRequests",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub http2_max_requests: Option<T>,
-    #[serde(rename = "http.maxRequestsPerConnection", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "http.maxRequestsPerConnection",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_requests_per_connection: Option<T>,
-    #[serde(rename = "http.maxRetries", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "http.maxRetries",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_retries: Option<T>,
     /// Route timeout, ms.
     #[serde(rename = "timeout", default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<T>,
-    #[serde(rename = "retries.attempts", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "retries.attempts",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub retry_attempts: Option<T>,
     /// Per-try timeout, ms.
-    #[serde(rename = "retries.perTryTimeout", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "retries.perTryTimeout",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub per_try_timeout: Option<T>,
-    #[serde(rename = "outlierDetection.consecutive5xxErrors", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "outlierDetection.consecutive5xxErrors",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub consecutive_5xx_errors: Option<T>,
     /// Base ejection time, ms.
-    #[serde(rename = "outlierDetection.baseEjectionTime", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "outlierDetection.baseEjectionTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub base_ejection_time: Option<T>,
-    #[serde(rename = "outlierDetection.maxEjectionPercent", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "outlierDetection.maxEjectionPercent",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_ejection_percent: Option<T>,
 }
 
@@ -208,7 +248,9 @@ impl<T> PerKnob<T> {
 
     /// The knobs that are set, in policy output order.
     pub fn iter(&self) -> impl Iterator<Item = (Knob, &T)> + '_ {
-        Knob::ALL.into_iter().filter_map(|k| self.get(k).map(|v| (k, v)))
+        Knob::ALL
+            .into_iter()
+            .filter_map(|k| self.get(k).map(|v| (k, v)))
     }
 }
 
@@ -274,7 +316,7 @@ pub struct MeshtunePolicyStatus {
     /// The `metadata.generation` of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Kubernetes-style conditions (types in [`condition`]).
+    /// Kubernetes-style conditions: `Valid`, `Applied`, `Refused`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -317,7 +359,7 @@ pub struct Condition {
 pub struct Recommendation {
     /// Destination host (cluster/service name).
     pub host: String,
-    /// Stable short hash of the knobs ([`recommendation_id`]); approve it with this.
+    /// Stable short hash of the knobs (12 hex digits); approve the recommendation with it.
     pub id: String,
     /// The recommended knobs, named as in the knob schema.
     pub knobs: PerKnob<f64>,
@@ -420,11 +462,17 @@ mod tests {
         for k in Knob::ALL {
             let mut p = base.clone();
             *p.slot(k) = Some(p.get(k).unwrap() + 1.0);
-            assert!(seen.insert(recommendation_id(&p)), "{} changes the id", k.name());
+            assert!(
+                seen.insert(recommendation_id(&p)),
+                "{} changes the id",
+                k.name()
+            );
         }
         // A known value pins the algorithm: changing it breaks approvals written before.
-        let mut one = PerKnob::default();
-        one.timeout = Some(250.0);
+        let one = PerKnob {
+            timeout: Some(250.0),
+            ..PerKnob::default()
+        };
         // FNV-1a 64 of "timeout=250;" (computed independently), top 48 bits.
         assert_eq!(recommendation_id(&one), "e542c3bc0acf");
     }

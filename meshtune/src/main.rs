@@ -1,5 +1,6 @@
 //! The `meshtune` binary: parses the command line and hands each subcommand to its library
-//! (`controller`, `record`, `top` and `uninstall` to meshtune-controller, `model` to meshtune-policy; with the `dev`
+//! (`controller`, `record`, `top` and `uninstall` to meshtune-controller, `model` to meshtune-policy,
+//! `crd`, `status` and `approve` to meshtune-crd; with the `dev`
 //! feature `sim` to meshtune-sim and `train`/`eval` to meshtune-trainer).
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,15 @@ enum Command {
     /// Remove what meshtune wrote to the mesh: delete the DestinationRules/VirtualServices it
     /// created, restore the fields of objects it co-managed (`--dry-run` prints the plan).
     Uninstall(meshtune_controller::lifecycle::UninstallArgs),
+    /// Print the MeshtunePolicy CustomResourceDefinition (YAML), as committed in
+    /// manifests/base/meshtunepolicy-crd.yaml.
+    Crd,
+    /// A namespace's MeshtunePolicy: mode, SLO, each destination's recommendation (knobs,
+    /// expected effect, model version, approved/applied) and the conditions.
+    Status(meshtune_crd::cli::StatusArgs),
+    /// Approve a destination's current recommendation (recommend mode): sets its entry of the
+    /// policy's spec.approvals.
+    Approve(meshtune_crd::cli::ApproveArgs),
     /// Policy models: inspect, validate, push to a ConfigMap.
     Model {
         #[command(subcommand)]
@@ -105,6 +115,13 @@ fn main() -> anyhow::Result<()> {
                 &args,
                 &mut std::io::stdout(),
             ))?;
+        }
+        Command::Crd => print!("{}", meshtune_crd::crd_yaml()),
+        Command::Status(args) => {
+            rt.block_on(meshtune_crd::cli::status(&args, &mut std::io::stdout()))?
+        }
+        Command::Approve(args) => {
+            rt.block_on(meshtune_crd::cli::approve(&args, &mut std::io::stdout()))?
         }
         Command::Model { cmd } => {
             init_logging();

@@ -360,7 +360,7 @@ fn filter_image_is_the_wasm_image_spec_compat_layout() {
 }
 
 fn manifest_docs(file: &str) -> Vec<serde_yaml::Value> {
-    let path = workspace().join("manifests").join(file);
+    let path = workspace().join("manifests/base").join(file);
     let text = std::fs::read_to_string(&path).unwrap();
     serde_yaml::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
@@ -419,7 +419,7 @@ fn manifests_refer_to_the_images_and_the_module() {
     assert_eq!(
         pinned,
         sha256sum(&module),
-        "manifests/wasmplugin.yaml pins another module than {} ({rustc}): run \
+        "manifests/base/wasmplugin.yaml pins another module than {} ({rustc}): run \
          `cargo xtask image --update-manifests` and commit",
         module.display()
     );

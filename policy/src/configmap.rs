@@ -18,6 +18,13 @@ use crate::runtime::{validate, ModelError};
 use crate::store::{ModelStore, SwapOutcome};
 use crate::watch::WatchEvent;
 
+/// Kubernetes API access of the controller's model source (in the ConfigMap's namespace), as
+/// (API group, resource, verbs): `get` of the first model (`source`), `list` + `watch` of
+/// [`watch_configmap`]. `meshtune model push` (server-side apply, `patch`) runs with the
+/// operator's credentials and is not part of it. Collected by `meshtune_controller::rbac`.
+pub const CONTROLLER_KUBE_ACCESS: &[(&str, &str, &[&str])] =
+    &[("", "configmaps", &["get", "list", "watch"])];
+
 /// `binaryData` key holding the ONNX model.
 pub const MODEL_KEY: &str = "model.onnx";
 /// Server-side apply field manager.

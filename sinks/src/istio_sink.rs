@@ -38,6 +38,24 @@ use crate::schema::CrdSchemas;
 use crate::sink::{ApplyFuture, ApplyReport, Decision, Outcome, Sink};
 
 /// Default server-side-apply field manager.
+/// Kubernetes API access of the Istio sink, as (API group, resource, verbs): it reads
+/// (`get_opt` of the target, `list` of the namespace's objects for conflicts) and server-side
+/// applies (`patch`, which `create`s an object that does not exist yet). Kept next to the code
+/// that makes the calls; `meshtune_controller::rbac` collects it and `controller/tests/rbac.rs`
+/// compares it with the rendered RBAC of `manifests/`.
+pub const KUBE_ACCESS: &[(&str, &str, &[&str])] = &[
+    (
+        "networking.istio.io",
+        "destinationrules",
+        &["get", "list", "patch", "create"],
+    ),
+    (
+        "networking.istio.io",
+        "virtualservices",
+        &["get", "list", "patch", "create"],
+    ),
+];
+
 pub const DEFAULT_FIELD_MANAGER: &str = "meshtune";
 
 /// Configuration of [`IstioSink`].

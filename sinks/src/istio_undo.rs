@@ -32,6 +32,22 @@ use crate::istio::{
 use crate::istio_sink::{destination_rule_resource, virtual_service_resource, IstioSinkConfig};
 
 /// Field manager of the merge patch that puts back co-managed fields the release removed.
+/// Kubernetes API access of the undo paths, as (API group, resource, verbs): `list` and
+/// `get_opt` to find meshtune's objects, `delete` of owned ones, `patch` (server-side apply
+/// release and merge-patch restore) of co-managed ones. See [`crate::istio_sink::KUBE_ACCESS`].
+pub const KUBE_ACCESS: &[(&str, &str, &[&str])] = &[
+    (
+        "networking.istio.io",
+        "destinationrules",
+        &["get", "list", "patch", "delete"],
+    ),
+    (
+        "networking.istio.io",
+        "virtualservices",
+        &["get", "list", "patch", "delete"],
+    ),
+];
+
 pub const RESTORE_FIELD_MANAGER: &str = "meshtune-restore";
 
 /// Errors reading the objects to undo or recover (each names the request).

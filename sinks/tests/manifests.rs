@@ -1,15 +1,18 @@
-//! Every document in manifests/*.yaml: Istio kinds validate against the real CRD schemas;
-//! the rest pass structural checks (references between objects resolve, RBAC covers what the
-//! controller does, ports and labels line up); the filter configurations pass the filter's
-//! own parser and name the controller's Istio outbound cluster (real Envoy runs both variants
-//! in the Istio-shaped end-to-end tests).
+//! Every document in manifests/base/*.yaml, and every object the kustomize overlays
+//! (`manifests/overlays/{observe,enforce}`, rendered by `kubectl kustomize`) install: Istio kinds
+//! validate against the real CRD schemas; the rest pass structural checks (names, namespaces,
+//! references between objects resolve, ports and labels line up; the exact RBAC verbs are
+//! compared with the code in `controller/tests/rbac.rs`); the filter configurations pass the
+//! filter's own parser and name the controller's Istio outbound cluster (real Envoy runs both
+//! variants in the Istio-shaped end-to-end tests).
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use meshtune_sinks::schema::yaml_documents;
+use meshtune_test_support::kustomize;
 use serde_json::{json, Value};
 
 struct Doc {
@@ -18,7 +21,30 @@ struct Doc {
 }
 
 fn manifests_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/base")
+}
+
+/// Each overlay's rendered objects; None (after a SKIP note) without kubectl.
+fn rendered_overlays() -> Option<Vec<(String, Vec<Doc>)>> {
+    if !kustomize::require_kubectl() {
+        return None;
+    }
+    Some(
+        kustomize::OVERLAYS
+            .iter()
+            .map(|o| {
+                let file = format!("overlays/{o}");
+                let docs = kustomize::render_overlay(o)
+                    .into_iter()
+                    .map(|value| Doc {
+                        file: file.clone(),
+                        value,
+                    })
+                    .collect();
+                (o.to_string(), docs)
+            })
+            .collect(),
+    )
 }
 
 fn load_all() -> Vec<Doc> {
@@ -26,6 +52,8 @@ fn load_all() -> Vec<Doc> {
         .expect("manifests/ exists")
         .map(|e| e.unwrap().path())
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        // kustomize's own file, not an object (the overlays render it).
+        .filter(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"))
         .collect();
     files.sort();
     assert!(!files.is_empty(), "no manifests found");
@@ -62,12 +90,11 @@ fn is_istio(api_version: &str) -> bool {
     api_version.contains("istio.io/")
 }
 
-#[test]
-fn istio_manifests_match_the_crd_schemas() {
+/// Validates every Istio object of `docs` against the CRD schemas; returns how many there were.
+fn check_istio(docs: &[Doc]) -> usize {
     let crds = common::crds();
-    let docs = load_all();
     let mut istio = 0;
-    for d in &docs {
+    for d in docs {
         let av = d.value["apiVersion"].as_str().unwrap_or_default();
         let kind = d.value["kind"].as_str().unwrap_or_default();
         if !is_istio(av) {
@@ -82,9 +109,73 @@ fn istio_manifests_match_the_crd_schemas() {
         crds.validate(&d.value)
             .unwrap_or_else(|e| panic!("{}: {e}", id(d)));
     }
+    istio
+}
+
+#[test]
+fn rendered_overlays_are_valid_objects() {
+    let Some(overlays) = rendered_overlays() else {
+        return;
+    };
+    for (overlay, docs) in &overlays {
+        // The install: cluster-level objects only (the data plane is per namespace).
+        let kinds: BTreeSet<&str> = docs
+            .iter()
+            .filter_map(|d| d.value["kind"].as_str())
+            .collect();
+        for kind in [
+            "Namespace",
+            "CustomResourceDefinition",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "ConfigMap",
+            "Service",
+            "Deployment",
+            "PeerAuthentication",
+            "AuthorizationPolicy",
+        ] {
+            assert!(kinds.contains(kind), "overlay {overlay}: no {kind}");
+        }
+        assert!(
+            !kinds.contains("WasmPlugin") && !kinds.contains("EnvoyFilter"),
+            "overlay {overlay} installs a per-namespace data-plane object"
+        );
+        assert_eq!(
+            check_istio(docs),
+            2,
+            "overlay {overlay}: PeerAuthentication + AuthorizationPolicy"
+        );
+        check_named(docs);
+        check_controller_objects(docs);
+        let mode: Vec<String> = controller_args(docs)
+            .into_iter()
+            .filter(|a| a.starts_with("--mode=") || a == "--mode")
+            .collect();
+        assert_eq!(mode, [format!("--mode={overlay}")], "overlay {overlay}");
+    }
+}
+
+fn controller_args(docs: &[Doc]) -> Vec<String> {
+    find(docs, "Deployment", "meshtune-controller")["spec"]["template"]["spec"]["containers"][0]
+        ["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn istio_manifests_match_the_crd_schemas() {
+    let crds = common::crds();
+    let docs = load_all();
+    let istio = check_istio(&docs);
     assert!(
-        istio >= 2,
-        "expected the EnvoyFilter and WasmPlugin, found {istio} Istio documents"
+        istio >= 4,
+        "expected the EnvoyFilter, WasmPlugin, PeerAuthentication and AuthorizationPolicy, found {istio} Istio documents"
     );
 
     // The same validation rejects a broken EnvoyFilter and WasmPlugin.
@@ -116,11 +207,35 @@ fn istio_manifests_match_the_crd_schemas() {
 
 #[test]
 fn every_document_is_a_named_kubernetes_object() {
-    for d in load_all() {
+    check_named(&load_all());
+}
+
+fn check_named(docs: &[Doc]) {
+    for d in docs {
         let v = &d.value;
-        assert!(v["apiVersion"].is_string(), "{}: apiVersion", id(&d));
-        assert!(v["kind"].is_string(), "{}: kind", id(&d));
+        assert!(v["apiVersion"].is_string(), "{}: apiVersion", id(d));
+        assert!(v["kind"].is_string(), "{}: kind", id(d));
         let name = v["metadata"]["name"].as_str().unwrap_or_default();
+        if v["kind"] == "CustomResourceDefinition" {
+            // `<plural>.<group>`, a DNS subdomain.
+            let spec = &v["spec"];
+            assert_eq!(
+                name,
+                format!(
+                    "{}.{}",
+                    spec["names"]["plural"].as_str().unwrap_or_default(),
+                    spec["group"].as_str().unwrap_or_default()
+                ),
+                "{}: CRD name",
+                id(d)
+            );
+            assert!(
+                v["metadata"]["namespace"].is_null(),
+                "{}: CRDs are cluster-scoped",
+                id(d)
+            );
+            continue;
+        }
         assert!(
             !name.is_empty()
                 && name.len() <= 63
@@ -128,7 +243,7 @@ fn every_document_is_a_named_kubernetes_object() {
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
             "{}: metadata.name must be a DNS-1123 label",
-            id(&d)
+            id(d)
         );
         let cluster_scoped = matches!(
             v["kind"].as_str(),
@@ -138,7 +253,7 @@ fn every_document_is_a_named_kubernetes_object() {
             v["metadata"]["namespace"].is_string(),
             !cluster_scoped,
             "{}: namespace set iff namespaced",
-            id(&d)
+            id(d)
         );
     }
 }
@@ -149,10 +264,13 @@ fn labels(v: &Value) -> BTreeMap<String, String> {
 
 #[test]
 fn controller_objects_reference_each_other() {
-    let docs = load_all();
+    check_controller_objects(&load_all());
+}
+
+fn check_controller_objects(docs: &[Doc]) {
     let ns = "meshtune-system";
-    find(&docs, "Namespace", ns);
-    let dep = find(&docs, "Deployment", "meshtune-controller");
+    find(docs, "Namespace", ns);
+    let dep = find(docs, "Deployment", "meshtune-controller");
     let pod = &dep["spec"]["template"];
     let pod_labels = labels(&pod["metadata"]["labels"]);
     for (k, v) in labels(&dep["spec"]["selector"]["matchLabels"]) {
@@ -164,7 +282,7 @@ fn controller_objects_reference_each_other() {
     }
     let sa = pod["spec"]["serviceAccountName"].as_str().unwrap();
     assert_eq!(
-        find(&docs, "ServiceAccount", sa)["metadata"]["namespace"],
+        find(docs, "ServiceAccount", sa)["metadata"]["namespace"],
         ns
     );
     let ann = &pod["metadata"]["annotations"];
@@ -191,7 +309,7 @@ fn controller_objects_reference_each_other() {
         "scrape port {metrics_port} is not a container port"
     );
 
-    let svc = find(&docs, "Service", "meshtune-controller");
+    let svc = find(docs, "Service", "meshtune-controller");
     for (k, v) in labels(&svc["spec"]["selector"]) {
         assert_eq!(
             pod_labels.get(&k),
@@ -207,59 +325,10 @@ fn controller_objects_reference_each_other() {
         );
     }
 
-    // RBAC: what the Istio sink and the model watch do.
-    let has = |rules: &Value, group: &str, resource: &str, verbs: &[&str]| {
-        rules.as_array().unwrap().iter().any(|r| {
-            let s = |k: &str| {
-                r[k].as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_str().unwrap().to_string())
-                    .collect::<Vec<_>>()
-            };
-            s("apiGroups").contains(&group.to_string())
-                && s("resources").contains(&resource.to_string())
-                && verbs.iter().all(|v| s("verbs").contains(&v.to_string()))
-        })
-    };
-    let cr = find(&docs, "ClusterRole", "meshtune-controller");
-    for res in ["destinationrules", "virtualservices"] {
-        assert!(
-            has(
-                &cr["rules"],
-                "networking.istio.io",
-                res,
-                &["get", "list", "watch", "patch", "create", "delete"]
-            ),
-            "ClusterRole lacks {res}"
-        );
-    }
-    // `delete` only where undo needs it: the two Istio kinds.
-    for rule in cr["rules"].as_array().unwrap() {
-        let verbs = rule["verbs"].as_array().unwrap();
-        if verbs.iter().any(|v| v == "delete" || v == "*") {
-            assert_eq!(
-                rule["resources"],
-                json!(["destinationrules", "virtualservices"]),
-                "delete granted beyond the Istio kinds: {rule}"
-            );
-        }
-    }
-    let role = find(&docs, "Role", "meshtune-controller");
-    assert!(has(
-        &role["rules"],
-        "",
-        "configmaps",
-        &["get", "list", "watch", "patch"]
-    ));
-    // Leader election: the Lease in the controller's namespace, and two replicas using it.
-    assert!(has(
-        &role["rules"],
-        "coordination.k8s.io",
-        "leases",
-        &["get", "create", "update"]
-    ));
-    let deploy = find(&docs, "Deployment", "meshtune-controller");
+    // RBAC: the exact verbs per resource are compared with the code's access lists in
+    // controller/tests/rbac.rs; here, that the bindings name the roles and the ServiceAccount.
+    // Two replicas use the leader Lease.
+    let deploy = find(docs, "Deployment", "meshtune-controller");
     assert_eq!(deploy["spec"]["replicas"], 2);
     // Only the leader is Ready: a rollout that waits for new Ready pods before removing old
     // ones would never finish.
@@ -292,14 +361,14 @@ fn controller_objects_reference_each_other() {
         ("ClusterRoleBinding", "ClusterRole"),
         ("RoleBinding", "Role"),
     ] {
-        let b = find(&docs, kind, "meshtune-controller");
+        let b = find(docs, kind, "meshtune-controller");
         assert_eq!(b["roleRef"]["kind"], role_kind);
-        find(&docs, role_kind, b["roleRef"]["name"].as_str().unwrap());
+        find(docs, role_kind, b["roleRef"]["name"].as_str().unwrap());
         assert_eq!(b["subjects"][0]["name"], sa);
         assert_eq!(b["subjects"][0]["namespace"], ns);
     }
 
-    let cm = find(&docs, "ConfigMap", "meshtune-model");
+    let cm = find(docs, "ConfigMap", "meshtune-model");
     assert_eq!(cm["metadata"]["namespace"], ns);
 }
 

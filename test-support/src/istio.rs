@@ -8,11 +8,11 @@
 //!   whose HTTP filters are the ones Istio's outbound chain has in upstream Envoy (fault, CORS)
 //!   and the router last; routes go to clusters named `outbound|PORT||HOST`;
 //! * the controller reached through `outbound|PORT||meshtune-controller.<ns>.svc.cluster.local`,
-//!   built from the controller Service in `manifests/controller.yaml` (a `grpc` port gets
+//!   built from the controller Service in `manifests/base/controller.yaml` (a `grpc` port gets
 //!   HTTP/2 upstream options, as Istio does for gRPC ports);
-//! * [`Delivery::EnvoyFilter`]: the `HTTP_FILTER` patch value of `manifests/envoyfilter.yaml`
+//! * [`Delivery::EnvoyFilter`]: the `HTTP_FILTER` patch value of `manifests/base/envoyfilter.yaml`
 //!   applied as istiod does (`INSERT_BEFORE` the sub-filter it names, on `SIDECAR_OUTBOUND`);
-//! * [`Delivery::WasmPlugin`]: `manifests/wasmplugin.yaml` translated as istiod does: an HTTP
+//! * [`Delivery::WasmPlugin`]: `manifests/base/wasmplugin.yaml` translated as istiod does: an HTTP
 //!   filter named `extensions.istio.io/wasmplugin/<ns>.<name>` with `config_discovery` (ECDS,
 //!   type URLs Wasm + RBAC, `initial_fetch_timeout: 0s`) inserted before the router
 //!   (`UNSPECIFIED_PHASE`), and the ECDS resource (`TypedExtensionConfig`, here served from a
@@ -88,7 +88,7 @@ pub struct Manifests {
 impl Manifests {
     /// The project's `manifests/`.
     pub fn project() -> Result<Self, IstioError> {
-        Self::load(&crate::workspace_root().join("manifests"))
+        Self::load(&crate::workspace_root().join("manifests").join("base"))
     }
 
     /// Every document of every `*.yaml` / `*.yml` file in `dir`.
@@ -167,9 +167,9 @@ pub fn outbound_cluster(port: u16, host: &str) -> String {
 /// How the filter reaches the sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
-    /// `manifests/envoyfilter.yaml` (its HTTP_FILTER patch).
+    /// `manifests/base/envoyfilter.yaml` (its HTTP_FILTER patch).
     EnvoyFilter,
-    /// `manifests/wasmplugin.yaml` (ECDS, as istiod generates it).
+    /// `manifests/base/wasmplugin.yaml` (ECDS, as istiod generates it).
     WasmPlugin,
 }
 
@@ -191,7 +191,7 @@ impl Service {
     }
 }
 
-/// The controller Service of `manifests/controller.yaml` (its `grpc` port), served by
+/// The controller Service of `manifests/base/controller.yaml` (its `grpc` port), served by
 /// `endpoint`.
 pub fn controller_service(m: &Manifests, endpoint: SocketAddr) -> Result<Service, IstioError> {
     let svc = m.get("Service", "meshtune-controller")?;

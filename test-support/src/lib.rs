@@ -7,9 +7,11 @@
 //!   a bootstrap with `--mode validate`, starts Envoy on a bootstrap written to a fresh run
 //!   directory (unique `--base-id`, output captured in a log), waits for `/ready`, reads
 //!   listeners, `/stats` and `/clusters`, polls admin paths, and kills and reaps it on drop.
-//! - [`istio`]: an Istio-shaped sidecar configuration built from the project's `manifests/`
+//! - [`istio`]: an Istio-shaped sidecar configuration built from the project's `manifests/base/`
 //!   (EnvoyFilter patch or WasmPlugin translated as istiod does, `outbound|PORT||HOST`
 //!   clusters, node metadata, no bootstrap extensions).
+//! - [`kustomize`]: `kubectl kustomize` of `manifests/overlays/*` (skip-or-fail when kubectl
+//!   is missing).
 //! - [`kube_mock`]: a mocked Kubernetes API server at the HTTP level (kube-rs tower-test
 //!   pattern): canned JSON, Status and List responses, request assertions, query parsing.
 //! - [`prereq`]: `CI` / `MESHTUNE_E2E_REQUIRED` flags; skip-with-a-note or fail.
@@ -28,6 +30,7 @@ pub mod http;
 pub mod istio;
 #[cfg(feature = "kube")]
 pub mod kube_mock;
+pub mod kustomize;
 pub mod prereq;
 pub mod process;
 pub mod prometheus;

@@ -4,7 +4,7 @@
 //! [`filter_overhead`]: Envoys with no filter, the no-op wasm filter and the meshtune filter in
 //! front of the same workload, in two configurations side by side — the plain testbed
 //! bootstrap (`--concurrency 1`) and the Istio-shaped sidecar of
-//! [`meshtune_test_support::istio`] (filters inserted as `manifests/wasmplugin.yaml` makes
+//! [`meshtune_test_support::istio`] (filters inserted as `manifests/base/wasmplugin.yaml` makes
 //! istiod do, 2 workers) — measured in alternating rounds: Envoy CPU per request under the
 //! same open-loop load, saturation throughput with Envoy pinned to its own CPU, and Envoy CPU
 //! per second while idle; reported as ratios to no filter and to the no-op filter of the same
@@ -453,7 +453,7 @@ fn print_report(
         if cfg.istio_concurrency > 0 {
             format!(
                 ", and the Istio-shaped sidecar (`{ISTIO_PREFIX}*`: WasmPlugin via ECDS as istiod \
-                 renders manifests/wasmplugin.yaml) with --concurrency {}",
+                 renders manifests/base/wasmplugin.yaml) with --concurrency {}",
                 cfg.istio_concurrency
             )
         } else {

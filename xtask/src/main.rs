@@ -19,7 +19,7 @@ const WASM_PROFILE: &str = "wasm-release";
 const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 /// Workspace version: the tag of both images.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// Image names (buildah stores them as `localhost/NAME:VERSION`); `manifests/controller.yaml`
+/// Image names (buildah stores them as `localhost/NAME:VERSION`); `manifests/base/controller.yaml`
 /// refers to `meshtune/controller:VERSION`.
 const CONTROLLER_IMAGE: &str = "meshtune/controller";
 const FILTER_IMAGE: &str = "meshtune/filter";
@@ -42,7 +42,7 @@ commands:
                          non-root, CA bundle, the filter module) and the filter's OCI image
                          (Istio Wasm image spec, compat layout) with buildah; print their
                          sizes; --update-manifests writes the module's sha256 into
-                         manifests/wasmplugin.yaml
+                         manifests/base/wasmplugin.yaml
   test [--no-clippy]     setup + wasm + meshtune binary + images, clippy (host and wasm),
                          then every test in the workspace, including real-Envoy end-to-end
                          tests and the image checks (meshtune/tests/image.rs)
@@ -265,6 +265,13 @@ fn setup(ctx: &Ctx) -> Result<()> {
     // 3. Prometheus and promtool (Debian package): the Prometheus feature source's tests run a
     // real Prometheus, and `promtool check metrics` checks the controller's /metrics.
     apt_install(&["prometheus"])?;
+    // kubectl: the manifest tests render the kustomize overlays (`kubectl kustomize`, offline).
+    // Debian's package is `kubernetes-client`; a kubectl already on PATH (any source) is kept.
+    if output_ok(Command::new("kubectl").args(["version", "--client"])).is_some() {
+        eprintln!("  kubectl: installed");
+    } else {
+        apt_install(&["kubernetes-client"])?;
+    }
     // 4. cargo-fuzz (and a C++ compiler for libFuzzer, which libfuzzer-sys compiles).
     apt_install(&["g++"])?;
     fuzz::setup(ctx)?;
@@ -343,7 +350,7 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
 
 /// `--config` for the wasm builds: the registry sources' location (`$CARGO_HOME`, which
 /// panic locations embed) is remapped to `/cargo`, so the module's bytes, and the sha256 that
-/// `manifests/wasmplugin.yaml` pins, depend on the sources and the toolchain, not on where
+/// `manifests/base/wasmplugin.yaml` pins, depend on the sources and the toolchain, not on where
 /// they are checked out (workspace paths are already relative).
 fn wasm_reproducible_config() -> String {
     let cargo_home = env::var_os("CARGO_HOME")
@@ -489,7 +496,7 @@ fn dir_size(dir: &Path) -> u64 {
         .sum()
 }
 
-/// The sha256 pinned in `manifests/wasmplugin.yaml` (`  sha256: HEX` line of the WasmPlugin).
+/// The sha256 pinned in `manifests/base/wasmplugin.yaml` (`  sha256: HEX` line of the WasmPlugin).
 fn pinned_wasm_sha(text: &str) -> Option<&str> {
     text.lines()
         .find_map(|l| l.trim_start().strip_prefix("sha256:"))
@@ -498,18 +505,18 @@ fn pinned_wasm_sha(text: &str) -> Option<&str> {
 
 /// Checks (or with `update`, rewrites) the WasmPlugin's sha256 against the built module.
 fn check_manifest_sha(ctx: &Ctx, sha: &str, update: bool) -> Result<()> {
-    let path = ctx.root.join("manifests/wasmplugin.yaml");
+    let path = ctx.root.join("manifests/base/wasmplugin.yaml");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let pinned = pinned_wasm_sha(&text)
         .ok_or_else(|| format!("{}: no `sha256:` line", path.display()))?
         .to_string();
     if pinned == sha {
-        eprintln!("  manifests/wasmplugin.yaml sha256 matches the module");
+        eprintln!("  manifests/base/wasmplugin.yaml sha256 matches the module");
         return Ok(());
     }
     if !update {
         eprintln!(
-            "  WARNING: manifests/wasmplugin.yaml pins sha256 {pinned}, the module built here is \
+            "  WARNING: manifests/base/wasmplugin.yaml pins sha256 {pinned}, the module built here is \
              {sha}: Istio would refuse the module. Run `cargo xtask image --update-manifests` \
              (and commit) if this build is the release one; the image test fails until then."
         );
