@@ -280,7 +280,8 @@ fn policy_loop(client: kube::Client, enabled: &[&str], u: f32) -> Loop {
     futures::executor::block_on(async {
         nc.handle(Event::Init).await;
         for n in enabled {
-            nc.handle(Event::InitApply(namespace(n, Some("true")))).await;
+            nc.handle(Event::InitApply(namespace(n, Some("true"))))
+                .await;
         }
         nc.handle(Event::InitDone).await;
     });
