@@ -629,3 +629,54 @@ async fn status_and_event_bodies_are_what_kubectl_shows() {
     );
     let _ = StatusCode::OK;
 }
+
+#[tokio::test]
+async fn the_kube_runtime_watcher_drives_the_switch() {
+    let (client, mut server) = pair();
+    let nc = Arc::new(controller(client, DataPlane::Wasmplugin, None));
+    let gate = nc.gate();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(nc.clone().run(async move {
+        let _ = stop_rx.await;
+    }));
+    // The initial list: one labelled namespace.
+    let list = kube_mock::list(
+        "v1",
+        "Namespace",
+        "5",
+        vec![serde_json::to_value(namespace("shop", Some("true"))).unwrap()],
+    );
+    let listed = server
+        .expect(Method::GET, "/api/v1/namespaces", |_| ok(&list))
+        .await;
+    assert!(!listed.query.contains("watch=true"), "{}", listed.query);
+    let empty = kube_mock::list("extensions.istio.io/v1alpha1", "WasmPlugin", "1", vec![]);
+    server.expect_get(WASMPLUGINS, ok(&empty)).await;
+    let applied = server.expect_apply(&wasmplugin("shop")).await;
+    assert_eq!(applied.body["metadata"]["namespace"], "shop");
+    assert!(gate.enabled().contains("shop"));
+    // The watch: the label is removed.
+    let mut unlabelled = serde_json::to_value(namespace("shop", None)).unwrap();
+    unlabelled["metadata"]["resourceVersion"] = "6".into();
+    let line = serde_json::to_string(&json!({"type": "MODIFIED", "object": unlabelled})).unwrap();
+    let watched = server
+        .expect(Method::GET, "/api/v1/namespaces", move |_| {
+            http::Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "application/json")
+                .body(kube::client::Body::from(format!("{line}\n").into_bytes()))
+                .unwrap()
+        })
+        .await;
+    assert!(watched.query.contains("watch=true"), "{}", watched.query);
+    server
+        .expect(Method::DELETE, &wasmplugin("shop"), |_| deleted("meshtune"))
+        .await;
+    expect_nothing_to_undo(&mut server, "shop").await;
+    assert!(gate.enabled().is_empty());
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the watch stops on shutdown")
+        .unwrap();
+}
