@@ -239,6 +239,10 @@ impl NamespaceGate for LabelGate {
             .unwrap_or_else(|e| e.into_inner())
             .contains(namespace)
     }
+
+    fn synced(&self) -> bool {
+        LabelGate::synced(self)
+    }
 }
 
 /// `action` (apply, delete) and `result` (ok, failed) of a data-plane write.

@@ -370,10 +370,15 @@ async fn expect_status(server: &mut ApiServer, ns: &str) -> Call {
 async fn reports_of_namespaces_not_enabled_are_counted_and_ignored() {
     let (client, _server) = pair();
     let l = policy_loop(client, &["shop"], 0.4);
-    set_policies(&l.store, vec![]);
     l.controller
         .handle_report(&report_from("shop", "a", 1, CLUSTER))
         .unwrap();
+    let s = cycle(&l).await;
+    assert_eq!(
+        s.destinations, 0,
+        "policies not listed yet: nothing decided"
+    );
+    set_policies(&l.store, vec![]);
     l.controller
         .handle_report(&report_from(
             "other",
