@@ -16,6 +16,8 @@ use crate::decision::{self, Naming};
 use crate::gate::StaticGate;
 use crate::identity::AuthMode;
 use crate::leader::{self, Elector, Leadership, LeaseConfig};
+use crate::namespaces::{DataPlane, NamespaceConfig, NamespaceController};
+use crate::policies::PolicyStore;
 use crate::policy_loop::{
     self, build_sinks, parse_configmap, EnvoyFileArgs, LoopConfig, LoopError, PolicyLoop, SinkKind,
     Sources,
@@ -110,7 +112,8 @@ pub struct ControllerArgs {
     #[arg(long, default_value_t = decision::DEFAULT_SLO_MS)]
     pub slo_ms: f64,
     /// observe (recommend: log diff only) or enforce (push to the sinks, serve hints).
-    /// Overrides the guardrails file's `mode`; default observe.
+    /// Overrides the guardrails file's `mode`; default observe. With `--sink istio` this is
+    /// the mode of namespaces without a MeshtunePolicy (a policy's `spec.mode` wins).
     #[arg(long)]
     pub mode: Option<Mode>,
     /// Guardrails policy file (TOML, or YAML for .yaml/.yml): bounds per namespace,
@@ -156,9 +159,19 @@ pub struct ControllerArgs {
     /// Namespaces whose sidecars may be tuned (repeatable or comma-separated; `*` = all).
     /// Keys (reporter namespace, destination) of other namespaces are not decided for, hinted
     /// or written, and are counted in `meshtune_tuning_refused_total`. Default: `*` without
-    /// `--sink istio` (local Envoy, testbed), none with it (list the namespaces that opted in).
+    /// `--sink istio` (local Envoy, testbed); with it, the namespaces labelled
+    /// `meshtune.io/enabled=true` (namespace watch). Given, this static list replaces the
+    /// label watch (no data-plane objects are managed).
     #[arg(long = "tune-namespaces", value_delimiter = ',')]
     pub tune_namespaces: Option<Vec<String>>,
+    /// Data-plane object the controller keeps in every namespace labelled
+    /// `meshtune.io/enabled=true` (with `--sink istio` and no `--tune-namespaces`): the
+    /// WasmPlugin or EnvoyFilter of `manifests/`, or none (install the filter yourself).
+    #[arg(long, value_enum, default_value_t = DataPlane::Wasmplugin)]
+    pub data_plane: DataPlane,
+    /// Shortest time between two status writes of one MeshtunePolicy, seconds.
+    #[arg(long, default_value_t = crate::review::DEFAULT_STATUS_MIN_INTERVAL.as_secs_f64())]
+    pub status_min_interval_secs: f64,
     /// Append live dataset rows (features, knobs in force, outcomes) to this CSV.
     #[arg(long)]
     pub record: Option<PathBuf>,
@@ -336,7 +349,14 @@ impl ControllerArgs {
         })
     }
 
-    /// The namespace gate from `--tune-namespaces` (default: see the flag).
+    /// Whether the namespace label watch gates tuning and manages the data-plane objects:
+    /// with `--sink istio` unless `--tune-namespaces` is given.
+    pub fn label_watch(&self) -> bool {
+        self.sinks.contains(&SinkKind::Istio) && self.tune_namespaces.is_none()
+    }
+
+    /// The static namespace gate from `--tune-namespaces` (default: see the flag; with the
+    /// label watch it is replaced by [`crate::namespaces::LabelGate`]).
     pub fn gate(&self) -> Result<StaticGate, LoopError> {
         match &self.tune_namespaces {
             Some(list) => StaticGate::parse(list).map_err(|e| LoopError::Flag {
@@ -461,6 +481,10 @@ pub struct Prepared {
     pub kube: Option<kube::Client>,
     /// The leader election to run (`--leader-elect`).
     pub election: Option<(Elector, tokio::sync::watch::Sender<bool>)>,
+    /// The namespace label watch (`--sink istio` without `--tune-namespaces`).
+    pub namespaces: Option<Arc<NamespaceController>>,
+    /// The MeshtunePolicy watch (`--sink istio`).
+    pub policies: Option<(Arc<PolicyStore>, kube::Client)>,
 }
 
 impl Prepared {
@@ -482,6 +506,13 @@ impl Prepared {
             let metrics = self.controller.metrics().leader.clone();
             tokio::spawn(leader::run(elector, tx, metrics, stopped()))
         });
+        let mut watches = Vec::new();
+        if let Some(nc) = self.namespaces {
+            watches.push(tokio::spawn(nc.run(stopped())));
+        }
+        if let Some((store, client)) = self.policies {
+            watches.push(tokio::spawn(store.run(client, stopped())));
+        }
         let served = policy_loop::serve_closed_loop(
             self.controller,
             self.policy,
@@ -498,6 +529,9 @@ impl Prepared {
         // The election stops with the loop (and releases the Lease if it held it).
         if let Some(e) = election {
             let _ = e.await;
+        }
+        for w in watches {
+            let _ = w.await;
         }
         served?;
         Ok(())
@@ -543,7 +577,7 @@ pub async fn run(
 /// Reads the flags' files (guardrails, model, recorder), connects the sinks and builds the
 /// controller and decision loop. Errors name the flag and file.
 pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
-    let loop_config = args.loop_config()?;
+    let mut loop_config = args.loop_config()?;
     let feature_sources = args.sources()?;
     let filter_module = args.filter_module()?;
     let (auth, tls) = args.auth()?;
@@ -577,7 +611,22 @@ pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
             },
             error: Box::new(error),
         })?;
-    let sinks = build_sinks(&args.sinks, &args.envoy()).await?;
+    // With the Istio sink the MeshtunePolicy watch decides each namespace's mode, bounds,
+    // exclusions and co-manage list (`--mode` is the default of namespaces without one).
+    let policies = args.sinks.contains(&SinkKind::Istio).then(|| {
+        Arc::new(PolicyStore::new(match loop_config.guardrails.mode {
+            Mode::Observe => meshtune_crd::Mode::Observe,
+            Mode::Enforce => meshtune_crd::Mode::Enforce,
+        }))
+    });
+    let sinks = build_sinks(
+        &args.sinks,
+        &args.envoy(),
+        policies
+            .clone()
+            .map(|p| p as Arc<dyn meshtune_sinks::istio_sink::CoManageAllowlist>),
+    )
+    .await?;
     let lease = args.lease_config()?;
     let lifecycle_client = if args.sinks.contains(&SinkKind::Istio) {
         Some(policy_loop::kube_client("--sink istio").await?)
@@ -596,6 +645,28 @@ pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
         }
         None => None,
     };
+    let namespaces = match (&lifecycle_client, args.label_watch()) {
+        (Some(client), true) => {
+            let nc = Arc::new(NamespaceController::new(
+                client.clone(),
+                NamespaceConfig {
+                    data_plane: args.data_plane,
+                    module_sha256: controller
+                        .config()
+                        .filter_module
+                        .as_ref()
+                        .map(|m| m.sha256().to_string()),
+                    ..NamespaceConfig::default()
+                },
+                controller.leadership(),
+                controller.metrics().namespaces.clone(),
+            ));
+            loop_config.gate = nc.gate();
+            tracing::info!(data_plane = ?args.data_plane, "namespace switch: label {}=true", crate::namespaces::ENABLED_LABEL);
+            Some(nc)
+        }
+        _ => None,
+    };
     let recorder = match &args.record {
         Some(p) => Some(Recorder::open(p)?),
         None => None,
@@ -612,7 +683,27 @@ pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
     if let Some(l) = controller.leadership() {
         policy.set_leadership(l);
     }
+    let mut policy_watch = None;
     if let Some(client) = lifecycle_client {
+        if let Some(store) = &policies {
+            let min = Duration::try_from_secs_f64(args.status_min_interval_secs).map_err(|e| {
+                LoopError::Flag {
+                    flag: "--status-min-interval-secs",
+                    reason: e.to_string(),
+                }
+            })?;
+            let instance = std::env::var("POD_NAME").ok();
+            policy.set_policies(
+                store.clone(),
+                Some(Arc::new(crate::review::StatusWriter::new(
+                    client.clone(),
+                    crate::namespaces::DEFAULT_FIELD_MANAGER,
+                    min,
+                    instance,
+                ))),
+            );
+            policy_watch = Some((store.clone(), client.clone()));
+        }
         policy.set_lifecycle(crate::lifecycle::Lifecycle {
             client,
             sink: meshtune_sinks::IstioSinkConfig::default(),
@@ -624,6 +715,8 @@ pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
         sources,
         kube,
         election,
+        namespaces,
+        policies: policy_watch,
     })
 }
 

@@ -362,6 +362,16 @@ pub fn features(
     now: Instant,
     slo_ms: f64,
 ) -> Vec<Features> {
+    features_with(selected, state, now, &|_| slo_ms)
+}
+
+/// [`features`] with each destination's SLO target from `slo_ms` (its namespace's policy).
+pub fn features_with(
+    selected: &[Selected],
+    state: &LoopState,
+    now: Instant,
+    slo_ms: &dyn Fn(&Selected) -> f64,
+) -> Vec<Features> {
     selected
         .iter()
         .map(|s| {
@@ -372,11 +382,45 @@ pub fn features(
                     .changed_at
                     .get(&s.key)
                     .map(|t| now.saturating_duration_since(*t).as_secs_f64()),
-                slo_target_ms: slo_ms,
+                slo_target_ms: slo_ms(s),
             };
             s.policy_features(&context)
         })
         .collect()
+}
+
+/// How a destination's namespace wants it decided (its `MeshtunePolicy`, or the defaults).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NsParams {
+    /// Latency SLO (ms): the features' target, the outcomes and the urgency.
+    pub slo_ms: f64,
+    /// observe / recommend / enforce.
+    pub mode: NsMode,
+    /// recommend mode: knobs a person approved (the current recommendation's); they are
+    /// guarded and pushed like an enforce-mode proposal.
+    pub approved: Option<Knobs>,
+}
+
+/// What a namespace does with decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NsMode {
+    /// Recommendations only; no rollback watch (nothing is pushed).
+    #[default]
+    Observe,
+    /// Recommendations; an approved one is pushed (and watched for rollback).
+    Recommend,
+    /// Pushes within the guardrails.
+    Enforce,
+}
+
+impl NsMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            NsMode::Observe => "observe",
+            NsMode::Recommend => "recommend",
+            NsMode::Enforce => "enforce",
+        }
+    }
 }
 
 /// What happened to one destination this cycle.
@@ -520,6 +564,29 @@ pub fn decide(
     now: Instant,
     slo_ms: f64,
 ) -> Cycle {
+    // The guardrails' mode decides (observe: recommend only).
+    let mode = match state.mode() {
+        Mode::Observe => NsMode::Observe,
+        Mode::Enforce => NsMode::Enforce,
+    };
+    decide_with(selected, proposed, state, now, &|_| NsParams {
+        slo_ms,
+        mode,
+        approved: None,
+    })
+}
+
+/// [`decide`] with each destination's namespace parameters (`params`): its SLO and mode. A
+/// push decided for an observe or recommend namespace becomes a recommendation, unless in
+/// recommend mode the approved knobs are what is proposed; observe namespaces are not watched
+/// for rollback (nothing was pushed there).
+pub fn decide_with(
+    selected: &[Selected],
+    proposed: &[Knobs],
+    state: &mut LoopState,
+    now: Instant,
+    params: &dyn Fn(&Selected) -> NsParams,
+) -> Cycle {
     let mut cycle = Cycle {
         items: Vec::with_capacity(selected.len()),
         ..Cycle::default()
@@ -529,6 +596,11 @@ pub fn decide(
     state.guardrails.reserve(missing);
     state.in_force.reserve(missing);
     for (sel, prop) in selected.iter().zip(proposed) {
+        let NsParams {
+            slo_ms,
+            mode,
+            approved,
+        } = params(sel);
         let outcomes = outcomes(&sel.stats, slo_ms);
         let objective = cost(&outcomes);
         let before = state.knobs_in_force(&sel.key);
@@ -548,7 +620,7 @@ pub fn decide(
             changed_before: state.changed_at.get(&sel.key).copied(),
         };
         // Windows still mixing traffic from before the last change are not evidence about it.
-        let verdict = if state.settling(&sel.key, now) {
+        let verdict = if state.settling(&sel.key, now) || mode == NsMode::Observe {
             Verdict::Idle
         } else {
             state
@@ -587,7 +659,8 @@ pub fn decide(
         }
         // Retries never amplify: at the attempt failure rate this window shows, the proposal
         // keeps upstream attempts within MAX_RETRY_AMPLIFICATION per request.
-        let mut prop = *prop;
+        let approving = mode == NsMode::Recommend && approved.is_some();
+        let mut prop = approved.unwrap_or(*prop);
         prop.cap_retries_for_failures(attempt_failure_rate(&sel.stats, &before));
         let d = state.guardrails.decide_with(
             dest,
@@ -605,7 +678,15 @@ pub fn decide(
             knobs: d.knobs,
             previous: Some(before),
         };
-        match d.action {
+        let action = match d.action {
+            Action::Push
+                if mode == NsMode::Observe || (mode == NsMode::Recommend && !approving) =>
+            {
+                Action::Recommend
+            }
+            a => a,
+        };
+        match action {
             Action::Push => {
                 item.knobs = d.knobs;
                 item.action = DestAction::Push;

@@ -14,6 +14,13 @@ use std::collections::BTreeSet;
 pub trait NamespaceGate: Send + Sync + std::fmt::Debug {
     /// True when keys of reporter namespace `namespace` may be decided for.
     fn allows(&self, namespace: &str) -> bool;
+
+    /// False while the gate does not know yet (a watch before its first list): the decision
+    /// loop then decides nothing, rather than forgetting the knobs in force of namespaces it
+    /// has not seen yet.
+    fn synced(&self) -> bool {
+        true
+    }
 }
 
 /// The namespaces given in configuration.

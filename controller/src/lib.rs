@@ -15,6 +15,11 @@
 //! - [`leader`]: Lease leader election (only the leader decides, writes and is Ready).
 //! - [`lifecycle`]: restart recovery of the knobs in force from meshtune's objects, removal
 //!   of what meshtune wrote (observe mode, `meshtune uninstall`).
+//! - [`namespaces`]: the namespace switch (label `meshtune.io/enabled=true` → data-plane
+//!   object applied, gate for tuning; removed when the label goes).
+//! - [`policies`]: the `MeshtunePolicy` watch: each namespace's mode, SLO, bounds,
+//!   exclusions, co-manage list, interval and approvals.
+//! - [`review`]: recommendations a person can review (policy status, Events, approvals).
 //! - [`rbac`]: the Kubernetes API access the controller needs, collected from the lists next
 //!   to the code (checked against `manifests/` by `controller/tests/rbac.rs`).
 //! - [`prometheus`]: Prometheus as a feature source (windows from Istio/Envoy metrics) and
@@ -34,10 +39,13 @@ pub mod leader;
 pub mod lifecycle;
 pub mod lru;
 pub mod metrics;
+pub mod namespaces;
+pub mod policies;
 pub mod policy_loop;
 pub mod prometheus;
 pub mod rbac;
 pub mod recorder;
+pub mod review;
 pub mod server;
 pub mod top;
 pub mod validate;

@@ -315,6 +315,8 @@ pub struct Metrics {
     pub store: meshtune_policy::store::StoreMetrics,
     /// Leader election (`meshtune_leader`, transitions).
     pub leader: crate::leader::LeaderMetrics,
+    /// The namespace switch (`meshtune_enabled_namespaces`, data-plane writes).
+    pub namespaces: crate::namespaces::NamespaceMetrics,
 }
 
 impl Default for Metrics {
@@ -359,6 +361,7 @@ impl Metrics {
             knob: Family::default(),
             store: meshtune_policy::store::StoreMetrics::register(&mut registry),
             leader: crate::leader::LeaderMetrics::register(&mut registry),
+            namespaces: crate::namespaces::NamespaceMetrics::register(&mut registry),
             registry: Registry::default(),
         };
         registry.register(

@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{LastDecisionJson, ModelJson};
 pub use crate::decision::CycleSummary;
-use crate::decision::{self, decide, knobs_by_name, DestAction, DestOutcome, LoopState, Naming};
+use crate::decision::{self, knobs_by_name, DestAction, DestOutcome, LoopState, Naming};
 use crate::gate::{NamespaceGate, StaticGate};
 use crate::hints::StaticHints;
 use crate::metrics::{ModeLabels, PushLabels};
@@ -191,6 +191,7 @@ pub fn envoy_file_config(a: &EnvoyFileArgs) -> Result<EnvoyFileConfig, LoopError
 pub async fn build_sinks(
     kinds: &[SinkKind],
     envoy: &EnvoyFileArgs,
+    co_manage: Option<Arc<dyn meshtune_sinks::istio_sink::CoManageAllowlist>>,
 ) -> Result<Vec<Arc<dyn Sink>>, LoopError> {
     let mut out: Vec<Arc<dyn Sink>> = Vec::new();
     for k in kinds {
@@ -204,10 +205,14 @@ pub async fn build_sinks(
             }
             SinkKind::Istio => {
                 let client = kube_client("--sink istio").await?;
-                out.push(Arc::new(meshtune_sinks::IstioSink::new(
+                let mut sink = meshtune_sinks::IstioSink::new(
                     client,
                     meshtune_sinks::IstioSinkConfig::default(),
-                )));
+                );
+                if let Some(allow) = &co_manage {
+                    sink = sink.with_co_manage(allow.clone());
+                }
+                out.push(Arc::new(sink));
             }
         }
     }
@@ -244,6 +249,16 @@ pub struct PolicyLoop {
     leadership: std::sync::OnceLock<crate::leader::Leadership>,
     /// Recovery and removal of meshtune's Istio objects (set with the Istio sink).
     lifecycle: std::sync::OnceLock<crate::lifecycle::Lifecycle>,
+    /// Per-namespace policies (`MeshtunePolicy` watch; unset: `--mode` everywhere).
+    policies: std::sync::OnceLock<Arc<crate::policies::PolicyStore>>,
+    /// Policy status and Events (set with the policy watch).
+    status_writer: std::sync::OnceLock<Arc<crate::review::StatusWriter>>,
+    /// Recommendations, applies and refusals per namespace (what the status says).
+    reviews: tokio::sync::Mutex<crate::review::Reviews>,
+    /// When each namespace was last decided for (per-namespace decision interval).
+    last_decided: std::sync::Mutex<foldhash::HashMap<String, Instant>>,
+    /// Why a push was refused or failed, per key, for the cycle running now.
+    push_errors: std::sync::Mutex<foldhash::HashMap<DestKey, String>>,
 }
 
 /// The decision loop's feature sources (`--source`).
@@ -298,6 +313,7 @@ impl PolicyLoop {
         if controller.file_hints().is_none() {
             controller.set_hint_source(hints.clone());
         }
+        let hysteresis = config.guardrails.hysteresis;
         let me = Arc::new(Self {
             state: tokio::sync::Mutex::new(
                 LoopState::new(Guardrails::new(config.guardrails.clone()))
@@ -315,6 +331,11 @@ impl PolicyLoop {
             sources: std::sync::OnceLock::new(),
             leadership: std::sync::OnceLock::new(),
             lifecycle: std::sync::OnceLock::new(),
+            policies: std::sync::OnceLock::new(),
+            status_writer: std::sync::OnceLock::new(),
+            reviews: tokio::sync::Mutex::new(crate::review::Reviews::new(hysteresis)),
+            last_decided: Default::default(),
+            push_errors: Default::default(),
         });
         me.publish_model();
         me
@@ -337,6 +358,40 @@ impl PolicyLoop {
         let _ = self.lifecycle.set(l);
     }
 
+    /// Sets the per-namespace policies (once, before the loop runs): each namespace's mode,
+    /// SLO, bounds, exclusions, co-manage list, interval and approvals come from its
+    /// `MeshtunePolicy`; `--mode` becomes the mode of namespaces without one. The guardrails
+    /// then run in enforce mode and the namespace's mode turns pushes into recommendations.
+    pub fn set_policies(
+        &self,
+        store: Arc<crate::policies::PolicyStore>,
+        writer: Option<Arc<crate::review::StatusWriter>>,
+    ) {
+        if self.policies.set(store).is_ok() {
+            if let Some(w) = writer {
+                let _ = self.status_writer.set(w);
+            }
+            if let Ok(mut state) = self.state.try_lock() {
+                *state = self.fresh_state();
+            }
+        }
+    }
+
+    /// A decision state with nothing in force: the guardrails in the configured mode, or in
+    /// enforce mode when per-namespace policies decide the mode.
+    fn fresh_state(&self) -> LoopState {
+        let mut g = self.config.guardrails.clone();
+        if self.policies.get().is_some() {
+            g.mode = Mode::Enforce;
+        }
+        LoopState::new(Guardrails::new(g)).with_settle(self.config.settle)
+    }
+
+    /// The recommendations, applies and refusals recorded so far.
+    pub async fn reviews(&self) -> crate::review::Reviews {
+        self.reviews.lock().await.clone()
+    }
+
     /// Whether this replica leads (always, without an election).
     pub fn is_leader(&self) -> bool {
         self.leadership
@@ -357,12 +412,13 @@ impl PolicyLoop {
     /// from Istio's defaults.
     pub async fn on_leading(&self) -> Result<usize, meshtune_sinks::istio_undo::UndoError> {
         let mut state = self.state.lock().await;
-        *state = LoopState::new(Guardrails::new(self.config.guardrails.clone()))
-            .with_settle(self.config.settle);
+        *state = self.fresh_state();
         let Some(lc) = self.lifecycle.get() else {
             return Ok(0);
         };
-        if state.mode() == Mode::Observe {
+        // With per-namespace policies, observe namespaces are cleaned up by the cycle
+        // (`observe_cleanup`) once the policies are known.
+        if state.mode() == Mode::Observe && self.policies.get().is_none() {
             return match lc.remove_all(false).await {
                 Ok(done) => {
                     let metrics = &self.controller.metrics().leader;
@@ -548,15 +604,31 @@ impl PolicyLoop {
     /// hints, record. `None` when there is no model.
     pub async fn cycle(&self) -> Option<CycleSummary> {
         let store = self.store.as_ref()?;
+        if self.policies.get().is_some_and(|p| !p.synced()) {
+            tracing::info!(
+                "waiting for the first list of MeshtunePolicy objects: nothing decided yet"
+            );
+            return Some(CycleSummary::default());
+        }
         let selected = self.select().await;
         self.count_sources(&selected);
         if self.controller.take_removed_destinations() > 0 {
             self.prune(&selected).await;
         }
+        let now = Instant::now();
+        let (selected, skipped) = self.apply_policies(selected, now).await;
         let policy = store.current();
         let mut state = self.state.lock().await;
-        let now = Instant::now();
-        let features = decision::features(&selected, &state, now, self.config.slo_ms);
+        self.sync_namespaces(&mut state).await;
+        let params = self.ns_params(&selected).await;
+        let param_of = |s: &decision::Selected| {
+            selected
+                .iter()
+                .position(|x| x.key == s.key)
+                .map(|i| params[i].clone())
+                .unwrap_or_else(|| self.default_params())
+        };
+        let features = decision::features_with(&selected, &state, now, &|s| param_of(s).slo_ms);
         let Some(proposed) = self.infer(&policy, &features) else {
             return Some(CycleSummary {
                 destinations: selected.len(),
@@ -567,7 +639,7 @@ impl PolicyLoop {
         self.controller.metrics().decision_cycles.inc();
         self.cycles.fetch_add(1, Ordering::Relaxed);
         let now_ms = crate::server::Clock::now_unix_ms(&crate::server::SystemClock);
-        let cycle = decide(&selected, &proposed, &mut state, now, self.config.slo_ms);
+        let cycle = decision::decide_with(&selected, &proposed, &mut state, now, &param_of);
         *self.pushing.lock().unwrap_or_else(|e| e.into_inner()) = cycle
             .items
             .iter()
@@ -581,10 +653,32 @@ impl PolicyLoop {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         self.publish(&state, &cycle, &outcomes, now_ms);
-        // Hints last: once a filter sees them, status and metrics already match.
-        self.hints
-            .replace(cycle.hints(&state, self.config.hint_ttl_ms));
+        // Hints last: once a filter sees them, status and metrics already match. Destinations
+        // of namespaces waiting for their own decision interval keep theirs.
+        let mut hints = cycle.hints(&state, self.config.hint_ttl_ms);
+        if state.mode() == Mode::Enforce {
+            for s in &skipped {
+                if let Some(k) = state.in_force.get(&s.key) {
+                    hints.extend(s.clusters.iter().map(|c| {
+                        (
+                            s.key.with_cluster(c.as_str()),
+                            meshtune_sinks::hint::hint(c, k, self.config.hint_ttl_ms),
+                        )
+                    }));
+                }
+            }
+        }
+        self.hints.replace(hints);
         drop(state);
+        self.review(
+            &cycle,
+            &outcomes,
+            &features,
+            &params,
+            policy.model_version(),
+            now_ms,
+        )
+        .await;
         self.record(&features, &cycle, now_ms);
         self.publish_model();
         Some(CycleSummary::of(
@@ -592,6 +686,264 @@ impl PolicyLoop {
             &outcomes,
             policy.model_version(),
         ))
+    }
+
+    /// The parameters of a namespace without a policy (`--slo-ms`, `--mode`).
+    fn default_params(&self) -> decision::NsParams {
+        decision::NsParams {
+            slo_ms: self.config.slo_ms,
+            mode: match self.config.guardrails.mode {
+                Mode::Observe => decision::NsMode::Observe,
+                Mode::Enforce => decision::NsMode::Enforce,
+            },
+            approved: None,
+        }
+    }
+
+    /// Each selected destination's namespace parameters: mode and SLO from its policy, and in
+    /// recommend mode the approved recommendation to apply ([`crate::review::Reviews::approval`];
+    /// a stale approval is refused there).
+    async fn ns_params(&self, selected: &[decision::Selected]) -> Vec<decision::NsParams> {
+        let Some(policies) = self.policies.get() else {
+            return selected.iter().map(|_| self.default_params()).collect();
+        };
+        let now_ms = crate::server::Clock::now_unix_ms(&crate::server::SystemClock);
+        let mut reviews = self.reviews.lock().await;
+        selected
+            .iter()
+            .map(|s| {
+                let p = policies.effective(&s.namespace);
+                let mode = crate::policies::ns_mode(p.mode);
+                let approved = if mode == decision::NsMode::Recommend {
+                    match reviews.approval(&s.namespace, &s.destination, p.approved(&s.destination), now_ms) {
+                        crate::review::Approval::Apply { id, knobs } => {
+                            tracing::info!(key = %s.key, id, "applying the approved recommendation");
+                            Some(knobs)
+                        }
+                        crate::review::Approval::Stale { approved, current } => {
+                            tracing::warn!(key = %s.key, approved, ?current, "stale approval refused");
+                            None
+                        }
+                        crate::review::Approval::None => None,
+                    }
+                } else {
+                    None
+                };
+                decision::NsParams {
+                    slo_ms: crate::policies::slo_ms(&p.slo, self.config.slo_ms),
+                    mode,
+                    approved,
+                }
+            })
+            .collect()
+    }
+
+    /// Per-namespace policy on the selection: excluded hosts are dropped (counted as
+    /// `meshtune_tuning_refused_total{reason="excluded_host"}`), and destinations of a
+    /// namespace whose decision interval has not elapsed wait (returned second, to keep their
+    /// hints).
+    async fn apply_policies(
+        &self,
+        selected: Vec<decision::Selected>,
+        now: Instant,
+    ) -> (Vec<decision::Selected>, Vec<decision::Selected>) {
+        let Some(policies) = self.policies.get() else {
+            return (selected, Vec::new());
+        };
+        let mut last = self.last_decided.lock().unwrap_or_else(|e| e.into_inner());
+        let mut due: foldhash::HashMap<String, bool> = Default::default();
+        let (mut keep, mut wait) = (Vec::new(), Vec::new());
+        let mut excluded = 0u64;
+        for s in selected {
+            let p = policies.effective(&s.namespace);
+            if p.excludes(&s.destination) {
+                excluded += 1;
+                continue;
+            }
+            let is_due = *due.entry(s.namespace.clone()).or_insert_with(|| {
+                let interval = p.decision_interval.unwrap_or(self.config.interval);
+                // Within half a loop interval counts as due (the loop ticks at its interval).
+                last.get(&s.namespace).is_none_or(|t| {
+                    now.saturating_duration_since(*t) + self.config.interval / 2 >= interval
+                })
+            });
+            if is_due {
+                keep.push(s);
+            } else {
+                wait.push(s);
+            }
+        }
+        for (ns, d) in due {
+            if d {
+                last.insert(ns, now);
+            }
+        }
+        if excluded > 0 {
+            self.controller
+                .metrics()
+                .tuning_refused
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: "excluded_host".into(),
+                })
+                .inc_by(excluded);
+        }
+        (keep, wait)
+    }
+
+    /// Brings the decision state in line with the namespaces: keys of namespaces the gate no
+    /// longer allows are forgotten (the namespace switch removed their objects); with
+    /// policies, each namespace's bounds (its policy's intersected with the guardrails file's)
+    /// are set, and namespaces now in observe mode that still have knobs in force get what
+    /// meshtune wrote there removed (leader only), then forgotten.
+    async fn sync_namespaces(&self, state: &mut LoopState) {
+        let gate = &self.config.gate;
+        let gone: Vec<DestKey> = state
+            .in_force
+            .keys()
+            .filter(|k| !gate.allows(&k.namespace))
+            .cloned()
+            .collect();
+        for k in &gone {
+            forget_key(state, k);
+        }
+        let Some(policies) = self.policies.get() else {
+            return;
+        };
+        let mut bounds = self.config.guardrails.namespaces.clone();
+        for (ns, p) in policies.all() {
+            if p.effective.bounds.is_empty() {
+                continue;
+            }
+            let (b, conflicts) =
+                crate::policies::intersect_bounds(bounds.get(&ns), &p.effective.bounds);
+            if !conflicts.is_empty() {
+                tracing::warn!(namespace = %ns, knobs = ?conflicts.iter().map(|k| k.name()).collect::<Vec<_>>(),
+                    "policy bounds do not overlap the guardrails file's: the file's bounds apply to these knobs");
+            }
+            bounds.insert(ns, b);
+        }
+        state.guardrails.config_mut().namespaces = bounds;
+        let observed: std::collections::BTreeSet<String> = state
+            .in_force
+            .keys()
+            .map(|k| k.namespace.clone())
+            .filter(|ns| policies.effective(ns).mode == meshtune_crd::Mode::Observe)
+            .collect();
+        if observed.is_empty() || !self.is_leader() {
+            return;
+        }
+        for ns in observed {
+            if let Some(lc) = self.lifecycle.get() {
+                match lc.remove_namespace(&ns, false).await {
+                    Ok(done) => {
+                        for r in &done {
+                            tracing::info!(object = %r, namespace = %ns, "namespace observed: undoing what meshtune wrote");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(namespace = %ns, error = %e, "namespace observed: removing meshtune's objects failed; retried next cycle");
+                        continue;
+                    }
+                }
+            }
+            let keys: Vec<DestKey> = state
+                .in_force
+                .keys()
+                .filter(|k| k.namespace == ns)
+                .cloned()
+                .collect();
+            for k in &keys {
+                forget_key(state, k);
+                self.controller.metrics().remove_knobs(k);
+            }
+        }
+    }
+
+    /// The review stage (with policies): recommendations, applies and refusals into
+    /// [`crate::review::Reviews`], then, while leading, each policy's status and Events.
+    async fn review(
+        &self,
+        cycle: &decision::Cycle,
+        outcomes: &[DestOutcome],
+        features: &[Features],
+        params: &[decision::NsParams],
+        model_version: &str,
+        now_ms: u64,
+    ) {
+        let Some(policies) = self.policies.get() else {
+            return;
+        };
+        let errors =
+            std::mem::take(&mut *self.push_errors.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut reviews = self.reviews.lock().await;
+        for (i, (item, outcome)) in cycle.items.iter().zip(outcomes).enumerate() {
+            let (ns, host) = (item.namespace.as_str(), item.destination.as_str());
+            let p = params
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| self.default_params());
+            match outcome {
+                DestOutcome::Recommended => {
+                    let rec = crate::review::Rec {
+                        id: String::new(),
+                        knobs: item.knobs,
+                        created_ms: now_ms,
+                        features: features
+                            .get(i)
+                            .map(crate::review::features_by_name)
+                            .unwrap_or_default(),
+                        expected: crate::review::expected_effect(
+                            &item.before,
+                            &item.knobs,
+                            &item.outcomes,
+                            p.slo_ms,
+                        ),
+                        model_version: model_version.to_string(),
+                    };
+                    let (id, new) = reviews.recommend(ns, host, rec);
+                    if new {
+                        tracing::info!(key = %item.key, id, "new recommendation");
+                    }
+                }
+                DestOutcome::Pushed | DestOutcome::RolledBack => {
+                    reviews.applied(
+                        ns,
+                        host,
+                        &item.knobs,
+                        p.mode == decision::NsMode::Recommend && p.approved.is_some(),
+                        now_ms,
+                    );
+                }
+                DestOutcome::PushFailed => {
+                    let why = errors
+                        .get(&item.key)
+                        .cloned()
+                        .unwrap_or_else(|| "a sink did not apply it".into());
+                    reviews.refused(ns, host, &why, now_ms);
+                }
+                _ => {}
+            }
+        }
+        let Some(writer) = self.status_writer.get() else {
+            return;
+        };
+        if !self.is_leader() {
+            return;
+        }
+        let statuses: Vec<_> = policies
+            .all()
+            .into_iter()
+            .map(|(ns, p)| {
+                let status = reviews.status(&ns, &p);
+                let events = reviews.take_events(&ns);
+                (ns, p, status, events)
+            })
+            .collect();
+        drop(reviews);
+        let now = Instant::now();
+        for (ns, p, status, events) in statuses {
+            writer.flush(&ns, &p, &status, events, now).await;
+        }
     }
 
     /// Pruning after destinations left the controller's table (expired or evicted): forgets
@@ -723,6 +1075,16 @@ impl PolicyLoop {
                                 Outcome::Applied { .. } | Outcome::Logged { .. } => "ok",
                                 Outcome::Refused { reason } => {
                                     tracing::warn!(sink = sink.name(), destination = %item.destination, %reason, "push refused");
+                                    self.push_errors
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .insert(
+                                            DestKey::new(
+                                                item.namespace.as_str(),
+                                                item.destination.as_str(),
+                                            ),
+                                            format!("{}: {reason}", sink.name()),
+                                        );
                                     failed.insert(DestKey::new(
                                         item.namespace.as_str(),
                                         item.destination.as_str(),
@@ -731,6 +1093,16 @@ impl PolicyLoop {
                                 }
                                 Outcome::Failed { error } => {
                                     tracing::warn!(sink = sink.name(), destination = %item.destination, %error, "push failed");
+                                    self.push_errors
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .insert(
+                                            DestKey::new(
+                                                item.namespace.as_str(),
+                                                item.destination.as_str(),
+                                            ),
+                                            format!("{}: {error}", sink.name()),
+                                        );
                                     failed.insert(DestKey::new(
                                         item.namespace.as_str(),
                                         item.destination.as_str(),
@@ -913,6 +1285,13 @@ impl PolicyLoop {
             }
         }
     }
+}
+
+/// Forgets one key's decision state (knobs in force, change time, guardrail phase).
+fn forget_key(state: &mut LoopState, k: &DestKey) {
+    state.in_force.remove(k);
+    state.changed_at.remove(k);
+    state.guardrails.forget(&k.to_string());
 }
 
 /// Parses `--model-configmap NAMESPACE/NAME`.
@@ -1105,7 +1484,7 @@ mod tests {
             .infer(&policy, &features_of(&sel))
             .expect("the model runs");
         let mut state = LoopState::new(Guardrails::new(l.config.guardrails.clone()));
-        decide(&sel, &proposed, &mut state, Instant::now(), 250.0)
+        decision::decide(&sel, &proposed, &mut state, Instant::now(), 250.0)
     }
 
     #[test]

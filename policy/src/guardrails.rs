@@ -696,6 +696,12 @@ impl Guardrails {
         &self.config
     }
 
+    /// The settings, to change between decisions (e.g. namespace bounds from a policy
+    /// resource); the per-destination state is kept.
+    pub fn config_mut(&mut self) -> &mut Config {
+        &mut self.config
+    }
+
     /// Makes room for `additional` more destinations (no-op when there is room).
     pub fn reserve(&mut self, additional: usize) {
         self.dests.reserve(additional);

@@ -190,10 +190,20 @@ pub fn conflicting_object(
 }
 
 /// Applies DestinationRule/VirtualService objects with kube-rs.
+/// Existing objects (by kind and name, per namespace) that their namespace lets meshtune
+/// co-manage at run time (a `MeshtunePolicy`'s `spec.coManage`), besides `allowed_hosts` and
+/// `opted_in_namespaces` of [`IstioSinkConfig`].
+pub trait CoManageAllowlist: Send + Sync {
+    /// Whether the existing `kind` (`DestinationRule`, `VirtualService`) `name` in `namespace`
+    /// may be co-managed.
+    fn allows(&self, namespace: &str, kind: &str, name: &str) -> bool;
+}
+
 pub struct IstioSink {
     client: Client,
     config: IstioSinkConfig,
     schemas: Option<Arc<CrdSchemas>>,
+    co_manage: Option<Arc<dyn CoManageAllowlist>>,
 }
 
 impl std::fmt::Debug for IstioSink {
@@ -221,7 +231,14 @@ impl IstioSink {
             client,
             config,
             schemas: None,
+            co_manage: None,
         }
+    }
+
+    /// Adds a run-time co-manage allowlist (checked for objects [`ownership`] refuses).
+    pub fn with_co_manage(mut self, allow: Arc<dyn CoManageAllowlist>) -> Self {
+        self.co_manage = Some(allow);
+        self
     }
 
     /// Validates every rendered object against these CRD schemas before applying it (a
@@ -257,6 +274,19 @@ impl IstioSink {
                 &d.namespace,
                 existing.as_ref(),
             );
+            let own = match own {
+                Ownership::Refused(_)
+                    if existing.is_some()
+                        && self
+                            .co_manage
+                            .as_ref()
+                            .is_some_and(|a| a.allows(&d.namespace, &ar.kind, &target.name))
+                        && !existing.as_ref().is_some_and(crate::istio_undo::is_owned) =>
+                {
+                    Ownership::CoManaged
+                }
+                o => o,
+            };
             let mut t = target.clone();
             t.owned = match own {
                 Ownership::Owned => true,

@@ -202,6 +202,72 @@ async fn allow_listed_hosts_are_co_managed_without_force_or_label() {
     assert!(matches!(report.items[0].outcome, Outcome::Applied { .. }));
 }
 
+/// A namespace's run-time allowlist (a MeshtunePolicy's `spec.coManage`): DestinationRule
+/// `reviews` in `bookinfo` only.
+struct PolicyAllowlist;
+
+impl meshtune_sinks::istio_sink::CoManageAllowlist for PolicyAllowlist {
+    fn allows(&self, namespace: &str, kind: &str, name: &str) -> bool {
+        namespace == "bookinfo" && kind == "DestinationRule" && name == "reviews"
+    }
+}
+
+#[tokio::test]
+async fn run_time_allowlist_co_manages_the_named_object_only() {
+    let (client, mut server) = pair();
+    let sink = IstioSink::new(client, IstioSinkConfig::default())
+        .with_co_manage(std::sync::Arc::new(PolicyAllowlist));
+    let served = tokio::spawn(async move {
+        let theirs = json!({"team": "reviews"});
+        server
+            .expect_get(DR_PATH, ok(&existing("DestinationRule", theirs.clone())))
+            .await;
+        expect_list(&mut server, DR_LIST, "DestinationRule", vec![]).await;
+        // The VirtualService of the same name is not on the list: refused, nothing written.
+        server
+            .expect_get(VS_PATH, ok(&existing("VirtualService", theirs)))
+            .await;
+        server
+            .expect_no_request(SILENCE, "nothing written after the refusal")
+            .await;
+    });
+    let report = sink.apply(&[decision()]).await.unwrap();
+    drop(sink);
+    served.await.unwrap();
+    match &report.items[0].outcome {
+        Outcome::Refused { reason } => {
+            assert!(
+                reason.contains("VirtualService bookinfo/reviews"),
+                "{reason}"
+            )
+        }
+        other => panic!("expected the VirtualService refused, got {other:?}"),
+    }
+
+    // With the VirtualService absent, the listed DestinationRule is co-managed (no force,
+    // no label).
+    let (client, mut server) = pair();
+    let sink = IstioSink::new(client, IstioSinkConfig::default())
+        .with_co_manage(std::sync::Arc::new(PolicyAllowlist));
+    let served = tokio::spawn(async move {
+        server
+            .expect_get(DR_PATH, ok(&existing("DestinationRule", json!({}))))
+            .await;
+        expect_list(&mut server, DR_LIST, "DestinationRule", vec![]).await;
+        server
+            .expect_absent(VS_LIST, "reviews", ISTIO_API, "VirtualService")
+            .await;
+        let dr = server.expect_apply(DR_PATH).await;
+        server.expect_apply(VS_PATH).await;
+        dr
+    });
+    let report = sink.apply(&[decision()]).await.unwrap();
+    let dr = served.await.unwrap();
+    assert!(matches!(report.items[0].outcome, Outcome::Applied { .. }));
+    assert_eq!(dr.params(), [("fieldManager", "meshtune")].into());
+    assert!(dr.body["metadata"].get("labels").is_none(), "{}", dr.body);
+}
+
 #[tokio::test]
 async fn api_conflict_is_reported_as_failure() {
     let (client, mut server) = pair();
