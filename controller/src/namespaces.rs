@@ -36,6 +36,23 @@ use crate::gate::NamespaceGate;
 use crate::leader::Leadership;
 
 /// The namespace label that turns meshtune on (value `true`).
+/// Kubernetes access of this module (`crate::rbac`): Namespaces listed and watched; the
+/// per-namespace data-plane object listed (stray sweep), server-side applied (`patch`, and
+/// `create` for an object that does not exist yet) and deleted.
+pub const KUBE_ACCESS: &[crate::rbac::Access] = &[
+    ("", "namespaces", &["list", "watch"]),
+    (
+        "networking.istio.io",
+        "envoyfilters",
+        &["list", "patch", "create", "delete"],
+    ),
+    (
+        "extensions.istio.io",
+        "wasmplugins",
+        &["list", "patch", "create", "delete"],
+    ),
+];
+
 pub const ENABLED_LABEL: &str = "meshtune.io/enabled";
 /// Name of the data-plane object in each enabled namespace (as in `manifests/`).
 pub const DATA_PLANE_NAME: &str = "meshtune";

@@ -25,6 +25,10 @@ use meshtune_policy::guardrails::Bound;
 
 use crate::decision::NsMode;
 
+/// Kubernetes access of this module (`crate::rbac`): MeshtunePolicies listed and watched.
+pub const KUBE_ACCESS: &[crate::rbac::Access] =
+    &[("meshtune.io", "meshtunepolicies", &["list", "watch"])];
+
 /// The policy of one namespace as read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NsPolicy {

@@ -16,29 +16,6 @@ pub enum Scope {
 /// (API group, resource, verbs) as kept next to the code.
 pub type Access = (&'static str, &'static str, &'static [&'static str]);
 
-/// The namespace switch, the MeshtunePolicy watch and status, and Events (issue 11 items 1 and
-/// 3): namespaces are watched for the `meshtune.io/enabled` label; the per-namespace data
-/// plane (EnvoyFilter or WasmPlugin) is server-side applied (`patch`, `create` for a new
-/// object), watched and deleted when the label goes; MeshtunePolicies are watched, their status
-/// read and merge-patched; Events are created and patched (series). The code that makes these
-/// calls should keep this list next to it.
-pub const NAMESPACE_SWITCH_ACCESS: &[Access] = &[
-    ("", "namespaces", &["get", "list", "watch"]),
-    (
-        "networking.istio.io",
-        "envoyfilters",
-        &["get", "list", "watch", "patch", "create", "delete"],
-    ),
-    (
-        "extensions.istio.io",
-        "wasmplugins",
-        &["get", "list", "watch", "patch", "create", "delete"],
-    ),
-    ("meshtune.io", "meshtunepolicies", &["get", "list", "watch"]),
-    ("meshtune.io", "meshtunepolicies/status", &["get", "patch"]),
-    ("events.k8s.io", "events", &["create", "patch"]),
-];
-
 /// Every list with its scope.
 pub fn sources() -> Vec<(Scope, &'static str, &'static [Access])> {
     vec![
@@ -54,8 +31,18 @@ pub fn sources() -> Vec<(Scope, &'static str, &'static [Access])> {
         ),
         (
             Scope::Cluster,
-            "meshtune_controller::rbac",
-            NAMESPACE_SWITCH_ACCESS,
+            "meshtune_controller::namespaces",
+            crate::namespaces::KUBE_ACCESS,
+        ),
+        (
+            Scope::Cluster,
+            "meshtune_controller::policies",
+            crate::policies::KUBE_ACCESS,
+        ),
+        (
+            Scope::Cluster,
+            "meshtune_controller::review",
+            crate::review::KUBE_ACCESS,
         ),
         (
             Scope::ControllerNamespace,

@@ -34,6 +34,13 @@ use serde_json::Value;
 use crate::policies::NsPolicy;
 
 /// Default shortest time between two status writes of one policy.
+/// Kubernetes access of this module (`crate::rbac`): the policy's status server-side applied;
+/// Events created, and patched when kube-runtime's recorder folds a repeat into a series.
+pub const KUBE_ACCESS: &[crate::rbac::Access] = &[
+    ("meshtune.io", "meshtunepolicies/status", &["patch"]),
+    ("events.k8s.io", "events", &["create", "patch"]),
+];
+
 pub const DEFAULT_STATUS_MIN_INTERVAL: Duration = Duration::from_secs(10);
 /// Condition reason of a stale approval.
 pub const REASON_STALE_APPROVAL: &str = "StaleApproval";

@@ -465,8 +465,11 @@ fn controller_runs_with_its_sidecar_strict_mtls_and_report_only_authorization() 
         .collect();
     assert!(args.contains(&"--trust-xfcc"), "{args:?}");
     assert!(!args.contains(&"--insecure-no-auth"), "{args:?}");
+    // Namespaces opt in by label (the controller's namespace watch gates every key); a
+    // static --tune-namespaces list would replace that watch.
+    assert!(args.contains(&"--sink=istio"), "{args:?}");
     assert!(
-        args.iter().any(|a| a.starts_with("--tune-namespaces=")),
+        !args.iter().any(|a| a.starts_with("--tune-namespaces")),
         "{args:?}"
     );
     let selects_controller = |v: &Value| {

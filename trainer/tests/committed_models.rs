@@ -51,8 +51,8 @@ fn committed_models_follow_the_contract() {
             "{name} has no card"
         );
     }
-    // models/default.md: "a byte-identical copy of supervised-v2.onnx".
-    assert!(read("default") == read("supervised-v2"));
+    // models/default.md: "a byte-identical copy of ppo-v2.onnx".
+    assert!(read("default") == read("ppo-v2"));
 }
 
 #[test]
