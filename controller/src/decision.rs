@@ -236,6 +236,49 @@ pub fn outcomes(w: &WindowStats, slo_ms: f64) -> Outcomes {
     )
 }
 
+/// What a destination's SLO judges (its namespace's `MeshtunePolicy` `spec.slo`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SloJudge {
+    /// The `quantile` (0..1; 0.99 = p99, the default) of the window's latency at most the
+    /// latency target, and at most [`meshtune_policy::guardrails::URGENT_ERROR_RATE`] errors
+    /// other than sheds.
+    Latency { quantile: f64 },
+    /// At least `min_success` (0..1) of the window's requests answered without an error other
+    /// than a shed. Shedding is not a miss: under overload it is the controller's answer, and
+    /// judging it a miss would make the guardrails brake harder still. Latency is not judged.
+    Availability { min_success: f64 },
+}
+
+impl Default for SloJudge {
+    fn default() -> Self {
+        SloJudge::Latency { quantile: 0.99 }
+    }
+}
+
+/// Whether a window misses its destination's SLO (`judge`, latency target `slo_ms`), so a
+/// change is urgent ([`misses_slo`] for the default p99 judge).
+pub fn misses_slo_judged(o: &Outcomes, w: &WindowStats, slo_ms: f64, judge: SloJudge) -> bool {
+    match judge {
+        SloJudge::Latency { quantile } => {
+            let latency_ms = if (quantile - 0.99).abs() < 1e-12 {
+                o.p99_ms
+            } else {
+                w.latency.quantile_us(quantile) / 1000.0
+            };
+            meshtune_policy::guardrails::misses_slo(
+                o.offered_rps,
+                latency_ms,
+                o.error_rate,
+                o.shed_rate,
+                slo_ms,
+            )
+        }
+        SloJudge::Availability { min_success } => {
+            o.offered_rps > 0.0 && o.error_rate - o.shed_rate > 1.0 - min_success
+        }
+    }
+}
+
 /// [`meshtune_policy::guardrails::misses_slo`] for a window's outcomes.
 pub fn misses_slo(o: &Outcomes, slo_ms: f64) -> bool {
     meshtune_policy::guardrails::misses_slo(
@@ -392,8 +435,11 @@ pub fn features_with(
 /// How a destination's namespace wants it decided (its `MeshtunePolicy`, or the defaults).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NsParams {
-    /// Latency SLO (ms): the features' target, the outcomes and the urgency.
+    /// Latency SLO (ms): the features' target, the outcomes and (with a latency judge) the
+    /// urgency.
     pub slo_ms: f64,
+    /// What the SLO judges: which latency percentile, or availability.
+    pub judge: SloJudge,
     /// observe / recommend / enforce.
     pub mode: NsMode,
     /// recommend mode: knobs a person approved (the current recommendation's); they are
@@ -571,6 +617,7 @@ pub fn decide(
     };
     decide_with(selected, proposed, state, now, &|_| NsParams {
         slo_ms,
+        judge: SloJudge::default(),
         mode,
         approved: None,
     })
@@ -598,6 +645,7 @@ pub fn decide_with(
     for (sel, prop) in selected.iter().zip(proposed) {
         let NsParams {
             slo_ms,
+            judge,
             mode,
             approved,
         } = params(sel);
@@ -668,7 +716,7 @@ pub fn decide_with(
             now,
             &prop,
             &before,
-            misses_slo(&outcomes, slo_ms),
+            misses_slo_judged(&outcomes, &sel.stats, slo_ms, judge),
         );
         item.changed = d.changed;
         // Built only for a push or recommendation (most destinations hold in steady state).
@@ -1148,6 +1196,53 @@ mod tests {
             !misses_slo(&shedding, 250.0),
             "shedding the excess, serving the rest in time: {shedding:?}"
         );
+    }
+
+    #[test]
+    fn the_policy_slo_chooses_the_percentile_or_availability_judged() {
+        // 85 requests at 20 ms, 15 at 400 ms: p50 and p80 fast, p90 and p99 slow.
+        let mut w = window(85, 85, 20);
+        w.requests = 100;
+        w.status_2xx = 100;
+        w.latency.record_n(400_000, 15);
+        let o = outcomes(&w, 250.0);
+        let judged = |judge| misses_slo_judged(&o, &w, 250.0, judge);
+        assert!(judged(SloJudge::default()), "p99 400 ms > 250 ms");
+        assert_eq!(judged(SloJudge::default()), misses_slo(&o, 250.0));
+        assert!(judged(SloJudge::Latency { quantile: 0.9 }));
+        assert!(!judged(SloJudge::Latency { quantile: 0.8 }), "p80 is 20 ms");
+        assert!(
+            !judged(SloJudge::Availability { min_success: 0.99 }),
+            "slow but every request succeeded"
+        );
+        // 3 % errors: misses 99 % availability, meets 95 %, and is below the latency
+        // judge's error threshold.
+        let mut failing = window(100, 97, 5);
+        failing.flag_uo = 0;
+        let f = outcomes(&failing, 250.0);
+        assert!(misses_slo_judged(
+            &f,
+            &failing,
+            250.0,
+            SloJudge::Availability { min_success: 0.99 }
+        ));
+        assert!(!misses_slo_judged(
+            &f,
+            &failing,
+            250.0,
+            SloJudge::Availability { min_success: 0.95 }
+        ));
+        assert!(!misses_slo_judged(&f, &failing, 250.0, SloJudge::default()));
+        // Sheds are not availability misses (the controller's answer to overload).
+        let mut shedding = window(100, 50, 5);
+        shedding.flag_uo = 50;
+        let sh = outcomes(&shedding, 250.0);
+        assert!(!misses_slo_judged(
+            &sh,
+            &shedding,
+            250.0,
+            SloJudge::Availability { min_success: 0.999 }
+        ));
     }
 
     #[test]

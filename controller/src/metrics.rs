@@ -371,7 +371,7 @@ impl Metrics {
         );
         registry.register(
             "meshtune_decisions",
-            "Per-destination decisions that changed knobs, by mode (observe, enforce)",
+            "Per-destination decisions that changed knobs, by the namespace's mode (observe, recommend, enforce)",
             m.decisions.clone(),
         );
         registry.register(

@@ -103,6 +103,15 @@ impl DataPlane {
         ))
     }
 
+    /// The other kind, whose objects a switch of `--data-plane` leaves behind.
+    fn other(self) -> Option<DataPlane> {
+        match self {
+            DataPlane::Wasmplugin => Some(DataPlane::Envoyfilter),
+            DataPlane::Envoyfilter => Some(DataPlane::Wasmplugin),
+            DataPlane::None => None,
+        }
+    }
+
     fn manifest(self) -> Option<&'static str> {
         match self {
             DataPlane::Wasmplugin => Some(WASMPLUGIN_MANIFEST),
@@ -468,6 +477,9 @@ impl NamespaceController {
                 },
             }
         }
+        if full {
+            self.sweep_other_kind().await;
+        }
     }
 
     /// Server-side applies the data-plane object in `namespace`.
@@ -540,13 +552,49 @@ impl NamespaceController {
         Ok(())
     }
 
+    /// Deletes meshtune's data-plane objects of the kind not configured (left behind when
+    /// `--data-plane` switched between WasmPlugin and EnvoyFilter, which would otherwise load
+    /// the filter twice). `--data-plane none` leaves both kinds alone.
+    async fn sweep_other_kind(&self) {
+        let Some(ar) = self.config.data_plane.other().and_then(DataPlane::resource) else {
+            return;
+        };
+        let present = match self.list_kind(&ar).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing the other data-plane kind failed; retried at the next resync");
+                return;
+            }
+        };
+        for namespace in present {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), &namespace, &ar);
+            match api.delete(DATA_PLANE_NAME, &DeleteParams::default()).await {
+                Ok(_) => {
+                    self.metrics.count("delete", true);
+                    tracing::info!(namespace, kind = %ar.kind, "data-plane object of the other kind deleted (--data-plane switched)");
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    self.metrics.count("delete", false);
+                    tracing::warn!(namespace, kind = %ar.kind, error = %e, "deleting the other data-plane kind failed; retried at the next resync");
+                }
+            }
+        }
+    }
+
     /// Namespaces holding a data-plane object of the configured kind labelled managed-by
     /// meshtune.
     async fn list_data_plane(&self) -> Result<BTreeSet<String>, NamespaceError> {
-        let Some(ar) = self.config.data_plane.resource() else {
-            return Ok(BTreeSet::new());
-        };
-        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
+        match self.config.data_plane.resource() {
+            Some(ar) => self.list_kind(&ar).await,
+            None => Ok(BTreeSet::new()),
+        }
+    }
+
+    /// Namespaces holding an object `meshtune` of kind `ar` labelled managed-by meshtune.
+    async fn list_kind(&self, ar: &ApiResource) -> Result<BTreeSet<String>, NamespaceError> {
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), ar);
         let lp = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
         let list = api.list(&lp).await.map_err(|e| NamespaceError::Kube {
             what: format!("list {}", ar.plural),

@@ -87,6 +87,17 @@ pub fn slo_ms(slo: &SloTarget, default_ms: f64) -> f64 {
     }
 }
 
+/// What the policy's SLO judges: its latency percentile (`percentile: 90` → the p90 latency
+/// against `latencyMs`), or its availability. Pure.
+pub fn slo_judge(slo: &SloTarget) -> crate::decision::SloJudge {
+    match slo {
+        SloTarget::Latency { percentile, .. } => crate::decision::SloJudge::Latency {
+            quantile: percentile / 100.0,
+        },
+        SloTarget::Availability(a) => crate::decision::SloJudge::Availability { min_success: *a },
+    }
+}
+
 /// A namespace's bounds: the guardrails file's bounds of the namespace (`file`, if any)
 /// intersected with the policy's. A knob whose intersection is empty keeps the file's bound
 /// (the operator's wins) and is reported in the second value. Pure.
@@ -350,6 +361,21 @@ mod tests {
         assert_eq!(s.effective("shop").mode, Mode::Enforce);
         assert_eq!(s.policy("shop").unwrap().ignored, vec!["other".to_string()]);
         assert_eq!(slo_ms(&s.effective("shop").slo, 250.0), 100.0);
+        assert_eq!(
+            slo_judge(&s.effective("shop").slo),
+            crate::decision::SloJudge::Latency { quantile: 0.99 }
+        );
+        assert_eq!(
+            slo_judge(&SloTarget::Latency {
+                ms: 100.0,
+                percentile: 90.0
+            }),
+            crate::decision::SloJudge::Latency { quantile: 0.9 }
+        );
+        assert_eq!(
+            slo_judge(&SloTarget::Availability(0.999)),
+            crate::decision::SloJudge::Availability { min_success: 0.999 }
+        );
         assert_eq!(s.effective("elsewhere").mode, Mode::Observe);
         assert!(s.allows("shop", "DestinationRule", "reviews"));
         assert!(!s.allows("shop", "VirtualService", "reviews"));

@@ -621,11 +621,16 @@ impl PolicyLoop {
         let mut state = self.state.lock().await;
         self.sync_namespaces(&mut state).await;
         let params = self.ns_params(&selected).await;
+        // Index by key once: a search per destination would make the cycle quadratic.
+        let index: foldhash::HashMap<&DestKey, usize> = selected
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (&s.key, i))
+            .collect();
         let param_of = |s: &decision::Selected| {
-            selected
-                .iter()
-                .position(|x| x.key == s.key)
-                .map(|i| params[i].clone())
+            index
+                .get(&s.key)
+                .map(|&i| params[i].clone())
                 .unwrap_or_else(|| self.default_params())
         };
         let features = decision::features_with(&selected, &state, now, &|s| param_of(s).slo_ms);
@@ -652,7 +657,7 @@ impl PolicyLoop {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        self.publish(&state, &cycle, &outcomes, now_ms);
+        self.publish(&state, &cycle, &outcomes, &params, now_ms);
         // Hints last: once a filter sees them, status and metrics already match. Destinations
         // of namespaces waiting for their own decision interval keep theirs.
         let mut hints = cycle.hints(&state, self.config.hint_ttl_ms);
@@ -692,6 +697,7 @@ impl PolicyLoop {
     fn default_params(&self) -> decision::NsParams {
         decision::NsParams {
             slo_ms: self.config.slo_ms,
+            judge: decision::SloJudge::default(),
             mode: match self.config.guardrails.mode {
                 Mode::Observe => decision::NsMode::Observe,
                 Mode::Enforce => decision::NsMode::Enforce,
@@ -731,6 +737,7 @@ impl PolicyLoop {
                 };
                 decision::NsParams {
                     slo_ms: crate::policies::slo_ms(&p.slo, self.config.slo_ms),
+                    judge: crate::policies::slo_judge(&p.slo),
                     mode,
                     approved,
                 }
@@ -934,7 +941,7 @@ impl PolicyLoop {
             .all()
             .into_iter()
             .map(|(ns, p)| {
-                let status = reviews.status(&ns, &p);
+                let status = reviews.status(&ns, &p, self.config.gate.allows(&ns));
                 let events = reviews.take_events(&ns);
                 (ns, p, status, events)
             })
@@ -965,6 +972,11 @@ impl PolicyLoop {
             .collect();
         live.extend(selected.iter().map(|s| s.key.clone()));
         let gone = self.state.lock().await.prune(&live);
+        // Recommendations too (observe and recommend modes put nothing in force).
+        self.reviews
+            .lock()
+            .await
+            .retain_hosts(|ns, host| live.contains(&DestKey::new(ns, host)));
         let metrics = self.controller.metrics();
         for d in &gone {
             metrics.remove_knobs(d);
@@ -1143,11 +1155,14 @@ impl PolicyLoop {
         state: &LoopState,
         cycle: &decision::Cycle,
         outcomes: &[DestOutcome],
+        params: &[decision::NsParams],
         now_ms: u64,
     ) {
         let metrics = self.controller.metrics();
-        let mode = mode_name(state.mode());
-        for (item, outcome) in cycle.items.iter().zip(outcomes) {
+        let global_mode = mode_name(state.mode());
+        for (i, (item, outcome)) in cycle.items.iter().zip(outcomes).enumerate() {
+            // Items follow the selection, as `params` does: the namespace's own mode.
+            let mode = params.get(i).map_or(global_mode, |p| p.mode.name());
             if let DestAction::Rollback {
                 baseline,
                 objective,

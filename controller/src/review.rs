@@ -399,10 +399,32 @@ impl Reviews {
         self.by_ns.remove(ns);
     }
 
+    /// Keeps only the hosts `keep(ns, host)` accepts (destinations that left the controller's
+    /// table leave the status: their recommendation and applied entry). Returns how many
+    /// hosts were forgotten.
+    pub fn retain_hosts(&mut self, keep: impl Fn(&str, &str) -> bool) -> usize {
+        let mut forgotten = 0;
+        for (ns, r) in &mut self.by_ns {
+            let gone: Vec<String> = r
+                .recs
+                .keys()
+                .chain(r.applied.keys())
+                .filter(|h| !keep(ns, h))
+                .cloned()
+                .collect();
+            for h in gone {
+                let had = r.recs.remove(&h).is_some() | r.applied.remove(&h).is_some();
+                r.stale_reported.remove(&h);
+                forgotten += usize::from(had);
+            }
+        }
+        forgotten
+    }
+
     /// The status of `policy` (governing `ns`): `observedGeneration`, conditions (`Valid`,
     /// `Applied`, `Refused`), recommendations and applied entries sorted by host. Pure:
     /// the same inputs give the same status (times come from the records).
-    pub fn status(&self, ns: &str, policy: &NsPolicy) -> MeshtunePolicyStatus {
+    pub fn status(&self, ns: &str, policy: &NsPolicy, enabled: bool) -> MeshtunePolicyStatus {
         let empty = NsReview::default();
         let r = self.by_ns.get(ns).unwrap_or(&empty);
         let time =
@@ -431,6 +453,27 @@ impl Reviews {
             reason: reason.into(),
             message,
             // Valid follows the spec: its transition is the generation's, not a clock's.
+            last_transition_time: time(0),
+            observed_generation: gen,
+        });
+        conditions.push(Condition {
+            type_: condition::ENABLED.into(),
+            status: if enabled { "True" } else { "False" }.into(),
+            reason: if enabled {
+                "LabelPresent"
+            } else {
+                "NamespaceNotEnabled"
+            }
+            .into(),
+            message: if enabled {
+                String::new()
+            } else {
+                format!(
+                    "namespace {ns} lacks the label {}=true: nothing is recommended or tuned here",
+                    crate::namespaces::ENABLED_LABEL
+                )
+            },
+            // Like Valid: no clock, so an unchanged status is not rewritten.
             last_transition_time: time(0),
             observed_generation: gen,
         });
@@ -669,7 +712,7 @@ mod tests {
             1,
             "once"
         );
-        let st = r.status("ns", &policy());
+        let st = r.status("ns", &policy(), true);
         let refused = st
             .conditions
             .iter()
@@ -686,7 +729,7 @@ mod tests {
             Approval::None,
             "already applied"
         );
-        let st = r.status("ns", &policy());
+        let st = r.status("ns", &policy(), true);
         assert_eq!(st.applied.len(), 1);
         assert_eq!(st.applied[0].id, id);
         let c = |t: &str| {
@@ -701,6 +744,41 @@ mod tests {
         assert_eq!(c(condition::REFUSED), "False");
         assert_eq!(st.observed_generation, Some(2));
         assert_eq!(st.recommendations[0].model_version, "m1");
-        assert_eq!(r.status("ns", &policy()), st, "deterministic");
+        assert_eq!(r.status("ns", &policy(), true), st, "deterministic");
+    }
+
+    #[test]
+    fn status_says_when_the_namespace_is_not_enabled_and_drops_departed_hosts() {
+        let mut r = Reviews::new([0.05; KNOB_COUNT]);
+        r.recommend("ns", "stays", rec(100.0));
+        r.recommend("ns", "leaves", rec(200.0));
+        r.applied("ns", "leaves", &rec(200.0).knobs, true, 9);
+        let enabled = |st: &MeshtunePolicyStatus| {
+            st.conditions
+                .iter()
+                .find(|c| c.type_ == condition::ENABLED)
+                .unwrap()
+                .clone()
+        };
+        let on = enabled(&r.status("ns", &policy(), true));
+        assert_eq!(
+            (on.status.as_str(), on.reason.as_str()),
+            ("True", "LabelPresent")
+        );
+        let off = enabled(&r.status("ns", &policy(), false));
+        assert_eq!(off.status, "False");
+        assert_eq!(off.reason, "NamespaceNotEnabled");
+        assert!(
+            off.message.contains("meshtune.io/enabled=true"),
+            "{}",
+            off.message
+        );
+
+        assert_eq!(r.retain_hosts(|_, h| h != "leaves"), 1);
+        let st = r.status("ns", &policy(), true);
+        let hosts: Vec<&str> = st.recommendations.iter().map(|x| x.host.as_str()).collect();
+        assert_eq!(hosts, ["stays"]);
+        assert!(st.applied.is_empty());
+        assert_eq!(r.retain_hosts(|_, _| true), 0);
     }
 }

@@ -124,6 +124,29 @@ async fn label_watch_applies_validated_objects_and_removes_them_when_the_label_g
             .expect(Method::DELETE, &wasmplugin("gone"), |_| deleted("meshtune"))
             .await;
         expect_nothing_to_undo(&mut server, "gone").await;
+        // An EnvoyFilter left from `--data-plane envoyfilter` is deleted (the filter would
+        // load twice).
+        let switched = kube_mock::list(
+            "networking.istio.io/v1alpha3",
+            "EnvoyFilter",
+            "5",
+            vec![
+                json!({"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+                "metadata": {"name": "meshtune", "namespace": "shop",
+                    "labels": {"app.kubernetes.io/managed-by": "meshtune"}}, "spec": {}}),
+            ],
+        );
+        server
+            .expect_get(
+                "/apis/networking.istio.io/v1alpha3/envoyfilters",
+                ok(&switched),
+            )
+            .await;
+        server
+            .expect(Method::DELETE, &envoyfilter("shop"), |_| {
+                deleted("meshtune")
+            })
+            .await;
         // The label goes: the object is deleted and what meshtune wrote is undone.
         server
             .expect(Method::DELETE, &wasmplugin("shop"), |_| deleted("meshtune"))
@@ -214,6 +237,8 @@ async fn envoyfilter_data_plane_and_followers_write_nothing() {
             .await;
         let a = server.expect_apply(&envoyfilter("more")).await;
         let b = server.expect_apply(&envoyfilter("shop")).await;
+        let none = kube_mock::list("extensions.istio.io/v1alpha1", "WasmPlugin", "1", vec![]);
+        server.expect_get(WASMPLUGINS, ok(&none)).await;
         (a, b)
     });
     // Leading now: a full reconciliation applies every enabled namespace.
@@ -585,6 +610,7 @@ async fn recommend_mode_applies_exactly_the_approved_recommendation() {
     };
     assert_eq!(cond("Applied"), "True");
     assert_eq!(cond("Refused"), "False");
+    assert_eq!(cond("Enabled"), "True");
     assert_eq!(
         l.policy
             .knobs_in_force(&meshtune_core::DestKey::new("shop", HOST))
@@ -659,6 +685,13 @@ async fn the_kube_runtime_watcher_drives_the_switch() {
     server.expect_get(WASMPLUGINS, ok(&empty)).await;
     let applied = server.expect_apply(&wasmplugin("shop")).await;
     assert_eq!(applied.body["metadata"]["namespace"], "shop");
+    let no_filters = kube_mock::list("networking.istio.io/v1alpha3", "EnvoyFilter", "1", vec![]);
+    server
+        .expect_get(
+            "/apis/networking.istio.io/v1alpha3/envoyfilters",
+            ok(&no_filters),
+        )
+        .await;
     assert!(gate.enabled().contains("shop"));
     // The watch: the label is removed.
     let mut unlabelled = serde_json::to_value(namespace("shop", None)).unwrap();

@@ -307,6 +307,9 @@ pub mod condition {
     pub const APPLIED: &str = "Applied";
     /// A decision or approval was refused (guardrails, co-manage, unknown recommendation).
     pub const REFUSED: &str = "Refused";
+    /// The namespace has the label `meshtune.io/enabled=true` (`False`, reason
+    /// `NamespaceNotEnabled`: nothing is recommended or tuned there, whatever the policy says).
+    pub const ENABLED: &str = "Enabled";
 }
 
 /// `status` of a `MeshtunePolicy`, written by the controller (status subresource).
