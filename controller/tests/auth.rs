@@ -15,9 +15,9 @@ use meshtune_controller::identity::AuthMode;
 use meshtune_controller::{Config, Controller};
 use meshtune_proto::v1::feature_service_client::FeatureServiceClient;
 use meshtune_proto::v1::ReportRequest;
-use meshtune_test_support::certs::{spiffe_id, Pem, TestCa};
+use meshtune_test_support::certs::{spiffe_id, tls_report_client as tls_client, TestCa};
 use tokio::net::TcpListener;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 struct Server {
     controller: Arc<Controller>,
@@ -58,28 +58,6 @@ fn report_as(namespace: &str, seq: u64) -> ReportRequest {
     let mut r = report("client-0", seq, vec![upstream("workload", 10, 0, 5_000)]);
     r.reporter.as_mut().unwrap().namespace = namespace.into();
     r
-}
-
-/// A TLS client trusting `ca`, presenting `client` if given.
-async fn tls_client(
-    addr: std::net::SocketAddr,
-    ca: &str,
-    client: Option<&Pem>,
-) -> Result<FeatureServiceClient<Channel>, tonic::transport::Error> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .domain_name("localhost");
-    if let Some(c) = client {
-        tls = tls.identity(Identity::from_pem(&c.cert, &c.key));
-    }
-    let ch = Channel::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls)?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(5))
-        .connect()
-        .await?;
-    Ok(FeatureServiceClient::new(ch))
 }
 
 /// The call fails (handshake refused or connection closed), whatever the layer says.

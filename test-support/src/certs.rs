@@ -91,3 +91,31 @@ impl TestCa {
 pub fn spiffe_id(namespace: &str, service_account: &str) -> String {
     format!("spiffe://cluster.local/ns/{namespace}/sa/{service_account}")
 }
+
+/// A report-service client over TLS to `addr` (server name `localhost`), trusting the CA
+/// certificate `ca` and presenting `client` when given; 5 s connect and call timeouts.
+#[cfg(feature = "grpc")]
+pub async fn tls_report_client(
+    addr: std::net::SocketAddr,
+    ca: &str,
+    client: Option<&Pem>,
+) -> Result<
+    meshtune_proto::v1::feature_service_client::FeatureServiceClient<tonic::transport::Channel>,
+    tonic::transport::Error,
+> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    if let Some(c) = client {
+        tls = tls.identity(Identity::from_pem(&c.cert, &c.key));
+    }
+    let ch = Channel::from_shared(format!("https://{addr}"))
+        .expect("an https URI from a socket address")
+        .tls_config(tls)?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await?;
+    Ok(meshtune_proto::v1::feature_service_client::FeatureServiceClient::new(ch))
+}

@@ -14,13 +14,13 @@ use std::time::Duration;
 use meshtune_e2e::{prereqs, serial};
 use meshtune_proto::v1::feature_service_client::FeatureServiceClient;
 use meshtune_proto::v1::{ReportRequest, Reporter, UpstreamWindow};
-use meshtune_test_support::certs::{spiffe_id, Pem, TestCa};
+use meshtune_test_support::certs::{spiffe_id, tls_report_client as tls_client, Pem, TestCa};
 use meshtune_test_support::envoy::{EnvoyProcess, Launch};
 use meshtune_testbed::controller::{Controller, ControllerConfig};
 use meshtune_testbed::envoy::{ControllerTls, EnvoyConfig, PluginConfig};
 use meshtune_testbed::workload::{WorkloadConfig, WorkloadServer};
 use serde_json::{json, Value};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 fn destinations(c: &Controller) -> Value {
     serde_json::from_str(&c.admin_get("/api/destinations").expect("admin")).expect("json")
@@ -180,27 +180,6 @@ fn sidecar_bootstrap(server: &Pem, ca: &Path, controller: SocketAddr) -> Value {
             }]
         }
     })
-}
-
-async fn tls_client(
-    addr: SocketAddr,
-    ca: &str,
-    client: Option<&Pem>,
-) -> Result<FeatureServiceClient<Channel>, tonic::transport::Error> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .domain_name("localhost");
-    if let Some(c) = client {
-        tls = tls.identity(Identity::from_pem(&c.cert, &c.key));
-    }
-    let ch = Channel::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls)?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(5))
-        .connect()
-        .await?;
-    Ok(FeatureServiceClient::new(ch))
 }
 
 /// Not accepted: the connection or the call fails (never an OK response).
