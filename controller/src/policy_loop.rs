@@ -1083,45 +1083,23 @@ impl PolicyLoop {
                 match sink.apply(&cycle.pushes).await {
                     Ok(report) => {
                         for item in &report.items {
-                            let result = match &item.outcome {
-                                Outcome::Applied { .. } | Outcome::Logged { .. } => "ok",
-                                Outcome::Refused { reason } => {
-                                    tracing::warn!(sink = sink.name(), destination = %item.destination, %reason, "push refused");
-                                    self.push_errors
-                                        .lock()
-                                        .unwrap_or_else(|e| e.into_inner())
-                                        .insert(
-                                            DestKey::new(
-                                                item.namespace.as_str(),
-                                                item.destination.as_str(),
-                                            ),
-                                            format!("{}: {reason}", sink.name()),
-                                        );
-                                    failed.insert(DestKey::new(
-                                        item.namespace.as_str(),
-                                        item.destination.as_str(),
-                                    ));
-                                    "refused"
-                                }
-                                Outcome::Failed { error } => {
-                                    tracing::warn!(sink = sink.name(), destination = %item.destination, %error, "push failed");
-                                    self.push_errors
-                                        .lock()
-                                        .unwrap_or_else(|e| e.into_inner())
-                                        .insert(
-                                            DestKey::new(
-                                                item.namespace.as_str(),
-                                                item.destination.as_str(),
-                                            ),
-                                            format!("{}: {error}", sink.name()),
-                                        );
-                                    failed.insert(DestKey::new(
-                                        item.namespace.as_str(),
-                                        item.destination.as_str(),
-                                    ));
-                                    "failed"
-                                }
+                            let (result, why) = match &item.outcome {
+                                Outcome::Applied { .. } | Outcome::Logged { .. } => ("ok", None),
+                                Outcome::Refused { reason } => ("refused", Some(reason)),
+                                Outcome::Failed { error } => ("failed", Some(error)),
                             };
+                            if let Some(why) = why {
+                                tracing::warn!(sink = sink.name(), destination = %item.destination, reason = %why, "push {result}");
+                                let key = DestKey::new(
+                                    item.namespace.as_str(),
+                                    item.destination.as_str(),
+                                );
+                                self.push_errors
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .insert(key.clone(), format!("{}: {why}", sink.name()));
+                                failed.insert(key);
+                            }
                             metrics.pushes.get_or_create(&label(result)).inc();
                         }
                     }
