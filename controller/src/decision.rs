@@ -256,7 +256,7 @@ impl Default for SloJudge {
 }
 
 /// Whether a window misses its destination's SLO (`judge`, latency target `slo_ms`), so a
-/// change is urgent ([`misses_slo`] for the default p99 judge).
+/// change is urgent ([`meshtune_policy::guardrails::misses_slo`] on the judged latency).
 pub fn misses_slo_judged(o: &Outcomes, w: &WindowStats, slo_ms: f64, judge: SloJudge) -> bool {
     match judge {
         SloJudge::Latency { quantile } => {
@@ -277,17 +277,6 @@ pub fn misses_slo_judged(o: &Outcomes, w: &WindowStats, slo_ms: f64, judge: SloJ
             o.offered_rps > 0.0 && o.error_rate - o.shed_rate > 1.0 - min_success
         }
     }
-}
-
-/// [`meshtune_policy::guardrails::misses_slo`] for a window's outcomes.
-pub fn misses_slo(o: &Outcomes, slo_ms: f64) -> bool {
-    meshtune_policy::guardrails::misses_slo(
-        o.offered_rps,
-        o.p99_ms,
-        o.error_rate,
-        o.shed_rate,
-        slo_ms,
-    )
 }
 
 /// Estimated probability that one upstream attempt fails, from the window's attempts per
@@ -1182,18 +1171,20 @@ mod tests {
 
     #[test]
     fn missing_the_slo_is_urgent() {
-        let ok = outcomes(&window(100, 100, 5), 250.0);
-        assert!(!misses_slo(&ok, 250.0));
-        let failing = outcomes(&window(100, 50, 5), 250.0);
-        assert!(misses_slo(&failing, 250.0), "{failing:?}");
-        let slow = outcomes(&window(100, 100, 400), 250.0);
-        assert!(misses_slo(&slow, 250.0), "{slow:?}");
-        assert!(!misses_slo(&slow, 500.0), "within a looser SLO");
+        // The default judge: p99 against the latency target, or > 10 % errors not shed.
+        let misses = |w: &WindowStats, slo_ms: f64| {
+            misses_slo_judged(&outcomes(w, 250.0), w, slo_ms, SloJudge::default())
+        };
+        assert!(!misses(&window(100, 100, 5), 250.0));
+        let failing = window(100, 50, 5);
+        assert!(misses(&failing, 250.0), "{failing:?}");
+        let slow = window(100, 100, 400);
+        assert!(misses(&slow, 250.0), "{slow:?}");
+        assert!(!misses(&slow, 500.0), "within a looser SLO");
         let mut shedding = window(100, 50, 5);
         shedding.flag_uo = 50;
-        let shedding = outcomes(&shedding, 250.0);
         assert!(
-            !misses_slo(&shedding, 250.0),
+            !misses(&shedding, 250.0),
             "shedding the excess, serving the rest in time: {shedding:?}"
         );
     }
@@ -1208,7 +1199,6 @@ mod tests {
         let o = outcomes(&w, 250.0);
         let judged = |judge| misses_slo_judged(&o, &w, 250.0, judge);
         assert!(judged(SloJudge::default()), "p99 400 ms > 250 ms");
-        assert_eq!(judged(SloJudge::default()), misses_slo(&o, 250.0));
         assert!(judged(SloJudge::Latency { quantile: 0.9 }));
         assert!(!judged(SloJudge::Latency { quantile: 0.8 }), "p80 is 20 ms");
         assert!(
