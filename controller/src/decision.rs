@@ -279,22 +279,6 @@ pub fn misses_slo_judged(o: &Outcomes, w: &WindowStats, slo_ms: f64, judge: SloJ
     }
 }
 
-/// Estimated probability that one upstream attempt fails, from the window's attempts per
-/// request and upstream failures (5xx other than local overflow and sheds) under the retries
-/// in force ([`meshtune_core::knobs::attempt_failure_estimate`]).
-pub fn attempt_failure_rate(w: &meshtune_core::WindowStats, in_force: &Knobs) -> f64 {
-    let n = w.requests.max(1) as f64;
-    let failed = w
-        .status_5xx
-        .saturating_sub(w.flag_uo.saturating_add(w.shed)) as f64
-        / n;
-    meshtune_core::knobs::attempt_failure_estimate(
-        in_force.get(Knob::RetryAttempts).round().clamp(0.0, 100.0) as u32,
-        1.0 + w.retries as f64 / n,
-        failed,
-    )
-}
-
 /// The guardrails' objective (a cost; lower is better): `1 - reward`.
 pub fn cost(o: &Outcomes) -> f64 {
     1.0 - o.reward
@@ -698,7 +682,7 @@ pub fn decide_with(
         // keeps upstream attempts within MAX_RETRY_AMPLIFICATION per request.
         let approving = mode == NsMode::Recommend && approved.is_some();
         let mut prop = approved.unwrap_or(*prop);
-        prop.cap_retries_for_failures(attempt_failure_rate(&sel.stats, &before));
+        prop.cap_retries_for_failures(sel.stats.attempt_failure_rate(&before));
         let d = state.guardrails.decide_with(
             dest,
             &sel.namespace,
@@ -1101,7 +1085,7 @@ mod tests {
             250.0,
         );
         assert_eq!(c.pushes[0].knobs.get(Knob::RetryAttempts), 3.0);
-        assert!((attempt_failure_rate(&w, &Knobs::istio_defaults()) - 0.4).abs() < 1e-6);
+        assert!((w.attempt_failure_rate(&Knobs::istio_defaults()) - 0.4).abs() < 1e-6);
     }
 
     #[test]

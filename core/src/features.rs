@@ -269,6 +269,21 @@ impl Features {
             .position(|n| *n == name)
             .map(|i| self.0[i])
     }
+
+    /// [`crate::WindowStats::attempt_failure_rate`] from a window's features, for callers
+    /// that only have those (the simulator's evaluation): features carry no filter-side sheds
+    /// (the simulator has none) and the retry rate is capped at 1 retry per request.
+    pub fn attempt_failure_rate(&self, in_force: &Knobs) -> f64 {
+        let get = |name: &str| self.get(name).unwrap_or(0.0);
+        crate::knobs::attempt_failure_estimate(
+            in_force
+                .get(crate::knobs::Knob::RetryAttempts)
+                .round()
+                .clamp(0.0, 100.0) as u32,
+            1.0 + get("retry_rate"),
+            (get("error_5xx_rate") - get("overflow_rate")).max(0.0),
+        )
+    }
 }
 
 /// Normalises one raw value.

@@ -4,6 +4,7 @@
 
 use crate::features::{Context, Features, FEATURE_COUNT};
 use crate::histogram::LatencyHistogram;
+use crate::knobs::{Knob, Knobs};
 use serde::{Deserialize, Serialize};
 
 /// Counters for one destination over `duration_s` seconds.
@@ -102,6 +103,23 @@ impl WindowStats {
         } else {
             0.0
         }
+    }
+
+    /// Estimated probability that one upstream attempt fails, from the window's attempts per
+    /// request and upstream failures (5xx other than local overflow and sheds) under the
+    /// retries in force ([`crate::knobs::attempt_failure_estimate`]). The controller and the
+    /// simulator's live loop cap proposed retries with it.
+    pub fn attempt_failure_rate(&self, in_force: &Knobs) -> f64 {
+        let n = self.requests.max(1) as f64;
+        let failed = self
+            .status_5xx
+            .saturating_sub(self.flag_uo.saturating_add(self.shed)) as f64
+            / n;
+        crate::knobs::attempt_failure_estimate(
+            in_force.get(Knob::RetryAttempts).round().clamp(0.0, 100.0) as u32,
+            1.0 + self.retries as f64 / n,
+            failed,
+        )
     }
 
     /// The policy's raw features for this window and the destination's state.

@@ -235,6 +235,12 @@ impl MeshEnv {
     pub fn window(&self) -> u32 {
         self.window
     }
+
+    /// The destination's state after the last window: knobs in force, clients, SLO and the
+    /// time since the knobs changed (what [`MeshEnv::step`]'s features carry).
+    pub fn context(&self) -> Context {
+        context(&self.scenario, &self.in_force, &self.clock)
+    }
 }
 
 impl Environment for MeshEnv {
@@ -248,7 +254,16 @@ impl Environment for MeshEnv {
     }
 
     fn step(&mut self, action: &[f32; KNOB_COUNT]) -> Step {
-        let knobs = Knobs::from_normalised(action);
+        self.step_knobs(&Knobs::from_normalised(action)).0
+    }
+}
+
+impl MeshEnv {
+    /// One window under `knobs` as given (not clamped: a wrapper that applies its own rules,
+    /// such as the live loop's guardrails, decides them); also returns the window's statistics,
+    /// so a wrapper can merge windows as the controller's sliding window does.
+    pub fn step_knobs(&mut self, knobs: &Knobs) -> (Step, WindowStats) {
+        let knobs = *knobs;
         self.engine.set_knobs(&knobs);
         let res = self.engine.run_window();
         let norm = knobs.normalised();
@@ -261,13 +276,14 @@ impl Environment for MeshEnv {
             .stats
             .features(&context(&self.scenario, &knobs, &self.clock));
         self.window += 1;
-        Step {
+        let step = Step {
             observation: features.normalised(),
             features,
             knobs,
             outcomes,
             reward: outcomes.reward,
             done: self.window >= self.scenario.windows.0,
-        }
+        };
+        (step, res.stats)
     }
 }

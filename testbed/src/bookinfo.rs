@@ -268,6 +268,10 @@ pub struct BookinfoConfig {
     /// Controller enforcing (meshtune) or observing (the files stay at Istio defaults).
     pub enforce: bool,
     pub seed: u64,
+    /// Model the controller serves (default: the embedded default model).
+    pub model: Option<std::path::PathBuf>,
+    /// Faults `compare` runs (default: ratings slow, then failing).
+    pub faults: Vec<RatingsFault>,
 }
 
 impl Default for BookinfoConfig {
@@ -280,6 +284,8 @@ impl Default for BookinfoConfig {
             slo_ms: 500,
             enforce: true,
             seed: 11,
+            model: None,
+            faults: vec![RatingsFault::Slow(20.0), RatingsFault::Failing(0.5)],
         }
     }
 }
@@ -400,6 +406,10 @@ pub fn run(paths: &Paths, cfg: &BookinfoConfig) -> Result<BookinfoResult> {
         "--slo-ms".into(),
         cfg.slo_ms.to_string(),
     ];
+    if let Some(m) = &cfg.model {
+        args.push("--model".into());
+        args.push(m.to_string_lossy().into_owned());
+    }
     for d in DESTINATIONS {
         args.push("--envoy-destination".into());
         args.push(format!("{d}={}", addr(d)));
@@ -526,7 +536,7 @@ pub fn row(label: &str, s: &Slice) -> String {
 /// Runs Istio defaults and meshtune with ratings slow, then failing, and prints the table.
 pub fn compare(paths: &Paths, base: &BookinfoConfig) -> Result<Vec<(String, BookinfoResult)>> {
     let mut out = Vec::new();
-    for fault in [RatingsFault::Slow(20.0), RatingsFault::Failing(0.5)] {
+    for &fault in &base.faults {
         for enforce in [false, true] {
             let cfg = BookinfoConfig {
                 fault,

@@ -81,6 +81,13 @@ pub enum TrainCommand {
         checkpoint_every: usize,
         #[arg(long, default_value = "ppo-v2")]
         model_version: String,
+        /// Train in the live loop (`live_env`): decide on the last `--decision-window-secs`
+        /// merged, behind the shipped guardrails and dwell, asked only when a push may happen.
+        #[arg(long)]
+        live: bool,
+        /// With `--live`: the controller's sliding window (`--window-secs`), in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        decision_window_secs: f64,
     },
     /// Run baselines and models on the train and held-out scenarios; print a table, write plots.
     Eval {
@@ -185,8 +192,15 @@ pub fn run(cmd: TrainCommand) -> Result<(), CliError> {
             lr,
             checkpoint_every,
             model_version,
+            live,
+            decision_window_secs,
         } => {
             let hidden = parse_sizes(&hidden).map_err(CliError::Usage)?;
+            if !(decision_window_secs.is_finite() && decision_window_secs >= 1.0) {
+                return Err(CliError::Usage(format!(
+                    "--decision-window-secs must be at least 1, got {decision_window_secs}"
+                )));
+            }
             let cfg = PpoConfig {
                 seed,
                 updates,
@@ -198,6 +212,8 @@ pub fn run(cmd: TrainCommand) -> Result<(), CliError> {
                 lr_value: lr,
                 checkpoint_every,
                 progress: true,
+                // A live step sums the rewards of every window the dwell holds (up to 30).
+                reward_scale: if live { 0.1 } else { 1.0 },
                 ..PpoConfig::default()
             };
             let cmdline = format!(
@@ -205,11 +221,16 @@ pub fn run(cmd: TrainCommand) -> Result<(), CliError> {
                 scenarios.as_ref().map(|s| format!(" --scenarios {}", s.display())).unwrap_or_default(),
                 out.display(),
                 hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(","),
-            );
+            ) + &if live {
+                format!(" --live --decision-window-secs {decision_window_secs}")
+            } else {
+                String::new()
+            };
             let set = crate::evaluate::ScenarioSet::load(scenarios.as_deref())?;
-            let mut train = set.train_envs();
-            let mut test = set.train_envs();
-            test.extend(set.heldout_envs());
+            let live = live.then_some(decision_window_secs);
+            let mut train = set.train_envs_with(live);
+            let mut test = set.train_envs_with(live);
+            test.extend(set.heldout_envs_with(live));
             let meta = ModelMeta {
                 model_version,
                 provenance: provenance(&cmdline),

@@ -3,6 +3,7 @@
 //! One table (per scenario + mean, splits reported separately) and plots.
 
 use crate::guarded::GuardedPolicy;
+use crate::live_env::LiveEnv;
 use crate::plots::{latency_cdf, write_chart, Chart, PlotError, Series};
 use crate::ppo::NamedEnv;
 use crate::trace::{read_updates, TraceError};
@@ -84,6 +85,36 @@ impl ScenarioSet {
 
     pub fn heldout_envs(&self) -> Vec<NamedEnv> {
         Self::envs(&self.heldout)
+    }
+
+    /// [`Self::train_envs`], or with `Some(secs)` each run as the live loop runs a model
+    /// ([`LiveEnv`]: deciding on the last `secs` merged, behind the shipped guardrails).
+    pub fn train_envs_with(&self, live_window_secs: Option<f64>) -> Vec<NamedEnv> {
+        Self::envs_with(&self.train, live_window_secs)
+    }
+
+    /// [`Self::heldout_envs`], optionally in the live loop (see [`Self::train_envs_with`]).
+    pub fn heldout_envs_with(&self, live_window_secs: Option<f64>) -> Vec<NamedEnv> {
+        Self::envs_with(&self.heldout, live_window_secs)
+    }
+
+    fn envs_with(list: &[Scenario], live_window_secs: Option<f64>) -> Vec<NamedEnv> {
+        let Some(secs) = live_window_secs else {
+            return Self::envs(list);
+        };
+        list.iter()
+            .map(|s| {
+                let windows = (secs / s.window_s.0).round().max(1.0) as usize;
+                NamedEnv {
+                    name: s.name.clone(),
+                    env: Box::new(LiveEnv::new(
+                        MeshEnv::new(s.clone(), Objective::default()),
+                        GuardrailConfig::default(),
+                        windows,
+                    )),
+                }
+            })
+            .collect()
     }
 }
 

@@ -1,7 +1,8 @@
 //! The live controller's guardrails around a policy, in simulated time, so the simulator
 //! evaluates what a destination would see in a cluster, not the raw model output.
 //!
-//! Each window the wrapped policy proposes knobs; [`meshtune_policy::guardrails::guard_with`]
+//! Each window the wrapped policy proposes knobs, the controller's retry cap lowers its retries
+//! to what the window's attempt failure rate allows; [`meshtune_policy::guardrails::guard_with`]
 //! applies bounds, hysteresis and step limits (unstepped braking while the window misses its
 //! SLO), and the dwell holds a change until `min_dwell` (`urgent_dwell` while missing the
 //! SLO) has passed since the last push, as `Guardrails::decide_with` does live. A window with
@@ -63,7 +64,9 @@ impl Policy for GuardedPolicy<'_> {
         }
         let get = |name: &str| features.get(name).unwrap_or(0.0);
         let offered = get("rps");
-        let proposed = self.inner.decide(features, in_force);
+        let mut proposed = self.inner.decide(features, in_force);
+        // The controller's retry cap (upstream attempts within 1.2 per request).
+        proposed.cap_retries_for_failures(features.attempt_failure_rate(in_force));
         if offered <= 0.0 {
             return *in_force;
         }

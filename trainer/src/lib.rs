@@ -12,6 +12,7 @@
 //! - [`trace`]: CSV reward logs (per step and per update).
 //! - [`guarded`]: the live loop's guardrails (bounds, hysteresis, step limits, dwell) around a
 //!   policy in simulated time.
+//! - [`live_env`]: the same live loop as the RL environment PPO can train in (`ppo --live`).
 //! - [`evaluate`]: baselines and models on train / held-out scenarios: table and plots.
 //! - [`plots`]: plotters charts (SVG + PNG).
 //! - [`pipeline`]: training runs with file outputs (model written only on success).
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod evaluate;
 pub mod export;
 pub mod guarded;
+pub mod live_env;
 pub mod mlp;
 pub mod pipeline;
 pub mod plots;

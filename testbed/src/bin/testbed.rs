@@ -118,6 +118,12 @@ enum Cmd {
         secs: u64,
         #[arg(long, default_value_t = meshtune_testbed::bookinfo::BookinfoConfig::default().slo_ms)]
         slo_ms: u64,
+        /// Model the controller serves (default: the embedded default model).
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
+        /// Which ratings fault to run (default: both, slow then failing).
+        #[arg(long, value_parser = ["slow", "failing", "both"], default_value = "both")]
+        fault: String,
     },
     /// The real controller under hostile ingest (largest reports, 1,000,000 distinct names,
     /// 10× the report rate) next to one good reporter: peak RSS and whether the good
@@ -271,14 +277,28 @@ fn main() -> Result<()> {
             )
             .map(|_| ())
         }
-        Cmd::Bookinfo { rate, secs, slo_ms } => {
-            use meshtune_testbed::bookinfo;
+        Cmd::Bookinfo {
+            rate,
+            secs,
+            slo_ms,
+            model,
+            fault,
+        } => {
+            use meshtune_testbed::bookinfo::{self, RatingsFault};
+            let mut faults = bookinfo::BookinfoConfig::default().faults;
+            match fault.as_str() {
+                "slow" => faults.retain(|f| matches!(f, RatingsFault::Slow(_))),
+                "failing" => faults.retain(|f| matches!(f, RatingsFault::Failing(_))),
+                _ => {}
+            }
             bookinfo::compare(
                 &paths,
                 &bookinfo::BookinfoConfig {
                     rate,
                     secs,
                     slo_ms,
+                    model,
+                    faults,
                     ..Default::default()
                 },
             )
