@@ -192,6 +192,9 @@ pub fn run_episode_with(
     }
 }
 
+/// Stream of the episode seed the service-time factor is drawn from (apart from the engine's).
+const SERVICE_JITTER_STREAM: u64 = 0x5e7_1ce_5ca1e;
+
 /// The RL environment: one step = one window of the scenario under the action's knobs.
 ///
 /// Observation = `Features::normalised()` of the window just run and the destination's state
@@ -201,6 +204,8 @@ pub fn run_episode_with(
 #[derive(Debug)]
 pub struct MeshEnv {
     scenario: Scenario,
+    /// Per-episode service-time scale range ([`MeshEnv::with_service_jitter`]); 0 = off.
+    service_jitter: f64,
     objective: Objective,
     engine: Engine,
     window: u32,
@@ -214,6 +219,7 @@ impl MeshEnv {
         let engine = Engine::new(&scenario, scenario.seed, &Knobs::istio_defaults());
         MeshEnv {
             scenario,
+            service_jitter: 0.0,
             objective,
             engine,
             window: 0,
@@ -221,6 +227,24 @@ impl MeshEnv {
             in_force: Knobs::istio_defaults(),
             clock: ChangeClock::default(),
         }
+    }
+
+    /// Every episode scales the hosts' service times by a factor drawn log-uniformly from
+    /// [1/(1+j), 1+j] with the episode's seed (domain randomisation): a real workload's
+    /// capacity is not the scenario's to the percent (a loaded machine serves ~20 % slower),
+    /// so a policy trained this way prefers settings that hold when capacity is off.
+    pub fn with_service_jitter(mut self, j: f64) -> Self {
+        self.service_jitter = if j.is_finite() { j.max(0.0) } else { 0.0 };
+        self
+    }
+
+    /// The service-time factor of the episode started with `seed` (1 without jitter).
+    pub fn service_factor(&self, seed: u64) -> f64 {
+        if self.service_jitter <= 0.0 {
+            return 1.0;
+        }
+        let u = crate::rng::Rng::new(seed ^ SERVICE_JITTER_STREAM).uniform();
+        (1.0 + self.service_jitter).powf(2.0 * u - 1.0)
     }
 
     pub fn scenario(&self) -> &Scenario {
@@ -245,7 +269,14 @@ impl MeshEnv {
 
 impl Environment for MeshEnv {
     fn reset(&mut self, seed: u64) -> [f32; FEATURE_COUNT] {
-        self.engine = Engine::new(&self.scenario, seed, &Knobs::istio_defaults());
+        let factor = self.service_factor(seed);
+        self.engine = if factor == 1.0 {
+            Engine::new(&self.scenario, seed, &Knobs::istio_defaults())
+        } else {
+            let mut sc = self.scenario.clone();
+            sc.hosts.service = sc.hosts.service.scaled(factor);
+            Engine::new(&sc, seed, &Knobs::istio_defaults())
+        };
         self.window = 0;
         self.prev = None;
         self.in_force = Knobs::istio_defaults();

@@ -52,6 +52,30 @@ pub enum ServiceDist {
 }
 
 impl ServiceDist {
+    /// The same distribution with every service time multiplied by `factor` (> 0).
+    pub fn scaled(&self, factor: f64) -> ServiceDist {
+        let f = |p: Positive| Positive(p.0 * factor);
+        match *self {
+            ServiceDist::Constant { ms } => ServiceDist::Constant { ms: f(ms) },
+            ServiceDist::Exponential { mean_ms } => ServiceDist::Exponential {
+                mean_ms: f(mean_ms),
+            },
+            ServiceDist::Lognormal { mean_ms, sigma } => ServiceDist::Lognormal {
+                mean_ms: f(mean_ms),
+                sigma,
+            },
+            ServiceDist::Bimodal {
+                fast_ms,
+                slow_ms,
+                slow_fraction,
+            } => ServiceDist::Bimodal {
+                fast_ms: f(fast_ms),
+                slow_ms: f(slow_ms),
+                slow_fraction,
+            },
+        }
+    }
+
     /// Mean service time in ms.
     pub fn mean_ms(&self) -> f64 {
         match *self {

@@ -263,3 +263,44 @@ fn decisions_on_a_sliding_window_see_the_merged_windows() {
     // The step is visible: the sliding rate lags the per-window rate somewhere.
     assert!((2..rate.len() - 1).any(|w| (three.0[w + 1] - rate[w]).abs() > 0.05 * rate[w]));
 }
+
+#[test]
+fn service_jitter_scales_each_episode_within_its_range() {
+    let sc = train("light_steady", 6);
+    let plain = MeshEnv::new(sc.clone(), Objective::default());
+    assert_eq!(plain.service_factor(5), 1.0);
+    let env = MeshEnv::new(sc.clone(), Objective::default()).with_service_jitter(0.25);
+    let factors: Vec<f64> = (0..200).map(|s| env.service_factor(s)).collect();
+    assert!(factors
+        .iter()
+        .all(|f| (1.0 / 1.25 - 1e-12..=1.25 + 1e-12).contains(f)));
+    assert!(factors.iter().any(|f| *f < 0.85) && factors.iter().any(|f| *f > 1.15));
+    assert_eq!(env.service_factor(7), env.service_factor(7), "seeded");
+    let doubled = sc.hosts.service.scaled(2.0);
+    assert!((doubled.mean_ms() - 2.0 * sc.hosts.service.mean_ms()).abs() < 1e-9);
+
+    // The factor reaches the engine: the slowest episode's median latency is above the
+    // fastest one's by about their ratio.
+    let slow_seed = (0..200u64)
+        .max_by(|a, b| factors[*a as usize].total_cmp(&factors[*b as usize]))
+        .unwrap();
+    let fast_seed = (0..200u64)
+        .min_by(|a, b| factors[*a as usize].total_cmp(&factors[*b as usize]))
+        .unwrap();
+    let p50 = |seed: u64| {
+        let mut e = MeshEnv::new(sc.clone(), Objective::default()).with_service_jitter(0.25);
+        e.reset(seed);
+        let mut last = 0.0;
+        for _ in 0..4 {
+            let s = e.step(&Knobs::istio_defaults().normalised());
+            last = s.features.get("latency_p50_ms").unwrap();
+        }
+        last
+    };
+    let ratio = p50(slow_seed) / p50(fast_seed);
+    let expected = factors[slow_seed as usize] / factors[fast_seed as usize];
+    assert!(
+        ratio > 0.8 * expected && ratio < 1.2 * expected,
+        "{ratio} vs {expected}"
+    );
+}

@@ -88,6 +88,10 @@ pub enum TrainCommand {
         /// With `--live`: the controller's sliding window (`--window-secs`), in seconds.
         #[arg(long, default_value_t = 10.0)]
         decision_window_secs: f64,
+        /// Scale each training episode's service times by a seeded factor in
+        /// [1/(1+J), 1+J] (domain randomisation; 0 = the scenarios as written).
+        #[arg(long, default_value_t = 0.0)]
+        service_jitter: f64,
     },
     /// Run baselines and models on the train and held-out scenarios; print a table, write plots.
     Eval {
@@ -194,8 +198,14 @@ pub fn run(cmd: TrainCommand) -> Result<(), CliError> {
             model_version,
             live,
             decision_window_secs,
+            service_jitter,
         } => {
             let hidden = parse_sizes(&hidden).map_err(CliError::Usage)?;
+            if !(service_jitter.is_finite() && (0.0..=1.0).contains(&service_jitter)) {
+                return Err(CliError::Usage(format!(
+                    "--service-jitter must be within 0..=1, got {service_jitter}"
+                )));
+            }
             if !(decision_window_secs.is_finite() && decision_window_secs >= 1.0) {
                 return Err(CliError::Usage(format!(
                     "--decision-window-secs must be at least 1, got {decision_window_secs}"
@@ -225,12 +235,17 @@ pub fn run(cmd: TrainCommand) -> Result<(), CliError> {
                 format!(" --live --decision-window-secs {decision_window_secs}")
             } else {
                 String::new()
+            } + &if service_jitter > 0.0 {
+                format!(" --service-jitter {service_jitter}")
+            } else {
+                String::new()
             };
             let set = crate::evaluate::ScenarioSet::load(scenarios.as_deref())?;
             let live = live.then_some(decision_window_secs);
-            let mut train = set.train_envs_with(live);
-            let mut test = set.train_envs_with(live);
-            test.extend(set.heldout_envs_with(live));
+            let mut train = set.train_envs_with(live, service_jitter);
+            // Test episodes run the scenarios as written.
+            let mut test = set.train_envs_with(live, 0.0);
+            test.extend(set.heldout_envs_with(live, 0.0));
             let meta = ModelMeta {
                 model_version,
                 provenance: provenance(&cmdline),

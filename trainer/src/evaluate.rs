@@ -89,29 +89,44 @@ impl ScenarioSet {
 
     /// [`Self::train_envs`], or with `Some(secs)` each run as the live loop runs a model
     /// ([`LiveEnv`]: deciding on the last `secs` merged, behind the shipped guardrails).
-    pub fn train_envs_with(&self, live_window_secs: Option<f64>) -> Vec<NamedEnv> {
-        Self::envs_with(&self.train, live_window_secs)
+    /// With `service_jitter` > 0 each episode's service times are scaled by a seeded factor
+    /// ([`MeshEnv::with_service_jitter`]).
+    pub fn train_envs_with(
+        &self,
+        live_window_secs: Option<f64>,
+        service_jitter: f64,
+    ) -> Vec<NamedEnv> {
+        Self::envs_with(&self.train, live_window_secs, service_jitter)
     }
 
     /// [`Self::heldout_envs`], optionally in the live loop (see [`Self::train_envs_with`]).
-    pub fn heldout_envs_with(&self, live_window_secs: Option<f64>) -> Vec<NamedEnv> {
-        Self::envs_with(&self.heldout, live_window_secs)
+    pub fn heldout_envs_with(
+        &self,
+        live_window_secs: Option<f64>,
+        service_jitter: f64,
+    ) -> Vec<NamedEnv> {
+        Self::envs_with(&self.heldout, live_window_secs, service_jitter)
     }
 
-    fn envs_with(list: &[Scenario], live_window_secs: Option<f64>) -> Vec<NamedEnv> {
-        let Some(secs) = live_window_secs else {
-            return Self::envs(list);
-        };
+    fn envs_with(
+        list: &[Scenario],
+        live_window_secs: Option<f64>,
+        service_jitter: f64,
+    ) -> Vec<NamedEnv> {
         list.iter()
             .map(|s| {
-                let windows = (secs / s.window_s.0).round().max(1.0) as usize;
+                let mesh = MeshEnv::new(s.clone(), Objective::default())
+                    .with_service_jitter(service_jitter);
+                let env: Box<dyn meshtune_core::env::Environment> = match live_window_secs {
+                    Some(secs) => {
+                        let windows = (secs / s.window_s.0).round().max(1.0) as usize;
+                        Box::new(LiveEnv::new(mesh, GuardrailConfig::default(), windows))
+                    }
+                    None => Box::new(mesh),
+                };
                 NamedEnv {
                     name: s.name.clone(),
-                    env: Box::new(LiveEnv::new(
-                        MeshEnv::new(s.clone(), Objective::default()),
-                        GuardrailConfig::default(),
-                        windows,
-                    )),
+                    env,
                 }
             })
             .collect()

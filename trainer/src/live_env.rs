@@ -239,7 +239,11 @@ rps = {rps}
             DEFAULT_DECISION_WINDOWS,
         );
         env.reset(3);
-        assert_eq!(env.counts(), (1, 0), "the first window runs on Istio defaults");
+        assert_eq!(
+            env.counts(),
+            (1, 0),
+            "the first window runs on Istio defaults"
+        );
         let mut asks = 0;
         let mut total = 0.0;
         loop {
@@ -254,7 +258,10 @@ rps = {rps}
         assert_eq!(windows, 120);
         // A push at window 1, then one every 30 windows: 1, 31, 61, 91.
         assert_eq!(pushes, 4, "asked {asks} times");
-        assert_eq!(asks, 4, "the agent is asked only when the dwell allows a push");
+        assert_eq!(
+            asks, 4,
+            "the agent is asked only when the dwell allows a push"
+        );
         // Reward is per window: at most 1 per window (the goodput term), over the 119 windows
         // after the first.
         assert!(total > 0.5 * 119.0 && total <= 119.0 + 1e-9, "{total}");
