@@ -158,6 +158,9 @@ pub fn align(
 pub struct WindowPair {
     /// Seconds since the load started at the window's end.
     pub end: u32,
+    /// Requests the load generator sent per second over the window's seconds (a reference
+    /// for `rps`, which counts completions).
+    pub sent_rps: f64,
     pub sim: Features,
     pub live: Features,
     /// Knobs in force: the simulated setting, and what the controller believes is in force.
@@ -184,12 +187,14 @@ impl WindowPair {
     }
 }
 
-/// Pairs the aligned rows with the simulated windows (`sim[e - 1]` ends at `e`).
+/// Pairs the aligned rows with the simulated windows (`sim[e - 1]` ends at `e`); `sent` is
+/// the load generator's requests per scenario window.
 pub fn pairs(
     rows: &[DatasetRow],
     alignment: &Alignment,
     sim: &[SlidingWindow],
     knobs: &Knobs,
+    sent: &[u64],
 ) -> Vec<WindowPair> {
     alignment
         .pairs
@@ -197,8 +202,13 @@ pub fn pairs(
         .filter_map(|a| {
             let s = sim.get((a.end as usize).checked_sub(1)?)?;
             let r = rows.get(a.row)?;
+            let from = (a.end - s.merged) as usize;
+            let sent_rps = sent
+                .get(from..a.end as usize)
+                .map_or(f64::NAN, |w| w.iter().sum::<u64>() as f64 / f64::from(s.merged));
             Some(WindowPair {
                 end: a.end,
+                sent_rps,
                 sim: s.features,
                 live: r.features,
                 sim_knobs: *knobs,
@@ -268,17 +278,17 @@ fn value(c: &Compared, x: f64) -> String {
 /// The per-decision markdown table (`sim / live / error` per feature, knobs in force), then
 /// the per-feature summary.
 pub fn table(pairs: &[WindowPair]) -> String {
-    let mut s = String::from("| t s |");
+    let mut s = String::from("| t s | sent/s |");
     for c in &COMPARED {
         s.push_str(&format!(" {} sim / live / err |", c.label));
     }
-    s.push_str(" knobs in force |\n|---:|");
+    s.push_str(" knobs in force |\n|---:| ---: |");
     for _ in &COMPARED {
         s.push_str(" --- |");
     }
     s.push_str(" --- |\n");
     for p in pairs {
-        s.push_str(&format!("| {} |", p.end));
+        s.push_str(&format!("| {} | {:.0} |", p.end, p.sent_rps));
         for c in &COMPARED {
             s.push_str(&format!(
                 " {} / {} / {:.0}% |",
@@ -314,13 +324,13 @@ pub fn table(pairs: &[WindowPair]) -> String {
 /// The pairs as CSV: `t_s`, then per compared feature `sim.<name>,live.<name>,err.<name>`, then
 /// `knobs_differing`.
 pub fn csv(pairs: &[WindowPair]) -> String {
-    let mut s = String::from("t_s");
+    let mut s = String::from("t_s,sent_rps");
     for c in &COMPARED {
         s.push_str(&format!(",sim.{0},live.{0},err.{0}", c.name));
     }
     s.push_str(",knobs_differing\n");
     for p in pairs {
-        s.push_str(&p.end.to_string());
+        s.push_str(&format!("{},{}", p.end, p.sent_rps));
         for c in &COMPARED {
             s.push_str(&format!(
                 ",{},{},{}",
@@ -417,7 +427,8 @@ pub fn compare(
         window_secs,
         sc.windows.0,
     );
-    let pairs = pairs(&rows, &alignment, &sim, knobs);
+    let sent: Vec<u64> = run.windows.iter().map(|w| w.sent).collect();
+    let pairs = pairs(&rows, &alignment, &sim, knobs, &sent);
     if pairs.is_empty() {
         bail!(
             "{}: the controller recorded {} rows, none in a full window after the warm-up ({:?})",
@@ -581,7 +592,7 @@ mod tests {
         };
         let mut hand = Knobs::istio_defaults();
         hand.set(Knob::Http2MaxRequests, 10.0);
-        let p = pairs(&rows, &a, &sim, &hand);
+        let p = pairs(&rows, &a, &sim, &hand, &[100, 200, 300, 500]);
         assert_eq!(p.len(), 2);
         assert_eq!(p[0].sim.get("rps"), Some(300.0));
         let rps = &COMPARED[0];
@@ -593,7 +604,8 @@ mod tests {
         let s = summarise(&p);
         assert!((s[0].median - 5.0 / 290.0).abs() < 1e-9);
         let t = table(&p);
-        assert!(t.contains("| 3 | 300 / 290 / 3% |"), "{t}");
+        assert!(t.contains("| 3 | 250 | 300 / 290 / 3% |"), "{t}");
+        assert_eq!(p[1].sent_rps, 400.0, "seconds 2..4 of the load");
         assert!(t.contains("differ: http.http2MaxRequests"), "{t}");
         assert_eq!(csv(&p).lines().count(), 3);
     }
