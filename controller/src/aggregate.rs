@@ -391,7 +391,8 @@ struct Bucket {
     sec: u64,
     counters: Counters,
     latency: SparseHistogram,
-    /// Reporter ids merged into this bucket.
+    /// Reporter id of each report merged into this bucket (a reporter that landed twice in
+    /// the second, flush jitter, is listed twice).
     reporters: Vec<u32>,
 }
 
@@ -605,9 +606,8 @@ impl Aggregator {
             }
             let b = d.buckets.back_mut().expect("bucket just ensured");
             let concurrent = !b.reporters.contains(&id);
-            if concurrent {
-                b.reporters.push(id);
-            }
+            // One entry per report (a reporter twice in a second is listed twice).
+            b.reporters.push(id);
             b.counters.add(w, concurrent);
             b.latency.add(&w.latency);
             d.running.add(&w.latency);
@@ -830,31 +830,40 @@ fn in_window(bucket_sec: u64, now_sec: u64, window_secs: u64) -> bool {
 }
 
 /// Share of the reporters in `d`'s window (at second `now_sec`) whose report of this second is
-/// still on its way: they reported in the previous second but not yet in this one. Each of
-/// them has one second less of traffic in the window (see the module docs).
+/// still on its way: they reported in the previous second but not yet in this one (and no
+/// second of the window holds two of their reports, which flush jitter does when a report
+/// lands early). Each of them has one second less of traffic in the window (see the module
+/// docs).
 fn pending_share(d: &Destination, now_sec: u64, window_secs: u64) -> f64 {
     let at = |sec: u64| d.buckets.iter().rev().take(3).find(|b| b.sec == sec);
     let Some(previous) = now_sec.checked_sub(1).and_then(at) else {
         return 0.0;
     };
     let current = at(now_sec);
-    let pending = previous
+    let in_win = || {
+        d.buckets
+            .iter()
+            .filter(|b| in_window(b.sec, now_sec, window_secs))
+    };
+    let twice = |r: &u32| {
+        in_win().any(|b| b.reporters.iter().filter(|x| *x == r).count() > 1)
+    };
+    let mut late: Vec<u32> = previous
         .reporters
         .iter()
         .filter(|r| current.is_none_or(|c| !c.reporters.contains(r)))
-        .count();
-    if pending == 0 {
+        .copied()
+        .collect();
+    late.sort_unstable();
+    late.dedup();
+    late.retain(|r| !twice(r));
+    if late.is_empty() {
         return 0.0;
     }
-    let mut ids: Vec<u32> = d
-        .buckets
-        .iter()
-        .filter(|b| in_window(b.sec, now_sec, window_secs))
-        .flat_map(|b| b.reporters.iter().copied())
-        .collect();
+    let mut ids: Vec<u32> = in_win().flat_map(|b| b.reporters.iter().copied()).collect();
     ids.sort_unstable();
     ids.dedup();
-    pending as f64 / ids.len().max(1) as f64
+    late.len() as f64 / ids.len().max(1) as f64
 }
 
 impl Destination {
@@ -1034,6 +1043,23 @@ mod tests {
         // Once the reports stop the rate still decays to 0.
         let r = upto(u64::MAX).snapshot(T0 + 35_000)[0].stats.rps();
         assert!(r < 200.0 * 0.6, "{r}");
+        // Flush jitter: b's report of second 26 lands early, in second 25 next to its report
+        // of 25; at 26.5 b has nothing in 26 yet, but its 10 reports are in the window: not
+        // pending, nothing to correct.
+        let mut events: Vec<(u64, &str)> = (0..27u64).map(|s| (T0 + s * 1000 + 200, "a")).collect();
+        events.extend((0..26u64).map(|s| (T0 + s * 1000 + 800, "b")));
+        events.push((T0 + 25_990, "b"));
+        events.sort_unstable();
+        let mut a = Aggregator::new(Limits::default());
+        let mut seq = std::collections::HashMap::new();
+        for (at, pod) in events {
+            let n = seq.entry(pod).or_insert(0u64);
+            *n += 1;
+            a.ingest(&report(pod, *n, vec![("c", window(100, 0, 1000, 4))]), at);
+        }
+        let w = &a.snapshot(T0 + 26_500)[0].stats;
+        assert_eq!(w.requests, 2000, "a: 17..26, b: 17..25 with two in 25");
+        assert!((w.rps() - 200.0).abs() < 1e-9, "{}", w.rps());
     }
 
     #[test]
