@@ -16,9 +16,12 @@
 //! a flush interval before the decision. So the live window ends at about `S + ψ − 0.5 s`, and
 //! is paired with the simulated window ending at the nearest whole second since the load
 //! started, `e = round(S + ψ − 0.5 − t0)`. The residual misalignment is within ±0.5 s (the
-//! reporters' flush phases are not known), small next to `W`. Rows with `e < W` (warm-up:
-//! the controller's window is not full yet) and `e > windows` (after the load) are dropped,
-//! as is a second row landing on the same `e` (a late cycle).
+//! reporters' flush phases are not known), small next to `W`. Rows with `e ≤ W` (warm-up) and
+//! `e > windows` (after the load) are dropped, as is a second row landing on the same `e` (a
+//! late cycle). The warm-up includes `e = W`: the first report after the load started covers
+//! more than one second of traffic (an idle filter ticks at its heartbeat period, 10 s, so
+//! its first busy window is longer), and the controller counts a report whole in the second
+//! it arrived: the first windows holding it count more than `W` seconds of traffic over `W`.
 //!
 //! Relative error = |sim − live| / max(|live|, floor), with a floor per feature
 //! ([`COMPARED`]) so near-zero figures (rates of 0, a few ms) do not turn tiny absolute
@@ -110,7 +113,7 @@ pub struct Aligned {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Alignment {
     pub pairs: Vec<Aligned>,
-    /// Rows before the first full window (`end < W`).
+    /// Rows up to the first full window (`end <= W`, see the module docs).
     pub warmup: usize,
     /// Rows after the load (`end > windows`).
     pub after: usize,
@@ -137,7 +140,7 @@ pub fn align(
     let mut a = Alignment::default();
     for (row, &s) in unix_secs.iter().enumerate() {
         let end = live_window_end_s(s, t0_unix_ms, phase_ms).round();
-        if end < f64::from(window_secs.max(1)) {
+        if end <= f64::from(window_secs.max(1)) {
             a.warmup += 1;
         } else if end > f64::from(windows) {
             a.after += 1;
@@ -353,6 +356,11 @@ pub struct Comparison {
     pub window_secs: u32,
     pub alignment: Alignment,
     pub pairs: Vec<WindowPair>,
+    /// The controller's recorded rows (all of them, warm-up included).
+    pub live_rows: Vec<DatasetRow>,
+    /// When the load started (unix ms) and the decision loop's phase.
+    pub t0_unix_ms: u64,
+    pub decision_phase_ms: Option<u64>,
 }
 
 /// Summary markdown of several runs: per scenario × setting, each feature's median relative
@@ -443,7 +451,26 @@ pub fn compare(
         window_secs,
         alignment,
         pairs,
+        live_rows: rows,
+        t0_unix_ms,
+        decision_phase_ms,
     })
+}
+
+/// The recorded rows as the controller wrote them (dataset CSV), with the load's start and
+/// the decision phase in a leading comment line.
+pub fn live_csv(c: &Comparison) -> String {
+    let mut s = format!(
+        "# load started at unix ms {}, decision phase {:?} ms\n",
+        c.t0_unix_ms, c.decision_phase_ms
+    );
+    s.push_str(&meshtune_core::dataset::header().join(","));
+    s.push('\n');
+    for r in &c.live_rows {
+        s.push_str(&r.to_record().join(","));
+        s.push('\n');
+    }
+    s
 }
 
 /// Options of `testbed compare-windows`.
@@ -504,6 +531,7 @@ pub fn run(paths: &Paths, cfg: &CompareConfig) -> Result<Vec<Comparison>> {
             let stem = file_stem(&c.scenario, &c.setting);
             write(&cfg.out_dir.join(format!("{stem}.md")), &t)?;
             write(&cfg.out_dir.join(format!("{stem}.csv")), &csv(&c.pairs))?;
+            write(&cfg.out_dir.join(format!("{stem}.live.csv")), &live_csv(&c))?;
             runs.push(c);
         }
     }
@@ -537,18 +565,18 @@ mod tests {
         // t0 = 1000.000 s, phase 500 ms: row at unix second S ends at S - 1000.
         let secs = [1001, 1002, 1003, 1004, 1005, 1005, 1006, 1007, 1008];
         let a = align(&secs, 1_000_000, Some(500), 3, 6);
-        assert_eq!(a.warmup, 2, "ends 1 and 2 are before the first full 3 s window");
+        assert_eq!(a.warmup, 3, "ends 1, 2 and 3 (up to the first full 3 s window)");
         assert_eq!(a.duplicates, 1);
         assert_eq!(a.after, 2, "ends 7 and 8 are after a 6 s load");
         let ends: Vec<u32> = a.pairs.iter().map(|p| p.end).collect();
-        assert_eq!(ends, vec![3, 4, 5, 6]);
-        assert_eq!(a.pairs[2].row, 4, "the first row of a duplicate end is kept");
+        assert_eq!(ends, vec![4, 5, 6]);
+        assert_eq!(a.pairs[1].row, 4, "the first row of a duplicate end is kept");
         // A later phase moves the window's end: 1003.9 - 0.5 - 1000 = 3.4 -> 3.
-        let b = align(&[1003], 1_000_000, Some(900), 3, 6);
+        let b = align(&[1003], 1_000_000, Some(900), 2, 6);
         assert_eq!(b.pairs[0].end, 3);
-        let c = align(&[1003], 1_000_000, Some(999), 3, 6);
+        let c = align(&[1003], 1_000_000, Some(999), 2, 6);
         assert_eq!(c.pairs[0].end, 3, "3.499 rounds to 3");
-        let d = align(&[1003], 999_400, Some(999), 3, 6);
+        let d = align(&[1003], 999_400, Some(999), 2, 6);
         assert_eq!(d.pairs[0].end, 4, "t0 earlier by 0.6 s: 4.099 rounds to 4");
     }
 
