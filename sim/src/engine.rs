@@ -285,6 +285,10 @@ pub struct Engine {
     inflight_total: u64,
     inflight_last: u64,
     w: WindowCounters,
+    /// Hosts an attempt was sent to in the window in progress (the `endpoints` feature: the
+    /// filter counts the upstream hosts its requests reached, so an ejected or unused host is
+    /// not seen).
+    hosts_seen: Vec<bool>,
     hist: LatencyHistogram,
     totals: Totals,
     window_index: u64,
@@ -357,6 +361,7 @@ impl Engine {
             inflight_total: 0,
             inflight_last: 0,
             w: WindowCounters::default(),
+            hosts_seen: vec![false; h],
             hist: LatencyHistogram::new(),
             totals: Totals {
                 ejections_per_host: vec![0; h],
@@ -413,6 +418,7 @@ impl Engine {
             c.inflight_max = c.inflight;
         }
         self.w = WindowCounters::default();
+        self.hosts_seen.fill(false);
         self.hist.clear();
         self.inflight_last = start;
         self.start_window_arrivals(start, end);
@@ -466,7 +472,8 @@ impl Engine {
             request_bytes: 0,
             response_bytes: 0,
             http2_requests: 0,
-            endpoints: u32::try_from(self.hosts.len()).unwrap_or(u32::MAX),
+            endpoints: u32::try_from(self.hosts_seen.iter().filter(|s| **s).count())
+                .unwrap_or(u32::MAX),
             unmeasured_requests: 0,
             latency: self.hist.clone(),
         };
@@ -898,6 +905,7 @@ impl Engine {
             );
         }
         self.totals.attempts_per_host[host as usize] += 1;
+        self.hosts_seen[host as usize] = true;
         let (_, _, down) = self.host_condition(host, self.now);
         if down {
             self.atts[a as usize].result = Code::ConnFailure;

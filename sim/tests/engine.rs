@@ -358,9 +358,14 @@ rps = 300.0
     });
     let mut e = Engine::new(&sc, 4, &k);
     let first = e.run_window();
+    // The `endpoints` feature counts the hosts that got attempts (what the filter sees): all
+    // three before the ejection, two once host 0 is out.
+    assert_eq!(first.stats.endpoints, 3);
     let mut later_errors = 0;
     for _ in 1..10 {
-        later_errors += e.run_window().stats.status_5xx;
+        let w = e.run_window();
+        later_errors += w.stats.status_5xx;
+        assert_eq!(w.stats.endpoints, 2, "the ejected host is not seen");
     }
     let t = e.totals();
     assert_eq!(t.ejections_per_host, vec![1, 0, 0]);

@@ -361,6 +361,9 @@ pub struct Comparison {
     /// When the load started (unix ms) and the decision loop's phase.
     pub t0_unix_ms: u64,
     pub decision_phase_ms: Option<u64>,
+    /// Reports accepted by the controller and lost by the filters (see [`Observation`]).
+    pub reports_accepted: u64,
+    pub reports_dropped: Option<u64>,
 }
 
 /// Summary markdown of several runs: per scenario × setting, each feature's median relative
@@ -422,6 +425,8 @@ pub fn compare(
         t0_unix_ms,
         rows,
         decision_phase_ms,
+        reports_accepted,
+        reports_dropped,
         ..
     } = run
         .observation
@@ -454,6 +459,8 @@ pub fn compare(
         live_rows: rows,
         t0_unix_ms,
         decision_phase_ms,
+        reports_accepted,
+        reports_dropped,
     })
 }
 
@@ -518,14 +525,17 @@ pub fn run(paths: &Paths, cfg: &CompareConfig) -> Result<Vec<Comparison>> {
             say(
                 &pb,
                 format!(
-                    "\n{} / {} (W = {} s; {} windows compared, dropped: {} warm-up, {} after the load, {} duplicates)\n{t}",
+                    "\n{} / {} (W = {} s; {} windows compared, dropped: {} warm-up, {} after the load, {} duplicates; reports accepted {}, lost by the filters {}; load average {})\n{t}",
                     c.scenario,
                     c.setting,
                     c.window_secs,
                     c.pairs.len(),
                     c.alignment.warmup,
                     c.alignment.after,
-                    c.alignment.duplicates
+                    c.alignment.duplicates,
+                    c.reports_accepted,
+                    c.reports_dropped.map_or("?".into(), |d| d.to_string()),
+                    load_average()
                 ),
             );
             let stem = file_stem(&c.scenario, &c.setting);
@@ -537,10 +547,19 @@ pub fn run(paths: &Paths, cfg: &CompareConfig) -> Result<Vec<Comparison>> {
     }
     pb.finish_and_clear();
     let s = summary_table(&runs);
+    let s = format!("{s}\n(load average at the end: {})\n", load_average());
     println!("\nMedian relative error per feature (sim vs live, windows of {} s):\n\n{s}", cfg.window_secs);
     write(&cfg.out_dir.join("summary.md"), &s)?;
     println!("tables written to {}", cfg.out_dir.display());
     Ok(runs)
+}
+
+/// The 1-minute load average (`/proc/loadavg`), for the record next to each figure.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(String::from))
+        .unwrap_or_else(|| "?".into())
 }
 
 fn write(p: &Path, text: &str) -> Result<()> {

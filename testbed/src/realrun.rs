@@ -123,6 +123,11 @@ pub struct Observation {
     /// Milliseconds into its second of the last decision (`/api/destinations`
     /// `last_decision.unix_ms`): the decision loop's phase, which stays put (1 s interval).
     pub decision_phase_ms: Option<u64>,
+    /// Reports the controller accepted, and the filters' reports lost on the way
+    /// (`meshtune_filter_dropped_reports_total`: a report still outstanding at the next flush
+    /// or slower than `report_timeout_ms` is dropped, and its second of traffic with it).
+    pub reports_accepted: u64,
+    pub reports_dropped: Option<u64>,
 }
 
 impl RunResult {
@@ -504,6 +509,16 @@ pub fn run(
             window_secs: *window_secs,
             rows: read_record(&dir.join(RECORD_FILE))?,
             decision_phase_ms: decision_phase_ms(ctl),
+            reports_accepted: ctl
+                .destinations()
+                .map(|d| d.reports_accepted)
+                .unwrap_or(0),
+            reports_dropped: ctl.admin_get("/metrics").ok().and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("meshtune_filter_dropped_reports_total "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .map(|v| v as u64)
+            }),
         }),
         _ => None,
     };
