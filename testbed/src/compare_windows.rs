@@ -516,11 +516,21 @@ pub fn run(paths: &Paths, cfg: &CompareConfig) -> Result<Vec<Comparison>> {
         .sum();
     let pb = bar(total, "windows");
     let mut runs = Vec::new();
+    let mut failed = Vec::new();
     for sc in &scenarios {
         for name in &cfg.settings {
             let (setting, knobs) = setting(sc, name)?;
             pb.set_message(format!("{} / {setting}", sc.name));
-            let c = compare(paths, sc, &setting, &knobs, cfg.window_secs, |_| pb.inc(1))?;
+            // One failed run (e.g. the load generator out of file descriptors under an
+            // unbounded queue) is reported and the others still run.
+            let c = match compare(paths, sc, &setting, &knobs, cfg.window_secs, |_| pb.inc(1)) {
+                Ok(c) => c,
+                Err(e) => {
+                    say(&pb, format!("\n{} / {setting}: FAILED: {e:#}", sc.name));
+                    failed.push(format!("{} / {setting}: {e:#}", sc.name));
+                    continue;
+                }
+            };
             let t = table(&c.pairs);
             say(
                 &pb,
@@ -547,10 +557,16 @@ pub fn run(paths: &Paths, cfg: &CompareConfig) -> Result<Vec<Comparison>> {
     }
     pb.finish_and_clear();
     let s = summary_table(&runs);
-    let s = format!("{s}\n(load average at the end: {})\n", load_average());
+    let mut s = format!("{s}\n(load average at the end: {})\n", load_average());
+    for f in &failed {
+        s.push_str(&format!("\nFAILED: {f}\n"));
+    }
     println!("\nMedian relative error per feature (sim vs live, windows of {} s):\n\n{s}", cfg.window_secs);
     write(&cfg.out_dir.join("summary.md"), &s)?;
     println!("tables written to {}", cfg.out_dir.display());
+    if runs.is_empty() {
+        bail!("every run failed:\n  {}", failed.join("\n  "));
+    }
     Ok(runs)
 }
 
