@@ -812,11 +812,7 @@ impl Aggregator {
         let elapsed = now_ms.saturating_sub(d.first_seen_ms) as f64 / 1000.0 + d.first_duration_s;
         let full = merged.duration_s.max(elapsed).min(w as f64);
         let pending = pending_share(d, sec, w);
-        let span = if full > pending {
-            full - pending
-        } else {
-            full
-        };
+        let span = if full > pending { full - pending } else { full };
         if span > 0.0 {
             merged.inflight_avg = merged.inflight_avg * merged.duration_s.min(span) / span;
         }
@@ -845,9 +841,7 @@ fn pending_share(d: &Destination, now_sec: u64, window_secs: u64) -> f64 {
             .iter()
             .filter(|b| in_window(b.sec, now_sec, window_secs))
     };
-    let twice = |r: &u32| {
-        in_win().any(|b| b.reporters.iter().filter(|x| *x == r).count() > 1)
-    };
+    let twice = |r: &u32| in_win().any(|b| b.reporters.iter().filter(|x| *x == r).count() > 1);
     let mut late: Vec<u32> = previous
         .reporters
         .iter()
@@ -1035,7 +1029,10 @@ mod tests {
         assert_eq!(half.requests, 1900);
         assert!((half.rps() - 200.0).abs() < 1e-9, "{}", half.rps());
         let none = at(T0 + 25_100);
-        assert_eq!(none.requests, 1800, "seconds 16..24; this second's not in yet");
+        assert_eq!(
+            none.requests, 1800,
+            "seconds 16..24; this second's not in yet"
+        );
         assert!((none.rps() - 200.0).abs() < 1e-9, "{}", none.rps());
         let all = at(T0 + 25_900);
         assert_eq!(all.requests, 2000);

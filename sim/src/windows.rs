@@ -161,7 +161,11 @@ at_s = 4.0
         assert!((three[5].stats.duration_s - 3.0).abs() < 1e-9);
         let avg: f64 = one[3..6].iter().map(|s| s.stats.inflight_avg).sum::<f64>() / 3.0;
         assert!((three[5].stats.inflight_avg - avg).abs() < 1e-9);
-        let max = one[3..6].iter().map(|s| s.stats.inflight_max).max().unwrap();
+        let max = one[3..6]
+            .iter()
+            .map(|s| s.stats.inflight_max)
+            .max()
+            .unwrap();
         assert_eq!(three[5].stats.inflight_max, max);
         // The step shows in the rate: 200 rps before, ~900 after.
         assert!(one[1].features.0[0] < 300.0 && one[6].features.0[0] > 600.0);

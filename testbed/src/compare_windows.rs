@@ -206,9 +206,9 @@ pub fn pairs(
             let s = sim.get((a.end as usize).checked_sub(1)?)?;
             let r = rows.get(a.row)?;
             let from = (a.end - s.merged) as usize;
-            let sent_rps = sent
-                .get(from..a.end as usize)
-                .map_or(f64::NAN, |w| w.iter().sum::<u64>() as f64 / f64::from(s.merged));
+            let sent_rps = sent.get(from..a.end as usize).map_or(f64::NAN, |w| {
+                w.iter().sum::<u64>() as f64 / f64::from(s.merged)
+            });
             Some(WindowPair {
                 end: a.end,
                 sent_rps,
@@ -561,7 +561,10 @@ pub fn run(paths: &Paths, cfg: &CompareConfig) -> Result<Vec<Comparison>> {
     for f in &failed {
         s.push_str(&format!("\nFAILED: {f}\n"));
     }
-    println!("\nMedian relative error per feature (sim vs live, windows of {} s):\n\n{s}", cfg.window_secs);
+    println!(
+        "\nMedian relative error per feature (sim vs live, windows of {} s):\n\n{s}",
+        cfg.window_secs
+    );
     write(&cfg.out_dir.join("summary.md"), &s)?;
     println!("tables written to {}", cfg.out_dir.display());
     if runs.is_empty() {
@@ -600,12 +603,18 @@ mod tests {
         // t0 = 1000.000 s, phase 500 ms: row at unix second S ends at S - 1000.
         let secs = [1001, 1002, 1003, 1004, 1005, 1005, 1006, 1007, 1008];
         let a = align(&secs, 1_000_000, Some(500), 3, 6);
-        assert_eq!(a.warmup, 3, "ends 1, 2 and 3 (up to the first full 3 s window)");
+        assert_eq!(
+            a.warmup, 3,
+            "ends 1, 2 and 3 (up to the first full 3 s window)"
+        );
         assert_eq!(a.duplicates, 1);
         assert_eq!(a.after, 2, "ends 7 and 8 are after a 6 s load");
         let ends: Vec<u32> = a.pairs.iter().map(|p| p.end).collect();
         assert_eq!(ends, vec![4, 5, 6]);
-        assert_eq!(a.pairs[1].row, 4, "the first row of a duplicate end is kept");
+        assert_eq!(
+            a.pairs[1].row, 4,
+            "the first row of a duplicate end is kept"
+        );
         // A later phase moves the window's end: 1003.9 - 0.5 - 1000 = 3.4 -> 3.
         let b = align(&[1003], 1_000_000, Some(900), 2, 6);
         assert_eq!(b.pairs[0].end, 3);

@@ -380,13 +380,7 @@ pub fn run(
                 let base = client_base(endpoints[0]);
                 EnvoyProcess::start(
                     &base.launch(&paths.envoy),
-                    &observe_bootstrap(
-                        &endpoints,
-                        knobs,
-                        ctl.grpc(),
-                        &paths.filter_wasm,
-                        &plugin,
-                    )?,
+                    &observe_bootstrap(&endpoints, knobs, ctl.grpc(), &paths.filter_wasm, &plugin)?,
                 )?
             }
             Arm::Meshtune { model } => {
@@ -509,10 +503,7 @@ pub fn run(
             window_secs: *window_secs,
             rows: read_record(&dir.join(RECORD_FILE))?,
             decision_phase_ms: decision_phase_ms(ctl),
-            reports_accepted: ctl
-                .destinations()
-                .map(|d| d.reports_accepted)
-                .unwrap_or(0),
+            reports_accepted: ctl.destinations().map(|d| d.reports_accepted).unwrap_or(0),
             reports_dropped: ctl.admin_get("/metrics").ok().and_then(|m| {
                 m.lines()
                     .find_map(|l| l.strip_prefix("meshtune_filter_dropped_reports_total "))
@@ -546,7 +537,12 @@ const RECORD_FILE: &str = "record.csv";
 
 /// The controller of [`Arm::Observe`]: observe mode (log sink only, no hints), deciding every
 /// second on the last `window_secs` and recording every decided window to `record`.
-fn start_observer(paths: &Paths, sc: &Scenario, record: &Path, window_secs: u32) -> Result<Controller> {
+fn start_observer(
+    paths: &Paths,
+    sc: &Scenario,
+    record: &Path,
+    window_secs: u32,
+) -> Result<Controller> {
     let mut ccfg = ControllerConfig::new(&paths.meshtune_bin);
     ccfg.window_secs = Some(window_secs);
     ccfg.extra_args = [
@@ -572,14 +568,15 @@ pub fn read_record(path: &Path) -> Result<Vec<DatasetRow>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    let mut r = csv::Reader::from_path(path)
-        .with_context(|| format!("record file {}", path.display()))?;
+    let mut r =
+        csv::Reader::from_path(path).with_context(|| format!("record file {}", path.display()))?;
     let h: Vec<String> = r.headers()?.iter().map(String::from).collect();
     check_header(&h).with_context(|| format!("record file {}", path.display()))?;
     r.records()
         .enumerate()
         .map(|(i, rec)| {
-            let rec = rec.with_context(|| format!("record file {} row {}", path.display(), i + 1))?;
+            let rec =
+                rec.with_context(|| format!("record file {} row {}", path.display(), i + 1))?;
             DatasetRow::from_record(&rec.iter().collect::<Vec<_>>())
                 .with_context(|| format!("record file {} row {}", path.display(), i + 1))
         })
@@ -706,8 +703,8 @@ mod tests {
             assert_eq!(clusters[1]["name"], crate::envoy::CONTROLLER_CLUSTER);
             assert_eq!(clusters[0], st["static_resources"]["clusters"][0]);
             clusters.pop();
-            let filters = ob["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
-                [0]["typed_config"]["http_filters"]
+            let filters = ob["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+                ["typed_config"]["http_filters"]
                 .as_array_mut()
                 .unwrap();
             assert_eq!(filters.len(), 2);
