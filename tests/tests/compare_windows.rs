@@ -11,8 +11,9 @@ use meshtune_testbed::compare_windows::{compare, summarise};
 
 /// A constant 400 rps over two client Envoys to two hosts serving 8 at once (~10 ms, a
 /// quarter of their capacity), Istio defaults; the controller decides every second on its
-/// last 8 s (3,200 requests a window: the two sides' independent Poisson arrivals differ by
-/// ~2.5 % (1σ) a window). In every full window the live and simulated rates agree within
+/// last 10 s (4,000 requests a window: the two sides' independent Poisson arrivals differ by
+/// ~2.2 % (1σ) a window; on a loaded machine late flushes move up to ~5 % more across a
+/// window's edges). In every full window the live and simulated rates agree within
 /// 10 %, the median latency within 50 % or 4 ms and the in-flight average (rate × latency)
 /// within 50 % (the real path adds loopback, two Envoys and a loaded machine to the simulated
 /// service time: +0.5–1 ms, +10–15 % in-flight when measured), both see 2 clients and 2
@@ -26,7 +27,7 @@ fn live_and_simulated_features_agree_window_by_window_at_constant_load() {
 name = "constant"
 seed = 11
 window_s = 1.0
-windows = 15
+windows = 16
 slo_ms = 250.0
 clients = 2
 [hosts]
@@ -41,12 +42,12 @@ rps = 400.0
     )
     .expect("valid scenario");
     let knobs = Knobs::istio_defaults();
-    let c = compare(&paths, &sc, "istio defaults", &knobs, 8, |_| {}).expect("runs");
+    let c = compare(&paths, &sc, "istio defaults", &knobs, 10, |_| {}).expect("runs");
     let t = meshtune_testbed::compare_windows::table(&c.pairs);
     eprintln!("{t}\n{:?}", c.alignment);
     assert!(
-        c.pairs.len() >= 6,
-        "windows 9..15 should be compared, got {:?}",
+        c.pairs.len() >= 5,
+        "windows 11..16 should be compared, got {:?}",
         c.alignment
     );
     for p in &c.pairs {
