@@ -64,7 +64,7 @@ commands:
                          window: each scenario (default sim/scenarios/calibration) with a
                          static setting (default istio-defaults and sim-oracle) observed by
                          the filter and the controller (observe mode) on real Envoy and
-                         simulated; tables in target/runs/compare-windows (~9 min)
+                         simulated; tables in target/runs/compare-windows (~10 min)
   bench ingest-abuse     setup + build, then the real controller under hostile ingest
                          (largest reports, 1,000,000 names, 10x rate) next to a good
                          reporter: peak RSS, whether the good destination kept being decided
