@@ -11,7 +11,13 @@
 //!
 //! **Window duration.** `duration_s` of a window is the wall-clock span it covers:
 //! `min(window_secs, time since the destination's first report + that report's length)`, so
-//! the rate of a destination whose traffic stopped decays to 0 instead of freezing.
+//! the rate of a destination whose traffic stopped decays to 0 instead of freezing, less the
+//! reports of the current second still on their way: a reporter that reported in the previous
+//! second but not yet in this one has one report fewer in the window (its window holds
+//! `window_secs − 1` seconds of its traffic), so the span shrinks by the share of the window's
+//! reporters in that state ([`pending_share`]; reporters weigh alike). Without it a decision
+//! taken before this second's reports arrived divided `window_secs − 1` seconds of requests
+//! by `window_secs` (rates up to `1/window_secs` low, found by `testbed compare-windows`).
 //! `inflight_avg` is time-weighted over that span (0 where nothing was reported).
 //!
 //! **Approximation.** If one reporter lands twice in the same one-second bucket (flush jitter),
@@ -385,7 +391,8 @@ struct Bucket {
     sec: u64,
     counters: Counters,
     latency: SparseHistogram,
-    /// Reporter ids merged into this bucket.
+    /// Reporter id of each report merged into this bucket (a reporter that landed twice in
+    /// the second, flush jitter, is listed twice).
     reporters: Vec<u32>,
 }
 
@@ -599,9 +606,8 @@ impl Aggregator {
             }
             let b = d.buckets.back_mut().expect("bucket just ensured");
             let concurrent = !b.reporters.contains(&id);
-            if concurrent {
-                b.reporters.push(id);
-            }
+            // One entry per report (a reporter twice in a second is listed twice).
+            b.reporters.push(id);
             b.counters.add(w, concurrent);
             b.latency.add(&w.latency);
             d.running.add(&w.latency);
@@ -804,7 +810,9 @@ impl Aggregator {
             LatencyHistogram::from_range(d.running.offset, counts, sum_us, min_us, max_us)
                 .unwrap_or_default();
         let elapsed = now_ms.saturating_sub(d.first_seen_ms) as f64 / 1000.0 + d.first_duration_s;
-        let span = merged.duration_s.max(elapsed).min(w as f64);
+        let full = merged.duration_s.max(elapsed).min(w as f64);
+        let pending = pending_share(d, sec, w);
+        let span = if full > pending { full - pending } else { full };
         if span > 0.0 {
             merged.inflight_avg = merged.inflight_avg * merged.duration_s.min(span) / span;
         }
@@ -815,6 +823,41 @@ impl Aggregator {
 
 fn in_window(bucket_sec: u64, now_sec: u64, window_secs: u64) -> bool {
     bucket_sec + window_secs > now_sec
+}
+
+/// Share of the reporters in `d`'s window (at second `now_sec`) whose report of this second is
+/// still on its way: they reported in the previous second but not yet in this one (and no
+/// second of the window holds two of their reports, which flush jitter does when a report
+/// lands early). Each of them has one second less of traffic in the window (see the module
+/// docs).
+fn pending_share(d: &Destination, now_sec: u64, window_secs: u64) -> f64 {
+    let at = |sec: u64| d.buckets.iter().rev().take(3).find(|b| b.sec == sec);
+    let Some(previous) = now_sec.checked_sub(1).and_then(at) else {
+        return 0.0;
+    };
+    let current = at(now_sec);
+    let in_win = || {
+        d.buckets
+            .iter()
+            .filter(|b| in_window(b.sec, now_sec, window_secs))
+    };
+    let twice = |r: &u32| in_win().any(|b| b.reporters.iter().filter(|x| *x == r).count() > 1);
+    let mut late: Vec<u32> = previous
+        .reporters
+        .iter()
+        .filter(|r| current.is_none_or(|c| !c.reporters.contains(r)))
+        .copied()
+        .collect();
+    late.sort_unstable();
+    late.dedup();
+    late.retain(|r| !twice(r));
+    if late.is_empty() {
+        return 0.0;
+    }
+    let mut ids: Vec<u32> = in_win().flat_map(|b| b.reporters.iter().copied()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    late.len() as f64 / ids.len().max(1) as f64
 }
 
 impl Destination {
@@ -957,6 +1000,63 @@ mod tests {
         assert_eq!(later[0].window.rps(), 0.0);
         assert_eq!(later[0].reporters, 0);
         assert_eq!(later[0].lifetime.requests, (10..20).sum::<u64>());
+    }
+
+    /// Two reporters flushing every second, at 0.2 s and 0.8 s into the second; decisions at
+    /// 0.5 s see the first one's report of this second but not yet the second one's: the
+    /// window holds 10 s of the first's traffic and 9 s of the second's. The rate is exact
+    /// (200/s), not 190/s; with neither report in yet, 9 s of both over 9 s.
+    #[test]
+    fn reports_still_on_their_way_do_not_lower_the_rate() {
+        // The reports received before `until_ms`.
+        let upto = |until_ms: u64| {
+            let mut a = Aggregator::new(Limits::default());
+            for s in 0..30u64 {
+                for (pod, phase) in [("a", 200), ("b", 800)] {
+                    let at = T0 + s * 1000 + phase;
+                    if at < until_ms {
+                        a.ingest(
+                            &report(pod, s + 1, vec![("c", window(100, 0, 1000, 4))]),
+                            at,
+                        );
+                    }
+                }
+            }
+            a
+        };
+        let at = |t: u64| upto(t).snapshot(t)[0].stats.clone();
+        let half = at(T0 + 25_500);
+        assert_eq!(half.requests, 1900);
+        assert!((half.rps() - 200.0).abs() < 1e-9, "{}", half.rps());
+        let none = at(T0 + 25_100);
+        assert_eq!(
+            none.requests, 1800,
+            "seconds 16..24; this second's not in yet"
+        );
+        assert!((none.rps() - 200.0).abs() < 1e-9, "{}", none.rps());
+        let all = at(T0 + 25_900);
+        assert_eq!(all.requests, 2000);
+        assert!((all.rps() - 200.0).abs() < 1e-9, "{}", all.rps());
+        // Once the reports stop the rate still decays to 0.
+        let r = upto(u64::MAX).snapshot(T0 + 35_000)[0].stats.rps();
+        assert!(r < 200.0 * 0.6, "{r}");
+        // Flush jitter: b's report of second 26 lands early, in second 25 next to its report
+        // of 25; at 26.5 b has nothing in 26 yet, but its 10 reports are in the window: not
+        // pending, nothing to correct.
+        let mut events: Vec<(u64, &str)> = (0..27u64).map(|s| (T0 + s * 1000 + 200, "a")).collect();
+        events.extend((0..26u64).map(|s| (T0 + s * 1000 + 800, "b")));
+        events.push((T0 + 25_990, "b"));
+        events.sort_unstable();
+        let mut a = Aggregator::new(Limits::default());
+        let mut seq = std::collections::HashMap::new();
+        for (at, pod) in events {
+            let n = seq.entry(pod).or_insert(0u64);
+            *n += 1;
+            a.ingest(&report(pod, *n, vec![("c", window(100, 0, 1000, 4))]), at);
+        }
+        let w = &a.snapshot(T0 + 26_500)[0].stats;
+        assert_eq!(w.requests, 2000, "a: 17..26, b: 17..25 with two in 25");
+        assert!((w.rps() - 200.0).abs() < 1e-9, "{}", w.rps());
     }
 
     #[test]

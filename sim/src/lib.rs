@@ -8,6 +8,8 @@
 //! - [`baselines`]: Istio defaults, static and hand-tuned configs, a gradient concurrency
 //!   controller, and the grid-search oracle.
 //! - [`sweep`]: dataset generation (static knob grid x scenarios x seeds → CSV rows).
+//! - [`windows`]: sliding-window features of a static configuration (the live controller's
+//!   view), for comparing the simulator with the controller window by window.
 //! - [`cli`]: `meshtune sim sweep|run|bench`.
 
 pub mod baselines;
@@ -17,6 +19,7 @@ pub mod episode;
 pub mod rng;
 pub mod scenario;
 pub mod sweep;
+pub mod windows;
 
 pub use baselines::{
     hand_tuned, oracle_grid_search, GradientController, IstioDefaults, KnobGrid, StaticPolicy,

@@ -16,12 +16,15 @@
 //! - [`scenarios`]: the filter-overhead benchmark; [`istio_bench`]: its Istio-shaped variants.
 //! - [`bookinfo`]: Istio's BookInfo call graph, every calling service behind its own sidecar.
 //! - [`calibrate`]: the simulator against real Envoy on the same scenarios and settings.
+//! - [`compare_windows`]: the live controller's features next to the simulator's, window by
+//!   window, on the same load.
 //! - [`realrun`]: a simulator scenario file run on real Envoy (hosts, clients, faults, load).
 //! - [`tuning`]: the five-arm tuning benchmark on real Envoy.
 
 pub mod abuse;
 pub mod bookinfo;
 pub mod calibrate;
+pub mod compare_windows;
 pub mod controller;
 pub mod demo;
 pub mod envoy;

@@ -3,8 +3,9 @@
 //! distribution, base errors and timed faults), one Envoy per client with every host as an
 //! endpoint of its `workload` cluster, and the load profile split evenly across the clients as
 //! seeded Poisson arrivals, measured per window. What differs between runs is the [`Arm`]: a
-//! static configuration, Envoy's adaptive concurrency filter, or meshtune (filter + controller
-//! enforcing through CDS/RDS files).
+//! static configuration, Envoy's adaptive concurrency filter, meshtune (filter + controller
+//! enforcing through CDS/RDS files), or a static configuration observed by meshtune (filter
+//! reporting, controller computing and recording features without acting).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use meshtune_core::dataset::{check_header, DatasetRow};
 use meshtune_core::Knobs;
 use meshtune_sim::scenario::{Failure, Scenario, ServiceDist};
 use meshtune_sinks::envoy::{self as render, EnvoyCluster, DEFAULT_RETRY_ON};
@@ -41,6 +43,16 @@ pub enum Arm {
     /// The meshtune filter in every client, the controller enforcing through CDS/RDS files
     /// with its shipped guardrails; `model` None = the embedded default model.
     Meshtune { model: Option<PathBuf> },
+    /// The static configuration of [`Arm::Static`] (the same cluster and route:
+    /// [`observe_bootstrap`]) with the meshtune filter in every client reporting to a
+    /// controller in `--mode observe` that decides every second on its last `window_secs`
+    /// and records its features (`--record`); nothing is pushed and no hint is served. The
+    /// recorded rows come back in [`RunResult::observation`].
+    Observe {
+        name: String,
+        knobs: Knobs,
+        window_secs: u32,
+    },
 }
 
 impl Arm {
@@ -54,6 +66,7 @@ impl Arm {
                 "meshtune ({})",
                 p.file_name().unwrap_or_default().to_string_lossy()
             ),
+            Arm::Observe { name, .. } => format!("{name} (observed)"),
         }
     }
 }
@@ -93,6 +106,28 @@ pub struct RunResult {
     pub attempts: Vec<f64>,
     /// Controller pushes (meshtune arm).
     pub pushes: usize,
+    /// What the observing controller computed ([`Arm::Observe`]; `None` for other arms).
+    pub observation: Option<Observation>,
+}
+
+/// The features the controller computed during an [`Arm::Observe`] run.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    /// When the load started (unix ms): window `i` of the scenario is `t0 + i·window_s`.
+    pub t0_unix_ms: u64,
+    /// The controller's sliding window (`--window-secs`).
+    pub window_secs: u32,
+    /// The recorded dataset rows (`--record`), in order: `window` is the decision's unix
+    /// second.
+    pub rows: Vec<DatasetRow>,
+    /// Milliseconds into its second of the last decision (`/api/destinations`
+    /// `last_decision.unix_ms`): the decision loop's phase, which stays put (1 s interval).
+    pub decision_phase_ms: Option<u64>,
+    /// Reports the controller accepted, and the filters' reports lost on the way
+    /// (`meshtune_filter_dropped_reports_total`: a report still outstanding at the next flush
+    /// or slower than `report_timeout_ms` is dropped, and its second of traffic with it).
+    pub reports_accepted: u64,
+    pub reports_dropped: Option<u64>,
 }
 
 impl RunResult {
@@ -185,16 +220,41 @@ pub fn window_rates(sc: &Scenario) -> Vec<f64> {
 /// `knobs` over `endpoints` and the route's timeout and retries from `knobs`.
 pub fn static_bootstrap(endpoints: &[SocketAddr], knobs: &Knobs) -> Result<Value> {
     let mut b = render_bootstrap(&client_base(endpoints[0]));
+    apply_knobs(&mut b, endpoints, knobs)?;
+    Ok(b)
+}
+
+/// [`static_bootstrap`] plus the meshtune filter in front of the router and the
+/// `meshtune_controller` cluster it reports to (at `controller`): the `workload` cluster and
+/// the route are the static ones, so the filter observes without changing routing or limits.
+pub fn observe_bootstrap(
+    endpoints: &[SocketAddr],
+    knobs: &Knobs,
+    controller: SocketAddr,
+    wasm: &Path,
+    plugin: &PluginConfig,
+) -> Result<Value> {
+    let mut m = EnvoyConfig::with_meshtune(endpoints[0], controller, wasm, plugin);
+    m.concurrency = CLIENT_CONCURRENCY;
+    m.log_level = "warn".into();
+    let mut b = render_bootstrap(&m);
+    apply_knobs(&mut b, endpoints, knobs)?;
+    Ok(b)
+}
+
+/// Replaces the bootstrap's `workload` cluster (the first) with `knobs` rendered over
+/// `endpoints` and its route action with `knobs`' timeout and retries.
+fn apply_knobs(b: &mut Value, endpoints: &[SocketAddr], knobs: &Knobs) -> Result<()> {
     let eps = endpoints.iter().map(|a| a.to_string()).collect();
     let mut cluster = render::cluster(&EnvoyCluster::new(WORKLOAD_CLUSTER, eps), knobs)?;
     if let Some(o) = cluster.as_object_mut() {
         o.remove("@type");
     }
-    b["static_resources"]["clusters"] = json!([cluster]);
+    b["static_resources"]["clusters"][0] = cluster;
     b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
         ["route_config"]["virtual_hosts"][0]["routes"][0]["route"] =
         render::route_action(WORKLOAD_CLUSTER, knobs, DEFAULT_RETRY_ON);
-    Ok(b)
+    Ok(())
 }
 
 /// Envoy's adaptive concurrency filter with the gradient controller: p90 latency samples,
@@ -299,6 +359,29 @@ pub fn run(
                 let mut b = static_bootstrap(&endpoints, &Knobs::istio_defaults())?;
                 insert_http_filter(&mut b, adaptive_concurrency_filter());
                 EnvoyProcess::start(&base.launch(&paths.envoy), &b)?
+            }
+            Arm::Observe {
+                knobs, window_secs, ..
+            } => {
+                if controller.is_none() {
+                    controller = Some(start_observer(
+                        paths,
+                        sc,
+                        &dir.join(RECORD_FILE),
+                        *window_secs,
+                    )?);
+                }
+                let ctl: &Controller = controller.as_ref().expect("started above");
+                let plugin = PluginConfig {
+                    flush_interval_ms: 1000,
+                    pod: format!("client-{c}"),
+                    ..PluginConfig::default()
+                };
+                let base = client_base(endpoints[0]);
+                EnvoyProcess::start(
+                    &base.launch(&paths.envoy),
+                    &observe_bootstrap(&endpoints, knobs, ctl.grpc(), &paths.filter_wasm, &plugin)?,
+                )?
             }
             Arm::Meshtune { model } => {
                 if controller.is_none() {
@@ -414,6 +497,22 @@ pub fn run(
         lat.value_at_quantile(0.5) as f64 / 1000.0
     };
     drop(envoys);
+    let observation = match (arm, &controller) {
+        (Arm::Observe { window_secs, .. }, Some(ctl)) => Some(Observation {
+            t0_unix_ms: t0_unix,
+            window_secs: *window_secs,
+            rows: read_record(&dir.join(RECORD_FILE))?,
+            decision_phase_ms: decision_phase_ms(ctl),
+            reports_accepted: ctl.destinations().map(|d| d.reports_accepted).unwrap_or(0),
+            reports_dropped: ctl.admin_get("/metrics").ok().and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("meshtune_filter_dropped_reports_total "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .map(|v| v as u64)
+            }),
+        }),
+        _ => None,
+    };
     drop(controller);
     drop(hosts);
     let _ = std::fs::remove_dir_all(&dir);
@@ -429,7 +528,70 @@ pub fn run(
             .unwrap_or(0),
         attempts,
         pushes: pushes.iter().filter(|p| **p >= t0_unix).count(),
+        observation,
     })
+}
+
+/// The observing controller's record file in the run directory.
+const RECORD_FILE: &str = "record.csv";
+
+/// The controller of [`Arm::Observe`]: observe mode (log sink only, no hints), deciding every
+/// second on the last `window_secs` and recording every decided window to `record`.
+fn start_observer(
+    paths: &Paths,
+    sc: &Scenario,
+    record: &Path,
+    window_secs: u32,
+) -> Result<Controller> {
+    let mut ccfg = ControllerConfig::new(&paths.meshtune_bin);
+    ccfg.window_secs = Some(window_secs);
+    ccfg.extra_args = [
+        "--mode",
+        "observe",
+        "--record",
+        &record.to_string_lossy(),
+        "--decision-interval-secs",
+        "1",
+        "--min-requests",
+        "1",
+        "--slo-ms",
+        &format!("{}", sc.slo_ms.0.round() as u64),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    Ok(Controller::start(ccfg)?)
+}
+
+/// The dataset rows of a record file (a clear error naming it and the line).
+pub fn read_record(path: &Path) -> Result<Vec<DatasetRow>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let mut r =
+        csv::Reader::from_path(path).with_context(|| format!("record file {}", path.display()))?;
+    let h: Vec<String> = r.headers()?.iter().map(String::from).collect();
+    check_header(&h).with_context(|| format!("record file {}", path.display()))?;
+    r.records()
+        .enumerate()
+        .map(|(i, rec)| {
+            let rec =
+                rec.with_context(|| format!("record file {} row {}", path.display(), i + 1))?;
+            DatasetRow::from_record(&rec.iter().collect::<Vec<_>>())
+                .with_context(|| format!("record file {} row {}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// The decision loop's phase (ms into the second) from the last decision the controller shows.
+fn decision_phase_ms(ctl: &Controller) -> Option<u64> {
+    let d: Value = serde_json::from_str(&ctl.admin_get("/api/destinations").ok()?).ok()?;
+    d["destinations"]
+        .as_array()?
+        .iter()
+        .filter_map(|x| x["last_decision"]["unix_ms"].as_u64())
+        .max()
+        .map(|ms| ms % 1000)
 }
 
 fn start_controller(
@@ -505,4 +667,55 @@ pub(crate) fn push_times(ctl: &Controller) -> Vec<u64> {
 /// Loads one scenario file (a clear error naming it).
 pub fn load(path: &Path) -> Result<Scenario> {
     Scenario::from_file(path).with_context(|| format!("scenario {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshtune_core::Knob;
+
+    /// The observe arm's Envoy is the static arm's plus the filter and its controller
+    /// cluster: with those two removed the bootstraps are identical, so the workload cluster
+    /// (circuit breakers, load balancing, outlier detection), the route (timeout, retries)
+    /// and the listener are what the simulator runs.
+    #[test]
+    fn observe_bootstrap_is_the_static_one_plus_the_filter() {
+        let eps: Vec<SocketAddr> = vec![
+            "127.0.0.1:7001".parse().unwrap(),
+            "127.0.0.1:7002".parse().unwrap(),
+        ];
+        let mut knobs = Knobs::istio_defaults();
+        knobs.set(Knob::Http2MaxRequests, 12.0);
+        knobs.set(Knob::Http1MaxPendingRequests, 3.0);
+        knobs.set(Knob::RouteTimeoutMs, 250.0);
+        for k in [Knobs::istio_defaults(), knobs] {
+            let st = static_bootstrap(&eps, &k).unwrap();
+            let mut ob = observe_bootstrap(
+                &eps,
+                &k,
+                "127.0.0.1:9000".parse().unwrap(),
+                Path::new("/x/meshtune_filter.wasm"),
+                &PluginConfig::default(),
+            )
+            .unwrap();
+            let clusters = ob["static_resources"]["clusters"].as_array_mut().unwrap();
+            assert_eq!(clusters.len(), 2);
+            assert_eq!(clusters[1]["name"], crate::envoy::CONTROLLER_CLUSTER);
+            assert_eq!(clusters[0], st["static_resources"]["clusters"][0]);
+            clusters.pop();
+            let filters = ob["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+                ["typed_config"]["http_filters"]
+                .as_array_mut()
+                .unwrap();
+            assert_eq!(filters.len(), 2);
+            assert_eq!(filters[0]["name"], "envoy.filters.http.wasm");
+            filters.remove(0);
+            assert_eq!(ob, st, "only the filter and the controller cluster differ");
+        }
+        // The knobs reach the cluster: not Istio's unlimited defaults.
+        let st = static_bootstrap(&eps, &knobs).unwrap();
+        let t = &st["static_resources"]["clusters"][0]["circuit_breakers"]["thresholds"][0];
+        assert_eq!(t["max_requests"], 12, "{t}");
+        assert_eq!(t["max_pending_requests"], 3, "{t}");
+    }
 }

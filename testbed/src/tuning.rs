@@ -339,6 +339,7 @@ mod tests {
             overflow: 0,
             attempts: vec![1.0, 1.1],
             pushes: 2,
+            observation: None,
         }
     }
 

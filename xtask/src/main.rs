@@ -59,6 +59,12 @@ commands:
                          five arms per scenario on real Envoy: Istio defaults, hand-tuned,
                          adaptive concurrency, oracle (best of a sim-ranked grid run on real
                          Envoy), meshtune; table + SVG/PNG plots in target/runs/tuning (~30 min)
+  bench compare-windows [SCENARIO] [--setting S] [--window-secs W]
+                         the live controller's features vs the simulator's, window by
+                         window: each scenario (default sim/scenarios/calibration) with a
+                         static setting (default istio-defaults and sim-oracle) observed by
+                         the filter and the controller (observe mode) on real Envoy and
+                         simulated; tables in target/runs/compare-windows (~10 min)
   bench ingest-abuse     setup + build, then the real controller under hostile ingest
                          (largest reports, 1,000,000 names, 10x rate) next to a good
                          reporter: peak RSS, whether the good destination kept being decided
@@ -766,7 +772,7 @@ fn main() -> ExitCode {
                 a.extend(rest.into_iter().skip(1));
                 testbed(&ctx, "bench filter-overhead", &a)
             }
-            Some(b @ ("calibrate" | "tuning")) => {
+            Some(b @ ("calibrate" | "tuning" | "compare-windows")) => {
                 let mut a = vec![b.to_string()];
                 a.extend(rest.iter().skip(1).cloned());
                 testbed(&ctx, &format!("bench {b}"), &a)
@@ -790,7 +796,7 @@ fn main() -> ExitCode {
                 testbed(&ctx, "bench ingest-abuse", &a)
             }
             Some(other) => Err(format!(
-                "unknown benchmark {other:?} (known: filter-overhead, controller, calibrate, tuning, ingest-abuse)"
+                "unknown benchmark {other:?} (known: filter-overhead, controller, calibrate, tuning, compare-windows, ingest-abuse)"
             )),
         },
         Some("env") => {

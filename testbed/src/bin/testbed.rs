@@ -93,6 +93,25 @@ enum Cmd {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// The live controller's features next to the simulator's, window by window: each
+    /// scenario on real Envoy with a static setting observed by the filter and the controller
+    /// (observe mode, --record), and in the simulator; table per decision time, median and
+    /// p90 relative error per feature; written to target/runs/compare-windows.
+    CompareWindows {
+        /// Scenario file or directory (default: the simulator's calibration scenarios).
+        scenario: Option<std::path::PathBuf>,
+        /// istio-defaults | hand-tuned | sim-oracle (repeatable; default: istio-defaults and
+        /// sim-oracle).
+        #[arg(long = "setting")]
+        settings: Vec<String>,
+        /// The controller's sliding window (--window-secs), merged the same way in the
+        /// simulator.
+        #[arg(long, default_value_t = meshtune_testbed::compare_windows::DEFAULT_WINDOW_SECS)]
+        window_secs: u32,
+        /// Output directory (default: target/runs/compare-windows).
+        #[arg(long)]
+        out_dir: Option<std::path::PathBuf>,
+    },
     /// Five arms on real Envoy per scenario: Istio defaults, hand-tuned, adaptive concurrency,
     /// the oracle (best of a grid on real Envoy) and meshtune; table and plots.
     Tuning {
@@ -258,6 +277,29 @@ fn main() -> Result<()> {
             },
         )
         .map(|_| ()),
+        Cmd::CompareWindows {
+            scenario,
+            settings,
+            window_secs,
+            out_dir,
+        } => {
+            use meshtune_testbed::compare_windows as cw;
+            let settings = if settings.is_empty() {
+                cw::DEFAULT_SETTINGS.iter().map(|s| s.to_string()).collect()
+            } else {
+                settings
+            };
+            cw::run(
+                &paths,
+                &cw::CompareConfig {
+                    scenarios: scenario.unwrap_or_else(meshtune_sim::calibration_dir),
+                    settings,
+                    window_secs,
+                    out_dir: out_dir.unwrap_or_else(|| cw::default_out_dir(&paths)),
+                },
+            )
+            .map(|_| ())
+        }
         Cmd::Tuning {
             scenarios,
             oracle_candidates,
