@@ -256,8 +256,13 @@ struct Worker {
     /// Present while this worker reports: the elected leader, or every worker in
     /// `per_worker` mode.
     reporter: Option<Box<Reporter>>,
-    /// Ticking every `heartbeat_interval_ms` instead of `tick_ms` (idle).
+    /// Not ticking every `tick_ms` (idle): ticking every heartbeat, or not at all (see
+    /// [`crate::idle::quiet_tick_ms`]).
     slow: bool,
+    /// The idle tick period set while `slow` (0 = no tick).
+    quiet_tick_ms: u64,
+    /// Expiry (unix ms) of the lease this VM last renewed; 0 = not the holder.
+    lease_until_ms: u64,
     /// Flushes in a row with nothing to do.
     quiet_flushes: u32,
 }
@@ -296,6 +301,8 @@ impl Worker {
             leader_alive: false,
             reporter,
             slow: false,
+            quiet_tick_ms: 0,
+            lease_until_ms: 0,
             quiet_flushes: 0,
             cfg,
         }
@@ -306,12 +313,21 @@ impl Worker {
         self.sampler.tick(now);
         self.refresh_hints(now);
         self.hinted = self.tracker.slots_mut().any(|s| s.hint.is_some());
-        if self.cfg.report_mode == ReportMode::Elected {
-            self.elect(now / 1_000_000);
-        }
         let flush_ns = u64::from(self.cfg.flush_interval_ms) * 1_000_000;
         let half_tick_ns = self.tick_ms * 500_000;
-        if now.saturating_sub(self.last_flush_ns) + half_tick_ns >= flush_ns {
+        let flush_due = now.saturating_sub(self.last_flush_ns) + half_tick_ns >= flush_ns;
+        if self.cfg.report_mode == ReportMode::Elected {
+            // A leader about to flush renews its lease right after the report (in `flush`);
+            // while the lease it holds is valid nobody else can claim it, so the check before
+            // would only repeat that renewal (one shared-data read and CAS per flush fewer).
+            let renewed_by_flush = flush_due
+                && self.reporter.is_some()
+                && crate::idle::lease_held(now / 1_000_000, self.lease_until_ms);
+            if !renewed_by_flush {
+                self.elect(now / 1_000_000);
+            }
+        }
+        if flush_due {
             self.flush(now);
         }
     }
@@ -327,7 +343,7 @@ impl Worker {
         LEASE_FLUSH_INTERVALS * period
     }
 
-    /// Tick period while idle.
+    /// Tick period of a reporting VM while idle.
     fn slow_tick_ms(&self) -> u64 {
         u64::from(
             self.cfg
@@ -345,6 +361,12 @@ impl Worker {
         }
         self.slow = false;
         let _ = hostcalls::set_tick_period(Duration::from_millis(self.tick_ms));
+        if self.quiet_tick_ms == 0 {
+            // It did not tick while idle: the hints published meanwhile apply from now on,
+            // not from its first tick.
+            self.refresh_hints(now);
+            self.hinted = self.tracker.slots_mut().any(|s| s.hint.is_some());
+        }
         if !self.tracker.window_has_requests() {
             let _ = self.tracker.take_window(now);
             self.last_flush_ns = now;
@@ -354,16 +376,30 @@ impl Worker {
         }
     }
 
-    /// After a flush: `quiet` = nothing happened; after a few such flushes tick slowly.
+    /// After a flush: `quiet` = nothing happened; after a few such flushes tick slowly, or
+    /// not at all (a VM that does not report while a leader is alive; see
+    /// [`crate::idle::quiet_tick_ms`]).
     fn note_quiet(&mut self, quiet: bool) {
         if !quiet {
             self.quiet_flushes = 0;
             return;
         }
         self.quiet_flushes = self.quiet_flushes.saturating_add(1);
-        if !self.slow && self.quiet_flushes >= QUIET_FLUSHES_BEFORE_SLOW_TICKS {
+        if self.quiet_flushes < QUIET_FLUSHES_BEFORE_SLOW_TICKS {
+            return;
+        }
+        let period = crate::idle::quiet_tick_ms(
+            self.reporter.is_some(),
+            self.leader_alive,
+            self.cfg.heartbeat_interval_ms,
+            self.cfg.flush_interval_ms,
+        )
+        .unwrap_or(0);
+        if !self.slow || period != self.quiet_tick_ms {
             self.slow = true;
-            let _ = hostcalls::set_tick_period(Duration::from_millis(self.slow_tick_ms()));
+            self.quiet_tick_ms = period;
+            // 0 disables the VM's timer (Envoy's `setTickPeriod`).
+            let _ = hostcalls::set_tick_period(Duration::from_millis(period));
         }
     }
 
@@ -374,9 +410,11 @@ impl Worker {
             .as_ref()
             .map(|r| (r.state.sequence(), r.state.dropped_reports));
         let ttl = self.lease_ttl_ms();
+        self.lease_until_ms = 0;
         match lease::step(&mut SharedLease, self.id, now_ms, ttl, progress) {
             lease::Role::Leader { resume } => {
                 self.leader_alive = true;
+                self.lease_until_ms = now_ms.saturating_add(ttl);
                 if self.reporter.is_none() {
                     let state =
                         ReporterState::resume(now_ms, resume.sequence, resume.dropped_reports);
@@ -483,10 +521,13 @@ impl Worker {
                 // Store the sequence just used, so a successor continues above it; the
                 // lease's TTL follows the tick period (longer once idle).
                 let ttl = self.lease_ttl_ms();
-                if !matches!(
+                if matches!(
                     lease::step(&mut SharedLease, self.id, now_ms, ttl, progress),
                     lease::Role::Leader { .. }
                 ) {
+                    self.lease_until_ms = now_ms.saturating_add(ttl);
+                } else {
+                    self.lease_until_ms = 0;
                     self.leader_alive = false;
                     self.step_down();
                 }
@@ -778,6 +819,8 @@ struct Reporter {
     last_report_ms: u64,
     /// Windows merged for the last flush.
     merged_last: u32,
+    /// The last response this reporter published carried hints.
+    published_hints: bool,
 }
 
 impl Reporter {
@@ -792,6 +835,9 @@ impl Reporter {
             failures: 0,
             last_report_ms: 0,
             merged_last: 0,
+            // A previous leader may have published hints: the first response always replaces
+            // them.
+            published_hints: true,
             cfg: cfg.clone(),
         }
     }
@@ -894,6 +940,12 @@ impl Reporter {
     }
 
     fn publish(&mut self, resp: &v1::ReportResponse) {
+        if !crate::idle::must_publish(resp, self.published_hints) {
+            // No hints now and none in force: nothing for the workers to re-read (a quiet
+            // heartbeat costs no shared-data write and no decode in every VM).
+            return;
+        }
+        self.published_hints = crate::idle::has_hints(resp);
         let now_ms = now_ns() / 1_000_000;
         // Counters for concurrency limits exist before workers see the limit; counters of
         // clusters that lost their limit are reset (recovers places leaked by a dead VM).
