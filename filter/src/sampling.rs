@@ -237,7 +237,11 @@ mod tests {
     #[test]
     fn between_one_and_two_times_the_threshold_a_fraction_is_measured() {
         // 800 rps at a threshold of 500: N = 1.6, 62.5 % measured, weights 1 or 2 (mean 1.6).
-        assert_eq!(ratio_for(800, S, 500), 1638, "1.6 in 1/1024 steps, rounded down");
+        assert_eq!(
+            ratio_for(800, S, 500),
+            1638,
+            "1.6 in 1/1024 steps, rounded down"
+        );
         assert_eq!(ratio_for(400, S, 500), RATIO_ONE, "below: every request");
         assert_eq!(ratio_for(u64::MAX, 1, 1), MAX_INTERVAL * RATIO_ONE);
         assert_eq!(ratio_for(10, S, 0), RATIO_ONE, "0 = never sample");
