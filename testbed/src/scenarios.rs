@@ -499,8 +499,8 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
             let t1 = std::time::Instant::now();
             let c1 = read_all()?;
             let secs = (t1 - t0).as_secs_f64().max(1e-9);
-            for i in 0..n {
-                idle[i][round] = c1[i].saturating_sub(c0[i]) as f64 / 1e6 / secs;
+            for ((v, a), b) in idle.iter_mut().zip(&c0).zip(&c1) {
+                v[round] = b.saturating_sub(*a) as f64 / 1e6 / secs;
             }
             t0 = t1;
             c0 = c1;
