@@ -1,6 +1,6 @@
-//! Quiet when idle: how often an idle VM ticks, when the reporting worker may skip a lease
-//! renewal, and when a controller response needs publishing to the other VMs — the decisions
-//! that keep an idle Envoy's filter cost to one heartbeat per `heartbeat_interval_ms`.
+//! Shared-data work the filter can skip: when the reporting worker may skip a lease check
+//! (its own lease is certainly still valid), and when a controller response needs publishing
+//! to the other VMs (only when it changes the hints in force).
 //!
 //! Pure: the proxy-wasm glue (`plugin`) applies them.
 
@@ -9,29 +9,6 @@ use meshtune_proto::v1;
 /// The reporting worker skips the lease check before a flush only while its own lease is
 /// valid for at least this long: the flush renews it right after the report.
 pub const LEASE_SAFETY_MS: u64 = 50;
-
-/// Tick period (ms) of a VM that had nothing to do for a few flushes; `None` = no tick at all.
-///
-/// * The reporting worker (or, in `per_worker` mode, every worker) ticks once per heartbeat
-///   (at least once per flush interval): it sends the heartbeat and keeps its lease.
-/// * A VM that does not report while a live leader holds the lease does not tick: it has
-///   nothing to flush, and the first request on it (or a window queued for it, were it to
-///   become the leader) restores the fast tick. It can only matter if the leader's VM goes
-///   away while every other VM is idle; then nobody sends heartbeats until traffic resumes,
-///   when the first VM with traffic claims the lease on its next tick.
-/// * A VM that does not report and knows of no live leader ticks like a reporter, so that
-///   some VM claims the lease and the Envoy keeps sending heartbeats.
-pub fn quiet_tick_ms(
-    reporting: bool,
-    leader_alive: bool,
-    heartbeat_interval_ms: u32,
-    flush_interval_ms: u32,
-) -> Option<u64> {
-    if !reporting && leader_alive {
-        return None;
-    }
-    Some(u64::from(heartbeat_interval_ms.max(flush_interval_ms)))
-}
 
 /// Whether the lease this VM renewed to expire at `lease_until_ms` is certainly still its own
 /// at `now_ms` (all VMs of an Envoy share the host clock, and nobody may claim a lease before
@@ -56,22 +33,6 @@ pub fn has_hints(resp: &v1::ReportResponse) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn idle_followers_of_a_live_leader_stop_ticking() {
-        assert_eq!(quiet_tick_ms(false, true, 10_000, 1_000), None);
-        assert_eq!(quiet_tick_ms(true, true, 10_000, 1_000), Some(10_000));
-        assert_eq!(
-            quiet_tick_ms(false, false, 10_000, 1_000),
-            Some(10_000),
-            "no live leader: keep ticking so someone claims the lease"
-        );
-        assert_eq!(
-            quiet_tick_ms(true, false, 500, 2_000),
-            Some(2_000),
-            "never faster than the flush interval"
-        );
-    }
 
     #[test]
     fn the_lease_is_held_until_shortly_before_it_expires() {

@@ -256,11 +256,8 @@ struct Worker {
     /// Present while this worker reports: the elected leader, or every worker in
     /// `per_worker` mode.
     reporter: Option<Box<Reporter>>,
-    /// Not ticking every `tick_ms` (idle): ticking every heartbeat, or not at all (see
-    /// [`crate::idle::quiet_tick_ms`]).
+    /// Ticking every `heartbeat_interval_ms` instead of `tick_ms` (idle).
     slow: bool,
-    /// The idle tick period set while `slow` (0 = no tick).
-    quiet_tick_ms: u64,
     /// Expiry (unix ms) of the lease this VM last renewed; 0 = not the holder.
     lease_until_ms: u64,
     /// Flushes in a row with nothing to do.
@@ -301,7 +298,6 @@ impl Worker {
             leader_alive: false,
             reporter,
             slow: false,
-            quiet_tick_ms: 0,
             lease_until_ms: 0,
             quiet_flushes: 0,
             cfg,
@@ -343,7 +339,7 @@ impl Worker {
         LEASE_FLUSH_INTERVALS * period
     }
 
-    /// Tick period of a reporting VM while idle.
+    /// Tick period while idle.
     fn slow_tick_ms(&self) -> u64 {
         u64::from(
             self.cfg
@@ -361,12 +357,10 @@ impl Worker {
         }
         self.slow = false;
         let _ = hostcalls::set_tick_period(Duration::from_millis(self.tick_ms));
-        if self.quiet_tick_ms == 0 {
-            // It did not tick while idle: the hints published meanwhile apply from now on,
-            // not from its first tick.
-            self.refresh_hints(now);
-            self.hinted = self.tracker.slots_mut().any(|s| s.hint.is_some());
-        }
+        // The hints published while it ticked slowly apply from this request on, not from
+        // its next tick.
+        self.refresh_hints(now);
+        self.hinted = self.tracker.slots_mut().any(|s| s.hint.is_some());
         if !self.tracker.window_has_requests() {
             let _ = self.tracker.take_window(now);
             self.last_flush_ns = now;
@@ -376,30 +370,21 @@ impl Worker {
         }
     }
 
-    /// After a flush: `quiet` = nothing happened; after a few such flushes tick slowly, or
-    /// not at all (a VM that does not report while a leader is alive; see
-    /// [`crate::idle::quiet_tick_ms`]).
+    /// After a flush: `quiet` = nothing happened; after a few such flushes tick slowly.
+    ///
+    /// Every VM keeps ticking once per heartbeat, followers too: a follower that stopped
+    /// ticking could not take the lease over when the leader's VM goes away (a new plugin
+    /// configuration replaces every root context), and windows it queued would wait for a
+    /// reader until traffic resumed (`reporting_survives_a_new_plugin_configuration`).
     fn note_quiet(&mut self, quiet: bool) {
         if !quiet {
             self.quiet_flushes = 0;
             return;
         }
         self.quiet_flushes = self.quiet_flushes.saturating_add(1);
-        if self.quiet_flushes < QUIET_FLUSHES_BEFORE_SLOW_TICKS {
-            return;
-        }
-        let period = crate::idle::quiet_tick_ms(
-            self.reporter.is_some(),
-            self.leader_alive,
-            self.cfg.heartbeat_interval_ms,
-            self.cfg.flush_interval_ms,
-        )
-        .unwrap_or(0);
-        if !self.slow || period != self.quiet_tick_ms {
+        if !self.slow && self.quiet_flushes >= QUIET_FLUSHES_BEFORE_SLOW_TICKS {
             self.slow = true;
-            self.quiet_tick_ms = period;
-            // 0 disables the VM's timer (Envoy's `setTickPeriod`).
-            let _ = hostcalls::set_tick_period(Duration::from_millis(period));
+            let _ = hostcalls::set_tick_period(Duration::from_millis(self.slow_tick_ms()));
         }
     }
 
