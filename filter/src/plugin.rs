@@ -113,6 +113,16 @@ struct Root {
 }
 
 impl Context for Root {
+    /// The plugin configuration goes away (a new one replaces it): stop ticking and hand the
+    /// lease over at once, so a root context of the new configuration takes over at its next
+    /// tick rather than after the lease's TTL (up to 2 heartbeat intervals when idle).
+    fn on_done(&mut self) -> bool {
+        if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
+            w.retire();
+        }
+        true
+    }
+
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
         if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
             w.on_response(token_id, status_code, response_size);
@@ -424,12 +434,32 @@ impl Worker {
             lease::Role::Candidate => {
                 self.leader_alive = false;
                 self.step_down();
+                // It leads from its next renewal: tick fast for it (an idle VM would otherwise
+                // take a whole heartbeat interval to start reporting the windows queued for
+                // the leader that went away).
+                if self.slow {
+                    self.wake(now_ms.saturating_mul(1_000_000));
+                }
             }
             lease::Role::Follower { leader_alive } => {
                 self.leader_alive = leader_alive;
                 self.step_down();
             }
         }
+    }
+
+    /// The root context is going away: no more ticks; the leader releases the lease (keeping
+    /// its sequence for the successor).
+    fn retire(&mut self) {
+        let _ = hostcalls::set_tick_period(Duration::ZERO);
+        if self.cfg.report_mode == ReportMode::Elected {
+            if let Some(r) = self.reporter.as_ref() {
+                let progress = Some((r.state.sequence(), r.state.dropped_reports));
+                let _ = lease::release(&mut SharedLease, self.id, progress);
+            }
+        }
+        self.lease_until_ms = 0;
+        self.step_down();
     }
 
     /// No longer the reporter: windows merged and not yet reported are lost (counted).
