@@ -135,6 +135,30 @@ pub fn step(
     }
 }
 
+/// Hands the lease back (the holder's root context is going away: a new plugin configuration
+/// replaces it): marks it expired, keeping the sequence and dropped count for the successor,
+/// so another worker claims it at its next step instead of after the TTL. Only the holder's
+/// lease is touched; false if `me` does not hold it or the CAS lost a race.
+pub fn release(cell: &mut impl LeaseCell, me: u64, progress: Option<(u64, u64)>) -> bool {
+    let Some((bytes, version)) = cell.load() else {
+        return false;
+    };
+    let Some(l) = Lease::decode(&bytes) else {
+        return false;
+    };
+    if l.holder != me {
+        return false;
+    }
+    let (sequence, dropped_reports) = progress.unwrap_or((l.sequence, l.dropped_reports));
+    let released = Lease {
+        holder: me,
+        expires_unix_ms: 0,
+        sequence: sequence.max(l.sequence),
+        dropped_reports: dropped_reports.max(l.dropped_reports),
+    };
+    cell.store(&released.encode(), Some(version))
+}
+
 /// A worker id from values that differ between the VMs of one Envoy (configure time in ns,
 /// root context id, VM id): FNV-1a, never 0.
 pub fn worker_id(configure_ns: u64, context_id: u32, vm: &str) -> u64 {
@@ -249,6 +273,31 @@ mod tests {
             step(&mut s, 1, 2800, TTL, Some((50, 2))),
             Role::Follower { leader_alive: true }
         );
+    }
+
+    #[test]
+    fn a_released_lease_is_taken_over_at_once_with_the_sequence() {
+        let mut s = Shared::default();
+        assert_eq!(step(&mut s, 1, 0, TTL, None), Role::Candidate);
+        assert!(matches!(
+            step(&mut s, 1, 250, TTL, Some((7, 1))),
+            Role::Leader { .. }
+        ));
+        assert!(!release(&mut s, 2, None), "only the holder releases");
+        assert_eq!(
+            step(&mut s, 2, 300, TTL, None),
+            Role::Follower { leader_alive: true }
+        );
+        assert!(release(&mut s, 1, Some((9, 1))));
+        // Long before the TTL would have run out, worker 2 claims and leads from sequence 9.
+        assert_eq!(step(&mut s, 2, 310, TTL, None), Role::Candidate);
+        match step(&mut s, 2, 320, TTL, None) {
+            Role::Leader { resume } => {
+                assert_eq!((resume.sequence, resume.dropped_reports), (9, 1))
+            }
+            r => panic!("expected leader, got {r:?}"),
+        }
+        assert!(!release(&mut Shared::default(), 1, None), "no lease");
     }
 
     #[test]

@@ -113,6 +113,16 @@ struct Root {
 }
 
 impl Context for Root {
+    /// The plugin configuration goes away (a new one replaces it): stop ticking and hand the
+    /// lease over at once, so a root context of the new configuration takes over at its next
+    /// tick rather than after the lease's TTL (up to 2 heartbeat intervals when idle).
+    fn on_done(&mut self) -> bool {
+        if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
+            w.retire();
+        }
+        true
+    }
+
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
         if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
             w.on_response(token_id, status_code, response_size);
@@ -258,6 +268,8 @@ struct Worker {
     reporter: Option<Box<Reporter>>,
     /// Ticking every `heartbeat_interval_ms` instead of `tick_ms` (idle).
     slow: bool,
+    /// Expiry (unix ms) of the lease this VM last renewed; 0 = not the holder.
+    lease_until_ms: u64,
     /// Flushes in a row with nothing to do.
     quiet_flushes: u32,
 }
@@ -296,6 +308,7 @@ impl Worker {
             leader_alive: false,
             reporter,
             slow: false,
+            lease_until_ms: 0,
             quiet_flushes: 0,
             cfg,
         }
@@ -306,12 +319,21 @@ impl Worker {
         self.sampler.tick(now);
         self.refresh_hints(now);
         self.hinted = self.tracker.slots_mut().any(|s| s.hint.is_some());
-        if self.cfg.report_mode == ReportMode::Elected {
-            self.elect(now / 1_000_000);
-        }
         let flush_ns = u64::from(self.cfg.flush_interval_ms) * 1_000_000;
         let half_tick_ns = self.tick_ms * 500_000;
-        if now.saturating_sub(self.last_flush_ns) + half_tick_ns >= flush_ns {
+        let flush_due = now.saturating_sub(self.last_flush_ns) + half_tick_ns >= flush_ns;
+        if self.cfg.report_mode == ReportMode::Elected {
+            // A leader about to flush renews its lease right after the report (in `flush`);
+            // while the lease it holds is valid nobody else can claim it, so the check before
+            // would only repeat that renewal (one shared-data read and CAS per flush fewer).
+            let renewed_by_flush = flush_due
+                && self.reporter.is_some()
+                && crate::idle::lease_held(now / 1_000_000, self.lease_until_ms);
+            if !renewed_by_flush {
+                self.elect(now / 1_000_000);
+            }
+        }
+        if flush_due {
             self.flush(now);
         }
     }
@@ -345,6 +367,10 @@ impl Worker {
         }
         self.slow = false;
         let _ = hostcalls::set_tick_period(Duration::from_millis(self.tick_ms));
+        // The hints published while it ticked slowly apply from this request on, not from
+        // its next tick.
+        self.refresh_hints(now);
+        self.hinted = self.tracker.slots_mut().any(|s| s.hint.is_some());
         if !self.tracker.window_has_requests() {
             let _ = self.tracker.take_window(now);
             self.last_flush_ns = now;
@@ -355,6 +381,11 @@ impl Worker {
     }
 
     /// After a flush: `quiet` = nothing happened; after a few such flushes tick slowly.
+    ///
+    /// Every VM keeps ticking once per heartbeat, followers too: a follower that stopped
+    /// ticking could not take the lease over when the leader's VM goes away (a new plugin
+    /// configuration replaces every root context), and windows it queued would wait for a
+    /// reader until traffic resumed (`reporting_survives_a_new_plugin_configuration`).
     fn note_quiet(&mut self, quiet: bool) {
         if !quiet {
             self.quiet_flushes = 0;
@@ -374,9 +405,11 @@ impl Worker {
             .as_ref()
             .map(|r| (r.state.sequence(), r.state.dropped_reports));
         let ttl = self.lease_ttl_ms();
+        self.lease_until_ms = 0;
         match lease::step(&mut SharedLease, self.id, now_ms, ttl, progress) {
             lease::Role::Leader { resume } => {
                 self.leader_alive = true;
+                self.lease_until_ms = now_ms.saturating_add(ttl);
                 if self.reporter.is_none() {
                     let state =
                         ReporterState::resume(now_ms, resume.sequence, resume.dropped_reports);
@@ -401,12 +434,32 @@ impl Worker {
             lease::Role::Candidate => {
                 self.leader_alive = false;
                 self.step_down();
+                // It leads from its next renewal: tick fast for it (an idle VM would otherwise
+                // take a whole heartbeat interval to start reporting the windows queued for
+                // the leader that went away).
+                if self.slow {
+                    self.wake(now_ms.saturating_mul(1_000_000));
+                }
             }
             lease::Role::Follower { leader_alive } => {
                 self.leader_alive = leader_alive;
                 self.step_down();
             }
         }
+    }
+
+    /// The root context is going away: no more ticks; the leader releases the lease (keeping
+    /// its sequence for the successor).
+    fn retire(&mut self) {
+        let _ = hostcalls::set_tick_period(Duration::ZERO);
+        if self.cfg.report_mode == ReportMode::Elected {
+            if let Some(r) = self.reporter.as_ref() {
+                let progress = Some((r.state.sequence(), r.state.dropped_reports));
+                let _ = lease::release(&mut SharedLease, self.id, progress);
+            }
+        }
+        self.lease_until_ms = 0;
+        self.step_down();
     }
 
     /// No longer the reporter: windows merged and not yet reported are lost (counted).
@@ -483,10 +536,13 @@ impl Worker {
                 // Store the sequence just used, so a successor continues above it; the
                 // lease's TTL follows the tick period (longer once idle).
                 let ttl = self.lease_ttl_ms();
-                if !matches!(
+                if matches!(
                     lease::step(&mut SharedLease, self.id, now_ms, ttl, progress),
                     lease::Role::Leader { .. }
                 ) {
+                    self.lease_until_ms = now_ms.saturating_add(ttl);
+                } else {
+                    self.lease_until_ms = 0;
                     self.leader_alive = false;
                     self.step_down();
                 }
@@ -778,6 +834,8 @@ struct Reporter {
     last_report_ms: u64,
     /// Windows merged for the last flush.
     merged_last: u32,
+    /// The last response this reporter published carried hints.
+    published_hints: bool,
 }
 
 impl Reporter {
@@ -792,6 +850,9 @@ impl Reporter {
             failures: 0,
             last_report_ms: 0,
             merged_last: 0,
+            // A previous leader may have published hints: the first response always replaces
+            // them.
+            published_hints: true,
             cfg: cfg.clone(),
         }
     }
@@ -894,6 +955,12 @@ impl Reporter {
     }
 
     fn publish(&mut self, resp: &v1::ReportResponse) {
+        if !crate::idle::must_publish(resp, self.published_hints) {
+            // No hints now and none in force: nothing for the workers to re-read (a quiet
+            // heartbeat costs no shared-data write and no decode in every VM).
+            return;
+        }
+        self.published_hints = crate::idle::has_hints(resp);
         let now_ms = now_ns() / 1_000_000;
         // Counters for concurrency limits exist before workers see the limit; counters of
         // clusters that lost their limit are reset (recovers places leaked by a dead VM).

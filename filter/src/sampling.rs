@@ -3,12 +3,15 @@
 //! be scaled to all its requests without bias.
 //!
 //! Below `sample_above_rps` requests per second (per worker VM) every request is measured.
-//! Above it, each request is measured with probability `1/N`, `N = floor(rate /
-//! sample_above_rps)` (so a worker above the threshold still measures at least
-//! `sample_above_rps` requests per second), drawn independently per request from a
-//! xorshift generator: no aliasing with periodic traffic patterns (every 10th request failing,
-//! round-robin over endpoints). A measured request carries the weight `N` (Horvitz–Thompson);
-//! at the end of a window the weighted counts are multiplied by `finished / Σ weights`, where
+//! Above it, each request is measured with probability `1/N`, `N = rate / sample_above_rps`
+//! (a fraction, in steps of 1/1024, at most [`MAX_INTERVAL`]; so a worker above the threshold
+//! measures about `sample_above_rps` requests per second, whatever its rate), drawn
+//! independently per request from a xorshift generator: no aliasing with periodic traffic
+//! patterns (every 10th request failing, round-robin over endpoints). A measured request
+//! carries an integer weight whose mean is `N`: `floor(N)`, or `floor(N) + 1` with probability
+//! `N − floor(N)`, drawn independently too, so every request's expected weight is exactly 1
+//! (Horvitz–Thompson); at the end of a window the weighted counts are multiplied by
+//! `finished / Σ weights`, where
 //! `finished` is the exact number of requests the worker saw finish (counted on every request,
 //! no host call): the worker's total is then exact, a single cluster's request count is exact,
 //! and every other count is an estimate whose error is stated in `filter/README.md`. `N` is
@@ -20,12 +23,15 @@
 
 /// Largest sampling interval (1 in this many requests measured).
 pub const MAX_INTERVAL: u32 = 1024;
+/// Fixed-point unit of the sampling interval `N` (`N = ratio / RATIO_ONE`).
+pub const RATIO_ONE: u32 = 1024;
 
 /// Per-worker sampler.
 #[derive(Debug, Clone)]
 pub struct Sampler {
     threshold_rps: u32,
-    interval: u32,
+    /// `N` in units of 1/[`RATIO_ONE`] ([`RATIO_ONE`] = every request measured).
+    ratio: u32,
     rng: u64,
     arrivals: u64,
     since_ns: u64,
@@ -40,7 +46,7 @@ impl Sampler {
     pub fn new(threshold_rps: u32, seed: u64, now_ns: u64) -> Self {
         Self {
             threshold_rps,
-            interval: 1,
+            ratio: RATIO_ONE,
             rng: if seed == 0 {
                 0x9E37_79B9_7F4A_7C15
             } else {
@@ -53,9 +59,14 @@ impl Sampler {
         }
     }
 
-    /// The current interval `N` (1 = every request is measured).
+    /// The current interval `N`, rounded down (1 = every request is measured, or `N` < 2).
     pub fn interval(&self) -> u32 {
-        self.interval
+        self.ratio / RATIO_ONE
+    }
+
+    /// The current interval `N` (1.0 = every request is measured).
+    pub fn ratio(&self) -> f64 {
+        f64::from(self.ratio) / f64::from(RATIO_ONE)
     }
 
     /// Called for every request when it starts: `Some(weight)` when it is to be measured.
@@ -63,7 +74,7 @@ impl Sampler {
     pub fn admit(&mut self) -> Option<u32> {
         self.arrivals += 1;
         self.tick_arrivals += 1;
-        if self.interval <= 1 {
+        if self.ratio <= RATIO_ONE {
             return Some(1);
         }
         // xorshift64
@@ -72,9 +83,17 @@ impl Sampler {
         x ^= x >> 7;
         x ^= x << 17;
         self.rng = x;
-        // Multiply-shift maps the high 32 bits uniformly onto 0..interval.
-        let r = ((x >> 32) * u64::from(self.interval)) >> 32;
-        (r == 0).then_some(self.interval)
+        // Multiply-shift maps the high 32 bits uniformly onto 0..ratio: measured with
+        // probability RATIO_ONE / ratio = 1/N.
+        let r = ((x >> 32) * u64::from(self.ratio)) >> 32;
+        if r >= u64::from(RATIO_ONE) {
+            return None;
+        }
+        // Weight floor(N), or floor(N) + 1 with probability frac(N) (the low bits, independent
+        // of the high ones above): its mean is N, so the expected weight per request is 1.
+        let frac = u64::from(self.ratio % RATIO_ONE);
+        let up = (x & u64::from(RATIO_ONE - 1)) < frac;
+        Some(self.ratio / RATIO_ONE + u32::from(up))
     }
 
     /// Once per tick: lowers the interval at once when the rate since the last tick calls for
@@ -85,8 +104,8 @@ impl Sampler {
         if elapsed == 0 {
             return;
         }
-        let n = interval_for(self.tick_arrivals, elapsed, self.threshold_rps);
-        self.interval = self.interval.min(n);
+        let n = ratio_for(self.tick_arrivals, elapsed, self.threshold_rps);
+        self.ratio = self.ratio.min(n);
         self.tick_arrivals = 0;
         self.tick_since_ns = now_ns;
     }
@@ -108,23 +127,29 @@ impl Sampler {
         if elapsed == 0 {
             return;
         }
-        self.interval = interval_for(self.arrivals, elapsed, self.threshold_rps);
+        self.ratio = ratio_for(self.arrivals, elapsed, self.threshold_rps);
         self.arrivals = 0;
         self.since_ns = now_ns;
     }
 }
 
-/// `N = floor(rate / threshold)`, at least 1, at most [`MAX_INTERVAL`]; 1 when `threshold`
-/// is 0.
-pub fn interval_for(arrivals: u64, elapsed_ns: u64, threshold_rps: u32) -> u32 {
+/// `N = rate / threshold` in units of 1/[`RATIO_ONE`] (rounded down), at least 1, at most
+/// [`MAX_INTERVAL`]; 1 when `threshold` is 0.
+pub fn ratio_for(arrivals: u64, elapsed_ns: u64, threshold_rps: u32) -> u32 {
     if threshold_rps == 0 || elapsed_ns == 0 {
-        return 1;
+        return RATIO_ONE;
     }
-    let n =
-        u128::from(arrivals) * 1_000_000_000 / (u128::from(elapsed_ns) * u128::from(threshold_rps));
+    let n = u128::from(arrivals) * 1_000_000_000 * u128::from(RATIO_ONE)
+        / (u128::from(elapsed_ns) * u128::from(threshold_rps));
     u32::try_from(n)
-        .unwrap_or(MAX_INTERVAL)
-        .clamp(1, MAX_INTERVAL)
+        .unwrap_or(u32::MAX)
+        .clamp(RATIO_ONE, MAX_INTERVAL * RATIO_ONE)
+}
+
+/// `floor(N)` of [`ratio_for`]: `floor(rate / threshold)`, at least 1, at most
+/// [`MAX_INTERVAL`]; 1 when `threshold` is 0.
+pub fn interval_for(arrivals: u64, elapsed_ns: u64, threshold_rps: u32) -> u32 {
+    ratio_for(arrivals, elapsed_ns, threshold_rps) / RATIO_ONE
 }
 
 /// `round(x × num / den)` in integers (`den > 0`).
@@ -207,6 +232,44 @@ mod tests {
         }
         let frac = fails as f64 / all as f64;
         assert!((frac - 0.125).abs() < 0.01, "fraction {frac}");
+    }
+
+    #[test]
+    fn between_one_and_two_times_the_threshold_a_fraction_is_measured() {
+        // 800 rps at a threshold of 500: N = 1.6, 62.5 % measured, weights 1 or 2 (mean 1.6).
+        assert_eq!(
+            ratio_for(800, S, 500),
+            1638,
+            "1.6 in 1/1024 steps, rounded down"
+        );
+        assert_eq!(ratio_for(400, S, 500), RATIO_ONE, "below: every request");
+        assert_eq!(ratio_for(u64::MAX, 1, 1), MAX_INTERVAL * RATIO_ONE);
+        assert_eq!(ratio_for(10, S, 0), RATIO_ONE, "0 = never sample");
+        let mut s = Sampler::new(500, 11, 0);
+        for _ in 0..800 {
+            assert_eq!(s.admit(), Some(1), "the first window is measured in full");
+        }
+        s.adapt(S);
+        assert_eq!(s.interval(), 1, "floor(1.6)");
+        assert!((s.ratio() - 1.6).abs() < 0.001);
+        let n = 400_000u64;
+        let (mut measured, mut weights, mut twos) = (0u64, 0u64, 0u64);
+        for _ in 0..n {
+            if let Some(w) = s.admit() {
+                assert!(w == 1 || w == 2, "weight {w}");
+                measured += 1;
+                weights += u64::from(w);
+                twos += u64::from(w == 2);
+            }
+        }
+        let share = measured as f64 / n as f64;
+        assert!((share - 0.625).abs() < 0.005, "measured share {share}");
+        let mean = weights as f64 / measured as f64;
+        assert!((mean - 1.6).abs() < 0.01, "mean weight {mean}");
+        assert!(twos > 0 && twos < measured);
+        // Horvitz–Thompson: Σ weights estimates the request count (σ ≈ 0.1 %).
+        let err = (weights as f64 - n as f64).abs() / n as f64;
+        assert!(err < 0.005, "estimate {weights} of {n}");
     }
 
     #[test]

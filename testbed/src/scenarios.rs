@@ -42,12 +42,25 @@ pub const DEFAULT_SATURATION_ROUNDS: u32 = 15;
 /// Driver (load generator + upstream) on-CPU cores during saturation above which the run
 /// warns that the driver may have limited the closed loop.
 const DRIVER_BUSY_WARN: f64 = 0.8;
-/// Default idle phase per round (all Envoys idle at once), seconds.
+/// Default open-loop (CPU/request) rounds: like saturation, enough paired per-round ratios
+/// that their interquartile range sits well inside the targets' ±10 % margin.
+pub const DEFAULT_ROUNDS: u32 = 15;
+/// Default open-loop phase per variant and round, seconds (2,400 requests at 800 rps).
+pub const DEFAULT_OPEN_LOOP_SECS: u64 = 3;
+/// Default open-loop arrival rate (rps) of the CPU/request phase.
+pub const DEFAULT_RATE: f64 = 800.0;
+/// Default idle window (all Envoys idle at once), seconds: the idle filter's period (its
+/// heartbeat interval, 10 s by default), so every window holds one tick of each VM.
 pub const DEFAULT_IDLE_SECS: u64 = 10;
+/// Default idle windows, measured back to back once the open-loop rounds are done; each is
+/// one paired round.
+pub const DEFAULT_IDLE_ROUNDS: u32 = 12;
 /// Closed loop run (unmeasured) before each saturation phase: one flush interval and a bit,
 /// so the meshtune filter's sampling interval follows the saturation rate.
 const SATURATION_LEAD_IN: Duration = Duration::from_millis(1500);
-/// Wait after the last traffic before the idle phase (filters go quiet after one flush).
+/// Wait after the last traffic before the idle windows: the meshtune filter's VMs tick slowly
+/// after 3 quiet flushes (~4 s); its first slow tick comes ~10 s after that, inside the first
+/// window.
 const IDLE_SETTLE: Duration = Duration::from_secs(6);
 
 fn require(paths: &Paths, need_noop: bool) -> Result<()> {
@@ -61,7 +74,7 @@ fn require(paths: &Paths, need_noop: bool) -> Result<()> {
 /// Benchmark options.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
-    /// Alternating rounds (each measures every variant once).
+    /// Open-loop rounds (each measures every variant once, in alternating order).
     pub rounds: u32,
     /// Open-loop phase length per variant and round.
     pub secs: u64,
@@ -90,16 +103,18 @@ pub struct BenchConfig {
     /// Also run the Istio-shaped configuration (no filter, no-op, meshtune) with this many
     /// workers; 0 = plain configuration only.
     pub istio_concurrency: u32,
-    /// Idle phase per round (Envoy CPU per second with no traffic); 0 = skip.
+    /// Idle window (Envoy CPU per second with no traffic, every Envoy at once); 0 = skip.
     pub idle_secs: u64,
+    /// Idle windows, back to back after the open-loop rounds (each one paired round).
+    pub idle_rounds: u32,
 }
 
 impl Default for BenchConfig {
     fn default() -> Self {
         Self {
-            rounds: 3,
-            secs: 6,
-            rate: 800.0,
+            rounds: DEFAULT_ROUNDS,
+            secs: DEFAULT_OPEN_LOOP_SECS,
+            rate: DEFAULT_RATE,
             saturation_secs: DEFAULT_SATURATION_SECS,
             saturation_rounds: DEFAULT_SATURATION_ROUNDS,
             saturation_concurrency: 32,
@@ -109,6 +124,7 @@ impl Default for BenchConfig {
             probes: Vec::new(),
             istio_concurrency: DEFAULT_ISTIO_CONCURRENCY,
             idle_secs: DEFAULT_IDLE_SECS,
+            idle_rounds: DEFAULT_IDLE_ROUNDS,
         }
     }
 }
@@ -136,15 +152,21 @@ pub struct VariantResult {
     pub per_core: f64,
     /// Open-loop p99 (ms).
     pub p99_ms: f64,
+    /// Per open-loop round: Envoy CPU µs per request.
+    pub round_cpu_us: Vec<f64>,
     /// Per open-loop round: CPU/request ratio to the no-filter variant of the same round.
     pub round_cpu_ratios: Vec<f64>,
     /// Per saturation round: throughput ratio to no filter.
     pub round_throughput_ratios: Vec<f64>,
+    /// Per saturation round: requests per Envoy CPU-second.
+    pub round_per_core: Vec<f64>,
     /// Per saturation round: ratio of `per_core` to no filter.
     pub round_per_core_ratios: Vec<f64>,
     /// Envoy CPU while idle, ms per second (NaN when not measured).
     pub idle_ms_per_s: f64,
-    /// Per-round ratio of the idle CPU to no filter.
+    /// Per idle window: Envoy CPU ms per second.
+    pub round_idle_ms: Vec<f64>,
+    /// Per idle window: ratio of the idle CPU to no filter.
     pub round_idle_ratios: Vec<f64>,
     /// Index (in the results) of the no-filter variant of the same configuration.
     pub base: usize,
@@ -195,6 +217,20 @@ impl Summary {
             max,
             n: v.iter().filter(|x| !x.is_nan()).count(),
         }
+    }
+}
+
+impl Summary {
+    /// An absolute figure with its unit: `+8.1 µs [IQR +6.0–+9.9, min–max …, n=15]`.
+    pub fn abs(&self, unit: &str, decimals: usize) -> String {
+        if self.n == 0 {
+            return "not measured".into();
+        }
+        let d = decimals;
+        format!(
+            "{:+.d$} {unit} [IQR {:+.d$}–{:+.d$}, min–max {:+.d$}–{:+.d$}, n={}]",
+            self.median, self.q1, self.q3, self.min, self.max, self.n
+        )
     }
 }
 
@@ -393,8 +429,8 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
         }
     }
     let n = envoys.len();
-    let idle_round = if cfg.idle_secs > 0 {
-        cfg.idle_secs + IDLE_SETTLE.as_secs()
+    let idle_rounds = if cfg.idle_secs > 0 {
+        cfg.idle_rounds as usize
     } else {
         0
     };
@@ -404,7 +440,13 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
         0
     };
     let per_sat = cfg.saturation_secs + SATURATION_LEAD_IN.as_secs_f64().ceil() as u64;
-    let total = (cfg.secs * n as u64 + idle_round) * cfg.rounds as u64
+    let idle_total = if idle_rounds > 0 {
+        IDLE_SETTLE.as_secs() + cfg.idle_secs * idle_rounds as u64
+    } else {
+        0
+    };
+    let total = cfg.secs * n as u64 * cfg.rounds as u64
+        + idle_total
         + per_sat * n as u64 * sat_rounds as u64;
     let pb = bar(total, "measurements");
     pb.set_message("filter-overhead");
@@ -413,10 +455,9 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
     let mut cpu = vec![vec![f64::NAN; rounds]; n];
     let mut p99 = vec![vec![f64::NAN; rounds]; n];
     let mut open_rps = vec![vec![f64::NAN; rounds]; n];
-    let mut idle = vec![vec![f64::NAN; rounds]; n];
     for round in 0..rounds {
-        for k in 0..n {
-            let i = (k + round) % n; // rotate the order each round
+        // Forward, backward, …: no-op and meshtune follow each other both ways.
+        for i in saturation_order(n, round) {
             let (name, e, _) = &envoys[i];
             pb.set_message(format!("open-loop round {} {name}", round + 1));
             let c0 = clock.read_ns(e.pid())?;
@@ -433,22 +474,37 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
             open_rps[i][round] = r.class_count(2) as f64 / r.elapsed.as_secs_f64().max(1e-9);
             pb.inc(cfg.secs);
         }
-        if cfg.idle_secs > 0 {
-            // Every Envoy idle at once: CPU over the same seconds for all of them.
-            pb.set_message(format!("round {} idle", round + 1));
-            std::thread::sleep(IDLE_SETTLE);
-            let t0 = std::time::Instant::now();
-            let c0: Vec<u64> = envoys
+    }
+    // [variant][idle window]: every Envoy idle at once, windows back to back, so each
+    // window's figures are paired (the same seconds of the same machine for all of them).
+    let mut idle = vec![vec![f64::NAN; idle_rounds]; n];
+    if idle_rounds > 0 {
+        pb.set_message("idle: settling");
+        std::thread::sleep(IDLE_SETTLE);
+        pb.inc(IDLE_SETTLE.as_secs());
+        let read_all = || -> Result<Vec<u64>> {
+            envoys
                 .iter()
-                .map(|(_, e, _)| clock.read_ns(e.pid()))
-                .collect::<Result<_, _>>()?;
-            std::thread::sleep(Duration::from_secs(cfg.idle_secs));
-            let secs = t0.elapsed().as_secs_f64();
-            for (i, (_, e, _)) in envoys.iter().enumerate() {
-                let c1 = clock.read_ns(e.pid())?;
-                idle[i][round] = c1.saturating_sub(c0[i]) as f64 / 1e6 / secs;
+                .map(|(_, e, _)| clock.read_ns(e.pid()).map_err(Into::into))
+                .collect()
+        };
+        let start = std::time::Instant::now();
+        let mut t0 = start;
+        let mut c0 = read_all()?;
+        for round in 0..idle_rounds {
+            pb.set_message(format!("idle window {}", round + 1));
+            // Windows end on a fixed grid from `start` (no drift from the reads).
+            let end = start + Duration::from_secs(cfg.idle_secs * (round as u64 + 1));
+            std::thread::sleep(end.saturating_duration_since(std::time::Instant::now()));
+            let t1 = std::time::Instant::now();
+            let c1 = read_all()?;
+            let secs = (t1 - t0).as_secs_f64().max(1e-9);
+            for ((v, a), b) in idle.iter_mut().zip(&c0).zip(&c1) {
+                v[round] = b.saturating_sub(*a) as f64 / 1e6 / secs;
             }
-            pb.inc(idle_round);
+            t0 = t1;
+            c0 = c1;
+            pb.inc(cfg.idle_secs);
         }
     }
     // [variant][saturation round]
@@ -506,11 +562,14 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
                 saturation_wait: median(&waits[i]),
                 driver_cores: median(&driver[i]),
                 per_core: median(&per_core[i]),
+                round_per_core: per_core[i].clone(),
                 round_per_core_ratios: ratio(&per_core[i], &per_core[b]),
                 round_throughput_ratios: ratio(&thr[i], &thr[b]),
                 p99_ms: median(&p99[i]),
+                round_cpu_us: cpu[i].clone(),
                 round_cpu_ratios: ratio(&cpu[i], &cpu[b]),
                 idle_ms_per_s: median(&idle[i]),
+                round_idle_ms: idle[i].clone(),
                 round_idle_ratios: ratio(&idle[i], &idle[b]),
                 base: b,
             }
@@ -528,17 +587,42 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
     Ok(results)
 }
 
-/// Paired per-round ratios of `a` to `z` for CPU/request, rps/core and idle CPU.
-fn paired(a: &VariantResult, z: &VariantResult) -> [Summary; 3] {
-    let per_round = |x: &[f64], y: &[f64]| -> Summary {
-        let v: Vec<f64> = x.iter().zip(y).map(|(p, q)| p / q).collect();
-        Summary::of(&v)
-    };
-    [
-        per_round(&a.round_cpu_ratios, &z.round_cpu_ratios),
-        per_round(&a.round_per_core_ratios, &z.round_per_core_ratios),
-        per_round(&a.round_idle_ratios, &z.round_idle_ratios),
-    ]
+/// Per-round ratios `x[r] / y[r]` of two variants measured in the same rounds.
+pub fn paired_ratios(x: &[f64], y: &[f64]) -> Vec<f64> {
+    x.iter().zip(y).map(|(p, q)| p / q).collect()
+}
+
+/// Per-round differences `x[r] − y[r]` of two variants measured in the same rounds.
+pub fn paired_diffs(x: &[f64], y: &[f64]) -> Vec<f64> {
+    x.iter().zip(y).map(|(p, q)| p - q).collect()
+}
+
+/// Variant `a` against variant `z` round by round (the same rounds, the same seconds for
+/// idle): ratios, and the absolute differences where a ratio of two small figures could hide
+/// how small the cost is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Paired {
+    /// CPU/request ratio per open-loop round.
+    pub cpu: Summary,
+    /// CPU/request difference per open-loop round, µs per request.
+    pub cpu_diff_us: Summary,
+    /// Requests per Envoy core ratio per saturation round.
+    pub per_core: Summary,
+    /// Idle CPU ratio per idle window.
+    pub idle: Summary,
+    /// Idle CPU difference per idle window, ms of CPU per second.
+    pub idle_diff_ms: Summary,
+}
+
+/// The paired comparison of `a` with `z`.
+pub fn paired(a: &VariantResult, z: &VariantResult) -> Paired {
+    Paired {
+        cpu: Summary::of(&paired_ratios(&a.round_cpu_us, &z.round_cpu_us)),
+        cpu_diff_us: Summary::of(&paired_diffs(&a.round_cpu_us, &z.round_cpu_us)),
+        per_core: Summary::of(&paired_ratios(&a.round_per_core, &z.round_per_core)),
+        idle: Summary::of(&paired_ratios(&a.round_idle_ms, &z.round_idle_ms)),
+        idle_diff_ms: Summary::of(&paired_diffs(&a.round_idle_ms, &z.round_idle_ms)),
+    }
 }
 
 fn print_report(
@@ -561,7 +645,7 @@ fn print_report(
         }
     );
     println!(
-        "  CPU/request: {} rounds (order rotated), open loop {:.0} rps × {} s per variant; Envoy CPU from {}",
+        "  CPU/request: {} rounds (order forward, backward, …), open loop {:.0} rps × {} s per variant; Envoy CPU from {}",
         cfg.rounds,
         cfg.rate,
         cfg.secs,
@@ -582,9 +666,10 @@ fn print_report(
             "  saturation: {how}; UNPINNED ({why}): shares CPUs with the load generator"
         ),
     }
-    if cfg.idle_secs > 0 {
+    if cfg.idle_secs > 0 && cfg.idle_rounds > 0 {
         println!(
-            "  idle: every Envoy without traffic for {} s per round (from {} s after the last request), Envoy CPU ms per second",
+            "  idle: every Envoy without traffic at once, {} windows of {} s back to back (from {} s after the open loop's last request), Envoy CPU ms per second, same clock",
+            cfg.idle_rounds,
             cfg.idle_secs,
             IDLE_SETTLE.as_secs()
         );
@@ -620,7 +705,7 @@ fn print_report(
         let (tlo, thi) = spread(r.round_throughput_ratios.iter().copied());
         let (plo, phi) = spread(r.round_per_core_ratios.iter().copied());
         println!(
-            "{:<name_w$} {:>9.1} {:>6.2}x [{:.2}–{:.2}] {:>8.0} {:>6.2}x [{:.2}–{:.2}] {:>8.0} {:>6.2}x [{:.2}–{:.2}] {:>5.2}+{:<6.2} {:>6.2} {:>7.2} {:>9.2} {:>6.2}x",
+            "{:<name_w$} {:>9.1} {:>6.2}x [{:.2}–{:.2}] {:>8.0} {:>6.2}x [{:.2}–{:.2}] {:>8.0} {:>6.2}x [{:.2}–{:.2}] {:>5.2}+{:<6.2} {:>6.2} {:>7.2} {:>9.3} {:>6.2}x",
             r.name,
             r.cpu_us_per_req,
             r.cpu_us_per_req / b.cpu_us_per_req,
@@ -645,11 +730,18 @@ fn print_report(
     println!(
         "paired per-round ratios (median [IQR, min–max, rounds]), robust to drift between rounds:"
     );
-    let fmt = |p: [Summary; 3]| {
-        let [c, k, i] = p;
+    let fmt = |p: Paired| {
         format!(
-            "CPU/request {c}\n  {:<36} rps/core {k}\n  {:<36} idle CPU {i}",
-            "", ""
+            "CPU/request {}\n  {:<36}   difference {}\n  {:<36} rps/core {}\n  {:<36} idle CPU {}\n  {:<36}   difference {}",
+            p.cpu,
+            "",
+            p.cpu_diff_us.abs("µs/request", 1),
+            "",
+            p.per_core,
+            "",
+            p.idle,
+            "",
+            p.idle_diff_ms.abs("ms CPU/s", 3),
         )
     };
     let find = |name: &str| results.iter().find(|r| r.name == name);
@@ -721,15 +813,19 @@ fn print_report(
             continue;
         };
         let b = &results[m.base];
-        let [c, k, i] = paired(m, noop);
+        let p = paired(m, noop);
+        let (c, k, i) = (p.cpu, p.per_core, p.idle);
         println!(
             "{} vs {} (targets: CPU/request ≤ {TARGET_CPU_RATIO_NOOP}x, rps/core ≥ {TARGET_PER_CORE_RATIO_NOOP}x, idle CPU ≤ {TARGET_IDLE_RATIO_NOOP}x; paired medians):",
             m.name, noop.name
         );
         println!(
-            "  CPU/request at {:.0} rps: {c} ({}); vs no filter {:.2}x",
+            "  CPU/request at {:.0} rps: {c} ({}); {} − {}: {}; vs no filter {:.2}x",
             cfg.rate,
             verdict(c.median <= TARGET_CPU_RATIO_NOOP),
+            m.name,
+            noop.name,
+            p.cpu_diff_us.abs("µs/request", 1),
             m.cpu_us_per_req / b.cpu_us_per_req
         );
         println!(
@@ -746,14 +842,17 @@ fn print_report(
                 noop.per_core / b.per_core
             );
         }
-        if cfg.idle_secs == 0 {
+        if cfg.idle_secs == 0 || cfg.idle_rounds == 0 {
             println!("  idle CPU: not measured");
         } else {
             println!(
-                "  idle CPU: {:.2} vs {:.2} ms/s, {i} ({}); no filter {:.2} ms/s",
+                "  idle CPU: {:.3} vs {:.3} ms/s, {i} ({}); {} − {}: {}; no filter {:.3} ms/s",
                 m.idle_ms_per_s,
                 noop.idle_ms_per_s,
                 verdict(i.median <= TARGET_IDLE_RATIO_NOOP),
+                m.name,
+                noop.name,
+                p.idle_diff_ms.abs("ms CPU/s", 3),
                 b.idle_ms_per_s
             );
         }
@@ -804,6 +903,27 @@ mod tests {
             (3.0, 2.0, 4.0, 1.0, 5.0, 5)
         );
         assert_eq!(quantile(&[1.0, 2.0], 0.25), 1.25);
+    }
+
+    #[test]
+    fn paired_rounds_give_ratios_and_differences() {
+        let a = [110.0, 220.0, 99.0, f64::NAN];
+        let z = [100.0, 200.0, 100.0, 50.0];
+        let r = paired_ratios(&a, &z);
+        assert_eq!(&r[..3], &[1.1, 1.1, 0.99]);
+        assert!(r[3].is_nan(), "a missing round stays missing");
+        assert_eq!(&paired_diffs(&a, &z)[..3], &[10.0, 20.0, -1.0]);
+        let d = Summary::of(&paired_diffs(&a, &z));
+        assert_eq!((d.median, d.min, d.max, d.n), (10.0, -1.0, 20.0, 3));
+        assert_eq!(
+            d.abs("µs/request", 1),
+            "+10.0 µs/request [IQR +4.5–+15.0, min–max -1.0–+20.0, n=3]"
+        );
+        assert_eq!(Summary::of(&[]).abs("ms", 2), "not measured");
+        assert_eq!(
+            Summary::of(&[1.0, 1.2]).to_string(),
+            "1.10x [IQR 1.05–1.15, min–max 1.00–1.20, n=2]"
+        );
     }
 
     #[test]

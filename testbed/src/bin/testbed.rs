@@ -35,11 +35,14 @@ enum Cmd {
     /// Envoy CPU/request, throughput and idle CPU: no filter vs no-op wasm vs meshtune, plain
     /// and Istio-shaped.
     FilterOverhead {
-        #[arg(long, default_value_t = 3)]
+        /// Open-loop (CPU/request) rounds, variants in alternating order.
+        #[arg(long, default_value_t = scenarios::DEFAULT_ROUNDS)]
         rounds: u32,
-        #[arg(long, default_value_t = 6)]
+        /// Open-loop phase per variant and round, seconds.
+        #[arg(long, default_value_t = scenarios::DEFAULT_OPEN_LOOP_SECS)]
         secs: u64,
-        #[arg(long, default_value_t = 800.0)]
+        /// Open-loop arrival rate (rps).
+        #[arg(long, default_value_t = scenarios::DEFAULT_RATE)]
         rate: f64,
         /// Saturation phase per variant and round (0 = skip).
         #[arg(long, default_value_t = scenarios::DEFAULT_SATURATION_SECS)]
@@ -69,9 +72,12 @@ enum Cmd {
         /// manifests/, filter via the WasmPlugin); 0 = plain configuration only.
         #[arg(long, default_value_t = scenarios::DEFAULT_ISTIO_CONCURRENCY)]
         istio_concurrency: u32,
-        /// Idle phase per round (Envoy CPU per second without traffic); 0 = skip.
+        /// Idle window (Envoy CPU per second without traffic, every Envoy at once); 0 = skip.
         #[arg(long, default_value_t = scenarios::DEFAULT_IDLE_SECS)]
         idle_secs: u64,
+        /// Idle windows, back to back after the open-loop rounds (each a paired round).
+        #[arg(long, default_value_t = scenarios::DEFAULT_IDLE_ROUNDS)]
+        idle_rounds: u32,
     },
     /// Run one simulator scenario file on real Envoy with one arm; prints every window.
     Scenario {
@@ -217,6 +223,7 @@ fn main() -> Result<()> {
             probes,
             istio_concurrency,
             idle_secs,
+            idle_rounds,
         } => scenarios::filter_overhead(
             &paths,
             &scenarios::BenchConfig {
@@ -232,6 +239,7 @@ fn main() -> Result<()> {
                 probes,
                 istio_concurrency,
                 idle_secs,
+                idle_rounds,
             },
         )
         .map(|_| ()),
