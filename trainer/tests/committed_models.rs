@@ -9,7 +9,7 @@ use meshtune_policy::onnx::{decode_model, export_mlp, read_mlp, ModelMeta};
 use meshtune_policy::OnnxPolicy;
 use std::path::PathBuf;
 
-const MODELS: [&str; 3] = ["supervised-v2", "ppo-v2", "default"];
+const MODELS: [&str; 4] = ["supervised-v2", "ppo-v2", "ppo-v3", "default"];
 
 fn models_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models")
