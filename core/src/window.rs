@@ -192,6 +192,32 @@ mod tests {
     }
 
     #[test]
+    fn attempt_failure_rate_reads_the_same_from_stats_and_features() {
+        // 100 requests, 40 upstream 5xx (of which 10 local overflow), no retries in force.
+        let mut w = window(100, 40, 20_000);
+        w.flag_uo = 10;
+        let defaults = Knobs::istio_defaults();
+        let mut no_retries = defaults;
+        no_retries.set(Knob::RetryAttempts, 0.0);
+        assert!((w.attempt_failure_rate(&no_retries) - 0.3).abs() < 1e-9);
+        let f = w.features(&Context::initial(250.0));
+        assert!((f.attempt_failure_rate(&no_retries) - 0.3).abs() < 1e-9);
+        // With 2 retries in force and 1.5 attempts per request: e + e² = 0.5, e ≈ 0.366.
+        w.retries = 50;
+        let mut two = defaults;
+        two.set(Knob::RetryAttempts, 2.0);
+        let e = w.attempt_failure_rate(&two);
+        assert!((e + e * e - 0.5).abs() < 1e-6, "{e}");
+        assert!(
+            (w.features(&Context::initial(250.0))
+                .attempt_failure_rate(&two)
+                - e)
+                .abs()
+                < 1e-9
+        );
+    }
+
+    #[test]
     fn features_follow_the_schema() {
         let f = window(100, 10, 20_000).features(&Context::initial(250.0));
         assert_eq!(f.get("rps"), Some(50.0));

@@ -193,7 +193,7 @@ pub fn run_episode_with(
 }
 
 /// Stream of the episode seed the service-time factor is drawn from (apart from the engine's).
-const SERVICE_JITTER_STREAM: u64 = 0x5e7_1ce_5ca1e;
+const SERVICE_JITTER_STREAM: u64 = 0x5e7_1ce5_ca1e;
 
 /// The RL environment: one step = one window of the scenario under the action's knobs.
 ///

@@ -14,7 +14,31 @@ use meshtune_core::{Features, Knobs};
 use meshtune_policy::guardrails::{guard_with, misses_slo, Config};
 
 /// Namespace whose bounds apply (the simulator has one; only the global bounds are used).
-const NAMESPACE: &str = "default";
+pub(crate) const NAMESPACE: &str = "default";
+
+/// Whether a window's features miss the SLO as the guardrails judge it (the urgent dwell and
+/// unstepped braking apply).
+pub fn urgent(features: &Features) -> bool {
+    let get = |name: &str| features.get(name).unwrap_or(0.0);
+    misses_slo(
+        get("rps"),
+        get("latency_p99_ms"),
+        get("error_5xx_rate"),
+        get("overflow_rate"),
+        get("slo_target_ms"),
+    )
+}
+
+/// The dwell in seconds after a push: `urgent_dwell` (never longer than `min_dwell`) while the
+/// SLO is missed, `min_dwell` otherwise.
+pub fn dwell_secs(config: &Config, urgent: bool) -> f64 {
+    if urgent {
+        config.urgent_dwell.min(config.min_dwell)
+    } else {
+        config.min_dwell
+    }
+    .as_secs_f64()
+}
 
 /// A policy behind the guardrails (shipped defaults unless given a config).
 pub struct GuardedPolicy<'a> {
@@ -62,31 +86,19 @@ impl Policy for GuardedPolicy<'_> {
         } else {
             self.decided_once = true;
         }
-        let get = |name: &str| features.get(name).unwrap_or(0.0);
-        let offered = get("rps");
+        let offered = features.get("rps").unwrap_or(0.0);
         let mut proposed = self.inner.decide(features, in_force);
         // The controller's retry cap (upstream attempts within 1.2 per request).
         proposed.cap_retries_for_failures(features.attempt_failure_rate(in_force));
         if offered <= 0.0 {
             return *in_force;
         }
-        let urgent = misses_slo(
-            offered,
-            get("latency_p99_ms"),
-            get("error_5xx_rate"),
-            get("overflow_rate"),
-            get("slo_target_ms"),
-        );
+        let urgent = urgent(features);
         let (knobs, _) = guard_with(&self.config, NAMESPACE, &proposed, in_force, urgent);
         if knobs == *in_force {
             return *in_force;
         }
-        let dwell = if urgent {
-            self.config.urgent_dwell.min(self.config.min_dwell)
-        } else {
-            self.config.min_dwell
-        }
-        .as_secs_f64();
+        let dwell = dwell_secs(&self.config, urgent);
         match self.since_push_s {
             Some(s) if s + 1e-9 < dwell => *in_force,
             _ => {

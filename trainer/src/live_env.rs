@@ -14,11 +14,10 @@ use std::collections::VecDeque;
 
 use meshtune_core::env::{Environment, Step};
 use meshtune_core::{Features, Knobs, WindowStats, FEATURE_COUNT, KNOB_COUNT};
-use meshtune_policy::guardrails::{guard_with, misses_slo, Config};
+use meshtune_policy::guardrails::{guard_with, Config};
 use meshtune_sim::episode::MeshEnv;
 
-/// Namespace whose bounds apply (the simulator has one; only the global bounds are used).
-const NAMESPACE: &str = "default";
+use crate::guarded::{dwell_secs, urgent, NAMESPACE};
 
 /// The controller's default sliding window (`--window-secs`), in 1 s windows.
 pub const DEFAULT_DECISION_WINDOWS: usize = 10;
@@ -71,14 +70,7 @@ impl LiveEnv {
     }
 
     fn urgent(&self) -> bool {
-        let get = |name: &str| self.features.get(name).unwrap_or(0.0);
-        misses_slo(
-            get("rps"),
-            get("latency_p99_ms"),
-            get("error_5xx_rate"),
-            get("overflow_rate"),
-            get("slo_target_ms"),
-        )
+        urgent(&self.features)
     }
 
     /// Whether the controller would decide now: there is traffic and the dwell is over.
@@ -86,12 +78,7 @@ impl LiveEnv {
         if self.features.get("rps").unwrap_or(0.0) <= 0.0 {
             return false;
         }
-        let dwell = if self.urgent() {
-            self.config.urgent_dwell.min(self.config.min_dwell)
-        } else {
-            self.config.min_dwell
-        }
-        .as_secs_f64();
+        let dwell = dwell_secs(&self.config, self.urgent());
         match self.since_push_s {
             Some(s) => s + 1e-9 >= dwell,
             None => true,
