@@ -54,7 +54,7 @@ use crate::lru::LruMap;
 use crate::validate::{ReporterKey, ValidReport};
 use meshtune_core::histogram::LatencyHistogram;
 use meshtune_core::{DestKey, WindowStats};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 /// Aggregation bounds (see [`crate::config::Config::aggregate_limits`]).
 #[derive(Debug, Clone)]
@@ -835,28 +835,38 @@ fn pending_share(d: &Destination, now_sec: u64, window_secs: u64) -> f64 {
     let Some(previous) = now_sec.checked_sub(1).and_then(at) else {
         return 0.0;
     };
-    let current = at(now_sec);
-    let in_win = || {
-        d.buckets
-            .iter()
-            .filter(|b| in_window(b.sec, now_sec, window_secs))
-    };
-    let twice = |r: &u32| in_win().any(|b| b.reporters.iter().filter(|x| *x == r).count() > 1);
+    let current: HashSet<u32> = at(now_sec)
+        .map(|c| c.reporters.iter().copied().collect())
+        .unwrap_or_default();
+    // One pass over the window's reports (a destination may have thousands of client
+    // sidecars): its reporters, and those with two reports in one second (flush jitter: not
+    // pending).
+    let mut ids: HashSet<u32> = HashSet::new();
+    let mut doubled: HashSet<u32> = HashSet::new();
+    for b in d
+        .buckets
+        .iter()
+        .filter(|b| in_window(b.sec, now_sec, window_secs))
+    {
+        let mut seen: HashSet<u32> = HashSet::with_capacity(b.reporters.len());
+        for r in &b.reporters {
+            if !seen.insert(*r) {
+                doubled.insert(*r);
+            }
+            ids.insert(*r);
+        }
+    }
     let mut late: Vec<u32> = previous
         .reporters
         .iter()
-        .filter(|r| current.is_none_or(|c| !c.reporters.contains(r)))
+        .filter(|r| !current.contains(r) && !doubled.contains(r))
         .copied()
         .collect();
     late.sort_unstable();
     late.dedup();
-    late.retain(|r| !twice(r));
     if late.is_empty() {
         return 0.0;
     }
-    let mut ids: Vec<u32> = in_win().flat_map(|b| b.reporters.iter().copied()).collect();
-    ids.sort_unstable();
-    ids.dedup();
     late.len() as f64 / ids.len().max(1) as f64
 }
 
