@@ -115,9 +115,7 @@ pub fn run_episode_with(
     objective: &Objective,
     decision_windows: usize,
 ) -> EpisodeResult {
-    let decision_windows = decision_windows.max(1);
-    let mut recent: std::collections::VecDeque<meshtune_core::WindowStats> =
-        std::collections::VecDeque::with_capacity(decision_windows);
+    let mut recent = crate::windows::RecentWindows::new(decision_windows);
     let mut knobs = policy.decide(&initial_features(scenario), &Knobs::istio_defaults());
     let mut engine = Engine::new(scenario, seed, &knobs);
     let mut clock = ChangeClock::default();
@@ -143,15 +141,7 @@ pub fn run_episode_with(
         let ctx = context(scenario, &knobs, &clock);
         let features = res.stats.features(&ctx);
         let decision_features = if decision_windows > 1 {
-            if recent.len() == decision_windows {
-                recent.pop_front();
-            }
-            recent.push_back(res.stats.clone());
-            let mut merged = recent[0].clone();
-            for r in recent.iter().skip(1) {
-                merged.merge_sequential(r);
-            }
-            merged.features(&ctx)
+            recent.push(res.stats.clone()).features(&ctx)
         } else {
             features
         };

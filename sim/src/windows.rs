@@ -39,11 +39,10 @@ pub fn sliding_features(
     seed: u64,
     window_count: usize,
 ) -> Vec<SlidingWindow> {
-    let window_count = window_count.max(1);
     let mut engine = Engine::new(scenario, seed, knobs);
     let mut clock = ChangeClock::default();
     let mut in_force = Knobs::istio_defaults();
-    let mut recent: VecDeque<WindowStats> = VecDeque::with_capacity(window_count);
+    let mut recent = RecentWindows::new(window_count);
     let mut out = Vec::with_capacity(scenario.windows.0 as usize);
     for w in 0..scenario.windows.0 {
         if w > 0 {
@@ -52,11 +51,7 @@ pub fn sliding_features(
         let res = engine.run_window();
         clock.tick(&in_force, knobs);
         in_force = *knobs;
-        if recent.len() == window_count {
-            recent.pop_front();
-        }
-        recent.push_back(res.stats);
-        let stats = merge_sequential(&recent);
+        let stats = recent.push(res.stats);
         let features = stats.features(&context(scenario, knobs, &clock));
         out.push(SlidingWindow {
             end: w + 1,
@@ -66,6 +61,51 @@ pub fn sliding_features(
         });
     }
     out
+}
+
+/// The last `W` windows of a destination, merged in order as the controller merges its
+/// one-second buckets into its sliding window (`--window-secs`). One home for the simulator's
+/// decision window: `run_episode_with`, [`sliding_features`] and the trainer's live loop.
+#[derive(Debug, Clone)]
+pub struct RecentWindows {
+    count: usize,
+    recent: VecDeque<WindowStats>,
+}
+
+impl RecentWindows {
+    /// Keeps the last `count` windows (at least 1).
+    pub fn new(count: usize) -> Self {
+        let count = count.max(1);
+        RecentWindows {
+            count,
+            recent: VecDeque::with_capacity(count),
+        }
+    }
+
+    /// Forgets every window (a new episode).
+    pub fn clear(&mut self) {
+        self.recent.clear();
+    }
+
+    /// Windows held (`min(pushed, count)`).
+    pub fn len(&self) -> usize {
+        self.recent.len()
+    }
+
+    /// Whether no window was pushed since the last clear.
+    pub fn is_empty(&self) -> bool {
+        self.recent.is_empty()
+    }
+
+    /// Adds the window just run (dropping the oldest beyond `count`) and returns the held
+    /// windows merged.
+    pub fn push(&mut self, window: WindowStats) -> WindowStats {
+        if self.recent.len() == self.count {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(window);
+        merge_sequential(&self.recent)
+    }
 }
 
 /// Consecutive windows merged in order (an empty window for none).

@@ -70,21 +70,12 @@ impl ScenarioSet {
         })
     }
 
-    fn envs(list: &[Scenario]) -> Vec<NamedEnv> {
-        list.iter()
-            .map(|s| NamedEnv {
-                name: s.name.clone(),
-                env: Box::new(MeshEnv::new(s.clone(), Objective::default())),
-            })
-            .collect()
-    }
-
     pub fn train_envs(&self) -> Vec<NamedEnv> {
-        Self::envs(&self.train)
+        self.train_envs_with(None, 0.0)
     }
 
     pub fn heldout_envs(&self) -> Vec<NamedEnv> {
-        Self::envs(&self.heldout)
+        self.heldout_envs_with(None, 0.0)
     }
 
     /// [`Self::train_envs`], or with `Some(secs)` each run as the live loop runs a model

@@ -10,12 +10,11 @@
 //! proposal becomes, and the controller's retry cap applies, as in [`crate::guarded::GuardedPolicy`] (which evaluates models
 //! the same way). Not modelled, as there: the rollback watch.
 
-use std::collections::VecDeque;
-
 use meshtune_core::env::{Environment, Step};
 use meshtune_core::{Features, Knobs, WindowStats, FEATURE_COUNT, KNOB_COUNT};
 use meshtune_policy::guardrails::{guard_with, Config};
 use meshtune_sim::episode::MeshEnv;
+use meshtune_sim::windows::RecentWindows;
 
 use crate::guarded::{dwell_secs, urgent, NAMESPACE};
 
@@ -27,8 +26,7 @@ pub const DEFAULT_DECISION_WINDOWS: usize = 10;
 pub struct LiveEnv {
     inner: MeshEnv,
     config: Config,
-    decision_windows: usize,
-    recent: VecDeque<WindowStats>,
+    recent: RecentWindows,
     in_force: Knobs,
     /// Simulated seconds since the last push; `None` = never pushed.
     since_push_s: Option<f64>,
@@ -48,8 +46,7 @@ impl LiveEnv {
         LiveEnv {
             inner,
             config,
-            decision_windows: decision_windows.max(1),
-            recent: VecDeque::new(),
+            recent: RecentWindows::new(decision_windows),
             in_force: Knobs::istio_defaults(),
             since_push_s: None,
             features: Features([0.0; FEATURE_COUNT]),
@@ -93,16 +90,8 @@ impl LiveEnv {
         if let Some(s) = self.since_push_s.as_mut() {
             *s += window_s;
         }
-        if self.recent.len() == self.decision_windows {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(stats);
-        let mut merged = self.recent[0].clone();
-        for r in self.recent.iter().skip(1) {
-            merged.merge_sequential(r);
-        }
-        self.features = merged.features(&self.inner.context());
-        self.merged = merged;
+        self.merged = self.recent.push(stats);
+        self.features = self.merged.features(&self.inner.context());
         self.done = step.done;
         step
     }
