@@ -27,7 +27,7 @@ fn live_and_simulated_features_agree_window_by_window_at_constant_load() {
 name = "constant"
 seed = 11
 window_s = 1.0
-windows = 16
+windows = 17
 slo_ms = 250.0
 clients = 2
 [hosts]
@@ -47,7 +47,7 @@ rps = 400.0
     eprintln!("{t}\n{:?}", c.alignment);
     assert!(
         c.pairs.len() >= 5,
-        "windows 11..16 should be compared, got {:?}",
+        "windows 12..17 should be compared, got {:?}",
         c.alignment
     );
     for p in &c.pairs {
