@@ -1034,10 +1034,11 @@ impl Engine {
             return;
         }
         c.consecutive[h] = 0;
-        // Envoy: eject if (ejected + 1) / hosts <= max_ejection_percent, and always at least
-        // one host regardless of the percentage.
+        // Envoy: eject only if (ejected + 1) / hosts <= max_ejection_percent. Its "eject at
+        // least one host anyway" is the `always_eject_one_host` option, off by default and not
+        // set by Istio or meshtune: with 3 hosts and Istio's 10 % nothing is ejected.
         let pct_after = 100.0 * (c.ejected_count + 1) as f64 / nhosts;
-        if c.ejected_count > 0 && pct_after > l.max_ejection_percent {
+        if pct_after > l.max_ejection_percent {
             return;
         }
         c.ejected[h] = true;
