@@ -14,7 +14,7 @@ use meshtune_core::outcomes::{Objective, Outcomes, SloGood};
 use meshtune_core::{Context, DestKey, Features, WindowStats};
 
 use crate::aggregate::ClusterWindow;
-use meshtune_policy::guardrails::{Action, Guardrails, HoldReason, Mode, Verdict};
+use meshtune_policy::guardrails::{Action, Guardrails, HoldReason, Mode, Situation, Verdict};
 
 /// Default minimum requests in a destination's window before the policy decides for it.
 pub const DEFAULT_MIN_REQUESTS: u64 = 20;
@@ -689,7 +689,12 @@ pub fn decide_with(
             now,
             &prop,
             &before,
-            misses_slo_judged(&outcomes, &sel.stats, slo_ms, judge),
+            Situation::of_window(
+                misses_slo_judged(&outcomes, &sel.stats, slo_ms, judge),
+                outcomes.shed_rate,
+                sel.stats.inflight_max as f64,
+                sel.clients,
+            ),
         );
         item.changed = d.changed;
         // Built only for a push or recommendation (most destinations hold in steady state).
@@ -1086,6 +1091,25 @@ mod tests {
         );
         assert_eq!(c.pushes[0].knobs.get(Knob::RetryAttempts), 3.0);
         assert!((w.attempt_failure_rate(&Knobs::istio_defaults()) - 0.4).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_healthy_destination_keeps_a_limit_above_its_demand() {
+        // 80 in flight at peak (one client), SLO met, nothing shed: a proposed limit of 20
+        // would shed most of it, so the push carries 2 × 80.
+        let mut w = window(1000, 1000, 5);
+        w.inflight_max = 80;
+        let mut p = proposal();
+        p.set(Knob::Http2MaxRequests, 20.0);
+        let mut st = LoopState::new(Guardrails::new(enforce(Duration::ZERO)));
+        let c = decide(&sel("a", w.clone()), &[p], &mut st, Instant::now(), 250.0);
+        assert_eq!(c.pushes[0].knobs.get(Knob::Http2MaxRequests), 160.0);
+        // Missing the SLO (p99 over 250 ms) the brake is free.
+        let mut slow = window(1000, 1000, 400);
+        slow.inflight_max = 80;
+        let mut st = LoopState::new(Guardrails::new(enforce(Duration::ZERO)));
+        let c = decide(&sel("a", slow), &[p], &mut st, Instant::now(), 250.0);
+        assert_eq!(c.pushes[0].knobs.get(Knob::Http2MaxRequests), 20.0);
     }
 
     #[test]

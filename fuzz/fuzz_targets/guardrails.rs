@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use meshtune_core::knobs::{Knob, Knobs, KNOB_COUNT, KNOB_SPECS};
-use meshtune_policy::guardrails::{guard_with, Config, Guardrails};
+use meshtune_policy::guardrails::{guard_with, Config, Guardrails, Situation};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&format, rest)) = data.split_first() else {
@@ -44,8 +44,15 @@ fuzz_target!(|data: &[u8]| {
             assert!(lo <= hi, "bounds of {ns}/{}: {lo} > {hi}", knob.name());
         }
         for (proposed, in_force) in [(&low, &istio), (&high, &low), (&mid, &high), (&istio, &mid)] {
-            for urgent in [false, true] {
-                let (out, _adj) = guard_with(&config, ns, proposed, in_force, urgent);
+            // Meeting the SLO, missing it, healthy with a small and a huge demand (the floor
+            // stays within the bounds).
+            for situation in [
+                Situation::urgent(false),
+                Situation::urgent(true),
+                Situation::of_window(false, 0.0, 50.0, 2),
+                Situation::of_window(false, 0.0, 1e12, 1),
+            ] {
+                let (out, _adj) = guard_with(&config, ns, proposed, in_force, situation);
                 for (i, v) in out.0.iter().enumerate() {
                     let (lo, hi) = config.bounds(ns, KNOB_SPECS[i].knob);
                     assert!(
@@ -54,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
                         KNOB_SPECS[i].knob.name()
                     );
                 }
-                let _ = guardrails.decide_with("dest", ns, now, proposed, in_force, urgent);
+                let _ = guardrails.decide_with("dest", ns, now, proposed, in_force, situation);
             }
         }
     }

@@ -22,6 +22,8 @@
 //! rollback_windows = 5        # … within this many windows after a push → roll back,
 //! rollback_max_load_change = 0.25  # unless the offered load moved by more than 25 % from the
 //!                             # baseline window's: then the push cannot be judged (watch ends)
+//! demand_headroom = 2.0       # a healthy destination's request limits stay ≥ 2 × its peak
+//!                             # in flight per client (0 turns the floor off)
 //! [hysteresis_per_knob]
 //! "retries.attempts" = 0.0
 //! [hard_bounds]               # replace the default hard bounds (within the knob schema)
@@ -54,6 +56,17 @@ pub const DEFAULT_ROLLBACK_WINDOWS: u32 = 5;
 /// A watched window whose offered load differs from the baseline's by more than this share
 /// says nothing about the push (a load step, not the change, moved the objective).
 pub const DEFAULT_ROLLBACK_MAX_LOAD_CHANGE: f64 = 0.25;
+/// A healthy destination's request limits are not lowered below this many times its peak
+/// requests in flight per client proxy ([`Situation::healthy_demand`]): a destination that
+/// meets its SLO and sheds nothing gains nothing from a limit its traffic would hit. Measured
+/// need: the shipped models, trained where a handful of requests are in flight, proposed
+/// `http2MaxRequests` ≈ 22 for a healthy destination with 75 in flight and shed half to 70 %
+/// of its traffic (simulator, `busy_healthy`). 2× leaves room for a burst twice the window's
+/// peak and for uneven clients (the figure is an average over client proxies).
+pub const DEFAULT_DEMAND_HEADROOM: f64 = 2.0;
+/// A window shedding more than this share of its requests is not healthy: its limits already
+/// bite, so the floor of [`DEFAULT_DEMAND_HEADROOM`] does not apply.
+pub const HEALTHY_MAX_SHED_RATE: f64 = 0.01;
 
 /// Default hard bounds beyond the knob schema's ranges (which stay the model's
 /// normalisation): settings whose extreme can take a healthy destination out of service are
@@ -143,6 +156,9 @@ pub struct Config {
     pub rollback_windows: u32,
     /// Relative change of the offered load that ends a watch without a verdict on the push.
     pub rollback_max_load_change: f64,
+    /// Request limits of a healthy destination stay ≥ this × its peak in flight per client
+    /// ([`Situation::healthy_demand`]); 0 turns the floor off.
+    pub demand_headroom: f64,
     /// Per-namespace bounds (intersected with the hard bounds).
     pub namespaces: BTreeMap<String, [Bound; KNOB_COUNT]>,
     /// Hard bounds within the knob schema, for every namespace ([`DEFAULT_HARD_BOUNDS`]).
@@ -163,6 +179,7 @@ impl Default for Config {
             rollback_consecutive: DEFAULT_ROLLBACK_CONSECUTIVE,
             rollback_windows: DEFAULT_ROLLBACK_WINDOWS,
             rollback_max_load_change: DEFAULT_ROLLBACK_MAX_LOAD_CHANGE,
+            demand_headroom: DEFAULT_DEMAND_HEADROOM,
             namespaces: BTreeMap::new(),
             hard_bounds: DEFAULT_HARD_BOUNDS,
         }
@@ -207,6 +224,7 @@ struct File {
     rollback_consecutive: Option<u32>,
     rollback_windows: Option<u32>,
     rollback_max_load_change: Option<f64>,
+    demand_headroom: Option<f64>,
     #[serde(default)]
     namespaces: BTreeMap<String, BTreeMap<String, Bound>>,
     hard_bounds: Option<BTreeMap<String, Bound>>,
@@ -336,6 +354,9 @@ impl Config {
         if let Some(v) = f.rollback_windows {
             c.rollback_windows = v;
         }
+        if let Some(v) = f.demand_headroom {
+            c.demand_headroom = fraction("demand_headroom", v)?;
+        }
         let check = |section: &str, knobs: &BTreeMap<String, Bound>| {
             let mut bounds = [Bound::default(); KNOB_COUNT];
             for (knob, b) in knob_map(origin, section, knobs)? {
@@ -426,6 +447,9 @@ pub enum AdjustKind {
     Hysteresis,
     /// `http.maxRetries` lowered to the retry budget ([`Knobs::apply_retry_budget`]).
     RetryBudget,
+    /// A request limit of a healthy destination raised to its demand floor
+    /// ([`Situation::healthy_demand`]).
+    DemandFloor,
 }
 
 /// One guardrail intervention.
@@ -471,16 +495,55 @@ pub fn lowering_sheds_load(knob: Knob) -> bool {
     )
 }
 
+/// Whether `knob` caps the requests (or HTTP/1.1 connections, one request each) a client
+/// proxy has in flight to the destination: what the demand floor applies to.
+pub fn limits_in_flight(knob: Knob) -> bool {
+    matches!(knob, Knob::Http2MaxRequests | Knob::MaxConnections)
+}
+
+/// What the decision window says about a destination, for the guardrails.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Situation {
+    /// It misses its SLO ([`misses_slo`]): short dwell, unstepped braking.
+    pub urgent: bool,
+    /// Healthy (meets its SLO, sheds at most [`HEALTHY_MAX_SHED_RATE`]): its peak requests in
+    /// flight per client proxy. Its request limits ([`limits_in_flight`]) are not lowered
+    /// below `demand_headroom` × this. `None`: no floor.
+    pub healthy_demand: Option<f64>,
+}
+
+impl Situation {
+    /// A destination missing its SLO (`urgent`) or meeting it with no demand known.
+    pub fn urgent(urgent: bool) -> Situation {
+        Situation {
+            urgent,
+            healthy_demand: None,
+        }
+    }
+
+    /// The situation of a window: `urgent` as judged, `shed_rate` its share of shed requests,
+    /// `inflight_max` its peak in flight summed over its `clients` reporting proxies.
+    pub fn of_window(urgent: bool, shed_rate: f64, inflight_max: f64, clients: u32) -> Situation {
+        let healthy = !urgent && shed_rate <= HEALTHY_MAX_SHED_RATE;
+        let demand = inflight_max / f64::from(clients.max(1));
+        Situation {
+            urgent,
+            healthy_demand: (healthy && demand.is_finite() && demand > 0.0).then_some(demand),
+        }
+    }
+}
+
 /// The pure per-knob pipeline: hard bounds → namespace bounds → step limit (from the value in
-/// force, itself pinned into the bounds) → hysteresis. Returns the guarded knobs and every
-/// intervention. A destination meeting its SLO ([`guard_with`] with `urgent = false`).
+/// force, itself pinned into the bounds) → demand floor → hysteresis. Returns the guarded knobs
+/// and every intervention. A destination meeting its SLO, demand unknown ([`guard_with`] with
+/// `Situation::default()`).
 pub fn guard(
     config: &Config,
     namespace: &str,
     proposed: &Knobs,
     in_force: &Knobs,
 ) -> (Knobs, Vec<Adjustment>) {
-    guard_with(config, namespace, proposed, in_force, false)
+    guard_with(config, namespace, proposed, in_force, Situation::default())
 }
 
 /// Share of a window's requests failing for reasons other than shedding above which the
@@ -502,17 +565,21 @@ pub fn misses_slo(
     offered_rps > 0.0 && (p99_ms > slo_ms || error_rate - shed_rate > URGENT_ERROR_RATE)
 }
 
-/// [`guard`] for a destination that meets its SLO (`urgent = false`) or misses it (`urgent`).
-/// Missing it, moves that shed load ([`lowering_sheds_load`] knobs going down) are not step
-/// limited: like TCP's multiplicative decrease, the brakes act at once while loosening stays
-/// gradual (the rollback watch still guards every push).
+/// [`guard`] in a `situation`. Missing its SLO (`urgent`), moves that shed load
+/// ([`lowering_sheds_load`] knobs going down) are not step limited: like TCP's multiplicative
+/// decrease, the brakes act at once while loosening stays gradual (the rollback watch still
+/// guards every push). Healthy with a known demand, a request limit ([`limits_in_flight`]) is
+/// not lowered below `demand_headroom` × the demand (nor raised by this rule above the value
+/// in force): limiting a destination that meets its SLO and sheds nothing only turns served
+/// requests into 503s.
 pub fn guard_with(
     config: &Config,
     namespace: &str,
     proposed: &Knobs,
     in_force: &Knobs,
-    urgent: bool,
+    situation: Situation,
 ) -> (Knobs, Vec<Adjustment>) {
+    let urgent = situation.urgent;
     let mut out = *proposed;
     let mut adj = Vec::with_capacity(KNOB_COUNT);
     for spec in &KNOB_SPECS {
@@ -577,6 +644,14 @@ pub fn guard_with(
         let stepped = stepped.clamp(lo, hi);
         note(AdjustKind::StepLimit, x, stepped);
         x = stepped;
+        if let Some(demand) = situation.healthy_demand.filter(|_| !urgent) {
+            if limits_in_flight(k) && x < current {
+                let floor = (config.demand_headroom * demand).ceil().clamp(lo, hi);
+                let floored = x.max(floor.min(current));
+                note(AdjustKind::DemandFloor, x, floored);
+                x = floored;
+            }
+        }
         // Hysteresis compares with the value in force (pinned into bounds: an out-of-bounds value
         // in force, e.g. Istio's "unlimited", always changes).
         if in_bounds && x != current && relative_change(spec, current, x) < config.hysteresis[i] {
@@ -724,12 +799,19 @@ impl Guardrails {
         proposed: &Knobs,
         in_force: &Knobs,
     ) -> Decision {
-        self.decide_with(dest, namespace, now, proposed, in_force, false)
+        self.decide_with(
+            dest,
+            namespace,
+            now,
+            proposed,
+            in_force,
+            Situation::default(),
+        )
     }
 
-    /// Guards a policy proposal. `urgent`: the destination misses its SLO, so the shorter
-    /// `urgent_dwell` applies, a push being watched may be superseded, and load-shedding moves
-    /// are not step limited ([`guard_with`]).
+    /// Guards a policy proposal in a `situation` ([`guard_with`]). Missing its SLO
+    /// (`situation.urgent`), the shorter `urgent_dwell` applies, a push being watched may be
+    /// superseded, and load-shedding moves are not step limited.
     pub fn decide_with(
         &self,
         dest: &str,
@@ -737,8 +819,9 @@ impl Guardrails {
         now: Instant,
         proposed: &Knobs,
         in_force: &Knobs,
-        urgent: bool,
+        situation: Situation,
     ) -> Decision {
+        let urgent = situation.urgent;
         if proposed.0.iter().any(|v| !v.is_finite()) {
             return Decision {
                 knobs: *in_force,
@@ -747,7 +830,8 @@ impl Guardrails {
                 changed: Vec::new(),
             };
         }
-        let (knobs, adjustments) = guard_with(&self.config, namespace, proposed, in_force, urgent);
+        let (knobs, adjustments) =
+            guard_with(&self.config, namespace, proposed, in_force, situation);
         let changed: Vec<Knob> = Knob::ALL
             .into_iter()
             .filter(|k| knobs.get(*k) != in_force.get(*k))
@@ -1120,10 +1204,22 @@ mod tests {
         proposed.set(Knob::Http2MaxRequests, 8.0);
         proposed.set(Knob::RouteTimeoutMs, 250.0);
         proposed.set(Knob::Consecutive5xxErrors, 2.0);
-        let (calm, _) = guard_with(&cfg, "default", &proposed, &in_force, false);
+        let (calm, _) = guard_with(
+            &cfg,
+            "default",
+            &proposed,
+            &in_force,
+            Situation::urgent(false),
+        );
         assert_eq!(calm.get(Knob::Http2MaxRequests), 2_000.0);
         assert_eq!(calm.get(Knob::RouteTimeoutMs), 3_000.0);
-        let (urgent, _) = guard_with(&cfg, "default", &proposed, &in_force, true);
+        let (urgent, _) = guard_with(
+            &cfg,
+            "default",
+            &proposed,
+            &in_force,
+            Situation::urgent(true),
+        );
         assert_eq!(urgent.get(Knob::Http2MaxRequests), 8.0);
         assert_eq!(urgent.get(Knob::RouteTimeoutMs), 250.0);
         assert_eq!(
@@ -1133,12 +1229,73 @@ mod tests {
         );
         let mut looser = in_force;
         looser.set(Knob::Http2MaxRequests, 60_000.0);
-        let (k, _) = guard_with(&cfg, "default", &looser, &in_force, true);
+        let (k, _) = guard_with(&cfg, "default", &looser, &in_force, Situation::urgent(true));
         assert_eq!(
             k.get(Knob::Http2MaxRequests),
             8_000.0,
             "loosening is stepped"
         );
+    }
+
+    #[test]
+    fn a_healthy_destination_is_not_limited_below_its_demand() {
+        let cfg = enforce();
+        // Istio's unlimited in force: no step limit, so only the floor stands in the way.
+        let in_force = Knobs::istio_defaults();
+        let mut proposed = in_force;
+        proposed.set(Knob::Http2MaxRequests, 22.0);
+        proposed.set(Knob::MaxConnections, 10.0);
+        proposed.set(Knob::Http1MaxPendingRequests, 5.0);
+        // 150 in flight at peak over 2 client proxies, SLO met, nothing shed.
+        let healthy = Situation::of_window(false, 0.0, 150.0, 2);
+        assert_eq!(healthy.healthy_demand, Some(75.0));
+        let (k, adj) = guard_with(&cfg, "default", &proposed, &in_force, healthy);
+        assert_eq!(k.get(Knob::Http2MaxRequests), 150.0, "2 x 75 per client");
+        assert_eq!(k.get(Knob::MaxConnections), 150.0);
+        assert_eq!(
+            k.get(Knob::Http1MaxPendingRequests),
+            5.0,
+            "the pending queue is not in-flight demand"
+        );
+        assert!(adj
+            .iter()
+            .any(|a| a.kind == AdjustKind::DemandFloor && a.knob == Knob::Http2MaxRequests));
+        // Above the floor the proposal stands.
+        proposed.set(Knob::Http2MaxRequests, 400.0);
+        let (k, _) = guard_with(&cfg, "default", &proposed, &in_force, healthy);
+        assert_eq!(k.get(Knob::Http2MaxRequests), 400.0);
+        // The floor never raises a limit above the one in force (it only stops lowering).
+        let mut tight = in_force;
+        tight.set(Knob::Http2MaxRequests, 100.0);
+        proposed.set(Knob::Http2MaxRequests, 60.0);
+        let (k, _) = guard_with(&cfg, "default", &proposed, &tight, healthy);
+        assert_eq!(k.get(Knob::Http2MaxRequests), 100.0);
+        // Missing the SLO, shedding, or demand unknown: no floor (braking is the point).
+        proposed.set(Knob::Http2MaxRequests, 22.0);
+        for s in [
+            Situation::of_window(true, 0.0, 150.0, 2),
+            Situation::of_window(false, 0.05, 150.0, 2),
+            Situation::default(),
+        ] {
+            let (k, _) = guard_with(&cfg, "default", &proposed, &in_force, s);
+            assert_eq!(k.get(Knob::Http2MaxRequests), 22.0, "{s:?}");
+        }
+        // A headroom of 0 turns it off.
+        let off = Config {
+            demand_headroom: 0.0,
+            ..enforce()
+        };
+        let (k, _) = guard_with(&off, "default", &proposed, &in_force, healthy);
+        assert_eq!(k.get(Knob::Http2MaxRequests), 22.0);
+    }
+
+    #[test]
+    fn demand_headroom_is_read_and_checked() {
+        let c = Config::from_toml_str("demand_headroom = 3.5", "g.toml").unwrap();
+        assert_eq!(c.demand_headroom, 3.5);
+        let e = Config::from_toml_str("demand_headroom = -1", "g.toml").unwrap_err();
+        assert!(e.to_string().contains("demand_headroom"), "{e}");
+        assert_eq!(Config::default().demand_headroom, DEFAULT_DEMAND_HEADROOM);
     }
 
     #[test]
@@ -1171,14 +1328,21 @@ mod tests {
         g.record_push("a", t0, in_force, 1.0);
         let t1 = t0 + DEFAULT_URGENT_DWELL / 2;
         assert!(matches!(
-            g.decide_with("a", "ns", t1, &proposed, &in_force, true)
+            g.decide_with("a", "ns", t1, &proposed, &in_force, Situation::urgent(true))
                 .action,
             Action::Hold(HoldReason::Dwell { .. })
         ));
         let t2 = t0 + DEFAULT_URGENT_DWELL;
         assert_eq!(
-            g.decide_with("a", "ns", t2, &proposed, &in_force, false)
-                .action,
+            g.decide_with(
+                "a",
+                "ns",
+                t2,
+                &proposed,
+                &in_force,
+                Situation::urgent(false)
+            )
+            .action,
             Action::Hold(HoldReason::Dwell {
                 remaining: DEFAULT_MIN_DWELL - DEFAULT_URGENT_DWELL
             }),
@@ -1186,15 +1350,22 @@ mod tests {
         );
         assert!(matches!(g.phase("a"), Phase::Watching { .. }));
         assert_eq!(
-            g.decide_with("a", "ns", t2, &proposed, &in_force, true)
+            g.decide_with("a", "ns", t2, &proposed, &in_force, Situation::urgent(true))
                 .action,
             Action::Push,
             "missing the SLO: the short dwell, even while watching"
         );
         let t3 = t0 + DEFAULT_MIN_DWELL;
         assert_eq!(
-            g.decide_with("a", "ns", t3, &proposed, &in_force, false)
-                .action,
+            g.decide_with(
+                "a",
+                "ns",
+                t3,
+                &proposed,
+                &in_force,
+                Situation::urgent(false)
+            )
+            .action,
             Action::Hold(HoldReason::Watching)
         );
     }

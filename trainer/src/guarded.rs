@@ -3,15 +3,15 @@
 //!
 //! Each window the wrapped policy proposes knobs, the controller's retry cap lowers its retries
 //! to what the window's attempt failure rate allows; [`meshtune_policy::guardrails::guard_with`]
-//! applies bounds, hysteresis and step limits (unstepped braking while the window misses its
-//! SLO), and the dwell holds a change until `min_dwell` (`urgent_dwell` while missing the
+//! applies bounds, hysteresis, step limits (unstepped braking while the window misses its
+//! SLO) and the demand floor of a healthy destination, and the dwell holds a change until `min_dwell` (`urgent_dwell` while missing the
 //! SLO) has passed since the last push, as `Guardrails::decide_with` does live. A window with
 //! no traffic decides nothing (the live controller has no report to decide from). Not
 //! modelled: the rollback watch (a push that regresses is not undone here).
 
 use meshtune_core::env::Policy;
 use meshtune_core::{Features, Knobs};
-use meshtune_policy::guardrails::{guard_with, misses_slo, Config};
+use meshtune_policy::guardrails::{guard_with, misses_slo, Config, Situation};
 
 /// Namespace whose bounds apply (the simulator has one; only the global bounds are used).
 pub(crate) const NAMESPACE: &str = "default";
@@ -26,6 +26,18 @@ pub fn urgent(features: &Features) -> bool {
         get("error_5xx_rate"),
         get("overflow_rate"),
         get("slo_target_ms"),
+    )
+}
+
+/// The window's situation as the controller judges it: [`urgent`], and while healthy its peak
+/// in flight per client (the guardrails' demand floor).
+pub fn situation(features: &Features) -> Situation {
+    let get = |name: &str| features.get(name).unwrap_or(0.0);
+    Situation::of_window(
+        urgent(features),
+        get("overflow_rate"),
+        get("inflight_max"),
+        get("clients").max(1.0) as u32,
     )
 }
 
@@ -93,8 +105,9 @@ impl Policy for GuardedPolicy<'_> {
         if offered <= 0.0 {
             return *in_force;
         }
-        let urgent = urgent(features);
-        let (knobs, _) = guard_with(&self.config, NAMESPACE, &proposed, in_force, urgent);
+        let situation = situation(features);
+        let urgent = situation.urgent;
+        let (knobs, _) = guard_with(&self.config, NAMESPACE, &proposed, in_force, situation);
         if knobs == *in_force {
             return *in_force;
         }

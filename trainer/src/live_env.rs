@@ -16,7 +16,7 @@ use meshtune_policy::guardrails::{guard_with, Config};
 use meshtune_sim::episode::MeshEnv;
 use meshtune_sim::windows::RecentWindows;
 
-use crate::guarded::{dwell_secs, urgent, NAMESPACE};
+use crate::guarded::{dwell_secs, situation, urgent, NAMESPACE};
 
 /// The controller's default sliding window (`--window-secs`), in 1 s windows.
 pub const DEFAULT_DECISION_WINDOWS: usize = 10;
@@ -155,7 +155,7 @@ impl Environment for LiveEnv {
             NAMESPACE,
             &proposed,
             &self.in_force,
-            self.urgent(),
+            situation(&self.features),
         );
         if knobs != self.in_force {
             self.in_force = knobs;
