@@ -17,7 +17,9 @@ use crate::gate::StaticGate;
 use crate::identity::AuthMode;
 use crate::leader::{self, Elector, Leadership, LeaseConfig};
 use crate::namespaces::{DataPlane, NamespaceConfig, NamespaceController};
+use crate::cluster_knobs::ClusterKnobs;
 use crate::policies::PolicyStore;
+use meshtune_sinks::istio_foreign::Lookup;
 use crate::policy_loop::{
     self, build_sinks, parse_configmap, EnvoyFileArgs, LoopConfig, LoopError, PolicyLoop, SinkKind,
     Sources,
@@ -169,6 +171,16 @@ pub struct ControllerArgs {
     /// WasmPlugin or EnvoyFilter of `manifests/`, or none (install the filter yourself).
     #[arg(long, value_enum, default_value_t = DataPlane::Wasmplugin)]
     pub data_plane: DataPlane,
+    /// Istio's root namespace (`meshConfig.rootNamespace`): its exported DestinationRules
+    /// apply mesh-wide. With `--sink istio` the controller watches the cluster's own
+    /// DestinationRules/VirtualServices and reads them as the knobs in force of destinations it
+    /// has not pushed to.
+    #[arg(long, default_value = meshtune_sinks::istio_foreign::DEFAULT_ROOT_NAMESPACE)]
+    pub istio_root_namespace: String,
+    /// The cluster's DNS domain (istiod's `--domain`): a short host `reviews` in a
+    /// DestinationRule/VirtualService of namespace `ns` means `reviews.ns.svc.<domain>`.
+    #[arg(long, default_value = meshtune_sinks::istio_foreign::DEFAULT_CLUSTER_DOMAIN)]
+    pub cluster_domain: String,
     /// Shortest time between two status writes of one MeshtunePolicy, seconds.
     #[arg(long, default_value_t = crate::review::DEFAULT_STATUS_MIN_INTERVAL.as_secs_f64())]
     pub status_min_interval_secs: f64,
@@ -485,6 +497,8 @@ pub struct Prepared {
     pub namespaces: Option<Arc<NamespaceController>>,
     /// The MeshtunePolicy watch (`--sink istio`).
     pub policies: Option<(Arc<PolicyStore>, kube::Client)>,
+    /// The DestinationRule/VirtualService watch (`--sink istio`).
+    pub cluster_knobs: Option<(Arc<ClusterKnobs>, kube::Client)>,
 }
 
 impl Prepared {
@@ -511,6 +525,9 @@ impl Prepared {
             watches.push(tokio::spawn(nc.run(stopped())));
         }
         if let Some((store, client)) = self.policies {
+            watches.push(tokio::spawn(store.run(client, stopped())));
+        }
+        if let Some((store, client)) = self.cluster_knobs {
             watches.push(tokio::spawn(store.run(client, stopped())));
         }
         let served = policy_loop::serve_closed_loop(
@@ -684,7 +701,17 @@ pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
         policy.set_leadership(l);
     }
     let mut policy_watch = None;
+    let mut cluster_knobs = None;
     if let Some(client) = lifecycle_client {
+        let store = Arc::new(ClusterKnobs::new(
+            Lookup {
+                root_namespace: args.istio_root_namespace.clone(),
+                domain: args.cluster_domain.clone(),
+            },
+            controller.metrics().cluster_knobs.clone(),
+        ));
+        policy.set_cluster_knobs(store.clone());
+        cluster_knobs = Some((store, client.clone()));
         if let Some(store) = &policies {
             let min = Duration::try_from_secs_f64(args.status_min_interval_secs).map_err(|e| {
                 LoopError::Flag {
@@ -717,6 +744,7 @@ pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
         election,
         namespaces,
         policies: policy_watch,
+        cluster_knobs,
     })
 }
 

@@ -251,6 +251,9 @@ pub struct PolicyLoop {
     lifecycle: std::sync::OnceLock<crate::lifecycle::Lifecycle>,
     /// Per-namespace policies (`MeshtunePolicy` watch; unset: `--mode` everywhere).
     policies: std::sync::OnceLock<Arc<crate::policies::PolicyStore>>,
+    /// The cluster's own DestinationRules/VirtualServices (unset: nothing pushed = Istio's
+    /// defaults).
+    cluster_knobs: std::sync::OnceLock<Arc<crate::cluster_knobs::ClusterKnobs>>,
     /// Policy status and Events (set with the policy watch).
     status_writer: std::sync::OnceLock<Arc<crate::review::StatusWriter>>,
     /// Recommendations, applies and refusals per namespace (what the status says).
@@ -332,6 +335,7 @@ impl PolicyLoop {
             leadership: std::sync::OnceLock::new(),
             lifecycle: std::sync::OnceLock::new(),
             policies: std::sync::OnceLock::new(),
+            cluster_knobs: std::sync::OnceLock::new(),
             status_writer: std::sync::OnceLock::new(),
             reviews: tokio::sync::Mutex::new(crate::review::Reviews::new(hysteresis)),
             last_decided: Default::default(),
@@ -375,6 +379,13 @@ impl PolicyLoop {
                 *state = self.fresh_state();
             }
         }
+    }
+
+    /// Sets the cluster's own Istio objects (once, before the loop runs): for destinations
+    /// meshtune has not pushed to, the knobs in force are what they set
+    /// ([`crate::cluster_knobs`]), and the loop waits for their first list.
+    pub fn set_cluster_knobs(&self, store: Arc<crate::cluster_knobs::ClusterKnobs>) {
+        let _ = self.cluster_knobs.set(store);
     }
 
     /// A decision state with nothing in force: the guardrails in the configured mode, or in
@@ -610,6 +621,13 @@ impl PolicyLoop {
             );
             return Some(CycleSummary::default());
         }
+        if self.cluster_knobs.get().is_some_and(|c| !c.synced()) {
+            tracing::info!(
+                "waiting for the first list of DestinationRules and VirtualServices (the knobs in \
+                 force of destinations meshtune has not pushed to): nothing decided yet"
+            );
+            return Some(CycleSummary::default());
+        }
         let selected = self.select().await;
         self.count_sources(&selected);
         if self.controller.take_removed_destinations() > 0 {
@@ -620,6 +638,7 @@ impl PolicyLoop {
         let policy = store.current();
         let mut state = self.state.lock().await;
         self.sync_namespaces(&mut state).await;
+        self.refresh_baselines(&mut state, &selected);
         let params = self.ns_params(&selected).await;
         // Index by key once: a search per destination would make the cycle quadratic.
         let index: foldhash::HashMap<&DestKey, usize> = selected
@@ -663,7 +682,7 @@ impl PolicyLoop {
         let mut hints = cycle.hints(&state, self.config.hint_ttl_ms);
         if state.mode() == Mode::Enforce {
             for s in &skipped {
-                if let Some(k) = state.in_force.get(&s.key) {
+                if let Some(k) = state.pushed(&s.key) {
                     hints.extend(s.clusters.iter().map(|c| {
                         (
                             s.key.with_cluster(c.as_str()),
@@ -691,6 +710,27 @@ impl PolicyLoop {
             &outcomes,
             policy.model_version(),
         ))
+    }
+
+    /// Each selected key's baseline from the cluster's own objects (with the watch set): what
+    /// is in force where meshtune has pushed nothing. A change is logged.
+    fn refresh_baselines(&self, state: &mut LoopState, selected: &[decision::Selected]) {
+        let Some(store) = self.cluster_knobs.get() else {
+            return;
+        };
+        let index = store.index();
+        for s in selected {
+            let c = index.resolve(&s.namespace, &s.destination);
+            let old = state.baseline.get(&s.key);
+            if old.map(|o| (&o.knobs, o.objects())) != Some((&c.knobs, c.objects()))
+                && (old.is_some() || c.from_objects())
+            {
+                tracing::info!(key = %s.key, objects = ?c.objects(),
+                    changed = ?old.map(|o| changed_knob_names(&o.knobs, &c.knobs)),
+                    "knobs in force from the cluster's own Istio objects");
+            }
+            state.set_baseline(&s.key, c);
+        }
     }
 
     /// The parameters of a namespace without a policy (`--slo-ms`, `--mode`).
@@ -1138,6 +1178,13 @@ impl PolicyLoop {
     ) {
         let metrics = self.controller.metrics();
         let global_mode = mode_name(state.mode());
+        let mut sources: std::collections::BTreeMap<&str, i64> = [
+            decision::KnobsSource::Pushed,
+            decision::KnobsSource::Cluster,
+            decision::KnobsSource::IstioDefaults,
+        ]
+        .map(|s| (s.label(), 0))
+        .into();
         for (i, (item, outcome)) in cycle.items.iter().zip(outcomes).enumerate() {
             // Items follow the selection, as `params` does: the namespace's own mode.
             let mode = params.get(i).map_or(global_mode, |p| p.mode.name());
@@ -1157,12 +1204,21 @@ impl PolicyLoop {
                     })
                     .inc();
             }
-            let in_force = state.in_force.get(&item.key).copied();
-            if let Some(k) = &in_force {
-                metrics.set_knobs(&item.key, k);
-            }
+            let in_force = state.knobs_in_force(&item.key);
+            metrics.set_knobs(&item.key, &in_force);
+            let source = state.knobs_source(&item.key);
+            *sources.entry(source.label()).or_default() += 1;
             let status = DestinationPolicyStatus {
-                knobs: in_force.as_ref().map(knobs_by_name),
+                knobs: Some(knobs_by_name(&in_force)),
+                knobs_source: Some(source.label().to_string()),
+                knobs_objects: match source {
+                    decision::KnobsSource::Cluster => state
+                        .baseline
+                        .get(&item.key)
+                        .map(|b| b.objects())
+                        .unwrap_or_default(),
+                    _ => Vec::new(),
+                },
                 last_decision: Some(LastDecisionJson {
                     unix_ms: now_ms,
                     mode: mode.to_string(),
@@ -1177,6 +1233,15 @@ impl PolicyLoop {
             if *outcome != DestOutcome::NoChange {
                 tracing::info!(key = %item.key, outcome = outcome.label(), changed = item.changed.len(), mode, "decision");
             }
+        }
+        for (source, n) in sources {
+            metrics
+                .cluster_knobs
+                .knobs_source
+                .get_or_create(&crate::metrics::SourceLabels {
+                    source: source.into(),
+                })
+                .set(n);
         }
     }
 
@@ -1278,6 +1343,15 @@ impl PolicyLoop {
             }
         }
     }
+}
+
+/// The names of the knobs that differ between `a` and `b`.
+fn changed_knob_names(a: &Knobs, b: &Knobs) -> Vec<&'static str> {
+    meshtune_core::knobs::Knob::ALL
+        .into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| k.name())
+        .collect()
 }
 
 /// Forgets one key's decision state (knobs in force, change time, guardrail phase).
