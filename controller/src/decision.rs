@@ -1407,6 +1407,147 @@ mod tests {
         assert_eq!(st.knobs_in_force(&dk("a")), Knobs::istio_defaults());
     }
 
+    /// What a hand-written DestinationRule/VirtualService put in force.
+    fn hand_tuned() -> meshtune_sinks::istio_foreign::ClusterInForce {
+        let mut knobs = Knobs::istio_defaults();
+        knobs.set(Knob::Http2MaxRequests, 50.0);
+        knobs.set(Knob::Consecutive5xxErrors, 3.0);
+        knobs.set(Knob::RouteTimeoutMs, 3_000.0);
+        meshtune_sinks::istio_foreign::ClusterInForce {
+            knobs,
+            destination_rule: Some("DestinationRule ns/a".into()),
+            virtual_service: None,
+        }
+    }
+
+    #[test]
+    fn the_cluster_objects_are_in_force_until_meshtune_pushes() {
+        // Observe mode: features and the recommendation's before come from the object.
+        let mut st = LoopState::new(Guardrails::new(Config {
+            mode: Mode::Observe,
+            ..enforce(Duration::ZERO)
+        }));
+        st.set_baseline(&dk("a"), hand_tuned());
+        assert_eq!(st.knobs_source(&dk("a")), KnobsSource::Cluster);
+        assert_eq!(st.knobs_source(&dk("b")), KnobsSource::IstioDefaults);
+        let s = sel("a", window(100, 100, 5));
+        let f = features(&s, &st, Instant::now(), 250.0);
+        let norm = hand_tuned().knobs.normalised();
+        for k in [Knob::Http2MaxRequests, Knob::RouteTimeoutMs] {
+            let got = f[0].get(&format!("knob.{}", k.name())).unwrap();
+            assert!((got - norm[k as usize] as f64).abs() < 1e-6, "{k:?}: {got}");
+            assert!(got < 1.0, "{k:?}: not Istio's unlimited/none");
+        }
+        let c = decide(&s, &[proposal()], &mut st, Instant::now(), 250.0);
+        assert_eq!(c.items[0].before, hand_tuned().knobs);
+        assert_eq!(c.recommendations[0].previous, Some(hand_tuned().knobs));
+        assert!(st.in_force.is_empty(), "observe pushes nothing");
+        // Nothing configures the host any more: Istio's defaults.
+        st.set_baseline(
+            &dk("a"),
+            meshtune_sinks::istio_foreign::ClusterInForce::defaults(),
+        );
+        assert_eq!(st.knobs_in_force(&dk("a")), Knobs::istio_defaults());
+        assert_eq!(st.knobs_source(&dk("a")), KnobsSource::IstioDefaults);
+        // A push wins over the object; a removal (Istio's defaults pushed) gives it back.
+        st.set_baseline(&dk("a"), hand_tuned());
+        st.in_force.insert(dk("a"), proposal());
+        assert_eq!(st.knobs_in_force(&dk("a")), proposal());
+        assert_eq!(st.knobs_source(&dk("a")), KnobsSource::Pushed);
+        st.in_force.insert(dk("a"), Knobs::istio_defaults());
+        assert_eq!(st.knobs_in_force(&dk("a")), hand_tuned().knobs);
+        assert_eq!(st.pushed(&dk("a")), None, "no hints after a removal");
+    }
+
+    #[test]
+    fn step_limits_start_from_the_hand_tuned_value() {
+        // A ×2 step: from the object's 50, not from Istio's "unlimited" (no limit at all).
+        let mut st = LoopState::new(Guardrails::new(Config {
+            max_step_factor: 2.0,
+            ..enforce(Duration::ZERO)
+        }));
+        st.set_baseline(&dk("a"), hand_tuned());
+        let mut wants = hand_tuned().knobs;
+        wants.set(Knob::Http2MaxRequests, 5.0);
+        let c = decide(
+            &sel("a", window(100, 100, 5)),
+            &[wants],
+            &mut st,
+            Instant::now(),
+            250.0,
+        );
+        assert!(matches!(c.items[0].action, DestAction::Push), "{c:?}");
+        assert_eq!(c.pushes[0].knobs.get(Knob::Http2MaxRequests), 25.0);
+        let mut fresh = LoopState::new(Guardrails::new(Config {
+            max_step_factor: 2.0,
+            ..enforce(Duration::ZERO)
+        }));
+        let c = decide(
+            &sel("a", window(100, 100, 5)),
+            &[wants],
+            &mut fresh,
+            Instant::now(),
+            250.0,
+        );
+        assert_eq!(
+            c.pushes[0].knobs.get(Knob::Http2MaxRequests),
+            5.0,
+            "from Istio's unlimited no step limit applies"
+        );
+    }
+
+    #[test]
+    fn rolling_back_to_the_cluster_objects_removes_meshtunes_and_a_failed_push_reverts_to_them() {
+        let cfg = Config {
+            rollback_consecutive: 2,
+            rollback_windows: 5,
+            ..enforce(Duration::ZERO)
+        };
+        let mut st = LoopState::new(Guardrails::new(cfg));
+        st.set_baseline(&dk("a"), hand_tuned());
+        let t0 = Instant::now();
+        let c = decide(
+            &sel("a", window(100, 100, 5)),
+            &[proposal()],
+            &mut st,
+            t0,
+            250.0,
+        );
+        assert_eq!(c.pushes.len(), 1);
+        assert_eq!(c.pushes[0].previous, Some(hand_tuned().knobs));
+        let bad = || sel("a", window(100, 40, 500));
+        decide(&bad(), &[proposal()], &mut st, t0, 250.0);
+        let c = decide(&bad(), &[proposal()], &mut st, t0, 250.0);
+        assert!(matches!(c.items[0].action, DestAction::Rollback { .. }));
+        assert_eq!(c.items[0].knobs, hand_tuned().knobs);
+        assert!(
+            c.pushes[0].is_removal(),
+            "back to the cluster's own objects: meshtune removes its own, copies nothing"
+        );
+        assert_eq!(st.knobs_in_force(&dk("a")), hand_tuned().knobs);
+        assert!(c.hints(&st, 1_000).is_empty());
+        // The removal fails: meshtune's push stays in force.
+        let failed: foldhash::HashSet<DestKey> = [dk("a")].into_iter().collect();
+        settle(&mut st, &c.items, &failed);
+        assert_eq!(st.knobs_in_force(&dk("a")), c.items[0].before);
+
+        // A first push that fails: the object's knobs are in force again, nothing of
+        // meshtune's is recorded as pushed.
+        let mut st = LoopState::new(Guardrails::new(enforce(Duration::ZERO)));
+        st.set_baseline(&dk("a"), hand_tuned());
+        let c = decide(
+            &sel("a", window(100, 100, 5)),
+            &[proposal()],
+            &mut st,
+            t0,
+            250.0,
+        );
+        assert_eq!(c.pushes.len(), 1);
+        settle(&mut st, &c.items, &failed);
+        assert!(st.in_force.is_empty());
+        assert_eq!(st.knobs_in_force(&dk("a")), hand_tuned().knobs);
+    }
+
     #[test]
     fn rollback_targets_pass_through_the_hard_bounds() {
         let cfg = Config {
