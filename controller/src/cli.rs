@@ -11,15 +11,14 @@ use meshtune_policy::guardrails::{self, Mode};
 use tokio::net::TcpListener;
 
 use crate::admin::{FilterModule, FilterModuleError, DEFAULT_FILTER_WASM};
+use crate::cluster_knobs::ClusterKnobs;
 use crate::config::{self, Config, TlsPem};
 use crate::decision::{self, Naming};
 use crate::gate::StaticGate;
 use crate::identity::AuthMode;
 use crate::leader::{self, Elector, Leadership, LeaseConfig};
 use crate::namespaces::{DataPlane, NamespaceConfig, NamespaceController};
-use crate::cluster_knobs::ClusterKnobs;
 use crate::policies::PolicyStore;
-use meshtune_sinks::istio_foreign::Lookup;
 use crate::policy_loop::{
     self, build_sinks, parse_configmap, EnvoyFileArgs, LoopConfig, LoopError, PolicyLoop, SinkKind,
     Sources,
@@ -28,6 +27,7 @@ use crate::prometheus::{self, PromSource};
 use crate::recorder::Recorder;
 use crate::server::Controller;
 use meshtune_policy::source::{self, ModelSource};
+use meshtune_sinks::istio_foreign::Lookup;
 
 /// Flags of `meshtune controller`.
 #[derive(Debug, Clone, Args)]

@@ -31,7 +31,11 @@ use prometheus_client::registry::Registry;
 /// Kubernetes access of this module (`crate::rbac`): DestinationRules and VirtualServices
 /// listed and watched in every namespace.
 pub const KUBE_ACCESS: &[crate::rbac::Access] = &[
-    ("networking.istio.io", "destinationrules", &["list", "watch"]),
+    (
+        "networking.istio.io",
+        "destinationrules",
+        &["list", "watch"],
+    ),
     ("networking.istio.io", "virtualservices", &["list", "watch"]),
 ];
 
@@ -212,10 +216,8 @@ impl ClusterKnobs {
                 .map(move |ev| (kind, ev))
                 .boxed()
         };
-        let merged = futures::stream::select(
-            stream(Kind::DestinationRule),
-            stream(Kind::VirtualService),
-        );
+        let merged =
+            futures::stream::select(stream(Kind::DestinationRule), stream(Kind::VirtualService));
         tokio::pin!(merged);
         tokio::pin!(shutdown);
         loop {

@@ -412,7 +412,11 @@ impl LoopState {
 
     /// Sets `key`'s baseline from what the cluster's objects put in force (`c`; nothing
     /// configures the key when it read no object).
-    pub fn set_baseline(&mut self, key: &DestKey, c: meshtune_sinks::istio_foreign::ClusterInForce) {
+    pub fn set_baseline(
+        &mut self,
+        key: &DestKey,
+        c: meshtune_sinks::istio_foreign::ClusterInForce,
+    ) {
         if c.from_objects() {
             self.baseline.insert(key.clone(), c);
         } else {

@@ -310,7 +310,9 @@ async fn hand_tuned_objects_are_the_knobs_in_force_until_meshtune_pushes() {
         format!(
             r#"meshtune_knob{{namespace="frontend",destination="{REVIEWS}",knob="http.http2MaxRequests"}} 50"#
         ),
-        format!(r#"meshtune_knob{{namespace="frontend",destination="{REVIEWS}",knob="timeout"}} 3"#),
+        format!(
+            r#"meshtune_knob{{namespace="frontend",destination="{REVIEWS}",knob="timeout"}} 3"#
+        ),
         r#"meshtune_destinations_knobs_source{source="cluster"} 1"#.to_string(),
         r#"meshtune_destinations_knobs_source{source="istio_defaults"} 1"#.to_string(),
         r#"meshtune_istio_objects_watched{kind="DestinationRule"} 1"#.to_string(),

@@ -59,8 +59,7 @@ use meshtune_core::Knobs;
 use serde_json::{json, Map, Value};
 
 use crate::istio::{
-    knobs_from_objects, APPLIED_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
-    PREVIOUS_ANNOTATION,
+    knobs_from_objects, APPLIED_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PREVIOUS_ANNOTATION,
 };
 
 /// Default root namespace of the mesh configuration (`meshConfig.rootNamespace`).
@@ -171,7 +170,11 @@ impl ForeignObject {
         let spec = &root["spec"];
         let (hosts, body) = match kind {
             Kind::DestinationRule => (
-                spec["host"].as_str().map(str::to_string).into_iter().collect(),
+                spec["host"]
+                    .as_str()
+                    .map(str::to_string)
+                    .into_iter()
+                    .collect(),
                 spec.get("trafficPolicy").cloned().unwrap_or(Value::Null),
             ),
             Kind::VirtualService => (
@@ -187,9 +190,7 @@ impl ForeignObject {
             hosts,
             export_to: strings(&spec["exportTo"]),
             gateways: strings(&spec["gateways"]),
-            workload_selector: spec
-                .get("workloadSelector")
-                .is_some_and(|w| !w.is_null()),
+            workload_selector: spec.get("workloadSelector").is_some_and(|w| !w.is_null()),
             spec: body,
         })
     }
@@ -345,7 +346,10 @@ pub fn route_choice(routes: &[Value], client_ns: &str) -> Option<RouteChoice> {
         let applies: Vec<bool> = match r.get("match").and_then(Value::as_array) {
             None => vec![true],
             Some(ms) if ms.is_empty() => vec![true],
-            Some(ms) => ms.iter().filter_map(|m| match_entry(m, client_ns)).collect(),
+            Some(ms) => ms
+                .iter()
+                .filter_map(|m| match_entry(m, client_ns))
+                .collect(),
         };
         if applies.iter().any(|all| *all) {
             return Some(RouteChoice::CatchAll { index, of });
@@ -745,7 +749,10 @@ mod tests {
         named.export_to = vec!["frontend".into()];
         let ix = index(vec![named]);
         assert_eq!(http2(&ix, "frontend"), 50.0);
-        assert_eq!(http2(&ix, "shop"), Knobs::istio_defaults().get(Knob::Http2MaxRequests));
+        assert_eq!(
+            http2(&ix, "shop"),
+            Knobs::istio_defaults().get(Knob::Http2MaxRequests)
+        );
         assert_eq!(
             http2(&ix, "bookinfo"),
             Knobs::istio_defaults().get(Knob::Http2MaxRequests),
@@ -858,7 +865,8 @@ mod tests {
 
     #[test]
     fn virtual_services_in_istio_order() {
-        let timeout = |ix: &Index, client: &str| ix.resolve(client, HOST).knobs.get(Knob::RouteTimeoutMs);
+        let timeout =
+            |ix: &Index, client: &str| ix.resolve(client, HOST).knobs.get(Knob::RouteTimeoutMs);
         let public = vs(
             "bookinfo",
             "public",
@@ -930,7 +938,11 @@ mod tests {
         let ix = index(vec![wide.clone(), narrow.clone()]);
         assert_eq!(timeout(&ix, "frontend"), 8_000.0);
         let ix = index(vec![wide.clone(), narrow, newer.clone()]);
-        assert_eq!(timeout(&ix, "frontend"), 8_000.0, "the older wildcard comes first");
+        assert_eq!(
+            timeout(&ix, "frontend"),
+            8_000.0,
+            "the older wildcard comes first"
+        );
         let ix = index(vec![wide, newer]);
         assert_eq!(timeout(&ix, "frontend"), 7_000.0);
         let mut exact_old = vs(
@@ -940,13 +952,20 @@ mod tests {
             json!({"hosts": [HOST], "http": [{"timeout": "6s"}]}),
         );
         exact_old.created = None;
-        let ix = index(vec![exact_old, vs(
-            "bookinfo",
-            "narrow",
-            T2,
-            json!({"hosts": ["*.bookinfo.svc.cluster.local"], "http": [{"timeout": "8s"}]}),
-        )]);
-        assert_eq!(timeout(&ix, "frontend"), 6_000.0, "an older exact host first");
+        let ix = index(vec![
+            exact_old,
+            vs(
+                "bookinfo",
+                "narrow",
+                T2,
+                json!({"hosts": ["*.bookinfo.svc.cluster.local"], "http": [{"timeout": "8s"}]}),
+            ),
+        ]);
+        assert_eq!(
+            timeout(&ix, "frontend"),
+            6_000.0,
+            "an older exact host first"
+        );
     }
 
     #[test]
@@ -982,7 +1001,9 @@ mod tests {
         ]));
         let choice = route_choice(&partial, "c").unwrap();
         assert_eq!(choice, RouteChoice::Partial { index: 1, of: 3 });
-        assert!(choice.to_string().contains("no route matches every request"));
+        assert!(choice
+            .to_string()
+            .contains("no route matches every request"));
         assert_eq!(
             route_choice(&r(json!([{"match": [{"sourceNamespace": "x"}]}])), "c"),
             None
@@ -1065,8 +1086,18 @@ mod tests {
                     "connectionPool": {"http": {"http2MaxRequests": "lots"}},
                     "outlierDetection": {"baseEjectionTime": "soon"}}}),
             ),
-            vs("bookinfo", "nohttp", T1, json!({"hosts": [HOST], "tcp": []})),
-            vs("bookinfo", "nohosts", T1, json!({"http": [{"timeout": "1s"}]})),
+            vs(
+                "bookinfo",
+                "nohttp",
+                T1,
+                json!({"hosts": [HOST], "tcp": []}),
+            ),
+            vs(
+                "bookinfo",
+                "nohosts",
+                T1,
+                json!({"http": [{"timeout": "1s"}]}),
+            ),
         ]);
         let got = ix.resolve("frontend", HOST);
         assert_eq!(got.knobs, Knobs::istio_defaults());
@@ -1094,7 +1125,10 @@ mod tests {
         assert_eq!(l.service_namespace(HOST), Some("bookinfo"));
         assert_eq!(l.service_namespace("api.example.com"), None);
         assert_eq!(l.service_namespace("a.b.c.svc.cluster.local"), None);
-        assert_eq!(l.resolve_host("Reviews", "ns"), "reviews.ns.svc.cluster.local");
+        assert_eq!(
+            l.resolve_host("Reviews", "ns"),
+            "reviews.ns.svc.cluster.local"
+        );
         assert_eq!(l.resolve_host("*", "ns"), "*");
     }
 }
