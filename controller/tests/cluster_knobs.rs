@@ -336,12 +336,13 @@ async fn hand_tuned_objects_are_the_knobs_in_force_until_meshtune_pushes() {
     assert_eq!(before(REVIEWS, &log.take()), hand_tuned(64.0));
 
     // Bounded: one list per kind (at cluster scope), however many destinations.
-    let seen_now = seen.lock().unwrap();
-    let mut lists = seen_now.lists.clone();
+    let (mut lists, watches) = {
+        let seen_now = seen.lock().unwrap();
+        (seen_now.lists.clone(), seen_now.watches.clone())
+    };
     lists.sort();
     assert_eq!(lists, vec![DRS.to_string(), VSS.to_string()]);
-    assert!(seen_now.watches.len() <= 4, "{:?}", seen_now.watches);
-    drop(seen_now);
+    assert!(watches.len() <= 4, "{watches:?}");
     stop_tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), watching)
         .await

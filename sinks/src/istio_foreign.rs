@@ -527,11 +527,7 @@ impl Index {
             let shown: Vec<usize> = ix.iter().copied().filter(visible).collect();
             (!shown.is_empty()).then_some(shown)
         };
-        if let Some(ix) = self
-            .lookup
-            .service_namespace(host)
-            .and_then(|ns| exported(ns))
-        {
+        if let Some(ix) = self.lookup.service_namespace(host).and_then(&exported) {
             return merged(ix);
         }
         exported(root).and_then(merged)
