@@ -260,6 +260,9 @@ pub struct PolicyLoop {
     reviews: tokio::sync::Mutex<crate::review::Reviews>,
     /// When each namespace was last decided for (per-namespace decision interval).
     last_decided: std::sync::Mutex<foldhash::HashMap<String, Instant>>,
+    /// Keys with `meshtune_knob` series (every key decided: its knobs in force), so pruning
+    /// removes the series of keys the loop state never held (observe mode, Istio's defaults).
+    knob_series: std::sync::Mutex<foldhash::HashSet<DestKey>>,
     /// Why a push was refused or failed, per key, for the cycle running now.
     push_errors: std::sync::Mutex<foldhash::HashMap<DestKey, String>>,
 }
@@ -339,6 +342,7 @@ impl PolicyLoop {
             status_writer: std::sync::OnceLock::new(),
             reviews: tokio::sync::Mutex::new(crate::review::Reviews::new(hysteresis)),
             last_decided: Default::default(),
+            knob_series: Default::default(),
             push_errors: Default::default(),
         });
         me.publish_model();
@@ -1018,9 +1022,15 @@ impl PolicyLoop {
             .await
             .retain_hosts(|ns, host| live.contains(&DestKey::new(ns, host)));
         let metrics = self.controller.metrics();
-        for d in &gone {
+        let mut series = self.knob_series.lock().unwrap_or_else(|e| e.into_inner());
+        for d in gone
+            .iter()
+            .chain(series.iter().filter(|k| !live.contains(*k)))
+        {
             metrics.remove_knobs(d);
         }
+        series.retain(|k| live.contains(k));
+        drop(series);
         metrics
             .destinations_pruned
             .inc_by((gone.len() + pruned_status) as u64);
@@ -1206,6 +1216,10 @@ impl PolicyLoop {
             }
             let in_force = state.knobs_in_force(&item.key);
             metrics.set_knobs(&item.key, &in_force);
+            self.knob_series
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(item.key.clone());
             let source = state.knobs_source(&item.key);
             *sources.entry(source.label()).or_default() += 1;
             let status = DestinationPolicyStatus {
@@ -1610,6 +1624,55 @@ mod tests {
         assert_eq!(rows.len(), 2, "{text}");
         assert!(rows[0].starts_with("live,,a,7,"), "{}", rows[0]);
         assert!(rows[1].starts_with("live,,b,7,"), "{}", rows[1]);
+    }
+
+    #[tokio::test]
+    async fn observed_destinations_show_their_knobs_in_force_until_evicted() {
+        use meshtune_test_support::reports::{report, upstream};
+        let controller = Arc::new(
+            Controller::new(Config {
+                max_destinations: 2,
+                ..Config::default()
+            })
+            .unwrap(),
+        );
+        let l = PolicyLoop::new(
+            controller.clone(),
+            Some(const_model(0.5)),
+            Vec::new(),
+            Arc::new(meshtune_sinks::LogSink::new(Box::new(std::io::sink()))),
+            None,
+            LoopConfig {
+                min_requests: 1,
+                ..LoopConfig::default()
+            },
+        );
+        controller
+            .handle_report(&report("p", 1, vec![upstream("a", 100, 0, 5_000)]))
+            .unwrap();
+        let s = l.cycle().await.unwrap();
+        assert_eq!((s.pushed, s.recommended), (0, 1), "{s:?}");
+        // Nothing pushed: Istio's defaults are in force, in the gauges and the status.
+        let gauge = r#"meshtune_knob{namespace="default",destination="a",knob="timeout"} 0"#;
+        assert!(controller.metrics_text().contains(gauge));
+        let status = controller.policy_status(&DestKey::new("", "a")).unwrap();
+        assert_eq!(status.knobs_source.as_deref(), Some("istio_defaults"));
+        assert!(controller
+            .metrics_text()
+            .contains(r#"meshtune_destinations_knobs_source{source="istio_defaults"} 1"#));
+        controller
+            .handle_report(&report(
+                "q",
+                1,
+                vec![upstream("x", 1, 0, 5_000), upstream("y", 1, 0, 5_000)],
+            ))
+            .unwrap();
+        l.cycle().await.unwrap();
+        let text = controller.metrics_text();
+        assert!(
+            !text.contains(r#"destination="a""#),
+            "the series of a key never pushed is pruned too: {text}"
+        );
     }
 
     #[tokio::test]
