@@ -101,7 +101,7 @@ pub struct ForeignObject {
     pub gateways: Vec<String>,
     /// `spec.workloadSelector` is set (DestinationRule).
     pub workload_selector: bool,
-    /// DestinationRule: its `trafficPolicy` (or null); VirtualService: its `http` routes.
+    /// The spec (for a co-managed object, as before meshtune wrote it).
     pub spec: Value,
 }
 
@@ -168,19 +168,13 @@ impl ForeignObject {
             }
         }
         let spec = &root["spec"];
-        let (hosts, body) = match kind {
-            Kind::DestinationRule => (
-                spec["host"]
-                    .as_str()
-                    .map(str::to_string)
-                    .into_iter()
-                    .collect(),
-                spec.get("trafficPolicy").cloned().unwrap_or(Value::Null),
-            ),
-            Kind::VirtualService => (
-                strings(&spec["hosts"]),
-                spec.get("http").cloned().unwrap_or(Value::Null),
-            ),
+        let hosts = match kind {
+            Kind::DestinationRule => spec["host"]
+                .as_str()
+                .map(str::to_string)
+                .into_iter()
+                .collect(),
+            Kind::VirtualService => strings(&spec["hosts"]),
         };
         Some(Self {
             kind,
@@ -191,7 +185,7 @@ impl ForeignObject {
             export_to: strings(&spec["exportTo"]),
             gateways: strings(&spec["gateways"]),
             workload_selector: spec.get("workloadSelector").is_some_and(|w| !w.is_null()),
-            spec: body,
+            spec: root["spec"].take(),
         })
     }
 
@@ -361,6 +355,107 @@ pub fn route_choice(routes: &[Value], client_ns: &str) -> Option<RouteChoice> {
     first.map(|index| RouteChoice::Partial { index, of })
 }
 
+/// The DestinationRule spec fields meshtune's rendering carries ([`crate::istio`]).
+const RULE_FIELDS: [&str; 11] = [
+    "/host",
+    "/exportTo",
+    "/workloadSelector",
+    "/trafficPolicy/connectionPool/tcp/maxConnections",
+    "/trafficPolicy/connectionPool/http/http1MaxPendingRequests",
+    "/trafficPolicy/connectionPool/http/http2MaxRequests",
+    "/trafficPolicy/connectionPool/http/maxRequestsPerConnection",
+    "/trafficPolicy/connectionPool/http/maxRetries",
+    "/trafficPolicy/outlierDetection/consecutive5xxErrors",
+    "/trafficPolicy/outlierDetection/baseEjectionTime",
+    "/trafficPolicy/outlierDetection/maxEjectionPercent",
+];
+
+/// JSON pointers of the set leaves of `v` (objects are walked; arrays and scalars are leaves).
+fn leaves(v: &Value, at: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Null => {}
+        Value::Object(m) => {
+            for (k, x) in m {
+                leaves(x, &format!("{at}/{k}"), out);
+            }
+        }
+        _ => out.push(at.to_string()),
+    }
+}
+
+/// The fields of `o` (a DestinationRule or VirtualService for `host`, resolved with `lookup`)
+/// that the object meshtune renders for the host would not carry: what a client sidecar would
+/// lose if meshtune's object replaced `o` for it. A VirtualService carries one route to the host
+/// with a timeout and retries; anything else (matches, several routes, subsets, other hosts,
+/// weights across destinations, fault injection, mirroring, rewrites, header changes, TCP/TLS
+/// routes) is listed.
+pub fn dropped_fields(o: &ForeignObject, host: &str, lookup: &Lookup) -> Vec<String> {
+    let mut out = Vec::new();
+    match o.kind {
+        Kind::DestinationRule => {
+            let mut all = Vec::new();
+            leaves(&o.spec, "", &mut all);
+            out.extend(
+                all.into_iter()
+                    .filter(|p| !RULE_FIELDS.contains(&p.as_str())),
+            );
+        }
+        Kind::VirtualService => {
+            for k in ["tcp", "tls"] {
+                if o.spec[k].as_array().is_some_and(|a| !a.is_empty()) {
+                    out.push(format!("/{k}"));
+                }
+            }
+            let routes = o.spec["http"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if routes.len() > 1 {
+                out.push(format!("/http ({} routes)", routes.len()));
+            }
+            for (i, r) in routes.iter().enumerate().take(1) {
+                let fields = r.as_object().into_iter().flatten();
+                for (k, v) in fields {
+                    match k.as_str() {
+                        "name" | "timeout" => {}
+                        "retries" => {
+                            for (rk, _) in v.as_object().into_iter().flatten() {
+                                if !matches!(rk.as_str(), "attempts" | "perTryTimeout" | "retryOn")
+                                {
+                                    out.push(format!("/http/{i}/retries/{rk}"));
+                                }
+                            }
+                        }
+                        "route" => {
+                            let dests = v.as_array().map(Vec::as_slice).unwrap_or_default();
+                            if dests.len() != 1 {
+                                out.push(format!("/http/{i}/route ({} destinations)", dests.len()));
+                            }
+                            for (j, d) in dests.iter().enumerate() {
+                                let to = &d["destination"];
+                                let h = to["host"].as_str().unwrap_or_default();
+                                if lookup.resolve_host(h, &o.namespace) != host {
+                                    out.push(format!("/http/{i}/route/{j}/destination/host"));
+                                }
+                                if to.get("subset").is_some_and(|s| !s.is_null()) {
+                                    out.push(format!("/http/{i}/route/{j}/destination/subset"));
+                                }
+                                for (dk, _) in d.as_object().into_iter().flatten() {
+                                    if !matches!(dk.as_str(), "destination" | "weight") {
+                                        out.push(format!("/http/{i}/route/{j}/{dk}"));
+                                    }
+                                }
+                            }
+                        }
+                        other => out.push(format!("/http/{i}/{other}")),
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// What is in force for one (client namespace, host) from the cluster's objects.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterInForce {
@@ -510,7 +605,7 @@ impl Index {
         let merged = |ix: Vec<usize>| -> Option<&ForeignObject> {
             ix.iter()
                 .map(|i| &self.objects[*i])
-                .find(|o| !o.spec.is_null())
+                .find(|o| o.spec.get("trafficPolicy").is_some_and(|t| !t.is_null()))
                 .or_else(|| ix.first().map(|i| &self.objects[*i]))
         };
         let root = self.lookup.root_namespace.as_str();
@@ -574,13 +669,39 @@ impl Index {
             .map(|(i, _)| &self.objects[i])
     }
 
+    /// The object of `kind` in force for `host` at sidecars of `client_ns` that an object of
+    /// meshtune's in `client_ns` would replace for them (it lives in another namespace: istiod
+    /// takes the client namespace's own object first), when it sets fields meshtune's object
+    /// does not carry ([`dropped_fields`]): `(object, fields)`. An object in `client_ns`
+    /// itself is the Istio sink's own business (refused or co-managed there).
+    pub fn shadowed(
+        &self,
+        client_ns: &str,
+        kind: Kind,
+        host: &str,
+    ) -> Option<(String, Vec<String>)> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let o = match kind {
+            Kind::DestinationRule => self.rule_for(client_ns, &host),
+            Kind::VirtualService => self.service_for(client_ns, &host),
+        }?;
+        if o.namespace == client_ns {
+            return None;
+        }
+        let fields = dropped_fields(o, &host, &self.lookup);
+        (!fields.is_empty()).then(|| (o.id(), fields))
+    }
+
     /// What the cluster's foreign objects put in force for `host` (fully qualified, as in the
     /// outbound cluster name) at sidecars of `client_ns`.
     pub fn resolve(&self, client_ns: &str, host: &str) -> ClusterInForce {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         let dr = self.rule_for(client_ns, &host);
         let vs = self.service_for(client_ns, &host).and_then(|o| {
-            let routes = o.spec.as_array().map(Vec::as_slice).unwrap_or_default();
+            let routes = o.spec["http"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             route_choice(routes, client_ns).map(|c| {
                 let index = match c {
                     RouteChoice::CatchAll { index, .. } | RouteChoice::Partial { index, .. } => {
@@ -590,7 +711,7 @@ impl Index {
                 (o, c, routes[index].clone())
             })
         });
-        let dr_value = dr.map(|o| json!({"spec": {"trafficPolicy": o.spec}}));
+        let dr_value = dr.map(|o| json!({"spec": {"trafficPolicy": o.spec["trafficPolicy"]}}));
         let vs_value = vs
             .as_ref()
             .map(|(_, _, route)| json!({"spec": {"http": [route]}}));
@@ -1057,7 +1178,7 @@ mod tests {
         );
         let o = ForeignObject::from_object(Kind::DestinationRule, &co).unwrap();
         assert_eq!(
-            o.spec,
+            o.spec["trafficPolicy"],
             json!({"connectionPool": {"http": {"http2MaxRequests": 40}},
                 "tls": {"mode": "ISTIO_MUTUAL"}})
         );
@@ -1066,6 +1187,112 @@ mod tests {
         assert_eq!(
             k.get(Knob::Consecutive5xxErrors),
             Knobs::istio_defaults().get(Knob::Consecutive5xxErrors)
+        );
+    }
+
+    #[test]
+    fn objects_meshtune_would_hide_are_found_with_what_they_set() {
+        let knobs_only = dr(
+            "bookinfo",
+            "reviews",
+            T1,
+            json!({"host": "reviews", "trafficPolicy": pool(50)}),
+        );
+        let ix = index(vec![knobs_only.clone()]);
+        assert_eq!(ix.shadowed("frontend", Kind::DestinationRule, HOST), None);
+        let with_subsets = dr(
+            "bookinfo",
+            "reviews",
+            T1,
+            json!({"host": "reviews", "trafficPolicy": {
+                "connectionPool": {"http": {"http2MaxRequests": 50, "idleTimeout": "1m"}},
+                "tls": {"mode": "ISTIO_MUTUAL"}},
+                "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}),
+        );
+        let ix = index(vec![with_subsets.clone()]);
+        let (id, fields) = ix
+            .shadowed("frontend", Kind::DestinationRule, HOST)
+            .unwrap();
+        assert_eq!(id, "DestinationRule bookinfo/reviews");
+        assert_eq!(
+            fields,
+            vec![
+                "/subsets",
+                "/trafficPolicy/connectionPool/http/idleTimeout",
+                "/trafficPolicy/tls/mode"
+            ]
+        );
+        // In the client's own namespace meshtune's object would not hide it (the sink refuses
+        // a second object there, or co-manages this one).
+        assert_eq!(ix.shadowed("bookinfo", Kind::DestinationRule, HOST), None);
+        // A mesh-wide rule counts too.
+        let mesh = dr(
+            "istio-system",
+            "default",
+            T1,
+            json!({"host": "*.local", "trafficPolicy": {"loadBalancer": {"simple": "LEAST_REQUEST"}}}),
+        );
+        let ix = index(vec![mesh]);
+        assert_eq!(
+            ix.shadowed("frontend", Kind::DestinationRule, HOST)
+                .unwrap()
+                .1,
+            vec!["/trafficPolicy/loadBalancer/simple"]
+        );
+        // VirtualServices: a plain timeout/retries route is carried; subsets, matches and
+        // several routes are not.
+        let plain = vs(
+            "bookinfo",
+            "reviews",
+            T1,
+            json!({"hosts": ["reviews"], "http": [{"timeout": "3s", "retries": {"attempts": 2},
+                "route": [{"destination": {"host": "reviews"}}]}]}),
+        );
+        let ix = index(vec![plain]);
+        assert_eq!(ix.shadowed("frontend", Kind::VirtualService, HOST), None);
+        let routed = vs(
+            "bookinfo",
+            "reviews",
+            T1,
+            json!({"hosts": ["reviews"], "http": [
+                {"match": [{"headers": {"end-user": {"exact": "jason"}}}],
+                 "route": [{"destination": {"host": "reviews", "subset": "v2"}}]},
+                {"route": [{"destination": {"host": "reviews", "subset": "v1"}}]}]}),
+        );
+        let ix = index(vec![routed]);
+        let (id, fields) = ix.shadowed("frontend", Kind::VirtualService, HOST).unwrap();
+        assert_eq!(id, "VirtualService bookinfo/reviews");
+        assert_eq!(
+            fields,
+            vec![
+                "/http (2 routes)",
+                "/http/0/match",
+                "/http/0/route/0/destination/subset"
+            ]
+        );
+        let elsewhere = vs(
+            "bookinfo",
+            "reviews",
+            T1,
+            json!({"hosts": ["reviews"], "http": [{"route": [
+                {"destination": {"host": "reviews-v2"}, "weight": 90},
+                {"destination": {"host": "reviews"}, "weight": 10, "headers": {}}]}]}),
+        );
+        let fields = index(vec![elsewhere])
+            .shadowed("frontend", Kind::VirtualService, HOST)
+            .unwrap()
+            .1;
+        assert_eq!(
+            fields,
+            vec![
+                "/http/0/route (2 destinations)",
+                "/http/0/route/0/destination/host",
+                "/http/0/route/1/headers"
+            ]
+        );
+        assert_eq!(
+            index(vec![]).shadowed("frontend", Kind::VirtualService, HOST),
+            None
         );
     }
 
