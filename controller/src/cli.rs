@@ -636,12 +636,27 @@ pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
             Mode::Enforce => meshtune_crd::Mode::Enforce,
         }))
     });
+    // With the Istio sink the cluster's own DestinationRules/VirtualServices are watched: the
+    // knobs in force where meshtune pushed nothing, and what an object of meshtune's must not
+    // hide.
+    let cluster_store = args.sinks.contains(&SinkKind::Istio).then(|| {
+        Arc::new(ClusterKnobs::new(
+            Lookup {
+                root_namespace: args.istio_root_namespace.clone(),
+                domain: args.cluster_domain.clone(),
+            },
+            controller.metrics().cluster_knobs.clone(),
+        ))
+    });
     let sinks = build_sinks(
         &args.sinks,
         &args.envoy(),
         policies
             .clone()
             .map(|p| p as Arc<dyn meshtune_sinks::istio_sink::CoManageAllowlist>),
+        cluster_store
+            .clone()
+            .map(|c| c as Arc<dyn meshtune_sinks::istio_sink::ShadowCheck>),
     )
     .await?;
     let lease = args.lease_config()?;
@@ -703,15 +718,10 @@ pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
     let mut policy_watch = None;
     let mut cluster_knobs = None;
     if let Some(client) = lifecycle_client {
-        let store = Arc::new(ClusterKnobs::new(
-            Lookup {
-                root_namespace: args.istio_root_namespace.clone(),
-                domain: args.cluster_domain.clone(),
-            },
-            controller.metrics().cluster_knobs.clone(),
-        ));
-        policy.set_cluster_knobs(store.clone());
-        cluster_knobs = Some((store, client.clone()));
+        if let Some(store) = cluster_store {
+            policy.set_cluster_knobs(store.clone());
+            cluster_knobs = Some((store, client.clone()));
+        }
         if let Some(store) = &policies {
             let min = Duration::try_from_secs_f64(args.status_min_interval_secs).map_err(|e| {
                 LoopError::Flag {

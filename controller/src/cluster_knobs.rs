@@ -236,6 +236,19 @@ impl ClusterKnobs {
     }
 }
 
+/// Owned objects of meshtune's must not hide another namespace's richer object
+/// ([`meshtune_sinks::istio_sink::ShadowCheck`]); answered from the current objects.
+impl meshtune_sinks::istio_sink::ShadowCheck for ClusterKnobs {
+    fn shadowed(&self, namespace: &str, kind: &str, host: &str) -> Option<(String, Vec<String>)> {
+        let kind = match kind {
+            "DestinationRule" => Kind::DestinationRule,
+            "VirtualService" => Kind::VirtualService,
+            _ => return None,
+        };
+        self.index().shadowed(namespace, kind, host)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

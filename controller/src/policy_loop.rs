@@ -192,6 +192,7 @@ pub async fn build_sinks(
     kinds: &[SinkKind],
     envoy: &EnvoyFileArgs,
     co_manage: Option<Arc<dyn meshtune_sinks::istio_sink::CoManageAllowlist>>,
+    shadow: Option<Arc<dyn meshtune_sinks::istio_sink::ShadowCheck>>,
 ) -> Result<Vec<Arc<dyn Sink>>, LoopError> {
     let mut out: Vec<Arc<dyn Sink>> = Vec::new();
     for k in kinds {
@@ -211,6 +212,9 @@ pub async fn build_sinks(
                 );
                 if let Some(allow) = &co_manage {
                     sink = sink.with_co_manage(allow.clone());
+                }
+                if let Some(check) = &shadow {
+                    sink = sink.with_shadow_check(check.clone());
                 }
                 out.push(Arc::new(sink));
             }

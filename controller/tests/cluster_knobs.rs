@@ -5,7 +5,8 @@
 //! features, its recommendation's `before`, the knob gauges and the admin API; a destination
 //! without objects shows Istio's defaults; a DestinationRule changed through the watch is
 //! picked up; the loop decides nothing before the first list; the watch costs one list and one
-//! watch per kind, whatever the number of destinations.
+//! watch per kind, whatever the number of destinations. The Istio sink refuses to create a
+//! client-side object that would hide another namespace's richer one (subsets, a canary route).
 
 mod common;
 
@@ -349,4 +350,112 @@ async fn hand_tuned_objects_are_the_knobs_in_force_until_meshtune_pushes() {
         .expect("the watch stops on shutdown")
         .unwrap();
     served.abort();
+}
+
+/// A store holding `objects` (as the watch would have listed them).
+fn store_of(drs: Vec<Value>, vss: Vec<Value>) -> Arc<ClusterKnobs> {
+    use kube::runtime::watcher::Event;
+    use meshtune_sinks::istio_foreign::Kind;
+    let store = Arc::new(ClusterKnobs::new(
+        Lookup::default(),
+        meshtune_controller::cluster_knobs::ClusterKnobsMetrics::default(),
+    ));
+    for (kind, objects) in [(Kind::DestinationRule, drs), (Kind::VirtualService, vss)] {
+        store.handle(kind, Event::Init);
+        for o in objects {
+            store.handle(kind, Event::InitApply(serde_json::from_value(o).unwrap()));
+        }
+        store.handle(kind, Event::InitDone);
+    }
+    store
+}
+
+#[tokio::test]
+async fn the_sink_does_not_hide_another_namespaces_richer_objects() {
+    use meshtune_sinks::{IstioSink, IstioSinkConfig};
+    const NAME: &str = "reviews-bookinfo-svc-cluster-local";
+    const DR: &str = "/apis/networking.istio.io/v1/namespaces/frontend/destinationrules";
+    const VS: &str = "/apis/networking.istio.io/v1/namespaces/frontend/virtualservices";
+    let decision = Decision {
+        destination: REVIEWS.into(),
+        namespace: CLIENT_NS.into(),
+        knobs: hand_tuned(32.0),
+        previous: None,
+    };
+    let refused = |report: &ApplyReport| match &report.items[0].outcome {
+        Outcome::Refused { reason } => reason.clone(),
+        o => panic!("expected a refusal: {o:?}"),
+    };
+
+    // The service owner's rule defines subsets: a client-side rule of meshtune's would drop
+    // them for frontend's sidecars (and break the routes to them). Refused after one GET.
+    let mut with_subsets = reviews_rule(50, "2");
+    with_subsets["spec"]["subsets"] = json!([{"name": "v1", "labels": {"version": "v1"}}]);
+    let (client, mut server) = pair();
+    let sink = IstioSink::new(client, IstioSinkConfig::default())
+        .with_shadow_check(store_of(vec![with_subsets], vec![]));
+    let served = tokio::spawn(async move {
+        server
+            .expect_get(&format!("{DR}/{NAME}"), kube_mock::not_found(NAME))
+            .await;
+        server
+            .expect_no_request(Duration::from_millis(200), "nothing after the refusal")
+            .await;
+    });
+    let report = sink.apply(std::slice::from_ref(&decision)).await.unwrap();
+    served.await.unwrap();
+    let reason = refused(&report);
+    for want in [
+        "DestinationRule bookinfo/reviews",
+        "/subsets",
+        "frontend/reviews-bookinfo-svc-cluster-local",
+        "coManage",
+    ] {
+        assert!(reason.contains(want), "{want}: {reason}");
+    }
+
+    // A rule with knobs only is fine; the VirtualService with a canary route is not.
+    let (client, mut server) = pair();
+    let sink = IstioSink::new(client, IstioSinkConfig::default()).with_shadow_check(store_of(
+        vec![reviews_rule(50, "2")],
+        vec![reviews_routes()],
+    ));
+    let served = tokio::spawn(async move {
+        server
+            .expect_absent(DR, NAME, "networking.istio.io/v1", "DestinationRule")
+            .await;
+        server
+            .expect_get(&format!("{VS}/{NAME}"), kube_mock::not_found(NAME))
+            .await;
+        server
+            .expect_no_request(Duration::from_millis(200), "nothing applied")
+            .await;
+    });
+    let report = sink.apply(std::slice::from_ref(&decision)).await.unwrap();
+    served.await.unwrap();
+    let reason = refused(&report);
+    assert!(
+        reason.contains("VirtualService bookinfo/reviews") && reason.contains("/http/0/match"),
+        "{reason}"
+    );
+
+    // Nothing richer elsewhere: the push goes ahead (both objects applied).
+    let (client, mut server) = pair();
+    let sink = IstioSink::new(client, IstioSinkConfig::default())
+        .with_shadow_check(store_of(vec![reviews_rule(50, "2")], vec![]));
+    let served = tokio::spawn(async move {
+        for (list, kind) in [(DR, "DestinationRule"), (VS, "VirtualService")] {
+            server
+                .expect_absent(list, NAME, "networking.istio.io/v1", kind)
+                .await;
+        }
+        server.expect_apply(&format!("{DR}/{NAME}")).await;
+        server.expect_apply(&format!("{VS}/{NAME}")).await;
+    });
+    let report = sink.apply(std::slice::from_ref(&decision)).await.unwrap();
+    served.await.unwrap();
+    assert!(
+        matches!(report.items[0].outcome, Outcome::Applied { .. }),
+        "{report:?}"
+    );
 }
