@@ -318,7 +318,7 @@ impl IstioSink {
             };
             if let Some((other, fields)) = t
                 .owned
-                .then(|| self.shadow.as_ref())
+                .then_some(self.shadow.as_ref())
                 .flatten()
                 .and_then(|s| s.shadowed(&d.namespace, &ar.kind, &d.destination))
             {
