@@ -730,9 +730,8 @@ impl PolicyLoop {
         for s in selected {
             let c = index.resolve(&s.namespace, &s.destination);
             let old = state.baseline.get(&s.key);
-            if old.map(|o| (&o.knobs, o.objects())) != Some((&c.knobs, c.objects()))
-                && (old.is_some() || c.from_objects())
-            {
+            // (A key no object configures has no baseline entry: nothing to log.)
+            if old != Some(&c) && (old.is_some() || c.from_objects()) {
                 tracing::info!(key = %s.key, objects = ?c.objects(),
                     changed = ?old.map(|o| changed_knob_names(&o.knobs, &c.knobs)),
                     "knobs in force from the cluster's own Istio objects");
