@@ -57,9 +57,18 @@ pub struct DestinationJson {
     pub lifetime: LifetimeJson,
     /// The hint currently given to filters for this destination, if any.
     pub hint: Option<Hint>,
-    /// Knobs in force (pushed by the decision loop), by knob name; `null` before any push.
+    /// Knobs in force by knob name (what meshtune pushed, else what the cluster's own
+    /// DestinationRule/VirtualService set, else Istio's defaults); `null` before the decision
+    /// loop first decided for this destination.
     #[serde(default)]
     pub knobs: Option<BTreeMap<String, f64>>,
+    /// Where `knobs` come from: `pushed`, `cluster` (see `knobs_objects`) or `istio_defaults`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knobs_source: Option<String>,
+    /// With `knobs_source` `cluster`: the objects read (`DestinationRule ns/name`,
+    /// `VirtualService ns/name (route ...)`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub knobs_objects: Vec<String>,
     /// The decision loop's last decision for this destination, if any.
     #[serde(default)]
     pub last_decision: Option<LastDecisionJson>,
@@ -229,6 +238,8 @@ impl DestinationJson {
             lifetime: LifetimeJson::from(&v.lifetime),
             hint,
             knobs: None,
+            knobs_source: None,
+            knobs_objects: Vec::new(),
             last_decision: None,
         }
     }

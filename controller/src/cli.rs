@@ -11,6 +11,7 @@ use meshtune_policy::guardrails::{self, Mode};
 use tokio::net::TcpListener;
 
 use crate::admin::{FilterModule, FilterModuleError, DEFAULT_FILTER_WASM};
+use crate::cluster_knobs::ClusterKnobs;
 use crate::config::{self, Config, TlsPem};
 use crate::decision::{self, Naming};
 use crate::gate::StaticGate;
@@ -26,6 +27,7 @@ use crate::prometheus::{self, PromSource};
 use crate::recorder::Recorder;
 use crate::server::Controller;
 use meshtune_policy::source::{self, ModelSource};
+use meshtune_sinks::istio_foreign::Lookup;
 
 /// Flags of `meshtune controller`.
 #[derive(Debug, Clone, Args)]
@@ -169,6 +171,16 @@ pub struct ControllerArgs {
     /// WasmPlugin or EnvoyFilter of `manifests/`, or none (install the filter yourself).
     #[arg(long, value_enum, default_value_t = DataPlane::Wasmplugin)]
     pub data_plane: DataPlane,
+    /// Istio's root namespace (`meshConfig.rootNamespace`): its exported DestinationRules
+    /// apply mesh-wide. With `--sink istio` the controller watches the cluster's own
+    /// DestinationRules/VirtualServices and reads them as the knobs in force of destinations it
+    /// has not pushed to.
+    #[arg(long, default_value = meshtune_sinks::istio_foreign::DEFAULT_ROOT_NAMESPACE)]
+    pub istio_root_namespace: String,
+    /// The cluster's DNS domain (istiod's `--domain`): a short host `reviews` in a
+    /// DestinationRule/VirtualService of namespace `ns` means `reviews.ns.svc.<domain>`.
+    #[arg(long, default_value = meshtune_sinks::istio_foreign::DEFAULT_CLUSTER_DOMAIN)]
+    pub cluster_domain: String,
     /// Shortest time between two status writes of one MeshtunePolicy, seconds.
     #[arg(long, default_value_t = crate::review::DEFAULT_STATUS_MIN_INTERVAL.as_secs_f64())]
     pub status_min_interval_secs: f64,
@@ -485,6 +497,8 @@ pub struct Prepared {
     pub namespaces: Option<Arc<NamespaceController>>,
     /// The MeshtunePolicy watch (`--sink istio`).
     pub policies: Option<(Arc<PolicyStore>, kube::Client)>,
+    /// The DestinationRule/VirtualService watch (`--sink istio`).
+    pub cluster_knobs: Option<(Arc<ClusterKnobs>, kube::Client)>,
 }
 
 impl Prepared {
@@ -511,6 +525,9 @@ impl Prepared {
             watches.push(tokio::spawn(nc.run(stopped())));
         }
         if let Some((store, client)) = self.policies {
+            watches.push(tokio::spawn(store.run(client, stopped())));
+        }
+        if let Some((store, client)) = self.cluster_knobs {
             watches.push(tokio::spawn(store.run(client, stopped())));
         }
         let served = policy_loop::serve_closed_loop(
@@ -619,12 +636,27 @@ pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
             Mode::Enforce => meshtune_crd::Mode::Enforce,
         }))
     });
+    // With the Istio sink the cluster's own DestinationRules/VirtualServices are watched: the
+    // knobs in force where meshtune pushed nothing, and what an object of meshtune's must not
+    // hide.
+    let cluster_store = args.sinks.contains(&SinkKind::Istio).then(|| {
+        Arc::new(ClusterKnobs::new(
+            Lookup {
+                root_namespace: args.istio_root_namespace.clone(),
+                domain: args.cluster_domain.clone(),
+            },
+            controller.metrics().cluster_knobs.clone(),
+        ))
+    });
     let sinks = build_sinks(
         &args.sinks,
         &args.envoy(),
         policies
             .clone()
             .map(|p| p as Arc<dyn meshtune_sinks::istio_sink::CoManageAllowlist>),
+        cluster_store
+            .clone()
+            .map(|c| c as Arc<dyn meshtune_sinks::istio_sink::ShadowCheck>),
     )
     .await?;
     let lease = args.lease_config()?;
@@ -684,7 +716,12 @@ pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
         policy.set_leadership(l);
     }
     let mut policy_watch = None;
+    let mut cluster_knobs = None;
     if let Some(client) = lifecycle_client {
+        if let Some(store) = cluster_store {
+            policy.set_cluster_knobs(store.clone());
+            cluster_knobs = Some((store, client.clone()));
+        }
         if let Some(store) = &policies {
             let min = Duration::try_from_secs_f64(args.status_min_interval_secs).map_err(|e| {
                 LoopError::Flag {
@@ -717,6 +754,7 @@ pub async fn prepare(args: ControllerArgs) -> Result<Prepared, LoopError> {
         election,
         namespaces,
         policies: policy_watch,
+        cluster_knobs,
     })
 }
 

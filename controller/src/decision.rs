@@ -284,12 +284,41 @@ pub fn cost(o: &Outcomes) -> f64 {
     1.0 - o.reward
 }
 
+/// Where a key's knobs in force come from ([`LoopState::knobs_source`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KnobsSource {
+    /// meshtune pushed them.
+    Pushed,
+    /// The cluster's own DestinationRule/VirtualService ([`LoopState::baseline`]).
+    Cluster,
+    /// Nothing configures the destination: Istio's defaults.
+    IstioDefaults,
+}
+
+impl KnobsSource {
+    /// Label for the API (`knobs_source`) and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            KnobsSource::Pushed => "pushed",
+            KnobsSource::Cluster => "cluster",
+            KnobsSource::IstioDefaults => "istio_defaults",
+        }
+    }
+}
+
 /// Decision state kept across cycles: guardrails and the knobs in force per destination.
 #[derive(Debug, Clone)]
 pub struct LoopState {
     pub guardrails: Guardrails,
-    /// Knobs in force (pushed) per key; absent = Istio defaults, nothing pushed yet.
+    /// Knobs meshtune pushed per key; absent = nothing pushed (the [`Self::baseline`] is in
+    /// force). Istio's defaults here mean meshtune removed what it wrote (a push of the
+    /// defaults is a removal, `meshtune_sinks::Decision::is_removal`): the baseline is in force
+    /// again.
     pub in_force: HashMap<DestKey, Knobs>,
+    /// What the cluster's own (not meshtune's) DestinationRules/VirtualServices put in force
+    /// per key, for keys some object configures (refreshed every cycle for the keys decided,
+    /// from `crate::cluster_knobs`); absent = Istio's defaults.
+    pub baseline: HashMap<DestKey, meshtune_sinks::istio_foreign::ClusterInForce>,
     /// When each key's knobs last changed (push or rollback applied).
     pub changed_at: HashMap<DestKey, Instant>,
     /// For this long after a change a window still holds traffic from before it: the rollback
@@ -302,6 +331,7 @@ impl LoopState {
         Self {
             guardrails,
             in_force: HashMap::default(),
+            baseline: HashMap::default(),
             changed_at: HashMap::default(),
             settle: std::time::Duration::ZERO,
         }
@@ -326,6 +356,7 @@ impl LoopState {
             .into_iter()
             .collect();
         self.in_force.retain(|d, _| live.contains(d));
+        self.baseline.retain(|d, _| live.contains(d));
         self.changed_at.retain(|d, _| live.contains(d));
         let live_guard: foldhash::HashSet<String> = live.iter().map(DestKey::to_string).collect();
         self.guardrails.retain(|d| live_guard.contains(d));
@@ -343,12 +374,54 @@ impl LoopState {
         self.guardrails.config().mode
     }
 
-    /// Knobs in force for `key` (Istio defaults when nothing was pushed).
+    /// Knobs in force for `key`: what meshtune pushed, else (nothing pushed, or its objects
+    /// removed) the [`Self::baseline`], else Istio's defaults.
     pub fn knobs_in_force(&self, key: &DestKey) -> Knobs {
+        match self.in_force.get(key) {
+            Some(k) if *k != Knobs::istio_defaults() => *k,
+            _ => self.baseline_knobs(key),
+        }
+    }
+
+    /// The knobs meshtune pushed for `key` and has not removed since (hints are served from
+    /// these only: after a removal the cluster's own settings apply, and a hint would override
+    /// them).
+    pub fn pushed(&self, key: &DestKey) -> Option<&Knobs> {
         self.in_force
             .get(key)
-            .copied()
+            .filter(|k| **k != Knobs::istio_defaults())
+    }
+
+    /// Where [`Self::knobs_in_force`] comes from.
+    pub fn knobs_source(&self, key: &DestKey) -> KnobsSource {
+        match self.in_force.get(key) {
+            Some(k) if *k != Knobs::istio_defaults() => KnobsSource::Pushed,
+            _ if self.baseline.contains_key(key) => KnobsSource::Cluster,
+            _ => KnobsSource::IstioDefaults,
+        }
+    }
+
+    /// What is in force for `key` without meshtune's objects: the cluster's own objects'
+    /// knobs, or Istio's defaults.
+    pub fn baseline_knobs(&self, key: &DestKey) -> Knobs {
+        self.baseline
+            .get(key)
+            .map(|b| b.knobs)
             .unwrap_or_else(Knobs::istio_defaults)
+    }
+
+    /// Sets `key`'s baseline from what the cluster's objects put in force (`c`; nothing
+    /// configures the key when it read no object).
+    pub fn set_baseline(
+        &mut self,
+        key: &DestKey,
+        c: meshtune_sinks::istio_foreign::ClusterInForce,
+    ) {
+        if c.from_objects() {
+            self.baseline.insert(key.clone(), c);
+        } else {
+            self.baseline.remove(key);
+        }
     }
 }
 
@@ -548,8 +621,8 @@ pub struct Cycle {
 
 impl Cycle {
     /// Hints for the filters: for every selected (reporter namespace, cluster) whose key has
-    /// knobs in force (enforce mode only; observe mode changes nothing in the mesh). Served
-    /// only to reporters of that namespace.
+    /// knobs meshtune pushed ([`LoopState::pushed`]; enforce mode only; observe mode changes
+    /// nothing in the mesh). Served only to reporters of that namespace.
     pub fn hints(
         &self,
         state: &LoopState,
@@ -560,7 +633,7 @@ impl Cycle {
         }
         self.items
             .iter()
-            .filter_map(|d| state.in_force.get(&d.key).map(|k| (d, k)))
+            .filter_map(|d| state.pushed(&d.key).map(|k| (d, k)))
             .flat_map(|(d, k)| {
                 d.clusters.iter().map(move |c| {
                     (
@@ -666,14 +739,21 @@ pub fn decide_with(
                 baseline,
                 objective,
             };
+            // Back to what the cluster's own objects set: remove meshtune's objects (a push of
+            // Istio's defaults) rather than copy the values into objects of meshtune's.
+            let pushed = if restore == state.baseline_knobs(&sel.key) {
+                Knobs::istio_defaults()
+            } else {
+                restore
+            };
             cycle.pushes.push(meshtune_sinks::Decision {
                 destination: sel.destination.clone(),
                 namespace: sel.namespace.clone(),
-                knobs: restore,
+                knobs: pushed,
                 previous: Some(before),
             });
             state.guardrails.record_rollback(dest, now, restore);
-            state.in_force.insert(sel.key.clone(), restore);
+            state.in_force.insert(sel.key.clone(), pushed);
             state.changed_at.insert(sel.key.clone(), now);
             cycle.items.push(item);
             continue;
@@ -747,8 +827,13 @@ pub fn decide_with(
 /// Undoes a push a sink did not apply: the previous knobs are in force again and the
 /// destination's guardrail state is forgotten (no watching of a push that did not happen).
 pub fn revert_push(state: &mut LoopState, item: &DestDecision) {
-    if state.in_force.get(&item.key) == Some(&item.knobs) {
-        if item.before == Knobs::istio_defaults() {
+    // (A rollback to the baseline put Istio's defaults in `in_force`: a removal.)
+    if state.in_force.get(&item.key) == Some(&item.knobs)
+        || state.knobs_in_force(&item.key) == item.knobs
+    {
+        // Before the push nothing of meshtune's was in force (the baseline was).
+        if item.before == Knobs::istio_defaults() || item.before == state.baseline_knobs(&item.key)
+        {
             state.in_force.remove(&item.key);
         } else {
             state.in_force.insert(item.key.clone(), item.before);
@@ -1348,6 +1433,147 @@ mod tests {
         );
         assert_eq!(c.pushes[0].previous, Some(pushed));
         assert_eq!(st.knobs_in_force(&dk("a")), Knobs::istio_defaults());
+    }
+
+    /// What a hand-written DestinationRule/VirtualService put in force.
+    fn hand_tuned() -> meshtune_sinks::istio_foreign::ClusterInForce {
+        let mut knobs = Knobs::istio_defaults();
+        knobs.set(Knob::Http2MaxRequests, 50.0);
+        knobs.set(Knob::Consecutive5xxErrors, 3.0);
+        knobs.set(Knob::RouteTimeoutMs, 3_000.0);
+        meshtune_sinks::istio_foreign::ClusterInForce {
+            knobs,
+            destination_rule: Some("DestinationRule ns/a".into()),
+            virtual_service: None,
+        }
+    }
+
+    #[test]
+    fn the_cluster_objects_are_in_force_until_meshtune_pushes() {
+        // Observe mode: features and the recommendation's before come from the object.
+        let mut st = LoopState::new(Guardrails::new(Config {
+            mode: Mode::Observe,
+            ..enforce(Duration::ZERO)
+        }));
+        st.set_baseline(&dk("a"), hand_tuned());
+        assert_eq!(st.knobs_source(&dk("a")), KnobsSource::Cluster);
+        assert_eq!(st.knobs_source(&dk("b")), KnobsSource::IstioDefaults);
+        let s = sel("a", window(100, 100, 5));
+        let f = features(&s, &st, Instant::now(), 250.0);
+        let norm = hand_tuned().knobs.normalised();
+        for k in [Knob::Http2MaxRequests, Knob::RouteTimeoutMs] {
+            let got = f[0].get(&format!("knob.{}", k.name())).unwrap();
+            assert!((got - norm[k as usize] as f64).abs() < 1e-6, "{k:?}: {got}");
+            assert!(got < 1.0, "{k:?}: not Istio's unlimited/none");
+        }
+        let c = decide(&s, &[proposal()], &mut st, Instant::now(), 250.0);
+        assert_eq!(c.items[0].before, hand_tuned().knobs);
+        assert_eq!(c.recommendations[0].previous, Some(hand_tuned().knobs));
+        assert!(st.in_force.is_empty(), "observe pushes nothing");
+        // Nothing configures the host any more: Istio's defaults.
+        st.set_baseline(
+            &dk("a"),
+            meshtune_sinks::istio_foreign::ClusterInForce::defaults(),
+        );
+        assert_eq!(st.knobs_in_force(&dk("a")), Knobs::istio_defaults());
+        assert_eq!(st.knobs_source(&dk("a")), KnobsSource::IstioDefaults);
+        // A push wins over the object; a removal (Istio's defaults pushed) gives it back.
+        st.set_baseline(&dk("a"), hand_tuned());
+        st.in_force.insert(dk("a"), proposal());
+        assert_eq!(st.knobs_in_force(&dk("a")), proposal());
+        assert_eq!(st.knobs_source(&dk("a")), KnobsSource::Pushed);
+        st.in_force.insert(dk("a"), Knobs::istio_defaults());
+        assert_eq!(st.knobs_in_force(&dk("a")), hand_tuned().knobs);
+        assert_eq!(st.pushed(&dk("a")), None, "no hints after a removal");
+    }
+
+    #[test]
+    fn step_limits_start_from_the_hand_tuned_value() {
+        // A ×2 step: from the object's 50, not from Istio's "unlimited" (no limit at all).
+        let mut st = LoopState::new(Guardrails::new(Config {
+            max_step_factor: 2.0,
+            ..enforce(Duration::ZERO)
+        }));
+        st.set_baseline(&dk("a"), hand_tuned());
+        let mut wants = hand_tuned().knobs;
+        wants.set(Knob::Http2MaxRequests, 5.0);
+        let c = decide(
+            &sel("a", window(100, 100, 5)),
+            &[wants],
+            &mut st,
+            Instant::now(),
+            250.0,
+        );
+        assert!(matches!(c.items[0].action, DestAction::Push), "{c:?}");
+        assert_eq!(c.pushes[0].knobs.get(Knob::Http2MaxRequests), 25.0);
+        let mut fresh = LoopState::new(Guardrails::new(Config {
+            max_step_factor: 2.0,
+            ..enforce(Duration::ZERO)
+        }));
+        let c = decide(
+            &sel("a", window(100, 100, 5)),
+            &[wants],
+            &mut fresh,
+            Instant::now(),
+            250.0,
+        );
+        assert_eq!(
+            c.pushes[0].knobs.get(Knob::Http2MaxRequests),
+            5.0,
+            "from Istio's unlimited no step limit applies"
+        );
+    }
+
+    #[test]
+    fn rolling_back_to_the_cluster_objects_removes_meshtunes_and_a_failed_push_reverts_to_them() {
+        let cfg = Config {
+            rollback_consecutive: 2,
+            rollback_windows: 5,
+            ..enforce(Duration::ZERO)
+        };
+        let mut st = LoopState::new(Guardrails::new(cfg));
+        st.set_baseline(&dk("a"), hand_tuned());
+        let t0 = Instant::now();
+        let c = decide(
+            &sel("a", window(100, 100, 5)),
+            &[proposal()],
+            &mut st,
+            t0,
+            250.0,
+        );
+        assert_eq!(c.pushes.len(), 1);
+        assert_eq!(c.pushes[0].previous, Some(hand_tuned().knobs));
+        let bad = || sel("a", window(100, 40, 500));
+        decide(&bad(), &[proposal()], &mut st, t0, 250.0);
+        let c = decide(&bad(), &[proposal()], &mut st, t0, 250.0);
+        assert!(matches!(c.items[0].action, DestAction::Rollback { .. }));
+        assert_eq!(c.items[0].knobs, hand_tuned().knobs);
+        assert!(
+            c.pushes[0].is_removal(),
+            "back to the cluster's own objects: meshtune removes its own, copies nothing"
+        );
+        assert_eq!(st.knobs_in_force(&dk("a")), hand_tuned().knobs);
+        assert!(c.hints(&st, 1_000).is_empty());
+        // The removal fails: meshtune's push stays in force.
+        let failed: foldhash::HashSet<DestKey> = [dk("a")].into_iter().collect();
+        settle(&mut st, &c.items, &failed);
+        assert_eq!(st.knobs_in_force(&dk("a")), c.items[0].before);
+
+        // A first push that fails: the object's knobs are in force again, nothing of
+        // meshtune's is recorded as pushed.
+        let mut st = LoopState::new(Guardrails::new(enforce(Duration::ZERO)));
+        st.set_baseline(&dk("a"), hand_tuned());
+        let c = decide(
+            &sel("a", window(100, 100, 5)),
+            &[proposal()],
+            &mut st,
+            t0,
+            250.0,
+        );
+        assert_eq!(c.pushes.len(), 1);
+        settle(&mut st, &c.items, &failed);
+        assert!(st.in_force.is_empty());
+        assert_eq!(st.knobs_in_force(&dk("a")), hand_tuned().knobs);
     }
 
     #[test]

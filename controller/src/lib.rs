@@ -17,6 +17,8 @@
 //!   of what meshtune wrote (observe mode, `meshtune uninstall`).
 //! - [`namespaces`]: the namespace switch (label `meshtune.io/enabled=true` → data-plane
 //!   object applied, gate for tuning; removed when the label goes).
+//! - [`cluster_knobs`]: the DestinationRule/VirtualService watch: the knobs the cluster's own
+//!   Istio objects put in force for destinations meshtune has not pushed to.
 //! - [`policies`]: the `MeshtunePolicy` watch: each namespace's mode, SLO, bounds,
 //!   exclusions, co-manage list, interval and approvals.
 //! - [`review`]: recommendations a person can review (policy status, Events, approvals).
@@ -29,6 +31,7 @@ pub mod admin;
 pub mod aggregate;
 pub mod api;
 pub mod cli;
+pub mod cluster_knobs;
 pub mod config;
 pub mod decision;
 pub mod gate;

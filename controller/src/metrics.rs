@@ -317,6 +317,8 @@ pub struct Metrics {
     pub leader: crate::leader::LeaderMetrics,
     /// The namespace switch (`meshtune_enabled_namespaces`, data-plane writes).
     pub namespaces: crate::namespaces::NamespaceMetrics,
+    /// The cluster's own DestinationRules/VirtualServices (knobs in force not pushed by meshtune).
+    pub cluster_knobs: crate::cluster_knobs::ClusterKnobsMetrics,
 }
 
 impl Default for Metrics {
@@ -362,6 +364,7 @@ impl Metrics {
             store: meshtune_policy::store::StoreMetrics::register(&mut registry),
             leader: crate::leader::LeaderMetrics::register(&mut registry),
             namespaces: crate::namespaces::NamespaceMetrics::register(&mut registry),
+            cluster_knobs: crate::cluster_knobs::ClusterKnobsMetrics::register(&mut registry),
             registry: Registry::default(),
         };
         registry.register(

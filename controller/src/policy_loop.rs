@@ -192,6 +192,7 @@ pub async fn build_sinks(
     kinds: &[SinkKind],
     envoy: &EnvoyFileArgs,
     co_manage: Option<Arc<dyn meshtune_sinks::istio_sink::CoManageAllowlist>>,
+    shadow: Option<Arc<dyn meshtune_sinks::istio_sink::ShadowCheck>>,
 ) -> Result<Vec<Arc<dyn Sink>>, LoopError> {
     let mut out: Vec<Arc<dyn Sink>> = Vec::new();
     for k in kinds {
@@ -211,6 +212,9 @@ pub async fn build_sinks(
                 );
                 if let Some(allow) = &co_manage {
                     sink = sink.with_co_manage(allow.clone());
+                }
+                if let Some(check) = &shadow {
+                    sink = sink.with_shadow_check(check.clone());
                 }
                 out.push(Arc::new(sink));
             }
@@ -251,12 +255,18 @@ pub struct PolicyLoop {
     lifecycle: std::sync::OnceLock<crate::lifecycle::Lifecycle>,
     /// Per-namespace policies (`MeshtunePolicy` watch; unset: `--mode` everywhere).
     policies: std::sync::OnceLock<Arc<crate::policies::PolicyStore>>,
+    /// The cluster's own DestinationRules/VirtualServices (unset: nothing pushed = Istio's
+    /// defaults).
+    cluster_knobs: std::sync::OnceLock<Arc<crate::cluster_knobs::ClusterKnobs>>,
     /// Policy status and Events (set with the policy watch).
     status_writer: std::sync::OnceLock<Arc<crate::review::StatusWriter>>,
     /// Recommendations, applies and refusals per namespace (what the status says).
     reviews: tokio::sync::Mutex<crate::review::Reviews>,
     /// When each namespace was last decided for (per-namespace decision interval).
     last_decided: std::sync::Mutex<foldhash::HashMap<String, Instant>>,
+    /// Keys with `meshtune_knob` series (every key decided: its knobs in force), so pruning
+    /// removes the series of keys the loop state never held (observe mode, Istio's defaults).
+    knob_series: std::sync::Mutex<foldhash::HashSet<DestKey>>,
     /// Why a push was refused or failed, per key, for the cycle running now.
     push_errors: std::sync::Mutex<foldhash::HashMap<DestKey, String>>,
 }
@@ -332,9 +342,11 @@ impl PolicyLoop {
             leadership: std::sync::OnceLock::new(),
             lifecycle: std::sync::OnceLock::new(),
             policies: std::sync::OnceLock::new(),
+            cluster_knobs: std::sync::OnceLock::new(),
             status_writer: std::sync::OnceLock::new(),
             reviews: tokio::sync::Mutex::new(crate::review::Reviews::new(hysteresis)),
             last_decided: Default::default(),
+            knob_series: Default::default(),
             push_errors: Default::default(),
         });
         me.publish_model();
@@ -375,6 +387,13 @@ impl PolicyLoop {
                 *state = self.fresh_state();
             }
         }
+    }
+
+    /// Sets the cluster's own Istio objects (once, before the loop runs): for destinations
+    /// meshtune has not pushed to, the knobs in force are what they set
+    /// ([`crate::cluster_knobs`]), and the loop waits for their first list.
+    pub fn set_cluster_knobs(&self, store: Arc<crate::cluster_knobs::ClusterKnobs>) {
+        let _ = self.cluster_knobs.set(store);
     }
 
     /// A decision state with nothing in force: the guardrails in the configured mode, or in
@@ -610,6 +629,13 @@ impl PolicyLoop {
             );
             return Some(CycleSummary::default());
         }
+        if self.cluster_knobs.get().is_some_and(|c| !c.synced()) {
+            tracing::info!(
+                "waiting for the first list of DestinationRules and VirtualServices (the knobs in \
+                 force of destinations meshtune has not pushed to): nothing decided yet"
+            );
+            return Some(CycleSummary::default());
+        }
         let selected = self.select().await;
         self.count_sources(&selected);
         if self.controller.take_removed_destinations() > 0 {
@@ -620,6 +646,7 @@ impl PolicyLoop {
         let policy = store.current();
         let mut state = self.state.lock().await;
         self.sync_namespaces(&mut state).await;
+        self.refresh_baselines(&mut state, &selected);
         let params = self.ns_params(&selected).await;
         // Index by key once: a search per destination would make the cycle quadratic.
         let index: foldhash::HashMap<&DestKey, usize> = selected
@@ -663,7 +690,7 @@ impl PolicyLoop {
         let mut hints = cycle.hints(&state, self.config.hint_ttl_ms);
         if state.mode() == Mode::Enforce {
             for s in &skipped {
-                if let Some(k) = state.in_force.get(&s.key) {
+                if let Some(k) = state.pushed(&s.key) {
                     hints.extend(s.clusters.iter().map(|c| {
                         (
                             s.key.with_cluster(c.as_str()),
@@ -691,6 +718,26 @@ impl PolicyLoop {
             &outcomes,
             policy.model_version(),
         ))
+    }
+
+    /// Each selected key's baseline from the cluster's own objects (with the watch set): what
+    /// is in force where meshtune has pushed nothing. A change is logged.
+    fn refresh_baselines(&self, state: &mut LoopState, selected: &[decision::Selected]) {
+        let Some(store) = self.cluster_knobs.get() else {
+            return;
+        };
+        let index = store.index();
+        for s in selected {
+            let c = index.resolve(&s.namespace, &s.destination);
+            let old = state.baseline.get(&s.key);
+            // (A key no object configures has no baseline entry: nothing to log.)
+            if old != Some(&c) && (old.is_some() || c.from_objects()) {
+                tracing::info!(key = %s.key, objects = ?c.objects(),
+                    changed = ?old.map(|o| changed_knob_names(&o.knobs, &c.knobs)),
+                    "knobs in force from the cluster's own Istio objects");
+            }
+            state.set_baseline(&s.key, c);
+        }
     }
 
     /// The parameters of a namespace without a policy (`--slo-ms`, `--mode`).
@@ -978,9 +1025,15 @@ impl PolicyLoop {
             .await
             .retain_hosts(|ns, host| live.contains(&DestKey::new(ns, host)));
         let metrics = self.controller.metrics();
-        for d in &gone {
+        let mut series = self.knob_series.lock().unwrap_or_else(|e| e.into_inner());
+        for d in gone
+            .iter()
+            .chain(series.iter().filter(|k| !live.contains(*k)))
+        {
             metrics.remove_knobs(d);
         }
+        series.retain(|k| live.contains(k));
+        drop(series);
         metrics
             .destinations_pruned
             .inc_by((gone.len() + pruned_status) as u64);
@@ -1138,6 +1191,13 @@ impl PolicyLoop {
     ) {
         let metrics = self.controller.metrics();
         let global_mode = mode_name(state.mode());
+        let mut sources: std::collections::BTreeMap<&str, i64> = [
+            decision::KnobsSource::Pushed,
+            decision::KnobsSource::Cluster,
+            decision::KnobsSource::IstioDefaults,
+        ]
+        .map(|s| (s.label(), 0))
+        .into();
         for (i, (item, outcome)) in cycle.items.iter().zip(outcomes).enumerate() {
             // Items follow the selection, as `params` does: the namespace's own mode.
             let mode = params.get(i).map_or(global_mode, |p| p.mode.name());
@@ -1157,12 +1217,25 @@ impl PolicyLoop {
                     })
                     .inc();
             }
-            let in_force = state.in_force.get(&item.key).copied();
-            if let Some(k) = &in_force {
-                metrics.set_knobs(&item.key, k);
-            }
+            let in_force = state.knobs_in_force(&item.key);
+            metrics.set_knobs(&item.key, &in_force);
+            self.knob_series
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(item.key.clone());
+            let source = state.knobs_source(&item.key);
+            *sources.entry(source.label()).or_default() += 1;
             let status = DestinationPolicyStatus {
-                knobs: in_force.as_ref().map(knobs_by_name),
+                knobs: Some(knobs_by_name(&in_force)),
+                knobs_source: Some(source.label().to_string()),
+                knobs_objects: match source {
+                    decision::KnobsSource::Cluster => state
+                        .baseline
+                        .get(&item.key)
+                        .map(|b| b.objects())
+                        .unwrap_or_default(),
+                    _ => Vec::new(),
+                },
                 last_decision: Some(LastDecisionJson {
                     unix_ms: now_ms,
                     mode: mode.to_string(),
@@ -1177,6 +1250,15 @@ impl PolicyLoop {
             if *outcome != DestOutcome::NoChange {
                 tracing::info!(key = %item.key, outcome = outcome.label(), changed = item.changed.len(), mode, "decision");
             }
+        }
+        for (source, n) in sources {
+            metrics
+                .cluster_knobs
+                .knobs_source
+                .get_or_create(&crate::metrics::SourceLabels {
+                    source: source.into(),
+                })
+                .set(n);
         }
     }
 
@@ -1278,6 +1360,15 @@ impl PolicyLoop {
             }
         }
     }
+}
+
+/// The names of the knobs that differ between `a` and `b`.
+fn changed_knob_names(a: &Knobs, b: &Knobs) -> Vec<&'static str> {
+    meshtune_core::knobs::Knob::ALL
+        .into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| k.name())
+        .collect()
 }
 
 /// Forgets one key's decision state (knobs in force, change time, guardrail phase).
@@ -1536,6 +1627,55 @@ mod tests {
         assert_eq!(rows.len(), 2, "{text}");
         assert!(rows[0].starts_with("live,,a,7,"), "{}", rows[0]);
         assert!(rows[1].starts_with("live,,b,7,"), "{}", rows[1]);
+    }
+
+    #[tokio::test]
+    async fn observed_destinations_show_their_knobs_in_force_until_evicted() {
+        use meshtune_test_support::reports::{report, upstream};
+        let controller = Arc::new(
+            Controller::new(Config {
+                max_destinations: 2,
+                ..Config::default()
+            })
+            .unwrap(),
+        );
+        let l = PolicyLoop::new(
+            controller.clone(),
+            Some(const_model(0.5)),
+            Vec::new(),
+            Arc::new(meshtune_sinks::LogSink::new(Box::new(std::io::sink()))),
+            None,
+            LoopConfig {
+                min_requests: 1,
+                ..LoopConfig::default()
+            },
+        );
+        controller
+            .handle_report(&report("p", 1, vec![upstream("a", 100, 0, 5_000)]))
+            .unwrap();
+        let s = l.cycle().await.unwrap();
+        assert_eq!((s.pushed, s.recommended), (0, 1), "{s:?}");
+        // Nothing pushed: Istio's defaults are in force, in the gauges and the status.
+        let gauge = r#"meshtune_knob{namespace="default",destination="a",knob="timeout"} 0"#;
+        assert!(controller.metrics_text().contains(gauge));
+        let status = controller.policy_status(&DestKey::new("", "a")).unwrap();
+        assert_eq!(status.knobs_source.as_deref(), Some("istio_defaults"));
+        assert!(controller
+            .metrics_text()
+            .contains(r#"meshtune_destinations_knobs_source{source="istio_defaults"} 1"#));
+        controller
+            .handle_report(&report(
+                "q",
+                1,
+                vec![upstream("x", 1, 0, 5_000), upstream("y", 1, 0, 5_000)],
+            ))
+            .unwrap();
+        l.cycle().await.unwrap();
+        let text = controller.metrics_text();
+        assert!(
+            !text.contains(r#"destination="a""#),
+            "the series of a key never pushed is pruned too: {text}"
+        );
     }
 
     #[tokio::test]

@@ -36,6 +36,11 @@ pub fn sources() -> Vec<(Scope, &'static str, &'static [Access])> {
         ),
         (
             Scope::Cluster,
+            "meshtune_controller::cluster_knobs",
+            crate::cluster_knobs::KUBE_ACCESS,
+        ),
+        (
+            Scope::Cluster,
             "meshtune_controller::policies",
             crate::policies::KUBE_ACCESS,
         ),
@@ -82,7 +87,7 @@ mod tests {
             "networking.istio.io".to_string(),
             "destinationrules".to_string(),
         )];
-        let want: BTreeSet<String> = ["get", "list", "patch", "create", "delete"]
+        let want: BTreeSet<String> = ["get", "list", "watch", "patch", "create", "delete"]
             .map(String::from)
             .into();
         assert_eq!(dr, &want);

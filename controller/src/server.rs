@@ -105,8 +105,12 @@ pub const STALE_LOOP_INTERVALS: u32 = 3;
 /// What the decision loop publishes per reported cluster for `/api/destinations`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DestinationPolicyStatus {
-    /// Knobs in force by name (`None` before any push).
+    /// Knobs in force by name (`None` before the first decision).
     pub knobs: Option<BTreeMap<String, f64>>,
+    /// Where they come from (`pushed`, `cluster`, `istio_defaults`).
+    pub knobs_source: Option<String>,
+    /// The cluster's objects they were read from (source `cluster`).
+    pub knobs_objects: Vec<String>,
     pub last_decision: Option<LastDecisionJson>,
 }
 
@@ -489,6 +493,8 @@ impl Controller {
                 let mut d = DestinationJson::new(v, hint);
                 if let Some(s) = self.policy_status(&v.key) {
                     d.knobs = s.knobs;
+                    d.knobs_source = s.knobs_source;
+                    d.knobs_objects = s.knobs_objects;
                     d.last_decision = s.last_decision;
                 }
                 d

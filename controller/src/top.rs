@@ -150,12 +150,22 @@ fn hint_text(h: &Option<Hint>) -> String {
     }
 }
 
-/// A knob in force, `-` when none was pushed; Istio's "unlimited" shows as `inf`.
+/// A knob in force, `-` before the first decision; Istio's "unlimited" shows as `inf`.
 fn knob_text(d: &crate::api::DestinationJson, name: &str) -> String {
     match d.knobs.as_ref().and_then(|k| k.get(name)) {
         None => "-".into(),
         Some(v) if *v >= meshtune_core::knobs::ISTIO_UNLIMITED => "inf".into(),
         Some(v) => format!("{v:.0}"),
+    }
+}
+
+/// Where the knobs in force come from: `pushed` (meshtune), `cluster` (the cluster's own
+/// DestinationRule/VirtualService), `default` (Istio's defaults), `-` (not decided yet).
+fn source_text(d: &crate::api::DestinationJson) -> &str {
+    match d.knobs_source.as_deref() {
+        None => "-",
+        Some("istio_defaults") => "default",
+        Some(s) => s,
     }
 }
 
@@ -196,7 +206,7 @@ pub fn render(r: &DestinationsResponse) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<ns_w$} {:<name_w$} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>8} {:>7} {:>7} {:>7}  {:<16}  HINT",
+        "{:<ns_w$} {:<name_w$} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>8} {:>7} {:>7} {:>7} {:<7}  {:<16}  HINT",
         "NAMESPACE",
         "DESTINATION",
         "RPS",
@@ -209,13 +219,14 @@ pub fn render(r: &DestinationsResponse) -> String {
         "PENDING",
         "MAXREQ",
         "TMO_MS",
+        "FROM",
         "LAST"
     );
     for d in &r.destinations {
         let w = &d.window;
         let _ = writeln!(
             out,
-            "{:<ns_w$} {:<name_w$} {:>9.1} {:>9.2} {:>9.2} {:>6.1} {:>6.1} {:>6.1} {:>8.1} {:>7} {:>7} {:>7}  {:<16}  {}",
+            "{:<ns_w$} {:<name_w$} {:>9.1} {:>9.2} {:>9.2} {:>6.1} {:>6.1} {:>6.1} {:>8.1} {:>7} {:>7} {:>7} {:<7}  {:<16}  {}",
             d.namespace,
             d.name,
             w.rps,
@@ -228,6 +239,7 @@ pub fn render(r: &DestinationsResponse) -> String {
             knob_text(d, "http.http1MaxPendingRequests"),
             knob_text(d, "http.http2MaxRequests"),
             knob_text(d, "timeout"),
+            source_text(d),
             last_text(d),
             hint_text(&d.hint)
         );
@@ -285,6 +297,8 @@ mod tests {
             },
             hint,
             knobs: None,
+            knobs_source: None,
+            knobs_objects: Vec::new(),
             last_decision: None,
         }
     }
@@ -346,6 +360,7 @@ mod tests {
         k.insert("http.http1MaxPendingRequests".into(), 64.0);
         k.insert("timeout".into(), 900.0);
         d.knobs = Some(k);
+        d.knobs_source = Some("cluster".into());
         d.last_decision = Some(crate::api::LastDecisionJson {
             unix_ms: 1,
             mode: "enforce".into(),
@@ -365,7 +380,11 @@ mod tests {
         let text = render(&r);
         let row = text.lines().nth(2).unwrap();
         let cols: Vec<&str> = row.split_whitespace().collect();
-        assert_eq!(&cols[9..13], &["64", "inf", "900", "pushed(2)"], "{row}");
+        assert_eq!(
+            &cols[9..14],
+            &["64", "inf", "900", "cluster", "pushed(2)"],
+            "{row}"
+        );
     }
 
     #[test]

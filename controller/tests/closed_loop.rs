@@ -286,7 +286,13 @@ async fn reports_drive_decisions_into_cds_hints_status_and_recorder_and_bad_mode
         .iter()
         .find(|d| d["name"] == "other")
         .unwrap();
-    assert_eq!(other["knobs"], Value::Null, "refused push is not in force");
+    // A refused push is not in force: Istio's defaults are (nothing else configures it).
+    assert_eq!(other["knobs_source"], "istio_defaults", "{other}");
+    assert_eq!(
+        other["knobs"]["http.http2MaxRequests"].as_f64(),
+        Some(meshtune_core::knobs::ISTIO_UNLIMITED)
+    );
+    assert_eq!(svc["knobs_source"], "pushed");
     assert_eq!(other["last_decision"]["outcome"], "push_failed");
     let (_, body) = http_get(&r.admin, "/api/model").await.unwrap();
     let m: Value = serde_json::from_str(&body).unwrap();
@@ -423,7 +429,13 @@ async fn observe_mode_writes_nothing_and_serves_no_hints() {
     })
     .await;
     let j: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(j["destinations"][0]["knobs"], Value::Null);
+    // Observe mode pushes nothing: the knobs in force are still Istio's defaults.
+    assert_eq!(j["destinations"][0]["knobs_source"], "istio_defaults");
+    assert_eq!(
+        j["destinations"][0]["knobs"]["timeout"].as_f64(),
+        Some(0.0),
+        "{body}"
+    );
     assert!(!j["destinations"][0]["last_decision"]["changed"]
         .as_array()
         .unwrap()

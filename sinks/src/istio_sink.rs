@@ -13,7 +13,12 @@
 //! - anything else → refused (nothing is written for that destination);
 //! - another object of the same kind in the namespace (any name, any owner) that already
 //!   configures the host → refused: two DestinationRules or VirtualServices for one host make
-//!   Istio's behaviour depend on merge order, so meshtune leaves that host alone.
+//!   Istio's behaviour depend on merge order, so meshtune leaves that host alone;
+//! - an object meshtune would own, where the sidecars of the namespace now use another
+//!   namespace's object for the host that sets more than meshtune's object carries (subsets,
+//!   TLS, load balancing, matches, several routes, ...; [`ShadowCheck`], from the cluster's
+//!   own objects) → refused: istiod takes the client namespace's own object first and wholesale,
+//!   so writing it would silently drop those settings for these sidecars.
 //!
 //! Every applied object records what meshtune set, when it applied it (RFC 3339,
 //! [`crate::istio::APPLIED_AT_ANNOTATION`], read back by restart recovery as the last push) and,
@@ -199,11 +204,21 @@ pub trait CoManageAllowlist: Send + Sync {
     fn allows(&self, namespace: &str, kind: &str, name: &str) -> bool;
 }
 
+/// Which object of another namespace an object of meshtune's would hide
+/// ([`crate::istio_foreign::Index::shadowed`] over the cluster's objects).
+pub trait ShadowCheck: Send + Sync {
+    /// For an owned `kind` (`DestinationRule`, `VirtualService`) for `host` in `namespace`:
+    /// the object it would replace for that namespace's sidecars and the fields meshtune's
+    /// object would drop, if any.
+    fn shadowed(&self, namespace: &str, kind: &str, host: &str) -> Option<(String, Vec<String>)>;
+}
+
 pub struct IstioSink {
     client: Client,
     config: IstioSinkConfig,
     schemas: Option<Arc<CrdSchemas>>,
     co_manage: Option<Arc<dyn CoManageAllowlist>>,
+    shadow: Option<Arc<dyn ShadowCheck>>,
 }
 
 impl std::fmt::Debug for IstioSink {
@@ -232,7 +247,15 @@ impl IstioSink {
             config,
             schemas: None,
             co_manage: None,
+            shadow: None,
         }
+    }
+
+    /// Refuses owned objects that would hide another namespace's richer object
+    /// ([`ShadowCheck`]).
+    pub fn with_shadow_check(mut self, check: Arc<dyn ShadowCheck>) -> Self {
+        self.shadow = Some(check);
+        self
     }
 
     /// Adds a run-time co-manage allowlist (checked for objects [`ownership`] refuses).
@@ -293,6 +316,26 @@ impl IstioSink {
                 Ownership::CoManaged => false,
                 Ownership::Refused(reason) => return Err(Outcome::Refused { reason }),
             };
+            if let Some((other, fields)) = t
+                .owned
+                .then_some(self.shadow.as_ref())
+                .flatten()
+                .and_then(|s| s.shadowed(&d.namespace, &ar.kind, &d.destination))
+            {
+                return Err(Outcome::Refused {
+                    reason: format!(
+                        "a {kind} {ns}/{name} of meshtune's would replace {other} for the \
+                         sidecars of {ns} (istiod takes the client namespace's own first), \
+                         dropping what it sets beyond meshtune's knobs: {fields}; to tune this \
+                         host, create {kind} {ns}/{name} with those settings and list {name:?} \
+                         in the namespace's MeshtunePolicy spec.coManage",
+                        kind = ar.kind,
+                        ns = d.namespace,
+                        name = target.name,
+                        fields = fields.join(", "),
+                    ),
+                });
+            }
             if !t.owned {
                 // What was there before meshtune first wrote this object: recorded once, then
                 // carried over (meshtune owns the annotation; leaving it out would remove it).

@@ -7,12 +7,15 @@
 //!   [`log_sink::LogSink`].
 //! - Undo and recovery of what the Istio sink wrote: [`istio_undo`] (delete owned objects,
 //!   restore co-managed fields, per namespace or everywhere; read the knobs in force back).
+//! - What the cluster's own (foreign) Istio objects put in force for a client namespace and
+//!   host, as istiod selects them: [`istio_foreign`] (pure).
 
 pub mod duration;
 pub mod envoy;
 pub mod envoy_file;
 pub mod hint;
 pub mod istio;
+pub mod istio_foreign;
 pub mod istio_sink;
 pub mod istio_undo;
 pub mod log_sink;
