@@ -395,10 +395,14 @@ pub fn dropped_fields(o: &ForeignObject, host: &str, lookup: &Lookup) -> Vec<Str
         Kind::DestinationRule => {
             let mut all = Vec::new();
             leaves(&o.spec, "", &mut all);
-            out.extend(
-                all.into_iter()
-                    .filter(|p| !RULE_FIELDS.contains(&p.as_str())),
-            );
+            // `tls.mode: ISTIO_MUTUAL` alone is what auto mTLS (Istio's default since 1.5)
+            // gives a destination with a sidecar anyway: the mesh-wide root rule many clusters
+            // keep from before auto mTLS must not block every push.
+            let auto_mtls = o.spec.pointer("/trafficPolicy/tls/mode")
+                == Some(&Value::String("ISTIO_MUTUAL".into()));
+            out.extend(all.into_iter().filter(|p| {
+                !RULE_FIELDS.contains(&p.as_str()) && !(auto_mtls && p == "/trafficPolicy/tls/mode")
+            }));
         }
         Kind::VirtualService => {
             for k in ["tcp", "tls"] {
@@ -1216,11 +1220,8 @@ mod tests {
         assert_eq!(id, "DestinationRule bookinfo/reviews");
         assert_eq!(
             fields,
-            vec![
-                "/subsets",
-                "/trafficPolicy/connectionPool/http/idleTimeout",
-                "/trafficPolicy/tls/mode"
-            ]
+            vec!["/subsets", "/trafficPolicy/connectionPool/http/idleTimeout"],
+            "tls ISTIO_MUTUAL is what auto mTLS gives anyway"
         );
         // In the client's own namespace meshtune's object would not hide it (the sink refuses
         // a second object there, or co-manages this one).
@@ -1238,6 +1239,27 @@ mod tests {
                 .unwrap()
                 .1,
             vec!["/trafficPolicy/loadBalancer/simple"]
+        );
+        // The mesh-wide mTLS rule of clusters from before auto mTLS blocks nothing; another
+        // TLS mode would be dropped.
+        let mtls = |mode: &str| {
+            dr(
+                "istio-system",
+                "default",
+                T1,
+                json!({"host": "*.local", "trafficPolicy": {"tls": {"mode": mode}}}),
+            )
+        };
+        assert_eq!(
+            index(vec![mtls("ISTIO_MUTUAL")]).shadowed("frontend", Kind::DestinationRule, HOST),
+            None
+        );
+        assert_eq!(
+            index(vec![mtls("DISABLE")])
+                .shadowed("frontend", Kind::DestinationRule, HOST)
+                .unwrap()
+                .1,
+            vec!["/trafficPolicy/tls/mode"]
         );
         // VirtualServices: a plain timeout/retries route is carried; subsets, matches and
         // several routes are not.
