@@ -20,9 +20,9 @@ pub const DEFAULT_MAX_UPSTREAMS: u32 = meshtune_proto::MAX_UPSTREAMS_PER_REPORT;
 /// Default bound on worker windows buffered by the elected reporter between flushes.
 pub const DEFAULT_MAX_QUEUED_WINDOWS: u32 = 64;
 
-/// Default per-worker request rate (requests per second) above which the property reads of
-/// a request happen on a sample only (see `crate::sampling`); below it every request is
-/// measured exactly. `0` = never sample.
+/// Default request rate of the Envoy (all its workers together, requests per second) above
+/// which the property reads of a request happen on a sample only (see `crate::sampling`);
+/// below it every request is measured exactly. `0` = never sample.
 pub const DEFAULT_SAMPLE_ABOVE_RPS: u32 = 500;
 /// Default longest time without a Report while a worker has nothing to report (no windows,
 /// no active hint): the sparse heartbeat of an idle Envoy.
@@ -106,7 +106,8 @@ pub struct Config {
     pub max_queued_windows: u32,
     /// Elected reporter (default) or every worker reporting.
     pub report_mode: ReportMode,
-    /// Per-worker request rate above which requests are measured on a sample (0 = never).
+    /// Request rate of the Envoy (all workers) above which requests are measured on a sample
+    /// (0 = never).
     pub sample_above_rps: u32,
     /// Longest time without a Report when there is nothing to report (heartbeat), in ms;
     /// never shorter than `flush_interval_ms` in effect.

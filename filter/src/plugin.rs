@@ -14,7 +14,7 @@ use crate::hints::{
 };
 use crate::lease::{self, LeaseCell, LEASE_KEY};
 use crate::report::{encode_worker_window, grpc_service_upstream, Aggregator, ReporterState};
-use crate::sampling::Sampler;
+use crate::sampling::{update_rates, Sampler, RATES_KEY};
 use crate::window::{Protocol, RequestRecord, SlotId, Tracker};
 use meshtune_proto::v1;
 use meshtune_proto::{FEATURE_SERVICE, REPORT_METHOD};
@@ -29,6 +29,12 @@ use std::time::{Duration, UNIX_EPOCH};
 /// The reporter lease lasts this many flush intervals without renewal (the leader renews it
 /// every tick): a worker takes over within about this long after the leader stopped.
 const LEASE_FLUSH_INTERVALS: u64 = 2;
+/// A worker's record on the rate board lasts this many flush intervals (it rewrites it every
+/// flush while it has traffic).
+const RATE_FLUSH_INTERVALS: u64 = 2;
+/// Compare-and-swap attempts on the rate board per flush (then the others' rate counts as
+/// unknown for this window: the worker samples on its own rate).
+const RATE_CAS_ATTEMPTS: usize = 4;
 /// Upper bound of queue items drained per callback.
 const MAX_DRAIN: usize = 10_000;
 /// Log a failed report on the first failure and then every this many.
@@ -506,8 +512,9 @@ impl Worker {
 
     fn flush(&mut self, now: u64) {
         self.last_flush_ns = now;
-        // N for the next window, from this window's arrival rate.
-        self.sampler.adapt(now);
+        // N for the next window, from the Envoy's arrival rate over this window.
+        let others = self.exchange_rates(now);
+        self.sampler.adapt(now, others);
         let window = self.tracker.take_window(now);
         // Nothing finished or in flight (an open request keeps its cluster in the window).
         let quiet = window.upstreams.is_empty() && !self.hinted;
@@ -571,6 +578,31 @@ impl Worker {
             self.queue = None;
             Metrics::add(self.metrics.windows_dropped, 1);
         }
+    }
+
+    /// Writes this worker's rate over the window ending now on the rate board and returns
+    /// the other workers' (requests per second; see [`crate::sampling::update_rates`]). No
+    /// host call when the worker had no request (its record expires) or never samples.
+    fn exchange_rates(&mut self, now: u64) -> u64 {
+        let own = self.sampler.window_rate_rps(now);
+        if own == 0 || self.sampler.threshold_rps() == 0 {
+            return 0;
+        }
+        let now_ms = now / 1_000_000;
+        let ttl_ms = RATE_FLUSH_INTERVALS * u64::from(self.cfg.flush_interval_ms);
+        for _ in 0..RATE_CAS_ATTEMPTS {
+            let (board, cas) = match hostcalls::get_shared_data(RATES_KEY) {
+                Ok((b, cas)) => (b.unwrap_or_default(), cas),
+                Err(_) => return 0,
+            };
+            let (next, others) = update_rates(&board, self.id, own, now_ms, ttl_ms);
+            match hostcalls::set_shared_data(RATES_KEY, Some(&next), cas) {
+                Ok(()) => return others,
+                Err(proxy_wasm::types::Status::CasMismatch) => continue,
+                Err(_) => return others,
+            }
+        }
+        0
     }
 
     fn on_response(&mut self, token: u32, status: u32, size: usize) {

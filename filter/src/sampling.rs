@@ -2,29 +2,49 @@
 //! (the filter's whole per-request cost), and the weights that let a window's sampled counts
 //! be scaled to all its requests without bias.
 //!
-//! Below `sample_above_rps` requests per second (per worker VM) every request is measured.
-//! Above it, each request is measured with probability `1/N`, `N = rate / sample_above_rps`
-//! (a fraction, in steps of 1/1024, at most [`MAX_INTERVAL`]; so a worker above the threshold
-//! measures about `sample_above_rps` requests per second, whatever its rate), drawn
-//! independently per request from a xorshift generator: no aliasing with periodic traffic
-//! patterns (every 10th request failing, round-robin over endpoints). A measured request
-//! carries an integer weight whose mean is `N`: `floor(N)`, or `floor(N) + 1` with probability
-//! `N − floor(N)`, drawn independently too, so every request's expected weight is exactly 1
-//! (Horvitz–Thompson); at the end of a window the weighted counts are multiplied by
-//! `finished / Σ weights`, where
-//! `finished` is the exact number of requests the worker saw finish (counted on every request,
-//! no host call): the worker's total is then exact, a single cluster's request count is exact,
-//! and every other count is an estimate whose error is stated in `filter/README.md`. `N` is
-//! re-computed at every window boundary from the window's arrival rate (so a burst shorter than
-//! a window is measured in full) and lowered at once on a tick whose rate calls for less (so
-//! a window where traffic fell still has samples).
+//! The threshold applies to the **Envoy's** request rate (all its worker VMs together), not to
+//! each worker's: below `sample_above_rps` requests per second every request is measured.
+//! Above it, each request is measured with probability `1/N`, `N = envoy rate /
+//! sample_above_rps` (a fraction, in steps of 1/1024, at most [`MAX_INTERVAL`]), the same `N`
+//! on every worker, so the Envoy measures about `sample_above_rps` requests per second whatever
+//! its rate and however many workers share it. Each worker learns the others' rates from a
+//! small board in shared data ([`RATES_KEY`], [`update_rates`]): at the end of every window it
+//! writes its own rate over that window and reads the sum of the others' (one read and one
+//! compare-and-swap per window; records expire after 2 windows, so a VM that went away or
+//! went idle stops counting). A worker keeps at least [`MIN_WORKER_SAMPLE_RPS`] measured
+//! requests per second (or all its requests, if fewer), so a worker with little traffic on a
+//! busy Envoy still has samples in every window (a window whose requests all went unmeasured
+//! could not attribute them to clusters).
 //!
-//! Pure: time is passed in (unix ns).
+//! Requests are drawn independently per request from a xorshift generator: no aliasing with
+//! periodic traffic patterns (every 10th request failing, round-robin over endpoints). A
+//! measured request carries an integer weight whose mean is `N`: `floor(N)`, or `floor(N) + 1`
+//! with probability `N − floor(N)`, drawn independently too, so every request's expected weight
+//! is exactly 1 (Horvitz–Thompson); at the end of a window the weighted counts are multiplied
+//! by `finished / Σ weights`, where `finished` is the exact number of requests the worker saw
+//! finish (counted on every request, no host call): the worker's total is then exact, a single
+//! cluster's request count is exact, and every other count is an estimate whose error is
+//! stated in `filter/README.md`. `N` is re-computed at every window boundary from the window's
+//! arrival rate (so a burst shorter than a window is measured in full) and lowered at once on a
+//! tick whose rate calls for less (so a window where traffic fell still has samples).
+//!
+//! Pure: time and the other workers' rates are passed in (unix ns, requests per second).
 
 /// Largest sampling interval (1 in this many requests measured).
 pub const MAX_INTERVAL: u32 = 1024;
 /// Fixed-point unit of the sampling interval `N` (`N = ratio / RATIO_ONE`).
 pub const RATIO_ONE: u32 = 1024;
+/// A worker measures at least this many requests per second (all of them if it has fewer),
+/// whatever the Envoy's rate: with ≈ this many expected samples per 1 s window, a window with
+/// requests and no sample has a probability of about `e^-32`.
+pub const MIN_WORKER_SAMPLE_RPS: u32 = 32;
+/// Shared-data key of the per-worker rate board (see [`update_rates`]).
+pub const RATES_KEY: &str = "meshtune.rates";
+/// Bytes of one board record: worker id (u64 LE), rate in requests/s (u32 LE), expiry in unix
+/// ms (u64 LE).
+pub const RATE_RECORD_LEN: usize = 20;
+/// Records kept on the board (the ones expiring last); more workers than this are not counted.
+pub const MAX_RATE_RECORDS: usize = 256;
 
 /// Per-worker sampler.
 #[derive(Debug, Clone)]
@@ -38,6 +58,9 @@ pub struct Sampler {
     /// Arrivals since the last tick (for lowering `N` at once when the rate falls).
     tick_arrivals: u64,
     tick_since_ns: u64,
+    /// The Envoy's rate over this worker's at the last window boundary, in units of
+    /// 1/[`RATIO_ONE`] (at least [`RATIO_ONE`]): a tick scales its own rate by it.
+    envoy_factor: u64,
 }
 
 impl Sampler {
@@ -56,7 +79,25 @@ impl Sampler {
             since_ns: now_ns,
             tick_arrivals: 0,
             tick_since_ns: now_ns,
+            envoy_factor: u64::from(RATIO_ONE),
         }
+    }
+
+    /// The configured threshold (requests per second of the Envoy; 0 = never sample).
+    pub fn threshold_rps(&self) -> u32 {
+        self.threshold_rps
+    }
+
+    /// This worker's arrival rate since the last window boundary (requests per second,
+    /// rounded), what it writes on the rate board before [`Sampler::adapt`].
+    pub fn window_rate_rps(&self, now_ns: u64) -> u32 {
+        let elapsed = now_ns.saturating_sub(self.since_ns);
+        if elapsed == 0 {
+            return 0;
+        }
+        let r = (u128::from(self.arrivals) * 1_000_000_000 + u128::from(elapsed) / 2)
+            / u128::from(elapsed);
+        u32::try_from(r).unwrap_or(u32::MAX)
     }
 
     /// The current interval `N`, rounded down (1 = every request is measured, or `N` < 2).
@@ -104,7 +145,7 @@ impl Sampler {
         if elapsed == 0 {
             return;
         }
-        let n = ratio_for(self.tick_arrivals, elapsed, self.threshold_rps);
+        let n = self.ratio_from(self.tick_arrivals, elapsed, self.envoy_factor);
         self.ratio = self.ratio.min(n);
         self.tick_arrivals = 0;
         self.tick_since_ns = now_ns;
@@ -121,16 +162,80 @@ impl Sampler {
         self.tick_since_ns = now_ns;
     }
 
-    /// Re-computes the interval from the arrivals since the last call (once per window).
-    pub fn adapt(&mut self, now_ns: u64) {
+    /// Re-computes the interval once per window from the Envoy's rate: this worker's arrivals
+    /// since the last call plus `others_rps`, the other workers' rates from the rate board
+    /// (0 when unknown: then the worker's own rate is the Envoy's).
+    pub fn adapt(&mut self, now_ns: u64, others_rps: u64) {
         let elapsed = now_ns.saturating_sub(self.since_ns);
         if elapsed == 0 {
             return;
         }
-        self.ratio = ratio_for(self.arrivals, elapsed, self.threshold_rps);
+        // The others' requests over the same span as this worker's.
+        let others = u128::from(others_rps) * u128::from(elapsed) / 1_000_000_000;
+        let envoy = u128::from(self.arrivals) + others;
+        self.envoy_factor = if self.arrivals == 0 {
+            u64::from(RATIO_ONE)
+        } else {
+            u64::try_from(envoy * u128::from(RATIO_ONE) / u128::from(self.arrivals))
+                .unwrap_or(u64::MAX)
+        };
+        self.ratio = self.ratio_from(self.arrivals, elapsed, self.envoy_factor);
         self.arrivals = 0;
         self.since_ns = now_ns;
     }
+
+    /// `N` for `arrivals` of this worker over `elapsed_ns`, the Envoy's rate being
+    /// `factor / RATIO_ONE` times this worker's: the Envoy's rate over the threshold, but at
+    /// most this worker's rate over [`MIN_WORKER_SAMPLE_RPS`] (or the threshold, if lower).
+    fn ratio_from(&self, arrivals: u64, elapsed_ns: u64, factor: u64) -> u32 {
+        let envoy =
+            u64::try_from(u128::from(arrivals) * u128::from(factor) / u128::from(RATIO_ONE))
+                .unwrap_or(u64::MAX);
+        let floor = MIN_WORKER_SAMPLE_RPS.min(self.threshold_rps);
+        ratio_for(envoy, elapsed_ns, self.threshold_rps).min(ratio_for(arrivals, elapsed_ns, floor))
+    }
+}
+
+/// One worker's turn on the rate board (the bytes under [`RATES_KEY`]; empty or malformed =
+/// an empty board): its record is replaced by `rate_rps` valid until `now_ms + ttl_ms` (no
+/// record when `rate_rps` is 0), expired records are dropped, at most [`MAX_RATE_RECORDS`]
+/// are kept. Returns the new board and the sum of the *other* workers' live rates.
+pub fn update_rates(
+    board: &[u8],
+    id: u64,
+    rate_rps: u32,
+    now_ms: u64,
+    ttl_ms: u64,
+) -> (Vec<u8>, u64) {
+    let mut records: Vec<(u64, u32, u64)> = if board.len().is_multiple_of(RATE_RECORD_LEN) {
+        board
+            .chunks_exact(RATE_RECORD_LEN)
+            .filter_map(|c| {
+                let id = u64::from_le_bytes(c[0..8].try_into().ok()?);
+                let rate = u32::from_le_bytes(c[8..12].try_into().ok()?);
+                let until = u64::from_le_bytes(c[12..20].try_into().ok()?);
+                Some((id, rate, until))
+            })
+            .filter(|&(other, _, until)| other != id && until > now_ms)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let others = records.iter().map(|&(_, r, _)| u64::from(r)).sum();
+    if rate_rps > 0 {
+        records.push((id, rate_rps, now_ms.saturating_add(ttl_ms)));
+    }
+    if records.len() > MAX_RATE_RECORDS {
+        records.sort_by_key(|&(_, _, until)| std::cmp::Reverse(until));
+        records.truncate(MAX_RATE_RECORDS);
+    }
+    let mut out = Vec::with_capacity(records.len() * RATE_RECORD_LEN);
+    for (id, rate, until) in records {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(&rate.to_le_bytes());
+        out.extend_from_slice(&until.to_le_bytes());
+    }
+    (out, others)
 }
 
 /// `N = rate / threshold` in units of 1/[`RATIO_ONE`] (rounded down), at least 1, at most
@@ -202,7 +307,7 @@ mod tests {
         for _ in 0..900 {
             assert_eq!(s.admit(), Some(1));
         }
-        s.adapt(S);
+        s.adapt(S, 0);
         assert_eq!(s.interval(), 1);
         assert!((0..900).all(|_| s.admit() == Some(1)));
     }
@@ -213,7 +318,7 @@ mod tests {
         for _ in 0..8000 {
             s.admit();
         }
-        s.adapt(S);
+        s.adapt(S, 0);
         assert_eq!(s.interval(), 8);
         // Weighted sample sizes estimate the request count: over 200k requests the
         // Horvitz–Thompson total is within 2% (σ ≈ 0.6%).
@@ -249,7 +354,7 @@ mod tests {
         for _ in 0..800 {
             assert_eq!(s.admit(), Some(1), "the first window is measured in full");
         }
-        s.adapt(S);
+        s.adapt(S, 0);
         assert_eq!(s.interval(), 1, "floor(1.6)");
         assert!((s.ratio() - 1.6).abs() < 0.001);
         let n = 400_000u64;
@@ -280,7 +385,7 @@ mod tests {
         }
         s.tick(S / 4); // 6,400 rps over the tick: not raised by a tick
         assert_eq!(s.interval(), 1);
-        s.adapt(S); // 1,600 rps over the window
+        s.adapt(S, 0); // 1,600 rps over the window
         assert_eq!(s.interval(), 16);
         for _ in 0..10 {
             s.admit();
@@ -294,18 +399,116 @@ mod tests {
         // 10 s idle (slow ticks), then 6,000 rps for one window from the wake-up.
         let run = |restart: bool| {
             let mut s = Sampler::new(500, 3, 0);
-            s.adapt(S); // a quiet window before the idle stretch
+            s.adapt(S, 0); // a quiet window before the idle stretch
             if restart {
                 s.restart(11 * S);
             }
             for _ in 0..6000 {
                 s.admit();
             }
-            s.adapt(12 * S);
+            s.adapt(12 * S, 0);
             s.interval()
         };
         assert_eq!(run(true), 12, "6,000 rps / 500");
         assert_eq!(run(false), 1, "6,000 requests over 11 s look like 545 rps");
+    }
+
+    #[test]
+    fn the_threshold_applies_to_the_envoy_rate() {
+        // 800 rps over 2 workers at 500: each worker sees 400, the Envoy 800 → N = 1.6 on both.
+        let mut s = Sampler::new(500, 5, 0);
+        for _ in 0..400 {
+            assert_eq!(s.admit(), Some(1));
+        }
+        assert_eq!(s.window_rate_rps(S), 400);
+        s.adapt(S, 400);
+        assert!((s.ratio() - 1.6).abs() < 0.001, "N {}", s.ratio());
+        // The same worker rate, the others unknown: its own rate is below the threshold.
+        let mut own = Sampler::new(500, 5, 0);
+        (0..400).for_each(|_| {
+            let _ = own.admit();
+        });
+        own.adapt(S, 0);
+        assert_eq!(own.ratio(), 1.0);
+        // Below the threshold for the Envoy (450 rps over 2 workers): every request measured.
+        let mut s = Sampler::new(500, 5, 0);
+        (0..225).for_each(|_| {
+            let _ = s.admit();
+        });
+        s.adapt(S, 225);
+        assert_eq!(s.ratio(), 1.0);
+        assert!((0..1000).all(|_| s.admit() == Some(1)));
+        // A 250 ms tick at the same worker rate keeps N (the Envoy's rate is unchanged)...
+        let mut s = Sampler::new(500, 5, 0);
+        (0..2000).for_each(|_| {
+            let _ = s.admit();
+        });
+        s.adapt(S, 2000); // 4,000 rps over 2 workers: N = 8
+        assert!((s.ratio() - 8.0).abs() < 0.001);
+        (0..500).for_each(|_| {
+            let _ = s.admit();
+        });
+        s.tick(S + S / 4);
+        assert!((s.ratio() - 8.0).abs() < 0.001, "N {}", s.ratio());
+        // ...and lowers it at once when the worker's rate falls (Envoy ≈ 2 × 400 rps).
+        (0..100).for_each(|_| {
+            let _ = s.admit();
+        });
+        s.tick(S + S / 2);
+        assert!((s.ratio() - 1.6).abs() < 0.001, "N {}", s.ratio());
+    }
+
+    #[test]
+    fn a_quiet_worker_on_a_busy_envoy_keeps_samples() {
+        // 10 rps on a 100k rps Envoy: below MIN_WORKER_SAMPLE_RPS, every request measured.
+        let mut s = Sampler::new(500, 5, 0);
+        (0..10).for_each(|_| {
+            let _ = s.admit();
+        });
+        s.adapt(S, 100_000);
+        assert_eq!(s.ratio(), 1.0);
+        // 320 rps on it: N = 320 / 32 = 10, not 100,320 / 500.
+        let mut s = Sampler::new(500, 5, 0);
+        (0..320).for_each(|_| {
+            let _ = s.admit();
+        });
+        s.adapt(S, 100_000);
+        assert!((s.ratio() - 10.0).abs() < 0.001, "N {}", s.ratio());
+        // A threshold below the floor: the threshold wins (5 rps → N = 64 at 320 rps).
+        let mut s = Sampler::new(5, 5, 0);
+        (0..320).for_each(|_| {
+            let _ = s.admit();
+        });
+        s.adapt(S, 0);
+        assert!((s.ratio() - 64.0).abs() < 0.001, "N {}", s.ratio());
+    }
+
+    #[test]
+    fn the_rate_board_sums_the_other_live_workers() {
+        let (b, others) = update_rates(&[], 1, 400, 1_000, 2_000);
+        assert_eq!((b.len(), others), (RATE_RECORD_LEN, 0));
+        let (b, others) = update_rates(&b, 2, 300, 1_100, 2_000);
+        assert_eq!((b.len(), others), (2 * RATE_RECORD_LEN, 400));
+        // Worker 1 again: its old record is replaced, worker 2 counted.
+        let (b, others) = update_rates(&b, 1, 500, 2_000, 2_000);
+        assert_eq!((b.len(), others), (2 * RATE_RECORD_LEN, 300));
+        // Worker 2's record (written at 1,100, ttl 2,000) has expired at 3,100.
+        let (b, others) = update_rates(&b, 1, 500, 3_100, 2_000);
+        assert_eq!((b.len(), others), (RATE_RECORD_LEN, 0));
+        // Rate 0: its record goes away.
+        let (b, others) = update_rates(&b, 1, 0, 3_200, 2_000);
+        assert_eq!((b.len(), others), (0, 0));
+        // A malformed board counts as empty.
+        let (b, others) = update_rates(&[1, 2, 3], 3, 10, 0, 10);
+        assert_eq!((b.len(), others), (RATE_RECORD_LEN, 0));
+        // Bounded: the records expiring last are kept.
+        let mut b = Vec::new();
+        for id in 0..(MAX_RATE_RECORDS as u64 + 10) {
+            b = update_rates(&b, id, 1, id, 1_000_000).0;
+        }
+        assert_eq!(b.len(), MAX_RATE_RECORDS * RATE_RECORD_LEN);
+        let (_, others) = update_rates(&b, u64::MAX, 1, 0, 1);
+        assert_eq!(others, MAX_RATE_RECORDS as u64);
     }
 
     #[test]

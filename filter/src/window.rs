@@ -818,7 +818,7 @@ mod tests {
         for _ in 0..8000 {
             sampler.admit();
         }
-        sampler.adapt(1000 * MS);
+        sampler.adapt(1000 * MS, 0);
         assert_eq!(sampler.interval(), 8);
         let n = 40_000u64;
         let mut rng = 12345u64;

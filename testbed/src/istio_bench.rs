@@ -38,9 +38,21 @@ impl Drop for BenchDir {
     }
 }
 
+/// What the Istio-shaped variants add to the three base ones.
+#[derive(Debug, Clone, Default)]
+pub struct Extra<'a> {
+    /// Plugin configuration fields over the manifest's (a JSON object) of `meshtune B`.
+    pub compare_config: Option<&'a str>,
+    /// Another meshtune build as `meshtune B` (with `compare_config` when given).
+    pub compare_wasm: Option<&'a std::path::Path>,
+    /// No-op filter probes (`probe LIST`), configured as `{"probe": "LIST"}`.
+    pub probes: &'a [String],
+}
+
 /// Starts the three Istio-shaped Envoys (`no filter`, `no-op wasm`, `meshtune`), each with
-/// `concurrency` workers, pinned to `affinity` when given; with `compare_config` (plugin
-/// configuration fields over the manifest's, a JSON object) also `meshtune B`.
+/// `concurrency` workers, pinned to `affinity` when given; with `extra.compare_config` (plugin
+/// configuration fields over the manifest's, a JSON object) or `extra.compare_wasm` also
+/// `meshtune B`, and one `probe LIST` per probe.
 pub fn start_variants(
     paths: &Paths,
     dir: &BenchDir,
@@ -48,7 +60,7 @@ pub fn start_variants(
     controller: SocketAddr,
     concurrency: u32,
     affinity: Option<String>,
-    compare_config: Option<&str>,
+    extra: &Extra<'_>,
 ) -> Result<Vec<(String, EnvoyProcess)>> {
     let manifests = Manifests::project().context("manifests/")?;
     let controller = istio::controller_service(&manifests, controller)?;
@@ -56,30 +68,43 @@ pub fn start_variants(
         cpu_affinity: affinity,
         ..Launch::new(&paths.envoy).concurrency(concurrency)
     };
-    let mut variants = vec![
-        ("no filter", &paths.filter_wasm, None, true),
+    let mut variants: Vec<(String, PathBuf, Option<serde_json::Value>, bool)> = vec![
+        ("no filter".into(), paths.filter_wasm.clone(), None, true),
         (
-            "no-op wasm",
-            &paths.noop_wasm,
+            "no-op wasm".into(),
+            paths.noop_wasm.clone(),
             Some(serde_json::json!({})),
             false,
         ),
-        ("meshtune", &paths.filter_wasm, None, false),
+        ("meshtune".into(), paths.filter_wasm.clone(), None, false),
     ];
-    if let Some(o) = compare_config {
+    if extra.compare_config.is_some() || extra.compare_wasm.is_some() {
         let mut v = manifests.only("WasmPlugin")?["spec"]["pluginConfig"].clone();
         if v.is_null() {
             v = serde_json::json!({});
         }
-        let o: serde_json::Value =
-            serde_json::from_str(o).with_context(|| format!("--compare-config {o:?}"))?;
-        let (Some(dst), Some(src)) = (v.as_object_mut(), o.as_object()) else {
-            anyhow::bail!("--compare-config must be a JSON object, got {o}");
-        };
-        for (k, x) in src {
-            dst.insert(k.clone(), x.clone());
+        if let Some(o) = extra.compare_config {
+            let o: serde_json::Value =
+                serde_json::from_str(o).with_context(|| format!("--compare-config {o:?}"))?;
+            let (Some(dst), Some(src)) = (v.as_object_mut(), o.as_object()) else {
+                anyhow::bail!("--compare-config must be a JSON object, got {o}");
+            };
+            for (k, x) in src {
+                dst.insert(k.clone(), x.clone());
+            }
         }
-        variants.push(("meshtune B", &paths.filter_wasm, Some(v), false));
+        let wasm = extra
+            .compare_wasm
+            .map_or_else(|| paths.filter_wasm.clone(), std::path::Path::to_path_buf);
+        variants.push(("meshtune B".into(), wasm, Some(v), false));
+    }
+    for spec in extra.probes {
+        variants.push((
+            format!("probe {spec}"),
+            paths.noop_wasm.clone(),
+            Some(serde_json::json!({ "probe": spec })),
+            false,
+        ));
     }
     let mut out = Vec::new();
     for (i, (name, wasm, plugin_config, strip)) in variants.into_iter().enumerate() {
@@ -88,7 +113,7 @@ pub fn start_variants(
             workload: "client".into(),
             pod: format!("client-{i}"),
             delivery: Delivery::WasmPlugin,
-            wasm: wasm.clone(),
+            wasm,
             upstream: Service {
                 host: WORKLOAD_HOST.into(),
                 port: WORKLOAD_PORT,
@@ -113,7 +138,7 @@ pub fn start_variants(
         cfg.write()?;
         let envoy = EnvoyProcess::start(&launch, &cfg.bootstrap)
             .with_context(|| format!("Istio-shaped sidecar ({name})"))?;
-        out.push((name.to_string(), envoy));
+        out.push((name, envoy));
     }
     Ok(out)
 }

@@ -401,7 +401,11 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
             controller.grpc(),
             cfg.istio_concurrency,
             affinity.clone(),
-            cfg.compare_config.as_deref(),
+            &crate::istio_bench::Extra {
+                compare_config: cfg.compare_config.as_deref(),
+                compare_wasm: cfg.compare_wasm.as_deref(),
+                probes: &cfg.probes,
+            },
         )? {
             envoys.push((format!("{ISTIO_PREFIX}{name}"), e, base_index));
         }
@@ -768,6 +772,11 @@ fn print_report(
                 "  {:<36} {}",
                 format!("{} / {}:", mb.name, mt.name),
                 fmt(paired(mb, mt))
+            );
+            println!(
+                "  {:<36} {}",
+                format!("{} / {}:", mb.name, noop.name),
+                fmt(paired(mb, noop))
             );
         }
         for p in results

@@ -89,7 +89,10 @@ fn stack(
 
 /// 2,000 requests on fresh connections (spread over every worker), every 10th failed by the
 /// workload server: the controller's lifetime counts are exactly 2,000 / 200 5xx / 1,800 2xx,
-/// one reporter for the Envoy, no window dropped, no report failed.
+/// one reporter for the Envoy, no window dropped, no report failed. The 8 client threads send
+/// ~1,000–2,000 rps, above the default `sample_above_rps` (a rate of the whole Envoy), so the
+/// filter is configured to measure every request (`sample_above_rps` 0): this test is about
+/// the merge of the workers' windows; the sampled figures are checked in `sampling.rs`.
 fn counts_exact(concurrency: u32, delivery: Delivery) {
     let _g = serial();
     let workload = WorkloadConfig {
@@ -97,9 +100,19 @@ fn counts_exact(concurrency: u32, delivery: Delivery) {
         service_time: ServiceTime::Constant(Duration::from_millis(1)),
         fail_every_n: Some(10),
     };
-    let Some(stack) = stack(concurrency, delivery, workload, false) else {
+    let Some(paths) = prereqs(false) else {
         return;
     };
+    let stack = Stack::start(
+        &paths,
+        StackConfig {
+            workload,
+            delivery,
+            concurrency,
+            plugin_config: Some(json!({"flush_interval_ms": 1000, "sample_above_rps": 0})),
+            ..Default::default()
+        },
+    );
     const N: usize = 2000;
     let statuses = fresh_connection_gets(stack.envoy.listener(), "/", N, 8);
     assert_eq!(statuses.iter().filter(|s| **s == 503).count(), N / 10);

@@ -13,11 +13,12 @@
 //! hold only while the load generator keeps to its schedule: a run where it skipped or lost
 //! requests fails with a message to lower `MESHTUNE_SAMPLING_RPS` instead of being judged.
 //!
-//! `sample_above_rps` is 20 % of the offered rate and windows are 3 s long: however the
-//! kernel spreads the connections over the 2 workers, each window is sampled (N = 2.5 per
-//! worker when balanced, N = 5 on one worker taking everything) and holds ≈ 1,200 or more
-//! measured requests at 2,000 rps (a worker above the threshold measures about
-//! `sample_above_rps` requests per second), so ±3 % of the requests is ≥ 3.5 standard errors for these counts (σ ≤ 0.8 %; see
+//! `sample_above_rps` (a rate of the whole Envoy) is 20 % of the offered rate and windows are
+//! 3 s long: however the kernel spreads the connections over the 2 workers, each window is
+//! sampled (N = 5 on both workers, from the rate board) and holds ≈ 1,200 measured requests
+//! at 2,000 rps (an Envoy above the threshold measures about `sample_above_rps` requests per
+//! second; more in a window after the rate rose, as `N` follows one window later), so ±3 % of
+//! the requests is ≥ 3.5 standard errors for these counts (σ ≤ 0.8 %; see
 //! `filter/README.md` *Sampling*). Asserted: in ≥ 95 % of the
 //! steady sampled windows each count is within ±3 % of the window's requests of its exact
 //! value (the bound documented in `filter/README.md` *Sampling*); the sampled filter's request

@@ -2,8 +2,9 @@
 //!
 //! With a plugin configuration it becomes a *probe*: a comma-separated list of the host calls
 //! to make on every request (see [`Probe`]), so `testbed filter-overhead --probe ...` can price
-//! single host calls side by side with the no-op and the meshtune filter. An empty
-//! configuration (the baseline) makes no host call at all.
+//! single host calls side by side with the no-op and the meshtune filter. The list may also
+//! come as a JSON object `{"probe": "LIST"}` (how an Istio WasmPlugin's `pluginConfig`
+//! reaches the filter). An empty configuration (the baseline) makes no host call at all.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -33,6 +34,7 @@ struct Probe {
 
 impl Probe {
     fn parse(spec: &str) -> Result<Self, String> {
+        let spec = unwrap_json(spec)?;
         let mut p = Probe::default();
         for token in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             match token {
@@ -41,15 +43,43 @@ impl Probe {
                 "status" => p.status = true,
                 "status-header" => p.status_header = true,
                 "attempts" => p.attempts = true,
+                // No call: a second no-op filter (its spread against the first is the floor
+                // of any paired difference).
+                "none" => {}
                 other => {
                     return Err(format!(
-                        "unknown probe {other:?} (known: clock, cluster, status, status-header, attempts)"
+                        "unknown probe {other:?} (known: clock, cluster, status, status-header, attempts, none)"
                     ))
                 }
             }
         }
         Ok(p)
     }
+}
+
+/// `{"probe": "LIST"}` → `LIST` (no JSON library: the only accepted object shape); any other
+/// text is the list itself.
+fn unwrap_json(spec: &str) -> Result<&str, String> {
+    let t = spec.trim();
+    if !t.starts_with('{') {
+        return Ok(t);
+    }
+    let inner = t
+        .strip_prefix('{')
+        .and_then(|x| x.strip_suffix('}'))
+        .map(str::trim)
+        .unwrap_or_default();
+    if inner.is_empty() {
+        return Ok("");
+    }
+    inner
+        .strip_prefix("\"probe\"")
+        .map(str::trim_start)
+        .and_then(|x| x.strip_prefix(':'))
+        .map(str::trim)
+        .and_then(|x| x.strip_prefix('"'))
+        .and_then(|x| x.strip_suffix('"'))
+        .ok_or_else(|| format!("configuration {t:?}: expected {{\"probe\": \"LIST\"}} or LIST"))
 }
 
 struct NoopRoot {

@@ -57,7 +57,8 @@ enum Cmd {
         /// Do not pin Envoy and the load generator to separate CPUs.
         #[arg(long)]
         no_pin: bool,
-        /// Also measure this meshtune filter build (`meshtune B`), for A/B comparisons.
+        /// Also measure this meshtune filter build (`meshtune B`, and `istio meshtune B` with
+        /// the manifest's configuration), for A/B comparisons.
         #[arg(long)]
         compare_wasm: Option<std::path::PathBuf>,
         /// Plugin configuration fields of `meshtune B` over the defaults (JSON object, e.g.
@@ -65,7 +66,9 @@ enum Cmd {
         #[arg(long)]
         compare_config: Option<String>,
         /// Also measure the no-op filter making these host calls per request (repeatable;
-        /// comma list of clock, cluster, status, status-header, attempts), to price them.
+        /// comma list of clock, cluster, status, status-header, attempts; `none` = a second
+        /// no-op filter), to price them; in both configurations (`probe LIST`, `istio probe
+        /// LIST`).
         #[arg(long = "probe")]
         probes: Vec<String>,
         /// Workers of the Istio-shaped variants (`istio *`: the sidecar built from
