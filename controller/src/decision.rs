@@ -762,7 +762,12 @@ pub fn decide_with(
         // keeps upstream attempts within MAX_RETRY_AMPLIFICATION per request.
         let approving = mode == NsMode::Recommend && approved.is_some();
         let mut prop = approved.unwrap_or(*prop);
-        prop.cap_retries_for_failures(sel.stats.attempt_failure_rate(&before));
+        let failure_rate = sel.stats.attempt_failure_rate(&before);
+        prop.cap_retries_for_failures(failure_rate);
+        // Retries in force that amplify make the change urgent: the cap must not wait out the
+        // 30 s dwell (BookInfo's failing ratings kept Istio's ×1.56 for a whole run).
+        let urgent = misses_slo_judged(&outcomes, &sel.stats, slo_ms, judge)
+            || before.retries_amplify(failure_rate);
         let d = state.guardrails.decide_with(
             dest,
             &sel.namespace,
@@ -770,7 +775,7 @@ pub fn decide_with(
             &prop,
             &before,
             Situation::of_window(
-                misses_slo_judged(&outcomes, &sel.stats, slo_ms, judge),
+                urgent,
                 outcomes.shed_rate,
                 sel.stats.inflight_max as f64,
                 sel.clients,
@@ -1176,6 +1181,37 @@ mod tests {
         );
         assert_eq!(c.pushes[0].knobs.get(Knob::RetryAttempts), 3.0);
         assert!((w.attempt_failure_rate(&Knobs::istio_defaults()) - 0.4).abs() < 1e-6);
+    }
+
+    #[test]
+    fn amplifying_retries_in_force_are_capped_without_waiting_out_the_dwell() {
+        // A push 15 s ago: the 30 s dwell holds, the 10 s urgent dwell has passed.
+        let t0 = Instant::now();
+        let mut st = LoopState::new(Guardrails::new(Config {
+            min_dwell: Duration::from_secs(30),
+            ..enforce(Duration::from_secs(30))
+        }));
+        let mut p = proposal();
+        p.set(Knob::RetryAttempts, 2.0);
+        let c = decide(&sel("a", window(1000, 1000, 5)), &[p], &mut st, t0, 250.0);
+        assert_eq!(c.pushes.len(), 1);
+        let later = t0 + Duration::from_secs(15);
+        // Healthy and the same proposal: nothing to do (and the dwell would hold anyway).
+        let c = decide(
+            &sel("a", window(1000, 1000, 5)),
+            &[p],
+            &mut st,
+            later,
+            250.0,
+        );
+        assert!(c.pushes.is_empty());
+        // Half the attempts now fail and the 2 retries in force make ×1.56 attempts (under
+        // 10 % of requests fail: the SLO alone would not be urgent): the cap goes out now.
+        let mut w = window(1000, 950, 5);
+        w.retries = 560;
+        let c = decide(&sel("a", w), &[p], &mut st, later, 250.0);
+        assert_eq!(c.pushes.len(), 1, "{:?}", c.items[0].action);
+        assert_eq!(c.pushes[0].knobs.get(Knob::RetryAttempts), 0.0);
     }
 
     #[test]

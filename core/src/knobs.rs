@@ -412,6 +412,14 @@ impl Knobs {
             r
         })
     }
+
+    /// Whether the retries in force send more than [`MAX_RETRY_AMPLIFICATION`] upstream
+    /// attempts per request at per-attempt failure probability `e`: a change that caps them is
+    /// as urgent as missing the SLO (the guardrails' short dwell).
+    pub fn retries_amplify(&self, e: f64) -> bool {
+        let mut k = *self;
+        k.cap_retries_for_failures(e).is_some()
+    }
 }
 
 #[cfg(test)]
@@ -433,6 +441,13 @@ mod tests {
         assert_eq!(k.cap_retries_for_failures(0.5), Some(2.0));
         assert_eq!(k.get(Knob::RetryAttempts), 0.0);
         assert_eq!(k.cap_retries_for_failures(0.5), None, "already within");
+        assert!(!k.retries_amplify(0.5));
+        k.set(Knob::RetryAttempts, 2.0);
+        assert!(
+            k.retries_amplify(0.5),
+            "Istio's 2 retries at half failing: ×1.75"
+        );
+        assert!(!k.retries_amplify(0.1));
         k.set(Knob::RetryAttempts, 3.0);
         assert_eq!(k.cap_retries_for_failures(0.05), None);
     }

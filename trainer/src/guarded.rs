@@ -29,12 +29,13 @@ pub fn urgent(features: &Features) -> bool {
     )
 }
 
-/// The window's situation as the controller judges it: [`urgent`], and while healthy its peak
-/// in flight per client (the guardrails' demand floor).
-pub fn situation(features: &Features) -> Situation {
+/// The window's situation as the controller judges it: urgent when it misses the SLO
+/// ([`urgent`]) or the retries `in_force` amplify beyond the budget, and while healthy its
+/// peak in flight per client (the guardrails' demand floor).
+pub fn situation(features: &Features, in_force: &Knobs) -> Situation {
     let get = |name: &str| features.get(name).unwrap_or(0.0);
     Situation::of_window(
-        urgent(features),
+        urgent(features) || in_force.retries_amplify(features.attempt_failure_rate(in_force)),
         get("overflow_rate"),
         get("inflight_max"),
         get("clients").max(1.0) as u32,
@@ -105,7 +106,7 @@ impl Policy for GuardedPolicy<'_> {
         if offered <= 0.0 {
             return *in_force;
         }
-        let situation = situation(features);
+        let situation = situation(features, in_force);
         let urgent = situation.urgent;
         let (knobs, _) = guard_with(&self.config, NAMESPACE, &proposed, in_force, situation);
         if knobs == *in_force {

@@ -16,7 +16,7 @@ use meshtune_policy::guardrails::{guard_with, Config};
 use meshtune_sim::episode::MeshEnv;
 use meshtune_sim::windows::RecentWindows;
 
-use crate::guarded::{dwell_secs, situation, urgent, NAMESPACE};
+use crate::guarded::{dwell_secs, situation, NAMESPACE};
 
 /// The controller's default sliding window (`--window-secs`), in 1 s windows.
 pub const DEFAULT_DECISION_WINDOWS: usize = 10;
@@ -67,7 +67,7 @@ impl LiveEnv {
     }
 
     fn urgent(&self) -> bool {
-        urgent(&self.features)
+        situation(&self.features, &self.in_force).urgent
     }
 
     /// Whether the controller would decide now: there is traffic and the dwell is over.
@@ -155,7 +155,7 @@ impl Environment for LiveEnv {
             NAMESPACE,
             &proposed,
             &self.in_force,
-            situation(&self.features),
+            situation(&self.features, &self.in_force),
         );
         if knobs != self.in_force {
             self.in_force = knobs;

@@ -9,7 +9,7 @@ use meshtune_policy::onnx::{decode_model, export_mlp, read_mlp, ModelMeta};
 use meshtune_policy::OnnxPolicy;
 use std::path::PathBuf;
 
-const MODELS: [&str; 4] = ["supervised-v2", "ppo-v2", "ppo-v3", "default"];
+const MODELS: [&str; 5] = ["supervised-v2", "ppo-v2", "ppo-v3", "ppo-v4", "default"];
 
 fn models_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models")
@@ -51,8 +51,8 @@ fn committed_models_follow_the_contract() {
             "{name} has no card"
         );
     }
-    // models/default.md: "a byte-identical copy of ppo-v2.onnx".
-    assert!(read("default") == read("ppo-v2"));
+    // models/default.md: "a byte-identical copy of ppo-v4.onnx".
+    assert!(read("default") == read("ppo-v4"));
 }
 
 #[test]
