@@ -400,9 +400,9 @@ pub fn dropped_fields(o: &ForeignObject, host: &str, lookup: &Lookup) -> Vec<Str
             // keep from before auto mTLS must not block every push.
             let auto_mtls = o.spec.pointer("/trafficPolicy/tls/mode")
                 == Some(&Value::String("ISTIO_MUTUAL".into()));
-            out.extend(all.into_iter().filter(|p| {
-                !RULE_FIELDS.contains(&p.as_str()) && !(auto_mtls && p == "/trafficPolicy/tls/mode")
-            }));
+            let carried =
+                |p: &str| RULE_FIELDS.contains(&p) || (auto_mtls && p == "/trafficPolicy/tls/mode");
+            out.extend(all.into_iter().filter(|p| !carried(p)));
         }
         Kind::VirtualService => {
             for k in ["tcp", "tls"] {
