@@ -377,10 +377,9 @@ impl LoopState {
     /// Knobs in force for `key`: what meshtune pushed, else (nothing pushed, or its objects
     /// removed) the [`Self::baseline`], else Istio's defaults.
     pub fn knobs_in_force(&self, key: &DestKey) -> Knobs {
-        match self.in_force.get(key) {
-            Some(k) if *k != Knobs::istio_defaults() => *k,
-            _ => self.baseline_knobs(key),
-        }
+        self.pushed(key)
+            .copied()
+            .unwrap_or_else(|| self.baseline_knobs(key))
     }
 
     /// The knobs meshtune pushed for `key` and has not removed since (hints are served from
@@ -394,10 +393,12 @@ impl LoopState {
 
     /// Where [`Self::knobs_in_force`] comes from.
     pub fn knobs_source(&self, key: &DestKey) -> KnobsSource {
-        match self.in_force.get(key) {
-            Some(k) if *k != Knobs::istio_defaults() => KnobsSource::Pushed,
-            _ if self.baseline.contains_key(key) => KnobsSource::Cluster,
-            _ => KnobsSource::IstioDefaults,
+        if self.pushed(key).is_some() {
+            KnobsSource::Pushed
+        } else if self.baseline.contains_key(key) {
+            KnobsSource::Cluster
+        } else {
+            KnobsSource::IstioDefaults
         }
     }
 
