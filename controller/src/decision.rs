@@ -765,22 +765,21 @@ pub fn decide_with(
         let mut prop = approved.unwrap_or(*prop);
         let failure_rate = sel.stats.attempt_failure_rate(&before);
         prop.cap_retries_for_failures(failure_rate);
-        // Retries in force that amplify make the change urgent: the cap must not wait out the
-        // 30 s dwell (BookInfo's failing ratings kept Istio's ×1.56 for a whole run).
-        let urgent = misses_slo_judged(&outcomes, &sel.stats, slo_ms, judge)
-            || before.retries_amplify(failure_rate);
         let d = state.guardrails.decide_with(
             dest,
             &sel.namespace,
             now,
             &prop,
             &before,
+            // Retries in force that amplify make the change urgent too (BookInfo's failing
+            // ratings kept Istio's ×1.56 for a whole run behind the 30 s dwell).
             Situation::of_window(
-                urgent,
+                misses_slo_judged(&outcomes, &sel.stats, slo_ms, judge),
                 outcomes.shed_rate,
                 sel.stats.inflight_max as f64,
                 sel.clients,
-            ),
+            )
+            .or_amplifying(&before, failure_rate),
         );
         item.changed = d.changed;
         // Built only for a push or recommendation (most destinations hold in steady state).

@@ -531,6 +531,18 @@ impl Situation {
             healthy_demand: (healthy && demand.is_finite() && demand > 0.0).then_some(demand),
         }
     }
+
+    /// The situation, urgent as well when the retries `in_force` send more than
+    /// `MAX_RETRY_AMPLIFICATION` upstream attempts per request at the window's
+    /// `attempt_failure_rate` ([`Knobs::retries_amplify`]): the retry cap must not wait out
+    /// `min_dwell` (a failing dependency behind retries need not miss the SLO).
+    pub fn or_amplifying(self, in_force: &Knobs, attempt_failure_rate: f64) -> Situation {
+        if in_force.retries_amplify(attempt_failure_rate) {
+            Situation::urgent(true)
+        } else {
+            self
+        }
+    }
 }
 
 /// The pure per-knob pipeline: hard bounds → namespace bounds → step limit (from the value in
@@ -1287,6 +1299,18 @@ mod tests {
         };
         let (k, _) = guard_with(&off, "default", &proposed, &in_force, healthy);
         assert_eq!(k.get(Knob::Http2MaxRequests), 22.0);
+    }
+
+    #[test]
+    fn amplifying_retries_in_force_make_a_window_urgent() {
+        let healthy = Situation::of_window(false, 0.0, 150.0, 2);
+        let mut k = Knobs::istio_defaults();
+        k.set(Knob::RetryAttempts, 2.0);
+        // Half the attempts failing: 2 retries make ×1.75 attempts.
+        assert_eq!(healthy.or_amplifying(&k, 0.5), Situation::urgent(true));
+        assert_eq!(healthy.or_amplifying(&k, 0.05), healthy);
+        k.set(Knob::RetryAttempts, 0.0);
+        assert_eq!(healthy.or_amplifying(&k, 0.5), healthy);
     }
 
     #[test]

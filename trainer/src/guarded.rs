@@ -30,16 +30,17 @@ pub fn urgent(features: &Features) -> bool {
 }
 
 /// The window's situation as the controller judges it: urgent when it misses the SLO
-/// ([`urgent`]) or the retries `in_force` amplify beyond the budget, and while healthy its
-/// peak in flight per client (the guardrails' demand floor).
-pub fn situation(features: &Features, in_force: &Knobs) -> Situation {
+/// ([`urgent`]) or the retries `in_force` amplify at the window's `attempt_failure_rate`, and
+/// while healthy its peak in flight per client (the guardrails' demand floor).
+pub fn situation(features: &Features, in_force: &Knobs, attempt_failure_rate: f64) -> Situation {
     let get = |name: &str| features.get(name).unwrap_or(0.0);
     Situation::of_window(
-        urgent(features) || in_force.retries_amplify(features.attempt_failure_rate(in_force)),
+        urgent(features),
         get("overflow_rate"),
         get("inflight_max"),
         get("clients").max(1.0) as u32,
     )
+    .or_amplifying(in_force, attempt_failure_rate)
 }
 
 /// The dwell in seconds after a push: `urgent_dwell` (never longer than `min_dwell`) while the
@@ -102,11 +103,12 @@ impl Policy for GuardedPolicy<'_> {
         let offered = features.get("rps").unwrap_or(0.0);
         let mut proposed = self.inner.decide(features, in_force);
         // The controller's retry cap (upstream attempts within 1.2 per request).
-        proposed.cap_retries_for_failures(features.attempt_failure_rate(in_force));
+        let failure_rate = features.attempt_failure_rate(in_force);
+        proposed.cap_retries_for_failures(failure_rate);
         if offered <= 0.0 {
             return *in_force;
         }
-        let situation = situation(features, in_force);
+        let situation = situation(features, in_force, failure_rate);
         let urgent = situation.urgent;
         let (knobs, _) = guard_with(&self.config, NAMESPACE, &proposed, in_force, situation);
         if knobs == *in_force {

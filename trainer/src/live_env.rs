@@ -12,7 +12,7 @@
 
 use meshtune_core::env::{Environment, Step};
 use meshtune_core::{Features, Knobs, WindowStats, FEATURE_COUNT, KNOB_COUNT};
-use meshtune_policy::guardrails::{guard_with, Config};
+use meshtune_policy::guardrails::{guard_with, Config, Situation};
 use meshtune_sim::episode::MeshEnv;
 use meshtune_sim::windows::RecentWindows;
 
@@ -66,8 +66,10 @@ impl LiveEnv {
         self.inner.scenario().window_s.0
     }
 
-    fn urgent(&self) -> bool {
-        situation(&self.features, &self.in_force).urgent
+    /// The decision window's situation as the controller judges it.
+    fn situation(&self) -> Situation {
+        let failure_rate = self.merged.attempt_failure_rate(&self.in_force);
+        situation(&self.features, &self.in_force, failure_rate)
     }
 
     /// Whether the controller would decide now: there is traffic and the dwell is over.
@@ -75,7 +77,7 @@ impl LiveEnv {
         if self.features.get("rps").unwrap_or(0.0) <= 0.0 {
             return false;
         }
-        let dwell = dwell_secs(&self.config, self.urgent());
+        let dwell = dwell_secs(&self.config, self.situation().urgent);
         match self.since_push_s {
             Some(s) => s + 1e-9 >= dwell,
             None => true,
@@ -149,13 +151,14 @@ impl Environment for LiveEnv {
         }
         let mut proposed = Knobs::from_normalised(action);
         // The controller's retry cap (upstream attempts within 1.2 per request).
-        proposed.cap_retries_for_failures(self.merged.attempt_failure_rate(&self.in_force));
+        let failure_rate = self.merged.attempt_failure_rate(&self.in_force);
+        proposed.cap_retries_for_failures(failure_rate);
         let (knobs, _) = guard_with(
             &self.config,
             NAMESPACE,
             &proposed,
             &self.in_force,
-            situation(&self.features, &self.in_force),
+            situation(&self.features, &self.in_force, failure_rate),
         );
         if knobs != self.in_force {
             self.in_force = knobs;
