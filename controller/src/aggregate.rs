@@ -110,7 +110,17 @@ pub struct ClusterWindow {
     pub stats: WindowStats,
     /// Distinct reporters with a report in the window.
     pub clients: u32,
+    /// Offered load (rps) over the last [`RECENT_SECS`] complete seconds, `None` with fewer
+    /// than [`RECENT_MIN_REQUESTS`] requests there: a load step shows here at once, in the
+    /// window's mean only gradually (the guardrails' rollback watch compares both).
+    pub recent_rps: Option<f64>,
 }
+
+/// Complete seconds of controller receive time behind [`ClusterWindow::recent_rps`].
+pub const RECENT_SECS: u64 = 3;
+/// Requests [`ClusterWindow::recent_rps`] needs (a relative standard error ≤ 14 % for Poisson
+/// arrivals), so a quiet destination's noise does not pass for a load change.
+pub const RECENT_MIN_REQUESTS: u64 = 50;
 
 impl From<(String, WindowStats)> for ClusterWindow {
     /// One reporter's window in the default namespace (tests, benchmarks).
@@ -126,6 +136,7 @@ impl From<(DestKey, WindowStats)> for ClusterWindow {
             key,
             stats,
             clients: 1,
+            recent_rps: None,
         }
     }
 }
@@ -729,6 +740,7 @@ impl Aggregator {
                 key: name.clone(),
                 stats: self.window_of(d, now_ms),
                 clients: u32::try_from(self.reporters_in_window(d, now_ms)).unwrap_or(u32::MAX),
+                recent_rps: recent_rps(d, now_ms),
             })
             .collect()
     }
@@ -819,6 +831,26 @@ impl Aggregator {
         merged.duration_s = span;
         merged
     }
+}
+
+/// Requests per second over the [`RECENT_SECS`] complete seconds before `now_ms` (the current
+/// second's reports are still arriving), each second's span the longest report in it; `None`
+/// below [`RECENT_MIN_REQUESTS`] requests.
+fn recent_rps(d: &Destination, now_ms: u64) -> Option<f64> {
+    let now_sec = now_ms / 1000;
+    let from = now_sec.checked_sub(RECENT_SECS)?;
+    let (mut requests, mut secs) = (0u64, 0.0f64);
+    for b in d
+        .buckets
+        .iter()
+        .rev()
+        .take_while(|b| b.sec >= from)
+        .filter(|b| b.sec < now_sec)
+    {
+        requests = requests.saturating_add(b.counters.requests);
+        secs += b.counters.duration_s;
+    }
+    (requests >= RECENT_MIN_REQUESTS && secs > 0.0).then(|| requests as f64 / secs)
 }
 
 fn in_window(bucket_sec: u64, now_sec: u64, window_secs: u64) -> bool {
@@ -943,6 +975,42 @@ mod tests {
     }
 
     const T0: u64 = 1_700_000_000_000;
+
+    #[test]
+    fn recent_load_shows_a_step_the_window_mean_barely_shows() {
+        let mut a = Aggregator::new(Limits::default());
+        // Two reporters, 200 rps each for 10 s, then 500 each from the 11th second.
+        let mut seq = 0;
+        for s in 0..13u64 {
+            let n = if s < 10 { 200 } else { 500 };
+            seq += 1;
+            for pod in ["p1", "p2"] {
+                a.ingest(
+                    &report(pod, seq, vec![("c", window(n, 0, 1000, 2))]),
+                    T0 + s * 1000 + 300,
+                );
+            }
+        }
+        // 0.5 s into the 14th second (its reports not in yet): the window holds 6 s at 400 and
+        // 3 s at 1,000, its mean 600 rps.
+        let snap = a.snapshot(T0 + 13_500);
+        let w = &snap[0];
+        assert_eq!(w.stats.requests, 6 * 400 + 3 * 1000);
+        let recent = w.recent_rps.expect("enough requests");
+        assert!((recent - 1000.0).abs() < 1e-9, "{recent}");
+        // One second into the step the last complete seconds still hold two of the old ones.
+        let snap = a.snapshot(T0 + 11_500);
+        assert!((snap[0].recent_rps.unwrap() - 600.0).abs() < 1e-9);
+        // A quiet destination has no recent load (its noise is not a load change).
+        let mut q = Aggregator::new(Limits::default());
+        for s in 0..4u64 {
+            q.ingest(
+                &report("p1", s + 1, vec![("c", window(10, 0, 1000, 1))]),
+                T0 + s * 1000 + 300,
+            );
+        }
+        assert_eq!(q.snapshot(T0 + 4_500)[0].recent_rps, None);
+    }
 
     #[test]
     fn merges_reporters_into_one_destination() {

@@ -70,6 +70,9 @@ pub struct Selected {
     pub stats: WindowStats,
     /// Reporting client proxies (the most of any of its clusters).
     pub clients: u32,
+    /// Offered load (rps) of its last seconds, summed over its clusters
+    /// ([`ClusterWindow::recent_rps`]; `None` when any is unknown, or from Prometheus).
+    pub recent_rps: Option<f64>,
     /// Fields the source measured (complete for the filter; see
     /// `meshtune_core::availability` for the Prometheus source's gaps and their fallbacks).
     pub availability: Availability,
@@ -124,6 +127,7 @@ pub fn select(
             key: DestKey { namespace, cluster },
             stats,
             clients,
+            recent_rps,
         } = entry.into();
         let Some((destination, _)) = naming.destination(&cluster) else {
             continue;
@@ -137,6 +141,7 @@ pub fn select(
                 s.clusters.push(cluster);
                 s.stats.merge_concurrent(&stats);
                 s.clients = s.clients.max(clients);
+                s.recent_rps = s.recent_rps.zip(recent_rps).map(|(a, b)| a + b);
             }
             Entry::Vacant(e) => {
                 let key = e.key().clone();
@@ -148,6 +153,7 @@ pub fn select(
                     clusters: vec![cluster],
                     stats,
                     clients,
+                    recent_rps,
                     availability: Availability::COMPLETE,
                     source: FeatureSource::Filter,
                 });
@@ -213,6 +219,7 @@ pub fn select_sources(
                     stats: w.stats,
                     // Prometheus does not say how many client proxies it aggregates.
                     clients: 1,
+                    recent_rps: None,
                     availability: w.availability,
                     source: FeatureSource::Prometheus,
                 });
@@ -605,6 +612,9 @@ pub struct DestDecision {
     pub knobs: Knobs,
     pub changed: Vec<Knob>,
     pub action: DestAction,
+    /// The guardrails judged the window urgent (SLO missed or retries amplifying): the short
+    /// dwell applied.
+    pub urgent: bool,
     pub outcomes: Outcomes,
     /// When the knobs last changed before this cycle (restored if the push is reverted).
     pub changed_before: Option<Instant>,
@@ -711,6 +721,7 @@ pub fn decide_with(
             knobs: before,
             changed: Vec::new(),
             action: DestAction::Hold(HoldReason::NoChange),
+            urgent: false,
             outcomes,
             changed_before: state.changed_at.get(&sel.key).copied(),
         };
@@ -718,9 +729,11 @@ pub fn decide_with(
         let verdict = if state.settling(&sel.key, now) || mode == NsMode::Observe {
             Verdict::Idle
         } else {
-            state
-                .guardrails
-                .observe_at_load(dest, objective, outcomes.offered_rps)
+            state.guardrails.observe_at_loads(
+                dest,
+                objective,
+                &[outcomes.offered_rps, sel.recent_rps.unwrap_or(f64::NAN)],
+            )
         };
         if let Verdict::Rollback {
             restore,
@@ -765,22 +778,20 @@ pub fn decide_with(
         let mut prop = approved.unwrap_or(*prop);
         let failure_rate = sel.stats.attempt_failure_rate(&before);
         prop.cap_retries_for_failures(failure_rate);
-        let d = state.guardrails.decide_with(
-            dest,
-            &sel.namespace,
-            now,
-            &prop,
-            &before,
-            // Retries in force that amplify make the change urgent too (BookInfo's failing
-            // ratings kept Istio's ×1.56 for a whole run behind the 30 s dwell).
-            Situation::of_window(
-                misses_slo_judged(&outcomes, &sel.stats, slo_ms, judge),
-                outcomes.shed_rate,
-                sel.stats.inflight_max as f64,
-                sel.clients,
-            )
-            .or_amplifying(&before, failure_rate),
-        );
+        // Retries in force that amplify make the change urgent too (BookInfo's failing
+        // ratings kept Istio's ×1.56 for a whole run behind the 30 s dwell).
+        let situation = Situation::of_window(
+            misses_slo_judged(&outcomes, &sel.stats, slo_ms, judge),
+            outcomes.shed_rate,
+            sel.stats.inflight_max as f64,
+            sel.clients,
+            sel.stats.endpoints,
+        )
+        .or_amplifying(&before, failure_rate);
+        item.urgent = situation.urgent;
+        let d = state
+            .guardrails
+            .decide_with(dest, &sel.namespace, now, &prop, &before, situation);
         item.changed = d.changed;
         // Built only for a push or recommendation (most destinations hold in steady state).
         let sink_decision = || meshtune_sinks::Decision {
@@ -1234,6 +1245,32 @@ mod tests {
     }
 
     #[test]
+    fn outlier_detection_keeps_the_reach_to_eject_one_of_the_endpoints_seen() {
+        let t0 = Instant::now();
+        let mut st = LoopState::new(Guardrails::new(enforce(Duration::ZERO)));
+        let mut p = proposal();
+        p.set(Knob::MaxEjectionPercent, 40.0);
+        let mut w = window(1000, 1000, 5);
+        w.endpoints = 3;
+        let c = decide(&sel("a", w), &[p], &mut st, t0, 250.0);
+        assert_eq!(c.pushes[0].knobs.get(Knob::MaxEjectionPercent), 40.0);
+        assert!(!c.items[0].urgent);
+        // Missing the SLO, the model asks for 10 %, which ejects none of 3 hosts: the push
+        // carries 34 % (100 × 1/3 ≤ 34), the least that still ejects one.
+        p.set(Knob::MaxEjectionPercent, 10.0);
+        let mut slow = window(1000, 1000, 400);
+        slow.endpoints = 3;
+        let c = decide(&sel("a", slow.clone()), &[p], &mut st, t0, 250.0);
+        assert!(c.items[0].urgent);
+        assert_eq!(c.pushes[0].knobs.get(Knob::MaxEjectionPercent), 34.0);
+        // With one endpoint seen there is nothing to keep: the proposal stands.
+        slow.endpoints = 1;
+        p.set(Knob::MaxEjectionPercent, 20.0);
+        let c = decide(&sel("a", slow), &[p], &mut st, t0, 250.0);
+        assert_eq!(c.pushes[0].knobs.get(Knob::MaxEjectionPercent), 20.0);
+    }
+
+    #[test]
     fn enforce_pushes_and_knobs_beyond_bounds_are_clamped() {
         let cfg = Config::from_toml_str(
             "mode = \"enforce\"\n[namespaces.default]\n\"http.http1MaxPendingRequests\" = { max = 32 }\n",
@@ -1441,14 +1478,18 @@ mod tests {
         assert_eq!(st.knobs_in_force(&dk("a")).get(Knob::RouteTimeoutMs), 900.0);
     }
 
-    #[test]
-    fn regression_after_a_push_rolls_back_to_the_previous_knobs() {
-        let cfg = Config {
+    /// Enforcing, no dwell, a push watched for 5 windows, rolled back after 2 bad ones.
+    fn watching_state() -> LoopState {
+        LoopState::new(Guardrails::new(Config {
             rollback_consecutive: 2,
             rollback_windows: 5,
             ..enforce(Duration::ZERO)
-        };
-        let mut st = LoopState::new(Guardrails::new(cfg));
+        }))
+    }
+
+    #[test]
+    fn regression_after_a_push_rolls_back_to_the_previous_knobs() {
+        let mut st = watching_state();
         let t0 = Instant::now();
         let good = || sel("a", window(100, 100, 5));
         let bad = || sel("a", window(100, 40, 500));
@@ -1469,6 +1510,38 @@ mod tests {
         );
         assert_eq!(c.pushes[0].previous, Some(pushed));
         assert_eq!(st.knobs_in_force(&dk("a")), Knobs::istio_defaults());
+    }
+
+    #[test]
+    fn a_load_step_in_the_last_seconds_ends_the_watch_instead_of_rolling_back() {
+        let t0 = Instant::now();
+        let step = |st: &mut LoopState, w: WindowStats, recent: Option<f64>| {
+            let mut s = sel("a", w);
+            s[0].recent_rps = recent;
+            decide(&s, &[proposal()], st, t0, 250.0)
+        };
+        // The window's mean moved by 12 % only, its last seconds by 2.5× and the step's
+        // queueing spoils the objective.
+        let stepped = || window(112, 60, 500);
+        for (recent_before, recent_after, rolls_back) in
+            [(Some(100.0), Some(250.0), false), (None, None, true)]
+        {
+            let mut st = watching_state();
+            // 100 rps steady (1 s windows in these tests), pushed.
+            let c = step(&mut st, window(100, 100, 5), recent_before);
+            assert_eq!(c.pushes.len(), 1);
+            let c = step(&mut st, stepped(), recent_after);
+            assert!(c.pushes.is_empty(), "{:?}", c.items[0].action);
+            // With the last seconds' load the load did it: the watch ends, no rollback.
+            // Without it the mean alone cannot tell and the same windows roll back.
+            let c = step(&mut st, stepped(), recent_after);
+            assert_eq!(
+                matches!(c.items[0].action, DestAction::Rollback { .. }),
+                rolls_back,
+                "{:?}",
+                c.items[0].action
+            );
+        }
     }
 
     /// What a hand-written DestinationRule/VirtualService put in force.
@@ -1562,12 +1635,7 @@ mod tests {
 
     #[test]
     fn rolling_back_to_the_cluster_objects_removes_meshtunes_and_a_failed_push_reverts_to_them() {
-        let cfg = Config {
-            rollback_consecutive: 2,
-            rollback_windows: 5,
-            ..enforce(Duration::ZERO)
-        };
-        let mut st = LoopState::new(Guardrails::new(cfg));
+        let mut st = watching_state();
         st.set_baseline(&dk("a"), hand_tuned());
         let t0 = Instant::now();
         let c = decide(
@@ -1614,12 +1682,7 @@ mod tests {
 
     #[test]
     fn rollback_targets_pass_through_the_hard_bounds() {
-        let cfg = Config {
-            rollback_consecutive: 2,
-            rollback_windows: 5,
-            ..enforce(Duration::ZERO)
-        };
-        let mut st = LoopState::new(Guardrails::new(cfg));
+        let mut st = watching_state();
         // Knobs in force from before the bounds (e.g. recovered from an object someone
         // edited): ejecting every host.
         let mut old = Knobs::istio_defaults();

@@ -1248,7 +1248,9 @@ impl PolicyLoop {
                     .set_policy_status(&item.key.with_cluster(c.as_str()), status.clone());
             }
             if *outcome != DestOutcome::NoChange {
-                tracing::info!(key = %item.key, outcome = outcome.label(), changed = item.changed.len(), mode, "decision");
+                tracing::info!(key = %item.key, outcome = outcome.label(), changed = item.changed.len(), mode,
+                    urgent = item.urgent, p99_ms = item.outcomes.p99_ms, error_rate = item.outcomes.error_rate,
+                    shed_rate = item.outcomes.shed_rate, "decision");
             }
         }
         for (source, n) in sources {

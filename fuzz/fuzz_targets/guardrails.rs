@@ -49,8 +49,8 @@ fuzz_target!(|data: &[u8]| {
             for situation in [
                 Situation::urgent(false),
                 Situation::urgent(true),
-                Situation::of_window(false, 0.0, 50.0, 2),
-                Situation::of_window(false, 0.0, 1e12, 1),
+                Situation::of_window(false, 0.0, 50.0, 2, 3),
+                Situation::of_window(false, 0.0, 1e12, 1, 1_000),
             ] {
                 let (out, _adj) = guard_with(&config, ns, proposed, in_force, situation);
                 for (i, v) in out.0.iter().enumerate() {

@@ -20,10 +20,13 @@
 //! rollback_min_delta = 0.01   # … and by more than this absolute amount …
 //! rollback_consecutive = 2    # … in this many consecutive windows …
 //! rollback_windows = 5        # … within this many windows after a push → roll back,
-//! rollback_max_load_change = 0.25  # unless the offered load moved by more than 25 % from the
-//!                             # baseline window's: then the push cannot be judged (watch ends)
+//! rollback_max_load_change = 0.25  # unless the offered load (of the window, or of its last
+//!                             # 3 s) moved by more than 25 % from the baseline window's: then
+//!                             # the push cannot be judged (watch ends)
 //! demand_headroom = 2.0       # a healthy destination's request limits stay ≥ 2 × its peak
 //!                             # in flight per client (0 turns the floor off)
+//! ejection_floor = true       # outlier detection keeps the reach to eject one of a
+//!                             # destination's endpoints (false turns the floor off)
 //! [hysteresis_per_knob]
 //! "retries.attempts" = 0.0
 //! [hard_bounds]               # replace the default hard bounds (within the knob schema)
@@ -159,6 +162,9 @@ pub struct Config {
     /// Request limits of a healthy destination stay ≥ this × its peak in flight per client
     /// ([`Situation::healthy_demand`]); 0 turns the floor off.
     pub demand_headroom: f64,
+    /// `maxEjectionPercent` is not lowered below the share that ejects one of the destination's
+    /// endpoints ([`Situation::endpoints`]); false turns the floor off.
+    pub ejection_floor: bool,
     /// Per-namespace bounds (intersected with the hard bounds).
     pub namespaces: BTreeMap<String, [Bound; KNOB_COUNT]>,
     /// Hard bounds within the knob schema, for every namespace ([`DEFAULT_HARD_BOUNDS`]).
@@ -180,6 +186,7 @@ impl Default for Config {
             rollback_windows: DEFAULT_ROLLBACK_WINDOWS,
             rollback_max_load_change: DEFAULT_ROLLBACK_MAX_LOAD_CHANGE,
             demand_headroom: DEFAULT_DEMAND_HEADROOM,
+            ejection_floor: true,
             namespaces: BTreeMap::new(),
             hard_bounds: DEFAULT_HARD_BOUNDS,
         }
@@ -225,6 +232,7 @@ struct File {
     rollback_windows: Option<u32>,
     rollback_max_load_change: Option<f64>,
     demand_headroom: Option<f64>,
+    ejection_floor: Option<bool>,
     #[serde(default)]
     namespaces: BTreeMap<String, BTreeMap<String, Bound>>,
     hard_bounds: Option<BTreeMap<String, Bound>>,
@@ -357,6 +365,9 @@ impl Config {
         if let Some(v) = f.demand_headroom {
             c.demand_headroom = fraction("demand_headroom", v)?;
         }
+        if let Some(v) = f.ejection_floor {
+            c.ejection_floor = v;
+        }
         let check = |section: &str, knobs: &BTreeMap<String, Bound>| {
             let mut bounds = [Bound::default(); KNOB_COUNT];
             for (knob, b) in knob_map(origin, section, knobs)? {
@@ -450,6 +461,9 @@ pub enum AdjustKind {
     /// A request limit of a healthy destination raised to its demand floor
     /// ([`Situation::healthy_demand`]).
     DemandFloor,
+    /// `maxEjectionPercent` raised to the share that ejects one of the destination's endpoints
+    /// ([`Situation::endpoints`]).
+    EjectionFloor,
 }
 
 /// One guardrail intervention.
@@ -510,6 +524,10 @@ pub struct Situation {
     /// flight per client proxy. Its request limits ([`limits_in_flight`]) are not lowered
     /// below `demand_headroom` × this. `None`: no floor.
     pub healthy_demand: Option<f64>,
+    /// The upstream endpoints its requests reached. `maxEjectionPercent` is not lowered below
+    /// the share that lets Envoy eject one of them ([`ejection_reach`]), healthy or not.
+    /// `None` (or fewer than 2): no floor.
+    pub endpoints: Option<u32>,
 }
 
 impl Situation {
@@ -518,17 +536,26 @@ impl Situation {
         Situation {
             urgent,
             healthy_demand: None,
+            endpoints: None,
         }
     }
 
     /// The situation of a window: `urgent` as judged, `shed_rate` its share of shed requests,
-    /// `inflight_max` its peak in flight summed over its `clients` reporting proxies.
-    pub fn of_window(urgent: bool, shed_rate: f64, inflight_max: f64, clients: u32) -> Situation {
+    /// `inflight_max` its peak in flight summed over its `clients` reporting proxies,
+    /// `endpoints` the upstream endpoints its requests reached (0 = not reported).
+    pub fn of_window(
+        urgent: bool,
+        shed_rate: f64,
+        inflight_max: f64,
+        clients: u32,
+        endpoints: u32,
+    ) -> Situation {
         let healthy = !urgent && shed_rate <= HEALTHY_MAX_SHED_RATE;
         let demand = inflight_max / f64::from(clients.max(1));
         Situation {
             urgent,
             healthy_demand: (healthy && demand.is_finite() && demand > 0.0).then_some(demand),
+            endpoints: (endpoints >= 2).then_some(endpoints),
         }
     }
 
@@ -538,15 +565,27 @@ impl Situation {
     /// `min_dwell` (a failing dependency behind retries need not miss the SLO).
     pub fn or_amplifying(self, in_force: &Knobs, attempt_failure_rate: f64) -> Situation {
         if in_force.retries_amplify(attempt_failure_rate) {
-            Situation::urgent(true)
+            Situation {
+                urgent: true,
+                healthy_demand: None,
+                ..self
+            }
         } else {
             self
         }
     }
 }
 
+/// The smallest `maxEjectionPercent` (whole percent) at which Envoy ejects one of `endpoints`
+/// hosts: it ejects only while 100 × (ejected + 1) / hosts ≤ maxEjectionPercent (its
+/// `always_eject_one_host` is off by default and Istio never sets it), so Istio's 10 % ejects
+/// nothing below 10 hosts.
+pub fn ejection_reach(endpoints: u32) -> f64 {
+    (100.0 / f64::from(endpoints.max(1))).ceil()
+}
+
 /// The pure per-knob pipeline: hard bounds → namespace bounds → step limit (from the value in
-/// force, itself pinned into the bounds) → demand floor → hysteresis. Returns the guarded knobs
+/// force, itself pinned into the bounds) → demand and ejection floors → hysteresis. Returns the guarded knobs
 /// and every intervention. A destination meeting its SLO, demand unknown ([`guard_with`] with
 /// `Situation::default()`).
 pub fn guard(
@@ -583,7 +622,14 @@ pub fn misses_slo(
 /// guards every push). Healthy with a known demand, a request limit ([`limits_in_flight`]) is
 /// not lowered below `demand_headroom` × the demand (nor raised by this rule above the value
 /// in force): limiting a destination that meets its SLO and sheds nothing only turns served
-/// requests into 503s.
+/// requests into 503s. With its endpoints known, `maxEjectionPercent` is not lowered below
+/// [`ejection_reach`] (nor below the value in force), urgent or not: a destination that is
+/// healthy because a slow host is ejected looks like one that needs no outlier detection, and
+/// one whose window still holds the seconds before the ejection looks like one whose
+/// ejections hurt; switching ejection off brings the host back for good (seen on real Envoy,
+/// `cal_slow_host`: 12 % timeouts for the rest of the run, 88 % of the oracle). The price, in
+/// the simulator: a destination overloaded past its capacity, whose timeouts eject busy
+/// hosts, keeps losing one of them (`bimodal_ramp` 98.6 → 95.5 % of the oracle).
 pub fn guard_with(
     config: &Config,
     namespace: &str,
@@ -661,6 +707,17 @@ pub fn guard_with(
                 let floor = (config.demand_headroom * demand).ceil().clamp(lo, hi);
                 let floored = x.max(floor.min(current));
                 note(AdjustKind::DemandFloor, x, floored);
+                x = floored;
+            }
+        }
+        if let Some(endpoints) = situation
+            .endpoints
+            .filter(|n| config.ejection_floor && *n >= 2)
+        {
+            if k == Knob::MaxEjectionPercent && x < current {
+                let floor = ejection_reach(endpoints).clamp(lo, hi);
+                let floored = x.max(floor.min(current));
+                note(AdjustKind::EjectionFloor, x, floored);
                 x = floored;
             }
         }
@@ -954,6 +1011,18 @@ impl Guardrails {
     /// baseline window's by more than `rollback_max_load_change`, the load, not the push,
     /// moved the objective, so the watch ends ([`Verdict::LoadChanged`]).
     pub fn observe_at_load(&mut self, dest: &str, objective: f64, load: f64) -> Verdict {
+        self.observe_at_loads(dest, objective, &[load])
+    }
+
+    /// [`Self::observe_at_load`] with several measures of the offered load (rps; NaN = not
+    /// known): the watch ends when any of them moved by more than `rollback_max_load_change`.
+    /// The controller passes its sliding window's load and that of its last seconds: a load
+    /// step shows in the window's mean only a tenth a second (10 s window), so two windows into
+    /// a step the mean has moved by 6–12 % while the step's queueing already doubled the
+    /// objective (seen on real Envoy, `cal_step_overload`: a push rolled back to Istio's
+    /// unlimited defaults 1 s after a 2.5× step, 52 % of the offered load served within the SLO
+    /// against 79 %).
+    pub fn observe_at_loads(&mut self, dest: &str, objective: f64, loads: &[f64]) -> Verdict {
         let max_change = self.config.rollback_max_load_change;
         let Some(state) = self.dests.get_mut(dest) else {
             return Verdict::Idle;
@@ -968,9 +1037,12 @@ impl Guardrails {
         else {
             return Verdict::Idle;
         };
-        if load.is_finite() && baseline_load.is_finite() {
-            let change = (load - *baseline_load).abs() / baseline_load.max(1.0);
-            if change > max_change {
+        if baseline_load.is_finite() {
+            let moved = |load: &f64| {
+                load.is_finite()
+                    && (load - *baseline_load).abs() / baseline_load.max(1.0) > max_change
+            };
+            if loads.iter().any(moved) {
                 state.phase = Phase::Confirmed;
                 return Verdict::LoadChanged;
             }
@@ -1259,7 +1331,7 @@ mod tests {
         proposed.set(Knob::MaxConnections, 10.0);
         proposed.set(Knob::Http1MaxPendingRequests, 5.0);
         // 150 in flight at peak over 2 client proxies, SLO met, nothing shed.
-        let healthy = Situation::of_window(false, 0.0, 150.0, 2);
+        let healthy = Situation::of_window(false, 0.0, 150.0, 2, 0);
         assert_eq!(healthy.healthy_demand, Some(75.0));
         let (k, adj) = guard_with(&cfg, "default", &proposed, &in_force, healthy);
         assert_eq!(k.get(Knob::Http2MaxRequests), 150.0, "2 x 75 per client");
@@ -1285,8 +1357,8 @@ mod tests {
         // Missing the SLO, shedding, or demand unknown: no floor (braking is the point).
         proposed.set(Knob::Http2MaxRequests, 22.0);
         for s in [
-            Situation::of_window(true, 0.0, 150.0, 2),
-            Situation::of_window(false, 0.05, 150.0, 2),
+            Situation::of_window(true, 0.0, 150.0, 2, 0),
+            Situation::of_window(false, 0.05, 150.0, 2, 0),
             Situation::default(),
         ] {
             let (k, _) = guard_with(&cfg, "default", &proposed, &in_force, s);
@@ -1302,12 +1374,94 @@ mod tests {
     }
 
     #[test]
+    fn outlier_detection_keeps_the_reach_to_eject_one_endpoint() {
+        assert_eq!(ejection_reach(3), 34.0, "100 x 1/3 <= 34");
+        assert_eq!(ejection_reach(4), 25.0);
+        assert_eq!(ejection_reach(10), 10.0, "Istio's 10 % reaches one of 10");
+        let cfg = enforce();
+        let mut in_force = Knobs::istio_defaults();
+        in_force.set(Knob::MaxEjectionPercent, 50.0);
+        let mut proposed = in_force;
+        proposed.set(Knob::MaxEjectionPercent, 10.0);
+        // Three endpoints, SLO met, nothing shed: the step limit's 25 % would eject none.
+        let healthy = Situation::of_window(false, 0.0, 20.0, 2, 3);
+        assert_eq!(healthy.endpoints, Some(3));
+        // Healthy, missing the SLO (a window that still holds the slow host's seconds before
+        // it was ejected), shedding, or urgent for amplifying retries: the floor holds.
+        let mut retrying = in_force;
+        retrying.set(Knob::RetryAttempts, 2.0);
+        for s in [
+            healthy,
+            Situation::of_window(true, 0.0, 20.0, 2, 3),
+            Situation::of_window(false, 0.05, 20.0, 2, 3),
+            healthy.or_amplifying(&retrying, 0.5),
+        ] {
+            let (k, adj) = guard_with(&cfg, "default", &proposed, &in_force, s);
+            assert_eq!(k.get(Knob::MaxEjectionPercent), 34.0, "{s:?}");
+            assert!(adj
+                .iter()
+                .any(|a| a.kind == AdjustKind::EjectionFloor && a.from == 25.0 && a.to == 34.0));
+        }
+        // Lowering that keeps the reach stands; the floor never raises above the value in force.
+        proposed.set(Knob::MaxEjectionPercent, 30.0);
+        let (k, _) = guard_with(
+            &cfg,
+            "default",
+            &proposed,
+            &in_force,
+            Situation::of_window(false, 0.0, 20.0, 2, 4),
+        );
+        assert_eq!(
+            k.get(Knob::MaxEjectionPercent),
+            30.0,
+            "30 % reaches one of 4"
+        );
+        proposed.set(Knob::MaxEjectionPercent, 2.0);
+        let (k, _) = guard_with(
+            &cfg,
+            "default",
+            &proposed,
+            &Knobs::istio_defaults(),
+            healthy,
+        );
+        assert_eq!(
+            k.get(Knob::MaxEjectionPercent),
+            10.0,
+            "Istio's 10 % kept, not raised to 34 %"
+        );
+        // One endpoint or none reported, or the floor off: no floor.
+        proposed.set(Knob::MaxEjectionPercent, 10.0);
+        let off = Config {
+            ejection_floor: false,
+            ..enforce()
+        };
+        for (c, s) in [
+            (&cfg, Situation::of_window(false, 0.0, 20.0, 2, 1)),
+            (&cfg, Situation::of_window(false, 0.0, 20.0, 2, 0)),
+            (&off, healthy),
+        ] {
+            let (k, _) = guard_with(c, "default", &proposed, &in_force, s);
+            assert_eq!(
+                k.get(Knob::MaxEjectionPercent),
+                25.0,
+                "one step down: {s:?}"
+            );
+        }
+        let c = Config::from_toml_str("ejection_floor = false", "g.toml").unwrap();
+        assert!(!c.ejection_floor);
+        assert!(Config::default().ejection_floor);
+    }
+
+    #[test]
     fn amplifying_retries_in_force_make_a_window_urgent() {
-        let healthy = Situation::of_window(false, 0.0, 150.0, 2);
+        let healthy = Situation::of_window(false, 0.0, 150.0, 2, 0);
         let mut k = Knobs::istio_defaults();
         k.set(Knob::RetryAttempts, 2.0);
         // Half the attempts failing: 2 retries make ×1.75 attempts.
         assert_eq!(healthy.or_amplifying(&k, 0.5), Situation::urgent(true));
+        // The endpoints stay known (the ejection floor holds whatever the urgency).
+        let three = Situation::of_window(false, 0.0, 150.0, 2, 3).or_amplifying(&k, 0.5);
+        assert_eq!((three.urgent, three.endpoints), (true, Some(3)));
         assert_eq!(healthy.or_amplifying(&k, 0.05), healthy);
         k.set(Knob::RetryAttempts, 0.0);
         assert_eq!(healthy.or_amplifying(&k, 0.5), healthy);
@@ -1553,6 +1707,18 @@ mod tests {
         g.record_push("c", t0, mid(), 0.1);
         assert!(matches!(
             g.observe_at_load("c", 0.9, 600.0),
+            Verdict::Rollback { .. }
+        ));
+        // A step the window's mean barely shows yet (+12 %) but its last seconds do (2.5×):
+        // the load did it. Recent load unknown (NaN): the window's alone decides.
+        g.record_push_at_load("d", t0, mid(), 0.1, 400.0);
+        assert_eq!(
+            g.observe_at_loads("d", 0.9, &[448.0, 1000.0]),
+            Verdict::LoadChanged
+        );
+        g.record_push_at_load("e", t0, mid(), 0.1, 400.0);
+        assert!(matches!(
+            g.observe_at_loads("e", 0.9, &[448.0, f64::NAN]),
             Verdict::Rollback { .. }
         ));
     }

@@ -104,10 +104,14 @@ pub struct RunResult {
     pub overflow: u64,
     /// Upstream attempts per request sent upstream, per window (1 = no retries).
     pub attempts: Vec<f64>,
+    /// Hosts ejected by outlier detection at the end of each window, summed over the clients.
+    pub ejected: Vec<u64>,
     /// Controller pushes (meshtune arm).
     pub pushes: usize,
     /// What the observing controller computed ([`Arm::Observe`]; `None` for other arms).
     pub observation: Option<Observation>,
+    /// The controller's log (its decisions and pushes); empty for arms without a controller.
+    pub controller_log: String,
 }
 
 /// The features the controller computed during an [`Arm::Observe`] run.
@@ -299,7 +303,10 @@ pub(crate) fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Cluster counters of the `workload` cluster summed over the clients.
+/// The outlier detector's gauge of hosts ejected now.
+const EJECTIONS_ACTIVE: &str = "outlier_detection.ejections_active";
+
+/// Cluster counters (and the ejection gauge) of the `workload` cluster summed over the clients.
 fn cluster_counters(envoys: &[EnvoyProcess]) -> HashMap<&'static str, u64> {
     let mut out = HashMap::new();
     for e in envoys {
@@ -308,6 +315,7 @@ fn cluster_counters(envoys: &[EnvoyProcess]) -> HashMap<&'static str, u64> {
             "upstream_rq_total",
             "upstream_rq_retry",
             "upstream_rq_pending_overflow",
+            EJECTIONS_ACTIVE,
         ] {
             *out.entry(k).or_default() += st
                 .get(&format!("cluster.{WORKLOAD_CLUSTER}.{k}"))
@@ -431,6 +439,7 @@ pub fn run(
     let t0_unix = unix_ms();
     let mut handles: Vec<Vec<std::thread::JoinHandle<LoadReport>>> = Vec::new();
     let mut attempts = Vec::new();
+    let mut ejected = Vec::new();
     let mut pushes = std::collections::BTreeSet::new();
     let mut last = cluster_counters(&envoys);
     for (w, rate) in rates.iter().enumerate() {
@@ -453,6 +462,7 @@ pub fn run(
         if w > 0 {
             let now = cluster_counters(&envoys);
             attempts.push(attempts_ratio(&last, &now));
+            ejected.push(now.get(EJECTIONS_ACTIVE).copied().unwrap_or(0));
             last = now;
             if let Some(ctl) = &controller {
                 pushes.extend(push_times(ctl));
@@ -465,6 +475,7 @@ pub fn run(
     }
     let now = cluster_counters(&envoys);
     attempts.push(attempts_ratio(&last, &now));
+    ejected.push(now.get(EJECTIONS_ACTIVE).copied().unwrap_or(0));
     progress(rates.len() as u32 - 1);
     let mut windows = Vec::new();
     let mut all = Vec::new();
@@ -513,6 +524,7 @@ pub fn run(
         }),
         _ => None,
     };
+    let controller_log = controller.as_ref().map(Controller::log).unwrap_or_default();
     drop(controller);
     drop(hosts);
     let _ = std::fs::remove_dir_all(&dir);
@@ -527,8 +539,10 @@ pub fn run(
             .copied()
             .unwrap_or(0),
         attempts,
+        ejected,
         pushes: pushes.iter().filter(|p| **p >= t0_unix).count(),
         observation,
+        controller_log,
     })
 }
 
@@ -610,6 +624,9 @@ fn start_controller(
         "enforce",
         "--sink",
         "envoy-file",
+        // The log sink's diffs land in the controller's log: what each push changed.
+        "--sink",
+        "log",
         "--envoy-cds",
         &cds.to_string_lossy(),
         "--envoy-rds",

@@ -338,8 +338,10 @@ mod tests {
             offered: 1000,
             overflow: 0,
             attempts: vec![1.0, 1.1],
+            ejected: vec![0, 0],
             pushes: 2,
             observation: None,
+            controller_log: String::new(),
         }
     }
 

@@ -31,7 +31,8 @@ pub fn urgent(features: &Features) -> bool {
 
 /// The window's situation as the controller judges it: urgent when it misses the SLO
 /// ([`urgent`]) or the retries `in_force` amplify at the window's `attempt_failure_rate`, and
-/// while healthy its peak in flight per client (the guardrails' demand floor).
+/// while healthy its peak in flight per client (the guardrails' demand floor); its endpoints
+/// (the ejection floor).
 pub fn situation(features: &Features, in_force: &Knobs, attempt_failure_rate: f64) -> Situation {
     let get = |name: &str| features.get(name).unwrap_or(0.0);
     Situation::of_window(
@@ -39,6 +40,7 @@ pub fn situation(features: &Features, in_force: &Knobs, attempt_failure_rate: f6
         get("overflow_rate"),
         get("inflight_max"),
         get("clients").max(1.0) as u32,
+        get("endpoints").max(0.0) as u32,
     )
     .or_amplifying(in_force, attempt_failure_rate)
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use meshtune_testbed::{loadgen, paths::Paths, realrun, scenarios, workload};
 
@@ -92,6 +92,9 @@ enum Cmd {
         /// Model for the meshtune arm (default: the embedded default model).
         #[arg(long)]
         model: Option<std::path::PathBuf>,
+        /// Write the controller's log (its decisions and pushes) here (meshtune arm).
+        #[arg(long)]
+        controller_log: Option<std::path::PathBuf>,
     },
     /// The simulator against real Envoy: scenarios x 3 static settings, side by side.
     Calibrate {
@@ -246,7 +249,12 @@ fn main() -> Result<()> {
             },
         )
         .map(|_| ()),
-        Cmd::Scenario { file, arm, model } => {
+        Cmd::Scenario {
+            file,
+            arm,
+            model,
+            controller_log,
+        } => {
             let sc = realrun::load(&file)?;
             let arm = if arm == "sim-oracle" {
                 let (name, knobs) = meshtune_testbed::calibrate::settings(&sc).remove(2);
@@ -259,10 +267,15 @@ fn main() -> Result<()> {
                 eprint!("\rwindow {}/{}", w + 1, sc.windows.0)
             })?;
             eprintln!();
+            if let Some(path) = controller_log {
+                std::fs::write(&path, &r.controller_log)
+                    .with_context(|| format!("writing the controller log to {}", path.display()))?;
+            }
             for (i, w) in r.windows.iter().enumerate() {
                 println!(
-                    "t={i:>3}s sent {:>5} 2xx {:>5} good {:>5} errors {:>5} shed {:>4} p99 {:>8.1} ms attempts {:.3}",
-                    w.sent, w.ok, w.good, w.errors, w.shed, w.p99_ms, r.attempts.get(i).copied().unwrap_or(1.0)
+                    "t={i:>3}s sent {:>5} 2xx {:>5} good {:>5} errors {:>5} shed {:>4} p99 {:>8.1} ms attempts {:.3} ejected {}",
+                    w.sent, w.ok, w.good, w.errors, w.shed, w.p99_ms, r.attempts.get(i).copied().unwrap_or(1.0),
+                    r.ejected.get(i).copied().unwrap_or(0)
                 );
             }
             println!(
