@@ -524,10 +524,10 @@ pub struct Situation {
     /// flight per client proxy. Its request limits ([`limits_in_flight`]) are not lowered
     /// below `demand_headroom` × this. `None`: no floor.
     pub healthy_demand: Option<f64>,
-    /// The upstream endpoints its requests reached. `maxEjectionPercent` is not lowered below
-    /// the share that lets Envoy eject one of them ([`ejection_reach`]), healthy or not.
-    /// `None` (or fewer than 2): no floor.
-    pub endpoints: Option<u32>,
+    /// The upstream endpoints its requests reached (0 = not reported). `maxEjectionPercent` is
+    /// not lowered below the share that lets Envoy eject one of them ([`ejection_reach`]),
+    /// healthy or not. Fewer than 2: no floor.
+    pub endpoints: u32,
 }
 
 impl Situation {
@@ -536,7 +536,7 @@ impl Situation {
         Situation {
             urgent,
             healthy_demand: None,
-            endpoints: None,
+            endpoints: 0,
         }
     }
 
@@ -555,7 +555,7 @@ impl Situation {
         Situation {
             urgent,
             healthy_demand: (healthy && demand.is_finite() && demand > 0.0).then_some(demand),
-            endpoints: (endpoints >= 2).then_some(endpoints),
+            endpoints,
         }
     }
 
@@ -702,24 +702,28 @@ pub fn guard_with(
         let stepped = stepped.clamp(lo, hi);
         note(AdjustKind::StepLimit, x, stepped);
         x = stepped;
-        if let Some(demand) = situation.healthy_demand.filter(|_| !urgent) {
-            if limits_in_flight(k) && x < current {
-                let floor = (config.demand_headroom * demand).ceil().clamp(lo, hi);
-                let floored = x.max(floor.min(current));
-                note(AdjustKind::DemandFloor, x, floored);
-                x = floored;
-            }
-        }
-        if let Some(endpoints) = situation
-            .endpoints
-            .filter(|n| config.ejection_floor && *n >= 2)
+        // The floors only stop lowering: never below the floor or the value in force,
+        // whichever is lower.
+        let floor = if x >= current {
+            None
+        } else if limits_in_flight(k) {
+            situation
+                .healthy_demand
+                .filter(|_| !urgent)
+                .map(|demand| (AdjustKind::DemandFloor, config.demand_headroom * demand))
+        } else if k == Knob::MaxEjectionPercent && config.ejection_floor && situation.endpoints >= 2
         {
-            if k == Knob::MaxEjectionPercent && x < current {
-                let floor = ejection_reach(endpoints).clamp(lo, hi);
-                let floored = x.max(floor.min(current));
-                note(AdjustKind::EjectionFloor, x, floored);
-                x = floored;
-            }
+            Some((
+                AdjustKind::EjectionFloor,
+                ejection_reach(situation.endpoints),
+            ))
+        } else {
+            None
+        };
+        if let Some((kind, floor)) = floor {
+            let floored = x.max(floor.ceil().clamp(lo, hi).min(current));
+            note(kind, x, floored);
+            x = floored;
         }
         // Hysteresis compares with the value in force (pinned into bounds: an out-of-bounds value
         // in force, e.g. Istio's "unlimited", always changes).
@@ -1385,7 +1389,7 @@ mod tests {
         proposed.set(Knob::MaxEjectionPercent, 10.0);
         // Three endpoints, SLO met, nothing shed: the step limit's 25 % would eject none.
         let healthy = Situation::of_window(false, 0.0, 20.0, 2, 3);
-        assert_eq!(healthy.endpoints, Some(3));
+        assert_eq!(healthy.endpoints, 3);
         // Healthy, missing the SLO (a window that still holds the slow host's seconds before
         // it was ejected), shedding, or urgent for amplifying retries: the floor holds.
         let mut retrying = in_force;
@@ -1461,7 +1465,7 @@ mod tests {
         assert_eq!(healthy.or_amplifying(&k, 0.5), Situation::urgent(true));
         // The endpoints stay known (the ejection floor holds whatever the urgency).
         let three = Situation::of_window(false, 0.0, 150.0, 2, 3).or_amplifying(&k, 0.5);
-        assert_eq!((three.urgent, three.endpoints), (true, Some(3)));
+        assert_eq!((three.urgent, three.endpoints), (true, 3));
         assert_eq!(healthy.or_amplifying(&k, 0.05), healthy);
         k.set(Knob::RetryAttempts, 0.0);
         assert_eq!(healthy.or_amplifying(&k, 0.5), healthy);
