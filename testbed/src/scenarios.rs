@@ -52,6 +52,13 @@ pub const DEFAULT_RATE: f64 = 800.0;
 /// Default idle window (all Envoys idle at once), seconds: the idle filter's period (its
 /// heartbeat interval, 10 s by default), so every window holds one tick of each VM.
 pub const DEFAULT_IDLE_SECS: u64 = 10;
+/// Default Envoy restarts: fresh Envoys (every variant) before every round. Two Envoys of the
+/// same kind differ by a per-process offset (in one run a second no-op filter used 31 µs more
+/// CPU per request than the first in the plain configuration and 0.25 ms/s less idle CPU in the
+/// Istio-shaped one, in most rounds), as large as
+/// the targets' margins; with fresh processes per round that offset is per-round noise, which
+/// the median over the rounds absorbs, instead of a bias of the whole run.
+pub const DEFAULT_RESTART_EVERY: u32 = 1;
 /// Default idle windows, measured back to back once the open-loop rounds are done; each is
 /// one paired round.
 pub const DEFAULT_IDLE_ROUNDS: u32 = 12;
@@ -107,6 +114,9 @@ pub struct BenchConfig {
     pub idle_secs: u64,
     /// Idle windows, back to back after the open-loop rounds (each one paired round).
     pub idle_rounds: u32,
+    /// Start fresh Envoys (all variants) every this many rounds (a round: one open-loop and
+    /// one saturation phase per variant); 0 = the same Envoys for the whole run.
+    pub restart_every: u32,
 }
 
 impl Default for BenchConfig {
@@ -125,6 +135,7 @@ impl Default for BenchConfig {
             istio_concurrency: DEFAULT_ISTIO_CONCURRENCY,
             idle_secs: DEFAULT_IDLE_SECS,
             idle_rounds: DEFAULT_IDLE_ROUNDS,
+            restart_every: DEFAULT_RESTART_EVERY,
         }
     }
 }
@@ -302,6 +313,26 @@ pub fn compare_configuration(base: &PluginConfig, overrides: Option<&str>) -> Re
     Ok(v.to_string())
 }
 
+/// The Envoys of one stretch of rounds: (name, process, index of the no-filter variant of
+/// its configuration), and the Istio-shaped sidecars' files (removed after the Envoys exit:
+/// fields drop in order).
+struct Fleet {
+    envoys: Vec<(String, EnvoyProcess, usize)>,
+    _istio_dir: Option<crate::istio_bench::BenchDir>,
+}
+
+/// Progress-bar allowance per Envoy restart (start, wasm load, warm-up), seconds.
+const RESTART_SECS_PER_ENVOY: u64 = 2;
+
+/// The rounds (0-based, of `rounds`) before which every Envoy is started afresh: every
+/// `every`-th round after the first (its Envoys are the initial ones); none when `every` is 0.
+pub fn restart_rounds(rounds: usize, every: u32) -> Vec<usize> {
+    if every == 0 {
+        return Vec::new();
+    }
+    (1..rounds).filter(|r| r % every as usize == 0).collect()
+}
+
 /// Runs the filter-overhead benchmark and prints ratios; Ok(results).
 ///
 /// Method: Envoys (plain `--concurrency 1`, and the Istio-shaped sidecar with
@@ -318,7 +349,11 @@ pub fn compare_configuration(base: &PluginConfig, overrides: Option<&str>) -> Re
 ///   [`meshtune_blast`], one thread each — and the controller to the other(s), so Envoy's
 ///   core is the bottleneck; Envoy's and the driver's CPU use are printed to show it. The
 ///   figure is requests per Envoy CPU-second; the statistic the paired per-round ratio.
-/// - Idle: once per open-loop round, every Envoy idle at once.
+/// - Fresh Envoys every `restart_every` rounds (a round: one open-loop and one saturation
+///   phase per variant), so the fixed offset between two processes of the same kind is
+///   per-round noise rather than a bias of the whole run.
+/// - Idle: after the rounds, every Envoy (the last ones started) idle at once, in windows
+///   back to back.
 pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantResult>> {
     require(paths, true)?;
     let me = std::process::id();
@@ -383,37 +418,46 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
         p.filter = Some(WasmFilter::probe(&paths.noop_wasm, spec));
         configs.push((format!("probe {spec}"), p));
     }
-    let mut envoys: Vec<(String, EnvoyProcess, usize)> = configs
-        .into_iter()
-        .map(|(n, c)| {
-            c.start(&paths.envoy)
-                .with_context(|| n.clone())
-                .map(|e| (n, e, 0))
-        })
-        .collect::<Result<_>>()?;
-    let _istio_dir = if cfg.istio_concurrency > 0 {
-        let dir = crate::istio_bench::BenchDir::new()?;
-        let base_index = envoys.len();
-        for (name, e) in crate::istio_bench::start_variants(
-            paths,
-            &dir,
-            upstream.addr(),
-            controller.grpc(),
-            cfg.istio_concurrency,
-            affinity.clone(),
-            &crate::istio_bench::Extra {
-                compare_config: cfg.compare_config.as_deref(),
-                compare_wasm: cfg.compare_wasm.as_deref(),
-                probes: &cfg.probes,
-            },
-        )? {
-            envoys.push((format!("{ISTIO_PREFIX}{name}"), e, base_index));
-        }
-        Some(dir)
-    } else {
-        None
+    let istio_extra = crate::istio_bench::Extra {
+        compare_config: cfg.compare_config.as_deref(),
+        compare_wasm: cfg.compare_wasm.as_deref(),
+        probes: &cfg.probes,
     };
-    let clock = procstat::CpuClock::detect(envoys[0].1.pid());
+    // Every variant, started afresh: the plain ones, then the Istio-shaped ones.
+    let start_all = || -> Result<Fleet> {
+        let mut envoys: Vec<(String, EnvoyProcess, usize)> = configs
+            .iter()
+            .map(|(n, c)| {
+                c.start(&paths.envoy)
+                    .with_context(|| n.clone())
+                    .map(|e| (n.clone(), e, 0))
+            })
+            .collect::<Result<_>>()?;
+        let istio_dir = if cfg.istio_concurrency > 0 {
+            let dir = crate::istio_bench::BenchDir::new()?;
+            let base_index = envoys.len();
+            for (name, e) in crate::istio_bench::start_variants(
+                paths,
+                &dir,
+                upstream.addr(),
+                controller.grpc(),
+                cfg.istio_concurrency,
+                affinity.clone(),
+                &istio_extra,
+            )? {
+                envoys.push((format!("{ISTIO_PREFIX}{name}"), e, base_index));
+            }
+            Some(dir)
+        } else {
+            None
+        };
+        Ok(Fleet {
+            envoys,
+            _istio_dir: istio_dir,
+        })
+    };
+    let mut fleet = start_all()?;
+    let clock = procstat::CpuClock::detect(fleet.envoys[0].1.pid());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -423,16 +467,20 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
         meshtune_blast::closed_loop(a, &a.to_string(), "/", cfg.saturation_concurrency, d)
     };
     // Warm-up (connections, wasm VMs, and a short saturation burst).
-    for (_, e, _) in &envoys {
-        let _ = rt.block_on(loadgen::run(
-            &LoadConfig::constant(e.listener(), 200.0, Duration::from_secs(1)),
-            None,
-        ));
-        if cfg.saturation_secs > 0 {
-            saturate(e, Duration::from_millis(500))?;
+    let warm_up = |fleet: &Fleet| -> Result<()> {
+        for (_, e, _) in &fleet.envoys {
+            let _ = rt.block_on(loadgen::run(
+                &LoadConfig::constant(e.listener(), 200.0, Duration::from_secs(1)),
+                None,
+            ));
+            if cfg.saturation_secs > 0 {
+                saturate(e, Duration::from_millis(500))?;
+            }
         }
-    }
-    let n = envoys.len();
+        Ok(())
+    };
+    warm_up(&fleet)?;
+    let n = fleet.envoys.len();
     let idle_rounds = if cfg.idle_secs > 0 {
         cfg.idle_rounds as usize
     } else {
@@ -443,40 +491,93 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
     } else {
         0
     };
+    let rounds = cfg.rounds as usize;
+    let all_rounds = rounds.max(sat_rounds);
     let per_sat = cfg.saturation_secs + SATURATION_LEAD_IN.as_secs_f64().ceil() as u64;
     let idle_total = if idle_rounds > 0 {
         IDLE_SETTLE.as_secs() + cfg.idle_secs * idle_rounds as u64
     } else {
         0
     };
+    let restarts = restart_rounds(all_rounds, cfg.restart_every).len() as u64;
     let total = cfg.secs * n as u64 * cfg.rounds as u64
         + idle_total
-        + per_sat * n as u64 * sat_rounds as u64;
+        + per_sat * n as u64 * sat_rounds as u64
+        + restarts * n as u64 * RESTART_SECS_PER_ENVOY;
     let pb = bar(total, "measurements");
     pb.set_message("filter-overhead");
-    let rounds = cfg.rounds as usize;
     // [variant][round]
     let mut cpu = vec![vec![f64::NAN; rounds]; n];
     let mut p99 = vec![vec![f64::NAN; rounds]; n];
     let mut open_rps = vec![vec![f64::NAN; rounds]; n];
-    for round in 0..rounds {
+    let mut thr = vec![vec![f64::NAN; sat_rounds]; n];
+    let mut cores = vec![vec![f64::NAN; sat_rounds]; n];
+    let mut waits = vec![vec![f64::NAN; sat_rounds]; n];
+    let mut driver = vec![vec![f64::NAN; sat_rounds]; n];
+    let mut per_core = vec![vec![f64::NAN; sat_rounds]; n];
+    let restart_at = restart_rounds(all_rounds, cfg.restart_every);
+    for round in 0..all_rounds {
+        if restart_at.contains(&round) {
+            pb.set_message(format!("round {}: fresh Envoys", round + 1));
+            // The old Envoys exit (and their directories go) before the new ones start.
+            drop(fleet);
+            fleet = start_all()?;
+            warm_up(&fleet)?;
+            pb.inc(n as u64 * RESTART_SECS_PER_ENVOY);
+        }
         // Forward, backward, …: no-op and meshtune follow each other both ways.
-        for i in saturation_order(n, round) {
-            let (name, e, _) = &envoys[i];
-            pb.set_message(format!("open-loop round {} {name}", round + 1));
-            let c0 = clock.read_ns(e.pid())?;
-            let r = rt.block_on(loadgen::run(
-                &LoadConfig::constant(e.listener(), cfg.rate, Duration::from_secs(cfg.secs)),
-                None,
-            ));
-            let c1 = clock.read_ns(e.pid())?;
-            if r.failed() > 0 || r.class_count(2) != r.completed {
-                say(&pb, format!("warning: {name}: {}", r.summary()));
+        if round < rounds {
+            for i in saturation_order(n, round) {
+                let (name, e, _) = &fleet.envoys[i];
+                pb.set_message(format!("open-loop round {} {name}", round + 1));
+                let c0 = clock.read_ns(e.pid())?;
+                let r = rt.block_on(loadgen::run(
+                    &LoadConfig::constant(e.listener(), cfg.rate, Duration::from_secs(cfg.secs)),
+                    None,
+                ));
+                let c1 = clock.read_ns(e.pid())?;
+                if r.failed() > 0 || r.class_count(2) != r.completed {
+                    say(&pb, format!("warning: {name}: {}", r.summary()));
+                }
+                cpu[i][round] = c1.saturating_sub(c0) as f64 / 1000.0 / r.completed.max(1) as f64;
+                p99[i][round] = r.quantile_ms(0.99);
+                open_rps[i][round] = r.class_count(2) as f64 / r.elapsed.as_secs_f64().max(1e-9);
+                pb.inc(cfg.secs);
             }
-            cpu[i][round] = c1.saturating_sub(c0) as f64 / 1000.0 / r.completed.max(1) as f64;
-            p99[i][round] = r.quantile_ms(0.99);
-            open_rps[i][round] = r.class_count(2) as f64 / r.elapsed.as_secs_f64().max(1e-9);
-            pb.inc(cfg.secs);
+        }
+        if round < sat_rounds {
+            for i in saturation_order(n, round) {
+                let (name, e, _) = &fleet.envoys[i];
+                pb.set_message(format!("saturation round {} {name}", round + 1));
+                // Unmeasured lead-in: the filter picks its sampling interval at window
+                // boundaries from the last window's rate, so the first window at the new rate
+                // is measured in full; the phase measures the steady state.
+                saturate(e, SATURATION_LEAD_IN)?;
+                let c0 = clock.read_ns(e.pid())?;
+                let w0 = procstat::sched_ns(e.pid()).map(|x| x.1).unwrap_or(0);
+                let d0 = clock.read_ns(me)?;
+                let s = saturate(e, Duration::from_secs(cfg.saturation_secs))?;
+                let c1 = clock.read_ns(e.pid())?;
+                let w1 = procstat::sched_ns(e.pid()).map(|x| x.1).unwrap_or(0);
+                let d1 = clock.read_ns(me)?;
+                if s.errors > 0 || s.non_2xx > 0 {
+                    say(
+                        &pb,
+                        format!(
+                            "warning: {name}: saturation {} errors, {} non-2xx",
+                            s.errors, s.non_2xx
+                        ),
+                    );
+                }
+                thr[i][round] = s.throughput();
+                let secs = s.elapsed.as_secs_f64().max(1e-9);
+                let busy = c1.saturating_sub(c0) as f64 / 1e9;
+                cores[i][round] = busy / secs;
+                waits[i][round] = w1.saturating_sub(w0) as f64 / 1e9 / secs;
+                driver[i][round] = d1.saturating_sub(d0) as f64 / 1e9 / secs;
+                per_core[i][round] = s.ok as f64 / busy.max(1e-9);
+                pb.inc(per_sat);
+            }
         }
     }
     // [variant][idle window]: every Envoy idle at once, windows back to back, so each
@@ -487,7 +588,8 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
         std::thread::sleep(IDLE_SETTLE);
         pb.inc(IDLE_SETTLE.as_secs());
         let read_all = || -> Result<Vec<u64>> {
-            envoys
+            fleet
+                .envoys
                 .iter()
                 .map(|(_, e, _)| clock.read_ns(e.pid()).map_err(Into::into))
                 .collect()
@@ -511,46 +613,7 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
             pb.inc(cfg.idle_secs);
         }
     }
-    // [variant][saturation round]
-    let mut thr = vec![vec![f64::NAN; sat_rounds]; n];
-    let mut cores = vec![vec![f64::NAN; sat_rounds]; n];
-    let mut waits = vec![vec![f64::NAN; sat_rounds]; n];
-    let mut driver = vec![vec![f64::NAN; sat_rounds]; n];
-    let mut per_core = vec![vec![f64::NAN; sat_rounds]; n];
-    for round in 0..sat_rounds {
-        for i in saturation_order(n, round) {
-            let (name, e, _) = &envoys[i];
-            pb.set_message(format!("saturation round {} {name}", round + 1));
-            // Unmeasured lead-in: the filter picks its sampling interval at window
-            // boundaries from the last window's rate, so the first window at the new rate
-            // is measured in full; the phase measures the steady state.
-            saturate(e, SATURATION_LEAD_IN)?;
-            let c0 = clock.read_ns(e.pid())?;
-            let w0 = procstat::sched_ns(e.pid()).map(|x| x.1).unwrap_or(0);
-            let d0 = clock.read_ns(me)?;
-            let s = saturate(e, Duration::from_secs(cfg.saturation_secs))?;
-            let c1 = clock.read_ns(e.pid())?;
-            let w1 = procstat::sched_ns(e.pid()).map(|x| x.1).unwrap_or(0);
-            let d1 = clock.read_ns(me)?;
-            if s.errors > 0 || s.non_2xx > 0 {
-                say(
-                    &pb,
-                    format!(
-                        "warning: {name}: saturation {} errors, {} non-2xx",
-                        s.errors, s.non_2xx
-                    ),
-                );
-            }
-            thr[i][round] = s.throughput();
-            let secs = s.elapsed.as_secs_f64().max(1e-9);
-            let busy = c1.saturating_sub(c0) as f64 / 1e9;
-            cores[i][round] = busy / secs;
-            waits[i][round] = w1.saturating_sub(w0) as f64 / 1e9 / secs;
-            driver[i][round] = d1.saturating_sub(d0) as f64 / 1e9 / secs;
-            per_core[i][round] = s.ok as f64 / busy.max(1e-9);
-            pb.inc(per_sat);
-        }
-    }
+    let envoys = &fleet.envoys;
     pb.finish_and_clear();
     let ratio =
         |x: &[f64], y: &[f64]| -> Vec<f64> { x.iter().zip(y).map(|(a, b)| a / b).collect() };
@@ -940,6 +1003,15 @@ mod tests {
         assert_eq!(saturation_order(3, 0), vec![0, 1, 2]);
         assert_eq!(saturation_order(3, 1), vec![2, 1, 0]);
         assert_eq!(saturation_order(3, 2), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn restarts_every_nth_round_after_the_first() {
+        assert_eq!(restart_rounds(4, 1), vec![1, 2, 3]);
+        assert_eq!(restart_rounds(7, 3), vec![3, 6]);
+        assert_eq!(restart_rounds(4, 0), Vec::<usize>::new());
+        assert_eq!(restart_rounds(1, 1), Vec::<usize>::new());
+        assert_eq!(restart_rounds(3, 5), Vec::<usize>::new());
     }
 
     #[test]

@@ -81,6 +81,11 @@ enum Cmd {
         /// Idle windows, back to back after the open-loop rounds (each a paired round).
         #[arg(long, default_value_t = scenarios::DEFAULT_IDLE_ROUNDS)]
         idle_rounds: u32,
+        /// Fresh Envoys every this many rounds (a round: one open-loop and one saturation phase
+        /// per variant), so two processes' fixed offset is per-round noise, not a bias of the
+        /// run; 0 = the same Envoys throughout.
+        #[arg(long, default_value_t = scenarios::DEFAULT_RESTART_EVERY)]
+        restart_every: u32,
     },
     /// Run one simulator scenario file on real Envoy with one arm; prints every window.
     Scenario {
@@ -230,6 +235,7 @@ fn main() -> Result<()> {
             istio_concurrency,
             idle_secs,
             idle_rounds,
+            restart_every,
         } => scenarios::filter_overhead(
             &paths,
             &scenarios::BenchConfig {
@@ -246,6 +252,7 @@ fn main() -> Result<()> {
                 istio_concurrency,
                 idle_secs,
                 idle_rounds,
+                restart_every,
             },
         )
         .map(|_| ()),
