@@ -54,13 +54,13 @@ pub const DEFAULT_RATE: f64 = 800.0;
 pub const DEFAULT_IDLE_SECS: u64 = 10;
 /// Default Envoy restarts: fresh Envoys (every variant) before every round. Two Envoys of the
 /// same kind differ by a per-process offset (in one run a second no-op filter used 31 µs more
-/// CPU per request than the first in the plain configuration and 0.25 ms/s less idle CPU in the
-/// Istio-shaped one, in most rounds), as large as
-/// the targets' margins; with fresh processes per round that offset is per-round noise, which
-/// the median over the rounds absorbs, instead of a bias of the whole run.
+/// CPU per request than the first in the plain configuration and 0.25 ms/s less idle CPU in
+/// the Istio-shaped one, in most rounds), as large as the targets' margins; with fresh
+/// processes per round that offset is per-round noise, which the median over the rounds
+/// absorbs, instead of a bias of the whole run.
 pub const DEFAULT_RESTART_EVERY: u32 = 1;
-/// Default idle windows, measured back to back once the open-loop rounds are done; each is
-/// one paired round.
+/// Default idle windows, measured back to back once the rounds are done; each is one paired
+/// round.
 pub const DEFAULT_IDLE_ROUNDS: u32 = 12;
 /// Closed loop run (unmeasured) before each saturation phase: one flush interval and a bit,
 /// so the meshtune filter's sampling interval follows the saturation rate.
@@ -112,7 +112,7 @@ pub struct BenchConfig {
     pub istio_concurrency: u32,
     /// Idle window (Envoy CPU per second with no traffic, every Envoy at once); 0 = skip.
     pub idle_secs: u64,
-    /// Idle windows, back to back after the open-loop rounds (each one paired round).
+    /// Idle windows, back to back after the rounds (each one paired round).
     pub idle_rounds: u32,
     /// Start fresh Envoys (all variants) every this many rounds (a round: one open-loop and
     /// one saturation phase per variant); 0 = the same Envoys for the whole run.
