@@ -499,11 +499,11 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
     } else {
         0
     };
-    let restarts = restart_rounds(all_rounds, cfg.restart_every).len() as u64;
+    let restart_at = restart_rounds(all_rounds, cfg.restart_every);
     let total = cfg.secs * n as u64 * cfg.rounds as u64
         + idle_total
         + per_sat * n as u64 * sat_rounds as u64
-        + restarts * n as u64 * RESTART_SECS_PER_ENVOY;
+        + restart_at.len() as u64 * n as u64 * RESTART_SECS_PER_ENVOY;
     let pb = bar(total, "measurements");
     pb.set_message("filter-overhead");
     // [variant][round]
@@ -515,7 +515,6 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
     let mut waits = vec![vec![f64::NAN; sat_rounds]; n];
     let mut driver = vec![vec![f64::NAN; sat_rounds]; n];
     let mut per_core = vec![vec![f64::NAN; sat_rounds]; n];
-    let restart_at = restart_rounds(all_rounds, cfg.restart_every);
     for round in 0..all_rounds {
         if restart_at.contains(&round) {
             pb.set_message(format!("round {}: fresh Envoys", round + 1));
@@ -615,8 +614,6 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
     }
     let envoys = &fleet.envoys;
     pb.finish_and_clear();
-    let ratio =
-        |x: &[f64], y: &[f64]| -> Vec<f64> { x.iter().zip(y).map(|(a, b)| a / b).collect() };
     let results: Vec<VariantResult> = (0..n)
         .map(|i| {
             let b = envoys[i].2;
@@ -630,14 +627,14 @@ pub fn filter_overhead(paths: &Paths, cfg: &BenchConfig) -> Result<Vec<VariantRe
                 driver_cores: median(&driver[i]),
                 per_core: median(&per_core[i]),
                 round_per_core: per_core[i].clone(),
-                round_per_core_ratios: ratio(&per_core[i], &per_core[b]),
-                round_throughput_ratios: ratio(&thr[i], &thr[b]),
+                round_per_core_ratios: paired_ratios(&per_core[i], &per_core[b]),
+                round_throughput_ratios: paired_ratios(&thr[i], &thr[b]),
                 p99_ms: median(&p99[i]),
                 round_cpu_us: cpu[i].clone(),
-                round_cpu_ratios: ratio(&cpu[i], &cpu[b]),
+                round_cpu_ratios: paired_ratios(&cpu[i], &cpu[b]),
                 idle_ms_per_s: median(&idle[i]),
                 round_idle_ms: idle[i].clone(),
-                round_idle_ratios: ratio(&idle[i], &idle[b]),
+                round_idle_ratios: paired_ratios(&idle[i], &idle[b]),
                 base: b,
             }
         })
